@@ -1,0 +1,20 @@
+"""One small file per model family: where the language decoder's layers, the attention output
+projection, the final norm and the unembedding live.
+
+To add a family, copy `llama.py`, change the `model_types` and the paths, and import it below.
+Paths are tried in order, so one family can cover several transformers versions.
+"""
+
+from headpursuit.models.families.base import ModelFamily, FAMILIES, family_for, register_family
+from headpursuit.models.families import (  # noqa: F401  (registration side effects)
+    llama,
+    mistral,
+    qwen,
+    gemma,
+    llava,
+    qwen_vl,
+    gemma3_vl,
+    idefics,
+)
+
+__all__ = ["ModelFamily", "FAMILIES", "family_for", "register_family"]
