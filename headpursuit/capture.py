@@ -1,0 +1,373 @@
+"""Per-head activations: the input of each decoder layer's attention output projection, split by head.
+
+The hook site is a forward *pre*-hook on `self_attn.o_proj`: its input is `[batch, tokens,
+n_heads * head_dim]`, one `head_dim` slice per query head (grouped-query attention shrinks only
+K/V). We store `z` (rows, layers, heads, head_dim) rather than per-head d_model contributions:
+it is d_model / head_dim times smaller and SOMP works from `z` and `W_O` directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from headpursuit.models.loading import LoadedModel, pad_batch
+
+POSITIONS = ("last_prompt", "answer", "answer_concept", "all")
+CACHE_VERSION = 1
+
+# Counts real forward passes made by `capture_heads` (tests assert cache hits with it).
+CAPTURE_STATS = {"forward_batches": 0, "cache_hits": 0}
+
+
+class CacheError(RuntimeError):
+    """A cached activation file could not be read."""
+
+
+@dataclass
+class CaptureSample:
+    """One model input: a formatted prompt, optionally the answer to teacher-force and an image."""
+
+    prompt: str
+    answer: str | None = None
+    image: Any | None = None  # PIL.Image for VLMs
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class HeadActivations:
+    """Per-head attention outputs `z` at chosen token positions.
+
+    Attributes:
+        z: float32 (rows, n_layers_captured, n_heads, head_dim) on CPU.
+        layers: the decoder layers captured, in the order of axis 1.
+        sample_index: (rows,) which input sample each row came from.
+        position: (rows,) the token position inside that sample's (unpadded) sequence.
+        target_token: (rows,) the token predicted at that position, -1 when unknown.
+        meta: model name, positions mode, provenance, prompts, ...
+    """
+
+    z: torch.Tensor
+    layers: list[int]
+    sample_index: torch.Tensor
+    position: torch.Tensor
+    target_token: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return self.z.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.z.shape[2]
+
+    @property
+    def head_dim(self) -> int:
+        return self.z.shape[3]
+
+    def head(self, layer: int, head: int) -> torch.Tensor:
+        """(rows, head_dim) activations of one head."""
+        return self.z[:, self.layers.index(layer), head]
+
+    def contributions(self, lm: LoadedModel, layer: int) -> torch.Tensor:
+        """Per-head d_model contributions W_O,h z_h of one layer: (rows, heads, d_model)."""
+        W = lm.output_weight(layer).detach().float().cpu()
+        H, dh = self.n_heads, self.head_dim
+        return torch.einsum("rhd,mhd->rhm", self.head_layer(layer), W.view(-1, H, dh))
+
+    def head_layer(self, layer: int) -> torch.Tensor:
+        return self.z[:, self.layers.index(layer)]
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temp file + rename): an interrupted save never leaves a bad cache."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tensors = {
+            "z": self.z.contiguous(),
+            "sample_index": self.sample_index.contiguous(),
+            "position": self.position.contiguous(),
+            "target_token": self.target_token.contiguous(),
+            "layers": torch.tensor(self.layers, dtype=torch.long),
+        }
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str),
+                                               "version": str(CACHE_VERSION)})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadActivations":
+        from safetensors import safe_open
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                md = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}
+            meta = json.loads(md.get("meta", "{}"))
+            return cls(
+                z=t["z"],
+                layers=t["layers"].tolist(),
+                sample_index=t["sample_index"],
+                position=t["position"],
+                target_token=t["target_token"],
+                meta=meta,
+            )
+        except Exception as exc:
+            raise CacheError(
+                f"Activation cache file {path} is corrupt or not a headpursuit cache ({exc}). "
+                f"Delete it (rm '{path}') to recompute, or set cache_dir=None / "
+                "capture.cache=false to bypass the cache."
+            ) from exc
+
+
+# ------------------------------------------------------------------------------------------
+# Hooks
+# ------------------------------------------------------------------------------------------
+
+@contextmanager
+def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the full input of `o_proj` for the given layers during one forward pass.
+
+    Yields a dict layer -> (batch, tokens, n_heads*head_dim), filled by the forward pass. The
+    hooks are removed on exit, also when the body raises.
+    """
+    store: dict[int, torch.Tensor] = {}
+    handles = []
+    try:
+        for layer in layers:
+            def hook(module, args, kwargs=None, _layer=layer):
+                store[_layer] = args[0].detach()
+            handles.append(lm.o_proj(layer).register_forward_pre_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ------------------------------------------------------------------------------------------
+# Sample preparation: token ids, where the prompt ends, which positions to keep
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    ids: list[int]
+    prompt_len: int
+    keep: list[int]           # positions to record
+    targets: list[int]        # token predicted at each kept position (-1 if unknown)
+
+
+def _positions_for(
+    ids: list[int], prompt_len: int, mode: str, concept_ids: set[int] | None
+) -> tuple[list[int], list[int]]:
+    n = len(ids)
+
+    def target(p: int) -> int:
+        return ids[p + 1] if p + 1 < n else -1
+
+    if mode == "last_prompt":
+        keep = [prompt_len - 1]
+    elif mode == "all":
+        keep = list(range(n))
+    elif mode == "answer":
+        # Position p predicts token p+1; the answer tokens are ids[prompt_len:].
+        keep = list(range(prompt_len - 1, n - 1)) or [prompt_len - 1]
+    elif mode == "answer_concept":
+        keep = [p for p in range(prompt_len - 1, n - 1) if ids[p + 1] in (concept_ids or set())]
+        if not keep:  # no concept token in the answer: fall back to the last prompt token
+            keep = [prompt_len - 1]
+    else:
+        raise ValueError(f"Unknown positions {mode!r}; choose one of {', '.join(POSITIONS)}")
+    return keep, [target(p) for p in keep]
+
+
+def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> _Prepared:
+    prompt_ids = lm.token_ids(sample.prompt)
+    if not prompt_ids:
+        raise ValueError(f"Empty prompt after tokenisation: {sample.prompt!r}")
+    answer_ids = lm.token_ids(sample.answer, special=False) if sample.answer else []
+    if mode in ("answer", "answer_concept") and sample.answer is None:
+        raise ValueError(
+            f"positions={mode!r} needs each sample's answer (teacher forcing); sample with prompt "
+            f"{sample.prompt[:60]!r} has none. Generate the model's answers first or use "
+            "positions='last_prompt'."
+        )
+    ids = prompt_ids + answer_ids
+    keep, targets = _positions_for(ids, len(prompt_ids), mode, concept_ids)
+    return _Prepared(ids, len(prompt_ids), keep, targets)
+
+
+def cache_key(lm: LoadedModel, samples: Sequence[CaptureSample], positions: str,
+              layers: Sequence[int], concept_token_ids) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({
+        "v": CACHE_VERSION,
+        "model": lm.name,
+        "source": lm.provenance.get("source"),
+        "layout": lm.layout.__dict__,
+        "dtype": str(lm.dtype),
+        "positions": positions,
+        "layers": list(layers),
+        "concept": sorted(int(i) for i in concept_token_ids) if concept_token_ids is not None else None,
+        "random_init": lm.provenance.get("random_init"),
+        "seed": lm.provenance.get("seed"),
+    }, sort_keys=True).encode())
+    # Random-initialised models differ per instance: key on their weights too.
+    if lm.provenance.get("random_init") or lm.provenance.get("vision_random_init"):
+        h.update(lm.output_weight(0).detach().float().cpu().numpy().tobytes()[:4096])
+    for s in samples:
+        h.update(s.prompt.encode())
+        h.update(b"\x00" + (s.answer or "").encode() + b"\x01")
+        if s.image is not None:
+            h.update(_image_bytes(s.image))
+    return h.hexdigest()[:20]
+
+
+def _image_bytes(image) -> bytes:
+    try:
+        return image.tobytes()
+    except AttributeError:
+        return repr(image).encode()
+
+
+# ------------------------------------------------------------------------------------------
+# The capture
+# ------------------------------------------------------------------------------------------
+
+def capture_heads(
+    lm: LoadedModel,
+    samples: Sequence[CaptureSample | str],
+    *,
+    positions: str = "last_prompt",
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    concept_token_ids=None,
+    padding_side: str = "left",
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> HeadActivations:
+    """Run the model over `samples` and record every chosen layer's per-head `z` at `positions`.
+
+    Args:
+        samples: formatted prompts (strings) or `CaptureSample`s with answers (teacher-forced)
+            and images (VLMs).
+        positions: `last_prompt`, `answer` (every position predicting an answer token),
+            `answer_concept` (positions predicting a token in `concept_token_ids`; the last prompt
+            token when the answer has none), or `all`.
+        layers: decoder layers to capture (default: all).
+        cache_dir: if set, results are stored there under a key of the model, inputs and
+            options, and a rerun reads them instead of running the model.
+    """
+    if positions not in POSITIONS:
+        raise ValueError(f"Unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
+    samples = [CaptureSample(s) if isinstance(s, str) else s for s in samples]
+    if not samples:
+        raise ValueError("capture_heads got no samples: the dataset or split is empty.")
+    if positions == "answer_concept" and concept_token_ids is None:
+        raise ValueError("positions='answer_concept' needs concept_token_ids")
+    layers = list(range(lm.layout.n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < lm.layout.n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range for {lm.name} ({lm.layout.n_layers} layers)")
+    concept_set = set(int(i) for i in concept_token_ids) if concept_token_ids is not None else None
+
+    path = None
+    if cache_dir is not None:
+        key = cache_key(lm, samples, positions, layers, concept_token_ids)
+        path = Path(cache_dir) / f"acts-{key}.safetensors"
+        if path.exists():
+            acts = HeadActivations.load(path)
+            CAPTURE_STATS["cache_hits"] += 1
+            acts.meta["from_cache"] = True
+            return acts
+
+    H, dh = lm.layout.n_heads, lm.layout.head_dim
+    zs, sidx, pos, tgt = [], [], [], []
+    batches = range(0, len(samples), batch_size)
+    for start in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
+        chunk = samples[start:start + batch_size]
+        if any(s.image is not None for s in chunk):
+            inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
+        else:
+            prepared = [_prepare_text(lm, s, positions, concept_set) for s in chunk]
+            inputs = pad_batch([p.ids for p in prepared], lm.pad_token_id, padding_side, device=lm.device)
+            T = inputs["input_ids"].shape[1]
+            offsets = [T - len(p.ids) if padding_side == "left" else 0 for p in prepared]
+        b_idx = torch.tensor([i for i, p in enumerate(prepared) for _ in p.keep])
+        t_idx = torch.tensor([offsets[i] + k for i, p in enumerate(prepared) for k in p.keep])
+        with torch.inference_mode(), o_proj_inputs(lm, layers) as store:
+            lm.model(**inputs, use_cache=False)
+        CAPTURE_STATS["forward_batches"] += 1
+        rows = torch.stack([store[layer][b_idx, t_idx] for layer in layers], dim=1)  # (r, L, H*dh)
+        zs.append(rows.float().cpu().view(len(b_idx), len(layers), H, dh))
+        for i, p in enumerate(prepared):
+            sidx += [start + i] * len(p.keep)
+            pos += p.keep
+            tgt += p.targets
+    acts = HeadActivations(
+        z=torch.cat(zs),
+        layers=layers,
+        sample_index=torch.tensor(sidx, dtype=torch.long),
+        position=torch.tensor(pos, dtype=torch.long),
+        target_token=torch.tensor(tgt, dtype=torch.long),
+        meta={
+            "model": lm.name,
+            "positions": positions,
+            "n_samples": len(samples),
+            "provenance": lm.provenance,
+            "prompts": [s.prompt for s in samples],
+            "answers": [s.answer for s in samples],
+            "from_cache": False,
+        },
+    )
+    if path is not None:
+        acts.save(path)
+    return acts
+
+
+def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_side):
+    """Processor path for samples with images: the processor expands the image placeholders."""
+    if lm.processor is None:
+        raise ValueError(f"{lm.name} has no processor, so it cannot take images.")
+    proc = lm.processor
+    prepared, full_ids = [], []
+    for s in chunk:
+        p_ids = proc(text=[s.prompt], images=[s.image], return_tensors="pt")["input_ids"][0].tolist()
+        text = s.prompt + (s.answer or "")
+        enc = proc(text=[text], images=[s.image], return_tensors="pt")
+        ids = enc["input_ids"][0].tolist()
+        if ids[: len(p_ids)] != p_ids:
+            # The answer merged with the last prompt token; fall back to token-level concatenation.
+            ids = p_ids + lm.token_ids(s.answer or "", special=False)
+        keep, targets = _positions_for(ids, len(p_ids), positions, concept_set)
+        prepared.append(_Prepared(ids, len(p_ids), keep, targets))
+        full_ids.append(ids)
+    tok = lm.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = padding_side
+    try:
+        texts = [s.prompt + (s.answer or "") for s in chunk]
+        inputs = proc(text=texts, images=[s.image for s in chunk], return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = old_side
+    T = inputs["input_ids"].shape[1]
+    offsets = []
+    for p, row in zip(prepared, inputs["input_ids"]):
+        # Locate each sample's tokens inside the padded batch.
+        off = T - len(p.ids) if padding_side == "left" else 0
+        if row[off: off + len(p.ids)].tolist() != p.ids:
+            raise RuntimeError("VLM batch tokenisation differs from per-sample tokenisation; use batch_size=1")
+        offsets.append(off)
+    inputs = {k: (v.to(lm.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+    return inputs, prepared, offsets

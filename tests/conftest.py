@@ -1,0 +1,32 @@
+import os
+
+import pytest
+import torch
+
+# Nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from headpursuit import load_model
+
+    return load_model("smollm2", dtype="float32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from headpursuit.models.tiny import tiny_text_model
+
+    return tiny_text_model("llama", o_proj_bias=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3():
+    from headpursuit.models.tiny import tiny_text_model
+
+    return tiny_text_model("gemma3_text")
