@@ -1,0 +1,95 @@
+"""Figures (matplotlib, Agg backend: no display needed).
+
+* `score_heatmap`: layers x heads map of head scores, selected heads outlined.
+* `metric_vs_k`: an edited metric against k, one curve per alpha, with the random-head controls as
+  a mean +- std band and the unedited baseline as a dashed line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def score_grid(table: Any, n_layers: int | None = None, n_heads: int | None = None) -> np.ndarray:
+    """(n_layers, n_heads) array of scores from a table with layer, head, score (NaN if absent)."""
+    layers = table["layer"].astype(int).to_numpy()
+    heads = table["head"].astype(int).to_numpy()
+    n_layers = int(n_layers or (layers.max() + 1))
+    n_heads = int(n_heads or (heads.max() + 1))
+    grid = np.full((n_layers, n_heads), np.nan)
+    grid[layers, heads] = table["score"].astype(float).to_numpy()
+    return grid
+
+
+def score_heatmap(table: Any, n_layers: int | None = None, n_heads: int | None = None,
+                  path: str | os.PathLike = "head_scores_heatmap.png", *, title: str | None = None,
+                  highlight: Iterable[Sequence[int]] | None = None) -> Path:
+    """Heat map of head scores (rows: layers, columns: heads); `highlight` heads are outlined."""
+    grid = score_grid(table, n_layers, n_heads)
+    L, H = grid.shape
+    fig, ax = plt.subplots(figsize=(min(16, 1.5 + 0.35 * H + 2), min(14, 1.5 + 0.22 * L + 1)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower")
+    fig.colorbar(im, ax=ax, label="score")
+    for lh in highlight or []:
+        layer, head = int(lh[0]), int(lh[1])
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    step_h, step_l = max(1, math.ceil(H / 16)), max(1, math.ceil(L / 16))
+    ax.set_xticks(range(0, H, step_h))
+    ax.set_yticks(range(0, L, step_l))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def metric_vs_k(df: Any, metric: str, path: str | os.PathLike, *, group: str = "concept",
+                title: str | None = None) -> Path:
+    """`edited.<group>.<metric>` against k, one line per alpha, random-head band, baseline line.
+
+    `df` has columns k, alpha, `edited.{group}.{metric}` and optionally `random.{group}.{metric}`,
+    `random.std.{group}.{metric}`, `baseline.{group}.{metric}` (the aggregate DataFrame).
+    """
+    col = f"edited.{group}.{metric}"
+    rcol, scol, bcol = f"random.{group}.{metric}", f"random.std.{group}.{metric}", f"baseline.{group}.{metric}"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    d = df.dropna(subset=[col]).sort_values("k")
+    for i, (alpha, g) in enumerate(d.groupby("alpha", sort=True)):
+        g = g.groupby("k", as_index=False).mean(numeric_only=True)
+        c = colors[i % len(colors)]
+        ax.plot(g["k"], g[col], marker="o", color=c, label=f"top-k heads, alpha={alpha:g}")
+        if rcol in g and g[rcol].notna().any():
+            std = g[scol].fillna(0) if scol in g else 0
+            ax.plot(g["k"], g[rcol], ls=":", color=c, label=f"random heads, alpha={alpha:g}")
+            ax.fill_between(g["k"], g[rcol] - std, g[rcol] + std, color=c, alpha=0.15)
+    if bcol in d and d[bcol].notna().any():
+        ax.axhline(float(d[bcol].mean()), color="gray", ls="--", lw=1, label="unedited")
+    ax.set_xlabel("k (heads edited)")
+    ax.set_ylabel(f"{group} {metric}")
+    ks = sorted(d["k"].unique())
+    if len(ks) > 1 and ks[0] > 0 and ks[-1] / ks[0] >= 20:
+        ax.set_xscale("log")
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

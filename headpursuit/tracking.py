@@ -1,0 +1,485 @@
+"""Recording a run: `results.json` + `head_scores.csv` (atomic) and Weights & Biases (optional).
+
+Local files are the record of truth; W&B only mirrors them. W&B failing (not installed, no
+network, a broken service) never fails a run: the error is logged as a warning and written into
+`results.json` under `tracking`.
+
+    write_json_atomic(run_dir / "results.json", results)      # temp file + os.replace
+    tracker = Tracker(cfg.logger, run_dir=run_dir)
+    tracker.start(config, group=..., name=..., job_type=...)
+    tracker.log_metrics(flatten_metrics(results))
+    tracker.log_table("head_scores", scores.table)
+    tracker.log_image("head_scores_heatmap", path)
+    tracker.finish(exit_code=0)
+    results["tracking"] = tracker.status
+
+Offline W&B runs (the default) can be read back with `read_wandb_run(run_dir)`, which parses the
+`.wandb` transaction log (a leveldb-style record log of protobuf records) without the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+HEAD_SCORES_FILE = "head_scores.csv"
+ERROR_FILE = "error.txt"
+RESULTS_VERSION = 1
+
+# Config keys that do not change a run's results: left out of the config hash used for resume.
+VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots")
+
+
+# ------------------------------------------------------------------------------------------
+# Atomic files
+# ------------------------------------------------------------------------------------------
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temp file in the same directory, fsync, then `os.replace` onto `path`.
+
+    A reader sees either the old file or the complete new one, never a half-written file; an
+    interrupted write leaves only a hidden `.NAME.tmpPID` file that every reader ignores.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink(missing_ok=True)
+    return path
+
+
+def _json_default(obj: Any):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return obj.tolist()
+        if isinstance(obj, (torch.dtype, torch.device)):
+            return str(obj)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf become null (strict JSON), unknown objects their repr."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    conv = _json_default(obj)
+    return conv if conv is obj else to_jsonable(conv)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv_atomic(df, path: str | os.PathLike) -> Path:
+    """A pandas DataFrame to CSV, atomically; list/tuple cells are written as JSON."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].map(lambda v: isinstance(v, (list, tuple))).any():
+            df[col] = df[col].map(lambda v: json.dumps(list(v)) if isinstance(v, (list, tuple)) else v)
+    return write_text_atomic(path, df.to_csv(index=False))
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (e.g. truncated)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# Resume
+# ------------------------------------------------------------------------------------------
+
+def config_hash(config: Mapping[str, Any], ignore: tuple[str, ...] = VOLATILE_KEYS) -> str:
+    """A stable hash of a resolved config, without the keys that do not change results."""
+    body = {k: v for k, v in config.items() if k not in ignore and k != "hydra"}
+    text = json.dumps(to_jsonable(body), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def completed_results(run_dir: str | os.PathLike, cfg_hash: str) -> dict | None:
+    """results.json of `run_dir` if it says status=complete for the same config hash, else None."""
+    res = read_json(Path(run_dir) / RESULTS_FILE)
+    if res and res.get("status") == "complete" and res.get("config_hash") == cfg_hash:
+        return res
+    return None
+
+
+def write_error(run_dir: str | os.PathLike, exc: BaseException, results: dict | None = None) -> dict:
+    """error.txt (traceback) + results.json with status=failed and whatever was computed."""
+    run_dir = Path(run_dir)
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    write_text_atomic(run_dir / ERROR_FILE, tb)
+    results = dict(results or {})
+    results["status"] = "failed"
+    results["error"] = {"type": type(exc).__name__, "message": str(exc), "file": ERROR_FILE}
+    write_json_atomic(run_dir / RESULTS_FILE, results)
+    return results
+
+
+# ------------------------------------------------------------------------------------------
+# Provenance
+# ------------------------------------------------------------------------------------------
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+def git_commit(path: str | os.PathLike | None = None) -> dict:
+    root = Path(path) if path else Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return {"commit": commit, "dirty": bool(dirty)} if commit else {}
+    except Exception:
+        return {}
+
+
+def environment() -> dict:
+    """Versions, host and scheduler ids: what a reader needs to reproduce or question a number."""
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "argv": list(sys.argv),
+        "versions": {d: _version(d) for d in (
+            "headpursuit", "torch", "transformers", "accelerate", "gguf", "hydra-core", "omegaconf",
+            "hydra-submitit-launcher", "submitit", "wandb", "numpy", "pandas", "datasets",
+            "alt-profanity-check", "detoxify", "scikit-learn")},
+        "git": git_commit(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+    }
+    try:
+        import torch
+
+        env["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            env["cuda"] = {"device": torch.cuda.get_device_name(0), "version": torch.version.cuda}
+    except Exception:  # pragma: no cover
+        pass
+    return env
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------
+
+RESULT_SECTIONS = ("baseline", "edited", "random")
+
+
+def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: str = "/") -> dict[str, float]:
+    """`{"edited/concept/accuracy": 0.1, "random/std/concept/accuracy": ...}` from results.json."""
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if k in ("examples", "per_seed", "heads", "n", "from_cache", "seeds"):
+                    continue
+                walk(f"{prefix}{sep}{k}", v)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[prefix] = float(node)
+
+    for s in sections:
+        if isinstance(results.get(s), Mapping):
+            walk(s, results[s])
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# W&B
+# ------------------------------------------------------------------------------------------
+
+class Tracker:
+    """A W&B run per job, or nothing. Every method swallows its own errors (and says so)."""
+
+    def __init__(self, logger_cfg: Mapping[str, Any] | None, run_dir: str | os.PathLike):
+        cfg = dict(logger_cfg or {})
+        self.backend = cfg.get("backend", "none")
+        self.mode = cfg.get("mode", "offline")
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run = None
+        self.status: dict[str, Any] = {"backend": self.backend, "mode": self.mode, "status": "off"}
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        msg = f"W&B {what} failed ({type(exc).__name__}: {exc}); the run goes on without it"
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        log.warning(msg)
+        self.status.setdefault("errors", []).append(f"{what}: {type(exc).__name__}: {exc}")
+        if what == "init":
+            self.status["status"] = "failed"
+
+    def start(self, config: Mapping[str, Any], *, group: str | None = None, name: str | None = None,
+              job_type: str | None = None) -> None:
+        if self.backend != "wandb" or self.mode == "disabled":
+            return
+        try:
+            import wandb
+
+            settings = wandb.Settings(silent=True, console="off",
+                                      init_timeout=float(self.cfg.get("init_timeout", 90)))
+            self.run = wandb.init(
+                project=self.cfg.get("project") or "headpursuit",
+                entity=self.cfg.get("entity"),
+                config=dict(config),
+                group=group,
+                name=name,
+                job_type=job_type or self.cfg.get("job_type"),
+                tags=list(self.cfg.get("tags") or []) or None,
+                mode=self.mode,
+                dir=str(self.run_dir),
+                settings=settings,
+            )
+            self.status.update({
+                "status": "ok",
+                "run_id": self.run.id,
+                "run_name": name,
+                "group": group,
+                "dir": str(Path(self.run.dir).parent),
+                "sync": f"wandb sync {Path(self.run.dir).parent}" if self.mode == "offline" else None,
+            })
+        except BaseException as exc:  # noqa: BLE001 - W&B must never fail the run
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self.run = None
+            self._fail("init", exc)
+
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        if not self.active:
+            return
+        try:
+            clean = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
+            self.run.log(clean)
+            for k, v in clean.items():
+                self.run.summary[k] = v
+        except Exception as exc:
+            self._fail("log_metrics", exc)
+
+    def log_summary(self, values: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        try:
+            for k, v in values.items():
+                self.run.summary[k] = v
+        except Exception as exc:
+            self._fail("log_summary", exc)
+
+    def log_table(self, name: str, df) -> None:
+        if not self.active or not self.cfg.get("log_table", True):
+            return
+        try:
+            import wandb
+
+            df = df.copy()
+            for col in df.columns:  # W&B tables want scalars
+                if df[col].map(lambda v: isinstance(v, (list, tuple))).any():
+                    df[col] = df[col].map(lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+            self.run.log({name: wandb.Table(dataframe=df)})
+        except Exception as exc:
+            self._fail("log_table", exc)
+
+    def log_image(self, name: str, path: str | os.PathLike) -> None:
+        if not self.active or not self.cfg.get("log_plots", True) or not Path(path).exists():
+            return
+        try:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path))})
+        except Exception as exc:
+            self._fail("log_image", exc)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self.active:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as exc:
+            self._fail("finish", exc)
+        finally:
+            self.run = None
+
+
+# ------------------------------------------------------------------------------------------
+# Reading an offline W&B run back (no network, no wandb service)
+# ------------------------------------------------------------------------------------------
+
+_BLOCK = 32768
+_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _records(path: Path) -> Iterator[bytes]:
+    """Payloads of a W&B transaction log (leveldb log format: 32 KiB blocks, 7-byte headers)."""
+    data = path.read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B transaction log")
+    pos, pending = _HEADER, b""
+    while pos + 7 <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        crc, length, rtype = struct.unpack("<IHB", data[pos:pos + 7])
+        payload = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if length == 0 and rtype == 0:
+            break
+        if rtype == _FULL:
+            yield payload
+        elif rtype == _FIRST:
+            pending = payload
+        elif rtype == _MIDDLE:
+            pending += payload
+        elif rtype == _LAST:
+            yield pending + payload
+            pending = b""
+
+
+def find_wandb_files(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"))
+
+
+def read_wandb_run(path: str | os.PathLike) -> dict:
+    """Summary, history rows and config of an offline W&B run.
+
+    `path` is a `.wandb` file or a directory holding `wandb/offline-run-*/run-*.wandb` (the last
+    one is read). Returns {"summary": {...}, "history": [{...}, ...], "config": {...}, "run_id"}.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    path = Path(path)
+    if path.is_dir():
+        files = find_wandb_files(path)
+        if not files:
+            raise FileNotFoundError(f"no wandb/*run-*/run-*.wandb under {path}")
+        path = files[-1]
+    out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "run_id": None, "file": str(path)}
+
+    def key_of(item) -> str:
+        return "/".join(item.nested_key) if len(item.nested_key) else item.key
+
+    def value_of(item):
+        try:
+            return json.loads(item.value_json)
+        except ValueError:
+            return item.value_json
+
+    for payload in _records(path):
+        rec = pb.Record()
+        try:
+            rec.ParseFromString(payload)
+        except Exception:
+            continue
+        kind = rec.WhichOneof("record_type")
+        if kind == "history":
+            out["history"].append({key_of(i): value_of(i) for i in rec.history.item})
+        elif kind == "summary":
+            for i in rec.summary.update:
+                out["summary"][key_of(i)] = value_of(i)
+        elif kind == "config":
+            for i in rec.config.update:
+                out["config"][key_of(i)] = value_of(i)
+        elif kind == "run":
+            out["run_id"] = rec.run.run_id
+            for i in rec.run.config.update:
+                out["config"][key_of(i)] = value_of(i)
+    # History rows carry every logged value; summary records may be absent in offline runs.
+    for row in out["history"]:
+        for k, v in row.items():
+            if not k.startswith("_"):
+                out["summary"].setdefault(k, v)
+    return out
+
+
+class Timer:
+    """`with timer("capture"): ...` records seconds per stage in `timer.seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self_inner):
+                self_inner.t0 = time.perf_counter()
+
+            def __exit__(self_inner, *exc):
+                timer.seconds[name] = round(timer.seconds.get(name, 0.0) + time.perf_counter()
+                                            - self_inner.t0, 3)
+                return False
+
+        return _Ctx()
+
+
+__all__ = [
+    "RESULTS_FILE", "HEAD_SCORES_FILE", "ERROR_FILE", "write_text_atomic", "write_json_atomic",
+    "write_csv_atomic", "read_json", "config_hash", "completed_results", "write_error",
+    "environment", "flatten_metrics", "Tracker", "read_wandb_run", "find_wandb_files", "Timer",
+    "to_jsonable",
+]
