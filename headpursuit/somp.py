@@ -1,0 +1,730 @@
+"""Simultaneous Orthogonal Matching Pursuit (SOMP), fast and batched over heads.
+
+Two entry points:
+
+* :func:`somp` -- plain tensors: ``signals`` (heads, samples, dim) or (samples, dim) and a
+  dictionary ``atoms`` (n_atoms, dim).
+* :func:`somp_heads` -- head space: captured ``z`` (samples, layers, heads, head_dim) and the
+  layers' ``W_O``; each head's signal ``c = W_O[:, h*dh:(h+1)*dh] @ z`` is never materialised
+  for all heads at once.
+
+:func:`somp_reference` is the plain textbook loop (per head, d_model space, ``R D^T`` recomputed
+and ``torch.linalg.lstsq`` solved at every step). It is slow and exists only as the independent
+reference for tests and benchmarks.
+
+Algorithm (see docs/ARCHITECTURE.md and shared/HEADPURSUIT.md section 3). For a batch of heads:
+
+1. ``C = H D^T`` (batch, n, V) is computed once with large matmuls (float32 on CPU).
+2. Each step picks, per head, ``j = argmax_j sum_i |C[i, j]|`` (or squared for ``"l2"``) over the
+   atoms not yet selected, not masked and not (numerically) in the span of the selected ones.
+3. The selected atom is orthonormalised against the previously selected ones by Gram-Schmidt in
+   *correlation space*: with ``G_SS = L L^T`` (Cholesky, float64, grown one row per step),
+   ``p = L[t, :t]``, ``nrm = L[t, t]`` and the atom's Gram row ``g = D_j D^T`` (one matmul for
+   the unique atoms selected across the batch in this step),
+   ``b_t = (g - p B) / nrm`` is ``q_t D^T`` for the orthonormalised atom ``q_t``;
+   ``a_t = <H_i, q_t>`` is computed in float64 from the exact correlations ``H D_j``;
+   then ``C <- C - a_t b_t^T`` is the residual's correlation with every atom.
+4. ``||R_t||^2 = ||H||^2 - sum_s ||a_s||^2`` (float64), so the explained variance is exact up to
+   float64 rounding; the final least-squares coefficients solve ``W L = A`` (``W G_SS = H D_S^T``).
+
+The big ``C`` carries float32 rounding only into the *choice* of atoms (as any float32 SOMP does);
+explained variance and coefficients are computed from float64 small quantities.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+__all__ = [
+    "SOMPResult",
+    "somp",
+    "somp_heads",
+    "somp_reference",
+    "normalize_atoms",
+    "head_dictionary",
+]
+
+# An atom whose squared distance to the span of the already selected atoms is below this (for
+# unit atoms) is treated as linearly dependent and never selected: selecting it would explain
+# nothing and make the least-squares problem singular.
+_DEPENDENT_TOL = 1e-6
+
+
+@dataclass
+class SOMPResult:
+    """What SOMP selected for each head.
+
+    indices: long (heads, k) -- selected atoms in selection order; -1 after a head stopped
+        (``tol`` reached, residual exhausted, or an all-zero signal).
+    coefficients: (heads, samples, k) -- least-squares coefficients of each sample on the
+        selected atoms (same order as ``indices``; 0 for padded steps).
+    explained_variance: float64 (heads, k) -- 1 - ||R||^2 / ||H||^2 after each step (repeated
+        after a head stopped; 0 for an all-zero signal).
+    signal_energy: float64 (heads,) -- ||H||^2 of each head's samples.
+    head_ids: long (heads, 2) of (layer, head) when produced by :func:`somp_heads`, else None.
+
+    For 2-D input to :func:`somp` the leading heads axis is dropped from every field.
+    """
+
+    indices: torch.Tensor
+    coefficients: torch.Tensor
+    explained_variance: torch.Tensor
+    signal_energy: torch.Tensor
+    head_ids: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def gains(self) -> torch.Tensor:
+        """Explained-variance gain of each step (same shape as ``explained_variance``)."""
+        ev = self.explained_variance
+        prev = torch.zeros_like(ev[..., :1])
+        return torch.diff(ev, dim=-1, prepend=prev)
+
+    @property
+    def k(self) -> int:
+        return int(self.indices.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def normalize_atoms(atoms: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows scaled to unit norm (computed in float64). Returns (atoms, usable) where ``usable`` is
+    False for all-zero (or non-finite) rows, which are left at zero and must never be selected."""
+    if atoms.dim() != 2:
+        raise ValueError(f"atoms must be 2-D (n_atoms, dim); got shape {tuple(atoms.shape)}")
+    dtype = dtype or (atoms.dtype if atoms.dtype in (torch.float32, torch.float64) else torch.float32)
+    a64 = atoms.detach().to(torch.float64)
+    norms = a64.norm(dim=1)
+    usable = torch.isfinite(norms) & (norms > 0)
+    scale = torch.where(usable, 1.0 / torch.where(usable, norms, torch.ones_like(norms)), torch.zeros_like(norms))
+    out = torch.nan_to_num(a64 * scale[:, None], nan=0.0, posinf=0.0, neginf=0.0)
+    return out.to(dtype), usable
+
+
+def head_dictionary(
+    unembedding: torch.Tensor,
+    norm_gain: torch.Tensor | None = None,
+    token_ids: torch.Tensor | Sequence[int] | None = None,
+    *,
+    fold_norm_gain: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The SOMP dictionary from an unembedding matrix (vocab, d_model): the final norm's gain folded
+    in (``U * gamma``) when ``fold_norm_gain`` and a gain is given, restricted to ``token_ids``
+    when given, rows normalised. Returns (atoms, usable, token_ids as long tensor or None)."""
+    U = unembedding.detach()
+    if U.dim() != 2:
+        raise ValueError(f"unembedding must be (vocab, d_model); got shape {tuple(U.shape)}")
+    ids = None
+    if token_ids is not None:
+        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().cpu()
+        if ids.numel() == 0:
+            raise ValueError("token_ids is empty: give at least one token id (or None for the full vocabulary)")
+        if int(ids.min()) < 0 or int(ids.max()) >= U.shape[0]:
+            raise ValueError(
+                f"token_ids must lie in [0, {U.shape[0]}) (the unembedding's vocabulary); "
+                f"got range [{int(ids.min())}, {int(ids.max())}]"
+            )
+        U = U[ids.to(U.device)]
+    if fold_norm_gain and norm_gain is not None:
+        g = norm_gain.detach().to(device=U.device, dtype=torch.float64).flatten()
+        if g.numel() != U.shape[1]:
+            raise ValueError(
+                f"final norm gain has {g.numel()} entries but the unembedding has d_model={U.shape[1]}"
+            )
+        U = U.to(torch.float64) * g[None, :]
+    atoms, usable = normalize_atoms(U, dtype)
+    return atoms, usable, ids
+
+
+def _default_budget() -> int:
+    """Bytes of working memory for one batch of heads: 30% of available RAM, capped at 6 GiB."""
+    env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
+    if env:
+        return int(float(env))
+    avail = None
+    try:
+        import psutil
+
+        avail = psutil.virtual_memory().available
+    except Exception:  # pragma: no cover - psutil is optional
+        pass
+    if avail is None:
+        return 2 << 30
+    return int(max(256 << 20, min(6 << 30, 0.3 * avail)))
+
+
+def _check_k(k: int, n_atoms: int) -> int:
+    try:
+        if isinstance(k, bool):
+            raise TypeError
+        k = operator.index(k)
+    except TypeError:
+        raise ValueError(f"k must be a positive integer (number of SOMP steps); got {k!r}") from None
+    if k <= 0:
+        raise ValueError(f"k must be >= 1 (number of SOMP steps); got {k}")
+    if k > n_atoms:
+        raise ValueError(
+            f"k={k} exceeds the number of usable dictionary atoms ({n_atoms}); lower k or enlarge the dictionary"
+        )
+    return k
+
+
+# ----------------------------------------------------------------------------------------------
+# signal operators: what the core needs to know about a batch of heads
+
+
+class _DenseSignals:
+    """Explicit signals H (heads, n, dim)."""
+
+    def __init__(self, H: torch.Tensor, dtype: torch.dtype):
+        self.H = H
+        self.dtype = dtype
+        self.n_heads, self.n, self.dim = H.shape
+
+    def bytes_per_head(self, V: int) -> int:
+        return self.n * self.dim * 8  # float64 copy of the batch for exact columns
+
+    def prepare(self, sl: slice, D: torch.Tensor, chunk: int | None):
+        Hb = self.H[sl]
+        Hc = Hb.to(self.dtype)
+        hb = Hc.shape[0]
+        V = D.shape[0]
+        C = torch.empty(hb, self.n, V, dtype=self.dtype, device=D.device)
+        X = Hc.reshape(hb * self.n, self.dim)
+        Cv = C.view(hb * self.n, V)
+        if chunk is None or chunk >= V:
+            torch.matmul(X, D.T, out=Cv)
+        else:
+            for v0 in range(0, V, chunk):
+                Cv[:, v0 : v0 + chunk] = X @ D[v0 : v0 + chunk].T
+        H64 = Hb.to(torch.float64)
+        energy = (H64 * H64).sum(dim=(1, 2))
+        return C, energy, _DenseCols(H64)
+
+
+class _DenseCols:
+    def __init__(self, H64: torch.Tensor):
+        self.H64 = H64
+
+    def select(self, rows: torch.Tensor) -> "_DenseCols":
+        return _DenseCols(self.H64[rows])
+
+    def __call__(self, atoms64: torch.Tensor) -> torch.Tensor:
+        # atoms64 (hb, dim) -> (hb, n) exact correlations <H_i, D_j>
+        return torch.bmm(self.H64, atoms64.unsqueeze(2)).squeeze(2)
+
+
+class _HeadSignals:
+    """Signals given implicitly by z (n, L, H, dh) and W_O (L, d, H*dh): c_{l,h} = W_h z_{l,h}."""
+
+    def __init__(self, z: torch.Tensor, W_O: torch.Tensor, dtype: torch.dtype):
+        self.z = z
+        self.W = W_O
+        self.dtype = dtype
+        self.n, self.L, self.Hn, self.dh = z.shape
+        self.dim = W_O.shape[1]
+        self.n_heads = self.L * self.Hn
+
+    def _route(self, V: int) -> str:
+        direct = self.n * self.dim * V + self.n * self.dh * self.dim
+        project = V * self.dim * self.dh + self.n * self.dh * V
+        return "direct" if direct <= project else "project"
+
+    def bytes_per_head(self, V: int) -> int:
+        extra = self.dim * self.dh * 8 * 2 + self.n * self.dh * 8
+        if self._route(V) == "direct":
+            extra += self.n * self.dim * 4
+        else:
+            extra += V * self.dh * 4
+        return extra
+
+    def _gather(self, sl: slice):
+        flat = torch.arange(self.n_heads)[sl]
+        li, hi = flat // self.Hn, flat % self.Hn
+        Zb = self.z[:, li, hi, :].permute(1, 0, 2)  # (hb, n, dh)
+        Wv = self.W.view(self.L, self.dim, self.Hn, self.dh)
+        Wb = Wv[li, :, hi, :]  # (hb, d, dh)
+        return Zb, Wb
+
+    def prepare(self, sl: slice, D: torch.Tensor, chunk: int | None):
+        Zb, Wb = self._gather(sl)
+        hb = Zb.shape[0]
+        V = D.shape[0]
+        dev = D.device
+        Zc = Zb.to(device=dev, dtype=self.dtype)
+        Wc = Wb.to(device=dev, dtype=self.dtype)
+        C = torch.empty(hb, self.n, V, dtype=self.dtype, device=dev)
+        chunk = V if chunk is None or chunk >= V else int(chunk)
+        if self._route(V) == "direct":
+            Hb = torch.matmul(Zc, Wc.transpose(1, 2))  # (hb, n, d)
+            X = Hb.reshape(hb * self.n, self.dim)
+            Cv = C.view(hb * self.n, V)
+            if chunk == V:
+                torch.matmul(X, D.T, out=Cv)
+            else:
+                for v0 in range(0, V, chunk):
+                    Cv[:, v0 : v0 + chunk] = X @ D[v0 : v0 + chunk].T
+            del Hb, X
+        else:
+            # P = D W_h for all heads of the batch as one GEMM: (V, d) @ (d, hb*dh)
+            Wcat = Wc.permute(1, 0, 2).reshape(self.dim, hb * self.dh)
+            for v0 in range(0, V, chunk):
+                P = (D[v0 : v0 + chunk] @ Wcat).view(-1, hb, self.dh).permute(1, 2, 0)  # (hb, dh, v)
+                C[:, :, v0 : v0 + chunk] = torch.bmm(Zc, P)
+                del P
+        Z64 = Zb.to(device=dev, dtype=torch.float64)
+        W64 = Wb.to(device=dev, dtype=torch.float64)
+        M = torch.bmm(W64.transpose(1, 2), W64)  # (hb, dh, dh) = W_h^T W_h
+        energy = (torch.bmm(Z64, M) * Z64).sum(dim=(1, 2)).clamp_min(0.0)
+        return C, energy, _HeadCols(Z64, W64)
+
+
+class _HeadCols:
+    def __init__(self, Z64: torch.Tensor, W64: torch.Tensor):
+        self.Z64, self.W64 = Z64, W64
+
+    def select(self, rows: torch.Tensor) -> "_HeadCols":
+        return _HeadCols(self.Z64[rows], self.W64[rows])
+
+    def __call__(self, atoms64: torch.Tensor) -> torch.Tensor:
+        u = torch.bmm(self.W64.transpose(1, 2), atoms64.unsqueeze(2))  # (hb, dh, 1) = W_h^T D_j
+        return torch.bmm(self.Z64, u).squeeze(2)
+
+
+# ----------------------------------------------------------------------------------------------
+# the core
+
+
+# Elementwise work (residual update + score) is done tile by tile so that each tile of C is read
+# from memory once per step and stays in cache between the update and the reduction.
+_TILE_BYTES = 8 << 20
+
+
+def _tile_plan(nw: int, n: int, V: int, elt: int) -> tuple[int, int]:
+    per_head = n * V * elt
+    if per_head <= _TILE_BYTES:
+        return max(1, _TILE_BYTES // per_head), V
+    vv = max(256, (_TILE_BYTES // (n * elt)) // 256 * 256)
+    return 1, min(V, vv)
+
+
+def _update_and_score(C, a, b, score, ones, buf, aggregation: str, plan):
+    """C <- C - a b^T (per head; skipped when a is None) and score[h, j] = sum_i |C[h, i, j]|
+    (or C^2 for "l2"), tile by tile."""
+    nw, n, V = C.shape
+    hh, vv = plan
+    for h0 in range(0, nw, hh):
+        h1 = min(nw, h0 + hh)
+        for v0 in range(0, V, vv):
+            v1 = min(V, v0 + vv)
+            Ct = C[h0:h1, :, v0:v1]
+            if a is not None:
+                Ct.baddbmm_(a[h0:h1], b[h0:h1, :, v0:v1], alpha=-1.0)
+            bt = buf[: h1 - h0, :, : v1 - v0]
+            if aggregation == "l1":
+                torch.abs(Ct, out=bt)
+            else:
+                torch.mul(Ct, Ct, out=bt)
+            score[h0:h1, v0:v1] = torch.bmm(ones[: h1 - h0], bt).squeeze(1)
+
+
+def _somp_batch(
+    C: torch.Tensor,
+    energy: torch.Tensor,
+    cols,
+    D: torch.Tensor,
+    D64: torch.Tensor,
+    blocked: torch.Tensor | None,
+    k: int,
+    tol: float | None,
+    aggregation: str,
+):
+    """SOMP on one batch of heads given C = H D^T (hb, n, V), which is modified in place.
+
+    Returns indices (hb, k) long, coefficients (hb, n, k) float64, explained variance (hb, k) f64.
+    """
+    hb, n, V = C.shape
+    dev = C.device
+    cdt = C.dtype
+    f64 = torch.float64
+    elt = C.element_size()
+
+    idx_out = torch.full((hb, k), -1, dtype=torch.long, device=dev)
+    ev_out = torch.zeros(hb, k, dtype=f64, device=dev)
+    coef_out = torch.zeros(hb, n, k, dtype=f64, device=dev)
+
+    # Working set: rows of the batch still active (compacted when many stop).
+    rows = torch.arange(hb, device=dev)
+    E = energy.to(f64)
+    active = E > 0
+    exhausted = (100.0 * torch.finfo(cdt).eps) ** 2
+    Bq = torch.zeros(hb, k, V, dtype=cdt, device=dev)  # b_s = q_s D^T
+    L = torch.zeros(hb, k, k, dtype=f64, device=dev)  # Cholesky factor of G_SS
+    A = torch.zeros(hb, n, k, dtype=f64, device=dev)  # <H_i, q_s>
+    S = torch.full((hb, k), -1, dtype=torch.long, device=dev)
+    proj2 = torch.zeros(hb, V, dtype=cdt, device=dev)  # ||projection of D_j on span(q)||^2
+    excl = torch.zeros(hb, V, dtype=torch.bool, device=dev)
+    if blocked is not None:
+        excl |= blocked
+    explained = torch.zeros(hb, dtype=f64, device=dev)
+    steps_done = torch.zeros(hb, dtype=torch.long, device=dev)
+    on_gpu = dev.type != "cpu"
+    plan = (hb, V) if on_gpu else _tile_plan(hb, n, V, elt)
+    buf = torch.empty(min(plan[0], hb), n, plan[1], dtype=cdt, device=dev)
+    ones = torch.ones(1, 1, n, dtype=cdt, device=dev).expand(max(plan[0], hb), 1, n)
+    score = torch.empty(hb, V, dtype=cdt, device=dev)
+    _update_and_score(C, None, None, score, ones, buf, aggregation, plan)
+
+    def finish(sel: torch.Tensor):
+        """Write final results for working-set rows ``sel`` (bool over the working set)."""
+        if not bool(sel.any()):
+            return
+        r = rows[sel]
+        Ls = L[sel].clone()
+        t_done = steps_done[sel]
+        ar = torch.arange(k, device=dev)
+        unused = ar[None, :] >= t_done[:, None]
+        diag = torch.diagonal(Ls, dim1=1, dim2=2)
+        diag[unused] = 1.0  # unused steps: identity rows so the triangular solve is defined
+        # W L = A  <=>  W G_SS = H D_S^T   (solve L^T W^T = A^T)
+        Wt = torch.linalg.solve_triangular(Ls.transpose(1, 2), A[sel].transpose(1, 2), upper=True)
+        W = Wt.transpose(1, 2)
+        W[unused[:, None, :].expand_as(W)] = 0.0
+        coef_out[r] = W
+        idx_out[r] = S[sel]
+
+    for t in range(k):
+        nw = rows.numel()
+        if nw == 0:
+            break
+        # ---- selection
+        score.masked_fill_(excl, float("-inf"))
+        best, j = score.max(dim=1)
+        active = active & torch.isfinite(best) & (best > 0)
+        if not bool(active.any()):
+            break
+        j = torch.where(active, j, torch.zeros_like(j))
+        # ---- Gram rows of the unique selected atoms (one matmul)
+        uniq, inv = torch.unique(j[active], return_inverse=True)
+        G = D[uniq] @ D.T  # (U, V)
+        g = torch.zeros(nw, V, dtype=cdt, device=dev)
+        g[active] = G[inv]
+        del G
+        # ---- float64 Cholesky row: p = L[:t,:t]^{-1} G_S,j ; nrm = sqrt(G_jj - |p|^2)
+        dj64 = D64[j]  # (nw, d)
+        if t > 0:
+            Gsj = torch.bmm(D64[S[:, :t].clamp_min(0)], dj64.unsqueeze(2))  # (nw, t, 1)
+            Lt = L[:, :t, :t].clone()
+            dg = torch.diagonal(Lt, dim1=1, dim2=2)
+            dg[dg == 0] = 1.0  # rows of heads that stopped earlier
+            p = torch.linalg.solve_triangular(Lt, Gsj, upper=False).squeeze(2)  # (nw, t)
+        else:
+            p = torch.zeros(nw, 0, dtype=f64, device=dev)
+        p = p * active[:, None]
+        nrm2 = (dj64 * dj64).sum(1) - (p * p).sum(1)
+        nrm = torch.where(active, torch.sqrt(nrm2.clamp_min(1e-300)), torch.ones_like(nrm2))
+        # ---- exact correlations with the selected atom -> coefficients on q_t
+        c0j = cols(dj64)  # (nw, n)
+        a = (c0j - torch.bmm(A[:, :, :t], p.unsqueeze(2)).squeeze(2)) / nrm[:, None]
+        a = a * active[:, None]
+        # ---- b_t = (g - p B) / nrm   (length V, dtype of C)
+        if t > 0:
+            g -= torch.bmm(p.to(cdt).unsqueeze(1), Bq[:, :t, :]).squeeze(1)
+        b = g.div_(nrm.to(cdt)[:, None])
+        b.mul_(active.to(cdt)[:, None])
+        # ---- record the step
+        S[:, t] = torch.where(active, j, torch.full_like(j, -1))
+        L[:, t, :t] = p
+        L[:, t, t] = nrm
+        A[:, :, t] = a
+        Bq[:, t, :] = b
+        explained = explained + (a * a).sum(1)
+        steps_done = steps_done + active.long()
+        E_safe = torch.where(E > 0, E, torch.ones_like(E))
+        ev_t = torch.where(E > 0, (explained / E_safe).clamp(0.0, 1.0), torch.zeros_like(E))
+        ev_out[rows, t:] = ev_t[:, None]
+        proj2.addcmul_(b, b)
+        excl[torch.arange(nw, device=dev), j] |= active
+        excl |= proj2 > (1.0 - _DEPENDENT_TOL)
+        # a residual at rounding level has nothing left to explain: stop (indices -1 from here)
+        active = active & (E - explained > exhausted * E)
+        if tol is not None:
+            active = active & (ev_t < tol)
+        if t + 1 == k:
+            break
+        # ---- compact the working set when many heads stopped
+        n_act = int(active.sum())
+        if n_act < nw and n_act <= 0.75 * nw:
+            finish(~active)
+            keep = active.nonzero().squeeze(1)
+            rows = rows[keep]
+            C = C[keep]
+            E, Bq, L, A, S = E[keep], Bq[keep], L[keep], A[keep], S[keep]
+            proj2, excl, explained = proj2[keep], excl[keep], explained[keep]
+            steps_done, active = steps_done[keep], active[keep]
+            cols = cols.select(keep)
+            a, b, score = a[keep], b[keep], score[keep]
+            if n_act == 0:
+                break
+        # ---- residual correlations C <- C - a b^T and next scores
+        _update_and_score(C, a.to(cdt).unsqueeze(2), b.unsqueeze(1), score, ones, buf, aggregation, plan)
+    finish(torch.ones(rows.numel(), dtype=torch.bool, device=dev))
+    return idx_out, coef_out, ev_out
+
+
+def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggregation: str,
+         chunk_size, memory_budget, head_batch):
+    V = D.shape[0]
+    n = op.n
+    dev = D.device
+    elt = torch.finfo(op.dtype).bits // 8
+    per_head = (
+        n * V * elt  # C
+        + (k + 4) * V * elt  # B rows, Gram rows, proj2, score
+        + V  # exclusion mask
+        + op.bytes_per_head(V)
+        + n * k * 8 * 3
+    )
+    budget = memory_budget if memory_budget is not None else _default_budget()
+    if head_batch is None:
+        head_batch = max(1, int(budget // max(per_head, 1)))
+    head_batch = max(1, min(int(head_batch), op.n_heads))
+    D64 = D.to(torch.float64)
+    idx_all, coef_all, ev_all, en_all = [], [], [], []
+    for h0 in range(0, op.n_heads, head_batch):
+        sl = slice(h0, min(op.n_heads, h0 + head_batch))
+        C, energy, cols = op.prepare(sl, D, chunk_size)
+        blk = None
+        if blocked is not None:
+            blk = blocked[sl] if blocked.dim() == 2 else blocked.unsqueeze(0).expand(C.shape[0], V)
+        idx, coef, ev = _somp_batch(C, energy, cols, D, D64, blk, k, tol, aggregation)
+        del C
+        idx_all.append(idx)
+        coef_all.append(coef)
+        ev_all.append(ev)
+        en_all.append(energy.to(torch.float64))
+    return (torch.cat(idx_all), torch.cat(coef_all), torch.cat(ev_all), torch.cat(en_all),
+            {"head_batch": head_batch, "bytes_per_head": per_head})
+
+
+def _validate_common(k, tol, aggregation):
+    if aggregation not in ("l1", "l2"):
+        raise ValueError(f"aggregation must be 'l1' (sum of |correlations|) or 'l2' (sum of squares); got {aggregation!r}")
+    if tol is not None:
+        tol = float(tol)
+        if not (0.0 < tol <= 1.0):
+            raise ValueError(f"tol is a target explained variance in (0, 1]; got {tol}")
+    return tol
+
+
+def _compute_dtype(t: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    if dtype is not None:
+        return dtype
+    if t.dtype == torch.float64:
+        return torch.float64
+    if t.device.type != "cpu" and t.dtype in (torch.float16, torch.bfloat16):
+        return t.dtype
+    return torch.float32
+
+
+def somp(
+    signals: torch.Tensor,
+    atoms: torch.Tensor,
+    k: int,
+    *,
+    tol: float | None = None,
+    aggregation: str = "l1",
+    atom_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    head_batch: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> SOMPResult:
+    """Simultaneous OMP of each head's samples over a shared dictionary.
+
+    signals: (heads, samples, dim) or (samples, dim). atoms: (n_atoms, dim); rows are normalised
+    to unit norm here (all-zero rows are never selected). k: number of steps.
+    tol: stop a head once its explained variance reaches tol (its remaining indices are -1).
+    aggregation: "l1" picks argmax_j sum_i |<R_i, D_j>| (default), "l2" sum_i <R_i, D_j>^2.
+    atom_mask: bool (n_atoms,) or (heads, n_atoms); True = atom may be selected.
+    chunk_size: atoms per chunk when computing H D^T (bounds temporaries).
+    memory_budget: bytes for one batch of heads (default: 30% of free RAM, at most 6 GiB);
+    head_batch overrides it. dtype: dtype of the big correlation tensor (float32 on CPU).
+    """
+    if not isinstance(signals, torch.Tensor) or not isinstance(atoms, torch.Tensor):
+        raise ValueError("somp expects torch tensors: signals (heads, samples, dim) and atoms (n_atoms, dim)")
+    tol = _validate_common(k, tol, aggregation)
+    squeeze = signals.dim() == 2
+    H = signals.unsqueeze(0) if squeeze else signals
+    if H.dim() != 3:
+        raise ValueError(f"signals must be (heads, samples, dim) or (samples, dim); got shape {tuple(signals.shape)}")
+    if atoms.dim() != 2 or atoms.shape[1] != H.shape[2]:
+        raise ValueError(
+            f"atoms must be (n_atoms, dim={H.shape[2]}) to match the signals; got shape {tuple(atoms.shape)}"
+        )
+    if H.shape[0] == 0 or H.shape[1] == 0:
+        raise ValueError(f"signals are empty (shape {tuple(signals.shape)}): need at least one head and one sample")
+    cdt = _compute_dtype(H, dtype)
+    D, usable = normalize_atoms(atoms.to(H.device), cdt)
+    blocked = ~usable.to(H.device)
+    if atom_mask is not None:
+        m = torch.as_tensor(atom_mask, dtype=torch.bool, device=H.device)
+        if m.dim() == 1 and m.shape[0] == D.shape[0]:
+            blocked = blocked | ~m
+        elif m.dim() == 2 and m.shape == (H.shape[0], D.shape[0]):
+            blocked = blocked.unsqueeze(0) | ~m
+        else:
+            raise ValueError(
+                f"atom_mask must be bool (n_atoms,) or (heads, n_atoms) = ({H.shape[0]}, {D.shape[0]}); "
+                f"got shape {tuple(m.shape)}"
+            )
+    n_allowed = int((~blocked).sum(-1).min()) if blocked.dim() == 2 else int((~blocked).sum())
+    k = _check_k(k, n_allowed)
+    if not bool(blocked.any()):
+        blocked = None
+    op = _DenseSignals(H.detach(), cdt)
+    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch)
+    coef = coef.to(H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32)
+    res = SOMPResult(idx, coef, ev, energy, None, meta)
+    if squeeze:
+        res = SOMPResult(idx[0], coef[0], ev[0], energy[0], None, meta)
+    return res
+
+
+def somp_heads(
+    z: Any,
+    W_O: torch.Tensor,
+    dictionary: torch.Tensor,
+    k: int,
+    *,
+    token_ids: torch.Tensor | Sequence[int] | None = None,
+    norm_gain: torch.Tensor | None = None,
+    fold_norm_gain: bool | None = None,
+    layers: Sequence[int] | None = None,
+    tol: float | None = None,
+    aggregation: str = "l1",
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    head_batch: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> SOMPResult:
+    """SOMP for every head from captured ``z`` without materialising the per-head signals.
+
+    z: (n, L, H, dh) tensor or a HeadActivations (its ``.z`` and ``.layers`` are used).
+    W_O: (L, d_model, H*dh) -- the output projections of the same L layers as z (in order).
+    dictionary: the unembedding (vocab, d_model). With ``norm_gain`` given the final norm's gain is
+    folded in (``U * gamma``) unless ``fold_norm_gain=False``; ``token_ids`` restricts the
+    dictionary to those vocabulary ids. Rows are normalised.
+
+    Returns a SOMPResult with the heads axis flattened layer-major (L*H), ``indices`` as
+    *vocabulary token ids* (not positions in ``token_ids``), and ``head_ids`` (L*H, 2) giving
+    (layer, head) with the real layer numbers (``layers`` or the activations' ``.layers``).
+    """
+    if hasattr(z, "z"):
+        if layers is None:
+            layers = list(getattr(z, "layers", None) or [])
+        z = z.z
+    if not isinstance(z, torch.Tensor) or z.dim() != 4:
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise ValueError(f"z must be (samples, layers, heads, head_dim); got {shape}")
+    n, Lz, Hn, dh = z.shape
+    if n == 0:
+        raise ValueError("z has no rows: capture activations for at least one sample first")
+    W_O = W_O.detach()
+    if W_O.dim() == 2:
+        W_O = W_O.unsqueeze(0)
+    if W_O.dim() != 3 or W_O.shape[0] != Lz or W_O.shape[2] != Hn * dh:
+        raise ValueError(
+            f"W_O must be (layers={Lz}, d_model, heads*head_dim={Hn * dh}) to match z {tuple(z.shape)}; "
+            f"got {tuple(W_O.shape)} (pass the W_O of exactly the captured layers, in order)"
+        )
+    if dictionary.dim() != 2 or dictionary.shape[1] != W_O.shape[1]:
+        raise ValueError(
+            f"dictionary must be (vocab, d_model={W_O.shape[1]}); got {tuple(dictionary.shape)}"
+        )
+    tol = _validate_common(k, tol, aggregation)
+    if fold_norm_gain is None:
+        fold_norm_gain = norm_gain is not None
+    if fold_norm_gain and norm_gain is None:
+        raise ValueError("fold_norm_gain=True needs norm_gain (the final norm's gain, e.g. lm.final_norm_gain())")
+    dev = W_O.device
+    cdt = _compute_dtype(W_O, dtype)
+    D, usable, ids = head_dictionary(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain,
+                                     dtype=cdt)
+    k = _check_k(k, int(usable.sum()))
+    blocked = None if bool(usable.all()) else ~usable.to(dev)
+    op = _HeadSignals(z.detach().to(dev), W_O, cdt)
+    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch)
+    if ids is not None:
+        ids_dev = ids.to(idx.device)
+        idx = torch.where(idx >= 0, ids_dev[idx.clamp_min(0)], idx)
+    if layers is None or len(layers) != Lz:
+        layers = list(range(Lz))
+    lay = torch.as_tensor(list(layers), dtype=torch.long)
+    head_ids = torch.stack([lay.repeat_interleave(Hn), torch.arange(Hn).repeat(Lz)], dim=1)
+    meta = {**meta, "route": op._route(D.shape[0]), "fold_norm_gain": bool(fold_norm_gain),
+            "restricted": ids is not None}
+    return SOMPResult(idx, coef.to(torch.float32), ev, energy, head_ids, meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# the plain reference
+
+
+def somp_reference(
+    signals: torch.Tensor,
+    atoms: torch.Tensor,
+    k: int,
+    *,
+    aggregation: str = "l1",
+    atom_mask: torch.Tensor | None = None,
+) -> SOMPResult:
+    """Textbook SOMP, one head at a time in the signals' space: at every step recompute
+    ``R D^T``, pick the atom, refit all coefficients with ``torch.linalg.lstsq``, recompute R.
+    Computes in the signals' dtype (pass float64 for a high-precision reference). Slow; for
+    tests and benchmarks only."""
+    squeeze = signals.dim() == 2
+    H = signals.unsqueeze(0) if squeeze else signals
+    dt = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32
+    H = H.to(dt)
+    D, usable = normalize_atoms(atoms, dt)
+    allowed = usable.clone()
+    if atom_mask is not None:
+        allowed &= torch.as_tensor(atom_mask, dtype=torch.bool)
+    nh, n, _ = H.shape
+    idx = torch.full((nh, k), -1, dtype=torch.long)
+    coef = torch.zeros(nh, n, k, dtype=dt)
+    ev = torch.zeros(nh, k, dtype=torch.float64)
+    energy = (H.double() ** 2).sum(dim=(1, 2))
+    for h in range(nh):
+        X = H[h]
+        e = float((X.double() ** 2).sum())
+        if e == 0:
+            continue
+        R = X
+        S: list[int] = []
+        for t in range(k):
+            corr = R @ D.T
+            score = corr.abs().sum(0) if aggregation == "l1" else (corr * corr).sum(0)
+            score = score.masked_fill(~allowed, float("-inf"))
+            if S:
+                score[S] = float("-inf")
+            j = int(score.argmax())
+            S.append(j)
+            DS = D[S]  # (t+1, dim)
+            W = torch.linalg.lstsq(DS.T, X.T).solution  # (t+1, n)
+            R = X - W.T @ DS
+            idx[h, t] = j
+            ev[h, t] = 1.0 - float((R.double() ** 2).sum()) / e
+        coef[h] = W.T
+    if squeeze:
+        return SOMPResult(idx[0], coef[0], ev[0], energy[0])
+    return SOMPResult(idx, coef, ev, energy)
