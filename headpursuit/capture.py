@@ -337,37 +337,85 @@ def capture_heads(
 
 
 def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_side):
-    """Processor path for samples with images: the processor expands the image placeholders."""
+    """Inputs for samples with images: the processor expands the image placeholders.
+
+    One processor call on the chunk's *prompts* (with their images) gives the prompt tokens in
+    processed-token space (image placeholders expanded) and the image tensors. Each sample's
+    answer is then appended token-wise (`lm.token_ids(answer)`, as on the text path), so the
+    answer boundary is exactly the processed prompt length; the rows are re-padded on
+    `padding_side`. Per-token tensors (attention mask, `token_type_ids`, Qwen's
+    `mm_token_type_ids`, ...) are extended with text values for the answer tokens; image tensors
+    pass through unchanged (the images and their placeholders are the same).
+
+    Position ids: models with 1-D RoPE get explicit `position_ids` counting only real tokens, so
+    left padding shifts nothing (LLaVA otherwise derives positions from `cache_position`). Models
+    that build multimodal 3-D positions themselves from the attention mask (Qwen2-VL M-RoPE) get
+    none. Returns (inputs, prepared, offsets) like the text path.
+    """
+    from headpursuit.tasks.images import processor_inputs, to_model
+
     if lm.processor is None:
         raise ValueError(f"{lm.name} has no processor, so it cannot take images.")
-    proc = lm.processor
-    prepared, full_ids = [], []
-    for s in chunk:
-        p_ids = proc(text=[s.prompt], images=[s.image], return_tensors="pt")["input_ids"][0].tolist()
-        text = s.prompt + (s.answer or "")
-        enc = proc(text=[text], images=[s.image], return_tensors="pt")
-        ids = enc["input_ids"][0].tolist()
-        if ids[: len(p_ids)] != p_ids:
-            # The answer merged with the last prompt token; fall back to token-level concatenation.
-            ids = p_ids + lm.token_ids(s.answer or "", special=False)
-        keep, targets = _positions_for(ids, len(p_ids), positions, concept_set)
-        prepared.append(_Prepared(ids, len(p_ids), keep, targets))
-        full_ids.append(ids)
-    tok = lm.tokenizer
-    old_side = tok.padding_side
-    tok.padding_side = padding_side
-    try:
-        texts = [s.prompt + (s.answer or "") for s in chunk]
-        inputs = proc(text=texts, images=[s.image for s in chunk], return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = old_side
-    T = inputs["input_ids"].shape[1]
-    offsets = []
-    for p, row in zip(prepared, inputs["input_ids"]):
-        # Locate each sample's tokens inside the padded batch.
-        off = T - len(p.ids) if padding_side == "left" else 0
-        if row[off: off + len(p.ids)].tolist() != p.ids:
-            raise RuntimeError("VLM batch tokenisation differs from per-sample tokenisation; use batch_size=1")
-        offsets.append(off)
-    inputs = {k: (v.to(lm.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
-    return inputs, prepared, offsets
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    if any(s.image is None for s in chunk):
+        # Processors pair images with placeholders in order; a text-only sample in an image batch
+        # is fine for them only when its prompt has no placeholder, which we cannot check
+        # generically: keep batches homogeneous.
+        raise ValueError(
+            "capture_heads: a batch mixes samples with and without images; capture them "
+            "separately (or use batch_size=1)."
+        )
+    if positions in ("answer", "answer_concept"):
+        for s in chunk:
+            if s.answer is None:
+                raise ValueError(
+                    f"positions={positions!r} needs each sample's answer (teacher forcing); "
+                    f"sample with prompt {s.prompt[:60]!r} has none."
+                )
+    enc = processor_inputs(lm, [s.prompt for s in chunk], [s.image for s in chunk],
+                           padding_side="right")
+    ids_b, mask_b = enc["input_ids"], enc["attention_mask"]
+    token_keys = [k for k, v in enc.items()
+                  if torch.is_tensor(v) and v.shape == ids_b.shape and k not in _NON_TOKEN_KEYS]
+    rows: list[dict[str, list[int]]] = []
+    prepared = []
+    for i, s in enumerate(chunk):
+        real = mask_b[i].bool()
+        row = {k: enc[k][i][real].tolist() for k in token_keys}
+        prompt_ids = row["input_ids"]
+        answer_ids = lm.token_ids(s.answer, special=False) if s.answer else []
+        for k in token_keys:
+            fill = 1 if k == "attention_mask" else 0
+            row[k] = row[k] + (list(answer_ids) if k == "input_ids" else [fill] * len(answer_ids))
+        ids = row["input_ids"]
+        keep, targets = _positions_for(ids, len(prompt_ids), positions, concept_set)
+        prepared.append(_Prepared(ids, len(prompt_ids), keep, targets))
+        rows.append(row)
+    T = max(len(p.ids) for p in prepared)
+    inputs: dict[str, Any] = {}
+    for k in token_keys:
+        pad = lm.pad_token_id if k == "input_ids" else 0
+        t = torch.full((len(chunk), T), pad, dtype=enc[k].dtype)
+        for i, row in enumerate(rows):
+            n = len(row[k])
+            sl = slice(T - n, T) if padding_side == "left" else slice(0, n)
+            t[i, sl] = torch.tensor(row[k], dtype=enc[k].dtype)
+        inputs[k] = t
+    offsets = [T - len(p.ids) if padding_side == "left" else 0 for p in prepared]
+    if not _builds_own_positions(lm):
+        inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+    for k, v in enc.items():
+        if k not in token_keys:
+            inputs[k] = v
+    return to_model(lm, inputs), prepared, offsets
+
+
+# Processor outputs that are never per-token even when their shape happens to match input_ids.
+_NON_TOKEN_KEYS = {"image_grid_thw", "video_grid_thw", "image_sizes", "pixel_values"}
+
+
+def _builds_own_positions(lm: LoadedModel) -> bool:
+    """True for models that compute multimodal (3-D, M-RoPE) position ids from the mask."""
+    inner = getattr(lm.model, "model", None)
+    return any(hasattr(m, "get_rope_index") for m in (lm.model, inner) if m is not None)
