@@ -35,6 +35,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from PIL import Image, ImageDraw
 
+from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
+
 __all__ = [
     "SHAPES",
     "COLORS",
@@ -52,6 +54,8 @@ __all__ = [
     "processor_inputs",
     "to_model",
     "model_notes",
+    "ImageTask",
+    "ImageTaskOutputs",
 ]
 
 # ------------------------------------------------------------------------------------------
@@ -69,15 +73,25 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 # (name, references) of the colour-free patterns; references never name a colour.
 PATTERNS: dict[str, list[str]] = {
-    "checkerboard": ["a checkerboard pattern", "a chessboard pattern of squares",
+    "checkerboard": ["a checkerboard pattern", "a chessboard pattern of small squares",
                      "squares in a checkerboard"],
+    "large checkerboard": ["a checkerboard with large squares", "a chessboard pattern",
+                           "big squares in a checkerboard"],
     "horizontal stripes": ["horizontal stripes", "a pattern of horizontal stripes",
                            "stripes running across the image"],
     "vertical stripes": ["vertical stripes", "a pattern of vertical stripes",
                          "stripes running up and down"],
+    "diagonal stripes": ["diagonal stripes", "a pattern of diagonal stripes",
+                         "stripes running from corner to corner"],
     "two dots": ["two dots in a row", "two round dots side by side", "a pair of dots"],
     "three dots": ["three dots in a row", "three round dots side by side", "a row of three dots"],
+    "four dots": ["four dots in a square", "four round dots", "dots at the corners of a square"],
     "grid": ["a grid of thin lines", "a grid pattern", "lines forming a grid"],
+    "rings": ["concentric rings", "circles inside each other like a target",
+              "a pattern of concentric circles"],
+    "zigzag": ["a zigzag line", "a line going up and down in a zigzag", "a zigzag pattern"],
+    "smiling face": ["a happy smiling face", "a drawing of a happy face", "a cheerful smiley"],
+    "frowning face": ["a sad frowning face", "a drawing of a sad face", "an unhappy face"],
 }
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
@@ -152,12 +166,45 @@ def draw_pattern(name: str, *, size: int = 64) -> Image.Image:
     elif name == "vertical stripes":
         for i in range(0, 8, 2):
             d.rectangle([i * step, 0, (i + 1) * step - 1, size - 1], fill=INK)
+    elif name == "large checkerboard":
+        for i in range(4):
+            for j in range(4):
+                if (i + j) % 2 == 0:
+                    d.rectangle([i * 2 * step, j * 2 * step, (i + 1) * 2 * step - 1,
+                                 (j + 1) * 2 * step - 1], fill=INK)
+    elif name == "diagonal stripes":
+        for k in range(-size, size, 2 * step):
+            d.polygon([(k, 0), (k + step, 0), (k + step + size, size), (k + size, size)], fill=INK)
     elif name in ("two dots", "three dots"):
         n = 2 if name == "two dots" else 3
         r = size / (3 * n + 1)
         for k in range(n):
             cx = size * (k + 1) / (n + 1)
             d.ellipse([cx - r, size / 2 - r, cx + r, size / 2 + r], fill=INK)
+    elif name == "four dots":
+        r = size / 10
+        for cx in (size / 3, 2 * size / 3):
+            for cy in (size / 3, 2 * size / 3):
+                d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=INK)
+    elif name == "rings":
+        c = size / 2
+        for k, rad in enumerate(range(size // 2 - 2, 0, -step // 2 * 2)):
+            d.ellipse([c - rad, c - rad, c + rad, c + rad], fill=INK if k % 2 == 0 else BACKGROUND)
+    elif name in ("smiling face", "frowning face"):
+        r, w = size * 0.42, max(2, size // 20)
+        c = size / 2
+        d.ellipse([c - r, c - r, c + r, c + r], outline=INK, width=w)
+        for ex in (c - r * 0.38, c + r * 0.38):
+            d.ellipse([ex - r * 0.1, c - r * 0.4, ex + r * 0.1, c - r * 0.2], fill=INK)
+        box = [c - r * 0.5, c - r * 0.1, c + r * 0.5, c + r * 0.6]
+        if name == "smiling face":
+            d.arc(box, 20, 160, fill=INK, width=w)
+        else:
+            d.arc([box[0], box[1] + r * 0.45, box[2], box[3] + r * 0.45], 200, 340, fill=INK, width=w)
+    elif name == "zigzag":
+        pts = [(x, size * (0.3 if i % 2 == 0 else 0.7)) for i, x in
+               enumerate(range(4, size - 3, max(1, (size - 8) // 6)))]
+        d.line(pts, fill=INK, width=max(2, size // 16))
     elif name == "grid":
         for k in range(0, size, step):
             d.line([(k, 0), (k, size - 1)], fill=INK, width=1)
@@ -406,3 +453,95 @@ def model_notes(lm: Any) -> dict:
             "random_init": bool(prov.get("random_init", False)),
             "notes": list(prov.get("notes", []))}
 
+
+
+# ------------------------------------------------------------------------------------------
+# Shared base of the image tasks
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class ImageTaskOutputs(TaskOutputs):
+    """TaskOutputs plus what the model was (random vision weights must follow the numbers)."""
+
+    model: dict = field(default_factory=dict)
+    items: dict = field(default_factory=dict)   # group -> list[ImageItem] in output order
+
+
+class ImageTask(Task):
+    """A task whose inputs are images with one text instruction (classification, captioning).
+
+    Subclasses fill `self.instruction`, `self.system`, `self.max_new_tokens`, call
+    `self._split(items, source)` with `ImageItem`s, and implement `score`. Every output carries
+    the model's notes (`model_notes`): with `tiny_vlm` that is "vision tower and projector are
+    RANDOM-INITIALISED: image results are not real".
+    """
+
+    instruction: str = ""
+    system: str | None = None
+    max_new_tokens: int = 16
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._model_info: dict | None = None
+
+    def prompt(self, lm: Any) -> str:
+        return image_prompt(lm, self.instruction, system=self.system)
+
+    def _run(self, lm: Any, items: list, desc: str) -> GroupOutputs:
+        self._model_info = model_notes(lm)
+        prompt = self.prompt(lm)
+        prompts = [prompt] * len(items)
+        outs = generate_with_images(lm, prompts, [it.image for it in items],
+                                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                    desc=desc) if items else []
+        return GroupOutputs(inputs=[str(it.meta.get("id", it.label)) for it in items],
+                            prompts=prompts, outputs=[[o] for o in outs],
+                            references=[self.references(it) for it in items])
+
+    def references(self, item: ImageItem) -> list[str]:
+        return list(item.aliases)
+
+    def generate(self, lm: Any, *, split: str = "eval", desc: str = "") -> ImageTaskOutputs:
+        out = ImageTaskOutputs(task=self.name, split=split, desc=desc)
+        for g in GROUPS:
+            label = " ".join(x for x in (self.name, desc, g) if x)
+            items = self.items(split, g)
+            out.groups[g] = self._run(lm, items, desc=label)
+            out.items[g] = items
+        out.model = model_notes(lm)
+        return out
+
+    def _answers_for_ranking(self, lm: Any) -> tuple[list, GroupOutputs]:
+        items = self.items("rank", "concept")
+        if not items:
+            raise ValueError(f"{self.name}: the concept ranking split is empty (n_rank={self.n_rank})")
+        return items, self._run(lm, items, desc=f"{self.name} ranking answers")
+
+    def _finish(self, result: dict, outputs: TaskOutputs) -> dict:
+        """Add examples and the model's notes to a scored result."""
+        model = getattr(outputs, "model", None) or self._model_info or {}
+        notes = list(model.get("notes", []))
+        examples = []
+        for g in GROUPS:
+            go = outputs.groups.get(g)
+            if go is None:
+                continue
+            for i in range(min(self.n_examples, len(go))):
+                examples.append({"prompt": go.prompts[i], "image": go.inputs[i],
+                                 "output": go.outputs[i][0] if go.outputs[i] else "",
+                                 "references": (go.references or [[]] * len(go))[i], "group": g,
+                                 "vision_random_init": bool(model.get("vision_random_init")),
+                                 "notes": notes})
+        result["examples"] = examples
+        result["vision_random_init"] = bool(model.get("vision_random_init"))
+        result["notes"] = notes
+        return result
+
+    def provenance(self) -> dict:
+        p = super().provenance()
+        p.update({"instruction": self.instruction, "system": self.system,
+                  "max_new_tokens": self.max_new_tokens, "decoding": "greedy"})
+        if self._model_info is not None:
+            p["vision_random_init"] = self._model_info["vision_random_init"]
+            p["model_notes"] = self._model_info["notes"]
+        return p
