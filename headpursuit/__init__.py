@@ -1,5 +1,26 @@
-"""Head Pursuit: find the attention heads that write a concept, and steer a model by rescaling them."""
+"""Head Pursuit: find the attention heads that write a concept, and steer a model by rescaling them.
+
+    import headpursuit as hp
+    lm = hp.load_model("smollm2")
+    concept = hp.load_concept("countries", lm.tokenizer)
+    acts = hp.capture_heads(lm, samples, positions="answer_concept", concept_token_ids=concept.token_ids)
+    scores = hp.rank_heads(acts, lm, concept, method="concept_share", k=10)
+    with hp.scale_heads(lm, {h: -1.0 for h in scores.top(6)}):
+        ...
+"""
 
 from headpursuit.models import AttentionLayout, LoadedModel, load_model, wrap_model
+from headpursuit.capture import CaptureSample, HeadActivations, capture_heads
+from headpursuit.intervention import scale_heads, uniform_scales
+from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
+from headpursuit.concepts import Concept, load_concept
+from headpursuit.ranking import HeadScores, explain_head, rank_heads
 
-__all__ = ["AttentionLayout", "LoadedModel", "load_model", "wrap_model"]
+__all__ = [
+    "AttentionLayout", "LoadedModel", "load_model", "wrap_model",
+    "CaptureSample", "HeadActivations", "capture_heads",
+    "scale_heads", "uniform_scales",
+    "SOMPResult", "somp", "somp_heads", "somp_reference",
+    "Concept", "load_concept",
+    "HeadScores", "explain_head", "rank_heads",
+]
