@@ -16,3 +16,4 @@ __all__ = [
     "AttentionLayout", "LoadedModel", "load_model", "wrap_model", "pad_batch", "known_models",
     "register_builder", "EMBEDDED", "FAMILIES", "ModelFamily", "family_for", "register_family",
 ]
+from headpursuit.models import tiny_vlm  # noqa: E402,F401  (registers the "tiny_vlm" builder)
