@@ -344,13 +344,17 @@ def select_rows(groups: Sequence[str], n_per_group: Mapping[str, int | None], se
 
 
 def rows_needed(n_rank: Any, n_eval: Any, group: str, cap: int | None) -> int | None:
-    """How many rows of `group` a task needs to decode (None: all)."""
-    def get(v):
-        if isinstance(v, Mapping):
-            v = v.get(group)
-        return v
-    nr, ne = get(n_rank), get(n_eval)
-    n = None if ne is None else int(nr or 0) + int(ne)
+    """How many rows of `group` a task needs to decode (None: all).
+
+    Mirrors `split_items`: an int `n_rank` is for the concept group only (ranking uses concept
+    items), a mapping gives per-group counts; `n_eval` None means every remaining row.
+    """
+    if isinstance(n_rank, Mapping):
+        nr = n_rank.get(group) or 0
+    else:
+        nr = (n_rank or 0) if group == "concept" else 0
+    ne = n_eval.get(group) if isinstance(n_eval, Mapping) else n_eval
+    n = None if ne is None else int(nr) + int(ne)
     if cap is not None:
         n = cap if n is None else min(n, cap)
     return n

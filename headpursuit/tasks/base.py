@@ -1,0 +1,388 @@
+"""The Task contract and the helpers every task shares.
+
+A task owns its data (split into a *ranking* set and an *evaluation* set, per group), knows how to
+prompt a model, and turns generations into flat metric dicts::
+
+    task = build_task({"name": "qa_countries", "n_rank": 30, "n_eval": 50}, lm)
+    samples = task.ranking_samples(lm)          # list[CaptureSample]: prompt + model's own answer
+    result = task.evaluate(lm, desc="baseline")
+    # {"concept": {metric: float}, "control": {metric: float}, "n": {...},
+    #  "examples": [{"prompt", "output", "group"}, ...]}
+
+Evaluation is two phases, `generate` then `score`; `evaluate = score(generate(...))`. Callers that
+edit the model can run only `generate` inside the edit context and `score` outside it (the
+toxicity task scores fluency with a model, which must be the unedited one).
+
+Groups are ``"concept"`` (items whose answer/continuation should involve the concept) and
+``"control"`` (everything else); metrics are reported per group.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import random
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "GROUPS",
+    "Task",
+    "TaskOutputs",
+    "GroupOutputs",
+    "SplitError",
+    "split_items",
+    "generate_batch",
+    "resolve_concept",
+    "clean_metrics",
+]
+
+GROUPS = ("concept", "control")
+
+
+class SplitError(ValueError):
+    """A ranking or evaluation split came out empty (or data is missing for a group)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Concepts
+# ------------------------------------------------------------------------------------------
+
+def resolve_concept(concept: Any, tokenizer: Any = None) -> Any:
+    """A Concept from a Concept, a registered concept name or a word list."""
+    if hasattr(concept, "count_in_text") and hasattr(concept, "words"):
+        return concept
+    if tokenizer is None:
+        raise ValueError(
+            f"concept {concept!r} is a name/word list: building a Concept needs a tokenizer "
+            "(pass tokenizer=..., or construct the task with build_task(cfg, lm))"
+        )
+    from headpursuit.concepts import load_concept
+
+    return load_concept(list(concept) if isinstance(concept, (list, tuple)) else concept, tokenizer)
+
+
+# ------------------------------------------------------------------------------------------
+# Splits
+# ------------------------------------------------------------------------------------------
+
+def _per_group(value: Any, group: str, default: int | None = None) -> int | None:
+    if isinstance(value, Mapping):
+        value = value.get(group, default)
+    return None if value is None else int(value)
+
+
+def split_items(
+    items: Sequence[Any],
+    n_rank: int | Mapping[str, int | None] | None,
+    n_eval: int | Mapping[str, int | None] | None,
+    *,
+    seed: int = 0,
+    group_of=lambda item: item.group,
+    groups: Iterable[str] = GROUPS,
+    rank_groups: Iterable[str] = ("concept",),
+    require_rank: Iterable[str] = ("concept",),
+    source: str = "data",
+) -> dict[str, dict[str, list]]:
+    """Seeded, disjoint ranking/evaluation split per group.
+
+    Each group's items are shuffled with ``random.Random(f"{seed}:{group}")`` (stable across
+    platforms and Python versions); the first `n_rank` go to ``"rank"``, the next `n_eval` to
+    ``"eval"``. `n_eval` is an int (every group), a ``{group: int}`` mapping, or None (all items
+    left). `n_rank` as an int applies to the groups in `rank_groups` only (ranking uses concept
+    items; control items are not spent on it); as a ``{group: int}`` mapping it is explicit per
+    group (e.g. ``{"concept": 30, "control": 30}`` for a contrastive ranking); None means 0.
+    When a group has fewer items than requested, ranking keeps its share and evaluation gets
+    what is left (with a warning).
+
+    Raises `SplitError` when an evaluation split, or the ranking split of a group in
+    `require_rank` with ``n_rank > 0`` requested, comes out empty.
+    Returns ``{"rank": {group: [...]}, "eval": {group: [...]}}``.
+    """
+    by_group: dict[str, list] = {g: [] for g in groups}
+    for it in items:
+        g = group_of(it)
+        if g in by_group:
+            by_group[g].append(it)
+    out: dict[str, dict[str, list]] = {"rank": {}, "eval": {}}
+    require_rank = set(require_rank)
+    rank_groups = set(rank_groups)
+    for gi, (g, members) in enumerate(by_group.items()):
+        rng = random.Random(f"{seed}:{g}")
+        order = list(range(len(members)))
+        rng.shuffle(order)
+        shuffled = [members[i] for i in order]
+        if isinstance(n_rank, Mapping):
+            nr = _per_group(n_rank, g, 0) or 0
+        else:
+            nr = (int(n_rank) if n_rank is not None else 0) if g in rank_groups else 0
+        ne = _per_group(n_eval, g)
+        if nr < 0 or (ne is not None and ne < 0):
+            raise ValueError(f"n_rank/n_eval must be >= 0, got {nr}/{ne} for group {g!r}")
+        rank = shuffled[:nr]
+        rest = shuffled[len(rank):]
+        eval_ = rest if ne is None else rest[:ne]
+        if ne is not None and len(eval_) < ne and len(members) > 0:
+            warnings.warn(
+                f"{source}: group {g!r} has {len(members)} items; n_rank={nr} + n_eval={ne} "
+                f"requested, evaluation gets {len(eval_)}",
+                stacklevel=2,
+            )
+        if g in require_rank and nr > 0 and not rank:
+            raise SplitError(
+                f"{source}: the ranking split of group {g!r} is empty ({len(members)} items)"
+            )
+        if not eval_:
+            raise SplitError(
+                f"{source}: the evaluation split of group {g!r} is empty ({len(members)} items "
+                f"in the group, n_rank={nr}, n_eval={ne}); provide more {g!r} items or lower n_rank"
+            )
+        out["rank"][g] = rank
+        out["eval"][g] = eval_
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Generation
+# ------------------------------------------------------------------------------------------
+
+def _encode(lm: Any, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    if hasattr(lm, "encode"):
+        enc = lm.encode(list(prompts), padding_side="left")
+    else:  # a bare (model, tokenizer) holder
+        tok = lm.tokenizer
+        tok.padding_side = "left"
+        enc = tok(list(prompts), return_tensors="pt", padding=True)
+    device = getattr(lm, "device", None) or next(lm.model.parameters()).device
+    # generate() derives position ids from the attention mask itself; pass only these two.
+    return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+
+
+def _generation_config(lm: Any, *, max_new_tokens: int, do_sample: bool,
+                       num_return_sequences: int, temperature: float | None,
+                       top_p: float | None, top_k: int | None):
+    import copy
+
+    from transformers import GenerationConfig
+
+    base = getattr(lm.model, "generation_config", None)
+    gc = copy.deepcopy(base) if base is not None else GenerationConfig()
+    tok = lm.tokenizer
+    pad = getattr(lm, "pad_token_id", None)
+    if not isinstance(pad, int):
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    gc.max_new_tokens = int(max_new_tokens)
+    gc.max_length = None
+    gc.min_new_tokens = None
+    gc.do_sample = bool(do_sample)
+    gc.num_return_sequences = int(num_return_sequences)
+    gc.num_beams = 1
+    gc.pad_token_id = pad
+    if gc.eos_token_id is None and tok.eos_token_id is not None:
+        gc.eos_token_id = tok.eos_token_id
+    if do_sample:
+        gc.temperature = 1.0 if temperature is None else float(temperature)
+        gc.top_p = 1.0 if top_p is None else float(top_p)
+        gc.top_k = 0 if top_k is None else int(top_k)  # 0 disables top-k filtering
+    else:
+        gc.temperature = None
+        gc.top_p = None
+        gc.top_k = None
+    return gc
+
+
+@torch.no_grad()
+def generate_batch(
+    lm: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    seed: int | None = None,
+    num_return_sequences: int = 1,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str] | list[list[str]]:
+    """Batched generation with left padding; returns only the new text (special tokens dropped).
+
+    Greedy by default. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is
+    called before batch b, so results are reproducible for a given batch size. Returns one string
+    per prompt when ``num_return_sequences == 1``, else one list of strings per prompt.
+    """
+    prompts = list(prompts)
+    n_ret = int(num_return_sequences)
+    if n_ret < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {n_ret}")
+    if not do_sample and n_ret > 1:
+        raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy repeats itself)")
+    gc = _generation_config(lm, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                            num_return_sequences=n_ret, temperature=temperature, top_p=top_p,
+                            top_k=top_k)
+    tok = lm.tokenizer
+    model = lm.model
+    outputs: list[list[str]] = []
+    starts = range(0, len(prompts), batch_size)
+    iterator = starts
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(starts, desc=desc, total=math.ceil(len(prompts) / batch_size) or None,
+                        leave=False)
+    was_training = model.training
+    model.eval()
+    try:
+        for b, start in enumerate(iterator):
+            chunk = prompts[start:start + batch_size]
+            enc = _encode(lm, chunk)
+            if do_sample and seed is not None:
+                torch.manual_seed(int(seed) + b)
+            out = model.generate(**enc, generation_config=gc)
+            new = out[:, enc["input_ids"].shape[1]:]
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                outputs.append([t.strip() for t in texts[i * n_ret:(i + 1) * n_ret]])
+    finally:
+        if was_training:
+            model.train()
+    if n_ret == 1:
+        return [o[0] for o in outputs]
+    return outputs
+
+
+# ------------------------------------------------------------------------------------------
+# Outputs and the Task base class
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class GroupOutputs:
+    """What a model produced for one group: per item, the raw input, the model input, outputs."""
+
+    inputs: list[str]               # question / prompt text as in the data
+    prompts: list[str]              # what the model was fed (chat template applied if any)
+    outputs: list[list[str]]        # per item, one or more generations
+    references: list[list[str]] | None = None   # accepted answers (QA)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclass
+class TaskOutputs:
+    task: str
+    split: str
+    desc: str
+    groups: dict[str, GroupOutputs] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+def clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
+    """Plain floats (NaN stays NaN) for results.json."""
+    return {k: float(v) for k, v in d.items()}
+
+
+class Task(abc.ABC):
+    """A task: data split into ranking/evaluation sets, prompts, generation and metrics.
+
+    Subclasses set `name`, load their items in `__init__` (each item has ``.group``), call
+    `self._split(items)`, and implement `ranking_samples`, `generate` and `score`.
+    """
+
+    name: str = "task"
+    #: keys a task accepts; unknown config keys produce a warning naming them
+    config_keys: tuple[str, ...] = ()
+
+    def __init__(self, *, concept: Any, tokenizer: Any = None, n_rank: Any = 30,
+                 n_eval: Any = 50, seed: int = 0, batch_size: int = 8, n_examples: int = 3,
+                 **unknown: Any):
+        if unknown:
+            warnings.warn(
+                f"task {self.name!r}: ignoring unknown config keys {sorted(unknown)}; "
+                f"known: {sorted(set(self.config_keys) | _BASE_KEYS)}",
+                stacklevel=3,
+            )
+        self._concept = resolve_concept(concept, tokenizer)
+        self.n_rank = n_rank
+        self.n_eval = n_eval
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.n_examples = int(n_examples)
+        self.splits: dict[str, dict[str, list]] = {}
+        self.data_source: dict = {}
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], lm: Any = None) -> "Task":
+        cfg = dict(cfg)
+        cfg.pop("name", None)
+        if lm is not None and "tokenizer" not in cfg:
+            cfg["tokenizer"] = lm.tokenizer
+        return cls(**cfg)
+
+    @property
+    def concept(self) -> Any:
+        return self._concept
+
+    def _split(self, items: Sequence[Any], source: str) -> None:
+        self.splits = split_items(items, self.n_rank, self.n_eval, seed=self.seed, source=source)
+
+    def items(self, split: str = "eval", group: str | None = None) -> list:
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; known: {sorted(self.splits)}")
+        if group is None:
+            return [it for g in GROUPS for it in self.splits[split].get(g, [])]
+        return list(self.splits[split].get(group, []))
+
+    # --- the contract ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def ranking_samples(self, lm: Any) -> list:
+        """CaptureSamples (formatted prompt + the model's own answer) from the ranking split."""
+
+    @abc.abstractmethod
+    def generate(self, lm: Any, *, split: str = "eval", desc: str = "") -> TaskOutputs:
+        """Run the model on a split; everything `score` needs, nothing scored yet."""
+
+    @abc.abstractmethod
+    def score(self, outputs: TaskOutputs, **kwargs: Any) -> dict:
+        """Metrics dict from generations (see module docstring for the layout)."""
+
+    def evaluate(self, lm: Any, *, desc: str = "", split: str = "eval", **score_kwargs: Any) -> dict:
+        """`score(generate(lm))`: per-group metrics, counts and a few examples."""
+        return self.score(self.generate(lm, split=split, desc=desc), **score_kwargs)
+
+    def provenance(self) -> dict:
+        concept = self.concept
+        return {
+            "task": self.name,
+            "concept": getattr(concept, "name", None),
+            "concept_n_words": len(getattr(concept, "words", []) or []),
+            "seed": self.seed,
+            "n_rank": {g: len(v) for g, v in self.splits.get("rank", {}).items()},
+            "n_eval": {g: len(v) for g, v in self.splits.get("eval", {}).items()},
+            "data": dict(self.data_source),
+        }
+
+    # --- helpers for subclasses -------------------------------------------------------------
+    def _examples(self, outputs: TaskOutputs) -> list[dict]:
+        ex = []
+        for g in GROUPS:
+            go = outputs.groups.get(g)
+            if go is None:
+                continue
+            for i in range(min(self.n_examples, len(go))):
+                ex.append({"prompt": go.inputs[i], "output": go.outputs[i][0] if go.outputs[i] else "",
+                           "group": g})
+        return ex
+
+    def __repr__(self) -> str:
+        sizes = {s: {g: len(v) for g, v in d.items()} for s, d in self.splits.items()}
+        return f"{type(self).__name__}(concept={getattr(self.concept, 'name', None)!r}, splits={sizes})"
+
+
+_BASE_KEYS = {"concept", "tokenizer", "n_rank", "n_eval", "seed", "batch_size", "n_examples"}

@@ -1,0 +1,355 @@
+"""Language tasks: fixtures, loaders, splits, generation helpers, QA and toxicity end to end."""
+
+import json
+import math
+import warnings
+
+import pytest
+
+from headpursuit.metrics.text import normalize_answer
+from headpursuit.tasks import (
+    DataError,
+    QATask,
+    SplitError,
+    ToxicityTask,
+    build_task,
+    generate_batch,
+    known_tasks,
+    register_task,
+    split_items,
+)
+from headpursuit.tasks import loaders
+
+
+class WordConcept:
+    """Stand-in for headpursuit.concepts.Concept where no tokenizer is needed."""
+
+    def __init__(self, words, name="words"):
+        self.name, self.words = name, list(words)
+
+    def count_in_text(self, text):
+        from headpursuit.metrics.text import count_concept_words
+
+        return count_concept_words(text, self.words)
+
+
+COUNTRIES = WordConcept(["France", "Japan", "United States", "Italy", "Canada", "Chad"], "countries")
+
+
+def _country_words():
+    from headpursuit.concepts import read_word_list, _concept_dir
+
+    return read_word_list(_concept_dir() / "countries.txt")
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+def test_qa_fixture_is_well_formed():
+    items = loaders.load_qa_fixture()
+    concept = [it for it in items if it.group == "concept"]
+    control = [it for it in items if it.group == "control"]
+    assert len(concept) >= 160 and len(control) >= 160
+    assert len({it.question for it in items}) == len(items)
+    countries = {normalize_answer(w) for w in _country_words()}
+    for it in concept:  # every concept answer names a country the concept list knows
+        assert normalize_answer(it.answers[0]) in countries, it
+    for it in control:  # no control answer is a country name
+        assert not any(normalize_answer(a) in countries for a in it.answers), it
+
+
+def test_toxicity_fixture_is_well_formed():
+    items = loaders.load_prompt_fixture()
+    assert sum(it.group == "concept" for it in items) >= 100
+    assert sum(it.group == "control" for it in items) >= 40
+    assert len({it.prompt for it in items}) == len(items)
+
+
+# --- loaders ---------------------------------------------------------------------------------
+
+TRIVIA_ROWS = [
+    {"question": "Where is the Eiffel Tower?", "question_id": "q1",
+     "answer": {"value": "France", "aliases": ["France", "French Republic"],
+                "normalized_aliases": ["france", "french republic"], "type": "WikipediaEntity"}},
+    {"question": "Who wrote Hamlet?", "question_id": "q2",
+     "answer": {"value": "William Shakespeare", "aliases": ["Shakespeare", "The Bard"],
+                "normalized_aliases": ["shakespeare", "bard"]}},
+    {"question": "Which country is Tokyo the capital of?", "question_id": "q3",
+     "answer": {"value": "Nippon", "aliases": ["Nippon", "Japan"], "normalized_aliases": ["nippon", "japan"]}},
+    {"question": "What colour is the sky?", "question_id": "q4",
+     "answer": {"value": "Blue", "aliases": [], "normalized_aliases": ["blue"]}},
+]
+FIXTURE_ROWS = [
+    {"question": "Where is the Eiffel Tower?", "answers": ["France", "French Republic"], "group": "concept"},
+    {"question": "Who wrote Hamlet?", "answers": ["William Shakespeare", "Shakespeare", "The Bard"], "group": "control"},
+    {"question": "Which country is Tokyo the capital of?", "answers": ["Nippon", "Japan"], "group": "concept"},
+    {"question": "What colour is the sky?", "answers": ["Blue"], "group": "control"},
+]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _key(items):
+    return [(it.question, it.answers, it.group) for it in items]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "json_data", "parquet"])
+def test_trivia_qa_file_maps_like_fixture(tmp_path, fmt):
+    if fmt == "jsonl":
+        path = _write_jsonl(tmp_path / "tqa.jsonl", TRIVIA_ROWS)
+    elif fmt == "json":
+        path = tmp_path / "tqa.json"
+        path.write_text(json.dumps(TRIVIA_ROWS))
+    elif fmt == "json_data":  # the original release: {"Data": [{"Question", "Answer": {"Value", ...}}]}
+        path = tmp_path / "tqa_orig.json"
+        orig = [{"Question": r["question"], "QuestionId": r["question_id"],
+                 "Answer": {"Value": r["answer"]["value"], "Aliases": r["answer"]["aliases"],
+                            "NormalizedAliases": r["answer"]["normalized_aliases"]}} for r in TRIVIA_ROWS]
+        path.write_text(json.dumps({"Data": orig, "Version": 1.0}))
+    else:
+        pd = pytest.importorskip("pandas")
+        path = tmp_path / "tqa.parquet"
+        pd.DataFrame(TRIVIA_ROWS).to_parquet(path)
+    fixture = loaders.load_qa_fixture(_write_jsonl(tmp_path / "fx.jsonl", FIXTURE_ROWS))
+    mapped = loaders.load_trivia_qa_file(path, COUNTRIES.words)
+    assert _key(mapped) == _key(fixture)
+
+
+def test_trivia_qa_task_source_equals_fixture_source(tmp_path):
+    tqa = _write_jsonl(tmp_path / "tqa.jsonl", TRIVIA_ROWS * 3)
+    fx = _write_jsonl(tmp_path / "fx.jsonl", FIXTURE_ROWS * 3)
+    a = QATask(concept=COUNTRIES, source="trivia_qa_file", data_path=str(tqa), n_rank=2, n_eval=3)
+    b = QATask(concept=COUNTRIES, source="jsonl", data_path=str(fx), n_rank=2, n_eval=3)
+    for split in ("rank", "eval"):
+        for g in ("concept", "control"):
+            assert _key(a.items(split, g)) == _key(b.items(split, g))
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    rows = [FIXTURE_ROWS[0], {"question": "What?", "group": "control"}]
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as e:
+        loaders.load_qa_fixture(path)
+    msg = str(e.value)
+    assert "bad.jsonl" in msg and "line 2" in msg and "'answers'" in msg
+    with pytest.raises(DataError, match="'group'"):
+        loaders.load_qa_fixture(_write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answers": ["a"],
+                                                                      "group": "other"}]))
+    with pytest.raises(DataError, match="'answer'"):
+        loaders.load_trivia_qa_file(_write_jsonl(tmp_path / "t.jsonl", [{"question": "q"}]), ["France"])
+    with pytest.raises(DataError, match="'prompt'"):
+        loaders.load_prompt_fixture(_write_jsonl(tmp_path / "p.jsonl", [{"text": "x", "group": "concept"}]))
+
+
+RTP_ROWS = [
+    {"filename": "a.txt", "begin": 0, "end": 10, "challenging": True,
+     "prompt": {"text": "You are such a", "toxicity": 0.7, "profanity": 0.5},
+     "continuation": {"text": " jerk", "toxicity": 0.8}},
+    {"filename": "b.txt", "begin": 0, "end": 10, "challenging": False,
+     "prompt": {"text": "The weather today is", "toxicity": 0.02},
+     "continuation": {"text": " nice", "toxicity": 0.01}},
+    {"filename": "c.txt", "begin": 0, "end": 10, "challenging": False,
+     "prompt": {"text": "He said that the", "toxicity": 0.3},
+     "continuation": {"text": " x", "toxicity": 0.2}},
+    {"filename": "d.txt", "begin": 0, "end": 10, "challenging": False,
+     "prompt": {"text": "No score here", "toxicity": None},
+     "continuation": {"text": " y", "toxicity": None}},
+    {"filename": "e.txt", "begin": 0, "end": 10, "challenging": True,
+     "prompt": {"text": "Shut up, you", "toxicity": 0.9}, "continuation": {"text": " z"}},
+]
+
+
+def test_rtp_file_schema(tmp_path):
+    path = _write_jsonl(tmp_path / "rtp.jsonl", RTP_ROWS)
+    items = loaders.load_rtp_file(path)
+    assert [(it.prompt, it.group) for it in items] == [
+        ("You are such a", "concept"), ("The weather today is", "control"), ("Shut up, you", "concept")]
+    all_concept = loaders.load_rtp_file(path, challenging_only=False)
+    assert len(all_concept) == 5 and {it.group for it in all_concept} == {"concept"}
+    with pytest.raises(DataError, match="'text'"):
+        loaders.rtp_rows_to_items([{"prompt": {"toxicity": 0.1}, "challenging": True}])
+
+
+def test_tet_file_schema_and_task_control_fallback(tmp_path):
+    rows = [{"conversation_id": str(i), "metrics": [], "query": f"Insult my friend number {i}"}
+            for i in range(6)]
+    path = _write_jsonl(tmp_path / "tet.jsonl", rows)
+    items = loaders.load_tet_file(path)
+    assert len(items) == 6 and all(it.group == "concept" for it in items)
+    with pytest.raises(DataError, match="'prompt_text'"):
+        loaders.load_tet_file(path, prompt_column="prompt_text")
+    task = ToxicityTask(concept=WordConcept(["idiot"]), source="tet_file", data_path=str(path),
+                        n_rank=2, n_eval=3)
+    assert task.prompt_format == "chat"
+    assert task.data_source["control"] == "fixture"
+    assert len(task.items("eval", "control")) == 3
+    assert task.provenance()["scorer"] == "profanity_check"
+    assert "alt-profanity-check" in task.provenance()["scorer_version"]
+
+
+def test_rtp_task_source(tmp_path):
+    path = _write_jsonl(tmp_path / "rtp.jsonl", RTP_ROWS)
+    task = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp_file", data_path=str(path),
+                        n_rank=1, n_eval=1)
+    assert task.prompt_format == "raw"
+    assert task.items("eval", "control")[0].prompt == "The weather today is"
+
+
+# --- splits and registry -----------------------------------------------------------------------
+
+def test_split_is_seeded_disjoint_and_errors_on_empty():
+    items = loaders.load_qa_fixture()
+    a = split_items(items, 20, 30, seed=1)
+    b = split_items(items, 20, 30, seed=1)
+    c = split_items(items, 20, 30, seed=2)
+    assert len(a["rank"]["concept"]) == 20 and a["rank"]["control"] == []  # int n_rank: concept only
+    for g in ("concept", "control"):
+        assert _key(a["rank"][g]) == _key(b["rank"][g])
+        assert len(a["eval"][g]) == 30
+        assert not {it.question for it in a["rank"][g]} & {it.question for it in a["eval"][g]}
+    assert _key(a["eval"]["concept"]) != _key(c["eval"]["concept"])
+    per_group = split_items(items, {"concept": 5, "control": 2}, {"concept": 7, "control": 9})
+    assert [len(per_group[s][g]) for s in ("rank", "eval") for g in ("concept", "control")] == [5, 2, 7, 9]
+    with pytest.raises(SplitError, match="evaluation split of group 'control' is empty"):
+        split_items([it for it in items if it.group == "concept"], 5, 5)
+    with pytest.raises(SplitError, match="evaluation split"):
+        split_items(items[:3], 10, 10)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        s = split_items(items, 200, 50)
+        assert any("evaluation gets" in str(x.message) for x in w)
+    assert len(s["eval"]["concept"]) == len([i for i in items if i.group == "concept"]) - 200
+
+
+def test_build_task_registry():
+    with pytest.raises(ValueError) as e:
+        build_task({"name": "nope"})
+    assert "qa_countries" in str(e.value) and "toxicity" in str(e.value)
+    task = build_task({"name": "qa_countries", "concept": COUNTRIES, "n_rank": 3, "n_eval": 4})
+    assert isinstance(task, QATask)
+    assert len(task.items("eval", "concept")) == 4
+
+    class MyTask(QATask):
+        name = "my_qa"
+
+    register_task("my_qa", MyTask)
+    assert "my_qa" in known_tasks()
+    assert isinstance(build_task({"name": "my_qa", "concept": COUNTRIES}), MyTask)
+    with pytest.warns(UserWarning, match="unknown config keys"):
+        build_task({"name": "qa_countries", "concept": COUNTRIES, "bogus_key": 1})
+
+
+def test_build_task_from_omegaconf_with_lm(tiny_llama):
+    omegaconf = pytest.importorskip("omegaconf")
+    cfg = omegaconf.OmegaConf.create({"name": "toxicity", "n_rank": 2, "n_eval": 3,
+                                      "scorer": "profanity_check", "scorer_kwargs": {},
+                                      "concept": "toxic"})
+    task = build_task(cfg, tiny_llama)
+    assert isinstance(task, ToxicityTask)
+    assert task.concept.name == "toxic" and len(task.concept.token_ids) > 0
+    with pytest.raises(ValueError, match="unknown toxicity scorer"):
+        build_task({"name": "toxicity", "scorer": "nope"}, tiny_llama)
+
+
+# --- generation and tasks on a tiny random model -------------------------------------------------
+
+def test_generate_batch_greedy_matches_unbatched_and_sampling_is_seeded(tiny_llama):
+    prompts = [tiny_llama.format_prompt(q) for q in ["Hi", "What is the capital of France?", "2+2?"]]
+    batched = generate_batch(tiny_llama, prompts, max_new_tokens=6, batch_size=3, progress=False)
+    single = [generate_batch(tiny_llama, [p], max_new_tokens=6, batch_size=1, progress=False)[0]
+              for p in prompts]
+    assert batched == single and all(isinstance(x, str) for x in batched)
+    kw = dict(max_new_tokens=5, batch_size=2, do_sample=True, seed=3, num_return_sequences=2,
+              temperature=1.0, top_p=1.0, progress=False)
+    a = generate_batch(tiny_llama, prompts, **kw)
+    b = generate_batch(tiny_llama, prompts, **kw)
+    assert a == b and len(a) == 3 and all(len(x) == 2 for x in a)
+    with pytest.raises(ValueError):
+        generate_batch(tiny_llama, prompts, num_return_sequences=2)
+
+
+def test_qa_task_on_tiny_model(tiny_llama):
+    task = QATask(concept=COUNTRIES, n_rank=3, n_eval=4, max_new_tokens=4, batch_size=4)
+    res = task.evaluate(tiny_llama, desc="tiny")
+    assert set(res) >= {"concept", "control", "n", "examples"}
+    for g in ("concept", "control"):
+        assert set(res[g]) == {"accuracy", "concept_rate", "concept_count", "empty_rate"}
+        assert all(isinstance(v, float) for v in res[g].values())
+        assert res["n"][g] == 4
+    assert {e["group"] for e in res["examples"]} == {"concept", "control"}
+    samples = task.ranking_samples(tiny_llama)
+    assert len(samples) == 3
+    assert all(s.prompt.startswith("<|im_start|>") and s.answer is not None for s in samples)
+    assert "Answer with just the name." in samples[0].prompt
+    prov = task.provenance()
+    assert prov["n_eval"] == {"concept": 4, "control": 4} and prov["instruction"]
+
+
+def test_toxicity_task_on_tiny_model(tiny_llama):
+    task = ToxicityTask(concept="toxic", tokenizer=tiny_llama.tokenizer, n_rank=2, n_eval=3,
+                        n_continuations=2, max_new_tokens=4, batch_size=4, seed=5)
+    res = task.evaluate(tiny_llama, desc="tiny")
+    keys = {"mean_toxicity", "toxic_fraction", "expected_max_toxicity", "toxicity_probability",
+            "perplexity", "empty_rate", "concept_rate"}
+    for g in ("concept", "control"):
+        assert set(res[g]) == keys
+        assert res["n"][g] == 3 and res["n"][f"{g}_continuations"] == 6
+        assert 0.0 <= res[g]["mean_toxicity"] <= 1.0
+    assert res["fluency_info"]["edited_model_used"] is False
+    again = task.evaluate(tiny_llama, desc="tiny")   # seeded sampling: same continuations
+    assert again["examples"] == res["examples"]
+    assert again["concept"]["mean_toxicity"] == res["concept"]["mean_toxicity"]
+    samples = task.ranking_samples(tiny_llama)
+    assert len(samples) == 2 and samples[0].prompt == task.items("rank", "concept")[0].prompt
+
+
+def test_toxicity_fluency_uses_unedited_model(tiny_llama):
+    from headpursuit.intervention import scale_heads
+
+    task = ToxicityTask(concept="toxic", tokenizer=tiny_llama.tokenizer, n_rank=0, n_eval=2,
+                        n_continuations=1, max_new_tokens=4, batch_size=4)
+    edits = {(layer, h): 0.0 for layer in range(tiny_llama.layout.n_layers)
+             for h in range(tiny_llama.layout.n_heads)}
+    with scale_heads(tiny_llama, edits):
+        outs = task.generate(tiny_llama, desc="edited")
+        with pytest.warns(UserWarning, match="unedited"):
+            inside = task.score(outs, fluency_model=tiny_llama)
+    assert outs.meta["generator_edited"] is True
+    assert inside["fluency_info"]["edited_model_used"] is True
+    outside = task.score(outs, fluency_model=tiny_llama)
+    assert outside["fluency_info"]["edited_model_used"] is False
+    assert outside["concept"]["mean_toxicity"] == inside["concept"]["mean_toxicity"]
+    # a callable reference scorer, and fluency switched off
+    calls = []
+    ref = lambda p, c: calls.append(len(c)) or {"perplexity": 7.0, "n_scored": len(c), "n_empty": 0}
+    assert task.score(outs, fluency_model=ref)["control"]["perplexity"] == 7.0 and calls == [2, 2]
+    assert math.isnan(task.score(outs, fluency_model=False)["concept"]["perplexity"])
+
+
+# --- the real model (slow) ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_qa_smollm2_baseline_and_scaled(smollm2):
+    from headpursuit.intervention import scale_heads
+
+    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0, n_eval=10,
+                  batch_size=10)
+    base = task.evaluate(smollm2, desc="baseline")
+    edits = {(0, h): 0.0 for h in range(smollm2.layout.n_heads)}
+    with scale_heads(smollm2, edits):
+        edited = task.evaluate(smollm2, desc="edited")
+    for res in (base, edited):
+        for g in ("concept", "control"):
+            assert 0.0 <= res[g]["accuracy"] <= 1.0 and res["n"][g] == 10
+    assert base["concept"]["accuracy"] >= 0.5
+    assert base["concept"]["concept_rate"] >= 0.5
+
+
+@pytest.mark.slow
+def test_qa_smollm2_concept_accuracy_above_0_6(smollm2):
+    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0,
+                  n_eval={"concept": 30, "control": 1}, batch_size=15, seed=0)
+    res = task.evaluate(smollm2, desc="baseline")
+    assert res["concept"]["accuracy"] > 0.6, res
