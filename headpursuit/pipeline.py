@@ -415,7 +415,9 @@ def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tu
     _MODEL_MEMO.clear()
     _TASK_MEMO.clear()
     with contextlib.suppress(ImportError):
-        import headpursuit.models.tiny  # noqa: F401  registers synthetic builders (tiny_vlm)
+        import headpursuit.models.tiny  # noqa: F401  synthetic builders register themselves
+    with contextlib.suppress(ImportError):
+        import headpursuit.models.tiny_vlm  # noqa: F401  registers "tiny_vlm"
     from headpursuit.models import load_model
 
     lm = load_model(model_cfg["name_or_path"], dtype=dtype, device=device,
