@@ -1,0 +1,246 @@
+"""Vision tasks: synthetic fixture, data loading (offline), caption metrics, end-to-end runs on tiny_vlm."""
+
+import math
+
+import pytest
+import torch
+
+from headpursuit.metrics.captions import caption_quality, metric_signatures
+from headpursuit.models.tiny_vlm import VISION_NOTE
+from headpursuit.tasks.images import (COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape,
+                                      pattern_items, shape_items)
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from headpursuit.models.tiny import embedded_tokenizer
+
+    return embedded_tokenizer("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(request):
+    # Shared with tests/test_vlm.py through the session (one ~5-10 s load per run).
+    lm = getattr(request.session, "_headpursuit_tiny_vlm", None)
+    if lm is None:
+        from headpursuit.models import load_model
+
+        lm = load_model("tiny_vlm", dtype="float32", device="cpu")
+        request.session._headpursuit_tiny_vlm = lm
+    return lm
+
+
+# ------------------------------------------------------------------------------------------
+# Fixture images
+# ------------------------------------------------------------------------------------------
+
+def test_synthetic_images_are_deterministic_and_distinct():
+    a = draw_shape("circle", "red")
+    assert a.tobytes() == draw_shape("circle", "red").tobytes()
+    assert a.mode == "RGB" and a.size == (64, 64)
+    # the shape has the requested colour, the corner is background
+    assert a.getpixel((32, 32)) == COLORS["red"] and a.getpixel((0, 0)) == (255, 255, 255)
+    images = [draw_shape(s, "blue").tobytes() for s in SHAPES]
+    assert len(set(images)) == len(SHAPES)
+    patterns = [draw_pattern(p).tobytes() for p in PATTERNS]
+    assert len(set(patterns)) == len(PATTERNS)
+    with pytest.raises(ValueError, match="unknown shape"):
+        draw_shape("blob", "red")
+
+
+def test_fixture_items_and_caption_groups(tok):
+    from headpursuit.concepts import load_concept
+
+    shapes = shape_items("shape")
+    assert len(shapes) == len(SHAPES) * len(COLORS)
+    assert shapes[0].captions[0] == f"a {shapes[0].meta['color']} {shapes[0].label} on a white background"
+    assert {it.label for it in shape_items("color")} == set(COLORS)
+    colors = load_concept("colors", tok)
+    # every shape caption names its colour; no pattern caption names a colour
+    assert all(any(colors.count_in_text(c) for c in it.captions) for it in shapes)
+    assert not any(colors.count_in_text(c) for it in pattern_items() for c in it.captions)
+    numbers = load_concept("numbers", tok)
+    assert {it.label for it in pattern_items()
+            if any(numbers.count_in_text(c) for c in it.captions)} == {"two dots", "three dots",
+                                                                         "four dots"}
+
+
+# ------------------------------------------------------------------------------------------
+# Caption metrics (sacrebleu)
+# ------------------------------------------------------------------------------------------
+
+def test_caption_quality():
+    refs = [["a red circle on a white background", "a red circle"], ["three dots in a row"]]
+    perfect = caption_quality(["a red circle on a white background", "three dots in a row"], refs)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["chrf"] == pytest.approx(100.0)
+    worse = caption_quality(["a blue square", "stripes"], refs)
+    assert worse["bleu"] < perfect["bleu"] and worse["chrf"] < perfect["chrf"]
+    # case-insensitive; a missing extra reference (padded by repetition) changes nothing
+    same = caption_quality(["A Red Circle", "three dots"], [["a red circle"], ["three dots"]])
+    padded = caption_quality(["A Red Circle", "three dots"], [["a red circle", "a red circle"],
+                                                              ["three dots"]])
+    assert same == pytest.approx(padded)
+    assert all(math.isnan(v) for v in caption_quality([], []).values())
+    with pytest.raises(ValueError):
+        caption_quality(["x"], [[]])
+    sig = metric_signatures()
+    assert sig["package"] == "sacrebleu" and "version:" in sig["bleu"]
+
+
+# ------------------------------------------------------------------------------------------
+# Data loading without a model
+# ------------------------------------------------------------------------------------------
+
+def test_classification_fixture_groups(tok):
+    from headpursuit.tasks.classification import ImageClassificationTask
+
+    task = ImageClassificationTask(tokenizer=tok, n_rank=2, n_eval=3)
+    assert task.concept_classes == ["circle", "square", "triangle"]
+    for it in task.items("eval"):
+        assert it.group == ("concept" if it.label in task.concept_classes else "control")
+    assert len(task.items("rank", "concept")) == 2 and not task.items("rank", "control")
+    assert {w.lower() for w in task.concept.words} == {"circle", "square", "triangle"}
+    with pytest.raises(ValueError, match="not classes of the data"):
+        ImageClassificationTask(tokenizer=tok, concept_classes=["rocket"])
+
+
+def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
+    """A local parquet with CIFAR-100's columns (img, fine_label as ClassLabel) loads offline."""
+    datasets = pytest.importorskip("datasets")
+    from headpursuit.tasks.classification import ImageClassificationTask
+
+    names = ["apple", "bicycle", "bus", "pickup_truck", "rose"]
+    specs = [("circle", "red", 1), ("square", "blue", 2), ("star", "green", 3),
+             ("cross", "red", 0), ("hexagon", "blue", 4), ("diamond", "purple", 0)]
+    ds = datasets.Dataset.from_dict(
+        {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
+        features=datasets.Features({"img": datasets.Image(),
+                                    "fine_label": datasets.ClassLabel(names=names)}))
+    path = tmp_path / "cifar_like.parquet"
+    ds.to_parquet(str(path))
+    task = ImageClassificationTask(tokenizer=tok, source="local", data_path=str(path),
+                                   image_column="img", label_column="fine_label",
+                                   concept_classes=["bicycle", "bus", "pickup_truck"],
+                                   aliases={"pickup_truck": ["truck"]}, n_rank=1, n_eval=2)
+    assert task.class_names == names  # from the ClassLabel feature, as for the hub dataset
+    items = task.items("eval") + task.items("rank")
+    assert {it.group for it in items} == {"concept", "control"}
+    truck = [it for it in items if it.label == "pickup_truck"]
+    for it in truck:
+        assert {"pickup truck", "truck"} <= set(it.aliases)
+    assert all(it.image.size == (64, 64) and it.image.mode == "RGB" for it in items)
+    assert task.data_source["format"] == "parquet"
+    with pytest.raises(ValueError, match="available columns"):
+        ImageClassificationTask(tokenizer=tok, source="local", data_path=str(path),
+                                image_column="image", label_column="fine_label",
+                                concept_classes=["bus"])
+
+
+def test_local_image_folder_and_caption_file(tok, tmp_path):
+    pytest.importorskip("datasets")
+    import json
+
+    from headpursuit.tasks.captioning import CaptioningTask
+    from headpursuit.tasks.classification import ImageClassificationTask
+
+    for s in ("circle", "square"):
+        (tmp_path / "folder" / s).mkdir(parents=True)
+        for c in ("red", "blue"):
+            draw_shape(s, c).save(tmp_path / "folder" / s / f"{c}.png")
+    task = ImageClassificationTask(tokenizer=tok, source="local", data_path=str(tmp_path / "folder"),
+                                   concept_classes=["circle"], n_rank=0, n_eval=2)
+    assert task.data_source["format"] == "imagefolder"
+    assert sorted(it.label for it in task.items("eval")) == ["circle", "circle", "square", "square"]
+
+    # captions file in a Flickr30k-like schema: image path + list of captions
+    rows = []
+    for name in ("red-circle", "checkerboard", "blue-square", "grid"):
+        img = draw_shape(*name.split("-")[::-1]) if "-" in name else draw_pattern(name)
+        img.save(tmp_path / f"{name}.png")
+        caps = ([f"a {name.replace('-', ' ')}", f"a {name.split('-')[0]} shape"] if "-" in name
+                else list(PATTERNS[name]))
+        rows.append({"file": f"{name}.png", "caption": caps})
+    (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    cap = CaptioningTask(tokenizer=tok, source="local", data_path=str(tmp_path / "captions.jsonl"),
+                         image_column="file", n_rank={"concept": 1, "control": 0}, n_eval=1)
+    assert [len(cap.items("eval", g)) for g in ("concept", "control")] == [1, 1]
+    assert cap.items("eval", "concept")[0].image.size == (64, 64)
+    assert cap.items("rank", "concept")[0].group == "concept"
+
+
+# ------------------------------------------------------------------------------------------
+# End to end on the tiny VLM: ranking samples -> capture -> rank -> baseline vs edited metrics
+# ------------------------------------------------------------------------------------------
+
+def _run_end_to_end(lm, task, metric_keys):
+    from headpursuit.capture import capture_heads
+    from headpursuit.intervention import scale_heads, uniform_scales
+    from headpursuit.ranking import rank_heads
+
+    samples = task.ranking_samples(lm)
+    assert samples and all(s.image is not None and s.answer is not None for s in samples)
+    assert all(s.meta["vision_random_init"] for s in samples)
+    acts = capture_heads(lm, samples, positions="answer_concept",
+                         concept_token_ids=task.concept.token_ids.tolist(), progress=False)
+    assert acts.z.shape[1:] == (30, 9, 64)
+    scores = rank_heads(acts, lm, task.concept, method="concept_share", k=3)
+    heads = scores.top(3)
+    baseline = task.evaluate(lm, desc="baseline")
+    with scale_heads(lm, uniform_scales(heads, -1.0)):
+        edited = task.evaluate(lm, desc="edited")
+    for res in (baseline, edited):
+        for g in ("concept", "control"):
+            assert set(metric_keys) <= set(res[g])
+            assert all(isinstance(v, float) for v in res[g].values())
+            assert res["n"][g] >= 1
+        # every output says the vision side is random
+        assert res["vision_random_init"] is True and VISION_NOTE in res["notes"]
+        assert res["examples"] and all(VISION_NOTE in ex["notes"] for ex in res["examples"])
+    prov = task.provenance()
+    assert prov["vision_random_init"] is True and VISION_NOTE in prov["model_notes"]
+    return baseline, edited
+
+
+@pytest.mark.slow
+def test_classification_end_to_end_on_tiny_vlm(tiny_vlm):
+    from headpursuit.tasks import build_task
+
+    task = build_task({"name": "classification", "n_rank": 2, "n_eval": 1, "max_new_tokens": 4,
+                       "batch_size": 4}, tiny_vlm)
+    baseline, edited = _run_end_to_end(tiny_vlm, task,
+                                       ["accuracy", "concept_rate", "concept_count", "empty_rate"])
+    assert 0.0 <= baseline["concept"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_captioning_end_to_end_on_tiny_vlm(tiny_vlm):
+    from headpursuit.tasks import build_task
+
+    task = build_task({"name": "captioning", "n_rank": {"concept": 2, "control": 0}, "n_eval": 1,
+                       "max_new_tokens": 8, "batch_size": 4}, tiny_vlm)
+    assert task.concept.name == "colors"
+    baseline, edited = _run_end_to_end(
+        tiny_vlm, task, ["concept_rate", "concept_count", "bleu", "chrf", "sentence_bleu",
+                         "mean_words", "empty_rate"])
+    assert task.provenance()["caption_metrics"]["package"] == "sacrebleu"
+    ex = baseline["examples"][0]
+    assert ex["references"] and ex["group"] in ("concept", "control")
+
+
+def test_image_task_without_processor_is_refused(tok):
+    from headpursuit.models.tiny import tiny_text_model
+    from headpursuit.tasks.classification import ImageClassificationTask
+
+    lm = tiny_text_model("llama")
+    task = ImageClassificationTask(tokenizer=tok, n_rank=1, n_eval=1)
+    with pytest.raises(ValueError, match="no processor"):
+        task.evaluate(lm)
+
+
+def test_vlm_prompt_has_one_image_placeholder(tiny_vlm):
+    from headpursuit.tasks.images import image_prompt
+
+    p = image_prompt(tiny_vlm, "Describe this image.")
+    assert p.count("<image>") == 1 and p.endswith("<|im_start|>assistant\n")
+    assert torch.is_tensor(tiny_vlm.processor(text=[p], images=[draw_shape("circle", "red")],
+                                              return_tensors="pt")["pixel_values"])
