@@ -308,3 +308,41 @@ def test_family_registry_finds_language_decoder(model_type):
     with scale_heads(lm, {(i, 0): -1.0 for i in range(lay.n_layers)}):
         assert _new_hooked_modules(lm, before) == {names[id(lm.o_proj(i))] for i in range(lay.n_layers)}
     assert _hooks(lm) == before
+
+
+# ------------------------------------------------------------------------------------------
+# Image inputs through each family's own processor (tiny random models, local processors)
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3"])
+def test_family_image_capture_batching_and_editing(model_type):
+    from headpursuit.models.tiny_vlm import tiny_family_model_with_processor
+    from headpursuit.tasks.images import generate_with_images
+
+    lm = tiny_family_model_with_processor(model_type)
+    short = image_prompt(lm, "What?")
+    long = image_prompt(lm, "What shape is shown here, in a few words?")
+    # different image sizes: LLaVA-NeXT (any-res) and Qwen (dynamic resolution) differ per image
+    samples = [CaptureSample(short, "A red circle", draw_shape("circle", "red")),
+               CaptureSample(long, "Blue square it is, really", draw_shape("square", "blue", size=48)),
+               CaptureSample(short, "x", draw_shape("star", "green", size=80))]
+    one = [capture_heads(lm, [s], positions="answer", progress=False) for s in samples]
+    for side in ("left", "right"):
+        batched = capture_heads(lm, samples, positions="answer", padding_side=side, batch_size=3,
+                                progress=False)
+        torch.testing.assert_close(batched.z, torch.cat([o.z for o in one]), rtol=1e-4, atol=1e-4)
+        assert batched.target_token.tolist() == [
+            t for s in samples for t in lm.token_ids(s.answer, special=False)]
+    # M-RoPE models compute their own 3-D positions; the others get explicit 1-D ones
+    inputs, _, _ = _prepare_vlm_batch(lm, samples, "answer", None, "left")
+    assert ("position_ids" in inputs) == (model_type not in ("qwen2_vl", "qwen2_5_vl"))
+    # editing inside generate with images; the vision side never carries our hooks
+    before = _hooks(lm)
+    images = [draw_shape("circle", "red"), draw_shape("square", "blue")]
+    base = generate_with_images(lm, [short, long], images, max_new_tokens=3, progress=False)
+    with scale_heads(lm, {(layer, h): -1.0 for layer in range(lm.layout.n_layers) for h in range(2)}):
+        assert not any(n.startswith(VISION_PREFIXES) for n in _new_hooked_modules(lm, before))
+        edited = generate_with_images(lm, [short, long], images, max_new_tokens=3, progress=False)
+    assert edited != base
+    assert generate_with_images(lm, [short, long], images, max_new_tokens=3, progress=False) == base
+    assert _hooks(lm) == before

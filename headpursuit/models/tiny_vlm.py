@@ -220,3 +220,105 @@ def tiny_family_model(model_type: str, *, seed: int = 0) -> LoadedModel:
     return wrap_model(f"tiny-{model_type}", model, None,
                       provenance={"source": f"random config {model_type}", "random_init": True,
                                   "vision_random_init": True, "seed": seed})
+
+
+# Placeholder tokens each family's processor expects, added to the SmolLM2 tokenizer.
+_FAMILY_TOKENS = {
+    "llava": ["<image>"],
+    "llava_next": ["<image>"],
+    "qwen2_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    "qwen2_5_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
+    "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>"],
+}
+_PLACEHOLDER = {"llava": "<image>\n", "llava_next": "<image>\n",
+                "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+                "gemma3": "<start_of_image>"}
+
+
+def _chat_template(placeholder: str) -> str:
+    return CHAT_TEMPLATE.replace("{{ '<image>\\n' }}", "{{ '" + placeholder.replace("\n", "\\n") + "' }}")
+
+
+def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> LoadedModel:
+    """A tiny random VLM of `model_type` with a locally built processor (PIL image processor +
+    the SmolLM2 tokenizer with the family's placeholder tokens), so image inputs run end to end.
+
+    Supported: llava, llava_next, qwen2_vl, qwen2_5_vl, gemma3. Qwen's processor is built without
+    its video processor (which needs torchvision).
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from headpursuit.models.tiny import embedded_tokenizer
+
+    if model_type not in _FAMILY_TOKENS:
+        raise ValueError(f"no processor recipe for {model_type!r}; known: {', '.join(_FAMILY_TOKENS)}")
+    tok = copy.deepcopy(embedded_tokenizer("smollm2"))
+    tok.add_tokens(_FAMILY_TOKENS[model_type], special_tokens=True)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _FAMILY_TOKENS[model_type]}
+    kw = copy.deepcopy(TINY_VLM_CONFIGS[model_type])
+    kw["text_config"]["vocab_size"] = len(tok)
+    template = _chat_template(_PLACEHOLDER[model_type])
+    if model_type in ("llava", "llava_next"):
+        from transformers import LlavaNextProcessor, LlavaProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from transformers.models.llava_next.image_processing_pil_llava_next import (
+            LlavaNextImageProcessorPil)
+
+        kw["image_token_index"] = ids["<image>"]
+        size = kw["vision_config"]["image_size"]
+        common = dict(tokenizer=tok, patch_size=kw["vision_config"]["patch_size"],
+                      vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                      chat_template=template, image_token="<image>")
+        if model_type == "llava":
+            ip = CLIPImageProcessorPil(size={"shortest_edge": size},
+                                       crop_size={"height": size, "width": size})
+            processor = LlavaProcessor(image_processor=ip, **common)
+        else:
+            ip = LlavaNextImageProcessorPil(size={"shortest_edge": size},
+                                            crop_size={"height": size, "width": size},
+                                            image_grid_pinpoints=kw["image_grid_pinpoints"])
+            processor = LlavaNextProcessor(image_processor=ip, **common)
+    elif model_type in ("qwen2_vl", "qwen2_5_vl"):
+        from transformers import Qwen2VLProcessor
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil)
+        from transformers.processing_utils import ProcessorMixin
+
+        class _ImageOnlyQwenProcessor(Qwen2VLProcessor):
+            def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **_):
+                self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+                self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+                self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+                ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+        kw.update(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"])
+        ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32, patch_size=4,
+                                      merge_size=2, temporal_patch_size=2)
+        processor = _ImageOnlyQwenProcessor(image_processor=ip, tokenizer=tok, chat_template=template)
+    else:  # gemma3
+        from transformers import Gemma3Processor
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        tok.boi_token, tok.image_token, tok.eoi_token = ("<start_of_image>", "<image_soft_token>",
+                                                         "<end_of_image>")
+        tok.boi_token_id = ids["<start_of_image>"]
+        tok.image_token_id = ids["<image_soft_token>"]
+        tok.eoi_token_id = ids["<end_of_image>"]
+        kw.update(image_token_index=ids["<image_soft_token>"], boi_token_index=ids["<start_of_image>"],
+                  eoi_token_index=ids["<end_of_image>"])
+        size = kw["vision_config"]["image_size"]
+        ip = Gemma3ImageProcessorPil(size={"height": size, "width": size})
+        processor = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=template,
+                                    image_seq_length=kw["mm_tokens_per_image"])
+    config = AutoConfig.for_model(model_type, **kw)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        for cfg in (config, config.text_config):
+            if hasattr(cfg, attr):
+                setattr(cfg, attr, getattr(tok, attr))
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
+    return wrap_model(f"tiny-{model_type}", model, tok, processor=processor,
+                      provenance={"source": f"random config {model_type} + local processor",
+                                  "random_init": True, "vision_random_init": True, "seed": seed})

@@ -388,9 +388,8 @@ def processor_inputs(lm: Any, prompts: Sequence[str], images: Sequence[Any],
                      padding_side: str = "left") -> dict:
     """Run the processor on prompts (each with one image placeholder) and their images."""
     proc = lm.processor
-    imgs = list(images)
-    if getattr(lm.family, "name", "") == "idefics":
-        imgs = [[im] for im in imgs]  # Idefics3/SmolVLM take one list of images per text
+    # One list of images per text: Idefics3/SmolVLM and Gemma 3 need it, the others flatten it.
+    imgs = [[im] for im in images]
     tok = getattr(proc, "tokenizer", None)
     old = getattr(tok, "padding_side", None)
     try:
