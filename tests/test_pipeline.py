@@ -1,0 +1,271 @@
+"""The Hydra app end to end (subprocesses, as a user runs it) and the pipeline helpers.
+
+The sweeps run the embedded SmolLM2 with tiny settings (`experiment=smoke`: 6 ranking questions,
+4 evaluation questions per group, 8 new tokens, 2 random seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from headpursuit import pipeline as P
+from headpursuit.tracking import completed_results, write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = ["experiment=smoke", "intervention.k=2,4", "intervention.alpha=-1,0", "logger=none"]
+
+
+def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+         "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
+         # Same thread count in every process, so parallel (submitit) and sequential jobs compute
+         # the same floating-point sums.
+         "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _results(sweep_dir: Path) -> dict[tuple, dict]:
+    out = {}
+    for p in sorted(sweep_dir.glob("*/results.json")):
+        r = json.loads(p.read_text())
+        out[(r["k"], r["alpha"])] = r
+    return out
+
+
+def _submitit_logs(sweep_dir: Path) -> str:
+    return "\n".join(p.read_text()[-3000:] for p in sweep_dir.glob(".submitit/**/*.err"))
+
+
+# ------------------------------------------------------------------------------------------
+# Sweeps through Hydra
+# ------------------------------------------------------------------------------------------
+
+def shared_cache(tmp_path_factory) -> Path:
+    """One cache for the test session: runs with the same model/task/ranking reuse each other's work."""
+    return tmp_path_factory.getbasetemp() / "headpursuit_cache"
+
+
+@pytest.fixture(scope="module")
+def basic_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("basic")
+    sweep, cache = root / "sweep", shared_cache(tmp_path_factory)
+    cached_before = bool(list(cache.glob("acts/acts-*.safetensors")))
+    t0 = time.perf_counter()
+    proc = run_cli("headpursuit", "-m", *SWEEP, f"hydra.sweep.dir={sweep}", f"cache_dir={cache}")
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    print(f"basic 2x2 sweep: {seconds:.1f}s")
+    return sweep, cache, cached_before
+
+
+@pytest.mark.slow
+def test_sweep_extracts_and_ranks_once(basic_sweep):
+    sweep, cache, cached_before = basic_sweep
+    res = _results(sweep)
+    assert sorted(res) == [(2, -1.0), (2, 0.0), (4, -1.0), (4, 0.0)]
+    assert all(r["status"] == "complete" for r in res.values())
+    # One activation file, one score table, one set of ranking answers for the whole sweep.
+    assert len(list((cache / "acts").glob("acts-*.safetensors"))) == 1
+    assert len(list((cache / "scores").glob("*.pkl"))) == 1
+    assert len(list((cache / "samples").glob("*.pkl"))) == 1
+    # The first job extracts (unless an earlier test filled the shared cache); the others read.
+    hits = [r["provenance"]["cache"]["activations_from_cache"] for r in res.values()]
+    assert sorted(hits) == ([True] * 4 if cached_before else [False, True, True, True])
+    base_hits = sum(r["provenance"]["cache"]["baseline_from_cache"] for r in res.values())
+    assert base_hits == (4 if cached_before else 3)
+    # The k=2 heads are the first two of the k=4 heads, and all runs share the baseline.
+    assert [h for h in res[(4, -1.0)]["heads"][:2]] == res[(2, -1.0)]["heads"]
+    assert len({json.dumps(r["baseline"], sort_keys=True) for r in res.values()}) == 1
+    for r in res.values():
+        for section in ("baseline", "edited", "random"):
+            assert 0.0 <= r[section]["concept"]["accuracy"] <= 1.0
+        assert r["random"]["n_seeds"] == 2 and len(r["random"]["per_seed"]) == 2
+        assert "accuracy" in r["random"]["std"]["concept"]
+        assert (Path(r["run"]["dir"]) / "head_scores.csv").exists()
+        prov = r["provenance"]
+        assert prov["model"]["quantisation"] and prov["environment"]["versions"]["torch"]
+        assert prov["environment"]["versions"]["transformers"]
+
+
+@pytest.mark.slow
+def test_sweep_aggregates(basic_sweep, tmp_path):
+    from headpursuit.aggregate import aggregate
+
+    sweep, _, _ = basic_sweep
+    df = aggregate(sweep, tmp_path)
+    assert len(df) == 4 and set(df["k"]) == {2, 4} and set(df["alpha"]) == {-1.0, 0.0}
+    assert {"edited.concept.accuracy", "random.concept.accuracy", "random.std.concept.accuracy",
+            "baseline.control.accuracy"} <= set(df.columns)
+    md = (tmp_path / "k_alpha.md").read_text()
+    assert "alpha=-1" in md and "alpha=0" in md and "| 2 |" in md and "| 4 |" in md
+    assert (tmp_path / "vs_random.csv").exists()
+    assert list((tmp_path / "plots").glob("heatmap__*.png"))
+    assert list((tmp_path / "plots").glob("metric_vs_k__*concept.accuracy.png"))
+
+
+@pytest.mark.slow
+def test_sweep_resume_skips_complete_runs(basic_sweep):
+    sweep, cache, _ = basic_sweep
+    before = {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")}
+    # A half-written temp file from an interrupted write lies next to a complete result.
+    (sweep / "0" / ".results.json.tmp12345").write_text('{"status": "comp')
+    t0 = time.perf_counter()
+    proc = run_cli("headpursuit", "-m", *SWEEP, f"hydra.sweep.dir={sweep}", f"cache_dir={cache}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("skipping") + proc.stdout.count("skipping") == 4
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/results.json")} == before
+    assert time.perf_counter() - t0 < 120  # no model load, no generation
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_matches_basic(basic_sweep, tmp_path):
+    sweep, _, _ = basic_sweep
+    sub_sweep, cache = tmp_path / "sweep", tmp_path / "cache"
+    t0 = time.perf_counter()
+    proc = run_cli("headpursuit", "-m", *SWEEP, "hydra/launcher=submitit_local",
+                   f"hydra.sweep.dir={sub_sweep}", f"cache_dir={cache}")
+    print(f"submitit_local 2x2 sweep: {time.perf_counter() - t0:.1f}s")
+    assert proc.returncode == 0, proc.stderr[-3000:] + _submitit_logs(sub_sweep)
+    a, b = _results(sweep), _results(sub_sweep)
+    assert sorted(a) == sorted(b) and len(b) == 4, _submitit_logs(sub_sweep)
+    for key in a:
+        assert b[key]["status"] == "complete"
+        assert b[key]["heads"] == a[key]["heads"]
+        for section in ("baseline", "edited"):
+            for g in ("concept", "control"):
+                assert b[key][section][g] == a[key][section][g], (key, section, g)
+        assert b[key]["random"]["concept"] == a[key]["random"]["concept"]
+    # Parallel jobs still extract once: the others wait on the cache lock, then read.
+    assert len(list((cache / "acts").glob("acts-*.safetensors"))) == 1
+    hits = sorted(r["provenance"]["cache"]["activations_from_cache"] for r in b.values())
+    assert hits == [False, True, True, True]
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration errors fail fast, naming the key
+# ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, key", [
+    ("task=no_such_task", "no_such_task"),
+    ("intervention.k=100000", "intervention.k"),
+    ("intervention.alpha=abc", "intervention.alpha"),
+    ("intervention.k_frac=1.5", "intervention.k_frac"),
+    ("model=no_such_model", "no_such_model"),
+])
+def test_config_errors_fail_fast(override, key, tmp_path):
+    t0 = time.perf_counter()
+    proc = run_cli("headpursuit", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
+                   f"cache_dir={tmp_path / 'cache'}")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert key in out, out[-2000:]
+    assert time.perf_counter() - t0 < 90  # before any model load or generation
+    if override.startswith("intervention"):
+        res = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert res["status"] == "failed" and key in res["error"]["message"]
+        assert (tmp_path / "run" / "error.txt").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers (no model)
+# ------------------------------------------------------------------------------------------
+
+def _cfg(**iv):
+    return {"model": {"name_or_path": "smollm2", "n_layers": 30, "n_heads": 9},
+            "task": {"name": "qa_countries", "positions": "answer_concept"},
+            "ranking": {"method": "concept_share", "k": 10},
+            "intervention": {"k": 6, "k_frac": None, "alpha": -1.0, "heads": "ranked", "explicit": [],
+                             "random_seeds": [0, 1], **iv},
+            "logger": {"backend": "none", "mode": "disabled"}, "seed": 0}
+
+
+def test_validate_config_names_the_key():
+    P.validate_config(_cfg())
+    for iv, key in [({"alpha": "abc"}, "intervention.alpha"), ({"alpha": True}, "intervention.alpha"),
+                    ({"k": 271}, "intervention.k"), ({"k": 0}, "intervention.k"),
+                    ({"k_frac": 0.0}, "intervention.k_frac"), ({"k_frac": 2}, "intervention.k_frac"),
+                    ({"heads": "best"}, "intervention.heads"),
+                    ({"heads": "explicit", "explicit": []}, "intervention.explicit"),
+                    ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
+                    ({"random_seeds": ["a"]}, "intervention.random_seeds")]:
+        with pytest.raises(P.ConfigError, match=key.replace(".", r"\.")):
+            P.validate_config(_cfg(**iv))
+    bad = _cfg()
+    bad["task"]["name"] = "nope"
+    with pytest.raises(P.ConfigError, match="task.name"):
+        P.validate_config(bad)
+    bad = _cfg()
+    bad["ranking"]["method"] = "nope"
+    with pytest.raises(P.ConfigError, match="ranking.method"):
+        P.validate_config(bad)
+
+
+def test_resolve_k_fraction_and_bounds():
+    assert P.resolve_k({"k": 6}, 270) == 6
+    assert P.resolve_k({"k": 6, "k_frac": 0.01}, 270) == 3          # round(2.7)
+    assert P.resolve_k({"k": 6, "k_frac": 0.001}, 270) == 1         # at least one head
+    assert P.resolve_k({"k": 6, "k_frac": 1.0}, 270) == 270
+    assert P.resolve_k({"heads": "explicit", "explicit": [[0, 1], "2.3"]}, 270) == 2
+    with pytest.raises(P.ConfigError, match="larger than the number of heads"):
+        P.resolve_k({"k": 271}, 270)
+
+
+def test_head_selection():
+    a = P.random_heads(30, 9, 6, seed=0)
+    assert a == P.random_heads(30, 9, 6, seed=0) and a != P.random_heads(30, 9, 6, seed=1)
+    assert len(set(a)) == 6 and a == sorted(a)
+    assert P.parse_heads([[1, 2], "3.4", "5:6"]) == [(1, 2), (3, 4), (5, 6)]
+    with pytest.raises(P.ConfigError):
+        P.check_heads([(30, 0)], 30, 9)
+
+    class Scores:
+        def top(self, k):
+            return [(5, 1), (7, 2), (0, 0)][:k]
+
+    assert P.select_heads(Scores(), {"heads": "ranked"}, 30, 9, 2) == [(5, 1), (7, 2)]
+    assert P.select_heads(None, {"heads": "random"}, 30, 9, 6, seed=0) == a
+    assert P.select_heads(None, {"heads": "explicit", "explicit": ["1.1"]}, 30, 9, 1) == [(1, 1)]
+
+
+def test_summarize_seeds_mean_std():
+    per_seed = [{"concept": {"accuracy": 0.5, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}},
+                {"concept": {"accuracy": 1.0, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}}]
+    s = P.summarize_seeds(per_seed)
+    assert s["concept"]["accuracy"] == 0.75 and s["control"]["accuracy"] == 1.0
+    assert math.isclose(s["std"]["concept"]["accuracy"], math.sqrt(0.125))
+    assert math.isnan(s["concept"]["x"]) and s["n_seeds"] == 2
+    assert P.summarize_seeds(per_seed[:1])["std"]["concept"]["accuracy"] == 0.0
+
+
+def test_run_cache_computes_once(tmp_path):
+    cache = P.RunCache(tmp_path)
+    calls = []
+    v, hit = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": float("nan"), "b": 1})
+    v2, hit2 = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": 0})
+    assert (hit, hit2, len(calls)) == (False, True, 1)
+    assert v2["b"] == 1 and math.isnan(v2["a"])   # NaN survives the cache
+    (tmp_path / "evals" / "k2.json").write_text("{broken")  # unreadable entries are recomputed
+    v3, hit3 = cache.get_or_compute("evals", "k2", lambda: {"c": 3})
+    assert (v3, hit3) == ({"c": 3}, False)
+    off = P.RunCache(None)
+    assert off.get_or_compute("evals", "k1", lambda: 7) == (7, False)
+    assert P.code_fingerprint() == P.code_fingerprint()
+
+
+def test_completed_results_needs_same_config(tmp_path):
+    write_json_atomic(tmp_path / "results.json", {"status": "complete", "config_hash": "abc"})
+    assert completed_results(tmp_path, "abc") is not None
+    assert completed_results(tmp_path, "other") is None
+    write_json_atomic(tmp_path / "results.json", {"status": "failed", "config_hash": "abc"})
+    assert completed_results(tmp_path, "abc") is None
+    (tmp_path / "results.json").write_text('{"status": "complete", "config_ha')  # truncated
+    assert completed_results(tmp_path, "abc") is None
