@@ -265,7 +265,8 @@ def test_mixed_text_and_image_batch_is_refused(tiny_vlm):
 # ------------------------------------------------------------------------------------------
 
 FAMILY_OF = {"llava": "llava", "llava_next": "llava", "qwen2_vl": "qwen_vl", "qwen2_5_vl": "qwen_vl",
-             "gemma3": "gemma3_vl", "idefics3": "idefics", "smolvlm": "idefics"}
+             "qwen3_vl": "qwen_vl", "gemma3": "gemma3_vl", "mistral3": "llava",
+             "idefics3": "idefics", "smolvlm": "idefics"}
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_VLM_CONFIGS))
@@ -301,6 +302,10 @@ def test_family_registry_finds_language_decoder(model_type):
     if model_type == "gemma3":
         assert lay.n_heads * lay.head_dim != lay.d_model
         assert lm.family.norm_gain_offset == 1.0
+    if model_type == "mistral3":  # Pixtral's vision attention output is also named o_proj
+        vision_o = [n for n, _ in lm.model.named_modules()
+                    if n.endswith("o_proj") and n.startswith(VISION_PREFIXES)]
+        assert vision_o and not set(vision_o) & {names[id(lm.o_proj(i))] for i in range(lay.n_layers)}
     # capture and editing hook exactly the language o_proj modules
     before = _hooks(lm)
     with o_proj_inputs(lm, range(lay.n_layers)):

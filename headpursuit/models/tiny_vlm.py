@@ -21,7 +21,8 @@ language model's guesses conditioned on noise-like image tokens. Every model bui
 outputs.
 
 `tiny_family_model(model_type)` builds tiny *fully random* models of each supported VLM family
-(LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Gemma 3, Idefics3, SmolVLM) from their config classes,
+(LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Gemma 3, Mistral 3, Idefics3, SmolVLM) from
+their config classes,
 for registry tests; nothing is downloaded.
 """
 
@@ -201,6 +202,16 @@ TINY_VLM_CONFIGS: dict[str, dict] = {
                                     vocab_size=1000, sliding_window=16),
                    vision_config=dict(**_CLIP), mm_tokens_per_image=4, image_token_index=999,
                    boi_token_index=998, eoi_token_index=997),
+    "qwen3_vl": dict(text_config=dict(**_TXT, rope_parameters={**_MROPE, "mrope_interleaved": True}),
+                     vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, num_heads=2,
+                                        intermediate_size=64, patch_size=4, spatial_merge_size=2,
+                                        temporal_patch_size=2, deepstack_visual_indexes=[0],
+                                        num_position_embeddings=64)),
+    # Mistral 3: Pixtral's vision attention output is also called `o_proj`.
+    "mistral3": dict(text_config=dict(model_type="mistral", **_TXT),
+                     vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                                        patch_size=8, head_dim=16)),
     "idefics3": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP),
                      image_token_id=999, scale_factor=2),
     "smolvlm": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP),

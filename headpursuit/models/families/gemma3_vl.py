@@ -1,4 +1,6 @@
-"""Gemma 3 multimodal (4B and larger): SigLIP tower + Gemma 3 text decoder (norm gain 1 + w)."""
+"""Gemma 3 multimodal (4B and larger): SigLIP tower (`model.vision_tower`, never touched) + Gemma 3
+text decoder at `model.language_model` (transformers >= 4.52, checked against 5.23; older:
+`language_model.model`). Final norm gain is 1 + w; heads * head_dim != hidden_size."""
 
 from headpursuit.models.families.base import ModelFamily, register_family
 

@@ -1,4 +1,5 @@
-"""Idefics3 and SmolVLM: SigLIP-style tower + connector + a Llama text model at `model.text_model`."""
+"""Idefics3 and SmolVLM: SigLIP-style tower (`model.vision_model`) + connector + a Llama text model
+at `model.text_model` (same path in transformers 4.4x and 5.23). Only the text model is touched."""
 
 from headpursuit.models.families.base import ModelFamily, register_family
 
