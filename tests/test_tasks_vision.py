@@ -167,6 +167,21 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
     assert cap.items("eval", "concept")[0].image.size == (64, 64)
     assert cap.items("rank", "concept")[0].group == "concept"
 
+    # a parquet in the hub's Flickr30k schema (image, caption: list of strings), default columns
+    import datasets
+
+    flickr = datasets.Dataset.from_dict(
+        {"image": [draw_shape("circle", "red"), draw_pattern("grid"), draw_shape("star", "blue")],
+         "caption": [["a red circle", "a round red shape"], list(PATTERNS["grid"]),
+                     ["a blue star"]]},
+        features=datasets.Features({"image": datasets.Image(),
+                                    "caption": datasets.Sequence(datasets.Value("string"))}))
+    flickr.to_parquet(str(tmp_path / "flickr_like.parquet"))
+    cap = CaptioningTask(tokenizer=tok, source="local", data_path=str(tmp_path / "flickr_like.parquet"),
+                         n_rank={"concept": 1, "control": 0}, n_eval=1)
+    assert cap.data_source["n_items"] == {"concept": 2, "control": 1}
+    assert cap.items("eval", "control")[0].captions == PATTERNS["grid"]
+
 
 # ------------------------------------------------------------------------------------------
 # End to end on the tiny VLM: ranking samples -> capture -> rank -> baseline vs edited metrics

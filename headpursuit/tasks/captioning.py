@@ -13,7 +13,9 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     source: fixture            # fixture (synthetic shapes + patterns, offline) | hub | local
     data_path: null            # local: a folder of .parquet / an image folder with metadata, or a
                                #   .parquet/.jsonl/.json/.csv file with image + captions columns
-    hub_id: nlphuji/flickr30k  # hub (Flickr30k: image column image, captions column caption)
+    hub_id: lmms-lab/flickr30k # hub: Flickr30k as parquet (image, caption = list of 5; split
+                               #   test); the whole split is downloaded (~4.4 GB). COCO: any
+                               #   parquet copy with an image column and a list-of-captions column
     hub_config: null
     hub_split: test
     image_column: image
@@ -64,7 +66,7 @@ class CaptioningTask(ImageTask):
                    "ranking_filter")
 
     def __init__(self, *, concept: Any = "colors", tokenizer: Any = None, source: str = "fixture",
-                 data_path: str | None = None, hub_id: str = "nlphuji/flickr30k",
+                 data_path: str | None = None, hub_id: str = "lmms-lab/flickr30k",
                  hub_config: str | None = None, hub_split: str = "test",
                  image_column: str = "image", captions_column: str = "caption",
                  max_rows: int | None = None, instruction: str | None = DEFAULT_INSTRUCTION,
