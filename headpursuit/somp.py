@@ -95,17 +95,20 @@ class SOMPResult:
 
 
 def normalize_atoms(atoms: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows scaled to unit norm (computed in float64). Returns (atoms, usable) where ``usable`` is
-    False for all-zero (or non-finite) rows, which are left at zero and must never be selected."""
+    """Rows scaled to unit norm (norms accumulated in float64). Returns (atoms, usable) where
+    ``usable`` is False for all-zero (or non-finite) rows, which are set to zero and must never be
+    selected."""
     if atoms.dim() != 2:
         raise ValueError(f"atoms must be 2-D (n_atoms, dim); got shape {tuple(atoms.shape)}")
     dtype = dtype or (atoms.dtype if atoms.dtype in (torch.float32, torch.float64) else torch.float32)
-    a64 = atoms.detach().to(torch.float64)
-    norms = a64.norm(dim=1)
+    a = atoms.detach()
+    norms = torch.linalg.vector_norm(a, dim=1, dtype=torch.float64)
     usable = torch.isfinite(norms) & (norms > 0)
     scale = torch.where(usable, 1.0 / torch.where(usable, norms, torch.ones_like(norms)), torch.zeros_like(norms))
-    out = torch.nan_to_num(a64 * scale[:, None], nan=0.0, posinf=0.0, neginf=0.0)
-    return out.to(dtype), usable
+    out = a.to(dtype) * scale.to(dtype)[:, None]
+    if not bool(usable.all()):
+        out[~usable] = 0.0
+    return out, usable
 
 
 def head_dictionary(
@@ -142,6 +145,36 @@ def head_dictionary(
         U = U.to(torch.float64) * g[None, :]
     atoms, usable = normalize_atoms(U, dtype)
     return atoms, usable, ids
+
+
+_ONEDNN: bool | None = None
+
+
+def _onednn_ok() -> bool:
+    """Whether oneDNN's dense fp32 GEMM (``torch.ops.mkldnn._linear_pointwise``, the kernel
+    inductor uses for CPU linears) is available and agrees with torch.mm. On AVX-512 CPUs it is
+    2-3x faster than the default BLAS for our shapes; set HEADPURSUIT_NO_ONEDNN=1 to disable."""
+    global _ONEDNN
+    if _ONEDNN is None:
+        _ONEDNN = False
+        if os.environ.get("HEADPURSUIT_NO_ONEDNN", "") in ("", "0"):
+            try:
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(37, 70, generator=g)
+                y = torch.randn(101, 70, generator=g)
+                out = torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], "")
+                _ONEDNN = bool(torch.allclose(out, x @ y.T, rtol=1e-5, atol=1e-4))
+            except Exception:
+                _ONEDNN = False
+    return _ONEDNN
+
+
+def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x @ y.T for 2-D x (m, k), y (n, k) -> (m, n), contiguous."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and y.dtype == torch.float32
+            and x.shape[0] * y.shape[0] >= 1 << 16 and _onednn_ok()):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), y.contiguous(), None, "none", [], "")
+    return x @ y.T
 
 
 def _default_budget() -> int:
@@ -197,17 +230,22 @@ class _DenseSignals:
         Hc = Hb.to(self.dtype)
         hb = Hc.shape[0]
         V = D.shape[0]
-        C = torch.empty(hb, self.n, V, dtype=self.dtype, device=D.device)
         X = Hc.reshape(hb * self.n, self.dim)
-        Cv = C.view(hb * self.n, V)
-        if chunk is None or chunk >= V:
-            torch.matmul(X, D.T, out=Cv)
-        else:
-            for v0 in range(0, V, chunk):
-                Cv[:, v0 : v0 + chunk] = X @ D[v0 : v0 + chunk].T
+        C = _correlations(X, D, chunk).view(hb, self.n, V)
         H64 = Hb.to(torch.float64)
         energy = (H64 * H64).sum(dim=(1, 2))
         return C, energy, _DenseCols(H64)
+
+
+def _correlations(X: torch.Tensor, D: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """X @ D.T (rows, V), optionally computed over chunks of the vocabulary."""
+    V = D.shape[0]
+    if chunk is None or chunk >= V:
+        return _mm_nt(X, D)
+    out = torch.empty(X.shape[0], V, dtype=X.dtype, device=X.device)
+    for v0 in range(0, V, chunk):
+        out[:, v0 : v0 + chunk] = _mm_nt(X, D[v0 : v0 + chunk])
+    return out
 
 
 class _DenseCols:
@@ -261,23 +299,20 @@ class _HeadSignals:
         dev = D.device
         Zc = Zb.to(device=dev, dtype=self.dtype)
         Wc = Wb.to(device=dev, dtype=self.dtype)
-        C = torch.empty(hb, self.n, V, dtype=self.dtype, device=dev)
-        chunk = V if chunk is None or chunk >= V else int(chunk)
         if self._route(V) == "direct":
             Hb = torch.matmul(Zc, Wc.transpose(1, 2))  # (hb, n, d)
-            X = Hb.reshape(hb * self.n, self.dim)
-            Cv = C.view(hb * self.n, V)
-            if chunk == V:
-                torch.matmul(X, D.T, out=Cv)
-            else:
-                for v0 in range(0, V, chunk):
-                    Cv[:, v0 : v0 + chunk] = X @ D[v0 : v0 + chunk].T
-            del Hb, X
+            C = _correlations(Hb.reshape(hb * self.n, self.dim), D, chunk).view(hb, self.n, V)
+            del Hb
         else:
-            # P = D W_h for all heads of the batch as one GEMM: (V, d) @ (d, hb*dh)
-            Wcat = Wc.permute(1, 0, 2).reshape(self.dim, hb * self.dh)
+            # P = D W_h for all heads of the batch as one GEMM: (V, d) @ (d, hb*dh), over chunks of
+            # the vocabulary so that the temporary stays below ~1/4 of C
+            C = torch.empty(hb, self.n, V, dtype=self.dtype, device=dev)
+            if chunk is None:
+                chunk = max(1024, (self.n * V) // (4 * self.dh))
+            chunk = min(V, int(chunk))
+            WcatT = Wc.transpose(1, 2).reshape(hb * self.dh, self.dim)  # row (h, k) = W_h[:, k]
             for v0 in range(0, V, chunk):
-                P = (D[v0 : v0 + chunk] @ Wcat).view(-1, hb, self.dh).permute(1, 2, 0)  # (hb, dh, v)
+                P = _mm_nt(D[v0 : v0 + chunk], WcatT).view(-1, hb, self.dh).permute(1, 2, 0)  # (hb, dh, v)
                 C[:, :, v0 : v0 + chunk] = torch.bmm(Zc, P)
                 del P
         Z64 = Zb.to(device=dev, dtype=torch.float64)
@@ -305,7 +340,7 @@ class _HeadCols:
 
 # Elementwise work (residual update + score) is done tile by tile so that each tile of C is read
 # from memory once per step and stays in cache between the update and the reduction.
-_TILE_BYTES = 8 << 20
+_TILE_BYTES = 2 << 20
 
 
 def _tile_plan(nw: int, n: int, V: int, elt: int) -> tuple[int, int]:
@@ -316,24 +351,80 @@ def _tile_plan(nw: int, n: int, V: int, elt: int) -> tuple[int, int]:
     return 1, min(V, vv)
 
 
-def _update_and_score(C, a, b, score, ones, buf, aggregation: str, plan):
-    """C <- C - a b^T (per head; skipped when a is None) and score[h, j] = sum_i |C[h, i, j]|
-    (or C^2 for "l2"), tile by tile."""
-    nw, n, V = C.shape
-    hh, vv = plan
-    for h0 in range(0, nw, hh):
-        h1 = min(nw, h0 + hh)
-        for v0 in range(0, V, vv):
-            v1 = min(V, v0 + vv)
+class _Tiler:
+    """Runs the per-step elementwise work (residual update + score) tile by tile.
+
+    On CPU the tiles are shared among ``torch.get_num_threads()`` Python worker threads that each
+    run single-threaded torch ops: many small parallel regions would otherwise pay an OpenMP
+    barrier per op (very costly on a busy machine), and each worker keeps its tile in cache
+    between the update and the reduction."""
+
+    def __init__(self, n: int, V: int, dtype, device, aggregation: str):
+        self.n, self.V, self.aggregation = n, V, aggregation
+        self.on_gpu = device.type != "cpu"
+        self.workers = 1 if self.on_gpu else max(1, torch.get_num_threads())
+        self.dtype, self.device = dtype, device
+        self.ones = torch.ones(1, 1, n, dtype=dtype, device=device)
+        self._bufs: dict[int, torch.Tensor] = {}
+        self._pool = None
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _buf(self, w: int, hh: int, vv: int) -> torch.Tensor:
+        b = self._bufs.get(w)
+        if b is None or b.shape[0] < hh or b.shape[2] < vv:
+            b = torch.empty(hh, self.n, vv, dtype=self.dtype, device=self.device)
+            self._bufs[w] = b
+        return b
+
+    def _run_tiles(self, w: int, tiles, C, a, b, score):
+        if self.workers > 1:
+            torch.set_num_threads(1)
+        for h0, h1, v0, v1 in tiles:
             Ct = C[h0:h1, :, v0:v1]
             if a is not None:
                 Ct.baddbmm_(a[h0:h1], b[h0:h1, :, v0:v1], alpha=-1.0)
-            bt = buf[: h1 - h0, :, : v1 - v0]
-            if aggregation == "l1":
+            bt = self._buf(w, h1 - h0, v1 - v0)[: h1 - h0, :, : v1 - v0]
+            if self.aggregation == "l1":
                 torch.abs(Ct, out=bt)
             else:
                 torch.mul(Ct, Ct, out=bt)
-            score[h0:h1, v0:v1] = torch.bmm(ones[: h1 - h0], bt).squeeze(1)
+            ones = self.ones.expand(h1 - h0, 1, self.n)
+            if v0 == 0 and v1 == self.V:
+                torch.bmm(ones, bt, out=score[h0:h1].unsqueeze(1))
+            else:
+                score[h0:h1, v0:v1] = torch.bmm(ones, bt).squeeze(1)
+
+    def __call__(self, C, a, b, score):
+        """C <- C - a b^T per head (skipped when a is None); score[h, j] = sum_i |C[h, i, j]|
+        (squares for "l2")."""
+        nw, n, V = C.shape
+        if self.on_gpu:
+            self._run_tiles(0, [(0, nw, 0, V)], C, a, b, score)
+            return
+        hh, vv = _tile_plan(nw, n, V, C.element_size())
+        tiles = [(h0, min(nw, h0 + hh), v0, min(V, v0 + vv))
+                 for h0 in range(0, nw, hh) for v0 in range(0, V, vv)]
+        workers = min(self.workers, len(tiles))
+        if workers <= 1:
+            self._run_tiles(0, tiles, C, a, b, score)
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="somp-tiles")
+        per = -(-len(tiles) // workers)
+        prev = torch.get_num_threads()
+        try:
+            futs = [self._pool.submit(self._run_tiles, w, tiles[w * per:(w + 1) * per], C, a, b, score)
+                    for w in range(workers)]
+            for f in futs:
+                f.result()
+        finally:
+            torch.set_num_threads(prev)
 
 
 def _somp_batch(
@@ -346,6 +437,7 @@ def _somp_batch(
     k: int,
     tol: float | None,
     aggregation: str,
+    variant: str = "omp",
 ):
     """SOMP on one batch of heads given C = H D^T (hb, n, V), which is modified in place.
 
@@ -366,8 +458,9 @@ def _somp_batch(
     E = energy.to(f64)
     active = E > 0
     exhausted = (100.0 * torch.finfo(cdt).eps) ** 2
-    Bq = torch.zeros(hb, k, V, dtype=cdt, device=dev)  # b_s = q_s D^T
-    L = torch.zeros(hb, k, k, dtype=f64, device=dev)  # Cholesky factor of G_SS
+    Bq = torch.empty(hb, k, V, dtype=cdt, device=dev)  # b_s = q_s D^T (rows < t are written)
+    # inverse of the Cholesky factor L of G_SS (lower triangular; identity rows for unused steps)
+    L = torch.eye(k, dtype=f64, device=dev).repeat(hb, 1, 1)
     A = torch.zeros(hb, n, k, dtype=f64, device=dev)  # <H_i, q_s>
     S = torch.full((hb, k), -1, dtype=torch.long, device=dev)
     proj2 = torch.zeros(hb, V, dtype=cdt, device=dev)  # ||projection of D_j on span(q)||^2
@@ -376,28 +469,31 @@ def _somp_batch(
         excl |= blocked
     explained = torch.zeros(hb, dtype=f64, device=dev)
     steps_done = torch.zeros(hb, dtype=torch.long, device=dev)
-    on_gpu = dev.type != "cpu"
-    plan = (hb, V) if on_gpu else _tile_plan(hb, n, V, elt)
-    buf = torch.empty(min(plan[0], hb), n, plan[1], dtype=cdt, device=dev)
-    ones = torch.ones(1, 1, n, dtype=cdt, device=dev).expand(max(plan[0], hb), 1, n)
     score = torch.empty(hb, V, dtype=cdt, device=dev)
-    _update_and_score(C, None, None, score, ones, buf, aggregation, plan)
+    tiler = _Tiler(n, V, cdt, dev, aggregation)
+    try:
+        tiler(C, None, None, score)
+        return _somp_steps(C, E, cols, D, D64, k, tol, variant, tiler, score, rows, active, exhausted,
+                           Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out)
+    finally:
+        tiler.close()
+
+
+def _somp_steps(C, E, cols, D, D64, k, tol, variant, tiler, score, rows, active, exhausted,
+                Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out):
+    hb, n, V = C.shape
+    dev = C.device
+    cdt = C.dtype
+    f64 = torch.float64
+    aggregation = tiler.aggregation
 
     def finish(sel: torch.Tensor):
         """Write final results for working-set rows ``sel`` (bool over the working set)."""
         if not bool(sel.any()):
             return
         r = rows[sel]
-        Ls = L[sel].clone()
-        t_done = steps_done[sel]
-        ar = torch.arange(k, device=dev)
-        unused = ar[None, :] >= t_done[:, None]
-        diag = torch.diagonal(Ls, dim1=1, dim2=2)
-        diag[unused] = 1.0  # unused steps: identity rows so the triangular solve is defined
-        # W L = A  <=>  W G_SS = H D_S^T   (solve L^T W^T = A^T)
-        Wt = torch.linalg.solve_triangular(Ls.transpose(1, 2), A[sel].transpose(1, 2), upper=True)
-        W = Wt.transpose(1, 2)
-        W[unused[:, None, :].expand_as(W)] = 0.0
+        # W L = A  <=>  W G_SS = H D_S^T ; columns of unused steps are 0 (A's are 0, L^{-1} identity)
+        W = torch.bmm(A[sel], L[sel])
         coef_out[r] = W
         idx_out[r] = S[sel]
 
@@ -406,6 +502,10 @@ def _somp_batch(
         if nw == 0:
             break
         # ---- selection
+        if variant == "ormp" and t > 0:
+            # correlation with the *normalised* component of each atom orthogonal to the selection
+            denom = (1.0 - proj2).clamp_min(_DEPENDENT_TOL)
+            score.div_(denom if aggregation == "l2" else denom.sqrt_())
         score.masked_fill_(excl, float("-inf"))
         best, j = score.max(dim=1)
         active = active & torch.isfinite(best) & (best > 0)
@@ -413,19 +513,16 @@ def _somp_batch(
             break
         j = torch.where(active, j, torch.zeros_like(j))
         # ---- Gram rows of the unique selected atoms (one matmul)
-        uniq, inv = torch.unique(j[active], return_inverse=True)
-        G = D[uniq] @ D.T  # (U, V)
-        g = torch.zeros(nw, V, dtype=cdt, device=dev)
-        g[active] = G[inv]
+        uniq, inv = torch.unique(j, return_inverse=True)  # stopped heads carry j=0 (zeroed below)
+        G = _mm_nt(D[uniq], D)  # (U, V)
+        g = G if uniq.numel() == nw and bool((inv == torch.arange(nw, device=dev)).all()) else G[inv]
         del G
         # ---- float64 Cholesky row: p = L[:t,:t]^{-1} G_S,j ; nrm = sqrt(G_jj - |p|^2)
+        # (``L`` holds the inverse factor, grown one row per step)
         dj64 = D64[j]  # (nw, d)
         if t > 0:
             Gsj = torch.bmm(D64[S[:, :t].clamp_min(0)], dj64.unsqueeze(2))  # (nw, t, 1)
-            Lt = L[:, :t, :t].clone()
-            dg = torch.diagonal(Lt, dim1=1, dim2=2)
-            dg[dg == 0] = 1.0  # rows of heads that stopped earlier
-            p = torch.linalg.solve_triangular(Lt, Gsj, upper=False).squeeze(2)  # (nw, t)
+            p = torch.bmm(L[:, :t, :t], Gsj).squeeze(2)  # (nw, t)
         else:
             p = torch.zeros(nw, 0, dtype=f64, device=dev)
         p = p * active[:, None]
@@ -437,13 +534,14 @@ def _somp_batch(
         a = a * active[:, None]
         # ---- b_t = (g - p B) / nrm   (length V, dtype of C)
         if t > 0:
-            g -= torch.bmm(p.to(cdt).unsqueeze(1), Bq[:, :t, :]).squeeze(1)
-        b = g.div_(nrm.to(cdt)[:, None])
-        b.mul_(active.to(cdt)[:, None])
+            g.unsqueeze(1).baddbmm_(p.to(cdt).unsqueeze(1), Bq[:, :t, :], alpha=-1.0)
+        b = g.mul_((active / nrm).to(cdt)[:, None])
         # ---- record the step
         S[:, t] = torch.where(active, j, torch.full_like(j, -1))
-        L[:, t, :t] = p
-        L[:, t, t] = nrm
+        # new row of L^{-1}: [-(p^T L^{-1}) / nrm, 1 / nrm]  (identity row for stopped heads)
+        if t > 0:
+            L[:, t, :t] = -torch.bmm(p.unsqueeze(1), L[:, :t, :t]).squeeze(1) / nrm[:, None]
+        L[:, t, t] = 1.0 / nrm
         A[:, :, t] = a
         Bq[:, t, :] = b
         explained = explained + (a * a).sum(1)
@@ -475,13 +573,13 @@ def _somp_batch(
             if n_act == 0:
                 break
         # ---- residual correlations C <- C - a b^T and next scores
-        _update_and_score(C, a.to(cdt).unsqueeze(2), b.unsqueeze(1), score, ones, buf, aggregation, plan)
+        tiler(C, a.to(cdt).unsqueeze(2), b.unsqueeze(1), score)
     finish(torch.ones(rows.numel(), dtype=torch.bool, device=dev))
     return idx_out, coef_out, ev_out
 
 
 def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggregation: str,
-         chunk_size, memory_budget, head_batch):
+         chunk_size, memory_budget, head_batch, variant: str = "omp"):
     V = D.shape[0]
     n = op.n
     dev = D.device
@@ -505,7 +603,7 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
         blk = None
         if blocked is not None:
             blk = blocked[sl] if blocked.dim() == 2 else blocked.unsqueeze(0).expand(C.shape[0], V)
-        idx, coef, ev = _somp_batch(C, energy, cols, D, D64, blk, k, tol, aggregation)
+        idx, coef, ev = _somp_batch(C, energy, cols, D, D64, blk, k, tol, aggregation, variant)
         del C
         idx_all.append(idx)
         coef_all.append(coef)
@@ -515,7 +613,9 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
             {"head_batch": head_batch, "bytes_per_head": per_head})
 
 
-def _validate_common(k, tol, aggregation):
+def _validate_common(k, tol, aggregation, variant="omp"):
+    if variant not in ("omp", "ormp"):
+        raise ValueError(f"variant must be 'omp' (SOMP, default) or 'ormp' (order-recursive, as SPAMS); got {variant!r}")
     if aggregation not in ("l1", "l2"):
         raise ValueError(f"aggregation must be 'l1' (sum of |correlations|) or 'l2' (sum of squares); got {aggregation!r}")
     if tol is not None:
@@ -547,6 +647,7 @@ def somp(
     memory_budget: int | None = None,
     head_batch: int | None = None,
     dtype: torch.dtype | None = None,
+    variant: str = "omp",
 ) -> SOMPResult:
     """Simultaneous OMP of each head's samples over a shared dictionary.
 
@@ -558,10 +659,13 @@ def somp(
     chunk_size: atoms per chunk when computing H D^T (bounds temporaries).
     memory_budget: bytes for one batch of heads (default: 30% of free RAM, at most 6 GiB);
     head_batch overrides it. dtype: dtype of the big correlation tensor (float32 on CPU).
+    variant: "omp" (default, the method of the paper) or "ormp": order-recursive matching pursuit,
+    which scores each atom by its correlation with the residual divided by the norm of the atom's
+    component orthogonal to the atoms already selected (what ``spams.somp`` computes, with "l2").
     """
     if not isinstance(signals, torch.Tensor) or not isinstance(atoms, torch.Tensor):
         raise ValueError("somp expects torch tensors: signals (heads, samples, dim) and atoms (n_atoms, dim)")
-    tol = _validate_common(k, tol, aggregation)
+    tol = _validate_common(k, tol, aggregation, variant)
     squeeze = signals.dim() == 2
     H = signals.unsqueeze(0) if squeeze else signals
     if H.dim() != 3:
@@ -591,7 +695,8 @@ def somp(
     if not bool(blocked.any()):
         blocked = None
     op = _DenseSignals(H.detach(), cdt)
-    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch)
+    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget,
+                                       head_batch, variant)
     coef = coef.to(H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32)
     res = SOMPResult(idx, coef, ev, energy, None, meta)
     if squeeze:
@@ -615,6 +720,7 @@ def somp_heads(
     memory_budget: int | None = None,
     head_batch: int | None = None,
     dtype: torch.dtype | None = None,
+    variant: str = "omp",
 ) -> SOMPResult:
     """SOMP for every head from captured ``z`` without materialising the per-head signals.
 
@@ -650,7 +756,7 @@ def somp_heads(
         raise ValueError(
             f"dictionary must be (vocab, d_model={W_O.shape[1]}); got {tuple(dictionary.shape)}"
         )
-    tol = _validate_common(k, tol, aggregation)
+    tol = _validate_common(k, tol, aggregation, variant)
     if fold_norm_gain is None:
         fold_norm_gain = norm_gain is not None
     if fold_norm_gain and norm_gain is None:
@@ -662,7 +768,8 @@ def somp_heads(
     k = _check_k(k, int(usable.sum()))
     blocked = None if bool(usable.all()) else ~usable.to(dev)
     op = _HeadSignals(z.detach().to(dev), W_O, cdt)
-    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch)
+    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget,
+                                       head_batch, variant)
     if ids is not None:
         ids_dev = ids.to(idx.device)
         idx = torch.where(idx >= 0, ids_dev[idx.clamp_min(0)], idx)
@@ -686,16 +793,22 @@ def somp_reference(
     *,
     aggregation: str = "l1",
     atom_mask: torch.Tensor | None = None,
+    variant: str = "omp",
+    normalized: bool = False,
 ) -> SOMPResult:
     """Textbook SOMP, one head at a time in the signals' space: at every step recompute
     ``R D^T``, pick the atom, refit all coefficients with ``torch.linalg.lstsq``, recompute R.
     Computes in the signals' dtype (pass float64 for a high-precision reference). Slow; for
-    tests and benchmarks only."""
+    tests and benchmarks only. ``normalized=True`` skips normalising atoms that already have unit
+    norm (saves one pass over a large dictionary per call)."""
     squeeze = signals.dim() == 2
     H = signals.unsqueeze(0) if squeeze else signals
     dt = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32
     H = H.to(dt)
-    D, usable = normalize_atoms(atoms, dt)
+    if normalized:
+        D, usable = atoms.to(dt), torch.ones(atoms.shape[0], dtype=torch.bool)
+    else:
+        D, usable = normalize_atoms(atoms, dt)
     allowed = usable.clone()
     if atom_mask is not None:
         allowed &= torch.as_tensor(atom_mask, dtype=torch.bool)
@@ -714,6 +827,11 @@ def somp_reference(
         for t in range(k):
             corr = R @ D.T
             score = corr.abs().sum(0) if aggregation == "l1" else (corr * corr).sum(0)
+            if variant == "ormp" and S:
+                Q = torch.linalg.qr(D[S].T).Q  # (dim, t) orthonormal basis of the selection
+                perp = 1.0 - ((D @ Q) ** 2).sum(1)
+                perp = perp.clamp_min(_DEPENDENT_TOL)
+                score = score / (perp if aggregation == "l2" else perp.sqrt())
             score = score.masked_fill(~allowed, float("-inf"))
             if S:
                 score[S] = float("-inf")
