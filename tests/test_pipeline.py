@@ -269,3 +269,20 @@ def test_completed_results_needs_same_config(tmp_path):
     assert completed_results(tmp_path, "abc") is None
     (tmp_path / "results.json").write_text('{"status": "complete", "config_ha')  # truncated
     assert completed_results(tmp_path, "abc") is None
+
+
+def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
+    """A runtime failure (here: a missing data file) writes error.txt + status=failed; the sweep goes
+    on (exit 0) unless fail_fast=true, which raises and makes the remaining jobs skip themselves."""
+    bad = ["experiment=smoke", "task.source=jsonl", "logger=none", f"cache_dir={tmp_path / 'cache'}",
+           f"task.data_path={tmp_path / 'missing1.jsonl'},{tmp_path / 'missing2.jsonl'}"]
+    proc = run_cli("headpursuit", "-m", *bad, f"hydra.sweep.dir={tmp_path / 'a'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for job in ("0", "1"):
+        res = json.loads((tmp_path / "a" / job / "results.json").read_text())
+        assert res["status"] == "failed" and "missing" in res["error"]["message"]
+        assert "Traceback" in (tmp_path / "a" / job / "error.txt").read_text()
+    proc = run_cli("headpursuit", "-m", *bad, "fail_fast=true", f"hydra.sweep.dir={tmp_path / 'b'}")
+    assert proc.returncode != 0
+    second = json.loads((tmp_path / "b" / "1" / "results.json").read_text())
+    assert second["status"] == "failed" and "fail_fast" in second["error"]["message"]
