@@ -160,8 +160,9 @@ def bench_smollm2(args) -> float:
         ref_idx, ref_ev, t_ref = run_reference(z, W, D, args.k, heads)
     t_ref_all = t_ref * (L * H) / len(heads)
     note = "" if len(heads) == L * H else f" (measured on {len(heads)} heads, extrapolated linearly to {L * H})"
-    print(f"reference loop (d_model space, lstsq each step): {t_ref:.2f}s for {len(heads)} heads; "
-          f"{t_ref_all:.1f}s for {L * H} heads{note}; peak RSS {mem_ref.peak_gib:.2f} GiB", flush=True)
+    extra = f"; {t_ref_all:.1f}s for {L * H} heads{note}" if note else ""
+    print(f"reference loop (d_model space, lstsq each step): {t_ref:.2f}s for {len(heads)} heads{extra}; "
+          f"peak RSS {mem_ref.peak_gib:.2f} GiB", flush=True)
     same_heads, same_atoms, max_ev, first_diff = agreement(res.indices[heads], res.explained_variance[heads],
                                                            ref_idx, ref_ev)
     print(f"agreement: identical selections (all {args.k} atoms, in order) for {same_heads:.4f} of heads; "

@@ -18,12 +18,13 @@ Algorithm (see docs/ARCHITECTURE.md and shared/HEADPURSUIT.md section 3). For a 
 2. Each step picks, per head, ``j = argmax_j sum_i |C[i, j]|`` (or squared for ``"l2"``) over the
    atoms not yet selected, not masked and not (numerically) in the span of the selected ones.
 3. The selected atom is orthonormalised against the previously selected ones by Gram-Schmidt in
-   *correlation space*: with ``G_SS = L L^T`` (Cholesky, float64, grown one row per step),
-   ``p = L[t, :t]``, ``nrm = L[t, t]`` and the atom's Gram row ``g = D_j D^T`` (one matmul for
-   the unique atoms selected across the batch in this step),
+   *correlation space*: with ``G_SS = L L^T`` (Cholesky, float64; its inverse is grown one row
+   per step), ``p = L[t, :t]``, ``nrm = L[t, t]`` and the atom's Gram row ``g = D_j D^T`` (one
+   matmul for the unique atoms selected across the batch in this step),
    ``b_t = (g - p B) / nrm`` is ``q_t D^T`` for the orthonormalised atom ``q_t``;
    ``a_t = <H_i, q_t>`` is computed in float64 from the exact correlations ``H D_j``;
-   then ``C <- C - a_t b_t^T`` is the residual's correlation with every atom.
+   then ``C <- C - a_t b_t^T`` is the residual's correlation with every atom. On CPU this
+   update and the next step's scores run tile by tile (cache-sized) on worker threads.
 4. ``||R_t||^2 = ||H||^2 - sum_s ||a_s||^2`` (float64), so the explained variance is exact up to
    float64 rounding; the final least-squares coefficients solve ``W L = A`` (``W G_SS = H D_S^T``).
 
@@ -457,13 +458,14 @@ def _somp_batch(
     rows = torch.arange(hb, device=dev)
     E = energy.to(f64)
     active = E > 0
-    exhausted = (100.0 * torch.finfo(cdt).eps) ** 2
+    # residual energy below this fraction is rounding noise of C: nothing left to explain
+    exhausted = min((100.0 * torch.finfo(cdt).eps) ** 2, 1e-8)
     Bq = torch.empty(hb, k, V, dtype=cdt, device=dev)  # b_s = q_s D^T (rows < t are written)
     # inverse of the Cholesky factor L of G_SS (lower triangular; identity rows for unused steps)
     L = torch.eye(k, dtype=f64, device=dev).repeat(hb, 1, 1)
     A = torch.zeros(hb, n, k, dtype=f64, device=dev)  # <H_i, q_s>
     S = torch.full((hb, k), -1, dtype=torch.long, device=dev)
-    proj2 = torch.zeros(hb, V, dtype=cdt, device=dev)  # ||projection of D_j on span(q)||^2
+    proj2 = torch.zeros(hb, V, dtype=torch.float32 if cdt != f64 else f64, device=dev)  # ||P_span(q) D_j||^2
     excl = torch.zeros(hb, V, dtype=torch.bool, device=dev)
     if blocked is not None:
         excl |= blocked
