@@ -282,7 +282,7 @@ def test_qa_task_on_tiny_model(tiny_llama):
     samples = task.ranking_samples(tiny_llama)
     assert len(samples) == 3
     assert all(s.prompt.startswith("<|im_start|>") and s.answer is not None for s in samples)
-    assert "Answer with just the name." in samples[0].prompt
+    assert "Give only the short answer, no explanation." in samples[0].prompt
     prov = task.provenance()
     assert prov["n_eval"] == {"concept": 4, "control": 4} and prov["instruction"]
 

@@ -14,7 +14,7 @@ Config (all keyword arguments; a Hydra ``task`` node passes the same keys)::
     n_rank: 30                    # per group (int or {concept: .., control: ..})
     n_eval: 50
     seed: 0
-    instruction: "Answer with just the name."   # appended to the question; null/"" = none
+    instruction: "Give only the short answer, no explanation."  # appended; null/"" = none
     system: null                  # optional system message for chat templates
     max_new_tokens: 24
     batch_size: 16
@@ -37,7 +37,7 @@ from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, gene
 
 __all__ = ["QATask", "DEFAULT_INSTRUCTION"]
 
-DEFAULT_INSTRUCTION = "Answer with just the name."
+DEFAULT_INSTRUCTION = "Give only the short answer, no explanation."
 
 _SOURCES = ("fixture", "jsonl", "hub", "trivia_qa_file")
 
