@@ -21,7 +21,6 @@ Ties are broken deterministically: higher score first, then lower layer, then lo
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings

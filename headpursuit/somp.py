@@ -178,11 +178,17 @@ def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x @ y.T
 
 
-def _default_budget() -> int:
-    """Bytes of working memory for one batch of heads: 30% of available RAM, capped at 6 GiB."""
+def _default_budget(device: torch.device | None = None) -> int:
+    """Bytes of working memory for one batch of heads: 30% of available RAM, capped at 6 GiB
+    (on a GPU: 50% of its free memory). HEADPURSUIT_SOMP_BUDGET (bytes) overrides."""
     env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
     if env:
         return int(float(env))
+    if device is not None and device.type == "cuda":
+        try:
+            return int(0.5 * torch.cuda.mem_get_info(device)[0])
+        except Exception:  # pragma: no cover
+            pass
     avail = None
     try:
         import psutil
@@ -433,7 +439,6 @@ def _somp_batch(
     energy: torch.Tensor,
     cols,
     D: torch.Tensor,
-    D64: torch.Tensor,
     blocked: torch.Tensor | None,
     k: int,
     tol: float | None,
@@ -475,13 +480,13 @@ def _somp_batch(
     tiler = _Tiler(n, V, cdt, dev, aggregation)
     try:
         tiler(C, None, None, score)
-        return _somp_steps(C, E, cols, D, D64, k, tol, variant, tiler, score, rows, active, exhausted,
+        return _somp_steps(C, E, cols, D, k, tol, variant, tiler, score, rows, active, exhausted,
                            Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out)
     finally:
         tiler.close()
 
 
-def _somp_steps(C, E, cols, D, D64, k, tol, variant, tiler, score, rows, active, exhausted,
+def _somp_steps(C, E, cols, D, k, tol, variant, tiler, score, rows, active, exhausted,
                 Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out):
     hb, n, V = C.shape
     dev = C.device
@@ -521,9 +526,9 @@ def _somp_steps(C, E, cols, D, D64, k, tol, variant, tiler, score, rows, active,
         del G
         # ---- float64 Cholesky row: p = L[:t,:t]^{-1} G_S,j ; nrm = sqrt(G_jj - |p|^2)
         # (``L`` holds the inverse factor, grown one row per step)
-        dj64 = D64[j]  # (nw, d)
+        dj64 = D[j].to(f64)  # (nw, d): the float32 atoms, exactly, in float64
         if t > 0:
-            Gsj = torch.bmm(D64[S[:, :t].clamp_min(0)], dj64.unsqueeze(2))  # (nw, t, 1)
+            Gsj = torch.bmm(D[S[:, :t].clamp_min(0)].to(f64), dj64.unsqueeze(2))  # (nw, t, 1)
             p = torch.bmm(L[:, :t, :t], Gsj).squeeze(2)  # (nw, t)
         else:
             p = torch.zeros(nw, 0, dtype=f64, device=dev)
@@ -593,11 +598,10 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
         + op.bytes_per_head(V)
         + n * k * 8 * 3
     )
-    budget = memory_budget if memory_budget is not None else _default_budget()
+    budget = memory_budget if memory_budget is not None else _default_budget(D.device)
     if head_batch is None:
         head_batch = max(1, int(budget // max(per_head, 1)))
     head_batch = max(1, min(int(head_batch), op.n_heads))
-    D64 = D.to(torch.float64)
     idx_all, coef_all, ev_all, en_all = [], [], [], []
     for h0 in range(0, op.n_heads, head_batch):
         sl = slice(h0, min(op.n_heads, h0 + head_batch))
@@ -605,7 +609,7 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
         blk = None
         if blocked is not None:
             blk = blocked[sl] if blocked.dim() == 2 else blocked.unsqueeze(0).expand(C.shape[0], V)
-        idx, coef, ev = _somp_batch(C, energy, cols, D, D64, blk, k, tol, aggregation, variant)
+        idx, coef, ev = _somp_batch(C, energy, cols, D, blk, k, tol, aggregation, variant)
         del C
         idx_all.append(idx)
         coef_all.append(coef)
