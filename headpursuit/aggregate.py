@@ -11,6 +11,8 @@ Writes into DIR (or --out):
   (columns), per model / task / ranking method / heads mode, with the unedited value alongside;
 * `vs_random.csv` / `vs_random.md` -- the ranking method against random heads at the same k and
   alpha: baseline, edited, random mean +- std, per group and metric;
+* `methods.csv` / `methods.md` -- when the runs hold several ranking methods: each method's edited
+  value side by side with random heads and the unedited model;
 * `plots/heatmap__*.png` (layers x heads scores, from each setting's head_scores.csv) and
   `plots/metric_vs_k__*.png` (edited metric vs k per alpha, random-head bands).
 """
@@ -193,6 +195,16 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
+    """Ranking methods side by side: edited value per method, plus random heads and unedited."""
+    if vr.empty or vr["ranking"].nunique() < 2:
+        return pd.DataFrame()
+    keys = ["model", "task", "heads_mode", "k", "alpha", "group", "metric"]
+    wide = vr.pivot_table(index=keys, columns="ranking", values="edited", aggfunc="mean")
+    extra = vr.groupby(keys).agg(unedited=("baseline", "mean"), random_heads=("random_mean", "mean"))
+    return extra.join(wide).reset_index()
+
+
 # ------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------
@@ -265,6 +277,10 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     write_text_atomic(out / "vs_random.csv", vr.to_csv(index=False))
     write_text_atomic(out / "vs_random.md", "# Ranked heads vs random heads (same k, alpha)\n\n"
                       "random_mean / random_std: mean and sample std over the random-head seeds (same k and alpha).\n\n" + to_markdown(vr))
+    mt = methods_table(vr)
+    if not mt.empty:
+        write_text_atomic(out / "methods.csv", mt.to_csv(index=False))
+        write_text_atomic(out / "methods.md", "# Ranking methods vs random heads (edited value)\n\n" + to_markdown(mt))
     failed = df[df["status"] != "complete"]
     if not failed.empty:
         write_text_atomic(out / "failed.md", "# Runs not complete\n\n" +

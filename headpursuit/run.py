@@ -78,7 +78,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
                 cache, task, lm, {"model": model_id, "task": P.task_identity(config["task"], "ranking")})
         concept_ids = P.concept_token_ids(task.concept, lm)
         with t("capture"):
-            acts, acts_key, acts_hit = P.capture_cached(cache, lm, samples, config["task"]["positions"],
+            acts, acts_key, acts_hit = P.capture_cached(cache, lm, samples, config["task"].get("positions", "answer_concept"),
                                                         concept_ids, cfg.capture_batch_size)
         with t("rank"):
             scores, scores_hit = P.rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)

@@ -204,7 +204,7 @@ def environment() -> dict:
         "versions": {d: _version(d) for d in (
             "headpursuit", "torch", "transformers", "accelerate", "gguf", "hydra-core", "omegaconf",
             "hydra-submitit-launcher", "submitit", "wandb", "numpy", "pandas", "datasets",
-            "alt-profanity-check", "detoxify", "scikit-learn")},
+            "alt-profanity-check", "detoxify", "scikit-learn", "sacrebleu", "spams-bin")},
         "git": git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),

@@ -86,6 +86,16 @@ def test_tables_and_plots(sweep, tmp_path):
     assert any(p.startswith("metric_vs_k__") and p.endswith("concept.accuracy.png") for p in plots)
 
 
+def test_methods_table(tmp_path):
+    root = tmp_path / "m"
+    _fake_run(root / "0", 3, -1.0, 0.1, ranking="concept_share")
+    _fake_run(root / "1", 3, -1.0, 0.6, ranking="logit_lens")
+    A.aggregate(root, plots=False)
+    t = pd.read_csv(root / "methods.csv")
+    row = t[(t.group == "concept") & (t.metric == "accuracy")].iloc[0]
+    assert (row.concept_share, row.logit_lens, row.random_heads, row.unedited) == (0.1, 0.6, 0.75, 0.8)
+
+
 def test_markdown_formatting():
     md = A.to_markdown(pd.DataFrame({"k": [1.0, 10.0], "acc": [0.5, float("nan")], "m": ["a|b", "c"]}))
     lines = md.splitlines()
