@@ -77,9 +77,10 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
             samples, samples_hit = P.ranking_samples_cached(
                 cache, task, lm, {"model": model_id, "task": P.task_identity(config["task"], "ranking")})
         concept_ids = P.concept_token_ids(task.concept, lm)
+        positions = config["task"].get("positions", "answer_concept")
         with t("capture"):
-            acts, acts_key, acts_hit = P.capture_cached(cache, lm, samples, config["task"].get("positions", "answer_concept"),
-                                                        concept_ids, cfg.capture_batch_size)
+            acts, acts_key, acts_hit = P.capture_cached(cache, lm, samples, positions, concept_ids,
+                                                        cfg.capture_batch_size)
         with t("rank"):
             scores, scores_hit = P.rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)
         heads = P.select_heads(scores, iv, L, H, k, seed)
