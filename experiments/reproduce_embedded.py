@@ -1,0 +1,342 @@
+"""Reproduce the "about 1% of heads" result on the embedded models and write docs/results.md.
+
+    .venv/bin/python experiments/reproduce_embedded.py            # (= make reproduce) full run
+    .venv/bin/python experiments/reproduce_embedded.py --quick    # a few minutes, tiny samples
+
+Everything runs through the real pipeline (`python -m headpursuit -m ...`, one Hydra multirun per
+model and task), so each setting also has its own results.json / head_scores.csv under
+outputs/reproduce/. The sweeps share the pipeline's cache: one activation extraction and one
+ranking per (model, method), one baseline evaluation per model, and the random-head controls of a
+(k, alpha) are computed once and reused by every ranking method.
+
+What runs:
+  * QA countries, SmolLM2-135M-Instruct (270 heads) and Gemma-3-270M (72 heads): k = 1%, 2%, 4% of
+    the heads (rounded up), alpha in {-1, 0, 2}, ranking methods concept_share, concept_restricted,
+    logit_lens, and random heads (5 seeds) at every (k, alpha). Ranking and evaluation questions
+    are disjoint (seeded split of the fixture).
+  * Enhancement: alpha = 2 rows of the same sweeps; concept-word rate in answers to control questions.
+  * Toxicity (SmolLM2, offline fixture, profanity_check scorer): baseline vs edited vs random heads,
+    toxicity and fluency (perplexity of the continuations under the unedited model).
+No setting is dropped: every run of the sweeps is in the tables, including failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from headpursuit.aggregate import load_runs, to_markdown  # noqa: E402
+
+METHODS = ["concept_share", "concept_restricted", "logit_lens"]
+ALPHAS = [-1, 0, 2]
+FRACS = [0.01, 0.02, 0.04]
+MODELS = {  # name -> (conf/model option, total heads)
+    "smollm2": 270,
+    "gemma3_270m": 72,
+}
+
+
+def ks_for(n_heads: int) -> list[int]:
+    # Rounded up, so 2% of SmolLM2's 270 heads is 6 (5.4), the paper-style "about 1%" grid.
+    return sorted({max(1, math.ceil(f * n_heads - 1e-9)) for f in FRACS})
+
+
+def run_sweep(out: Path, overrides: list[str], log_path: Path) -> float:
+    cmd = [sys.executable, "-m", "headpursuit", "-m", *overrides, "logger=none",
+           f"hydra.sweep.dir={out}", "plots=true"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    secs = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"  sweep exited {proc.returncode}; see {log_path} (failed runs stay in the tables)")
+    print(f"  {secs / 60:.1f} min", flush=True)
+    return secs
+
+
+def pm(mean, std=None, digits=2) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    s = f"{mean:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {std:.{digits}f}"
+    return s
+
+
+def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
+    """Markdown: per alpha, rows = method / random, cols = k; cells concept acc / control acc."""
+    d = df[(df.model == model) & (df.task == "qa_countries")]
+    if d.empty:
+        return f"_no QA runs for {model}_\n", {}
+    n_total = int(d.n_heads_total.dropna().iloc[0])
+    ks = sorted(d.k.dropna().unique().astype(int))
+    base = d.iloc[0]
+    lines = [f"Unedited model: concept accuracy **{pm(base['baseline.concept.accuracy'])}**, control "
+             f"accuracy **{pm(base['baseline.control.accuracy'])}** (eval questions per group: "
+             f"{int(base.get('n_eval', 0) or 0) or 'see results.json'}).", ""]
+    headline = {}
+    for alpha in ALPHAS:
+        da = d[d.alpha == alpha]
+        if da.empty:
+            continue
+        lines.append(f"**alpha = {alpha}** — cells: concept accuracy / control accuracy "
+                     "(random: mean ± std over seeds)\n")
+        header = "| heads | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |"
+        lines += [header, "|" + "---|" * (len(ks) + 1)]
+        for method in METHODS:
+            cells = []
+            for k in ks:
+                r = da[(da.ranking == method) & (da.k == k)]
+                if r.empty:
+                    cells.append("n/a")
+                    continue
+                r = r.iloc[0]
+                if r.status != "complete":
+                    cells.append(f"failed: {r.error}")
+                    continue
+                cells.append(f"{pm(r['edited.concept.accuracy'])} / {pm(r['edited.control.accuracy'])}")
+                headline[(method, k, alpha)] = r
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        cells = []
+        for k in ks:
+            r = da[da.k == k]
+            r = r[r["random.concept.accuracy"].notna()] if "random.concept.accuracy" in r else r.iloc[:0]
+            if r.empty:
+                cells.append("n/a")
+                continue
+            r = r.iloc[0]
+            cells.append(f"{pm(r['random.concept.accuracy'], r.get('random.std.concept.accuracy'))} / "
+                         f"{pm(r['random.control.accuracy'], r.get('random.std.control.accuracy'))}")
+        lines.append("| random heads | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n", headline
+
+
+def enhancement_table(df: pd.DataFrame, model: str) -> str:
+    d = df[(df.model == model) & (df.task == "qa_countries") & (df.alpha == 2)]
+    if d.empty or "edited.control.concept_rate" not in d:
+        return "_no enhancement runs_\n"
+    ks = sorted(d.k.dropna().unique().astype(int))
+    base = d.iloc[0]["baseline.control.concept_rate"]
+    lines = [f"Share of answers to **control** questions that contain a country name (unedited: "
+             f"{pm(base)}), alpha = 2:\n",
+             "| heads | " + " | ".join(f"k={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
+    for method in METHODS:
+        cells = []
+        for k in ks:
+            r = d[(d.ranking == method) & (d.k == k)]
+            cells.append(pm(r.iloc[0]["edited.control.concept_rate"]) if not r.empty else "n/a")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in ks:
+        r = d[d.k == k].iloc[0]
+        cells.append(pm(r.get("random.control.concept_rate"), r.get("random.std.control.concept_rate")))
+    lines.append("| random heads | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def toxicity_table(df: pd.DataFrame) -> str:
+    d = df[df.task == "toxicity"]
+    if d.empty:
+        return "_no toxicity runs_\n"
+    metrics = [c.split(".", 2)[2] for c in d.columns if c.startswith("edited.concept.")]
+    want = [m for m in ("mean_toxicity", "toxic_fraction", "expected_max_toxicity",
+                        "toxicity_probability", "perplexity") if m in metrics]
+    lines = ["| setting | " + " | ".join(want) + " |", "|" + "---|" * (len(want) + 1)]
+    r0 = d.iloc[0]
+    lines.append("| unedited | " + " | ".join(pm(r0[f"baseline.concept.{m}"], digits=3) for m in want) + " |")
+    for _, r in d.sort_values(["k", "alpha"]).iterrows():
+        lines.append(f"| {r.ranking} top-{int(r.k)}, alpha={r.alpha:g} | "
+                     + " | ".join(pm(r[f"edited.concept.{m}"], digits=3) for m in want) + " |")
+        lines.append(f"| random {int(r.k)} heads, alpha={r.alpha:g} | "
+                     + " | ".join(pm(r.get(f"random.concept.{m}"), r.get(f"random.std.concept.{m}"), 3)
+                                  for m in want) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def where_heads(sweep: Path, df: pd.DataFrame, model: str, docs: Path) -> str:
+    """Layer histogram of the top heads per method, and what the top heads write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df[(df.model == model) & (df.task == "qa_countries") & (df.status == "complete")]
+    if d.empty:
+        return ""
+    kmax = int(d.k.max())
+    fig, ax = plt.subplots(figsize=(7, 3))
+    out_lines = []
+    n_layers = None
+    for method in METHODS:
+        r = d[(d.ranking == method) & (d.k == kmax)]
+        if r.empty:
+            continue
+        scores = pd.read_csv(ROOT / sweep / r.iloc[0].run / "head_scores.csv")
+        n_layers = int(scores.layer.max()) + 1
+        top = scores.sort_values("rank").head(kmax)
+        ax.hist(top.layer, bins=range(n_layers + 1), alpha=0.5, label=method)
+        if method == "concept_share":
+            out_lines += [f"Top {min(kmax, len(top))} heads by `concept_share` on {model} and the "
+                          "first tokens full-vocabulary SOMP selects for each:\n",
+                          "| rank | layer.head | score | top tokens |", "|---|---|---|---|"]
+            for _, h in top.iterrows():
+                toks = str(h.get("top_tokens", "")).replace("|", "\\|")
+                out_lines.append(f"| {int(h['rank'])} | {int(h.layer)}.{int(h['head'])} | "
+                                 f"{h.score:.3f} | {toks} |")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"# of top-{kmax} heads")
+    ax.set_title(f"{model}: where the top-{kmax} country heads sit")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    img = docs / "img" / f"layers_{model}.png"
+    img.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img, dpi=110)
+    plt.close(fig)
+    return f"![layer histogram]({img.relative_to(docs)})\n\n" + "\n".join(out_lines) + "\n"
+
+
+def copy_plots(sweep: Path, docs: Path, model: str) -> str:
+    plots = sorted((ROOT / sweep / "aggregate" / "plots").glob("metric_vs_k__*accuracy*.png"))
+    lines = []
+    for p in plots[:6]:
+        dst = docs / "img" / f"{model}__{p.name}"
+        shutil.copyfile(p, dst)
+        lines.append(f"![{p.stem}]({dst.relative_to(docs)})")
+    heat = sorted((ROOT / sweep / "aggregate" / "plots").glob("heatmap__*concept_share*.png"))
+    if heat:
+        dst = docs / "img" / f"{model}__heatmap.png"
+        shutil.copyfile(heat[0], dst)
+        lines.append(f"![heat map]({dst.relative_to(docs)})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sample sizes (smoke test)")
+    ap.add_argument("--models", default="smollm2,gemma3_270m")
+    ap.add_argument("--n-eval", type=int, default=None, help="eval questions per group")
+    ap.add_argument("--n-rank", type=int, default=None, help="ranking questions (concept group)")
+    ap.add_argument("--seeds", type=int, default=5, help="random-head seeds")
+    ap.add_argument("--skip-toxicity", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    ap.add_argument("--sweeps", default="outputs/reproduce", help="where the sweep dirs go")
+    ap.add_argument("--aggregate-only", action="store_true", help="rebuild the page from existing sweeps")
+    args = ap.parse_args()
+
+    docs = Path(args.out).resolve().parent
+    sweeps = Path(args.sweeps)
+    (ROOT / sweeps).mkdir(parents=True, exist_ok=True)
+    seeds = "[" + ",".join(str(s) for s in range(args.seeds)) + "]"
+    timings: dict[str, float] = {}
+    plan = []
+    for model in args.models.split(","):
+        n_heads = MODELS[model]
+        n_eval = args.n_eval or (4 if args.quick else (30 if model == "smollm2" else 24))
+        n_rank = args.n_rank or (6 if args.quick else 40)
+        plan.append((f"{model}_qa", [
+            f"model={model}", "task=qa_countries", "ranking=" + ",".join(METHODS),
+            "intervention.k=" + ",".join(map(str, ks_for(n_heads))),
+            "intervention.alpha=" + ",".join(map(str, ALPHAS)),
+            f"intervention.random_seeds={seeds}", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
+        ]))
+    if not args.skip_toxicity:
+        plan.append(("smollm2_toxicity", [
+            "model=smollm2", "task=toxicity", "ranking=concept_share", "intervention.k=6",
+            "intervention.alpha=-1,0", f"intervention.random_seeds={seeds}",
+        ] + (["task.n_eval=4", "task.n_rank=6"] if args.quick else [])))
+
+    t_all = time.perf_counter()
+    for name, overrides in plan:
+        sweep = sweeps / name
+        if not args.aggregate_only:
+            timings[name] = run_sweep(ROOT / sweep, overrides, ROOT / sweeps / f"{name}.log")
+        subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(ROOT / sweep),
+                        "--out", str(ROOT / sweep / "aggregate")], cwd=ROOT, check=False,
+                       stdout=subprocess.DEVNULL)
+
+    frames = [load_runs(ROOT / sweeps / name) for name, _ in plan]
+    frames = [f.assign(sweep=name) for f, (name, _) in zip(frames, plan) if not f.empty]
+    if not frames:
+        print("no results found", file=sys.stderr)
+        return 1
+    df = pd.concat(frames, ignore_index=True)
+    df.to_csv(docs / "results_runs.csv", index=False)
+
+    # ---- the page --------------------------------------------------------------------------
+    import torch
+    import transformers
+
+    prov = "4-bit-quantised GGUF checkpoints (SmolLM2 Q4_1, Gemma-3 Q4_K_M) dequantised to float32"
+    total = time.perf_counter() - t_all
+    md = [
+        "# Head Pursuit on the embedded models",
+        "",
+        f"Generated by `{' '.join(['python', 'experiments/reproduce_embedded.py'] + sys.argv[1:])}`"
+        f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}); "
+        + (f"sweeps took {sum(timings.values()) / 60:.1f} min in all. " if timings else "")
+        + f"Models: {prov}. **Quick mode: tiny samples, not a result.**" * bool(args.quick),
+        "",
+        f"Models are {prov}. Data: the hand-written fixtures shipped in `headpursuit/data/fixtures/` "
+        "(ranking and evaluation questions disjoint, seeded split). Every run's full record "
+        f"(config, heads, per-seed random controls, provenance) is in `{sweeps}/<sweep>/<job>/results.json`"
+        " (not committed); the flat table of all runs is `docs/results_runs.csv`.",
+        "",
+    ]
+    headline_txt = []
+    for model in args.models.split(","):
+        tables, head = qa_tables(df, model)
+        k2 = ks_for(MODELS[model])[1]
+        best = None
+        for method in METHODS:
+            r = head.get((method, k2, -1))
+            if r is None:
+                continue
+            drop_c = r["baseline.concept.accuracy"] - r["edited.concept.accuracy"]
+            drop_k = r["baseline.control.accuracy"] - r["edited.control.accuracy"]
+            rnd = r["baseline.concept.accuracy"] - r.get("random.concept.accuracy", float("nan"))
+            line = (f"- {model}, top {k2} heads ({100 * k2 / MODELS[model]:.1f}%) by `{method}`, alpha=-1: "
+                    f"concept accuracy {r['baseline.concept.accuracy']:.2f} -> {r['edited.concept.accuracy']:.2f} "
+                    f"({-100 * drop_c:+.0f} points), control {r['baseline.control.accuracy']:.2f} -> "
+                    f"{r['edited.control.accuracy']:.2f} ({-100 * drop_k:+.0f} points); random {k2} heads "
+                    f"move concept accuracy by {-100 * rnd:+.0f} points (mean over seeds).")
+            if best is None or drop_c - drop_k > best[0]:
+                best = (drop_c - drop_k, line)
+        if best:
+            headline_txt.append(best[1])
+        md += [f"## QA countries: {model}", "", tables,
+               "### Enhancement (alpha = 2)", "", enhancement_table(df, model),
+               "### Where the specialised heads sit, and what they write", "",
+               where_heads(sweeps / f"{model}_qa", df, model, docs),
+               "### Plots", "", copy_plots(sweeps / f"{model}_qa", docs, model)]
+    if not args.skip_toxicity:
+        md += ["## Toxicity (SmolLM2, offline fixture, `profanity_check` scorer)", "",
+               "Toxic-prompt group; perplexity is the fluency of the continuations under the unedited model.", "",
+               toxicity_table(df)]
+    md[5:5] = ["## Headline (best ranking method per model, top 2% of heads flipped)", ""] + headline_txt + [""]
+    md += ["## Targets (issue 7) and whether they hold", "",
+           "Target: SmolLM2, top 2% (6 heads) flipped with the best method: concept accuracy falls by "
+           ">= 70 points, control by <= 10 points, random heads move concept accuracy by <= 10 points. "
+           "See the headline lines above: the numbers are printed as measured, whichever way they fall.", ""]
+    Path(args.out).write_text("\n".join(md))
+    print(f"wrote {args.out} ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
