@@ -30,6 +30,8 @@ from headpursuit.metrics.toxicity import ToxicityScorer
     ("Türkiye", "turkiye"),
     ("Côte d'Ivoire", "cote divoire"),
     ("Tokyo,Japan", "tokyo japan"),
+    ("Einstein's equation", "einstein equation"),
+    ("The Hulk’s colour", "hulk colour"),
     ("Theatre", "theatre"),          # articles only as whole words
     ("", ""),
     (None, ""),
@@ -45,6 +47,7 @@ def test_alias_match_punctuation_and_articles():
     assert alias_match("France!", "France")
     assert alias_match("Answer: The United States of America", ["United States of America"])
     assert alias_match("It's in TÜRKIYE", ["Türkiye"])
+    assert alias_match("It is Albert Einstein's equation", ["Einstein"])
 
 
 def test_alias_match_whole_words_only():

@@ -5,6 +5,7 @@ articles a/an/the, collapse whitespace) with three documented refinements that m
 robust for short free-form generations:
 
 * accents are folded (``"Türkiye" -> "turkiye"``, ``"São Tomé" -> "sao tome"``);
+* a possessive ``'s`` is dropped (``"Einstein's equation" -> "einstein equation"``);
 * apostrophes and full stops are *deleted* (``"U.S." -> "us"``, ``"d'Ivoire" -> "divoire"``) while
   every other punctuation character (any Unicode ``P*`` category, plus symbols such as ``+`` or
   ``=``) becomes a *space* (``"Guinea-Bissau" -> "guinea bissau"``, ``"Tokyo,Japan" -> "tokyo
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019\u02bc]s\b")
 _DELETE = {"'", "\u2019", "\u2018", "\u02bc", "`", "."}
 
 
@@ -58,6 +60,7 @@ def normalize_answer(text: str | None) -> str:
     if not text:
         return ""
     text = _fold_accents(str(text).lower())
+    text = _POSSESSIVE.sub("", text)
     text = _strip_punctuation(text)
     text = _ARTICLES.sub(" ", text)
     return " ".join(text.split())
