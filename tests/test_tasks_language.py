@@ -214,7 +214,7 @@ def test_split_is_seeded_disjoint_and_errors_on_empty():
     assert [len(per_group[s][g]) for s in ("rank", "eval") for g in ("concept", "control")] == [5, 2, 7, 9]
     with pytest.raises(SplitError, match="evaluation split of group 'control' is empty"):
         split_items([it for it in items if it.group == "concept"], 5, 5)
-    with pytest.raises(SplitError, match="evaluation split"):
+    with pytest.raises(SplitError, match="evaluation split"), pytest.warns(UserWarning):
         split_items(items[:3], 10, 10)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
