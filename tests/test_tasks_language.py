@@ -353,3 +353,31 @@ def test_qa_smollm2_concept_accuracy_above_0_6(smollm2):
                   n_eval={"concept": 30, "control": 1}, batch_size=15, seed=0)
     res = task.evaluate(smollm2, desc="baseline")
     assert res["concept"]["accuracy"] > 0.6, res
+
+
+def test_hub_sources_go_through_load_dataset(monkeypatch):
+    """source=hub / rtp / tet call datasets.load_dataset with the configured ids (mocked here)."""
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split))
+        return {"mandarjoshi/trivia_qa": TRIVIA_ROWS * 3, "allenai/real-toxicity-prompts": RTP_ROWS,
+                "my/tet": [{"query": f"q{i}"} for i in range(4)]}[path]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    qa = QATask(concept=COUNTRIES, source="hub", n_rank=1, n_eval=2)
+    assert calls[-1] == ("mandarjoshi/trivia_qa", "rc.nocontext", "validation")
+    assert {it.group for it in qa.items("eval")} == {"concept", "control"}
+    tox = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp", n_rank=1, n_eval=1)
+    assert calls[-1] == ("allenai/real-toxicity-prompts", None, "train")
+    assert tox.provenance()["data"]["hub_id"] == "allenai/real-toxicity-prompts"
+    tet = ToxicityTask(concept=WordConcept(["jerk"]), source="tet", hub_id="my/tet", n_rank=1, n_eval=2)
+    assert calls[-1][0] == "my/tet" and tet.prompt_format == "chat"
+
+    def offline(*a, **k):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(RuntimeError, match="source: fixture"):
+        QATask(concept=COUNTRIES, source="hub")
