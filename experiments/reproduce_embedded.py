@@ -246,19 +246,23 @@ def main() -> int:
     plan = []
     for model in args.models.split(","):
         n_heads = MODELS[model]
-        n_eval = args.n_eval or (4 if args.quick else (30 if model == "smollm2" else 24))
+        # Sample sizes are what fits the 45-minute budget on 2 CPU cores (generation dominates:
+        # 3 methods x 3 k x 3 alpha edited evaluations + 3 k x 3 alpha x 5 seeds random controls).
+        n_eval = args.n_eval or (4 if args.quick else (20 if model == "smollm2" else 12))
         n_rank = args.n_rank or (6 if args.quick else 40)
-        plan.append((f"{model}_qa", [
+        extra = ["task.max_new_tokens=8"] if model == "gemma3_270m" else []  # base model: no EOS
+        plan.append((f"{model}_qa", extra + [
             f"model={model}", "task=qa_countries", "ranking=" + ",".join(METHODS),
             "intervention.k=" + ",".join(map(str, ks_for(n_heads))),
             "intervention.alpha=" + ",".join(map(str, ALPHAS)),
             f"intervention.random_seeds={seeds}", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
         ]))
     if not args.skip_toxicity:
-        plan.append(("smollm2_toxicity", [
+        plan.insert(1, ("smollm2_toxicity", [
             "model=smollm2", "task=toxicity", "ranking=concept_share", "intervention.k=6",
             "intervention.alpha=-1,0", f"intervention.random_seeds={seeds}",
-        ] + (["task.n_eval=4", "task.n_rank=6"] if args.quick else [])))
+        ] + (["task.n_eval=4", "task.n_rank=6"] if args.quick else
+             ["task.n_eval=16", "task.n_continuations=2"])))
 
     t_all = time.perf_counter()
     for name, overrides in plan:
@@ -268,12 +272,17 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(ROOT / sweep),
                         "--out", str(ROOT / sweep / "aggregate")], cwd=ROOT, check=False,
                        stdout=subprocess.DEVNULL)
+        # The page is rewritten after every sweep, so a cut-off run still publishes what it has.
+        write_page(args, plan, sweeps, docs, timings, t_all)
+    return 0
 
+
+def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float) -> None:
     frames = [load_runs(ROOT / sweeps / name) for name, _ in plan]
     frames = [f.assign(sweep=name) for f, (name, _) in zip(frames, plan) if not f.empty]
     if not frames:
         print("no results found", file=sys.stderr)
-        return 1
+        return
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(docs / "results_runs.csv", index=False)
 
@@ -334,8 +343,7 @@ def main() -> int:
            ">= 70 points, control by <= 10 points, random heads move concept accuracy by <= 10 points. "
            "See the headline lines above: the numbers are printed as measured, whichever way they fall.", ""]
     Path(args.out).write_text("\n".join(md))
-    print(f"wrote {args.out} ({total / 60:.1f} min)")
-    return 0
+    print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 
 
 if __name__ == "__main__":
