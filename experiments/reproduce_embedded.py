@@ -225,6 +225,27 @@ def copy_plots(sweep: Path, docs: Path, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdicts(df: pd.DataFrame) -> list[str]:
+    """Issue 7's target on SmolLM2 at 2% of the heads, alpha=-1, for the best ranking method."""
+    d = df[(df.model == "smollm2") & (df.task == "qa_countries") & (df.alpha == -1)
+           & (df.k == ks_for(MODELS["smollm2"])[1]) & (df.status == "complete")]
+    if d.empty:
+        return ["_SmolLM2 QA runs missing: no verdict._"]
+    d = d.assign(drop_c=d["baseline.concept.accuracy"] - d["edited.concept.accuracy"],
+                 drop_k=d["baseline.control.accuracy"] - d["edited.control.accuracy"],
+                 rand_move=(d["baseline.concept.accuracy"] - d["random.concept.accuracy"]).abs())
+    best = d.assign(margin=d.drop_c - d.drop_k).sort_values("margin", ascending=False).iloc[0]
+    rows = [("concept accuracy falls by >= 70 points", best.drop_c >= 0.70, f"{100 * best.drop_c:.0f} points"),
+            ("control accuracy falls by <= 10 points", best.drop_k <= 0.10, f"{100 * best.drop_k:.0f} points"),
+            ("random heads move concept accuracy by <= 10 points", best.rand_move <= 0.10,
+             f"{100 * best.rand_move:.0f} points ({int(best.k)} random heads, mean over seeds)")]
+    out = [f"SmolLM2, QA countries, top {int(best.k)} heads flipped, best method `{best.ranking}` "
+           "(largest concept drop minus control drop):", "",
+           "| criterion | measured | holds? |", "|---|---|---|"]
+    out += [f"| {c} | {m} | {'yes' if ok else '**no**'} |" for c, ok, m in rows]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sample sizes (smoke test)")
@@ -338,10 +359,26 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
                "Toxic-prompt group; perplexity is the fluency of the continuations under the unedited model.", "",
                toxicity_table(df)]
     md[5:5] = ["## Headline (best ranking method per model, top 2% of heads flipped)", ""] + headline_txt + [""]
-    md += ["## Targets (issue 7) and whether they hold", "",
-           "Target: SmolLM2, top 2% (6 heads) flipped with the best method: concept accuracy falls by "
-           ">= 70 points, control by <= 10 points, random heads move concept accuracy by <= 10 points. "
-           "See the headline lines above: the numbers are printed as measured, whichever way they fall.", ""]
+    md += ["## Targets (issue 7) and whether they hold", ""] + verdicts(df) + [""]
+    md += ["## Observations", "",
+           "- Sample sizes: " + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_"))
+                                          for name, ov in plan) + ". With 20 questions a group, one "
+           "question is 5 points: read differences under ~15 points as noise.",
+           "- Random heads have a large spread on SmolLM2: some draws hit heads whose flip breaks the "
+           "model for every question (the std over seeds is in the tables), so their mean falls well "
+           "below the unedited accuracy. The paper's 7B models have 1024 heads; a 135M model's few "
+           "heads are each more load-bearing.",
+           "- `concept_restricted` (SOMP over the concept tokens only) favours heads with much energy in "
+           "any country direction, which on SmolLM2 are early-layer heads: flipping them breaks "
+           "control questions as much as country ones. `concept_share` (full-vocabulary SOMP) is the "
+           "more concept-specific score (compare the alpha = 0 rows), but flipping (alpha = -1) its top "
+           "6 heads still costs SmolLM2 most of its control accuracy: the heads that write country "
+           "names also write other named entities (cities, people) that the control answers need.",
+           "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
+           "` Saint`, ` Republic`, ...), which many heads write for other reasons. Restricting the concept "
+           "to single-word country names is a one-line config change (`task.concept=[France,Japan,...]`);"
+           " we have not measured it in these sweeps.",
+           ""]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 
