@@ -197,3 +197,17 @@ def test_perplexity_tiny_model(tiny_llama):
     assert res["perplexity"] == pytest.approx(math.exp(res["mean_nll"]))
     empty = perplexity(tiny_llama, ["x"], [""], progress=False)
     assert empty["n_scored"] == 0 and math.isnan(empty["perplexity"])
+
+
+def test_answer_metrics_by_hand():
+    from headpursuit.metrics.text import answer_metrics
+
+    class C:  # a concept with two words, as Concept.count_in_text would count them
+        words = ["France", "Japan"]
+
+        def count_in_text(self, text):
+            return sum(text.lower().split().count(w.lower()) for w in self.words)
+
+    m = answer_metrics(["It is France.", "", "Paris"], [["France"], ["Japan"], ["Paris"]], C())
+    assert m["accuracy"] == 2 / 3 and m["empty_rate"] == 1 / 3
+    assert 0.0 <= m["concept_rate"] <= 1.0

@@ -29,6 +29,7 @@ __all__ = [
     "empty_rate",
     "count_concept_words",
     "concept_rate",
+    "answer_metrics",
     "ConceptRate",
 ]
 
@@ -146,3 +147,14 @@ def concept_rate(texts: Sequence[str], concept: Any) -> ConceptRate:
         rate=sum(c > 0 for c in counts) / len(counts),
         mean_count=sum(counts) / len(counts),
     )
+
+
+def answer_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]], concept: Any) -> dict[str, float]:
+    """The per-group metrics of a task whose answers are words (QA, image classification)."""
+    cr = concept_rate(predictions, concept)
+    return {
+        "accuracy": float(accuracy(predictions, references)),
+        "concept_rate": float(cr.rate),
+        "concept_count": float(cr.mean_count),
+        "empty_rate": float(empty_rate(predictions)),
+    }

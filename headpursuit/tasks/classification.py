@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from headpursuit.metrics.text import accuracy, alias_match, concept_rate, empty_rate
+from headpursuit.metrics.text import alias_match, answer_metrics
 from headpursuit.tasks.base import GROUPS, TaskOutputs
 from headpursuit.tasks.images import (ImageItem, ImageTask, load_image_dataset, rows_needed,
                                       select_rows, shape_items, to_pil)
@@ -240,13 +240,7 @@ class ImageClassificationTask(ImageTask):
         for g in GROUPS:
             go = outputs.groups[g]
             preds = [o[0] for o in go.outputs]
-            cr = concept_rate(preds, self.concept)
-            result[g] = {
-                "accuracy": float(accuracy(preds, go.references)),
-                "concept_rate": float(cr.rate),
-                "concept_count": float(cr.mean_count),
-                "empty_rate": float(empty_rate(preds)),
-            }
+            result[g] = answer_metrics(preds, go.references, self.concept)
             result["n"][g] = len(preds)
         return self._finish(result, outputs)
 

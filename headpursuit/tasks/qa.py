@@ -31,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headpursuit.metrics.text import accuracy, alias_match, concept_rate, empty_rate
+from headpursuit.metrics.text import alias_match, answer_metrics
 from headpursuit.tasks import loaders
 from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, generate_batch
 
@@ -143,13 +143,7 @@ class QATask(Task):
         for g in GROUPS:
             go = outputs.groups[g]
             preds = [o[0] for o in go.outputs]
-            cr = concept_rate(preds, self.concept)
-            result[g] = {
-                "accuracy": float(accuracy(preds, go.references)),
-                "concept_rate": float(cr.rate),
-                "concept_count": float(cr.mean_count),
-                "empty_rate": float(empty_rate(preds)),
-            }
+            result[g] = answer_metrics(preds, go.references, self.concept)
             result["n"][g] = len(preds)
         result["examples"] = self._examples(outputs)
         return result
