@@ -30,3 +30,11 @@ def tiny_gemma3():
     from headpursuit.models.tiny import tiny_text_model
 
     return tiny_text_model("gemma3_text")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm():
+    """SmolLM2 + a random tiny vision tower (LLaVA-style); one load per test session."""
+    from headpursuit.models import load_model
+
+    return load_model("tiny_vlm", dtype="float32", device="cpu")

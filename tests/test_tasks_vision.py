@@ -18,18 +18,6 @@ def tok():
     return embedded_tokenizer("smollm2")
 
 
-@pytest.fixture(scope="session")
-def tiny_vlm(request):
-    # Shared with tests/test_vlm.py through the session (one ~5-10 s load per run).
-    lm = getattr(request.session, "_headpursuit_tiny_vlm", None)
-    if lm is None:
-        from headpursuit.models import load_model
-
-        lm = load_model("tiny_vlm", dtype="float32", device="cpu")
-        request.session._headpursuit_tiny_vlm = lm
-    return lm
-
-
 # ------------------------------------------------------------------------------------------
 # Fixture images
 # ------------------------------------------------------------------------------------------

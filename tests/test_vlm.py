@@ -13,18 +13,6 @@ VISION_PREFIXES = ("model.vision_tower", "model.multi_modal_projector", "model.v
                    "model.vision_model", "model.connector")
 
 
-@pytest.fixture(scope="session")
-def tiny_vlm(request):
-    # Shared with tests/test_tasks_vision.py through the session (one ~5-10 s load per run).
-    lm = getattr(request.session, "_headpursuit_tiny_vlm", None)
-    if lm is None:
-        from headpursuit.models import load_model
-
-        lm = load_model("tiny_vlm", dtype="float32", device="cpu")
-        request.session._headpursuit_tiny_vlm = lm
-    return lm
-
-
 def _samples(lm):
     short = image_prompt(lm, "What shape?")
     long = image_prompt(lm, "What shape is shown in this image? Answer with one word.")
