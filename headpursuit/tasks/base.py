@@ -369,6 +369,18 @@ class Task(abc.ABC):
         }
 
     # --- helpers for subclasses -------------------------------------------------------------
+    def _answer_scores(self, outputs: TaskOutputs) -> dict:
+        """Per-group answer metrics (accuracy, concept rate, ...) and counts, for word-answer tasks."""
+        from headpursuit.metrics.text import answer_metrics
+
+        result: dict[str, Any] = {"n": {}}
+        for g in GROUPS:
+            go = outputs.groups[g]
+            preds = [o[0] for o in go.outputs]
+            result[g] = answer_metrics(preds, go.references, self.concept)
+            result["n"][g] = len(preds)
+        return result
+
     def _examples(self, outputs: TaskOutputs) -> list[dict]:
         ex = []
         for g in GROUPS:

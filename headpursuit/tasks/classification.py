@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from headpursuit.metrics.text import alias_match, answer_metrics
+from headpursuit.metrics.text import alias_match
 from headpursuit.tasks.base import GROUPS, TaskOutputs
 from headpursuit.tasks.images import (ImageItem, ImageTask, load_image_dataset, rows_needed,
                                       select_rows, shape_items, to_pil)
@@ -236,12 +236,7 @@ class ImageClassificationTask(ImageTask):
         return samples
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
-        result: dict[str, Any] = {"n": {}}
-        for g in GROUPS:
-            go = outputs.groups[g]
-            preds = [o[0] for o in go.outputs]
-            result[g] = answer_metrics(preds, go.references, self.concept)
-            result["n"][g] = len(preds)
+        result = self._answer_scores(outputs)
         return self._finish(result, outputs)
 
     def provenance(self) -> dict:

@@ -31,7 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from headpursuit.metrics.text import alias_match, answer_metrics
+from headpursuit.metrics.text import alias_match
 from headpursuit.tasks import loaders
 from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, generate_batch
 
@@ -139,12 +139,7 @@ class QATask(Task):
         return out
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
-        result: dict[str, Any] = {"n": {}}
-        for g in GROUPS:
-            go = outputs.groups[g]
-            preds = [o[0] for o in go.outputs]
-            result[g] = answer_metrics(preds, go.references, self.concept)
-            result["n"][g] = len(preds)
+        result = self._answer_scores(outputs)
         result["examples"] = self._examples(outputs)
         return result
 
