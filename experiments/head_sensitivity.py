@@ -1,0 +1,141 @@
+"""Causal check of the SOMP ranking on QA countries: what flipping each head ALONE does.
+
+    .venv/bin/python experiments/head_sensitivity.py                    # all heads of SmolLM2 (~15 min)
+    .venv/bin/python experiments/head_sensitivity.py --heads 60         # top-60 concept_share heads only
+    .venv/bin/python experiments/head_sensitivity.py --evaluate 3,6     # + evaluate the causal top-k
+
+For every head, `headpursuit.effects.head_effects` flips it (alpha=-1) and measures the change in
+the mean log-probability of the model's own CORRECT answers, teacher-forced, separately for concept
+(country) and control questions. Samples: the concept questions are the SOMP ranking split (the
+same 40 questions `concept_share` is computed on); the control questions are taken from control
+items OUTSIDE the evaluation split used by `reproduce_embedded.py` (n_eval=20, seed 0), so nothing
+here sees the evaluation questions.
+
+`--evaluate` then flips the top-k heads by causal specificity (concept damage minus control damage,
+measured on those samples) and evaluates them on the evaluation split by generation, next to the
+top-k `concept_share` heads: a supervised upper reference for what a head choice can achieve on
+this model (SOMP, by contrast, never looks at the model's behaviour, only at what heads write).
+
+Writes (into --out, default docs/sensitivity/<model>, committed and read by reproduce_embedded.py): head_effects.csv (layer, head,
+delta_concept, delta_control, concept_share score/rank), sensitivity.png (scatter), summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from headpursuit import load_model  # noqa: E402
+from headpursuit.capture import CaptureSample, capture_heads  # noqa: E402
+from headpursuit.effects import head_effects  # noqa: E402
+from headpursuit.metrics.text import alias_match  # noqa: E402
+from headpursuit.pipeline import concept_token_ids, evaluate_with_edits  # noqa: E402
+from headpursuit.ranking import rank_heads  # noqa: E402
+from headpursuit.tasks import build_task  # noqa: E402
+
+TASK = {"name": "qa_countries", "n_rank": 40, "n_eval": 20, "seed": 0, "max_new_tokens": 16}
+
+
+def correct_samples(lm, task, items, n: int, desc: str) -> list[CaptureSample]:
+    """The model's own greedy answers to `items`, only the correct ones, at most n."""
+    go = task._answer(lm, items, desc=desc)
+    out = [CaptureSample(prompt=p, answer=o[0]) for it, p, o in zip(items, go.prompts, go.outputs)
+           if alias_match(o[0], it.answers)]
+    return out[:n]
+
+
+def scatter(table, path: Path, model: str, top_cs: list[tuple[int, int]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    c = ax.scatter(table.delta_control, table.delta_concept, c=table.layer, cmap="viridis", s=14)
+    fig.colorbar(c, ax=ax, label="layer")
+    for _, r in table.iterrows():
+        if (int(r.layer), int(r["head"])) in top_cs:
+            ax.scatter([r.delta_control], [r.delta_concept], s=60, facecolors="none", edgecolors="red")
+            ax.annotate(f"{int(r.layer)}.{int(r['head'])}", (r.delta_control, r.delta_concept), fontsize=7,
+                        color="red", xytext=(3, 3), textcoords="offset points")
+    lo = min(table.delta_control.min(), table.delta_concept.min())
+    ax.plot([lo, 0], [lo, 0], ls="--", c="grey", lw=0.8)
+    ax.set_xlabel("flip alone: change in log p(answer), CONTROL questions")
+    ax.set_ylabel("flip alone: change in log p(answer), COUNTRY questions")
+    ax.set_title(f"{model}: per-head flip effect (red: top concept_share heads)", fontsize=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--n", type=int, default=20, help="correct answers per group (concept, control)")
+    ap.add_argument("--heads", type=int, default=0, help="only the top-N concept_share heads (0 = all)")
+    ap.add_argument("--evaluate", default="", help="comma-separated k: evaluate the causal top-k by generation")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    out = args.out or ROOT / "docs" / "sensitivity" / args.model
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    lm = load_model(args.model)
+    task = build_task(TASK, lm)
+    # Control items outside the evaluation split, in the task's seeded order.
+    held_out = {it.question for it in task.items("eval", "control")}
+    spare = build_task({**TASK, "n_eval": None}, lm)
+    spare_ctrl = [it for it in spare.items("eval", "control") if it.question not in held_out]
+    concept = correct_samples(lm, task, task.items("rank", "concept"), args.n, "concept (ranking split)")
+    control = correct_samples(lm, task, spare_ctrl[: 2 * args.n + 10], args.n, "control (outside eval)")
+    print(f"samples: {len(concept)} concept, {len(control)} control (correct unedited answers)", flush=True)
+
+    # concept_share exactly as the pipeline computes it (same ranking samples, positions, k).
+    rank_samples = task.ranking_samples(lm)
+    cids = concept_token_ids(task.concept, lm)
+    acts = capture_heads(lm, rank_samples, positions="answer_concept", concept_token_ids=cids, progress=False)
+    cs = rank_heads(acts, lm, task.concept, method="concept_share", k=10)
+    ranked = [(int(a), int(b)) for a, b in cs.top(len(cs.table))]
+    heads = ranked[: args.heads] if args.heads else None
+
+    eff = head_effects(lm, {"concept": concept, "control": control}, alpha=-1.0, heads=heads, batch_size=20)
+    t = eff.table.merge(cs.table[["layer", "head", "score", "rank"]].rename(
+        columns={"score": "concept_share_score", "rank": "concept_share_rank"}), on=["layer", "head"])
+    t["specificity"] = -(t.delta_concept - t.delta_control)  # concept damage minus control damage
+    t = t.sort_values("specificity", ascending=False).reset_index(drop=True)
+    t.to_csv(out / "head_effects.csv", index=False)
+    top_cs = ranked[:6]
+    scatter(t, out / "sensitivity.png", lm.name, top_cs)
+
+    summary = {"argv": " ".join(sys.argv[1:]), "model": lm.name, "provenance": lm.provenance, "n_samples": eff.meta["n_samples"],
+               "baseline_logprob": eff.baseline, "n_heads_scanned": len(t),
+               "concept_share_top6": [f"{a}.{b}" for a, b in top_cs], "evaluations": {}}
+    if args.evaluate:
+        def flip(hs):
+            r = evaluate_with_edits(lm, task, {h: -1.0 for h in hs})
+            return {"heads": [f"{a}.{b}" for a, b in hs], "concept_accuracy": r["concept"]["accuracy"],
+                    "control_accuracy": r["control"]["accuracy"]}
+        summary["evaluations"]["unedited"] = flip([])
+        for k in [int(x) for x in args.evaluate.split(",") if x]:
+            causal = [(int(r.layer), int(r["head"])) for _, r in t.head(k).iterrows()]
+            summary["evaluations"][f"causal_top{k}"] = flip(causal)
+            summary["evaluations"][f"concept_share_top{k}"] = flip(ranked[:k])
+            print(k, summary["evaluations"][f"causal_top{k}"], summary["evaluations"][f"concept_share_top{k}"],
+                  flush=True)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(t.head(12).to_string(), flush=True)
+    print(f"wrote {out} in {summary['seconds'] / 60:.1f} min", flush=True)
+
+
+if __name__ == "__main__":
+    main()
