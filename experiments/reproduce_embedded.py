@@ -226,6 +226,76 @@ def copy_plots(sweep: Path, docs: Path, model: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def random_controls(sweep: Path, df: pd.DataFrame) -> str:
+    """Per-seed random-head controls at the headline setting: every head vs the edited heads' layers."""
+    import json
+
+    d = df[(df.sweep == sweep.name) & (df.status == "complete")]
+    if d.empty:
+        return "_no control runs_\n"
+    r0 = d.iloc[0]
+    lines = [f"SmolLM2, `concept_share` top {int(r0.k)} heads flipped (alpha = -1): concept "
+             f"{r0['baseline.concept.accuracy']:.2f} -> {r0['edited.concept.accuracy']:.2f}, control "
+             f"{r0['baseline.control.accuracy']:.2f} -> {r0['edited.control.accuracy']:.2f} "
+             f"(heads {r0.heads}). Random draws of the same number of heads, same alpha:", "",
+             "| random pool | seeds | concept acc. mean ± std | median | min - max | control acc. mean ± std "
+             "| median | draws that break every answer |", "|---|---|---|---|---|---|---|---|"]
+    per_seed_lines = []
+    for _, r in d.sort_values("random_pool").iterrows():
+        res = json.loads((ROOT / sweep / r.run / "results.json").read_text())
+        ps = res["random"]["per_seed"]
+        cacc = [p["concept"]["accuracy"] for p in ps]
+        kacc = [p["control"]["accuracy"] for p in ps]
+        broken = [p for p in ps if p["concept"]["accuracy"] == 0 and p["control"]["accuracy"] == 0]
+        med = res["random"].get("median", {})
+        lines.append(f"| {r.random_pool} | {len(ps)} | {pm(r['random.concept.accuracy'], r['random.std.concept.accuracy'])}"
+                     f" | {pm(med.get('concept', {}).get('accuracy'))} | {min(cacc):.2f} - {max(cacc):.2f} | "
+                     f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
+                     f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
+                     + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p['heads']) for p in broken)})" if broken else "")
+                     + " |")
+        per_seed_lines.append(f"- `{r.random_pool}`: " + "; ".join(
+            f"seed {p['seed']} [{' '.join(f'{a}.{b}' for a, b in p['heads'])}] "
+            f"{p['concept']['accuracy']:.2f}/{p['control']['accuracy']:.2f}" for p in ps))
+    return "\n".join(lines + ["", "Per draw (heads, concept/control accuracy):", ""] + per_seed_lines) + "\n"
+
+
+def sensitivity_section(docs: Path) -> list[str]:
+    """The causal per-head check written by experiments/head_sensitivity.py (committed under docs/)."""
+    import json
+
+    base = docs / "sensitivity" / "smollm2"
+    if not (base / "summary.json").exists():
+        return []
+    s = json.loads((base / "summary.json").read_text())
+    t = pd.read_csv(base / "head_effects.csv")
+    n = s["n_samples"]
+    out = ["## Causal check: flipping one head at a time (SmolLM2)", "",
+           f"From `python experiments/head_sensitivity.py {s.get('argv', '')}`".rstrip() +
+           f" ({s['seconds'] / 60:.0f} min; not part of this command's run, its outputs are committed in "
+           f"`docs/sensitivity/smollm2/`). Each of {s['n_heads_scanned']} heads is flipped alone; the change in "
+           f"the mean log-probability of the model's own correct answers (teacher-forced) is measured on "
+           f"{n['concept']} country questions (the SOMP ranking split) and {n['control']} control questions "
+           "(outside the evaluation split). Negative = the flip hurts those answers.", "",
+           "![per-head flip effect](sensitivity/smollm2/sensitivity.png)", "",
+           "| heads | concept Δ log p | control Δ log p | concept_share rank |", "|---|---|---|---|"]
+    worst = t.sort_values("delta_concept").head(8)
+    for _, r in worst.iterrows():
+        out.append(f"| {int(r.layer)}.{int(r['head'])} | {r.delta_concept:+.2f} | {r.delta_control:+.2f} | "
+                   f"{int(r.concept_share_rank)} |")
+    out += ["", "(the 8 heads whose flip hurts country answers most)", ""]
+    ev = s.get("evaluations") or {}
+    if ev:
+        out += ["Top-k heads by *causal* specificity (concept damage minus control damage on the samples above) "
+                "vs top-k by `concept_share`, flipped, evaluated by generation on the evaluation split:", "",
+                "| heads | concept acc. | control acc. |", "|---|---|---|"]
+        for name, e in ev.items():
+            out.append(f"| {name} ({' '.join(e['heads']) or 'none'}) | {e['concept_accuracy']:.2f} | "
+                       f"{e['control_accuracy']:.2f} |")
+        out.append("")
+    return out
+
+
 def verdicts(df: pd.DataFrame) -> list[str]:
     """Issue 7's target on SmolLM2 at 2% of the heads, alpha=-1, for the best ranking method."""
     d = df[(df.model == "smollm2") & (df.task == "qa_countries") & (df.alpha == -1)
@@ -279,6 +349,19 @@ def main() -> int:
             "intervention.alpha=" + ",".join(map(str, ALPHAS)),
             f"intervention.random_seeds={seeds}", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
         ]))
+    if "smollm2" in args.models.split(","):
+        # The headline setting again, with 10 random draws from every head (the issue's control) and
+        # 10 from the edited heads' own layers (a layer-matched control). Seeds 0-4 of the uniform
+        # pool are the main sweep's, read from the cache.
+        n_eval = args.n_eval or (4 if args.quick else 20)
+        n_rank = args.n_rank or (6 if args.quick else 40)
+        plan.insert(1, ("smollm2_controls", [
+            "model=smollm2", "task=qa_countries", "ranking=concept_share",
+            f"intervention.k={ks_for(MODELS['smollm2'])[1]}", "intervention.alpha=-1",
+            "intervention.random_pool=all,same_layers",
+            "intervention.random_seeds=[" + ",".join(str(s) for s in range(2 * args.seeds)) + "]",
+            f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
+        ]))
     if not args.skip_toxicity:
         plan.insert(1, ("smollm2_toxicity", [
             "model=smollm2", "task=toxicity", "ranking=concept_share", "intervention.k=6",
@@ -305,8 +388,10 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
     if not frames:
         print("no results found", file=sys.stderr)
         return
-    df = pd.concat(frames, ignore_index=True)
-    df.to_csv(docs / "results_runs.csv", index=False)
+    df_all = pd.concat(frames, ignore_index=True)
+    df_all.to_csv(docs / "results_runs.csv", index=False)
+    # The controls sweep repeats one setting of the main grid; keep it out of the grid tables.
+    df = df_all[df_all.sweep != "smollm2_controls"]
 
     # ---- the page --------------------------------------------------------------------------
     import torch
@@ -365,7 +450,11 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
                "Toxic-prompt group; perplexity is the fluency of the continuations under the unedited model.", "",
                toxicity_table(df)]
     md[5:5] = ["## Headline (best ranking method per model, top 2% of heads flipped)", ""] + headline_txt + [""]
+    if any(name == "smollm2_controls" for name, _ in plan):
+        md += ["## Random-head controls at the headline setting (SmolLM2)", "",
+               random_controls(sweeps / "smollm2_controls", df_all)]
     md += ["## Targets (issue 7) and whether they hold", ""] + verdicts(df) + [""]
+    md += sensitivity_section(docs)
     md += ["## Observations", "",
            "- Sample sizes: " + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_"))
                                           for name, ov in plan) + ". With 20 questions a group, one "

@@ -51,8 +51,8 @@ def _metrics(prefix: str, node: Any, out: dict) -> None:
     if not isinstance(node, Mapping):
         return
     for g, metrics in node.items():
-        if g == "std":
-            _metrics(f"{prefix}.std", metrics, out)
+        if g in ("std", "median"):
+            _metrics(f"{prefix}.{g}", metrics, out)
             continue
         if g in ("n", "examples", "per_seed", "seeds", "n_seeds", "heads") or not isinstance(metrics, Mapping):
             continue
@@ -81,6 +81,7 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "k_frac": res.get("k_frac", iv.get("k_frac")),
         "alpha": res.get("alpha", iv.get("alpha")),
         "seed": cfg.get("seed"),
+        "random_pool": (res.get("random") or {}).get("pool", iv.get("random_pool", "all")),
         "experiment": choices.get("experiment"),
         "n_heads_total": res.get("n_heads_total"),
         "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res.get("heads") or []),
@@ -114,7 +115,7 @@ def metric_names(df: pd.DataFrame, section: str = "edited") -> list[tuple[str, s
     """[(group, metric)] present for a section, e.g. [("concept", "accuracy"), ...]."""
     out = []
     for c in df.columns:
-        m = re.fullmatch(rf"{section}\.(?!std\.)([^.]+)\.(.+)", c)
+        m = re.fullmatch(rf"{section}\.(?!std\.|median\.)([^.]+)\.(.+)", c)
         if m:
             out.append((m.group(1), m.group(2)))
     return out

@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import random
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -95,6 +96,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         if not iv.get("explicit"):
             raise ConfigError("intervention.heads=explicit needs intervention.explicit=[[layer,head],...]")
         parse_heads(iv["explicit"])  # format errors name the key
+    if iv.get("random_pool", "all") not in RANDOM_POOLS:
+        raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
     seeds = iv.get("random_seeds") or []
     if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
         raise ConfigError(f"intervention.random_seeds must be a list of integers, got {seeds!r}")
@@ -167,13 +170,32 @@ def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, key: str = "
                           f"heads 0..{n_heads - 1})")
 
 
+RANDOM_POOLS = ("all", "same_layers")
+
+
 def random_heads(n_layers: int, n_heads: int, k: int, seed: int,
-                 exclude: Iterable[Head] = ()) -> list[Head]:
-    """k distinct heads drawn uniformly (seeded, platform-stable), sorted by (layer, head)."""
-    pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in set(exclude)]
+                 exclude: Iterable[Head] = (), layers: Iterable[int] | None = None) -> list[Head]:
+    """k distinct heads drawn uniformly (seeded, platform-stable), sorted by (layer, head).
+
+    `layers` restricts the draw to those layers (a layer-matched control), `exclude` removes heads.
+    """
+    excluded = {(int(a), int(b)) for a, b in exclude}
+    allowed = range(n_layers) if layers is None else sorted({int(x) for x in layers})
+    pool = [(layer, h) for layer in allowed for h in range(n_heads) if (layer, h) not in excluded]
     if k > len(pool):
-        raise ConfigError(f"intervention.k={k} exceeds the {len(pool)} heads available for random draws")
+        where = "" if layers is None else f" in layers {list(allowed)} (intervention.random_pool=same_layers)"
+        raise ConfigError(f"intervention.k={k} exceeds the {len(pool)} heads available for random draws{where}; "
+                          "lower k or use intervention.random_pool=all")
     return sorted(random.Random(f"heads:{seed}").sample(pool, k))
+
+
+def random_control_heads(iv: Mapping[str, Any], edited: Sequence[Head], n_layers: int, n_heads: int,
+                         k: int, seed: int) -> list[Head]:
+    """The random-head control for one seed: `all` heads, or (`same_layers`) the edited heads'
+    layers without the edited heads themselves."""
+    if iv.get("random_pool", "all") == "same_layers":
+        return random_heads(n_layers, n_heads, k, seed, exclude=edited, layers={a for a, _ in edited})
+    return random_heads(n_layers, n_heads, k, seed)
 
 
 def select_heads(scores: Any, iv: Mapping[str, Any], n_layers: int, n_heads: int, k: int,
@@ -231,27 +253,31 @@ def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
-    """{group: {metric: mean}, "std": {group: {metric: sample std}}, "n_seeds": n}.
+    """{group: {metric: mean}, "std": {..: sample std}, "median": {..: median}, "n_seeds": n}.
+
+    The median is reported next to the mean because on small models a single draw that hits a
+    load-bearing head (layer 0/1) can break every answer and drag the mean down on its own.
 
     NaN values (e.g. an undefined metric) are left out of a metric's mean/std; a metric NaN for
     every seed stays NaN. The std is the sample standard deviation (n-1), 0 for one seed.
     """
-    out: dict[str, Any] = {"std": {}, "n_seeds": len(per_seed)}
+    out: dict[str, Any] = {"std": {}, "median": {}, "n_seeds": len(per_seed)}
     groups: dict[str, set[str]] = {}
     for r in per_seed:
         for g, m in metric_groups(r).items():
             groups.setdefault(g, set()).update(m)
     for g, metrics in groups.items():
-        out[g], out["std"][g] = {}, {}
+        out[g], out["std"][g], out["median"][g] = {}, {}, {}
         for name in sorted(metrics):
             vals = [float(r[g][name]) for r in per_seed
                     if g in r and name in r[g] and math.isfinite(float(r[g][name]))]
             if not vals:
-                out[g][name] = out["std"][g][name] = float("nan")
+                out[g][name] = out["std"][g][name] = out["median"][g][name] = float("nan")
                 continue
             mean = sum(vals) / len(vals)
             var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
             out[g][name], out["std"][g][name] = mean, math.sqrt(var)
+            out["median"][g][name] = statistics.median(vals)
     return out
 
 

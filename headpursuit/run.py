@@ -101,7 +101,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         per_seed, random_hits = [], []
         with t("random"):
             for s in (iv["random_seeds"] if iv.get("random_controls", True) else []):
-                rh = P.random_heads(L, H, k, s)
+                rh = P.random_control_heads(iv, heads, L, H, k, s)
                 r, hit = P.evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in rh},
                                            desc=f"random{s}", seed=seed)
                 per_seed.append({"seed": s, "heads": [list(h) for h in rh], **r})
@@ -112,7 +112,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
             n_heads_total=L * H, heads=P.head_records(heads, scores.table),
             baseline=baseline, edited=edited,
             random=({**P.summarize_seeds(per_seed), "seeds": list(iv["random_seeds"]),
-                     "per_seed": per_seed} if per_seed else None),
+                     "pool": iv.get("random_pool", "all"), "per_seed": per_seed} if per_seed else None),
             provenance={
                 "model": {**lm.provenance, "layout": dict(lm.layout.__dict__), "loaded_in_process": model_memo},
                 "task": task.provenance(), "environment": environment(),

@@ -196,7 +196,8 @@ def test_validate_config_names_the_key():
                     ({"heads": "best"}, "intervention.heads"),
                     ({"heads": "explicit", "explicit": []}, "intervention.explicit"),
                     ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
-                    ({"random_seeds": ["a"]}, "intervention.random_seeds")]:
+                    ({"random_seeds": ["a"]}, "intervention.random_seeds"),
+                    ({"random_pool": "nearby"}, "intervention.random_pool")]:
         with pytest.raises(P.ConfigError, match=key.replace(".", r"\.")):
             P.validate_config(_cfg(**iv))
     bad = _cfg()
@@ -244,6 +245,27 @@ def test_summarize_seeds_mean_std():
     assert math.isclose(s["std"]["concept"]["accuracy"], math.sqrt(0.125))
     assert math.isnan(s["concept"]["x"]) and s["n_seeds"] == 2
     assert P.summarize_seeds(per_seed[:1])["std"]["concept"]["accuracy"] == 0.0
+
+
+def test_summarize_seeds_median_resists_one_collapsed_draw():
+    accs = [0.6, 0.65, 0.0, 0.7, 0.55]     # one draw hit a load-bearing head
+    s = P.summarize_seeds([{"concept": {"accuracy": a}} for a in accs])
+    assert s["median"]["concept"]["accuracy"] == 0.6
+    assert math.isclose(s["concept"]["accuracy"], sum(accs) / 5)
+
+
+def test_random_control_pools():
+    edited = [(15, 3), (26, 1), (29, 2)]
+    same = {"random_pool": "same_layers"}
+    for seed in range(20):
+        hs = P.random_control_heads(same, edited, 30, 9, 3, seed)
+        assert len(set(hs)) == 3 and hs == sorted(hs)
+        assert {a for a, _ in hs} <= {15, 26, 29} and not set(hs) & set(edited)
+    # the default pool is the plain uniform draw (earlier sweeps' random heads are unchanged)
+    assert P.random_control_heads({}, edited, 30, 9, 6, 0) == P.random_heads(30, 9, 6, 0)
+    assert P.random_control_heads({"random_pool": "all"}, edited, 30, 9, 6, 4) == P.random_heads(30, 9, 6, 4)
+    with pytest.raises(P.ConfigError, match="same_layers"):
+        P.random_control_heads(same, [(0, 0), (0, 1)], 30, 9, 8, 0)   # 7 heads left in layer 0
 
 
 def test_run_cache_computes_once(tmp_path):
