@@ -7,6 +7,7 @@
     scores = hp.rank_heads(acts, lm, concept, method="concept_share", k=10)
     with hp.scale_heads(lm, {h: -1.0 for h in scores.top(6)}):
         ...
+    effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0)  # causal check
 """
 
 from headpursuit.models import AttentionLayout, LoadedModel, load_model, wrap_model
@@ -15,6 +16,7 @@ from headpursuit.intervention import scale_heads, uniform_scales
 from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
 from headpursuit.concepts import Concept, load_concept
 from headpursuit.ranking import HeadScores, explain_head, rank_heads
+from headpursuit.effects import HeadEffects, answer_logprob, head_effects
 
 __all__ = [
     "AttentionLayout", "LoadedModel", "load_model", "wrap_model",
@@ -23,4 +25,5 @@ __all__ = [
     "SOMPResult", "somp", "somp_heads", "somp_reference",
     "Concept", "load_concept",
     "HeadScores", "explain_head", "rank_heads",
+    "HeadEffects", "answer_logprob", "head_effects",
 ]
