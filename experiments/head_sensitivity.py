@@ -11,8 +11,8 @@ same 40 questions `concept_share` is computed on); the control questions are tak
 items OUTSIDE the evaluation split used by `reproduce_embedded.py` (n_eval=20, seed 0), so nothing
 here sees the evaluation questions.
 
-`--evaluate` then flips the top-k heads by causal specificity (concept damage minus control damage,
-measured on those samples) and evaluates them on the evaluation split by generation, next to the
+`--evaluate` then flips the top-k heads by causal specificity (concept damage minus
+`--control-weight` (default 2) times control damage, measured on those samples) and evaluates them on the evaluation split by generation, next to the
 top-k `concept_share` heads: a supervised upper reference for what a head choice can achieve on
 this model (SOMP, by contrast, never looks at the model's behaviour, only at what heads write).
 
@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +84,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="correct answers per group (concept, control)")
     ap.add_argument("--heads", type=int, default=0, help="only the top-N concept_share heads (0 = all)")
     ap.add_argument("--evaluate", default="", help="comma-separated k: evaluate the causal top-k by generation")
+    ap.add_argument("--control-weight", type=float, default=2.0,
+                    help="specificity = -delta_concept + w * delta_control (w > 1 penalises control damage)")
+    ap.add_argument("--reuse", action="store_true", help="read head_effects.csv from --out instead of scanning")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -107,17 +112,34 @@ def main() -> None:
     ranked = [(int(a), int(b)) for a, b in cs.top(len(cs.table))]
     heads = ranked[: args.heads] if args.heads else None
 
-    eff = head_effects(lm, {"concept": concept, "control": control}, alpha=-1.0, heads=heads, batch_size=20)
-    t = eff.table.merge(cs.table[["layer", "head", "score", "rank"]].rename(
-        columns={"score": "concept_share_score", "rank": "concept_share_rank"}), on=["layer", "head"])
-    t["specificity"] = -(t.delta_concept - t.delta_control)  # concept damage minus control damage
+    if args.reuse:
+        old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        t = pd.read_csv(out / "head_effects.csv")
+        baseline, n_samples = old.get("baseline_logprob"), old.get("n_samples")
+        scan_seconds = old.get("scan_seconds")
+    else:
+        ts = time.perf_counter()
+        eff = head_effects(lm, {"concept": concept, "control": control}, alpha=-1.0, heads=heads, batch_size=20)
+        scan_seconds = round(time.perf_counter() - ts, 1)
+        t = eff.table.merge(cs.table[["layer", "head", "score", "rank"]].rename(
+            columns={"score": "concept_share_score", "rank": "concept_share_rank"}), on=["layer", "head"])
+        baseline, n_samples = eff.baseline, eff.meta["n_samples"]
+    # Concept damage minus w x control damage: w = 1 would favour heads that break everything a
+    # little more for countries (the load-bearing layer-1 heads); w = 2 asks for specificity.
+    t["specificity"] = -t.delta_concept + args.control_weight * t.delta_control
     t = t.sort_values("specificity", ascending=False).reset_index(drop=True)
     t.to_csv(out / "head_effects.csv", index=False)
     top_cs = ranked[:6]
     scatter(t, out / "sensitivity.png", lm.name, top_cs)
 
-    summary = {"argv": " ".join(sys.argv[1:]), "model": lm.name, "provenance": lm.provenance, "n_samples": eff.meta["n_samples"],
-               "baseline_logprob": eff.baseline, "n_heads_scanned": len(t),
+    x, y = t.delta_control.to_numpy(), t.delta_concept.to_numpy()
+    summary = {"argv": " ".join(a for a in sys.argv[1:] if a != "--reuse"), "model": lm.name,
+               "provenance": lm.provenance, "n_samples": n_samples,
+               "baseline_logprob": baseline, "n_heads_scanned": len(t), "scan_seconds": scan_seconds,
+               "control_weight": args.control_weight,
+               # How much the heads that matter for country answers are the ones that matter for any answer.
+               "pearson_r": float(np.corrcoef(x, y)[0, 1]),
+               "slope_through_origin": float((x * y).sum() / (x * x).sum()),
                "concept_share_top6": [f"{a}.{b}" for a, b in top_cs], "evaluations": {}}
     if args.evaluate:
         def flip(hs):

@@ -14,7 +14,12 @@ What runs:
     the heads (rounded up), alpha in {-1, 0, 2}, ranking methods concept_share, concept_restricted,
     logit_lens, and random heads (5 seeds) at every (k, alpha). Ranking and evaluation questions
     are disjoint (seeded split of the fixture).
-  * Enhancement: alpha = 2 rows of the same sweeps; concept-word rate in answers to control questions.
+  * Enhancement: alpha = 2 rows of the same sweeps, plus a SmolLM2 sweep at alpha = 4, 8 (k = 1%, 2%;
+    concept_share and logit_lens; 3 random seeds); country names in answers to control questions.
+  * Random-head controls at the headline setting (SmolLM2, concept_share top 2%, alpha = -1): 10
+    uniform draws (the issue's control) and 10 layer-matched draws, per draw.
+  * The causal per-head check from experiments/head_sensitivity.py (committed in docs/sensitivity/;
+    its 19-minute scan is not re-run here) is included when present.
   * Toxicity (SmolLM2, offline fixture, profanity_check scorer): baseline vs edited vs random heads,
     toxicity and fluency (perplexity of the continuations under the unedited model).
 No setting is dropped: every run of the sweeps is in the tables, including failures.
@@ -128,25 +133,36 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
 
 
 def enhancement_table(df: pd.DataFrame, model: str) -> str:
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.alpha == 2)]
+    """alpha > 1 rows of every sweep of `model` (main grid: alpha = 2; enhancement sweep: 4, 8)."""
+    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.alpha > 1)
+           & (df.status == "complete")]
     if d.empty or "edited.control.concept_rate" not in d:
         return "_no enhancement runs_\n"
-    ks = sorted(d.k.dropna().unique().astype(int))
-    base = d.iloc[0]["baseline.control.concept_rate"]
-    lines = [f"Share of answers to **control** questions that contain a country name (unedited: "
-             f"{pm(base)}), alpha = 2:\n",
-             "| heads | " + " | ".join(f"k={k}" for k in ks) + " |", "|" + "---|" * (len(ks) + 1)]
-    for method in METHODS:
-        cells = []
-        for k in ks:
-            r = d[(d.ranking == method) & (d.k == k)]
-            cells.append(pm(r.iloc[0]["edited.control.concept_rate"]) if not r.empty else "n/a")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    cells = []
-    for k in ks:
-        r = d[d.k == k].iloc[0]
-        cells.append(pm(r.get("random.control.concept_rate"), r.get("random.std.control.concept_rate")))
-    lines.append("| random heads | " + " | ".join(cells) + " |")
+    b = d.iloc[0]
+    lines = ["Answers to **control** questions (which do not need a country): share that name a country, "
+             "country names per answer, and accuracy. Unedited: "
+             f"{pm(b['baseline.control.concept_rate'])} / {pm(b['baseline.control.concept_count'])} / "
+             f"{pm(b['baseline.control.accuracy'])}. Random: mean ± std over seeds.", "",
+             "| heads | k | alpha | control answers naming a country | country names per answer | control accuracy |",
+             "|---|---|---|---|---|---|"]
+    seen = set()
+    for method in METHODS + ["random"]:
+        for _, r in d.sort_values(["alpha", "k"]).iterrows():
+            if method != "random" and r.ranking != method:
+                continue
+            key = (method, r.k, r.alpha)
+            if key in seen:
+                continue
+            seen.add(key)
+            if method == "random":
+                cells = [pm(r.get("random.control.concept_rate"), r.get("random.std.control.concept_rate")),
+                         pm(r.get("random.control.concept_count"), r.get("random.std.control.concept_count")),
+                         pm(r.get("random.control.accuracy"), r.get("random.std.control.accuracy"))]
+            else:
+                cells = [pm(r["edited.control.concept_rate"]), pm(r["edited.control.concept_count"]),
+                         pm(r["edited.control.accuracy"])]
+            lines.append(f"| {method if method != 'random' else 'random heads'} | {int(r.k)} | {r.alpha:g} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -272,11 +288,16 @@ def sensitivity_section(docs: Path) -> list[str]:
     n = s["n_samples"]
     out = ["## Causal check: flipping one head at a time (SmolLM2)", "",
            f"From `python experiments/head_sensitivity.py {s.get('argv', '')}`".rstrip() +
-           f" ({s['seconds'] / 60:.0f} min; not part of this command's run, its outputs are committed in "
+           f" ({(s.get('scan_seconds') or 0) / 60:.0f} min for the scan; not part of this command's run, its outputs are committed in "
            f"`docs/sensitivity/smollm2/`). Each of {s['n_heads_scanned']} heads is flipped alone; the change in "
            f"the mean log-probability of the model's own correct answers (teacher-forced) is measured on "
            f"{n['concept']} country questions (the SOMP ranking split) and {n['control']} control questions "
            "(outside the evaluation split). Negative = the flip hurts those answers.", "",
+           (f"**Across the {s['n_heads_scanned']} heads, the damage a flip does to country answers and to "
+            f"control answers is correlated at r = {s['pearson_r']:.2f}** (country damage ≈ "
+            f"{s['slope_through_origin']:.2f} x control damage): on this model the heads that matter for "
+            "country answers are the heads that matter for any factual answer, which is why no choice of "
+            "heads flips countries alone." if s.get("pearson_r") is not None else ""), "",
            "![per-head flip effect](sensitivity/smollm2/sensitivity.png)", "",
            "| heads | concept Δ log p | control Δ log p | concept_share rank |", "|---|---|---|---|"]
     worst = t.sort_values("delta_concept").head(8)
@@ -286,7 +307,9 @@ def sensitivity_section(docs: Path) -> list[str]:
     out += ["", "(the 8 heads whose flip hurts country answers most)", ""]
     ev = s.get("evaluations") or {}
     if ev:
-        out += ["Top-k heads by *causal* specificity (concept damage minus control damage on the samples above) "
+        out += [f"Top-k heads by *causal* specificity (concept damage minus {s.get('control_weight', 2):g} x control "
+                "damage, on the samples above: a supervised choice SOMP cannot make, since it never looks at "
+                "behaviour) "
                 "vs top-k by `concept_share`, flipped, evaluated by generation on the evaluation split:", "",
                 "| heads | concept acc. | control acc. |", "|---|---|---|"]
         for name, e in ev.items():
@@ -331,6 +354,7 @@ def main() -> int:
     args = ap.parse_args()
 
     docs = Path(args.out).resolve().parent
+    docs.mkdir(parents=True, exist_ok=True)
     sweeps = Path(args.sweeps)
     (ROOT / sweeps).mkdir(parents=True, exist_ok=True)
     seeds = "[" + ",".join(str(s) for s in range(args.seeds)) + "]"
@@ -355,6 +379,11 @@ def main() -> int:
         # pool are the main sweep's, read from the cache.
         n_eval = args.n_eval or (4 if args.quick else 20)
         n_rank = args.n_rank or (6 if args.quick else 40)
+        plan.insert(1, ("smollm2_enhance", [
+            "model=smollm2", "task=qa_countries", "ranking=concept_share,logit_lens",
+            "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"])[:2])), "intervention.alpha=4,8",
+            "intervention.random_seeds=[0,1,2]", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
+        ]))
         plan.insert(1, ("smollm2_controls", [
             "model=smollm2", "task=qa_countries", "ranking=concept_share",
             f"intervention.k={ks_for(MODELS['smollm2'])[1]}", "intervention.alpha=-1",
@@ -390,8 +419,9 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         return
     df_all = pd.concat(frames, ignore_index=True)
     df_all.to_csv(docs / "results_runs.csv", index=False)
-    # The controls sweep repeats one setting of the main grid; keep it out of the grid tables.
-    df = df_all[df_all.sweep != "smollm2_controls"]
+    # The controls and enhancement sweeps add settings around the main grid; keep them out of the
+    # grid tables (they have their own sections).
+    df = df_all[~df_all.sweep.isin(["smollm2_controls", "smollm2_enhance"])]
 
     # ---- the page --------------------------------------------------------------------------
     import torch
@@ -441,7 +471,7 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         if best:
             headline_txt.append(best[1])
         md += [f"## QA countries: {model}", "", tables,
-               "### Enhancement (alpha = 2)", "", enhancement_table(df, model),
+               "### Enhancement (alpha > 1)", "", enhancement_table(df_all, model),
                "### Where the specialised heads sit, and what they write", "",
                where_heads(sweeps / f"{model}_qa", df, model, docs),
                "### Plots", "", copy_plots(sweeps / f"{model}_qa", docs, model)]
@@ -459,25 +489,34 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
            "- Sample sizes: " + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_"))
                                           for name, ov in plan) + ". With 20 questions a group, one "
            "question is 5 points: read differences under ~15 points as noise.",
-           "- Random heads have a large spread on SmolLM2: some draws hit heads whose flip breaks the "
-           "model for every question (the std over seeds is in the tables), so their mean falls well "
-           "below the unedited accuracy. The paper's 7B models have 1024 heads; a 135M model's few "
-           "heads are each more load-bearing.",
+           "- **Random heads are not neutral on SmolLM2.** Flipping any 6 of its 270 heads costs accuracy: "
+           "some uniform draws include a layer-0/1 head whose flip breaks every answer, and even the other "
+           "draws lose 10-30 points (see the per-draw list above). The median and the layer-matched control "
+           "are reported next to the issue's uniform mean; none of them is within 10 points. The paper's 7B "
+           "models have 1024 heads; each of a 135M model's heads carries more.",
+           "- **Specificity.** The causal check shows why the flip is not specific on this model: the damage "
+           "a single-head flip does to country answers and to other factual answers is almost perfectly "
+           "correlated across heads, and even heads chosen *by their measured effect* (a supervised choice) "
+           "break control answers along with country ones. SOMP's `concept_share` top heads write named "
+           "entities in general (see their top tokens), which the control answers need too.",
            "- `concept_restricted` (SOMP over the concept tokens only) favours heads with much energy in "
            "any country direction, which on SmolLM2 are early-layer heads: flipping them breaks "
            "control questions as much as country ones. `concept_share` (full-vocabulary SOMP) is the "
-           "more concept-specific score (compare the alpha = 0 rows), but flipping (alpha = -1) its top "
-           "6 heads still costs SmolLM2 most of its control accuracy: the heads that write country "
-           "names also write other named entities (cities, people) that the control answers need.",
+           "more concept-specific score (compare the alpha = 0 rows).",
+           "- Flipping the `concept_share` heads makes answers *wrong* more than it removes country names "
+           "(concept-question answers still name some country in about half the cases); `logit_lens` "
+           "heads remove the names more (see `edited.concept.concept_rate` in `docs/results_runs.csv`).",
            "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
            "` Saint`, ` Republic`, ...), which many heads write for other reasons. Restricting the concept "
            "to single-word country names is a one-line config change (`task.concept=[France,Japan,...]`);"
-           " we have not measured it in these sweeps.",
+           " it is not measured in these sweeps.",
            "- Gemma-3-270M is a base model without a chat template: it is prompted `Q: ... A:` and "
-           "often restates the question, so its unedited control accuracy is low (0.25 on 12 "
-           "questions) and its control column says little. Its 72 heads make 1% = 1 head.",
-           "- Enhancement (alpha = 2) did not raise the rate of country names in control answers on "
-           "either model at these k: the enhancement claim is not reproduced here.",
+           "often restates the question, so its unedited control accuracy is low and its control column "
+           "says little. Its 72 heads make 1% = 1 head.",
+           "- Enhancement: alpha = 2 does not raise the share of control answers that name a country on "
+           "either model. Larger alphas (4, 8) raise the *count* of country names for some head sets only "
+           "by degenerate repetition, with control accuracy collapsing: the enhancement claim is not "
+           "reproduced on these models.",
            ""]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
