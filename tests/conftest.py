@@ -1,4 +1,5 @@
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -38,3 +39,26 @@ def tiny_vlm():
     from headpursuit.models import load_model
 
     return load_model("tiny_vlm", dtype="float32", device="cpu")
+
+
+@contextmanager
+def _w_o_columns_scaled(lm, scales):
+    """Independent reference for head edits: scale each head's W_O columns in the weights (instead
+    of hooking its input), restored on exit."""
+    dh = lm.layout.head_dim
+    saved = {}
+    try:
+        for (layer, head), a in scales.items():
+            W = lm.output_weight(layer)
+            saved.setdefault(layer, W.data.clone())
+            W.data[:, head * dh:(head + 1) * dh] *= a
+        yield lm
+    finally:
+        for layer, W in saved.items():
+            lm.output_weight(layer).data.copy_(W)
+
+
+@pytest.fixture(scope="session")
+def w_o_columns_scaled():
+    """The weight-edit reference as a fixture: ``with w_o_columns_scaled(lm, {(l, h): a}): ...``."""
+    return _w_o_columns_scaled

@@ -14,26 +14,17 @@ SAMPLES = {
 }
 
 
-def _reference_logprob(lm, samples, scales):
+def _reference_logprob(lm, samples, scales, w_o_columns_scaled):
     """Independent path: one unpadded sequence at a time, full logits, W_O columns scaled in place."""
-    dh = lm.layout.head_dim
-    saved = {}
-    try:
-        for (layer, head), a in scales.items():
-            W = lm.output_weight(layer)
-            saved.setdefault(layer, W.data.clone())
-            W.data[:, head * dh:(head + 1) * dh] *= a
-        out = []
+    out = []
+    with w_o_columns_scaled(lm, scales):
         for s in samples:
             p, a = lm.token_ids(s.prompt), lm.token_ids(s.answer, special=False)
             ids = torch.tensor([p + a])
             with torch.no_grad():
                 logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
             out.append(torch.stack([logp[len(p) - 1 + i, t] for i, t in enumerate(a)]).mean())
-        return torch.stack(out)
-    finally:
-        for layer, W in saved.items():
-            lm.output_weight(layer).data.copy_(W)
+    return torch.stack(out)
 
 
 def _hooks(lm):
@@ -41,27 +32,27 @@ def _hooks(lm):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma3"])
-def test_answer_logprob_matches_unbatched_reference(request, fixture):
+def test_answer_logprob_matches_unbatched_reference(request, fixture, w_o_columns_scaled):
     lm = request.getfixturevalue(fixture)
     samples = SAMPLES["concept"] + SAMPLES["control"]
-    torch.testing.assert_close(answer_logprob(lm, samples, batch_size=3), _reference_logprob(lm, samples, {}),
+    torch.testing.assert_close(answer_logprob(lm, samples, batch_size=3), _reference_logprob(lm, samples, {}, w_o_columns_scaled),
                                rtol=1e-4, atol=1e-4)
     scales = {(1, 2): -1.0}
-    torch.testing.assert_close(answer_logprob(lm, samples, scales=scales), _reference_logprob(lm, samples, scales),
+    torch.testing.assert_close(answer_logprob(lm, samples, scales=scales), _reference_logprob(lm, samples, scales, w_o_columns_scaled),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_head_effects_equal_weight_edit_deltas(tiny_llama):
+def test_head_effects_equal_weight_edit_deltas(tiny_llama, w_o_columns_scaled):
     lm = tiny_llama
     heads = [(0, 1), (1, 3), (2, 0)]
     eff = head_effects(lm, SAMPLES, alpha=-1.0, heads=heads, batch_size=2, progress=False)
     assert list(eff.table.columns) == ["layer", "head", "delta_concept", "delta_control"]
     assert _hooks(lm) == 0
     for g, samples in SAMPLES.items():
-        base = _reference_logprob(lm, samples, {})
+        base = _reference_logprob(lm, samples, {}, w_o_columns_scaled)
         assert eff.baseline[g] == pytest.approx(float(base.mean()), abs=1e-4)
         for row in eff.table.itertuples():
-            ref = float((_reference_logprob(lm, samples, {(row.layer, row.head): -1.0}) - base).mean())
+            ref = float((_reference_logprob(lm, samples, {(row.layer, row.head): -1.0}, w_o_columns_scaled) - base).mean())
             assert getattr(row, f"delta_{g}") == pytest.approx(ref, abs=1e-4)
     assert eff.table[["delta_concept", "delta_control"]].abs().max().max() > 1e-4  # the edits did something
     same = head_effects(lm, SAMPLES, alpha=1.0, heads=heads, progress=False)

@@ -17,19 +17,10 @@ def _hooks(lm):
     return sum(len(lm.o_proj(i)._forward_pre_hooks) for i in range(lm.layout.n_layers))
 
 
-def _weight_edited_logits(lm, scales, prompts=PROMPTS):
+def _weight_edited_logits(lm, scales, w_o_columns_scaled, prompts=PROMPTS):
     """Independent reference: scale W_O's columns of each head instead of hooking its input."""
-    dh = lm.layout.head_dim
-    saved = {}
-    try:
-        for (layer, head), a in scales.items():
-            W = lm.output_weight(layer)
-            saved.setdefault(layer, W.data.clone())
-            W.data[:, head * dh:(head + 1) * dh] *= a
+    with w_o_columns_scaled(lm, scales):
         return _logits(lm, prompts)
-    finally:
-        for layer, W in saved.items():
-            lm.output_weight(layer).data.copy_(W)
 
 
 @pytest.fixture(params=["tiny_llama", "tiny_gemma3"])
@@ -44,11 +35,11 @@ def test_alpha_one_changes_nothing(lm):
 
 
 @pytest.mark.parametrize("alpha", [0.0, -1.0, 2.5])
-def test_equals_weight_edit(lm, alpha):
+def test_equals_weight_edit(lm, alpha, w_o_columns_scaled):
     scales = {(0, 1): alpha, (2, 3): alpha, (2, 0): alpha}
     with scale_heads(lm, scales):
         hooked = _logits(lm)
-    ref = _weight_edited_logits(lm, scales)
+    ref = _weight_edited_logits(lm, scales, w_o_columns_scaled)
     torch.testing.assert_close(hooked, ref, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(hooked, _logits(lm), atol=1e-3)  # the edit did something
 
