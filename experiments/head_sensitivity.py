@@ -70,6 +70,9 @@ def scatter(table, path: Path, model: str, top_cs: list[tuple[int, int]]) -> Non
                         color="red", xytext=(3, 3), textcoords="offset points")
     lo = min(table.delta_control.min(), table.delta_concept.min())
     ax.plot([lo, 0], [lo, 0], ls="--", c="grey", lw=0.8)
+    # A few load-bearing heads sit far out; symlog keeps the cluster of small effects readable.
+    ax.set_xscale("symlog", linthresh=0.05)
+    ax.set_yscale("symlog", linthresh=0.05)
     ax.set_xlabel("flip alone: change in log p(answer), CONTROL questions")
     ax.set_ylabel("flip alone: change in log p(answer), COUNTRY questions")
     ax.set_title(f"{model}: per-head flip effect (red: top concept_share heads)", fontsize=9)
@@ -139,6 +142,8 @@ def main() -> None:
                "control_weight": args.control_weight,
                # How much the heads that matter for country answers are the ones that matter for any answer.
                "pearson_r": float(np.corrcoef(x, y)[0, 1]),
+               # Pearson is dominated by the few heads with large effects; ranks are not.
+               "spearman_r": float(t.delta_control.corr(t.delta_concept, method="spearman")),
                "slope_through_origin": float((x * y).sum() / (x * x).sum()),
                "concept_share_top6": [f"{a}.{b}" for a, b in top_cs], "evaluations": {}}
     if args.evaluate:
