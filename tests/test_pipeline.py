@@ -89,11 +89,29 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
         for section in ("baseline", "edited", "random"):
             assert 0.0 <= r[section]["concept"]["accuracy"] <= 1.0
         assert r["random"]["n_seeds"] == 2 and len(r["random"]["per_seed"]) == 2
-        assert "accuracy" in r["random"]["std"]["concept"]
+        assert "accuracy" in r["random"]["std"]["concept"] and "accuracy" in r["random"]["median"]["concept"]
+        assert r["random"]["pool"] == "all"
         assert (Path(r["run"]["dir"]) / "head_scores.csv").exists()
         prov = r["provenance"]
         assert prov["model"]["quantisation"] and prov["environment"]["versions"]["torch"]
         assert prov["environment"]["versions"]["transformers"]
+
+
+@pytest.mark.slow
+def test_layer_matched_random_controls(basic_sweep, tmp_path):
+    _, cache, _ = basic_sweep  # ranking and baseline come from the shared cache
+    run = tmp_path / "run"
+    proc = run_cli("headpursuit", "experiment=smoke", "intervention.k=3", "intervention.alpha=-1",
+                   "intervention.random_pool=same_layers", "logger=none", f"hydra.run.dir={run}",
+                   f"cache_dir={cache}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((run / "results.json").read_text())
+    edited = {(h["layer"], h["head"]) for h in r["heads"]}
+    assert r["random"]["pool"] == "same_layers" and len(r["random"]["per_seed"]) == 2
+    for draw in r["random"]["per_seed"]:
+        heads = {tuple(h) for h in draw["heads"]}
+        assert len(heads) == 3 and not heads & edited
+        assert {a for a, _ in heads} <= {a for a, _ in edited}
 
 
 @pytest.mark.slow
