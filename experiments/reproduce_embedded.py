@@ -16,6 +16,8 @@ What runs:
     are disjoint (seeded split of the fixture).
   * Enhancement: alpha = 2 rows of the same sweeps, plus a SmolLM2 sweep at alpha = 4, 8 (k = 1%, 2%;
     concept_share and logit_lens; 3 random seeds); country names in answers to control questions.
+  * The concept_share ranking with single-word country names only (task.concept=countries_single_word),
+    k = 1%, 2%, 4%, alpha -1 and 0.
   * Random-head controls at the headline setting (SmolLM2, concept_share top 2%, alpha = -1): 10
     uniform draws (the issue's control) and 10 layer-matched draws, per draw.
   * The causal per-head check from experiments/head_sensitivity.py (committed in docs/sensitivity/;
@@ -323,6 +325,27 @@ def sensitivity_section(docs: Path) -> list[str]:
     return out
 
 
+def single_word_table(df_all: pd.DataFrame) -> str:
+    """concept_share on SmolLM2 with the full countries concept vs single-word country names only."""
+    sw = df_all[(df_all.sweep == "smollm2_single_word") & (df_all.status == "complete")]
+    full = df_all[(df_all.sweep == "smollm2_qa") & (df_all.ranking == "concept_share") & (df_all.status == "complete")]
+    if sw.empty:
+        return "_no single-word runs_\n"
+    lines = ["`concept_share` ranking computed with `task.concept=countries_single_word` (187 single-word names, "
+             "no first tokens of multi-word names) vs the full `countries` concept; same ranking and "
+             "evaluation questions (unedited: "
+             f"{sw.iloc[0]['baseline.concept.accuracy']:.2f} / {sw.iloc[0]['baseline.control.accuracy']:.2f}). "
+             "Cells: concept accuracy / control accuracy (top heads).", "",
+             "| k | alpha | countries | countries_single_word |", "|---|---|---|---|"]
+    for _, r in sw.sort_values(["alpha", "k"]).iterrows():
+        f = full[(full.k == r.k) & (full.alpha == r.alpha)]
+        fc = (f"{f.iloc[0]['edited.concept.accuracy']:.2f} / {f.iloc[0]['edited.control.accuracy']:.2f} "
+              f"({f.iloc[0].heads})") if not f.empty else "n/a"
+        lines.append(f"| {int(r.k)} | {r.alpha:g} | {fc} | {r['edited.concept.accuracy']:.2f} / "
+                     f"{r['edited.control.accuracy']:.2f} ({r.heads}) |")
+    return "\n".join(lines) + "\n"
+
+
 def verdicts(df: pd.DataFrame) -> list[str]:
     """Issue 7's target on SmolLM2 at 2% of the heads, alpha=-1, for the best ranking method."""
     d = df[(df.model == "smollm2") & (df.task == "qa_countries") & (df.alpha == -1)
@@ -355,6 +378,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--sweeps", default="outputs/reproduce", help="where the sweep dirs go")
     ap.add_argument("--aggregate-only", action="store_true", help="rebuild the page from existing sweeps")
+    ap.add_argument("--only", default="", help="comma-separated sweep names to (re)run; the others are "
+                    "read from disk (e.g. --only smollm2_single_word)")
     args = ap.parse_args()
 
     docs = Path(args.out).resolve().parent
@@ -383,6 +408,13 @@ def main() -> int:
         # pool are the main sweep's, read from the cache.
         n_eval = args.n_eval or (4 if args.quick else 20)
         n_rank = args.n_rank or (6 if args.quick else 40)
+        # The same ranking with a cleaner concept: single-word country names only (no ' United',
+        # ' South', ...). Random heads do not depend on the concept: compare with the main grid's.
+        plan.insert(1, ("smollm2_single_word", [
+            "model=smollm2", "task=qa_countries", "task.concept=countries_single_word", "ranking=concept_share",
+            "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"]))), "intervention.alpha=-1,0",
+            "intervention.random_controls=false", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
+        ]))
         plan.insert(1, ("smollm2_enhance", [
             "model=smollm2", "task=qa_countries", "ranking=concept_share,logit_lens",
             "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"])[:2])), "intervention.alpha=4,8",
@@ -405,10 +437,12 @@ def main() -> int:
     t_all = time.perf_counter()
     for name, overrides in plan:
         sweep = sweeps / name
-        if not args.aggregate_only:
+        if not args.aggregate_only and (not args.only or name in args.only.split(",")):
             timings[name] = run_sweep(ROOT / sweep, overrides, ROOT / sweeps / f"{name}.log")
             # Kept next to the sweeps so --aggregate-only can still say how long the run took.
-            (ROOT / sweeps / "wall_seconds.json").write_text(json.dumps(timings, indent=1))
+            wall_file = ROOT / sweeps / "wall_seconds.json"
+            old = json.loads(wall_file.read_text()) if args.only and wall_file.exists() else {}
+            wall_file.write_text(json.dumps({**old, **timings}, indent=1))
         subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(ROOT / sweep),
                         "--out", str(ROOT / sweep / "aggregate")], cwd=ROOT, check=False,
                        stdout=subprocess.DEVNULL)
@@ -427,7 +461,7 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
     df_all.to_csv(docs / "results_runs.csv", index=False)
     # The controls and enhancement sweeps add settings around the main grid; keep them out of the
     # grid tables (they have their own sections).
-    df = df_all[~df_all.sweep.isin(["smollm2_controls", "smollm2_enhance"])]
+    df = df_all[~df_all.sweep.isin(["smollm2_controls", "smollm2_enhance", "smollm2_single_word"])]
 
     # ---- the page --------------------------------------------------------------------------
     import torch
@@ -436,16 +470,16 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
     prov = "4-bit-quantised GGUF checkpoints (SmolLM2 Q4_1, Gemma-3 Q4_K_M) dequantised to float32"
     total = time.perf_counter() - t_all
     wall_file = ROOT / sweeps / "wall_seconds.json"
-    wall = json.loads(wall_file.read_text()) if args.aggregate_only and wall_file.exists() else {}
+    wall = json.loads(wall_file.read_text()) if (args.aggregate_only or args.only) and wall_file.exists() else {}
     md = [
         "# Head Pursuit on the embedded models",
         "",
-        ("Tables rebuilt (`--aggregate-only`) from the sweeps run by `python experiments/reproduce_embedded.py`"
-         if args.aggregate_only else
+        ("Tables rebuilt (`--aggregate-only` / `--only`) from the sweeps run by `python experiments/reproduce_embedded.py`"
+         if args.aggregate_only or args.only else
          f"Generated by `{' '.join(['python', 'experiments/reproduce_embedded.py'] + sys.argv[1:])}`") +
         f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, transformers {transformers.__version__}); "
-        + (f"sweeps took {sum(timings.values()) / 60:.1f} min in all. " if timings else
+        + (f"sweeps took {sum(timings.values()) / 60:.1f} min in all. " if timings and not args.only else
            (f"the sweeps took {sum(wall.values()) / 60:.1f} min of wall-clock time in all; " if wall else "") +
            "job compute time per sweep (sum of the jobs' stage timings, from results.json): "
            + ", ".join(f"`{k}` {v / 60:.1f} min" for k, v in df_all.groupby("sweep")["seconds"].sum().items())
@@ -492,6 +526,8 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
     if any(name == "smollm2_controls" for name, _ in plan):
         md += ["## Random-head controls at the headline setting (SmolLM2)", "",
                random_controls(sweeps / "smollm2_controls", df_all)]
+    if any(name == "smollm2_single_word" for name, _ in plan):
+        md += ["## A cleaner concept: single-word country names (SmolLM2)", "", single_word_table(df_all)]
     md += ["## Targets (issue 7) and whether they hold", ""] + verdicts(df) + [""]
     md += sensitivity_section(docs)
     md += ["## Observations", "",
@@ -516,9 +552,8 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
            "(concept-question answers still name some country in about half the cases); `logit_lens` "
            "heads remove the names more (see `edited.concept.concept_rate` in `docs/results_runs.csv`).",
            "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
-           "` Saint`, ` Republic`, ...), which many heads write for other reasons. Restricting the concept "
-           "to single-word country names is a one-line config change (`task.concept=[France,Japan,...]`);"
-           " it is not measured in these sweeps.",
+           "` Saint`, ` Republic`, ...), which many heads write for other reasons. The single-word section "
+           "above measures the ranking without them (`task.concept=countries_single_word`).",
            "- Gemma-3-270M is a base model without a chat template: it is prompted `Q: ... A:` and "
            "often restates the question, so its unedited control accuracy is low and its control column "
            "says little. Its 72 heads make 1% = 1 head.",
