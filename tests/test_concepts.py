@@ -19,7 +19,8 @@ def test_shipped_concepts_exist():
     assert {"countries", "colors", "numbers", "toxic", "sentiment"} <= set(available_concepts())
 
 
-@pytest.mark.parametrize("name", ["countries", "colors", "colours", "numbers", "toxic", "sentiment"])
+@pytest.mark.parametrize("name", ["countries", "countries_single_word", "colors", "colours", "numbers",
+                                  "toxic", "sentiment"])
 def test_shipped_concepts_load(tok, name):
     c = load_concept(name, tok)
     assert isinstance(c, Concept) and len(c) > 20
@@ -27,6 +28,17 @@ def test_shipped_concepts_load(tok, name):
     assert ids.dtype == torch.long and torch.equal(ids, torch.unique(ids))  # sorted unique
     assert set(c.word_token_ids) | set(c.unusable_words) == set(c.words)
     assert set(sum(c.word_token_ids.values(), [])) == set(ids.tolist())
+
+
+def test_single_word_countries_are_the_single_word_subset(tok):
+    from headpursuit.concepts import _concept_dir
+
+    full = read_word_list(_concept_dir() / "countries.txt")
+    single = read_word_list(_concept_dir() / "countries_single_word.txt")
+    assert single == [w for w in full if " " not in w]
+    c = load_concept("countries_single_word", tok)
+    assert tok.encode(" United", add_special_tokens=False)[0] not in set(c.token_ids.tolist())
+    assert tok.encode(" United", add_special_tokens=False)[0] in set(load_concept("countries", tok).token_ids.tolist())
 
 
 def test_countries_tokens(tok):
