@@ -16,6 +16,7 @@ in the weights, instead of the hook.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from headpursuit.capture import CaptureSample
+from headpursuit.capture import CaptureSample, _prepare_text
 from headpursuit.intervention import Head, scale_heads
 from headpursuit.models.loading import LoadedModel, pad_batch
 
@@ -58,12 +59,12 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
         for s in chunk:
             if not s.answer:
                 raise ValueError(f"head_effects needs each sample's answer; sample {s.prompt[:60]!r} has none")
-            p = lm.token_ids(s.prompt)
-            a = lm.token_ids(s.answer, special=False)
-            if not p or not a:
-                raise ValueError(f"empty prompt or answer after tokenisation: {s.prompt[:60]!r} -> {s.answer!r}")
-            seqs.append(p + a)
-            alens.append(len(a))
+            # The same prompt + teacher-forced answer ids that capture_heads builds.
+            prep = _prepare_text(lm, s, "answer", None)
+            if len(prep.ids) == prep.prompt_len:
+                raise ValueError(f"empty answer after tokenisation: {s.prompt[:60]!r} -> {s.answer!r}")
+            seqs.append(prep.ids)
+            alens.append(len(prep.ids) - prep.prompt_len)
         # Left padding aligns every answer at the end, so only the last max(answer)+1 positions
         # need the (vocab-sized) unembedding: position t predicts token t+1.
         inputs = pad_batch(seqs, lm.pad_token_id, "left", device=lm.device)
@@ -78,12 +79,12 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
 @torch.inference_mode()
 def _mean_logprob(lm: LoadedModel, batches) -> torch.Tensor:
     """(n_samples,) mean log-probability of each sample's answer tokens."""
+    # Asked once, not by catching a TypeError per batch (which could also hide a real one).
+    tail_only = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
     vals = []
     for inputs, keep, mask in batches:
-        try:
-            logits = lm.model(**inputs, use_cache=False, logits_to_keep=keep).logits
-        except TypeError:  # a model without logits_to_keep: compute all, keep the tail
-            logits = lm.model(**inputs, use_cache=False).logits
+        extra = {"logits_to_keep": keep} if tail_only else {}  # else compute all, keep the tail
+        logits = lm.model(**inputs, use_cache=False, **extra).logits
         logits = logits[:, -keep:-1].float()
         targets = inputs["input_ids"][:, -keep + 1:]
         lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].cpu()
