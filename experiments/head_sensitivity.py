@@ -103,12 +103,13 @@ def main() -> None:
     held_out = {it.question for it in task.items("eval", "control")}
     spare = build_task({**TASK, "n_eval": None}, lm)
     spare_ctrl = [it for it in spare.items("eval", "control") if it.question not in held_out]
-    concept = correct_samples(lm, task, task.items("rank", "concept"), args.n, "concept (ranking split)")
+    # The ranking answers serve twice: all of them for concept_share, the correct ones for the scan.
+    rank_samples = task.ranking_samples(lm)
+    concept = [CaptureSample(prompt=r.prompt, answer=r.answer) for r in rank_samples if r.meta["correct"]][: args.n]
     control = correct_samples(lm, task, spare_ctrl[: 2 * args.n + 10], args.n, "control (outside eval)")
     print(f"samples: {len(concept)} concept, {len(control)} control (correct unedited answers)", flush=True)
 
     # concept_share exactly as the pipeline computes it (same ranking samples, positions, k).
-    rank_samples = task.ranking_samples(lm)
     cids = concept_token_ids(task.concept, lm)
     acts = capture_heads(lm, rank_samples, positions="answer_concept", concept_token_ids=cids, progress=False)
     cs = rank_heads(acts, lm, task.concept, method="concept_share", k=10)
