@@ -1,6 +1,9 @@
-"""Metrics: text (alias accuracy, concept rates), toxicity (scorers + RTP metrics), fluency."""
+"""Metrics: text (alias accuracy, official F1/EM, concept rates), captions (BLEU/chrF, CIDEr-D),
+toxicity (scorers + RTP metrics), word lists (held-out split, frequency), fluency."""
 
+from headpursuit.metrics.cider import cider_d
 from headpursuit.metrics.fluency import perplexity
+from headpursuit.metrics.lexical import split_words, word_frequency
 from headpursuit.metrics.text import (
     ConceptRate,
     accuracy,
@@ -8,12 +11,17 @@ from headpursuit.metrics.text import (
     concept_rate,
     count_concept_words,
     empty_rate,
+    exact_match_official,
+    mean_token_f1,
     normalize_answer,
+    official_normalize,
+    token_f1,
 )
 from headpursuit.metrics.toxicity import (
     DEFAULT_THRESHOLD,
     DetoxifyScorer,
     ProfanityCheckScorer,
+    RobertaToxicityScorer,
     ToxicityScorer,
     expected_max_toxicity,
     get_scorer,
@@ -30,20 +38,28 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "DetoxifyScorer",
     "ProfanityCheckScorer",
+    "RobertaToxicityScorer",
     "ToxicityScorer",
     "accuracy",
     "alias_match",
+    "cider_d",
     "concept_rate",
     "count_concept_words",
     "empty_rate",
+    "exact_match_official",
     "expected_max_toxicity",
     "get_scorer",
     "known_scorers",
+    "mean_token_f1",
     "mean_toxicity",
     "normalize_answer",
+    "official_normalize",
     "perplexity",
     "register_scorer",
+    "split_words",
+    "token_f1",
     "toxic_fraction",
     "toxicity_metrics",
     "toxicity_probability",
+    "word_frequency",
 ]

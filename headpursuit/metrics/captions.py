@@ -6,6 +6,8 @@ results, so numbers are reproducible and comparable. CIDEr (pycocoevalcap) is th
 community's usual metric, but its package is unmaintained since 2020 and its standard tokeniser
 needs Java; BLEU-4 with several references is the other standard caption metric, and chrF
 (character n-gram F-score) is robust for the short, noisy captions of small models.
+CIDEr-D itself, the paper's caption metric, is `headpursuit.metrics.cider.cider_d` (a reimplementation
+of pycocoevalcap's scorer with a Java-free tokeniser).
 
 * ``bleu``: corpus BLEU-4 (0-100) over the group, all references of each image used;
   ``tokenize="13a"``, ``smooth_method="exp"``, lowercase (captions differ in case only by style).
@@ -20,7 +22,7 @@ changes neither BLEU's clipped counts nor chrF's best-reference choice.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["caption_quality", "metric_signatures", "METRIC_PACKAGE"]
 
