@@ -100,8 +100,8 @@ class PeakRSS:
 def materialise(z: torch.Tensor, W: torch.Tensor, flat: int) -> torch.Tensor:
     """One head's signals (n, d_model) = z_h W_h^T."""
     n, L, H, dh = z.shape
-    l, h = divmod(flat, H)
-    return z[:, l, h] @ W[l][:, h * dh:(h + 1) * dh].T
+    layer, h = divmod(flat, H)
+    return z[:, layer, h] @ W[layer][:, h * dh:(h + 1) * dh].T
 
 
 def run_reference(z, W, D, k, heads, aggregation="l1"):
@@ -129,7 +129,7 @@ def agreement(fast_idx, fast_ev, ref_idx, ref_ev):
 def questions(n: int) -> tuple[list[str], str]:
     path = ROOT / "headpursuit" / "data" / "fixtures" / "qa_countries.jsonl"
     if path.exists():
-        qs = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+        qs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         qs = [q["question"] for q in qs if q.get("group") == "concept"][:n]
         if len(qs) == n:
             return qs, str(path.relative_to(ROOT))
@@ -147,7 +147,7 @@ def bench_smollm2(args) -> float:
     samples = [CaptureSample(lm.format_prompt(q)) for q in qs]
     acts = capture_heads(lm, samples, positions=args.positions, progress=False)
     z = acts.z.float()
-    W = torch.stack([lm.output_weight(l).detach().float() for l in acts.layers])
+    W = torch.stack([lm.output_weight(layer).detach().float() for layer in acts.layers])
     U = lm.unembedding().detach().float()
     gain = lm.final_norm_gain()
     D, _, _ = head_dictionary(U, gain)  # the dictionary: gain folded, rows normalised
@@ -228,11 +228,11 @@ def bench_7b(args) -> None:
     # Heads write mostly within the span of a few tokens (plus noise), like real heads: the
     # selections then have clear winners and float32 vs float64 rounding cannot flip them.
     W = torch.empty(L, d, H * dh)
-    for l in range(L):
+    for layer in range(L):
         toks = torch.randint(0, V, (H, 16), generator=g)
         mix = torch.randn(H, 16, dh, generator=g) / 4
         Wl = torch.einsum("htd,htk->hdk", U[toks], mix) + 0.1 * torch.randn(H, d, dh, generator=g) / d ** 0.5 * 8
-        W[l] = Wl.permute(1, 0, 2).reshape(d, H * dh)
+        W[layer] = Wl.permute(1, 0, 2).reshape(d, H * dh)
     z = torch.randn(n, L, H, dh, generator=g)
     print(f"{L * H} heads, head_dim {dh}, d_model {d}, vocab {V}, n={n}, k={k}; memory budget "
           f"{args.budget_gib:.1f} GiB for the working set", flush=True)

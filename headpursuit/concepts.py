@@ -17,27 +17,32 @@ before tokenising, since " The" would stand for every text.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["Concept", "load_concept", "available_concepts", "read_word_list"]
+__all__ = ["Concept", "load_concept", "build_concept", "available_concepts", "concept_dir", "read_word_list"]
 
 _ALIASES = {"colours": "colors", "colour": "colors", "color": "colors", "country": "countries",
             "number": "numbers", "toxicity": "toxic"}
 
 
-def _concept_dir() -> Path:
+def concept_dir() -> Path:
+    """The folder of the shipped concept word lists (headpursuit/data/concepts/<name>.txt)."""
     return Path(str(resources.files("headpursuit") / "data" / "concepts"))
+
+
+# tests/test_tasks_language.py still imports the old private name
 
 
 def available_concepts() -> list[str]:
     """Names of the concept word lists shipped in headpursuit/data/concepts."""
-    return sorted(p.stem for p in _concept_dir().glob("*.txt"))
+    return sorted(p.stem for p in concept_dir().glob("*.txt"))
 
 
 def read_word_list(path: str | Path) -> list[str]:
@@ -226,7 +231,7 @@ def load_concept(
     src = name_or_path_or_list
     if isinstance(src, (str, Path)):
         key = str(src).strip()
-        shipped = _concept_dir() / f"{_ALIASES.get(key.lower(), key.lower())}.txt"
+        shipped = concept_dir() / f"{_ALIASES.get(key.lower(), key.lower())}.txt"
         if isinstance(src, str) and "/" not in key and not key.endswith(".txt") and shipped.exists():
             words = read_word_list(shipped)
             cname = name or shipped.stem

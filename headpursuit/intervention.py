@@ -7,17 +7,18 @@ it never touches the weights, so restoring the model is just removing the hooks.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping
 
 import torch
 
-from headpursuit.models.loading import LoadedModel
+from headpursuit.models import LoadedModel
 
 Head = tuple[int, int]
 
 
-def _validate(lm: LoadedModel, scales: Mapping[Head, float]) -> dict[int, dict[int, float]]:
+def _scales_by_layer(lm: LoadedModel, scales: Mapping[Head, float]) -> dict[int, dict[int, float]]:
+    """{layer: {head: alpha}}, every key checked to be a head of ``lm`` and every scale a number."""
     by_layer: dict[int, dict[int, float]] = {}
     L, H = lm.layout.n_layers, lm.layout.n_heads
     for key, alpha in scales.items():
@@ -47,7 +48,7 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, float]) -> Iterator[Loade
         with scale_heads(lm, {(12, 3): -1.0, (14, 0): -1.0}):
             out = lm.model.generate(**inputs)
     """
-    by_layer = _validate(lm, scales)
+    by_layer = _scales_by_layer(lm, scales)
     H, dh = lm.layout.n_heads, lm.layout.head_dim
     handles = []
     try:
@@ -68,8 +69,8 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, float]) -> Iterator[Loade
             handles.append(module.register_forward_pre_hook(hook))
         yield lm
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def uniform_scales(heads: Iterable[Head], alpha: float) -> dict[Head, float]:

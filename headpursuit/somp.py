@@ -12,7 +12,8 @@ Two entry points:
 and ``torch.linalg.lstsq`` solved at every step). It is slow and exists only as the independent
 reference for tests and benchmarks.
 
-Algorithm (see docs/ARCHITECTURE.md and shared/HEADPURSUIT.md section 3). For a batch of heads:
+The method is the SOMP ranking of Head Pursuit (Basile et al., NeurIPS 2025, arXiv:2510.21518);
+what follows is how this implementation computes it. For a batch of heads:
 
 1. ``C = H D^T`` (batch, n, V) is computed once with large matmuls (float32 on CPU).
 2. Each step picks, per head, ``j = argmax_j sum_i |C[i, j]|`` (or squared for ``"l2"``) over the
@@ -36,10 +37,14 @@ from __future__ import annotations
 
 import operator
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from headpursuit.capture import HeadActivations
 
 __all__ = [
     "SOMPResult",
@@ -48,6 +53,8 @@ __all__ = [
     "somp_reference",
     "normalize_atoms",
     "head_dictionary",
+    "HeadSignals",
+    "default_memory_budget",
 ]
 
 # An atom whose squared distance to the span of the already selected atoms is below this (for
@@ -178,7 +185,7 @@ def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x @ y.T
 
 
-def _default_budget(device: torch.device | None = None) -> int:
+def default_memory_budget(device: torch.device | None = None) -> int:
     """Bytes of working memory for one batch of heads: 30% of available RAM, capped at 6 GiB
     (on a GPU: 50% of its free memory). HEADPURSUIT_SOMP_BUDGET (bytes) overrides."""
     env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
@@ -259,7 +266,7 @@ class _DenseCols:
     def __init__(self, H64: torch.Tensor):
         self.H64 = H64
 
-    def select(self, rows: torch.Tensor) -> "_DenseCols":
+    def select(self, rows: torch.Tensor) -> _DenseCols:
         return _DenseCols(self.H64[rows])
 
     def __call__(self, atoms64: torch.Tensor) -> torch.Tensor:
@@ -267,8 +274,13 @@ class _DenseCols:
         return torch.bmm(self.H64, atoms64.unsqueeze(2)).squeeze(2)
 
 
-class _HeadSignals:
-    """Signals given implicitly by z (n, L, H, dh) and W_O (L, d, H*dh): c_{l,h} = W_h z_{l,h}."""
+class HeadSignals:
+    """Signals given implicitly by z (n, L, H, dh) and W_O (L, d, H*dh): c_{l,h} = W_h z_{l,h}.
+
+    The heads are flattened layer-major (``n_heads = L * H``). ``prepare(heads, D, chunk)`` returns,
+    for a slice of them, the correlations ``C = c D^T`` (heads, n, V) in ``dtype``, each head's
+    energy ``||c||^2`` (float64) and the exact-column operator SOMP needs; ``bytes_per_head(V)`` is
+    the extra working memory per head beyond C (for sizing batches)."""
 
     def __init__(self, z: torch.Tensor, W_O: torch.Tensor, dtype: torch.dtype):
         self.z = z
@@ -333,7 +345,7 @@ class _HeadCols:
     def __init__(self, Z64: torch.Tensor, W64: torch.Tensor):
         self.Z64, self.W64 = Z64, W64
 
-    def select(self, rows: torch.Tensor) -> "_HeadCols":
+    def select(self, rows: torch.Tensor) -> _HeadCols:
         return _HeadCols(self.Z64[rows], self.W64[rows])
 
     def __call__(self, atoms64: torch.Tensor) -> torch.Tensor:
@@ -453,7 +465,6 @@ def _somp_batch(
     dev = C.device
     cdt = C.dtype
     f64 = torch.float64
-    elt = C.element_size()
 
     idx_out = torch.full((hb, k), -1, dtype=torch.long, device=dev)
     ev_out = torch.zeros(hb, k, dtype=f64, device=dev)
@@ -589,7 +600,6 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
          chunk_size, memory_budget, head_batch, variant: str = "omp"):
     V = D.shape[0]
     n = op.n
-    dev = D.device
     elt = torch.finfo(op.dtype).bits // 8
     per_head = (
         n * V * elt  # C
@@ -598,7 +608,7 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
         + op.bytes_per_head(V)
         + n * k * 8 * 3
     )
-    budget = memory_budget if memory_budget is not None else _default_budget(D.device)
+    budget = memory_budget if memory_budget is not None else default_memory_budget(D.device)
     if head_batch is None:
         head_batch = max(1, int(budget // max(per_head, 1)))
     head_batch = max(1, min(int(head_batch), op.n_heads))
@@ -698,10 +708,9 @@ def somp(
             )
     n_allowed = int((~blocked).sum(-1).min()) if blocked.dim() == 2 else int((~blocked).sum())
     k = _check_k(k, n_allowed)
-    if not bool(blocked.any()):
-        blocked = None
     op = _DenseSignals(H.detach(), cdt)
-    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget,
+    blocked_or_none = blocked if bool(blocked.any()) else None  # None: nothing to mask
+    idx, coef, ev, energy, meta = _run(op, D, blocked_or_none, k, tol, aggregation, chunk_size, memory_budget,
                                        head_batch, variant)
     coef = coef.to(H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32)
     res = SOMPResult(idx, coef, ev, energy, None, meta)
@@ -711,7 +720,7 @@ def somp(
 
 
 def somp_heads(
-    z: Any,
+    z: torch.Tensor | HeadActivations,
     W_O: torch.Tensor,
     dictionary: torch.Tensor,
     k: int,
@@ -773,7 +782,7 @@ def somp_heads(
                                      dtype=cdt)
     k = _check_k(k, int(usable.sum()))
     blocked = None if bool(usable.all()) else ~usable.to(dev)
-    op = _HeadSignals(z.detach().to(dev), W_O, cdt)
+    op = HeadSignals(z.detach().to(dev), W_O, cdt)
     idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget,
                                        head_batch, variant)
     if ids is not None:

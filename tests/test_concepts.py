@@ -31,10 +31,10 @@ def test_shipped_concepts_load(tok, name):
 
 
 def test_single_word_countries_are_the_single_word_subset(tok):
-    from headpursuit.concepts import _concept_dir
+    from headpursuit.concepts import concept_dir
 
-    full = read_word_list(_concept_dir() / "countries.txt")
-    single = read_word_list(_concept_dir() / "countries_single_word.txt")
+    full = read_word_list(concept_dir() / "countries.txt")
+    single = read_word_list(concept_dir() / "countries_single_word.txt")
     assert single == [w for w in full if " " not in w]
     c = load_concept("countries_single_word", tok)
     assert tok.encode(" United", add_special_tokens=False)[0] not in set(c.token_ids.tolist())

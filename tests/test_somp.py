@@ -244,11 +244,11 @@ def test_somp_heads_equals_explicit_signals(n, fold, restrict):
 
 
 def test_somp_heads_routes_agree():
-    from headpursuit.somp import _HeadSignals
+    from headpursuit.somp import HeadSignals
 
     z, W, U, _ = _head_problem(n=40)
     D, _, _ = head_dictionary(U)
-    op = _HeadSignals(z, W, torch.float32)
+    op = HeadSignals(z, W, torch.float32)
     route = op._route(D.shape[0])
     C1, e1, _ = op.prepare(slice(0, 12), D, None)
     op._route = lambda V: "direct" if route == "project" else "project"

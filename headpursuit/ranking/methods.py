@@ -1,0 +1,192 @@
+"""The ranking methods, one small function each, registered by name in :data:`METHODS`.
+
+A method gets the validated :class:`RankingInputs`, the number of steps ``k`` and the caller's
+options, and returns a :class:`MethodResult` (one value per head, heads flattened layer-major).
+Every method receives every option of :func:`~headpursuit.ranking.rank_heads` (so one ranking
+config serves all methods) and ignores those that are not its own. A new method is one function
+and one :func:`register_method` call.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+
+from headpursuit.ranking.inputs import HeadWeights, format_tokens, validated_k
+from headpursuit.somp import HeadSignals, SOMPResult, default_memory_budget, head_dictionary, somp_heads
+
+__all__ = [
+    "RankingInputs", "MethodResult", "RankingMethod", "METHODS", "register_method", "seeded_random_scores",
+    "concept_share", "concept_restricted", "logit_lens", "random_control",
+]
+
+
+@dataclass(frozen=True)
+class RankingInputs:
+    """Everything a method needs, checked by rank_heads (shapes agree, k and the concept are valid).
+
+    z: float32 (rows, layers, heads, head_dim). layers: the captured layer numbers.
+    weights: W_O of exactly the captured layers, the unembedding and the tokenizer.
+    norm_gain: the final norm's gain to fold into the dictionary, None to leave it out.
+    concept_ids: sorted unique vocabulary ids; concept_mask: bool (vocab,), True at concept_ids.
+    aggregation: SOMP atom choice ("l1" or "l2"). seed: for random methods.
+    n_top_tokens: how many tokens each head's ``top_tokens`` cell shows.
+    """
+
+    z: torch.Tensor
+    layers: list[int]
+    weights: HeadWeights
+    norm_gain: torch.Tensor | None
+    concept_ids: torch.Tensor
+    concept_mask: torch.Tensor
+    aggregation: str
+    seed: int
+    n_top_tokens: int
+
+    @property
+    def n_heads_total(self) -> int:
+        return self.z.shape[1] * self.z.shape[2]
+
+    @property
+    def vocab(self) -> int:
+        return self.weights.unembedding.shape[0]
+
+
+class MethodResult(NamedTuple):
+    """Per head (flattened layer-major): score, top_tokens cell, explained variance (NaN where the
+    method has none); meta: what the method adds to HeadScores.meta."""
+
+    score: torch.Tensor
+    top_tokens: list[str]
+    explained_variance: torch.Tensor
+    meta: dict
+
+
+class RankingMethod(Protocol):
+    def __call__(self, inputs: RankingInputs, k: int, **opts: Any) -> MethodResult: ...
+
+
+# name -> method, in the order error messages list them
+METHODS: dict[str, RankingMethod] = {}
+
+
+def register_method(name: str, method: RankingMethod) -> RankingMethod:
+    """Make ``method`` available as ``rank_heads(..., method=name)``."""
+    if name in METHODS:
+        raise ValueError(f"ranking method {name!r} is already registered")
+    METHODS[name] = method
+    return method
+
+
+def _no_explained_variance(n: int) -> torch.Tensor:
+    return torch.full((n,), float("nan"), dtype=torch.float64)
+
+
+def seeded_random_scores(n: int, seed: int) -> torch.Tensor:
+    """float64 (n,) uniform scores from ``seed`` alone (the random control needs no model)."""
+    return torch.rand(n, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------
+# SOMP over the unembedding
+
+
+def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_options: dict) -> SOMPResult:
+    gain = inputs.norm_gain
+    return somp_heads(
+        inputs.z, inputs.weights.W_O, inputs.weights.unembedding, k, token_ids=token_ids, norm_gain=gain,
+        fold_norm_gain=gain is not None, layers=inputs.layers, aggregation=inputs.aggregation, **somp_options,
+    )
+
+
+def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor,
+                        k_used: int) -> MethodResult:
+    tok, n_top = inputs.weights.tokenizer, inputs.n_top_tokens
+    tops = [format_tokens(tok, row[:n_top].tolist()) for row in res.indices]
+    return MethodResult(score, tops, res.explained_variance[:, -1], {"k_used": k_used, "somp": res.meta})
+
+
+def concept_share(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
+                  **somp_options: Any) -> MethodResult:
+    """SOMP over the full vocabulary for k steps per head; the score is the sum of the
+    explained-variance gains of the steps whose atom is a concept token.
+
+    somp_options go to :func:`~headpursuit.somp.somp_heads`; lens_top (a logit_lens option) is unused."""
+    res = _somp(inputs, k, None, somp_options)
+    hit = inputs.concept_mask[res.indices.clamp_min(0)] & (res.indices >= 0)
+    return _somp_method_result(inputs, res, (res.gains * hit).sum(dim=1), k)
+
+
+def concept_restricted(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
+                       **somp_options: Any) -> MethodResult:
+    """SOMP with the dictionary restricted to the concept's tokens; the score is the explained
+    variance after k steps (k is capped at the number of concept tokens, with a warning).
+
+    somp_options go to :func:`~headpursuit.somp.somp_heads`; lens_top (a logit_lens option) is unused."""
+    n_concept = int(inputs.concept_ids.numel())
+    if k > n_concept:
+        # stacklevel 3: the warning points at the caller of rank_heads
+        warnings.warn(f"concept_restricted: k={k} > {n_concept} concept tokens; using k={n_concept}",
+                      stacklevel=3)
+        k = n_concept
+    res = _somp(inputs, k, inputs.concept_ids, somp_options)
+    return _somp_method_result(inputs, res, res.explained_variance[:, -1], k)
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+
+
+def _lens_top_tokens(z: torch.Tensor, W_O: torch.Tensor, D: torch.Tensor, lens_top: int,
+                     memory_budget: int | None, chunk_size: int | None) -> torch.Tensor:
+    """long (heads, rows, lens_top): per head and row, the ids of the largest entries of D c."""
+    op = HeadSignals(z, W_O, torch.float32)
+    n, V = z.shape[0], D.shape[0]
+    budget = memory_budget if memory_budget is not None else default_memory_budget()
+    # C (float32) and topk's scratch of the same size, plus the operator's own working memory
+    per_head = n * V * 4 * 2 + op.bytes_per_head(V)
+    hb = max(1, min(op.n_heads, budget // max(per_head, 1)))
+    tops = []
+    for h0 in range(0, op.n_heads, hb):
+        C, _, _ = op.prepare(slice(h0, min(op.n_heads, h0 + hb)), D, chunk_size)
+        tops.append(torch.topk(C, lens_top, dim=2).indices)
+        del C
+    return torch.cat(tops)
+
+
+def _most_frequent(ids: torch.Tensor, n: int) -> list[int]:
+    """The n most frequent values of ``ids`` (ties: lower id first)."""
+    vals, counts = torch.unique(ids, return_counts=True)
+    order = sorted(range(len(vals)), key=lambda i: (-int(counts[i]), int(vals[i])))[:n]
+    return [int(vals[i]) for i in order]
+
+
+def logit_lens(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
+               memory_budget: int | None = None, chunk_size: int | None = None,
+               **_unused: Any) -> MethodResult:
+    """Per row, the top ``lens_top`` tokens (by value) of ``D c`` with unit-norm atoms ``D``; the
+    score is the fraction of them in the concept, averaged over rows. ``lens_top`` defaults to k.
+    The top_tokens cell shows the most frequent top-1 tokens over the rows."""
+    lens_top = validated_k(lens_top if lens_top is not None else k, inputs.vocab)
+    gain = inputs.norm_gain
+    D, _, _ = head_dictionary(inputs.weights.unembedding, gain, None, fold_norm_gain=gain is not None)
+    top = _lens_top_tokens(inputs.z, inputs.weights.W_O, D, lens_top, memory_budget, chunk_size)
+    score = inputs.concept_mask[top].float().mean(dim=(1, 2))
+    tops = [format_tokens(inputs.weights.tokenizer, _most_frequent(row, inputs.n_top_tokens))
+            for row in top[:, :, 0]]
+    return MethodResult(score, tops, _no_explained_variance(inputs.n_heads_total), {"lens_top": lens_top})
+
+
+def random_control(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResult:
+    """Seeded random scores (the control)."""
+    n = inputs.n_heads_total
+    return MethodResult(seeded_random_scores(n, inputs.seed), [""] * n, _no_explained_variance(n), {})
+
+
+register_method("concept_share", concept_share)
+register_method("concept_restricted", concept_restricted)
+register_method("logit_lens", logit_lens)
+register_method("random", random_control)

@@ -1,0 +1,146 @@
+"""rank_heads: score every captured head for a concept with one registered method; explain_head."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+from headpursuit.concepts import Concept
+from headpursuit.ranking.inputs import (
+    ConceptSpec,
+    WeightsSource,
+    captured_z,
+    concept_token_ids,
+    decode_tokens,
+    head_weights,
+    validated_k,
+)
+from headpursuit.ranking.methods import METHODS, RankingInputs, seeded_random_scores
+from headpursuit.ranking.scores import HeadScores, score_table
+from headpursuit.somp import head_dictionary, somp
+
+if TYPE_CHECKING:
+    from headpursuit.capture import HeadActivations
+
+__all__ = ["rank_heads", "explain_head"]
+
+
+def _random_without_model(z: torch.Tensor, layers: list[int], concept: ConceptSpec | None,
+                          seed: int) -> HeadScores:
+    """The random control when no model is given: it needs only the number of heads."""
+    n, L, Hn, _ = z.shape
+    nan = torch.full((L * Hn,), float("nan"), dtype=torch.float64)
+    meta = {"method": "random", "seed": seed, "n_rows": n, "layers": layers, "n_heads": Hn,
+            "concept": concept.name if isinstance(concept, Concept) else None}
+    table = score_table(layers, Hn, seeded_random_scores(L * Hn, seed), [""] * (L * Hn), nan)
+    return HeadScores(table, "random", meta)
+
+
+def rank_heads(
+    activations: HeadActivations | torch.Tensor,
+    lm_or_weights: WeightsSource | None,
+    concept: ConceptSpec,
+    method: str = "concept_share",
+    k: int = 10,
+    *,
+    seed: int = 0,
+    fold_norm_gain: bool = True,
+    aggregation: str = "l1",
+    top_tokens: int = 5,
+    lens_top: int | None = None,
+    **somp_kwargs: Any,
+) -> HeadScores:
+    """Score every captured head for ``concept`` with ``METHODS[method]`` (see headpursuit.ranking).
+
+    activations: HeadActivations (or a z tensor (rows, layers, heads, head_dim)).
+    lm_or_weights: a LoadedModel, a HeadWeights, or a dict with the keys ``W_O`` (layers, d_model,
+        heads*head_dim) (all model layers or exactly the captured ones), ``unembedding`` (vocab,
+        d_model), optional ``norm_gain`` (d_model,), ``tokenizer`` and ``name``. May be None for
+        ``method="random"``.
+    concept: a Concept, token ids, or a concept name / word list (needs a tokenizer).
+    k: SOMP steps (concept_share, concept_restricted) or the default ``lens_top`` (logit_lens).
+    fold_norm_gain: fold the final norm's gain into the unembedding (D * gamma) before normalising.
+    aggregation: SOMP atom choice, "l1" (default) or "l2". top_tokens: how many selected atoms to
+    decode into the ``top_tokens`` column. somp_kwargs go to :func:`somp_heads` (tol,
+    memory_budget, chunk_size, variant, ...).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown ranking method {method!r}; choose one of {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    z, layers, ameta = captured_z(activations)
+    n, L, Hn, dh = z.shape
+    if method == "random" and lm_or_weights is None:
+        return _random_without_model(z, layers, concept, seed)
+    w = head_weights(lm_or_weights, layers)
+    vocab, d_model = w.unembedding.shape
+    if w.W_O.shape[1] != d_model:
+        raise ValueError(f"W_O has d_model={w.W_O.shape[1]} but the unembedding has d_model={d_model}; they must come from the same model")
+    if w.W_O.shape[2] != Hn * dh:
+        raise ValueError(
+            f"W_O has {w.W_O.shape[2]} input columns but the activations have {Hn} heads x head_dim {dh} = {Hn * dh}; "
+            "capture and weights must come from the same model"
+        )
+    k = validated_k(k, vocab)
+    ids, cname = concept_token_ids(concept, w.tokenizer, vocab)
+    cmask = torch.zeros(vocab, dtype=torch.bool)
+    cmask[ids] = True
+    gain = w.norm_gain if fold_norm_gain else None
+    meta: dict[str, Any] = {
+        "method": method, "k": k, "aggregation": aggregation,
+        "fold_norm_gain": bool(fold_norm_gain and gain is not None),
+        "concept": cname, "n_concept_tokens": int(ids.numel()), "n_rows": n, "layers": layers,
+        "n_heads": Hn, "model": ameta.get("model", w.name), "positions": ameta.get("positions"),
+        "seed": seed, "vocab": vocab,
+    }
+    inputs = RankingInputs(z=z, layers=layers, weights=w, norm_gain=gain, concept_ids=ids, concept_mask=cmask,
+                           aggregation=aggregation, seed=seed, n_top_tokens=max(0, int(top_tokens)))
+    result = METHODS[method](inputs, k, lens_top=lens_top, **somp_kwargs)
+    meta.update(result.meta)
+    meta["seconds"] = round(time.perf_counter() - t0, 3)
+    table = score_table(layers, Hn, result.score, result.top_tokens, result.explained_variance)
+    return HeadScores(table, method, meta)
+
+
+def explain_head(
+    activations: HeadActivations | torch.Tensor,
+    lm_or_weights: WeightsSource,
+    layer: int,
+    head: int,
+    k: int = 10,
+    *,
+    fold_norm_gain: bool = True,
+    aggregation: str = "l1",
+) -> pd.DataFrame:
+    """The tokens one head writes over the captured rows: full-vocabulary SOMP for k steps.
+
+    Returns a DataFrame with step (1..k), token_id, token, explained_variance, gain.
+    """
+    z, layers, _ = captured_z(activations)
+    if layer not in layers:
+        raise ValueError(f"layer {layer} was not captured; captured layers: {layers}")
+    Hn, dh = z.shape[2], z.shape[3]
+    if not (0 <= int(head) < Hn):
+        raise ValueError(f"head {head} out of range: the model has {Hn} heads per layer")
+    w = head_weights(lm_or_weights, [layer])
+    vocab = w.unembedding.shape[0]
+    k = validated_k(k, vocab)
+    if w.W_O.shape[2] != Hn * dh:
+        raise ValueError(f"W_O has {w.W_O.shape[2]} columns but the activations have {Hn}x{dh}")
+    Wh = w.W_O[0][:, head * dh:(head + 1) * dh]  # (d, dh)
+    signal = z[:, layers.index(layer), head] @ Wh.T  # (n, d)
+    gain = w.norm_gain if fold_norm_gain else None
+    D, usable, _ = head_dictionary(w.unembedding, gain, None, fold_norm_gain=gain is not None)
+    res = somp(signal, D, k, aggregation=aggregation, atom_mask=usable)
+    idx = res.indices.tolist()
+    ev = res.explained_variance.tolist()
+    gains = res.gains.tolist()
+    rows = []
+    for t in range(k):
+        if idx[t] < 0:
+            break
+        rows.append({"step": t + 1, "token_id": idx[t], "token": decode_tokens(w.tokenizer, [idx[t]])[0],
+                     "explained_variance": ev[t], "gain": gains[t]})
+    return pd.DataFrame(rows, columns=["step", "token_id", "token", "explained_variance", "gain"])
