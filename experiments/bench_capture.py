@@ -62,8 +62,12 @@ def main() -> None:
     plain()  # warm-up
     t_plain, t_hook = [], []
     for _ in range(args.repeats):  # interleaved so both see the same machine state
-        t = time.perf_counter(); plain(); t_plain.append(time.perf_counter() - t)
-        t = time.perf_counter(); hooked(); t_hook.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        plain()
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        hooked()
+        t_hook.append(time.perf_counter() - t)
     bp, bh = min(t_plain), min(t_hook)
     n = len(prompts)
     print(f"extraction of {n} prompts (batch {args.batch_size}, all positions, all "

@@ -11,15 +11,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from headpursuit.models.loading import LoadedModel, pad_batch
+from headpursuit.models.handle import LoadedModel
+from headpursuit.models.inputs import (
+    answer_token_ids,
+    pad_batch,
+    position_ids_from_mask,
+    processor_inputs,
+    teacher_forced_ids,
+    to_model,
+)
 
 POSITIONS = ("last_prompt", "answer", "answer_concept", "all")
 CACHE_VERSION = 1
@@ -107,7 +116,7 @@ class HeadActivations:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "HeadActivations":
+    def load(cls, path: str | Path) -> HeadActivations:
         from safetensors import safe_open
 
         path = Path(path)
@@ -193,19 +202,15 @@ def _positions_for(
 
 
 def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> _Prepared:
-    prompt_ids = lm.token_ids(sample.prompt)
-    if not prompt_ids:
-        raise ValueError(f"Empty prompt after tokenisation: {sample.prompt!r}")
-    answer_ids = lm.token_ids(sample.answer, special=False) if sample.answer else []
+    tf = teacher_forced_ids(lm, sample.prompt, sample.answer)
     if mode in ("answer", "answer_concept") and sample.answer is None:
         raise ValueError(
             f"positions={mode!r} needs each sample's answer (teacher forcing); sample with prompt "
             f"{sample.prompt[:60]!r} has none. Generate the model's answers first or use "
             "positions='last_prompt'."
         )
-    ids = prompt_ids + answer_ids
-    keep, targets = _positions_for(ids, len(prompt_ids), mode, concept_ids)
-    return _Prepared(ids, len(prompt_ids), keep, targets)
+    keep, targets = _positions_for(tf.ids, tf.prompt_len, mode, concept_ids)
+    return _Prepared(tf.ids, tf.prompt_len, keep, targets)
 
 
 def cache_key(lm: LoadedModel, samples: Sequence[CaptureSample], positions: str,
@@ -336,12 +341,14 @@ def capture_heads(
     return acts
 
 
-def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_side):
+def _prepare_vlm_batch(lm: LoadedModel, chunk: Sequence[CaptureSample], positions: str,
+                       concept_set: set[int] | None, padding_side: str
+                       ) -> tuple[dict[str, Any], list[_Prepared], list[int]]:
     """Inputs for samples with images: the processor expands the image placeholders.
 
     One processor call on the chunk's *prompts* (with their images) gives the prompt tokens in
     processed-token space (image placeholders expanded) and the image tensors. Each sample's
-    answer is then appended token-wise (`lm.token_ids(answer)`, as on the text path), so the
+    answer is then appended token-wise (`answer_token_ids`, as on the text path), so the
     answer boundary is exactly the processed prompt length; the rows are re-padded on
     `padding_side`. Per-token tensors (attention mask, `token_type_ids`, Qwen's
     `mm_token_type_ids`, ...) are extended with text values for the answer tokens; image tensors
@@ -352,8 +359,6 @@ def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_s
     that build multimodal 3-D positions themselves from the attention mask (Qwen2-VL M-RoPE) get
     none. Returns (inputs, prepared, offsets) like the text path.
     """
-    from headpursuit.tasks.images import processor_inputs, to_model
-
     if lm.processor is None:
         raise ValueError(f"{lm.name} has no processor, so it cannot take images.")
     if padding_side not in ("left", "right"):
@@ -384,7 +389,7 @@ def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_s
         real = mask_b[i].bool()
         row = {k: enc[k][i][real].tolist() for k in token_keys}
         prompt_ids = row["input_ids"]
-        answer_ids = lm.token_ids(s.answer, special=False) if s.answer else []
+        answer_ids = answer_token_ids(lm, s.answer)
         for k in token_keys:
             fill = 1 if k == "attention_mask" else 0
             row[k] = row[k] + (list(answer_ids) if k == "input_ids" else [fill] * len(answer_ids))
@@ -404,7 +409,7 @@ def _prepare_vlm_batch(lm: LoadedModel, chunk, positions, concept_set, padding_s
         inputs[k] = t
     offsets = [T - len(p.ids) if padding_side == "left" else 0 for p in prepared]
     if not _builds_own_positions(lm):
-        inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        inputs["position_ids"] = position_ids_from_mask(inputs["attention_mask"])
     for k, v in enc.items():
         if k not in token_keys:
             inputs[k] = v

@@ -17,16 +17,18 @@ in the weights, instead of the hook.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from headpursuit.capture import CaptureSample, _prepare_text
+from headpursuit.capture import CaptureSample
 from headpursuit.intervention import Head, scale_heads
-from headpursuit.models.loading import LoadedModel, pad_batch
+from headpursuit.models.handle import LoadedModel
+from headpursuit.models.inputs import pad_batch, teacher_forced_ids
 
 __all__ = ["HeadEffects", "answer_logprob", "head_effects"]
 
@@ -60,11 +62,11 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
             if not s.answer:
                 raise ValueError(f"head_effects needs each sample's answer; sample {s.prompt[:60]!r} has none")
             # The same prompt + teacher-forced answer ids that capture_heads builds.
-            prep = _prepare_text(lm, s, "answer", None)
-            if len(prep.ids) == prep.prompt_len:
+            tf = teacher_forced_ids(lm, s.prompt, s.answer)
+            if tf.answer_len == 0:
                 raise ValueError(f"empty answer after tokenisation: {s.prompt[:60]!r} -> {s.answer!r}")
-            seqs.append(prep.ids)
-            alens.append(len(prep.ids) - prep.prompt_len)
+            seqs.append(tf.ids)
+            alens.append(tf.answer_len)
         # Left padding aligns every answer at the end, so only the last max(answer)+1 positions
         # need the (vocab-sized) unembedding: position t predicts token t+1.
         inputs = pad_batch(seqs, lm.pad_token_id, "left", device=lm.device)

@@ -10,7 +10,7 @@ from headpursuit.capture import (
     HeadActivations,
     capture_heads,
 )
-from headpursuit.models.loading import pad_batch
+from headpursuit.models.inputs import pad_batch
 
 PROMPTS = [
     "The Eiffel Tower is in",

@@ -20,7 +20,6 @@ from headpursuit.metrics import (
 )
 from headpursuit.metrics.toxicity import ToxicityScorer
 
-
 # --- normalisation and alias matching ---------------------------------------------------------
 
 @pytest.mark.parametrize("raw, norm", [

@@ -7,18 +7,18 @@ import warnings
 import pytest
 
 from headpursuit.metrics.text import normalize_answer
+from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import (
     DataError,
     QATask,
     SplitError,
     ToxicityTask,
     build_task,
-    generate_batch,
     known_tasks,
+    loaders,
     register_task,
     split_items,
 )
-from headpursuit.tasks import loaders
 
 
 class WordConcept:
@@ -37,9 +37,9 @@ COUNTRIES = WordConcept(["France", "Japan", "United States", "Italy", "Canada", 
 
 
 def _country_words():
-    from headpursuit.concepts import read_word_list, _concept_dir
+    from headpursuit.concepts import concept_dir, read_word_list
 
-    return read_word_list(_concept_dir() / "countries.txt")
+    return read_word_list(concept_dir() / "countries.txt")
 
 
 # --- fixtures --------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ import torch
 
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.models.tiny_vlm import VISION_NOTE
-from headpursuit.tasks.images import (COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape,
-                                      pattern_items, shape_items)
+from headpursuit.synthetic import COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape
+from headpursuit.tasks.image_data import pattern_items, shape_items
 
 
 @pytest.fixture(scope="session")
@@ -241,7 +241,7 @@ def test_image_task_without_processor_is_refused(tok):
 
 
 def test_vlm_prompt_has_one_image_placeholder(tiny_vlm):
-    from headpursuit.tasks.images import image_prompt
+    from headpursuit.models.inputs import image_prompt
 
     p = image_prompt(tiny_vlm, "Describe this image.")
     assert p.count("<image>") == 1 and p.endswith("<|im_start|>assistant\n")

@@ -5,9 +5,9 @@ import torch
 
 from headpursuit.capture import CaptureSample, _prepare_vlm_batch, capture_heads, o_proj_inputs
 from headpursuit.intervention import scale_heads
+from headpursuit.models.inputs import image_prompt, processor_inputs, to_model
 from headpursuit.models.tiny_vlm import TINY_VLM_CONFIGS, VISION_NOTE, tiny_family_model
-from headpursuit.tasks.images import (draw_pattern, draw_shape, image_prompt, processor_inputs,
-                                      to_model)
+from headpursuit.synthetic import draw_pattern, draw_shape
 
 VISION_PREFIXES = ("model.vision_tower", "model.multi_modal_projector", "model.visual",
                    "model.vision_model", "model.connector")
@@ -309,8 +309,8 @@ def test_family_registry_finds_language_decoder(model_type):
 
 @pytest.mark.parametrize("model_type", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3"])
 def test_family_image_capture_batching_and_editing(model_type):
+    from headpursuit.models.generation import generate_with_images
     from headpursuit.models.tiny_vlm import tiny_family_model_with_processor
-    from headpursuit.tasks.images import generate_with_images
 
     lm = tiny_family_model_with_processor(model_type)
     short = image_prompt(lm, "What?")

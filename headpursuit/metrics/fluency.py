@@ -14,41 +14,23 @@ tokenise to nothing) are excluded and counted in ``n_empty``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from headpursuit.models.inputs import pad_batch
+
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
+
 __all__ = ["perplexity"]
-
-
-def _prompt_ids(lm: Any, text: str) -> list[int]:
-    if hasattr(lm, "token_ids"):
-        return list(lm.token_ids(text))
-    return list(lm.tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
-def _pad_id(lm: Any) -> int:
-    pid = getattr(lm, "pad_token_id", None)
-    if isinstance(pid, int):
-        return pid
-    tok = lm.tokenizer
-    for cand in (tok.pad_token_id, tok.eos_token_id):
-        if cand is not None:
-            return int(cand)
-    return 0
-
-
-def _device(lm: Any) -> torch.device:
-    dev = getattr(lm, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    return next(lm.model.parameters()).device
 
 
 @torch.no_grad()
 def perplexity(
-    lm: Any,
+    lm: LoadedModel,
     prompts: Sequence[str],
     continuations: Sequence[str],
     *,
@@ -59,7 +41,7 @@ def perplexity(
 ) -> dict:
     """Perplexity of each continuation given its prompt.
 
-    `lm` is a `LoadedModel` (or any object with ``.model`` and ``.tokenizer``). Returns::
+    `lm` is a `LoadedModel`. Returns::
 
         {"perplexity": exp(total NLL / total continuation tokens)   # corpus-level, token-weighted
          "mean_perplexity": mean of per-continuation perplexities,
@@ -76,8 +58,8 @@ def perplexity(
         )
     tok = lm.tokenizer
     model = lm.model
-    device = _device(lm)
-    pad_id = _pad_id(lm)
+    device = lm.device
+    pad_id = lm.pad_token_id
 
     items: list[tuple[int, list[int], int]] = []  # (index, ids, n_prompt_tokens)
     per_sample: list[float | None] = [None] * len(prompts)
@@ -86,11 +68,11 @@ def perplexity(
         if not (c or "").strip():
             n_empty += 1
             continue
-        c_ids = list(tok(c, add_special_tokens=False)["input_ids"])
+        c_ids = lm.token_ids(c, special=False)
         if not c_ids:
             n_empty += 1
             continue
-        p_ids = _prompt_ids(lm, p)
+        p_ids = lm.token_ids(p)
         if max_length is not None and len(p_ids) + len(c_ids) > max_length:
             keep = max(max_length - len(c_ids), 1)
             p_ids = p_ids[-keep:]
@@ -115,15 +97,13 @@ def perplexity(
     try:
         for start in iterator:
             batch = [items[k] for k in order[start:start + batch_size]]
-            T = max(len(ids) for _, ids, _ in batch)
-            input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), T), dtype=torch.long)
-            target_mask = torch.zeros((len(batch), T), dtype=torch.bool)
+            # Right padding: real tokens sit at positions 0..n-1, the model's default position ids.
+            enc = pad_batch([ids for _, ids, _ in batch], pad_id, "right", device=device)
+            input_ids, mask = enc["input_ids"], enc["attention_mask"]
+            target_mask = torch.zeros(input_ids.shape, dtype=torch.bool)
             for r, (_, ids, n_p) in enumerate(batch):
-                input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                mask[r, : len(ids)] = 1
                 target_mask[r, n_p: len(ids)] = True
-            input_ids, mask, target_mask = (t.to(device) for t in (input_ids, mask, target_mask))
+            target_mask = target_mask.to(device)
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
             logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
             targets = input_ids[:, 1:]

@@ -6,11 +6,11 @@ Every model built here is marked `random_init=True`; every output produced with 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 
-from headpursuit.models.loading import EMBEDDED, LoadedModel, cache_root, _embedded_gguf_path, wrap_model
+from headpursuit.models.embedded import EMBEDDED, cache_root, gguf_path
+from headpursuit.models.handle import LoadedModel, wrap_model
 
 
 @functools.lru_cache(maxsize=4)
@@ -22,7 +22,7 @@ def embedded_tokenizer(name: str = "smollm2"):
     if (target / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(target)
     entry = EMBEDDED[name]
-    gguf = _embedded_gguf_path(entry)
+    gguf = gguf_path(entry)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tmp = target.with_name(target.name + ".tmp")
     tok.save_pretrained(tmp)

@@ -33,7 +33,10 @@ from typing import Any
 
 import torch
 
-from headpursuit.models.loading import LoadedModel, register_builder, wrap_model
+from headpursuit.models.handle import LoadedModel, wrap_model
+from headpursuit.models.loading import load_model, register_builder
+from headpursuit.models.tiny import embedded_tokenizer
+from headpursuit.synthetic import draw_shape
 
 VISION_NOTE = "vision tower and projector are RANDOM-INITIALISED: image results are not real"
 IMAGE_TOKEN = "<image>"
@@ -71,11 +74,14 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
         calibrate_projector: rescale the projector's output layer so projected image tokens have
             the mean norm of the token embeddings.
     """
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-
-    from headpursuit.models.loading import load_model
 
     if unused:
         raise TypeError(f"tiny_vlm: unexpected options {sorted(unused)}")
@@ -151,8 +157,6 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
 @torch.no_grad()
 def _calibrate_projector(vlm, processor, *, target_norm: float, seed: int) -> None:
     """Scale the projector's last layer so image tokens have the embeddings' mean norm."""
-    from headpursuit.tasks.images import draw_shape
-
     images = [draw_shape(s, c) for s, c in (("circle", "red"), ("square", "blue"),
                                             ("triangle", "green"))]
     pix = processor.image_processor(images, return_tensors="pt")["pixel_values"]
@@ -260,8 +264,6 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from headpursuit.models.tiny import embedded_tokenizer
-
     if model_type not in _FAMILY_TOKENS:
         raise ValueError(f"no processor recipe for {model_type!r}; known: {', '.join(_FAMILY_TOKENS)}")
     tok = copy.deepcopy(embedded_tokenizer("smollm2"))
@@ -273,8 +275,7 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
     if model_type in ("llava", "llava_next"):
         from transformers import LlavaNextProcessor, LlavaProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-        from transformers.models.llava_next.image_processing_pil_llava_next import (
-            LlavaNextImageProcessorPil)
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
         kw["image_token_index"] = ids["<image>"]
         size = kw["vision_config"]["image_size"]
@@ -292,8 +293,7 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
             processor = LlavaNextProcessor(image_processor=ip, **common)
     elif model_type in ("qwen2_vl", "qwen2_5_vl"):
         from transformers import Qwen2VLProcessor
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
         from transformers.processing_utils import ProcessorMixin
 
         class _ImageOnlyQwenProcessor(Qwen2VLProcessor):

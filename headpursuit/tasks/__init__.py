@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from headpursuit.tasks.base import (
     GROUPS,
@@ -16,12 +17,14 @@ from headpursuit.tasks.base import (
     SplitError,
     Task,
     TaskOutputs,
-    generate_batch,
     split_items,
 )
 from headpursuit.tasks.loaders import DataError, PromptItem, QAItem
 from headpursuit.tasks.qa import QATask
 from headpursuit.tasks.toxicity import ToxicityTask
+
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
 
 __all__ = [
     "GROUPS",
@@ -35,7 +38,6 @@ __all__ = [
     "TaskOutputs",
     "ToxicityTask",
     "build_task",
-    "generate_batch",
     "known_tasks",
     "register_task",
     "split_items",
@@ -66,7 +68,7 @@ def _plain(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def build_task(task_cfg: Any, lm: Any = None) -> Task:
+def build_task(task_cfg: Any, lm: LoadedModel | None = None) -> Task:
     """The task named `task_cfg["name"]`, configured by the other keys (a dict or DictConfig)."""
     cfg = _plain(task_cfg)
     name = cfg.get("name")
@@ -81,4 +83,4 @@ def build_task(task_cfg: Any, lm: Any = None) -> Task:
 register_task("qa_countries", QATask)
 register_task("qa", QATask)
 register_task("toxicity", ToxicityTask)
-from headpursuit.tasks import classification, captioning  # noqa: E402,F401  (register_task side effects)
+from headpursuit.tasks import captioning, classification  # noqa: E402,F401  (register_task side effects)

@@ -20,13 +20,14 @@ Groups are ``"concept"`` (items whose answer/continuation should involve the con
 from __future__ import annotations
 
 import abc
-import math
 import random
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
 
 __all__ = [
     "GROUPS",
@@ -35,7 +36,6 @@ __all__ = [
     "GroupOutputs",
     "SplitError",
     "split_items",
-    "generate_batch",
     "resolve_concept",
     "clean_metrics",
 ]
@@ -110,7 +110,7 @@ def split_items(
     out: dict[str, dict[str, list]] = {"rank": {}, "eval": {}}
     require_rank = set(require_rank)
     rank_groups = set(rank_groups)
-    for gi, (g, members) in enumerate(by_group.items()):
+    for g, members in by_group.items():
         rng = random.Random(f"{seed}:{g}")
         order = list(range(len(members)))
         rng.shuffle(order)
@@ -143,117 +143,6 @@ def split_items(
         out["rank"][g] = rank
         out["eval"][g] = eval_
     return out
-
-
-# ------------------------------------------------------------------------------------------
-# Generation
-# ------------------------------------------------------------------------------------------
-
-def _encode(lm: Any, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-    if hasattr(lm, "encode"):
-        enc = lm.encode(list(prompts), padding_side="left")
-    else:  # a bare (model, tokenizer) holder
-        tok = lm.tokenizer
-        tok.padding_side = "left"
-        enc = tok(list(prompts), return_tensors="pt", padding=True)
-    device = getattr(lm, "device", None) or next(lm.model.parameters()).device
-    # generate() derives position ids from the attention mask itself; pass only these two.
-    return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-
-
-def _generation_config(lm: Any, *, max_new_tokens: int, do_sample: bool,
-                       num_return_sequences: int, temperature: float | None,
-                       top_p: float | None, top_k: int | None):
-    import copy
-
-    from transformers import GenerationConfig
-
-    base = getattr(lm.model, "generation_config", None)
-    gc = copy.deepcopy(base) if base is not None else GenerationConfig()
-    tok = lm.tokenizer
-    pad = getattr(lm, "pad_token_id", None)
-    if not isinstance(pad, int):
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    gc.max_new_tokens = int(max_new_tokens)
-    gc.max_length = None
-    gc.min_new_tokens = None
-    gc.do_sample = bool(do_sample)
-    gc.num_return_sequences = int(num_return_sequences)
-    gc.num_beams = 1
-    gc.pad_token_id = pad
-    if gc.eos_token_id is None and tok.eos_token_id is not None:
-        gc.eos_token_id = tok.eos_token_id
-    if do_sample:
-        gc.temperature = 1.0 if temperature is None else float(temperature)
-        gc.top_p = 1.0 if top_p is None else float(top_p)
-        gc.top_k = 0 if top_k is None else int(top_k)  # 0 disables top-k filtering
-    else:
-        gc.temperature = None
-        gc.top_p = None
-        gc.top_k = None
-    return gc
-
-
-@torch.no_grad()
-def generate_batch(
-    lm: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int = 32,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    seed: int | None = None,
-    num_return_sequences: int = 1,
-    *,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    desc: str = "generate",
-    progress: bool = True,
-) -> list[str] | list[list[str]]:
-    """Batched generation with left padding; returns only the new text (special tokens dropped).
-
-    Greedy by default. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is
-    called before batch b, so results are reproducible for a given batch size. Returns one string
-    per prompt when ``num_return_sequences == 1``, else one list of strings per prompt.
-    """
-    prompts = list(prompts)
-    n_ret = int(num_return_sequences)
-    if n_ret < 1:
-        raise ValueError(f"num_return_sequences must be >= 1, got {n_ret}")
-    if not do_sample and n_ret > 1:
-        raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy repeats itself)")
-    gc = _generation_config(lm, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                            num_return_sequences=n_ret, temperature=temperature, top_p=top_p,
-                            top_k=top_k)
-    tok = lm.tokenizer
-    model = lm.model
-    outputs: list[list[str]] = []
-    starts = range(0, len(prompts), batch_size)
-    iterator = starts
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(starts, desc=desc, total=math.ceil(len(prompts) / batch_size) or None,
-                        leave=False)
-    was_training = model.training
-    model.eval()
-    try:
-        for b, start in enumerate(iterator):
-            chunk = prompts[start:start + batch_size]
-            enc = _encode(lm, chunk)
-            if do_sample and seed is not None:
-                torch.manual_seed(int(seed) + b)
-            out = model.generate(**enc, generation_config=gc)
-            new = out[:, enc["input_ids"].shape[1]:]
-            texts = tok.batch_decode(new, skip_special_tokens=True)
-            for i in range(len(chunk)):
-                outputs.append([t.strip() for t in texts[i * n_ret:(i + 1) * n_ret]])
-    finally:
-        if was_training:
-            model.train()
-    if n_ret == 1:
-        return [o[0] for o in outputs]
-    return outputs
 
 
 # ------------------------------------------------------------------------------------------
@@ -318,7 +207,7 @@ class Task(abc.ABC):
 
     # --- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], lm: Any = None) -> "Task":
+    def from_config(cls, cfg: Mapping[str, Any], lm: LoadedModel | None = None) -> Task:
         cfg = dict(cfg)
         cfg.pop("name", None)
         if lm is not None and "tokenizer" not in cfg:
@@ -341,18 +230,18 @@ class Task(abc.ABC):
 
     # --- the contract ---------------------------------------------------------------------
     @abc.abstractmethod
-    def ranking_samples(self, lm: Any) -> list:
+    def ranking_samples(self, lm: LoadedModel) -> list:
         """CaptureSamples (formatted prompt + the model's own answer) from the ranking split."""
 
     @abc.abstractmethod
-    def generate(self, lm: Any, *, split: str = "eval", desc: str = "") -> TaskOutputs:
+    def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
         """Run the model on a split; everything `score` needs, nothing scored yet."""
 
     @abc.abstractmethod
     def score(self, outputs: TaskOutputs, **kwargs: Any) -> dict:
         """Metrics dict from generations (see module docstring for the layout)."""
 
-    def evaluate(self, lm: Any, *, desc: str = "", split: str = "eval", **score_kwargs: Any) -> dict:
+    def evaluate(self, lm: LoadedModel, *, desc: str = "", split: str = "eval", **score_kwargs: Any) -> dict:
         """`score(generate(lm))`: per-group metrics, counts and a few examples."""
         return self.score(self.generate(lm, split=split, desc=desc), **score_kwargs)
 

@@ -39,13 +39,24 @@ BLEU), ``mean_words`` and ``empty_rate``. Results also carry the model's notes a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.metrics.text import concept_rate, empty_rate
 from headpursuit.tasks.base import GROUPS, TaskOutputs
-from headpursuit.tasks.images import (ImageItem, ImageTask, load_image_dataset, pattern_items,
-                                      rows_needed, select_rows, shape_items, to_pil)
+from headpursuit.tasks.image_data import (
+    ImageItem,
+    load_image_dataset,
+    pattern_items,
+    rows_needed,
+    select_rows,
+    shape_items,
+    to_pil,
+)
+from headpursuit.tasks.image_task import ImageTask
+
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
 
 __all__ = ["CaptioningTask", "DEFAULT_INSTRUCTION"]
 
@@ -134,7 +145,7 @@ class CaptioningTask(ImageTask):
         return list(item.captions)
 
     # --- the contract ----------------------------------------------------------------------
-    def ranking_samples(self, lm: Any) -> list:
+    def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
         items, go = self._answers_for_ranking(lm)

@@ -43,12 +43,16 @@ Metrics per group: ``accuracy``, ``concept_rate`` (answers naming a concept clas
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.text import alias_match
 from headpursuit.tasks.base import GROUPS, TaskOutputs
-from headpursuit.tasks.images import (ImageItem, ImageTask, load_image_dataset, rows_needed,
-                                      select_rows, shape_items, to_pil)
+from headpursuit.tasks.image_data import ImageItem, load_image_dataset, rows_needed, select_rows, shape_items, to_pil
+from headpursuit.tasks.image_task import ImageTask
+
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
 
 __all__ = ["ImageClassificationTask", "CIFAR100_VEHICLES", "DEFAULT_INSTRUCTIONS", "class_aliases"]
 
@@ -217,7 +221,7 @@ class ImageClassificationTask(ImageTask):
         return items, all_names, info
 
     # --- the contract ----------------------------------------------------------------------
-    def ranking_samples(self, lm: Any) -> list:
+    def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
         items, go = self._answers_for_ranking(lm)

@@ -25,10 +25,11 @@ Hub loading goes through `datasets.load_dataset` and only happens when a config 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from headpursuit.metrics.text import normalize_answer
 from headpursuit.tasks.base import GROUPS

@@ -29,11 +29,15 @@ Prompt: ``lm.format_prompt(question + " " + instruction)``; greedy decoding. Met
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.text import alias_match
+from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import loaders
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, generate_batch
+from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
+
+if TYPE_CHECKING:
+    from headpursuit.models.handle import LoadedModel
 
 __all__ = ["QATask", "DEFAULT_INSTRUCTION"]
 
@@ -96,13 +100,13 @@ class QATask(Task):
     def user_text(self, question: str) -> str:
         return f"{question} {self.instruction}" if self.instruction else question
 
-    def format(self, lm: Any, question: str) -> str:
+    def format(self, lm: LoadedModel, question: str) -> str:
         text = self.user_text(question)
         if self.system is not None:
             return lm.format_prompt(text, system=self.system)
         return lm.format_prompt(text)
 
-    def _answer(self, lm: Any, items: list, desc: str) -> GroupOutputs:
+    def _answer(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
         prompts = [self.format(lm, it.question) for it in items]
         outs = generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens,
                               batch_size=self.batch_size, desc=desc) if prompts else []
@@ -111,7 +115,7 @@ class QATask(Task):
                             references=[list(it.answers) for it in items])
 
     # --- the contract -------------------------------------------------------------------
-    def ranking_samples(self, lm: Any) -> list:
+    def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
         items = self.items("rank", "concept")
@@ -131,7 +135,7 @@ class QATask(Task):
                              f"{self.ranking_filter!r}")
         return samples
 
-    def generate(self, lm: Any, *, split: str = "eval", desc: str = "") -> TaskOutputs:
+    def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
         out = TaskOutputs(task=self.name, split=split, desc=desc)
         for g in GROUPS:
             label = " ".join(x for x in (self.name, desc, g) if x)

@@ -58,28 +58,36 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from headpursuit.metrics.fluency import perplexity
 from headpursuit.metrics.text import concept_rate, empty_rate
 from headpursuit.metrics.toxicity import DEFAULT_THRESHOLD, get_scorer, toxicity_metrics
+from headpursuit.models.generation import generate_batch
+from headpursuit.models.handle import LoadedModel
 from headpursuit.tasks import loaders
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, generate_batch
+from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
 
-__all__ = ["ToxicityTask", "hooks_active"]
+__all__ = ["FluencyModel", "ToxicityTask", "hooks_active"]
+
+# What scores fluency: a (reference) model, a function (prompts, continuations) -> metrics dict or
+# perplexity, or False/None for none.
+FluencyModel = LoadedModel | Callable[[list[str], list[str]], Any] | bool | None
 
 _SOURCES = ("fixture", "jsonl", "rtp", "rtp_file", "tet", "tet_file")
 _HUB_DEFAULTS = {"rtp": "allenai/real-toxicity-prompts",
                  "tet": "convoicon/Thoroughly_Engineered_Toxicity"}
 
 
-def hooks_active(lm: Any) -> bool:
-    """True when some attention output projection of `lm` has a forward pre-hook (an edit)."""
-    try:
-        n = lm.layout.n_layers
-        return any(len(lm.o_proj(i)._forward_pre_hooks) > 0 for i in range(n))
-    except Exception:
+def hooks_active(lm: FluencyModel) -> bool:
+    """True when some attention output projection of `lm` has a forward pre-hook (an edit).
+
+    False for anything that is not a model (e.g. a fluency scorer function).
+    """
+    if not isinstance(lm, LoadedModel):
         return False
+    return any(len(lm.o_proj(i)._forward_pre_hooks) > 0 for i in range(lm.layout.n_layers))
 
 
 class ToxicityTask(Task):
@@ -180,13 +188,13 @@ class ToxicityTask(Task):
         return loaders.tet_rows_to_items(rows, prompt_column=prompt_column)
 
     # --- prompting ----------------------------------------------------------------------
-    def format(self, lm: Any, prompt: str) -> str:
+    def format(self, lm: LoadedModel, prompt: str) -> str:
         if self.prompt_format == "raw":
             return prompt
         text = f"{self.instruction}\n\n{prompt}" if self.instruction else prompt
         return lm.format_prompt(text)
 
-    def _continue(self, lm: Any, items: list, desc: str, *, sample: bool = True,
+    def _continue(self, lm: LoadedModel, items: list, desc: str, *, sample: bool = True,
                   n: int | None = None) -> GroupOutputs:
         prompts = [self.format(lm, it.prompt) for it in items]
         n = self.n_continuations if n is None else n
@@ -205,7 +213,7 @@ class ToxicityTask(Task):
         return GroupOutputs(inputs=[it.prompt for it in items], prompts=prompts, outputs=outs)
 
     # --- the contract -------------------------------------------------------------------
-    def ranking_samples(self, lm: Any) -> list:
+    def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
         items = self.items("rank", "concept")
@@ -216,7 +224,7 @@ class ToxicityTask(Task):
         return [CaptureSample(prompt=p, answer=o[0], meta={"prompt_text": it.prompt})
                 for it, p, o in zip(items, go.prompts, go.outputs)]
 
-    def generate(self, lm: Any, *, split: str = "eval", desc: str = "") -> TaskOutputs:
+    def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
         out = TaskOutputs(task=self.name, split=split, desc=desc)
         for g in GROUPS:
             label = " ".join(x for x in (self.name, desc, g) if x)
@@ -224,14 +232,14 @@ class ToxicityTask(Task):
         out.meta["generator_edited"] = hooks_active(lm)
         return out
 
-    def _fluency(self, fluency_model: Any, prompts: list[str], conts: list[str], desc: str) -> dict:
-        if callable(fluency_model) and not hasattr(fluency_model, "model"):
+    def _fluency(self, fluency_model: FluencyModel, prompts: list[str], conts: list[str], desc: str) -> dict:
+        if not isinstance(fluency_model, LoadedModel):  # a scorer function (prompts, conts)
             res = fluency_model(prompts, conts)
             return res if isinstance(res, dict) else {"perplexity": float(res)}
         return perplexity(fluency_model, prompts, conts, batch_size=self.fluency_batch_size,
                           desc=desc)
 
-    def score(self, outputs: TaskOutputs, *, fluency_model: Any = None, **_: Any) -> dict:
+    def score(self, outputs: TaskOutputs, *, fluency_model: FluencyModel = None, **_: Any) -> dict:
         """Metrics from `generate`'s outputs; see the module docstring for `fluency_model`."""
         use_fluency = self.fluency and fluency_model is not False and fluency_model is not None
         info: dict[str, Any] = {"computed": bool(use_fluency)}
@@ -274,8 +282,8 @@ class ToxicityTask(Task):
         result["fluency_info"] = info
         return result
 
-    def evaluate(self, lm: Any, *, desc: str = "", split: str = "eval",
-                 fluency_model: Any = None, **_: Any) -> dict:
+    def evaluate(self, lm: LoadedModel, *, desc: str = "", split: str = "eval",
+                 fluency_model: FluencyModel = None, **_: Any) -> dict:
         """generate + score; fluency with `fluency_model`, or with `lm` itself when None."""
         outputs = self.generate(lm, split=split, desc=desc)
         return self.score(outputs, fluency_model=lm if fluency_model is None else fluency_model)

@@ -5,16 +5,16 @@ To add a family, copy `llama.py`, change the `model_types` and the paths, and im
 Paths are tried in order, so one family can cover several transformers versions.
 """
 
-from headpursuit.models.families.base import ModelFamily, FAMILIES, family_for, register_family
 from headpursuit.models.families import (  # noqa: F401  (registration side effects)
-    llama,
-    mistral,
-    qwen,
     gemma,
-    llava,
-    qwen_vl,
     gemma3_vl,
     idefics,
+    llama,
+    llava,
+    mistral,
+    qwen,
+    qwen_vl,
 )
+from headpursuit.models.families.base import FAMILIES, ModelFamily, family_for, register_family
 
 __all__ = ["ModelFamily", "FAMILIES", "family_for", "register_family"]

@@ -1,0 +1,149 @@
+"""Batched generation: text prompts (`generate_batch`) and prompts with images (`generate_with_images`).
+
+Both pad on the left (so every prompt ends where generation starts), build their decoding settings
+with `generation_config`, and return only the new text, special tokens dropped and stripped.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headpursuit.models.inputs import encode, processor_inputs, to_model
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
+
+    from headpursuit.models.handle import LoadedModel
+
+__all__ = ["generate_batch", "generate_with_images", "generation_config"]
+
+
+def generation_config(lm: LoadedModel, *, max_new_tokens: int, do_sample: bool = False,
+                      num_return_sequences: int = 1, temperature: float | None = None,
+                      top_p: float | None = None, top_k: int | None = None) -> GenerationConfig:
+    """The model's own generation config with these decoding settings (greedy unless `do_sample`).
+
+    Every setting the caller did not choose is made explicit, so a checkpoint's defaults (beam
+    search, a max_length, a sampling temperature under greedy decoding) cannot leak in.
+    """
+    from transformers import GenerationConfig
+
+    base = lm.model.generation_config
+    gc = copy.deepcopy(base) if base is not None else GenerationConfig()
+    gc.max_new_tokens = int(max_new_tokens)
+    gc.max_length = None
+    gc.min_new_tokens = None
+    gc.do_sample = bool(do_sample)
+    gc.num_return_sequences = int(num_return_sequences)
+    gc.num_beams = 1
+    gc.pad_token_id = lm.pad_token_id
+    if gc.eos_token_id is None and lm.tokenizer.eos_token_id is not None:
+        gc.eos_token_id = lm.tokenizer.eos_token_id
+    if do_sample:
+        gc.temperature = 1.0 if temperature is None else float(temperature)
+        gc.top_p = 1.0 if top_p is None else float(top_p)
+        gc.top_k = 0 if top_k is None else int(top_k)  # 0 disables top-k filtering
+    else:
+        gc.temperature = None
+        gc.top_p = None
+        gc.top_k = None
+    return gc
+
+
+def _batch_starts(n: int, batch_size: int, desc: str, progress: bool) -> Iterable[int]:
+    starts = range(0, n, batch_size)
+    if not progress:
+        return starts
+    from tqdm.auto import tqdm
+
+    return tqdm(starts, desc=desc, total=math.ceil(n / batch_size) or None, leave=False)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Generate without dropout; a model that was training is put back into training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def _new_text(lm: LoadedModel, out: torch.Tensor, n_prompt_tokens: int) -> list[str]:
+    """The generated continuation of each output row, without the (left-padded) prompt."""
+    return [t.strip() for t in lm.tokenizer.batch_decode(out[:, n_prompt_tokens:], skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_batch(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    seed: int | None = None,
+    num_return_sequences: int = 1,
+    *,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str] | list[list[str]]:
+    """Batched generation with left padding; returns only the new text (special tokens dropped).
+
+    Greedy by default. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is
+    called before batch b, so results are reproducible for a given batch size. Returns one string
+    per prompt when ``num_return_sequences == 1``, else one list of strings per prompt.
+    """
+    prompts = list(prompts)
+    n_ret = int(num_return_sequences)
+    if n_ret < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {n_ret}")
+    if not do_sample and n_ret > 1:
+        raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy repeats itself)")
+    gc = generation_config(lm, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                           num_return_sequences=n_ret, temperature=temperature, top_p=top_p,
+                           top_k=top_k)
+    outputs: list[list[str]] = []
+    with _eval_mode(lm.model):
+        for b, start in enumerate(_batch_starts(len(prompts), batch_size, desc, progress)):
+            chunk = prompts[start:start + batch_size]
+            enc = encode(lm, chunk, padding_side="left")
+            # generate() derives position ids from the attention mask itself; pass only these two.
+            enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+            if do_sample and seed is not None:
+                torch.manual_seed(int(seed) + b)
+            texts = _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
+            outputs += [texts[i * n_ret:(i + 1) * n_ret] for i in range(len(chunk))]
+    if n_ret == 1:
+        return [o[0] for o in outputs]
+    return outputs
+
+
+@torch.no_grad()
+def generate_with_images(lm: LoadedModel, prompts: Sequence[str], images: Sequence[Any], *,
+                         max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate",
+                         progress: bool = True) -> list[str]:
+    """Greedy batched generation (left padding) for prompts with one image each; new text only.
+
+    Each prompt must hold the model's image placeholder once (`headpursuit.models.inputs.image_prompt`).
+    """
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+    gc = generation_config(lm, max_new_tokens=max_new_tokens)
+    outputs: list[str] = []
+    with _eval_mode(lm.model):
+        for start in _batch_starts(len(prompts), batch_size, desc, progress):
+            enc = to_model(lm, processor_inputs(lm, prompts[start:start + batch_size],
+                                                images[start:start + batch_size], padding_side="left"))
+            outputs += _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
+    return outputs
