@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from headpursuit import load_model  # noqa: E402
+from headpursuit.app.stages import concept_token_ids, evaluate_with_edits  # noqa: E402
 from headpursuit.capture import CaptureSample, capture_heads  # noqa: E402
 from headpursuit.effects import head_effects  # noqa: E402
 from headpursuit.metrics.text import alias_match  # noqa: E402
-from headpursuit.pipeline import concept_token_ids, evaluate_with_edits  # noqa: E402
 from headpursuit.ranking import rank_heads  # noqa: E402
 from headpursuit.tasks import build_task  # noqa: E402
 
@@ -110,7 +110,7 @@ def main() -> None:
     print(f"samples: {len(concept)} concept, {len(control)} control (correct unedited answers)", flush=True)
 
     # concept_share exactly as the pipeline computes it (same ranking samples, positions, k).
-    cids = concept_token_ids(task.concept, lm)
+    cids = concept_token_ids(task.concept)
     acts = capture_heads(lm, rank_samples, positions="answer_concept", concept_token_ids=cids, progress=False)
     cs = rank_heads(acts, lm, task.concept, method="concept_share", k=10)
     ranked = [(int(a), int(b)) for a, b in cs.top(len(cs.table))]

@@ -45,7 +45,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from headpursuit.aggregate import load_runs, to_markdown  # noqa: E402
+from headpursuit.app.aggregate import load_runs  # noqa: E402
 
 METHODS = ["concept_share", "concept_restricted", "logit_lens"]
 ALPHAS = [-1, 0, 2]
@@ -264,7 +264,6 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
         res = json.loads((ROOT / sweep / r.run / "results.json").read_text())
         ps = res["random"]["per_seed"]
         cacc = [p["concept"]["accuracy"] for p in ps]
-        kacc = [p["control"]["accuracy"] for p in ps]
         broken = [p for p in ps if p["concept"]["accuracy"] == 0 and p["control"]["accuracy"] == 0]
         med = res["random"].get("median", {})
         lines.append(f"| {r.random_pool} | {len(ps)} | {pm(r['random.concept.accuracy'], r['random.std.concept.accuracy'])}"
@@ -443,7 +442,7 @@ def main() -> int:
             wall_file = ROOT / sweeps / "wall_seconds.json"
             old = json.loads(wall_file.read_text()) if args.only and wall_file.exists() else {}
             wall_file.write_text(json.dumps({**old, **timings}, indent=1))
-        subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(ROOT / sweep),
+        subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(ROOT / sweep),
                         "--out", str(ROOT / sweep / "aggregate")], cwd=ROOT, check=False,
                        stdout=subprocess.DEVNULL)
         # The page is rewritten after every sweep, so a cut-off run still publishes what it has.

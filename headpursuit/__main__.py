@@ -1,6 +1,6 @@
-"""`python -m headpursuit [overrides]` runs the Hydra app (see headpursuit/run.py and conf/)."""
+"""`python -m headpursuit [overrides]` runs the Hydra app (see headpursuit/app/run.py and conf/)."""
 
-from headpursuit.run import main
+from headpursuit.app.run import main
 
 if __name__ == "__main__":
     main()

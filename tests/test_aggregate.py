@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from headpursuit import aggregate as A
-from headpursuit.tracking import write_json_atomic
+from headpursuit.app import aggregate as A
+from headpursuit.app.tracking import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +35,7 @@ def _fake_run(d: Path, k: int, alpha: float, acc: float, *, ranking="concept_sha
     if status != "complete":
         res = {"status": status, "config": res["config"], "error": {"message": "boom"}}
     write_json_atomic(d / "results.json", res)
-    pd.DataFrame({"layer": [l for l in range(3) for _ in range(4)], "head": list(range(4)) * 3,
+    pd.DataFrame({"layer": [layer for layer in range(3) for _ in range(4)], "head": list(range(4)) * 3,
                   "score": [i / 12 for i in range(12)], "rank": list(range(12, 0, -1))}
                  ).to_csv(d / "head_scores.csv", index=False)
 
@@ -105,11 +104,11 @@ def test_markdown_formatting():
 
 
 def test_cli(sweep, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(sweep), "--out",
+    proc = subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(sweep), "--out",
                            str(tmp_path / "o"), "--no-plots"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "edited.concept.accuracy" in proc.stdout and (tmp_path / "o" / "k_alpha.md").exists()
     assert not (tmp_path / "o" / "plots").exists()
-    empty = subprocess.run([sys.executable, "-m", "headpursuit.aggregate", str(tmp_path / "none")],
+    empty = subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(tmp_path / "none")],
                            cwd=REPO, capture_output=True, text=True)
     assert empty.returncode == 2 and "no readable results.json" in empty.stderr

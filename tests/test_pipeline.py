@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from headpursuit import pipeline as P
-from headpursuit.tracking import completed_results, write_json_atomic
+from headpursuit.app.cache import RunCache, code_fingerprint
+from headpursuit.app.config import ConfigError, resolve_k, validate_config
+from headpursuit.app.record import summarize_seeds
+from headpursuit.app.tracking import completed_results, write_json_atomic
+from headpursuit.heads import check_heads, parse_heads, random_control_heads, random_heads, select_heads
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = ["experiment=smoke", "intervention.k=2,4", "intervention.alpha=-1,0", "logger=none"]
@@ -116,7 +119,7 @@ def test_layer_matched_random_controls(basic_sweep, tmp_path):
 
 @pytest.mark.slow
 def test_sweep_aggregates(basic_sweep, tmp_path):
-    from headpursuit.aggregate import aggregate
+    from headpursuit.app.aggregate import aggregate
 
     sweep, _, _ = basic_sweep
     df = aggregate(sweep, tmp_path)
@@ -207,7 +210,7 @@ def _cfg(**iv):
 
 
 def test_validate_config_names_the_key():
-    P.validate_config(_cfg())
+    validate_config(_cfg())
     for iv, key in [({"alpha": "abc"}, "intervention.alpha"), ({"alpha": True}, "intervention.alpha"),
                     ({"k": 271}, "intervention.k"), ({"k": 0}, "intervention.k"),
                     ({"k_frac": 0.0}, "intervention.k_frac"), ({"k_frac": 2}, "intervention.k_frac"),
@@ -216,78 +219,77 @@ def test_validate_config_names_the_key():
                     ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
                     ({"random_seeds": ["a"]}, "intervention.random_seeds"),
                     ({"random_pool": "nearby"}, "intervention.random_pool")]:
-        with pytest.raises(P.ConfigError, match=key.replace(".", r"\.")):
-            P.validate_config(_cfg(**iv))
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            validate_config(_cfg(**iv))
     bad = _cfg()
     bad["task"]["name"] = "nope"
-    with pytest.raises(P.ConfigError, match="task.name"):
-        P.validate_config(bad)
+    with pytest.raises(ConfigError, match="task.name"):
+        validate_config(bad)
     bad = _cfg()
     bad["ranking"]["method"] = "nope"
-    with pytest.raises(P.ConfigError, match="ranking.method"):
-        P.validate_config(bad)
+    with pytest.raises(ConfigError, match="ranking.method"):
+        validate_config(bad)
 
 
 def test_resolve_k_fraction_and_bounds():
-    assert P.resolve_k({"k": 6}, 270) == 6
-    assert P.resolve_k({"k": 6, "k_frac": 0.01}, 270) == 3          # round(2.7)
-    assert P.resolve_k({"k": 6, "k_frac": 0.001}, 270) == 1         # at least one head
-    assert P.resolve_k({"k": 6, "k_frac": 1.0}, 270) == 270
-    assert P.resolve_k({"heads": "explicit", "explicit": [[0, 1], "2.3"]}, 270) == 2
-    with pytest.raises(P.ConfigError, match="larger than the number of heads"):
-        P.resolve_k({"k": 271}, 270)
+    assert resolve_k({"k": 6}, 270) == 6
+    assert resolve_k({"k": 6, "k_frac": 0.01}, 270) == 3          # round(2.7)
+    assert resolve_k({"k": 6, "k_frac": 0.001}, 270) == 1         # at least one head
+    assert resolve_k({"k": 6, "k_frac": 1.0}, 270) == 270
+    assert resolve_k({"heads": "explicit", "explicit": [[0, 1], "2.3"]}, 270) == 2
+    with pytest.raises(ConfigError, match="larger than the number of heads"):
+        resolve_k({"k": 271}, 270)
 
 
 def test_head_selection():
-    a = P.random_heads(30, 9, 6, seed=0)
-    assert a == P.random_heads(30, 9, 6, seed=0) and a != P.random_heads(30, 9, 6, seed=1)
+    a = random_heads(30, 9, 6, seed=0)
+    assert a == random_heads(30, 9, 6, seed=0) and a != random_heads(30, 9, 6, seed=1)
     assert len(set(a)) == 6 and a == sorted(a)
-    assert P.parse_heads([[1, 2], "3.4", "5:6"]) == [(1, 2), (3, 4), (5, 6)]
-    with pytest.raises(P.ConfigError):
-        P.check_heads([(30, 0)], 30, 9)
+    assert parse_heads([[1, 2], "3.4", "5:6"]) == [(1, 2), (3, 4), (5, 6)]
+    with pytest.raises(ConfigError):
+        check_heads([(30, 0)], 30, 9)
 
     class Scores:
         def top(self, k):
             return [(5, 1), (7, 2), (0, 0)][:k]
 
-    assert P.select_heads(Scores(), {"heads": "ranked"}, 30, 9, 2) == [(5, 1), (7, 2)]
-    assert P.select_heads(None, {"heads": "random"}, 30, 9, 6, seed=0) == a
-    assert P.select_heads(None, {"heads": "explicit", "explicit": ["1.1"]}, 30, 9, 1) == [(1, 1)]
+    assert select_heads(Scores(), "ranked", 2, 30, 9) == [(5, 1), (7, 2)]
+    assert select_heads(None, "random", 6, 30, 9, seed=0) == a
+    assert select_heads(None, "explicit", 1, 30, 9, explicit=["1.1"]) == [(1, 1)]
 
 
 def test_summarize_seeds_mean_std():
     per_seed = [{"concept": {"accuracy": 0.5, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}},
                 {"concept": {"accuracy": 1.0, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}}]
-    s = P.summarize_seeds(per_seed)
+    s = summarize_seeds(per_seed)
     assert s["concept"]["accuracy"] == 0.75 and s["control"]["accuracy"] == 1.0
     assert math.isclose(s["std"]["concept"]["accuracy"], math.sqrt(0.125))
     assert math.isnan(s["concept"]["x"]) and s["n_seeds"] == 2
-    assert P.summarize_seeds(per_seed[:1])["std"]["concept"]["accuracy"] == 0.0
+    assert summarize_seeds(per_seed[:1])["std"]["concept"]["accuracy"] == 0.0
 
 
 def test_summarize_seeds_median_resists_one_collapsed_draw():
     accs = [0.6, 0.65, 0.0, 0.7, 0.55]     # one draw hit a load-bearing head
-    s = P.summarize_seeds([{"concept": {"accuracy": a}} for a in accs])
+    s = summarize_seeds([{"concept": {"accuracy": a}} for a in accs])
     assert s["median"]["concept"]["accuracy"] == 0.6
     assert math.isclose(s["concept"]["accuracy"], sum(accs) / 5)
 
 
 def test_random_control_pools():
     edited = [(15, 3), (26, 1), (29, 2)]
-    same = {"random_pool": "same_layers"}
     for seed in range(20):
-        hs = P.random_control_heads(same, edited, 30, 9, 3, seed)
+        hs = random_control_heads(edited, 30, 9, 3, seed, pool="same_layers")
         assert len(set(hs)) == 3 and hs == sorted(hs)
         assert {a for a, _ in hs} <= {15, 26, 29} and not set(hs) & set(edited)
     # the default pool is the plain uniform draw (earlier sweeps' random heads are unchanged)
-    assert P.random_control_heads({}, edited, 30, 9, 6, 0) == P.random_heads(30, 9, 6, 0)
-    assert P.random_control_heads({"random_pool": "all"}, edited, 30, 9, 6, 4) == P.random_heads(30, 9, 6, 4)
-    with pytest.raises(P.ConfigError, match="same_layers"):
-        P.random_control_heads(same, [(0, 0), (0, 1)], 30, 9, 8, 0)   # 7 heads left in layer 0
+    assert random_control_heads(edited, 30, 9, 6, 0) == random_heads(30, 9, 6, 0)
+    assert random_control_heads(edited, 30, 9, 6, 4, pool="all") == random_heads(30, 9, 6, 4)
+    with pytest.raises(ConfigError, match="same_layers"):
+        random_control_heads([(0, 0), (0, 1)], 30, 9, 8, 0, pool="same_layers")   # 7 heads left in layer 0
 
 
 def test_run_cache_computes_once(tmp_path):
-    cache = P.RunCache(tmp_path)
+    cache = RunCache(tmp_path)
     calls = []
     v, hit = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": float("nan"), "b": 1})
     v2, hit2 = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": 0})
@@ -296,9 +298,9 @@ def test_run_cache_computes_once(tmp_path):
     (tmp_path / "evals" / "k2.json").write_text("{broken")  # unreadable entries are recomputed
     v3, hit3 = cache.get_or_compute("evals", "k2", lambda: {"c": 3})
     assert (v3, hit3) == ({"c": 3}, False)
-    off = P.RunCache(None)
+    off = RunCache(None)
     assert off.get_or_compute("evals", "k1", lambda: 7) == (7, False)
-    assert P.code_fingerprint() == P.code_fingerprint()
+    assert code_fingerprint() == code_fingerprint()
 
 
 def test_completed_results_needs_same_config(tmp_path):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
-from pathlib import Path
 
 import pandas as pd
 import pytest
+import wandb_offline
 
-from headpursuit import tracking as T
+from headpursuit.app import tracking as T
 
 
 def test_atomic_json_write_and_interrupted_write(tmp_path, monkeypatch):
@@ -103,7 +102,7 @@ def test_wandb_offline_roundtrip(tmp_path):
     tr.log_table("head_scores", pd.DataFrame({"layer": [0], "head": [1], "score": [0.3],
                                               "top_tokens": [["France"]]}))
     tr.finish()
-    run = T.read_wandb_run(tmp_path)
+    run = wandb_offline.read_wandb_run(tmp_path)
     assert run["summary"]["edited/concept/accuracy"] == 0.25
     assert run["summary"]["baseline/concept/accuracy"] == 0.75
     assert run["run_id"] == tr.status["run_id"]
@@ -122,7 +121,7 @@ def test_cli_run_logs_to_wandb_offline(tmp_path, tmp_path_factory):
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "complete" and res["tracking"]["status"] == "ok", res.get("tracking")
     assert (run_dir / "head_scores_heatmap.png").exists()
-    logged = T.read_wandb_run(run_dir)
+    logged = wandb_offline.read_wandb_run(run_dir)
     for key, value in T.flatten_metrics(res).items():
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue

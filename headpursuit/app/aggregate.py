@@ -1,6 +1,6 @@
 """Collect the results.json files of a sweep (or any directory) into tables and plots.
 
-    python -m headpursuit.aggregate outputs/multiruns/2025-01-01_12-00-00 [--out DIR] [--no-plots]
+    python -m headpursuit.app.aggregate outputs/multiruns/2025-01-01_12-00-00 [--out DIR] [--no-plots]
 
 Writes into DIR (or --out):
 
@@ -24,15 +24,18 @@ import math
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
-from headpursuit.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, write_text_atomic
+from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, write_text_atomic
 
 SETTING = ["model", "task", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
+# Keys of a results section that hold no per-group metrics.
+NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
 
 
 # ------------------------------------------------------------------------------------------
@@ -54,7 +57,7 @@ def _metrics(prefix: str, node: Any, out: dict) -> None:
         if g in ("std", "median"):
             _metrics(f"{prefix}.{g}", metrics, out)
             continue
-        if g in ("n", "examples", "per_seed", "seeds", "n_seeds", "heads") or not isinstance(metrics, Mapping):
+        if g in NOT_METRIC_GROUPS or not isinstance(metrics, Mapping):
             continue
         for name, v in metrics.items():
             if isinstance(v, bool):
@@ -215,7 +218,7 @@ def _slug(*parts: Any) -> str:
 
 
 def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
-    from headpursuit import plots
+    from headpursuit.app import plots  # matplotlib only when plots are made
 
     made: list[Path] = []
     pdir = out / "plots"
@@ -241,8 +244,8 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
         for group, metric in metric_names(g):
             if g[f"edited.{group}.{metric}"].isna().all():
                 continue
-            made.append(plots.metric_vs_k(g, metric, pdir / f"metric_vs_k__{_slug(*key)}__{group}.{metric}.png",
-                                          group=group, title=" | ".join(map(str, key))))
+            path = pdir / f"metric_vs_k__{_slug(*key)}__{group}.{metric}.png"
+            made.append(plots.metric_vs_k(g, metric, path, group=group, title=" | ".join(map(str, key))))
     return made
 
 
@@ -250,7 +253,8 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
 # Entry
 # ------------------------------------------------------------------------------------------
 
-def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plots: bool = True) -> pd.DataFrame:
+def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None,
+              plots: bool = True) -> pd.DataFrame:
     """Read every results.json under `root`; write runs.csv, k_alpha.*, vs_random.*, plots/."""
     root = Path(root)
     out = Path(out) if out else (root if root.is_dir() else root.parent)
@@ -277,11 +281,13 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     vr = vs_random_table(df)
     write_text_atomic(out / "vs_random.csv", vr.to_csv(index=False))
     write_text_atomic(out / "vs_random.md", "# Ranked heads vs random heads (same k, alpha)\n\n"
-                      "random_mean / random_std: mean and sample std over the random-head seeds (same k and alpha).\n\n" + to_markdown(vr))
+                      "random_mean / random_std: mean and sample std over the random-head seeds "
+                      "(same k and alpha).\n\n" + to_markdown(vr))
     mt = methods_table(vr)
     if not mt.empty:
         write_text_atomic(out / "methods.csv", mt.to_csv(index=False))
-        write_text_atomic(out / "methods.md", "# Ranking methods vs random heads (edited value)\n\n" + to_markdown(mt))
+        write_text_atomic(out / "methods.md",
+                          "# Ranking methods vs random heads (edited value)\n\n" + to_markdown(mt))
     failed = df[df["status"] != "complete"]
     if not failed.empty:
         write_text_atomic(out / "failed.md", "# Runs not complete\n\n" +
@@ -292,7 +298,8 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m headpursuit.aggregate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m headpursuit.app.aggregate",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="a multirun directory (or any directory holding results.json files)")
     ap.add_argument("--out", default=None, help="where to write tables and plots (default: DIR)")
     ap.add_argument("--no-plots", action="store_true")
@@ -304,7 +311,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 2
     out = Path(args.out or args.dir)
     cols = [c for c in ["run", "status", "model", "task", "ranking", "heads_mode", "k", "alpha"] if c in df]
-    cols += [c for c in df.columns if re.fullmatch(r"(baseline|edited|random)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)", c)]
+    headline = r"(baseline|edited|random)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)"
+    cols += [c for c in df.columns if re.fullmatch(headline, c)]
     print(to_markdown(df[cols]))
     print(f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv" + ("" if args.no_plots else ", plots/"))
     return 0

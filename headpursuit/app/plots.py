@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -70,7 +71,8 @@ def metric_vs_k(df: Any, metric: str, path: str | os.PathLike, *, group: str = "
     `random.std.{group}.{metric}`, `baseline.{group}.{metric}` (the aggregate DataFrame).
     """
     col = f"edited.{group}.{metric}"
-    rcol, scol, bcol = f"random.{group}.{metric}", f"random.std.{group}.{metric}", f"baseline.{group}.{metric}"
+    rcol, scol = f"random.{group}.{metric}", f"random.std.{group}.{metric}"
+    bcol = f"baseline.{group}.{metric}"
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     d = df.dropna(subset=[col]).sort_values("k")

@@ -13,12 +13,12 @@ network, a broken service) never fails a run: the error is logged as a warning a
     tracker.finish(exit_code=0)
     results["tracking"] = tracker.status
 
-Offline W&B runs (the default) can be read back with `read_wandb_run(run_dir)`, which parses the
-`.wandb` transaction log (a leveldb-style record log of protobuf records) without the network.
+Timer records the seconds of each stage for the record's provenance.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,14 +26,14 @@ import math
 import os
 import platform
 import socket
-import struct
 import subprocess
 import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def _version(dist: str) -> str | None:
 
 
 def git_commit(path: str | os.PathLike | None = None) -> dict:
-    root = Path(path) if path else Path(__file__).resolve().parent.parent
+    root = Path(path) if path else Path(__file__).resolve().parents[2]  # the repository
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, timeout=5).stdout.strip() or None
@@ -338,7 +338,8 @@ class Tracker:
             df = df.copy()
             for col in df.columns:  # W&B tables want scalars
                 if df[col].map(lambda v: isinstance(v, (list, tuple))).any():
-                    df[col] = df[col].map(lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                    df[col] = df[col].map(
+                        lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
             self.run.log({name: wandb.Table(dataframe=df)})
         except Exception as exc:
             self._fail("log_table", exc)
@@ -364,122 +365,23 @@ class Tracker:
             self.run = None
 
 
-# ------------------------------------------------------------------------------------------
-# Reading an offline W&B run back (no network, no wandb service)
-# ------------------------------------------------------------------------------------------
-
-_BLOCK = 32768
-_HEADER = 7  # ":W&B" + magic (2 bytes) + version (1 byte)
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def _records(path: Path) -> Iterator[bytes]:
-    """Payloads of a W&B transaction log (leveldb log format: 32 KiB blocks, 7-byte headers)."""
-    data = path.read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B transaction log")
-    pos, pending = _HEADER, b""
-    while pos + 7 <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        crc, length, rtype = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if length == 0 and rtype == 0:
-            break
-        if rtype == _FULL:
-            yield payload
-        elif rtype == _FIRST:
-            pending = payload
-        elif rtype == _MIDDLE:
-            pending += payload
-        elif rtype == _LAST:
-            yield pending + payload
-            pending = b""
-
-
-def find_wandb_files(run_dir: str | os.PathLike) -> list[Path]:
-    return sorted(Path(run_dir).glob("wandb/*run-*/run-*.wandb"))
-
-
-def read_wandb_run(path: str | os.PathLike) -> dict:
-    """Summary, history rows and config of an offline W&B run.
-
-    `path` is a `.wandb` file or a directory holding `wandb/offline-run-*/run-*.wandb` (the last
-    one is read). Returns {"summary": {...}, "history": [{...}, ...], "config": {...}, "run_id"}.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    path = Path(path)
-    if path.is_dir():
-        files = find_wandb_files(path)
-        if not files:
-            raise FileNotFoundError(f"no wandb/*run-*/run-*.wandb under {path}")
-        path = files[-1]
-    out: dict[str, Any] = {"summary": {}, "history": [], "config": {}, "run_id": None, "file": str(path)}
-
-    def key_of(item) -> str:
-        return "/".join(item.nested_key) if len(item.nested_key) else item.key
-
-    def value_of(item):
-        try:
-            return json.loads(item.value_json)
-        except ValueError:
-            return item.value_json
-
-    for payload in _records(path):
-        rec = pb.Record()
-        try:
-            rec.ParseFromString(payload)
-        except Exception:
-            continue
-        kind = rec.WhichOneof("record_type")
-        if kind == "history":
-            out["history"].append({key_of(i): value_of(i) for i in rec.history.item})
-        elif kind == "summary":
-            for i in rec.summary.update:
-                out["summary"][key_of(i)] = value_of(i)
-        elif kind == "config":
-            for i in rec.config.update:
-                out["config"][key_of(i)] = value_of(i)
-        elif kind == "run":
-            out["run_id"] = rec.run.run_id
-            for i in rec.run.config.update:
-                out["config"][key_of(i)] = value_of(i)
-    # History rows carry every logged value; summary records may be absent in offline runs.
-    for row in out["history"]:
-        for k, v in row.items():
-            if not k.startswith("_"):
-                out["summary"].setdefault(k, v)
-    return out
-
-
 class Timer:
-    """`with timer("capture"): ...` records seconds per stage in `timer.seconds`."""
+    """`with timer("capture"): ...` adds the stage's seconds to `timer.seconds["capture"]`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
-    def __call__(self, name: str):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self_inner):
-                self_inner.t0 = time.perf_counter()
-
-            def __exit__(self_inner, *exc):
-                timer.seconds[name] = round(timer.seconds.get(name, 0.0) + time.perf_counter()
-                                            - self_inner.t0, 3)
-                return False
-
-        return _Ctx()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
 __all__ = [
     "RESULTS_FILE", "HEAD_SCORES_FILE", "ERROR_FILE", "write_text_atomic", "write_json_atomic",
     "write_csv_atomic", "read_json", "config_hash", "completed_results", "write_error",
-    "environment", "flatten_metrics", "Tracker", "read_wandb_run", "find_wandb_files", "Timer",
-    "to_jsonable",
+    "environment", "flatten_metrics", "Tracker", "Timer", "to_jsonable",
 ]

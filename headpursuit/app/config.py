@@ -1,0 +1,104 @@
+"""Checks on a resolved run config that need no model: fail fast, naming the key.
+
+    validate_config(config)                 # raises ConfigError("intervention.alpha must be ...")
+    k = resolve_k(config["intervention"], n_total_heads, model_name)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from headpursuit.capture import POSITIONS
+from headpursuit.errors import ConfigError
+from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, parse_heads
+from headpursuit.ranking import METHODS
+from headpursuit.tasks import known_tasks
+
+__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k"]
+
+LOGGER_MODES = ("online", "offline", "disabled")
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Checks that need no model; raises ConfigError naming the key. `cfg` is a resolved dict."""
+    for group in ("model", "task", "ranking", "intervention"):
+        if not isinstance(cfg.get(group), Mapping):
+            raise ConfigError(f"config group {group!r} is missing; choose one with {group}=<option>")
+    model = cfg["model"]
+    if not isinstance(model.get("name_or_path"), str) or not model["name_or_path"]:
+        raise ConfigError("model.name_or_path must be a registry name, hub id or directory")
+
+    task = cfg["task"]
+    if task.get("name") not in known_tasks():
+        raise ConfigError(f"task.name={task.get('name')!r} is not a known task; known: "
+                          f"{', '.join(known_tasks())}")
+    if task.get("positions", "answer_concept") not in POSITIONS:
+        raise ConfigError(f"task.positions={task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
+
+    ranking = cfg["ranking"]
+    if not isinstance(ranking.get("method"), str):
+        raise ConfigError("ranking.method must be a ranking method name")
+    methods = sorted(METHODS)
+    if ranking["method"] not in methods:
+        raise ConfigError(f"ranking.method={ranking['method']!r} is unknown; known: {', '.join(methods)}")
+    if "k" in ranking and not (_is_int(ranking["k"]) and ranking["k"] >= 1):
+        raise ConfigError(f"ranking.k (SOMP steps) must be an integer >= 1, got {ranking['k']!r}")
+
+    iv = cfg["intervention"]
+    if not _is_number(iv.get("alpha")):
+        raise ConfigError(f"intervention.alpha must be a number (e.g. -1, 0, 2), got {iv.get('alpha')!r}")
+    mode = iv.get("heads", "ranked")
+    if mode not in HEAD_MODES:
+        raise ConfigError(f"intervention.heads={mode!r} is not one of {', '.join(HEAD_MODES)}")
+    kf = iv.get("k_frac")
+    if kf is not None and not (_is_number(kf) and 0 < float(kf) <= 1):
+        raise ConfigError(f"intervention.k_frac must be a number in (0, 1], got {kf!r}")
+    if kf is None and mode != "explicit":
+        k = iv.get("k")
+        if not (_is_int(k) and k >= 1):
+            raise ConfigError(f"intervention.k must be an integer >= 1, got {k!r}")
+    if mode == "explicit":
+        if not iv.get("explicit"):
+            raise ConfigError("intervention.heads=explicit needs intervention.explicit=[[layer,head],...]")
+        parse_heads(iv["explicit"])  # format errors name the key
+    if iv.get("random_pool", "all") not in RANDOM_POOLS:
+        raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of "
+                          f"{', '.join(RANDOM_POOLS)}")
+    seeds = iv.get("random_seeds") or []
+    if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
+        raise ConfigError(f"intervention.random_seeds must be a list of integers, got {seeds!r}")
+    logger = cfg.get("logger") or {}
+    if logger.get("mode", "disabled") not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode={logger.get('mode')!r} is not one of {', '.join(LOGGER_MODES)}")
+    if not _is_int(cfg.get("seed", 0)):
+        raise ConfigError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    # The layout declared in the model config lets k be checked before a (slow) model load.
+    n_layers, n_heads = model.get("n_layers"), model.get("n_heads")
+    if _is_int(n_layers) and _is_int(n_heads):
+        resolve_k(iv, n_layers * n_heads, model_name=model["name_or_path"])
+
+
+def resolve_k(iv: Mapping[str, Any], n_total: int, model_name: str = "the model") -> int:
+    """Number of heads to edit: `k`, or `round(k_frac * n_total)` (at least 1) when k_frac is set."""
+    if iv.get("heads") == "explicit":
+        k = len(parse_heads(iv.get("explicit") or []))
+    elif iv.get("k_frac") is not None:
+        k = max(1, int(round(float(iv["k_frac"]) * n_total)))
+    else:
+        k = iv.get("k")
+    if not _is_int(k) or k < 1:
+        raise ConfigError(f"intervention.k must be an integer >= 1, got {k!r}")
+    if k > n_total:
+        raise ConfigError(f"intervention.k={k} is larger than the number of heads of {model_name} "
+                          f"({n_total}); use intervention.k <= {n_total} or intervention.k_frac")
+    return k

@@ -1,0 +1,200 @@
+"""`python -m headpursuit` / `headpursuit`: the Hydra entry point. It runs the stages, nothing else.
+
+    validate -> resume check -> model -> task -> ranking samples -> capture (cached) -> rank (cached)
+    -> select heads -> head_scores.csv (+ heat map) -> evaluate unedited (cached), edited, random-head
+    controls -> record -> W&B -> results.json
+
+The configs live in `conf/` at the repository top level (see `find_config_dir`). Results go to
+Hydra's output directory (`HydraConfig.get().runtime.output_dir`); the job never changes directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from headpursuit.app.cache import RunCache, model_identity, task_identity
+from headpursuit.app.config import ConfigError, resolve_k, validate_config
+from headpursuit.app.record import record
+from headpursuit.app.stages import (
+    build_task_memo,
+    capture_cached,
+    concept_token_ids,
+    evaluate_cached,
+    load_model_memo,
+    random_controls,
+    rank_cached,
+    ranking_samples_cached,
+)
+from headpursuit.app.tracking import (
+    HEAD_SCORES_FILE,
+    RESULTS_FILE,
+    Timer,
+    Tracker,
+    completed_results,
+    config_hash,
+    flatten_metrics,
+    write_csv_atomic,
+    write_error,
+    write_json_atomic,
+)
+from headpursuit.heads import Head, select_heads
+
+if TYPE_CHECKING:
+    from headpursuit.models import LoadedModel
+    from headpursuit.ranking import HeadScores
+    from headpursuit.tasks import Task
+
+log = logging.getLogger("headpursuit")
+
+HEATMAP_FILE = "head_scores_heatmap.png"
+
+
+def find_config_dir() -> str:
+    """$HEADPURSUIT_CONF, else `conf/` inside the package (installed wheel), else the repo's `conf/`."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = [Path(os.environ["HEADPURSUIT_CONF"])] if os.environ.get("HEADPURSUIT_CONF") else []
+    candidates += [package / "conf", package.parent / "conf"]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return str(c.resolve())
+    raise FileNotFoundError(f"No Hydra config tree (config.yaml) in {[str(c) for c in candidates]}; "
+                            "set HEADPURSUIT_CONF=/path/to/conf")
+
+
+def run_info(hc: Any, run_dir: Path) -> dict:
+    """Where and how Hydra ran this job (results.json `run`)."""
+    try:
+        job_num = int(hc.job.num)
+    except Exception:  # single runs have no job number
+        job_num = None
+    return {"dir": str(run_dir), "mode": hc.mode.name.lower(), "job_num": job_num,
+            "overrides": list(hc.overrides.task), "choices": dict(hc.runtime.choices)}
+
+
+def start_tracker(config: Mapping[str, Any], run_dir: Path, hc: Any) -> Tracker:
+    """A W&B run named after the job's overrides, grouped by sweep (logger.group if set)."""
+    tracker = Tracker(config.get("logger"), run_dir)
+    sweep = f"{hc.runtime.choices.get('experiment') or 'sweep'}-{Path(hc.sweep.dir).name}"
+    tracker.start(config, group=(config.get("logger") or {}).get("group")
+                  or (sweep if hc.mode == RunMode.MULTIRUN else None),
+                  name=hc.job.override_dirname or "default")
+    return tracker
+
+
+def write_head_scores(run_dir: Path, scores: HeadScores, heads: Sequence[Head], lm: LoadedModel,
+                      task: Task, method: str, *, plots: bool, timer: Timer) -> Path | None:
+    """head_scores.csv, and (plots=true) the layers x heads heat map with the edited heads outlined."""
+    write_csv_atomic(scores.table, run_dir / HEAD_SCORES_FILE)
+    if not plots:
+        return None
+    from headpursuit.app.plots import score_heatmap  # matplotlib only when plots are made
+
+    with timer("plots"):
+        return score_heatmap(scores.table, lm.layout.n_layers, lm.layout.n_heads, run_dir / HEATMAP_FILE,
+                             title=f"{lm.name} | {task.name} | {method}", highlight=heads)
+
+
+def track(tracker: Tracker, res: Mapping[str, Any], heads: Sequence[Head], scores: HeadScores,
+          heatmap: Path | None) -> None:
+    """Mirror the record to W&B: metrics, k/alpha/heads, the score table and the heat map."""
+    tracker.log_metrics(flatten_metrics(res))
+    tracker.log_summary({"k": res["k"], "alpha": res["alpha"], "heads": [f"{a}.{b}" for a, b in heads]})
+    tracker.log_table("head_scores", scores.table)
+    if heatmap is not None:
+        tracker.log_image("head_scores_heatmap", heatmap)
+
+
+def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
+    hc, timer = HydraConfig.get(), Timer()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    res.update(status="running", config_hash=config_hash(config), config=config, run=run_info(hc, run_dir))
+    validate_config(config)                                     # fail fast, naming the key
+    if cfg.resume and (done := completed_results(run_dir, res["config_hash"])):
+        log.info("%s: complete with the same config; skipping (resume=false to rerun)", run_dir)
+        return done
+    write_json_atomic(run_dir / RESULTS_FILE, res)
+    iv, task_cfg, seed, cache = config["intervention"], config["task"], int(cfg.seed), RunCache(cfg.cache_dir)
+    random.seed(seed)
+    tracker = start_tracker(config, run_dir, hc)
+    try:
+        with timer("load_model"):
+            lm, loaded_before = load_model_memo(config["model"], cfg.device, cfg.dtype)
+        L, H = lm.layout.n_layers, lm.layout.n_heads
+        k = resolve_k(iv, L * H, lm.name)
+        with timer("task"):
+            task = build_task_memo(task_cfg, lm)
+        model_id = model_identity(config["model"], lm)
+        with timer("ranking_samples"):
+            samples = ranking_samples_cached(
+                cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking")})
+        with timer("capture"):
+            acts, acts_key = capture_cached(cache, lm, samples, task_cfg.get("positions", "answer_concept"),
+                                            concept_token_ids(task.concept), cfg.capture_batch_size)
+        with timer("rank"):
+            scores = rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)
+        heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed,
+                             explicit=iv.get("explicit") or ())
+        heatmap = write_head_scores(run_dir, scores, heads, lm, task, config["ranking"]["method"],
+                                    plots=cfg.plots, timer=timer)
+        eval_id, alpha = {"model": model_id, "task": task_identity(task_cfg, "eval")}, float(iv["alpha"])
+        with timer("baseline"):
+            baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed)
+        with timer("edited"):
+            edited = evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in heads}, label="edited",
+                                     seed=seed)
+        with timer("random"):
+            per_seed = random_controls(cache, lm, task, eval_id, heads, k=k, alpha=alpha, seed=seed,
+                                       seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
+                                       pool=iv.get("random_pool", "all"))
+        res.update(record(lm=lm, task=task, config=config, k=k, heads=heads, scores=scores,
+                          baseline=baseline, edited=edited, per_seed=per_seed, samples=samples, acts=acts,
+                          cache=cache, timings=timer.seconds, model_loaded_in_process=loaded_before))
+        track(tracker, res, heads, scores, heatmap)
+        tracker.finish(0)
+    except BaseException:
+        tracker.finish(1)
+        res["tracking"] = tracker.status
+        raise
+    res["tracking"] = tracker.status
+    write_json_atomic(run_dir / RESULTS_FILE, res)
+    log.info("%s: %s", run_dir, {k: round(v, 3) for k, v in flatten_metrics(res).items()
+                                 if "/std/" not in k and k.count("/") == 2})
+    return res
+
+
+@hydra.main(version_base="1.3", config_path=find_config_dir(), config_name="config")
+def main(cfg: DictConfig) -> dict | None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    abort_flag = Path(hc.sweep.dir) / ".fail_fast_abort" if multirun else None
+    res: dict = {"status": "running"}
+    try:
+        if multirun and cfg.get("fail_fast") and abort_flag.exists():
+            raise RuntimeError(
+                f"skipped: an earlier job of this sweep failed and fail_fast=true ({abort_flag})")
+        return execute(cfg, run_dir, res)
+    except Exception as exc:
+        write_error(run_dir, exc, res)
+        log.error("%s failed: %s: %s (see %s/error.txt)", run_dir, type(exc).__name__, exc, run_dir)
+        if multirun and cfg.get("fail_fast"):
+            abort_flag.touch()
+        # A single run, a config error or fail_fast raises (Hydra records it; the process exits 1).
+        # Otherwise a sweep records the failure in the job's dir and goes on with the other jobs.
+        if not multirun or cfg.get("fail_fast") or isinstance(exc, ConfigError):
+            raise
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The stages of a run, each behind the sweep's disk cache (see `headpursuit.app.cache`).
+
+    lm, loaded_before = load_model_memo(model_cfg, device, dtype)     # once per process
+    task = build_task_memo(task_cfg, lm)
+    samples = ranking_samples_cached(cache, task, lm, ident)           # the model's greedy answers
+    acts, acts_key = capture_cached(cache, lm, samples, positions, concept_token_ids(task.concept))
+    scores = rank_cached(cache, acts, acts_key, lm, task.concept, ranking_cfg, seed)
+    result = evaluate_cached(cache, lm, task, ident, {head: alpha}, label="edited", seed=seed)
+    per_seed = random_controls(cache, lm, task, ident, heads, k=k, alpha=alpha, seeds=[0, 1], ...)
+
+Every cached stage records whether it was served from the cache in `cache.hits` under its label
+(samples, acts, scores, baseline, edited, random); the run's record reports those flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from headpursuit.app.cache import CACHE_VERSION, RunCache, code_fingerprint, stable_hash
+from headpursuit.capture import CaptureSample, cache_key, capture_heads
+from headpursuit.heads import Head, random_control_heads
+from headpursuit.intervention import scale_heads
+from headpursuit.models import load_model
+from headpursuit.ranking import rank_heads
+from headpursuit.tasks import build_task
+
+if TYPE_CHECKING:
+    from headpursuit.capture import HeadActivations
+    from headpursuit.concepts import Concept
+    from headpursuit.models import LoadedModel
+    from headpursuit.ranking import HeadScores
+    from headpursuit.tasks import Task
+
+__all__ = ["load_model_memo", "build_task_memo", "concept_token_ids", "ranking_samples_cached",
+           "capture_cached", "rank_cached", "evaluate_with_edits", "evaluate_cached", "random_controls"]
+
+_MODEL_MEMO: dict[str, LoadedModel] = {}
+_TASK_MEMO: dict[str, Task] = {}
+
+
+def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tuple[LoadedModel, bool]:
+    """(model, loaded earlier in this process): the jobs of a basic-launcher sweep share one load.
+
+    Only the last model is kept (a sweep over models does not pile them up in memory).
+    """
+    key = stable_hash(dict(model_cfg), device, dtype)
+    if key in _MODEL_MEMO:
+        return _MODEL_MEMO[key], True
+    _MODEL_MEMO.clear()
+    _TASK_MEMO.clear()
+    lm = load_model(model_cfg["name_or_path"], dtype=dtype, device=device,
+                    trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+                    revision=model_cfg.get("revision"), **dict(model_cfg.get("kwargs") or {}))
+    _MODEL_MEMO[key] = lm
+    return lm, False
+
+
+def build_task_memo(task_cfg: Mapping[str, Any], lm: LoadedModel) -> Task:
+    """The task for `task_cfg` on `lm`, built once per process (its data loads are not free)."""
+    key = stable_hash(dict(task_cfg), id(lm))
+    if key not in _TASK_MEMO:
+        _TASK_MEMO.clear()
+        # `positions` says where to capture activations, not what the task is.
+        args = {k: v for k, v in task_cfg.items() if k != "positions"}
+        _TASK_MEMO[key] = build_task(args, lm)
+    return _TASK_MEMO[key]
+
+
+def concept_token_ids(concept: Concept) -> list[int]:
+    """The concept's token ids as a sorted list of ints (what capture and the cache keys take)."""
+    return sorted(int(i) for i in concept.token_ids.tolist())
+
+
+def ranking_samples_cached(cache: RunCache, task: Task, lm: LoadedModel, ident: dict) -> list[CaptureSample]:
+    """The task's ranking samples (prompts + the model's own greedy answers), cached."""
+    key = stable_hash("ranking_samples", CACHE_VERSION, ident, code_fingerprint())
+
+    def compute() -> list[dict]:
+        # Plain dicts: the pickle does not depend on the CaptureSample class staying the same.
+        return [{"prompt": s.prompt, "answer": s.answer, "image": s.image, "meta": s.meta}
+                for s in task.ranking_samples(lm)]
+
+    rows, _ = cache.get_or_compute("samples", key, compute, fmt="pickle")
+    return [CaptureSample(prompt=r["prompt"], answer=r["answer"], image=r.get("image"),
+                          meta=r.get("meta") or {}) for r in rows]
+
+
+def capture_cached(cache: RunCache, lm: LoadedModel, samples: Sequence[CaptureSample], positions: str,
+                   concept_ids: Sequence[int], batch_size: int = 8) -> tuple[HeadActivations, str]:
+    """(activations, their cache key): capture_heads with its disk cache, under a lock so parallel
+    jobs extract once. capture_heads says in `acts.meta["from_cache"]` whether it read the cache."""
+    layers = list(range(lm.layout.n_layers))
+    key = cache_key(lm, samples, positions, layers, concept_ids)
+    with cache.lock("acts", key):
+        acts = capture_heads(lm, samples, positions=positions, batch_size=batch_size,
+                             concept_token_ids=concept_ids, cache_dir=cache.dir("acts"),
+                             progress=False)
+    cache.note_hit("acts", bool(acts.meta.get("from_cache")))
+    return acts, key
+
+
+def rank_cached(cache: RunCache, acts: HeadActivations, acts_key: str, lm: LoadedModel, concept: Concept,
+                ranking_cfg: Mapping[str, Any], seed: int) -> HeadScores:
+    """rank_heads, cached on (activations, concept, ranking config, seed, code)."""
+    kwargs = dict(ranking_cfg)
+    method = kwargs.pop("method")
+    key = stable_hash("scores", CACHE_VERSION, acts_key, concept.name, concept_token_ids(concept),
+                      method, kwargs, seed, code_fingerprint())
+    scores, _ = cache.get_or_compute(
+        "scores", key, lambda: rank_heads(acts, lm, concept, method=method, seed=seed, **kwargs),
+        fmt="pickle")
+    return scores
+
+
+def evaluate_with_edits(lm: LoadedModel, task: Task, scales: Mapping[Head, float], *, desc: str = "",
+                        seed: int = 0) -> dict:
+    """Generate with the heads rescaled (hooks active), then score with the hooks removed: fluency
+    scorers must see the unedited model."""
+    torch.manual_seed(seed)
+    with scale_heads(lm, dict(scales)):
+        outputs = task.generate(lm, desc=desc)
+    return task.score(outputs, fluency_model=lm)
+
+
+def evaluate_cached(cache: RunCache, lm: LoadedModel, task: Task, ident: dict, scales: Mapping[Head, float],
+                    *, label: str, seed: int, desc: str | None = None) -> dict:
+    """evaluate_with_edits, cached on (model, task config, the exact edit, seed, code); the hit is
+    recorded under `label` (baseline, edited, random)."""
+    edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
+    key = stable_hash("eval", CACHE_VERSION, ident, edit, seed, code_fingerprint())
+    result, _ = cache.get_or_compute(
+        "evals", key, lambda: evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed),
+        label=label)
+    return result
+
+
+def random_controls(cache: RunCache, lm: LoadedModel, task: Task, ident: dict, edited: Sequence[Head], *,
+                    k: int, alpha: float, seeds: Sequence[int], pool: str, seed: int) -> list[dict]:
+    """The random-head controls: per seed, k random heads (from `pool`) rescaled by alpha and
+    evaluated like the edited heads. [{seed, heads, <evaluation>}, ...]."""
+    n_layers, n_heads = lm.layout.n_layers, lm.layout.n_heads
+    per_seed = []
+    for s in seeds:
+        heads = random_control_heads(edited, n_layers, n_heads, k, s, pool=pool)
+        result = evaluate_cached(cache, lm, task, ident, {h: alpha for h in heads}, label="random",
+                                 desc=f"random{s}", seed=seed)
+        per_seed.append({"seed": s, "heads": [list(h) for h in heads], **result})
+    return per_seed
