@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test test-fast bench reproduce clean
+.PHONY: venv run lint format test test-fast bench reproduce clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,17 @@ $(STAMP): pyproject.toml Makefile
 run: venv
 	$(PY) -m headpursuit $(ARGS)
 
-test: venv
+# ruff (lint + format check) and mypy; `make format` rewrites what ruff can fix.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-fast: venv

@@ -10,15 +10,17 @@
     effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0)  # causal check
 """
 
-from headpursuit.models import AttentionLayout, LoadedModel, load_model, wrap_model
+from headpursuit._version import __version__
 from headpursuit.capture import CaptureSample, HeadActivations, capture_heads
-from headpursuit.intervention import scale_heads, uniform_scales
-from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
 from headpursuit.concepts import Concept, load_concept
-from headpursuit.ranking import HeadScores, explain_head, rank_heads
 from headpursuit.effects import HeadEffects, answer_logprob, head_effects
+from headpursuit.intervention import scale_heads, uniform_scales
+from headpursuit.models import AttentionLayout, LoadedModel, load_model, wrap_model
+from headpursuit.ranking import HeadScores, explain_head, rank_heads
+from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
 
 __all__ = [
+    "__version__",
     "AttentionLayout", "LoadedModel", "load_model", "wrap_model",
     "CaptureSample", "HeadActivations", "capture_heads",
     "scale_heads", "uniform_scales",
