@@ -23,8 +23,10 @@ QUESTIONS = [f"In which country is the city number {i} of this list?" for i in r
 
 
 def _timed_load(model: str, cache: str) -> float:
-    code = ("import time,os;t=time.perf_counter();from headpursuit import load_model;"
-            f"lm=load_model({model!r});print(time.perf_counter()-t, lm.provenance['from_cache'])")
+    code = (
+        "import time,os;t=time.perf_counter();from headpursuit import load_model;"
+        f"lm=load_model({model!r});print(time.perf_counter()-t, lm.provenance['from_cache'])"
+    )
     env = {**os.environ, "HEADPURSUIT_CACHE": cache, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     secs, from_cache = out.stdout.split()[-2:]
@@ -45,8 +47,10 @@ def main() -> None:
         second, c2 = _timed_load(args.model, cache)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    print(f"load {args.model}: first {first:.1f}s (from_cache={c1}), second {second:.1f}s "
-          f"(from_cache={c2}), ratio {first / second:.1f}x  [wall time in a fresh process]")
+    print(
+        f"load {args.model}: first {first:.1f}s (from_cache={c1}), second {second:.1f}s "
+        f"(from_cache={c2}), ratio {first / second:.1f}x  [wall time in a fresh process]"
+    )
 
     lm = load_model(args.model)
     prompts = [lm.format_prompt(q) for q in QUESTIONS]
@@ -54,7 +58,7 @@ def main() -> None:
     def plain():
         with torch.inference_mode():
             for i in range(0, len(prompts), args.batch_size):
-                lm.model(**lm.encode(prompts[i:i + args.batch_size]), use_cache=False)
+                lm.model(**lm.encode(prompts[i : i + args.batch_size]), use_cache=False)
 
     def hooked():
         capture_heads(lm, prompts, positions="all", batch_size=args.batch_size, progress=False)
@@ -70,9 +74,11 @@ def main() -> None:
         t_hook.append(time.perf_counter() - t)
     bp, bh = min(t_plain), min(t_hook)
     n = len(prompts)
-    print(f"extraction of {n} prompts (batch {args.batch_size}, all positions, all "
-          f"{lm.layout.n_total_heads} heads): no hooks {n / bp:.1f} samples/s, with capture "
-          f"{n / bh:.1f} samples/s, overhead {bh / bp:.2f}x")
+    print(
+        f"extraction of {n} prompts (batch {args.batch_size}, all positions, all "
+        f"{lm.layout.n_total_heads} heads): no hooks {n / bp:.1f} samples/s, with capture "
+        f"{n / bh:.1f} samples/s, overhead {bh / bp:.2f}x"
+    )
     print(f"capture_overhead_ratio={bh / bp:.3f}")
 
 

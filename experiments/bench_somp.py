@@ -46,16 +46,52 @@ sys.path.insert(0, str(ROOT))
 from headpursuit.somp import head_dictionary, somp_heads, somp_reference  # noqa: E402
 
 FALLBACK_PLACES = [
-    "the Eiffel Tower", "the Statue of Liberty", "the Great Wall", "the Colosseum", "the Taj Mahal",
-    "Machu Picchu", "the Kremlin", "Big Ben", "the Sydney Opera House", "Mount Fuji",
-    "the Brandenburg Gate", "the Acropolis", "Petra", "the Pyramids of Giza", "Angkor Wat",
-    "Christ the Redeemer", "Chichen Itza", "the Leaning Tower of Pisa", "the Sagrada Familia",
-    "Stonehenge", "Table Mountain", "Niagara Falls", "the CN Tower", "the Alhambra", "Neuschwanstein",
-    "the Matterhorn", "Uluru", "Kilimanjaro", "the Blue Mosque", "the Forbidden City",
-    "Edinburgh Castle", "the Little Mermaid statue", "the Atomium", "the Parthenon", "Lake Titicaca",
-    "Mount Everest", "Hagia Sophia", "the Burj Khalifa", "Ha Long Bay", "the Louvre",
-    "the Vatican Museums", "the Cliffs of Moher", "Bora Bora", "the Galapagos Islands",
-    "the Serengeti", "the Dead Sea",
+    "the Eiffel Tower",
+    "the Statue of Liberty",
+    "the Great Wall",
+    "the Colosseum",
+    "the Taj Mahal",
+    "Machu Picchu",
+    "the Kremlin",
+    "Big Ben",
+    "the Sydney Opera House",
+    "Mount Fuji",
+    "the Brandenburg Gate",
+    "the Acropolis",
+    "Petra",
+    "the Pyramids of Giza",
+    "Angkor Wat",
+    "Christ the Redeemer",
+    "Chichen Itza",
+    "the Leaning Tower of Pisa",
+    "the Sagrada Familia",
+    "Stonehenge",
+    "Table Mountain",
+    "Niagara Falls",
+    "the CN Tower",
+    "the Alhambra",
+    "Neuschwanstein",
+    "the Matterhorn",
+    "Uluru",
+    "Kilimanjaro",
+    "the Blue Mosque",
+    "the Forbidden City",
+    "Edinburgh Castle",
+    "the Little Mermaid statue",
+    "the Atomium",
+    "the Parthenon",
+    "Lake Titicaca",
+    "Mount Everest",
+    "Hagia Sophia",
+    "the Burj Khalifa",
+    "Ha Long Bay",
+    "the Louvre",
+    "the Vatican Museums",
+    "the Cliffs of Moher",
+    "Bora Bora",
+    "the Galapagos Islands",
+    "the Serengeti",
+    "the Dead Sea",
 ]
 
 
@@ -101,7 +137,7 @@ def materialise(z: torch.Tensor, W: torch.Tensor, flat: int) -> torch.Tensor:
     """One head's signals (n, d_model) = z_h W_h^T."""
     n, L, H, dh = z.shape
     layer, h = divmod(flat, H)
-    return z[:, layer, h] @ W[layer][:, h * dh:(h + 1) * dh].T
+    return z[:, layer, h] @ W[layer][:, h * dh : (h + 1) * dh].T
 
 
 def run_reference(z, W, D, k, heads, aggregation="l1"):
@@ -152,9 +188,12 @@ def bench_smollm2(args) -> float:
     gain = lm.final_norm_gain()
     D, _, _ = head_dictionary(U, gain)  # the dictionary: gain folded, rows normalised
     n, L, H, dh = z.shape
-    print(f"questions: {len(qs)} from {src}; positions={args.positions}; rows n={n}; "
-          f"{L} layers x {H} heads = {L * H} heads, head_dim {dh}, d_model {W.shape[1]}, vocab {U.shape[0]}, "
-          f"k={args.k}; final-norm gain folded; setup {time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"questions: {len(qs)} from {src}; positions={args.positions}; rows n={n}; "
+        f"{L} layers x {H} heads = {L * H} heads, head_dim {dh}, d_model {W.shape[1]}, vocab {U.shape[0]}, "
+        f"k={args.k}; final-norm gain folded; setup {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     print(f"torch threads: {torch.get_num_threads()}; load average: {os.getloadavg()[0]:.2f}", flush=True)
 
     somp_heads(z[:, :1], W[:1], U, 2, norm_gain=gain)  # warm-up (allocator, MKL init)
@@ -162,9 +201,11 @@ def bench_smollm2(args) -> float:
         t = time.perf_counter()
         res = somp_heads(z, W, U, args.k, norm_gain=gain, aggregation="l1")
         t_fast = time.perf_counter() - t
-    print(f"fast somp_heads: {t_fast:.2f}s for {L * H} heads (batch {res.meta['head_batch']} heads, "
-          f"route {res.meta['route']}); peak RSS {mem.peak_gib:.2f} GiB (+{mem.extra_gib:.2f} GiB during the call)",
-          flush=True)
+    print(
+        f"fast somp_heads: {t_fast:.2f}s for {L * H} heads (batch {res.meta['head_batch']} heads, "
+        f"route {res.meta['route']}); peak RSS {mem.peak_gib:.2f} GiB (+{mem.extra_gib:.2f} GiB during the call)",
+        flush=True,
+    )
 
     n_ref = min(args.ref_heads, L * H)
     heads = list(range(L * H)) if n_ref == L * H else torch.linspace(0, L * H - 1, n_ref).round().long().tolist()
@@ -173,13 +214,20 @@ def bench_smollm2(args) -> float:
     t_ref_all = t_ref * (L * H) / len(heads)
     note = "" if len(heads) == L * H else f" (measured on {len(heads)} heads, extrapolated linearly to {L * H})"
     extra = f"; {t_ref_all:.1f}s for {L * H} heads{note}" if note else ""
-    print(f"reference loop (d_model space, lstsq each step): {t_ref:.2f}s for {len(heads)} heads{extra}; "
-          f"peak RSS {mem_ref.peak_gib:.2f} GiB", flush=True)
-    same_heads, same_atoms, max_ev, first_diff = agreement(res.indices[heads], res.explained_variance[heads],
-                                                           ref_idx, ref_ev)
-    print(f"agreement: identical selections (all {args.k} atoms, in order) for {same_heads:.4f} of heads; "
-          f"identical atoms {same_atoms:.4f}; max |EV fast - EV reference| = {max_ev:.2e}"
-          + (f"; first differing step per mismatching head: {first_diff}" if first_diff else ""), flush=True)
+    print(
+        f"reference loop (d_model space, lstsq each step): {t_ref:.2f}s for {len(heads)} heads{extra}; "
+        f"peak RSS {mem_ref.peak_gib:.2f} GiB",
+        flush=True,
+    )
+    same_heads, same_atoms, max_ev, first_diff = agreement(
+        res.indices[heads], res.explained_variance[heads], ref_idx, ref_ev
+    )
+    print(
+        f"agreement: identical selections (all {args.k} atoms, in order) for {same_heads:.4f} of heads; "
+        f"identical atoms {same_atoms:.4f}; max |EV fast - EV reference| = {max_ev:.2e}"
+        + (f"; first differing step per mismatching head: {first_diff}" if first_diff else ""),
+        flush=True,
+    )
     speed = t_ref_all / t_fast
     print(f"speedup (reference / fast): {speed:.1f}x", flush=True)
 
@@ -209,14 +257,17 @@ def bench_smollm2(args) -> float:
             t_o = time.perf_counter() - t
             agree = 0
             for i, f in enumerate(hs):
-                block = alpha[:, i * n:(i + 1) * n]
+                block = alpha[:, i * n : (i + 1) * n]
                 sel = set(np.flatnonzero(np.asarray(abs(block).sum(axis=1)).ravel()).tolist())
                 agree += sel == set(ours.indices[f].tolist())
-            print(f"SPAMS spams.somp (ORMP, l2, float64, {torch.get_num_threads()} threads, first {len(ids)} "
-                  f"tokens as dictionary): {t_sp:.2f}s for "
-                  f"{len(hs)} heads = {t_sp * L * H / len(hs):.1f}s per {L * H} heads (extrapolated); "
-                  f"somp_heads(variant='ormp', aggregation='l2'): {t_o:.2f}s for all {L * H} heads; "
-                  f"same atom sets on {agree}/{len(hs)} heads", flush=True)
+            print(
+                f"SPAMS spams.somp (ORMP, l2, float64, {torch.get_num_threads()} threads, first {len(ids)} "
+                f"tokens as dictionary): {t_sp:.2f}s for "
+                f"{len(hs)} heads = {t_sp * L * H / len(hs):.1f}s per {L * H} heads (extrapolated); "
+                f"somp_heads(variant='ormp', aggregation='l2'): {t_o:.2f}s for all {L * H} heads; "
+                f"same atom sets on {agree}/{len(hs)} heads",
+                flush=True,
+            )
     return speed
 
 
@@ -231,29 +282,41 @@ def bench_7b(args) -> None:
     for layer in range(L):
         toks = torch.randint(0, V, (H, 16), generator=g)
         mix = torch.randn(H, 16, dh, generator=g) / 4
-        Wl = torch.einsum("htd,htk->hdk", U[toks], mix) + 0.1 * torch.randn(H, d, dh, generator=g) / d ** 0.5 * 8
+        Wl = torch.einsum("htd,htk->hdk", U[toks], mix) + 0.1 * torch.randn(H, d, dh, generator=g) / d**0.5 * 8
         W[layer] = Wl.permute(1, 0, 2).reshape(d, H * dh)
     z = torch.randn(n, L, H, dh, generator=g)
-    print(f"{L * H} heads, head_dim {dh}, d_model {d}, vocab {V}, n={n}, k={k}; memory budget "
-          f"{args.budget_gib:.1f} GiB for the working set", flush=True)
+    print(
+        f"{L * H} heads, head_dim {dh}, d_model {d}, vocab {V}, n={n}, k={k}; memory budget "
+        f"{args.budget_gib:.1f} GiB for the working set",
+        flush=True,
+    )
     with PeakRSS() as mem:
         t = time.perf_counter()
         res = somp_heads(z, W, U, k, memory_budget=int(args.budget_gib * 2**30), chunk_size=args.chunk)
         t_fast = time.perf_counter() - t
-    print(f"fast somp_heads: {t_fast:.1f}s for {L * H} heads (batch {res.meta['head_batch']} heads, route "
-          f"{res.meta['route']}); peak RSS {mem.peak_gib:.2f} GiB (+{mem.extra_gib:.2f} GiB during the call)",
-          flush=True)
+    print(
+        f"fast somp_heads: {t_fast:.1f}s for {L * H} heads (batch {res.meta['head_batch']} heads, route "
+        f"{res.meta['route']}); peak RSS {mem.peak_gib:.2f} GiB (+{mem.extra_gib:.2f} GiB during the call)",
+        flush=True,
+    )
     heads = torch.linspace(0, L * H - 1, args.heads_subset).round().long().tolist()
     D7, _, _ = head_dictionary(U)
     ref_idx, ref_ev, t_ref = run_reference(z, W, D7, k, heads)
     t_all = t_ref * L * H / len(heads)
-    same_heads, same_atoms, max_ev, first_diff = agreement(res.indices[heads], res.explained_variance[heads],
-                                                           ref_idx, ref_ev)
-    print(f"reference loop: {t_ref:.1f}s for {len(heads)} heads -> {t_all:.0f}s for {L * H} heads "
-          f"(EXTRAPOLATED linearly from {len(heads)} heads); speedup {t_all / t_fast:.1f}x", flush=True)
-    print(f"agreement on the {len(heads)} heads: identical selections {same_heads:.4f}, identical atoms "
-          f"{same_atoms:.4f}, max |EV diff| {max_ev:.2e}"
-          + (f"; first differing step: {first_diff}" if first_diff else ""), flush=True)
+    same_heads, same_atoms, max_ev, first_diff = agreement(
+        res.indices[heads], res.explained_variance[heads], ref_idx, ref_ev
+    )
+    print(
+        f"reference loop: {t_ref:.1f}s for {len(heads)} heads -> {t_all:.0f}s for {L * H} heads "
+        f"(EXTRAPOLATED linearly from {len(heads)} heads); speedup {t_all / t_fast:.1f}x",
+        flush=True,
+    )
+    print(
+        f"agreement on the {len(heads)} heads: identical selections {same_heads:.4f}, identical atoms "
+        f"{same_atoms:.4f}, max |EV diff| {max_ev:.2e}"
+        + (f"; first differing step: {first_diff}" if first_diff else ""),
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -262,13 +325,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-questions", type=int, default=46)
     ap.add_argument("--positions", default="last_prompt", help="capture positions (last_prompt | answer ...)")
-    ap.add_argument("--ref-heads", type=int, default=270,
-                    help="heads the SmolLM2 reference runs on (fewer: extrapolated, and said so)")
-    ap.add_argument("--spams", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time SPAMS when installed")
+    ap.add_argument(
+        "--ref-heads",
+        type=int,
+        default=270,
+        help="heads the SmolLM2 reference runs on (fewer: extrapolated, and said so)",
+    )
+    ap.add_argument(
+        "--spams", action=argparse.BooleanOptionalAction, default=True, help="also time SPAMS when installed"
+    )
     ap.add_argument("--spams-heads", type=int, default=27, help="heads SPAMS runs on (extrapolated)")
-    ap.add_argument("--spams-vocab", type=int, default=8192,
-                    help="dictionary size for the SPAMS comparison (SPAMS stores a V x V Gram matrix)")
+    ap.add_argument(
+        "--spams-vocab",
+        type=int,
+        default=8192,
+        help="dictionary size for the SPAMS comparison (SPAMS stores a V x V Gram matrix)",
+    )
     ap.add_argument("--skip-7b", action="store_true", help="skip the synthetic 7B-shape run")
     ap.add_argument("--heads-subset", type=int, default=8, help="7B: heads the reference runs on")
     ap.add_argument("--budget-gib", type=float, default=6.0, help="7B: working-set memory budget")

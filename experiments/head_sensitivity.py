@@ -49,8 +49,11 @@ TASK = {"name": "qa_countries", "n_rank": 40, "n_eval": 20, "seed": 0, "max_new_
 def correct_samples(lm, task, items, n: int, desc: str) -> list[CaptureSample]:
     """The model's own greedy answers to `items`, only the correct ones, at most n."""
     go = task._answer(lm, items, desc=desc)
-    out = [CaptureSample(prompt=p, answer=o[0]) for it, p, o in zip(items, go.prompts, go.outputs)
-           if alias_match(o[0], it.answers)]
+    out = [
+        CaptureSample(prompt=p, answer=o[0])
+        for it, p, o in zip(items, go.prompts, go.outputs)
+        if alias_match(o[0], it.answers)
+    ]
     return out[:n]
 
 
@@ -66,8 +69,14 @@ def scatter(table, path: Path, model: str, top_cs: list[tuple[int, int]]) -> Non
     for _, r in table.iterrows():
         if (int(r.layer), int(r["head"])) in top_cs:
             ax.scatter([r.delta_control], [r.delta_concept], s=60, facecolors="none", edgecolors="red")
-            ax.annotate(f"{int(r.layer)}.{int(r['head'])}", (r.delta_control, r.delta_concept), fontsize=7,
-                        color="red", xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                f"{int(r.layer)}.{int(r['head'])}",
+                (r.delta_control, r.delta_concept),
+                fontsize=7,
+                color="red",
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     lo = min(table.delta_control.min(), table.delta_concept.min())
     ax.plot([lo, 0], [lo, 0], ls="--", c="grey", lw=0.8)
     # A few load-bearing heads sit far out; symlog keeps the cluster of small effects readable.
@@ -87,8 +96,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="correct answers per group (concept, control)")
     ap.add_argument("--heads", type=int, default=0, help="only the top-N concept_share heads (0 = all)")
     ap.add_argument("--evaluate", default="", help="comma-separated k: evaluate the causal top-k by generation")
-    ap.add_argument("--control-weight", type=float, default=2.0,
-                    help="specificity = -delta_concept + w * delta_control (w > 1 penalises control damage)")
+    ap.add_argument(
+        "--control-weight",
+        type=float,
+        default=2.0,
+        help="specificity = -delta_concept + w * delta_control (w > 1 penalises control damage)",
+    )
     ap.add_argument("--reuse", action="store_true", help="read head_effects.csv from --out instead of scanning")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -125,8 +138,12 @@ def main() -> None:
         ts = time.perf_counter()
         eff = head_effects(lm, {"concept": concept, "control": control}, alpha=-1.0, heads=heads, batch_size=20)
         scan_seconds = round(time.perf_counter() - ts, 1)
-        t = eff.table.merge(cs.table[["layer", "head", "score", "rank"]].rename(
-            columns={"score": "concept_share_score", "rank": "concept_share_rank"}), on=["layer", "head"])
+        t = eff.table.merge(
+            cs.table[["layer", "head", "score", "rank"]].rename(
+                columns={"score": "concept_share_score", "rank": "concept_share_rank"}
+            ),
+            on=["layer", "head"],
+        )
         baseline, n_samples = eff.baseline, eff.meta["n_samples"]
     # Concept damage minus w x control damage: w = 1 would favour heads that break everything a
     # little more for countries (the load-bearing layer-1 heads); w = 2 asks for specificity.
@@ -137,28 +154,41 @@ def main() -> None:
     scatter(t, out / "sensitivity.png", lm.name, top_cs)
 
     x, y = t.delta_control.to_numpy(), t.delta_concept.to_numpy()
-    summary = {"argv": " ".join(a for a in sys.argv[1:] if a != "--reuse"), "model": lm.name,
-               "provenance": lm.provenance, "n_samples": n_samples,
-               "baseline_logprob": baseline, "n_heads_scanned": len(t), "scan_seconds": scan_seconds,
-               "control_weight": args.control_weight,
-               # How much the heads that matter for country answers are the ones that matter for any answer.
-               "pearson_r": float(np.corrcoef(x, y)[0, 1]),
-               # Pearson is dominated by the few heads with large effects; ranks are not.
-               "spearman_r": float(t.delta_control.corr(t.delta_concept, method="spearman")),
-               "slope_through_origin": float((x * y).sum() / (x * x).sum()),
-               "concept_share_top6": [f"{a}.{b}" for a, b in top_cs], "evaluations": {}}
+    summary = {
+        "argv": " ".join(a for a in sys.argv[1:] if a != "--reuse"),
+        "model": lm.name,
+        "provenance": lm.provenance,
+        "n_samples": n_samples,
+        "baseline_logprob": baseline,
+        "n_heads_scanned": len(t),
+        "scan_seconds": scan_seconds,
+        "control_weight": args.control_weight,
+        # How much the heads that matter for country answers are the ones that matter for any answer.
+        "pearson_r": float(np.corrcoef(x, y)[0, 1]),
+        # Pearson is dominated by the few heads with large effects; ranks are not.
+        "spearman_r": float(t.delta_control.corr(t.delta_concept, method="spearman")),
+        "slope_through_origin": float((x * y).sum() / (x * x).sum()),
+        "concept_share_top6": [f"{a}.{b}" for a, b in top_cs],
+        "evaluations": {},
+    }
     if args.evaluate:
+
         def flip(hs):
             r = evaluate_with_edits(lm, task, {h: -1.0 for h in hs})
-            return {"heads": [f"{a}.{b}" for a, b in hs], "concept_accuracy": r["concept"]["accuracy"],
-                    "control_accuracy": r["control"]["accuracy"]}
+            return {
+                "heads": [f"{a}.{b}" for a, b in hs],
+                "concept_accuracy": r["concept"]["accuracy"],
+                "control_accuracy": r["control"]["accuracy"],
+            }
+
         summary["evaluations"]["unedited"] = flip([])
         for k in [int(x) for x in args.evaluate.split(",") if x]:
             causal = [(int(r.layer), int(r["head"])) for _, r in t.head(k).iterrows()]
             summary["evaluations"][f"causal_top{k}"] = flip(causal)
             summary["evaluations"][f"concept_share_top{k}"] = flip(ranked[:k])
-            print(k, summary["evaluations"][f"causal_top{k}"], summary["evaluations"][f"concept_share_top{k}"],
-                  flush=True)
+            print(
+                k, summary["evaluations"][f"causal_top{k}"], summary["evaluations"][f"concept_share_top{k}"], flush=True
+            )
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(t.head(12).to_string(), flush=True)

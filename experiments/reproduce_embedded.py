@@ -63,13 +63,13 @@ def ks_for(n_heads: int) -> list[int]:
 
 
 def run_sweep(out: Path, overrides: list[str], log_path: Path) -> float:
-    cmd = [sys.executable, "-m", "headpursuit", "-m", *overrides, "logger=none",
-           f"hydra.sweep.dir={out}", "plots=true"]
+    cmd = [sys.executable, "-m", "headpursuit", "-m", *overrides, "logger=none", f"hydra.sweep.dir={out}", "plots=true"]
     print("$", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        proc = subprocess.run(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"  sweep exited {proc.returncode}; see {log_path} (failed runs stay in the tables)")
@@ -94,16 +94,20 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
     n_total = int(d.n_heads_total.dropna().iloc[0])
     ks = sorted(d.k.dropna().unique().astype(int))
     base = d.iloc[0]
-    lines = [f"Unedited model: concept accuracy **{pm(base['baseline.concept.accuracy'])}**, control "
-             f"accuracy **{pm(base['baseline.control.accuracy'])}** (eval questions per group: "
-             f"{int(base.get('n_eval', 0) or 0) or 'see results.json'}).", ""]
+    lines = [
+        f"Unedited model: concept accuracy **{pm(base['baseline.concept.accuracy'])}**, control "
+        f"accuracy **{pm(base['baseline.control.accuracy'])}** (eval questions per group: "
+        f"{int(base.get('n_eval', 0) or 0) or 'see results.json'}).",
+        "",
+    ]
     headline = {}
     for alpha in ALPHAS:
         da = d[d.alpha == alpha]
         if da.empty:
             continue
-        lines.append(f"**alpha = {alpha}** — cells: concept accuracy / control accuracy "
-                     "(random: mean ± std over seeds)\n")
+        lines.append(
+            f"**alpha = {alpha}** — cells: concept accuracy / control accuracy (random: mean ± std over seeds)\n"
+        )
         header = "| heads | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |"
         lines += [header, "|" + "---|" * (len(ks) + 1)]
         for method in METHODS:
@@ -128,8 +132,10 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
                 cells.append("n/a")
                 continue
             r = r.iloc[0]
-            cells.append(f"{pm(r['random.concept.accuracy'], r.get('random.std.concept.accuracy'))} / "
-                         f"{pm(r['random.control.accuracy'], r.get('random.std.control.accuracy'))}")
+            cells.append(
+                f"{pm(r['random.concept.accuracy'], r.get('random.std.concept.accuracy'))} / "
+                f"{pm(r['random.control.accuracy'], r.get('random.std.control.accuracy'))}"
+            )
         lines.append("| random heads | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n", headline
@@ -137,17 +143,19 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
 
 def enhancement_table(df: pd.DataFrame, model: str) -> str:
     """alpha > 1 rows of every sweep of `model` (main grid: alpha = 2; enhancement sweep: 4, 8)."""
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.alpha > 1)
-           & (df.status == "complete")]
+    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.alpha > 1) & (df.status == "complete")]
     if d.empty or "edited.control.concept_rate" not in d:
         return "_no enhancement runs_\n"
     b = d.iloc[0]
-    lines = ["Answers to **control** questions (which do not need a country): share that name a country, "
-             "country names per answer, and accuracy. Unedited: "
-             f"{pm(b['baseline.control.concept_rate'])} / {pm(b['baseline.control.concept_count'])} / "
-             f"{pm(b['baseline.control.accuracy'])}. Random: mean ± std over seeds.", "",
-             "| heads | k | alpha | control answers naming a country | country names per answer | control accuracy |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "Answers to **control** questions (which do not need a country): share that name a country, "
+        "country names per answer, and accuracy. Unedited: "
+        f"{pm(b['baseline.control.concept_rate'])} / {pm(b['baseline.control.concept_count'])} / "
+        f"{pm(b['baseline.control.accuracy'])}. Random: mean ± std over seeds.",
+        "",
+        "| heads | k | alpha | control answers naming a country | country names per answer | control accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
     seen = set()
     for method in METHODS + ["random"]:
         for _, r in d.sort_values(["alpha", "k"]).iterrows():
@@ -158,14 +166,22 @@ def enhancement_table(df: pd.DataFrame, model: str) -> str:
                 continue
             seen.add(key)
             if method == "random":
-                cells = [pm(r.get("random.control.concept_rate"), r.get("random.std.control.concept_rate")),
-                         pm(r.get("random.control.concept_count"), r.get("random.std.control.concept_count")),
-                         pm(r.get("random.control.accuracy"), r.get("random.std.control.accuracy"))]
+                cells = [
+                    pm(r.get("random.control.concept_rate"), r.get("random.std.control.concept_rate")),
+                    pm(r.get("random.control.concept_count"), r.get("random.std.control.concept_count")),
+                    pm(r.get("random.control.accuracy"), r.get("random.std.control.accuracy")),
+                ]
             else:
-                cells = [pm(r["edited.control.concept_rate"]), pm(r["edited.control.concept_count"]),
-                         pm(r["edited.control.accuracy"])]
-            lines.append(f"| {method if method != 'random' else 'random heads'} | {int(r.k)} | {r.alpha:g} | "
-                         + " | ".join(cells) + " |")
+                cells = [
+                    pm(r["edited.control.concept_rate"]),
+                    pm(r["edited.control.concept_count"]),
+                    pm(r["edited.control.accuracy"]),
+                ]
+            lines.append(
+                f"| {method if method != 'random' else 'random heads'} | {int(r.k)} | {r.alpha:g} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -174,17 +190,25 @@ def toxicity_table(df: pd.DataFrame) -> str:
     if d.empty:
         return "_no toxicity runs_\n"
     metrics = [c.split(".", 2)[2] for c in d.columns if c.startswith("edited.concept.")]
-    want = [m for m in ("mean_toxicity", "toxic_fraction", "expected_max_toxicity",
-                        "toxicity_probability", "perplexity") if m in metrics]
+    want = [
+        m
+        for m in ("mean_toxicity", "toxic_fraction", "expected_max_toxicity", "toxicity_probability", "perplexity")
+        if m in metrics
+    ]
     lines = ["| setting | " + " | ".join(want) + " |", "|" + "---|" * (len(want) + 1)]
     r0 = d.iloc[0]
     lines.append("| unedited | " + " | ".join(pm(r0[f"baseline.concept.{m}"], digits=3) for m in want) + " |")
     for _, r in d.sort_values(["k", "alpha"]).iterrows():
-        lines.append(f"| {r.ranking} top-{int(r.k)}, alpha={r.alpha:g} | "
-                     + " | ".join(pm(r[f"edited.concept.{m}"], digits=3) for m in want) + " |")
-        lines.append(f"| random {int(r.k)} heads, alpha={r.alpha:g} | "
-                     + " | ".join(pm(r.get(f"random.concept.{m}"), r.get(f"random.std.concept.{m}"), 3)
-                                  for m in want) + " |")
+        lines.append(
+            f"| {r.ranking} top-{int(r.k)}, alpha={r.alpha:g} | "
+            + " | ".join(pm(r[f"edited.concept.{m}"], digits=3) for m in want)
+            + " |"
+        )
+        lines.append(
+            f"| random {int(r.k)} heads, alpha={r.alpha:g} | "
+            + " | ".join(pm(r.get(f"random.concept.{m}"), r.get(f"random.std.concept.{m}"), 3) for m in want)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -211,13 +235,15 @@ def where_heads(sweep: Path, df: pd.DataFrame, model: str, docs: Path) -> str:
         top = scores.sort_values("rank").head(kmax)
         ax.hist(top.layer, bins=range(n_layers + 1), alpha=0.5, label=method)
         if method == "concept_share":
-            out_lines += [f"Top {min(kmax, len(top))} heads by `concept_share` on {model} and the "
-                          "first tokens full-vocabulary SOMP selects for each:\n",
-                          "| rank | layer.head | score | top tokens |", "|---|---|---|---|"]
+            out_lines += [
+                f"Top {min(kmax, len(top))} heads by `concept_share` on {model} and the "
+                "first tokens full-vocabulary SOMP selects for each:\n",
+                "| rank | layer.head | score | top tokens |",
+                "|---|---|---|---|",
+            ]
             for _, h in top.iterrows():
                 toks = str(h.get("top_tokens", "")).replace("|", "\\|")
-                out_lines.append(f"| {int(h['rank'])} | {int(h.layer)}.{int(h['head'])} | "
-                                 f"{h.score:.3f} | {toks} |")
+                out_lines.append(f"| {int(h['rank'])} | {int(h.layer)}.{int(h['head'])} | {h.score:.3f} | {toks} |")
     ax.set_xlabel("layer")
     ax.set_ylabel(f"# of top-{kmax} heads")
     ax.set_title(f"{model}: where the top-{kmax} country heads sit")
@@ -253,12 +279,16 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
     if d.empty:
         return "_no control runs_\n"
     r0 = d.iloc[0]
-    lines = [f"SmolLM2, `concept_share` top {int(r0.k)} heads flipped (alpha = -1): concept "
-             f"{r0['baseline.concept.accuracy']:.2f} -> {r0['edited.concept.accuracy']:.2f}, control "
-             f"{r0['baseline.control.accuracy']:.2f} -> {r0['edited.control.accuracy']:.2f} "
-             f"(heads {r0.heads}). Random draws of the same number of heads, same alpha:", "",
-             "| random pool | seeds | concept acc. mean ± std | median | min - max | control acc. mean ± std "
-             "| median | draws that break every answer |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"SmolLM2, `concept_share` top {int(r0.k)} heads flipped (alpha = -1): concept "
+        f"{r0['baseline.concept.accuracy']:.2f} -> {r0['edited.concept.accuracy']:.2f}, control "
+        f"{r0['baseline.control.accuracy']:.2f} -> {r0['edited.control.accuracy']:.2f} "
+        f"(heads {r0.heads}). Random draws of the same number of heads, same alpha:",
+        "",
+        "| random pool | seeds | concept acc. mean ± std | median | min - max | control acc. mean ± std "
+        "| median | draws that break every answer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     per_seed_lines = []
     for _, r in d.sort_values("random_pool").iterrows():
         res = json.loads((ROOT / sweep / r.run / "results.json").read_text())
@@ -266,15 +296,22 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
         cacc = [p["concept"]["accuracy"] for p in ps]
         broken = [p for p in ps if p["concept"]["accuracy"] == 0 and p["control"]["accuracy"] == 0]
         med = res["random"].get("median", {})
-        lines.append(f"| {r.random_pool} | {len(ps)} | {pm(r['random.concept.accuracy'], r['random.std.concept.accuracy'])}"
-                     f" | {pm(med.get('concept', {}).get('accuracy'))} | {min(cacc):.2f} - {max(cacc):.2f} | "
-                     f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
-                     f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
-                     + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p['heads']) for p in broken)})" if broken else "")
-                     + " |")
-        per_seed_lines.append(f"- `{r.random_pool}`: " + "; ".join(
-            f"seed {p['seed']} [{' '.join(f'{a}.{b}' for a, b in p['heads'])}] "
-            f"{p['concept']['accuracy']:.2f}/{p['control']['accuracy']:.2f}" for p in ps))
+        lines.append(
+            f"| {r.random_pool} | {len(ps)} | {pm(r['random.concept.accuracy'], r['random.std.concept.accuracy'])}"
+            f" | {pm(med.get('concept', {}).get('accuracy'))} | {min(cacc):.2f} - {max(cacc):.2f} | "
+            f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
+            f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
+            + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p['heads']) for p in broken)})" if broken else "")
+            + " |"
+        )
+        per_seed_lines.append(
+            f"- `{r.random_pool}`: "
+            + "; ".join(
+                f"seed {p['seed']} [{' '.join(f'{a}.{b}' for a, b in p['heads'])}] "
+                f"{p['concept']['accuracy']:.2f}/{p['control']['accuracy']:.2f}"
+                for p in ps
+            )
+        )
     return "\n".join(lines + ["", "Per draw (heads, concept/control accuracy):", ""] + per_seed_lines) + "\n"
 
 
@@ -288,38 +325,57 @@ def sensitivity_section(docs: Path) -> list[str]:
     s = json.loads((base / "summary.json").read_text())
     t = pd.read_csv(base / "head_effects.csv")
     n = s["n_samples"]
-    out = ["## Causal check: flipping one head at a time (SmolLM2)", "",
-           f"From `python experiments/head_sensitivity.py {s.get('argv', '')}`".rstrip() +
-           f" ({(s.get('scan_seconds') or 0) / 60:.0f} min for the scan; not part of this command's run, its outputs are committed in "
-           f"`docs/sensitivity/smollm2/`). Each of {s['n_heads_scanned']} heads is flipped alone; the change in "
-           f"the mean log-probability of the model's own correct answers (teacher-forced) is measured on "
-           f"{n['concept']} country questions (the SOMP ranking split) and {n['control']} control questions "
-           "(outside the evaluation split). Negative = the flip hurts those answers.", "",
-           (f"**Across the {s['n_heads_scanned']} heads, the damage a flip does to country answers and to "
+    out = [
+        "## Causal check: flipping one head at a time (SmolLM2)",
+        "",
+        f"From `python experiments/head_sensitivity.py {s.get('argv', '')}`".rstrip()
+        + f" ({(s.get('scan_seconds') or 0) / 60:.0f} min for the scan; not part of this command's run, its outputs are committed in "
+        f"`docs/sensitivity/smollm2/`). Each of {s['n_heads_scanned']} heads is flipped alone; the change in "
+        f"the mean log-probability of the model's own correct answers (teacher-forced) is measured on "
+        f"{n['concept']} country questions (the SOMP ranking split) and {n['control']} control questions "
+        "(outside the evaluation split). Negative = the flip hurts those answers.",
+        "",
+        (
+            f"**Across the {s['n_heads_scanned']} heads, the damage a flip does to country answers and to "
             f"control answers is correlated: Pearson r = {s['pearson_r']:.2f}** (driven by the few heads with "
             f"large effects; country damage ≈ {s['slope_through_origin']:.2f} x control damage), **Spearman "
             f"rank correlation {s.get('spearman_r', float('nan')):.2f}** over all heads. The heads whose flip "
             "hurts country answers most are load-bearing for every factual answer; the heads that hurt "
             "country answers with little control damage have small effects one at a time. Note also that "
             "the top `concept_share` heads (red) do little alone, except 23.4: their effect on generation "
-            "comes from flipping them together." if s.get("pearson_r") is not None else ""), "",
-           "![per-head flip effect](sensitivity/smollm2/sensitivity.png)", "",
-           "| heads | concept Δ log p | control Δ log p | concept_share rank |", "|---|---|---|---|"]
+            "comes from flipping them together."
+            if s.get("pearson_r") is not None
+            else ""
+        ),
+        "",
+        "![per-head flip effect](sensitivity/smollm2/sensitivity.png)",
+        "",
+        "| heads | concept Δ log p | control Δ log p | concept_share rank |",
+        "|---|---|---|---|",
+    ]
     worst = t.sort_values("delta_concept").head(8)
     for _, r in worst.iterrows():
-        out.append(f"| {int(r.layer)}.{int(r['head'])} | {r.delta_concept:+.2f} | {r.delta_control:+.2f} | "
-                   f"{int(r.concept_share_rank)} |")
+        out.append(
+            f"| {int(r.layer)}.{int(r['head'])} | {r.delta_concept:+.2f} | {r.delta_control:+.2f} | "
+            f"{int(r.concept_share_rank)} |"
+        )
     out += ["", "(the 8 heads whose flip hurts country answers most)", ""]
     ev = s.get("evaluations") or {}
     if ev:
-        out += [f"Top-k heads by *causal* specificity (concept damage minus {s.get('control_weight', 2):g} x control "
-                "damage, on the samples above: a supervised choice SOMP cannot make, since it never looks at "
-                "behaviour) "
-                "vs top-k by `concept_share`, flipped, evaluated by generation on the evaluation split:", "",
-                "| heads | concept acc. | control acc. |", "|---|---|---|"]
+        out += [
+            f"Top-k heads by *causal* specificity (concept damage minus {s.get('control_weight', 2):g} x control "
+            "damage, on the samples above: a supervised choice SOMP cannot make, since it never looks at "
+            "behaviour) "
+            "vs top-k by `concept_share`, flipped, evaluated by generation on the evaluation split:",
+            "",
+            "| heads | concept acc. | control acc. |",
+            "|---|---|---|",
+        ]
         for name, e in ev.items():
-            out.append(f"| {name} ({' '.join(e['heads']) or 'none'}) | {e['concept_accuracy']:.2f} | "
-                       f"{e['control_accuracy']:.2f} |")
+            out.append(
+                f"| {name} ({' '.join(e['heads']) or 'none'}) | {e['concept_accuracy']:.2f} | "
+                f"{e['control_accuracy']:.2f} |"
+            )
         out.append("")
     return out
 
@@ -330,38 +386,66 @@ def single_word_table(df_all: pd.DataFrame) -> str:
     full = df_all[(df_all.sweep == "smollm2_qa") & (df_all.ranking == "concept_share") & (df_all.status == "complete")]
     if sw.empty:
         return "_no single-word runs_\n"
-    lines = ["`concept_share` ranking computed with `task.concept=countries_single_word` (187 single-word names, "
-             "no first tokens of multi-word names) vs the full `countries` concept; same ranking and "
-             "evaluation questions (unedited: "
-             f"{sw.iloc[0]['baseline.concept.accuracy']:.2f} / {sw.iloc[0]['baseline.control.accuracy']:.2f}). "
-             "Cells: concept accuracy / control accuracy (top heads).", "",
-             "| k | alpha | countries | countries_single_word |", "|---|---|---|---|"]
+    lines = [
+        "`concept_share` ranking computed with `task.concept=countries_single_word` (187 single-word names, "
+        "no first tokens of multi-word names) vs the full `countries` concept; same ranking and "
+        "evaluation questions (unedited: "
+        f"{sw.iloc[0]['baseline.concept.accuracy']:.2f} / {sw.iloc[0]['baseline.control.accuracy']:.2f}). "
+        "Cells: concept accuracy / control accuracy (top heads).",
+        "",
+        "| k | alpha | countries | countries_single_word |",
+        "|---|---|---|---|",
+    ]
     for _, r in sw.sort_values(["alpha", "k"]).iterrows():
         f = full[(full.k == r.k) & (full.alpha == r.alpha)]
-        fc = (f"{f.iloc[0]['edited.concept.accuracy']:.2f} / {f.iloc[0]['edited.control.accuracy']:.2f} "
-              f"({f.iloc[0].heads})") if not f.empty else "n/a"
-        lines.append(f"| {int(r.k)} | {r.alpha:g} | {fc} | {r['edited.concept.accuracy']:.2f} / "
-                     f"{r['edited.control.accuracy']:.2f} ({r.heads}) |")
+        fc = (
+            (
+                f"{f.iloc[0]['edited.concept.accuracy']:.2f} / {f.iloc[0]['edited.control.accuracy']:.2f} "
+                f"({f.iloc[0].heads})"
+            )
+            if not f.empty
+            else "n/a"
+        )
+        lines.append(
+            f"| {int(r.k)} | {r.alpha:g} | {fc} | {r['edited.concept.accuracy']:.2f} / "
+            f"{r['edited.control.accuracy']:.2f} ({r.heads}) |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def verdicts(df: pd.DataFrame) -> list[str]:
     """Issue 7's target on SmolLM2 at 2% of the heads, alpha=-1, for the best ranking method."""
-    d = df[(df.model == "smollm2") & (df.task == "qa_countries") & (df.alpha == -1)
-           & (df.k == ks_for(MODELS["smollm2"])[1]) & (df.status == "complete")]
+    d = df[
+        (df.model == "smollm2")
+        & (df.task == "qa_countries")
+        & (df.alpha == -1)
+        & (df.k == ks_for(MODELS["smollm2"])[1])
+        & (df.status == "complete")
+    ]
     if d.empty:
         return ["_SmolLM2 QA runs missing: no verdict._"]
-    d = d.assign(drop_c=d["baseline.concept.accuracy"] - d["edited.concept.accuracy"],
-                 drop_k=d["baseline.control.accuracy"] - d["edited.control.accuracy"],
-                 rand_move=(d["baseline.concept.accuracy"] - d["random.concept.accuracy"]).abs())
+    d = d.assign(
+        drop_c=d["baseline.concept.accuracy"] - d["edited.concept.accuracy"],
+        drop_k=d["baseline.control.accuracy"] - d["edited.control.accuracy"],
+        rand_move=(d["baseline.concept.accuracy"] - d["random.concept.accuracy"]).abs(),
+    )
     best = d.assign(margin=d.drop_c - d.drop_k).sort_values("margin", ascending=False).iloc[0]
-    rows = [("concept accuracy falls by >= 70 points", best.drop_c >= 0.70, f"{100 * best.drop_c:.0f} points"),
-            ("control accuracy falls by <= 10 points", best.drop_k <= 0.10, f"{100 * best.drop_k:.0f} points"),
-            ("random heads move concept accuracy by <= 10 points", best.rand_move <= 0.10,
-             f"{100 * best.rand_move:.0f} points ({int(best.k)} random heads, mean over seeds)")]
-    out = [f"SmolLM2, QA countries, top {int(best.k)} heads flipped, best method `{best.ranking}` "
-           "(largest concept drop minus control drop):", "",
-           "| criterion | measured | holds? |", "|---|---|---|"]
+    rows = [
+        ("concept accuracy falls by >= 70 points", best.drop_c >= 0.70, f"{100 * best.drop_c:.0f} points"),
+        ("control accuracy falls by <= 10 points", best.drop_k <= 0.10, f"{100 * best.drop_k:.0f} points"),
+        (
+            "random heads move concept accuracy by <= 10 points",
+            best.rand_move <= 0.10,
+            f"{100 * best.rand_move:.0f} points ({int(best.k)} random heads, mean over seeds)",
+        ),
+    ]
+    out = [
+        f"SmolLM2, QA countries, top {int(best.k)} heads flipped, best method `{best.ranking}` "
+        "(largest concept drop minus control drop):",
+        "",
+        "| criterion | measured | holds? |",
+        "|---|---|---|",
+    ]
     out += [f"| {c} | {m} | {'yes' if ok else '**no**'} |" for c, ok, m in rows]
     return out
 
@@ -377,8 +461,11 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     ap.add_argument("--sweeps", default="outputs/reproduce", help="where the sweep dirs go")
     ap.add_argument("--aggregate-only", action="store_true", help="rebuild the page from existing sweeps")
-    ap.add_argument("--only", default="", help="comma-separated sweep names to (re)run; the others are "
-                    "read from disk (e.g. --only smollm2_single_word)")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sweep names to (re)run; the others are read from disk (e.g. --only smollm2_single_word)",
+    )
     args = ap.parse_args()
 
     docs = Path(args.out).resolve().parent
@@ -395,12 +482,22 @@ def main() -> int:
         n_eval = args.n_eval or (4 if args.quick else (20 if model == "smollm2" else 12))
         n_rank = args.n_rank or (6 if args.quick else 40)
         extra: list[str] = []
-        plan.append((f"{model}_qa", extra + [
-            f"model={model}", "task=qa_countries", "ranking=" + ",".join(METHODS),
-            "intervention.k=" + ",".join(map(str, ks_for(n_heads))),
-            "intervention.alpha=" + ",".join(map(str, ALPHAS)),
-            f"intervention.random_seeds={seeds}", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
-        ]))
+        plan.append(
+            (
+                f"{model}_qa",
+                extra
+                + [
+                    f"model={model}",
+                    "task=qa_countries",
+                    "ranking=" + ",".join(METHODS),
+                    "intervention.k=" + ",".join(map(str, ks_for(n_heads))),
+                    "intervention.alpha=" + ",".join(map(str, ALPHAS)),
+                    f"intervention.random_seeds={seeds}",
+                    f"task.n_eval={n_eval}",
+                    f"task.n_rank={n_rank}",
+                ],
+            )
+        )
     if "smollm2" in args.models.split(","):
         # The headline setting again, with 10 random draws from every head (the issue's control) and
         # 10 from the edited heads' own layers (a layer-matched control). Seeds 0-4 of the uniform
@@ -409,29 +506,72 @@ def main() -> int:
         n_rank = args.n_rank or (6 if args.quick else 40)
         # The same ranking with a cleaner concept: single-word country names only (no ' United',
         # ' South', ...). Random heads do not depend on the concept: compare with the main grid's.
-        plan.insert(1, ("smollm2_single_word", [
-            "model=smollm2", "task=qa_countries", "task.concept=countries_single_word", "ranking=concept_share",
-            "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"]))), "intervention.alpha=-1,0",
-            "intervention.random_controls=false", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
-        ]))
-        plan.insert(1, ("smollm2_enhance", [
-            "model=smollm2", "task=qa_countries", "ranking=concept_share,logit_lens",
-            "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"])[:2])), "intervention.alpha=4,8",
-            "intervention.random_seeds=[0,1,2]", f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
-        ]))
-        plan.insert(1, ("smollm2_controls", [
-            "model=smollm2", "task=qa_countries", "ranking=concept_share",
-            f"intervention.k={ks_for(MODELS['smollm2'])[1]}", "intervention.alpha=-1",
-            "intervention.random_pool=all,same_layers",
-            "intervention.random_seeds=[" + ",".join(str(s) for s in range(2 * args.seeds)) + "]",
-            f"task.n_eval={n_eval}", f"task.n_rank={n_rank}",
-        ]))
+        plan.insert(
+            1,
+            (
+                "smollm2_single_word",
+                [
+                    "model=smollm2",
+                    "task=qa_countries",
+                    "task.concept=countries_single_word",
+                    "ranking=concept_share",
+                    "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"]))),
+                    "intervention.alpha=-1,0",
+                    "intervention.random_controls=false",
+                    f"task.n_eval={n_eval}",
+                    f"task.n_rank={n_rank}",
+                ],
+            ),
+        )
+        plan.insert(
+            1,
+            (
+                "smollm2_enhance",
+                [
+                    "model=smollm2",
+                    "task=qa_countries",
+                    "ranking=concept_share,logit_lens",
+                    "intervention.k=" + ",".join(map(str, ks_for(MODELS["smollm2"])[:2])),
+                    "intervention.alpha=4,8",
+                    "intervention.random_seeds=[0,1,2]",
+                    f"task.n_eval={n_eval}",
+                    f"task.n_rank={n_rank}",
+                ],
+            ),
+        )
+        plan.insert(
+            1,
+            (
+                "smollm2_controls",
+                [
+                    "model=smollm2",
+                    "task=qa_countries",
+                    "ranking=concept_share",
+                    f"intervention.k={ks_for(MODELS['smollm2'])[1]}",
+                    "intervention.alpha=-1",
+                    "intervention.random_pool=all,same_layers",
+                    "intervention.random_seeds=[" + ",".join(str(s) for s in range(2 * args.seeds)) + "]",
+                    f"task.n_eval={n_eval}",
+                    f"task.n_rank={n_rank}",
+                ],
+            ),
+        )
     if not args.skip_toxicity:
-        plan.insert(1, ("smollm2_toxicity", [
-            "model=smollm2", "task=toxicity", "ranking=concept_share", "intervention.k=6",
-            "intervention.alpha=-1,0", f"intervention.random_seeds={seeds}",
-        ] + (["task.n_eval=4", "task.n_rank=6"] if args.quick else
-             ["task.n_eval=16", "task.n_continuations=2"])))
+        plan.insert(
+            1,
+            (
+                "smollm2_toxicity",
+                [
+                    "model=smollm2",
+                    "task=toxicity",
+                    "ranking=concept_share",
+                    "intervention.k=6",
+                    "intervention.alpha=-1,0",
+                    f"intervention.random_seeds={seeds}",
+                ]
+                + (["task.n_eval=4", "task.n_rank=6"] if args.quick else ["task.n_eval=16", "task.n_continuations=2"]),
+            ),
+        )
 
     t_all = time.perf_counter()
     for name, overrides in plan:
@@ -442,9 +582,19 @@ def main() -> int:
             wall_file = ROOT / sweeps / "wall_seconds.json"
             old = json.loads(wall_file.read_text()) if args.only and wall_file.exists() else {}
             wall_file.write_text(json.dumps({**old, **timings}, indent=1))
-        subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(ROOT / sweep),
-                        "--out", str(ROOT / sweep / "aggregate")], cwd=ROOT, check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "headpursuit.app.aggregate",
+                str(ROOT / sweep),
+                "--out",
+                str(ROOT / sweep / "aggregate"),
+            ],
+            cwd=ROOT,
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
         # The page is rewritten after every sweep, so a cut-off run still publishes what it has.
         write_page(args, plan, sweeps, docs, timings, t_all)
     return 0
@@ -473,16 +623,21 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
     md = [
         "# Head Pursuit on the embedded models",
         "",
-        ("Tables rebuilt (`--aggregate-only` / `--only`) from the sweeps run by `python experiments/reproduce_embedded.py`"
-         if args.aggregate_only or args.only else
-         f"Generated by `{' '.join(['python', 'experiments/reproduce_embedded.py'] + sys.argv[1:])}`") +
-        f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} CPU cores, "
+        (
+            "Tables rebuilt (`--aggregate-only` / `--only`) from the sweeps run by `python experiments/reproduce_embedded.py`"
+            if args.aggregate_only or args.only
+            else f"Generated by `{' '.join(['python', 'experiments/reproduce_embedded.py'] + sys.argv[1:])}`"
+        )
+        + f" on {time.strftime('%Y-%m-%d')} ({platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__}, transformers {transformers.__version__}); "
-        + (f"sweeps took {sum(timings.values()) / 60:.1f} min in all. " if timings and not args.only else
-           (f"the sweeps took {sum(wall.values()) / 60:.1f} min of wall-clock time in all; " if wall else "") +
-           "job compute time per sweep (sum of the jobs' stage timings, from results.json): "
-           + ", ".join(f"`{k}` {v / 60:.1f} min" for k, v in df_all.groupby("sweep")["seconds"].sum().items())
-           + ". ")
+        + (
+            f"sweeps took {sum(timings.values()) / 60:.1f} min in all. "
+            if timings and not args.only
+            else (f"the sweeps took {sum(wall.values()) / 60:.1f} min of wall-clock time in all; " if wall else "")
+            + "job compute time per sweep (sum of the jobs' stage timings, from results.json): "
+            + ", ".join(f"`{k}` {v / 60:.1f} min" for k, v in df_all.groupby("sweep")["seconds"].sum().items())
+            + ". "
+        )
         + f"Models: {prov}. **Quick mode: tiny samples, not a result.**" * bool(args.quick),
         "",
         f"Models are {prov}. Data: the hand-written fixtures shipped in `headpursuit/data/fixtures/` "
@@ -503,64 +658,86 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
             drop_c = r["baseline.concept.accuracy"] - r["edited.concept.accuracy"]
             drop_k = r["baseline.control.accuracy"] - r["edited.control.accuracy"]
             rnd = r["baseline.concept.accuracy"] - r.get("random.concept.accuracy", float("nan"))
-            line = (f"- {model}, top {k2} heads ({100 * k2 / MODELS[model]:.1f}%) by `{method}`, alpha=-1: "
-                    f"concept accuracy {r['baseline.concept.accuracy']:.2f} -> {r['edited.concept.accuracy']:.2f} "
-                    f"({-100 * drop_c:+.0f} points), control {r['baseline.control.accuracy']:.2f} -> "
-                    f"{r['edited.control.accuracy']:.2f} ({-100 * drop_k:+.0f} points); random {k2} heads "
-                    f"move concept accuracy by {-100 * rnd:+.0f} points (mean over seeds).")
+            line = (
+                f"- {model}, top {k2} heads ({100 * k2 / MODELS[model]:.1f}%) by `{method}`, alpha=-1: "
+                f"concept accuracy {r['baseline.concept.accuracy']:.2f} -> {r['edited.concept.accuracy']:.2f} "
+                f"({-100 * drop_c:+.0f} points), control {r['baseline.control.accuracy']:.2f} -> "
+                f"{r['edited.control.accuracy']:.2f} ({-100 * drop_k:+.0f} points); random {k2} heads "
+                f"move concept accuracy by {-100 * rnd:+.0f} points (mean over seeds)."
+            )
             if best is None or drop_c - drop_k > best[0]:
                 best = (drop_c - drop_k, line)
         if best:
             headline_txt.append(best[1])
-        md += [f"## QA countries: {model}", "", tables,
-               "### Enhancement (alpha > 1)", "", enhancement_table(df_all, model),
-               "### Where the specialised heads sit, and what they write", "",
-               where_heads(sweeps / f"{model}_qa", df, model, docs),
-               "### Plots", "", copy_plots(sweeps / f"{model}_qa", docs, model)]
+        md += [
+            f"## QA countries: {model}",
+            "",
+            tables,
+            "### Enhancement (alpha > 1)",
+            "",
+            enhancement_table(df_all, model),
+            "### Where the specialised heads sit, and what they write",
+            "",
+            where_heads(sweeps / f"{model}_qa", df, model, docs),
+            "### Plots",
+            "",
+            copy_plots(sweeps / f"{model}_qa", docs, model),
+        ]
     if not args.skip_toxicity:
-        md += ["## Toxicity (SmolLM2, offline fixture, `profanity_check` scorer)", "",
-               "Toxic-prompt group; perplexity is the fluency of the continuations under the unedited model.", "",
-               toxicity_table(df)]
+        md += [
+            "## Toxicity (SmolLM2, offline fixture, `profanity_check` scorer)",
+            "",
+            "Toxic-prompt group; perplexity is the fluency of the continuations under the unedited model.",
+            "",
+            toxicity_table(df),
+        ]
     md[5:5] = ["", "## Headline (best ranking method per model, top 2% of heads flipped)", ""] + headline_txt + [""]
     if any(name == "smollm2_controls" for name, _ in plan):
-        md += ["## Random-head controls at the headline setting (SmolLM2)", "",
-               random_controls(sweeps / "smollm2_controls", df_all)]
+        md += [
+            "## Random-head controls at the headline setting (SmolLM2)",
+            "",
+            random_controls(sweeps / "smollm2_controls", df_all),
+        ]
     if any(name == "smollm2_single_word" for name, _ in plan):
         md += ["## A cleaner concept: single-word country names (SmolLM2)", "", single_word_table(df_all)]
     md += ["## Targets (issue 7) and whether they hold", ""] + verdicts(df) + [""]
     md += sensitivity_section(docs)
-    md += ["## Observations", "",
-           "- Sample sizes: " + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_"))
-                                          for name, ov in plan) + ". With 20 questions a group, one "
-           "question is 5 points: read differences under ~15 points as noise.",
-           "- **Random heads are not neutral on SmolLM2.** Flipping any 6 of its 270 heads costs accuracy: "
-           "some uniform draws include a layer-0/1 head whose flip breaks every answer, and even the other "
-           "draws lose 10-30 points (see the per-draw list above). The median and the layer-matched control "
-           "are reported next to the issue's uniform mean; none of them is within 10 points. The paper's 7B "
-           "models have 1024 heads; each of a 135M model's heads carries more.",
-           "- **Specificity.** The causal check shows why the flip is not specific on this model: the damage "
-           "a single-head flip does to country answers and to other factual answers is correlated across "
-           "heads, and even heads chosen *by their measured effect* (a supervised choice) "
-           "break control answers along with country ones. SOMP's `concept_share` top heads write named "
-           "entities in general (see their top tokens), which the control answers need too.",
-           "- `concept_restricted` (SOMP over the concept tokens only) favours heads with much energy in "
-           "any country direction, which on SmolLM2 are early-layer heads: flipping them breaks "
-           "control questions as much as country ones. `concept_share` (full-vocabulary SOMP) is the "
-           "more concept-specific score (compare the alpha = 0 rows).",
-           "- Flipping the `concept_share` heads makes answers *wrong* more than it removes country names "
-           "(concept-question answers still name some country in about half the cases); `logit_lens` "
-           "heads remove the names more (see `edited.concept.concept_rate` in `docs/results_runs.csv`).",
-           "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
-           "` Saint`, ` Republic`, ...), which many heads write for other reasons. The single-word section "
-           "above measures the ranking without them (`task.concept=countries_single_word`).",
-           "- Gemma-3-270M is a base model without a chat template: it is prompted `Q: ... A:` and "
-           "often restates the question, so its unedited control accuracy is low and its control column "
-           "says little. Its 72 heads make 1% = 1 head.",
-           "- Enhancement: alpha = 2 does not raise the share of control answers that name a country on "
-           "either model. Larger alphas (4, 8) raise the *count* of country names for some head sets only "
-           "by degenerate repetition, with control accuracy collapsing: the enhancement claim is not "
-           "reproduced on these models.",
-           ""]
+    md += [
+        "## Observations",
+        "",
+        "- Sample sizes: "
+        + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_")) for name, ov in plan)
+        + ". With 20 questions a group, one "
+        "question is 5 points: read differences under ~15 points as noise.",
+        "- **Random heads are not neutral on SmolLM2.** Flipping any 6 of its 270 heads costs accuracy: "
+        "some uniform draws include a layer-0/1 head whose flip breaks every answer, and even the other "
+        "draws lose 10-30 points (see the per-draw list above). The median and the layer-matched control "
+        "are reported next to the issue's uniform mean; none of them is within 10 points. The paper's 7B "
+        "models have 1024 heads; each of a 135M model's heads carries more.",
+        "- **Specificity.** The causal check shows why the flip is not specific on this model: the damage "
+        "a single-head flip does to country answers and to other factual answers is correlated across "
+        "heads, and even heads chosen *by their measured effect* (a supervised choice) "
+        "break control answers along with country ones. SOMP's `concept_share` top heads write named "
+        "entities in general (see their top tokens), which the control answers need too.",
+        "- `concept_restricted` (SOMP over the concept tokens only) favours heads with much energy in "
+        "any country direction, which on SmolLM2 are early-layer heads: flipping them breaks "
+        "control questions as much as country ones. `concept_share` (full-vocabulary SOMP) is the "
+        "more concept-specific score (compare the alpha = 0 rows).",
+        "- Flipping the `concept_share` heads makes answers *wrong* more than it removes country names "
+        "(concept-question answers still name some country in about half the cases); `logit_lens` "
+        "heads remove the names more (see `edited.concept.concept_rate` in `docs/results_runs.csv`).",
+        "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
+        "` Saint`, ` Republic`, ...), which many heads write for other reasons. The single-word section "
+        "above measures the ranking without them (`task.concept=countries_single_word`).",
+        "- Gemma-3-270M is a base model without a chat template: it is prompted `Q: ... A:` and "
+        "often restates the question, so its unedited control accuracy is low and its control column "
+        "says little. Its 72 heads make 1% = 1 head.",
+        "- Enhancement: alpha = 2 does not raise the share of control answers that name a country on "
+        "either model. Larger alphas (4, 8) raise the *count* of country names for some head sets only "
+        "by degenerate repetition, with control accuracy collapsing: the enhancement claim is not "
+        "reproduced on these models.",
+        "",
+    ]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 

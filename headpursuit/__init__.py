@@ -1,13 +1,13 @@
 """Head Pursuit: find the attention heads that write a concept, and steer a model by rescaling them.
 
-    import headpursuit as hp
-    lm = hp.load_model("smollm2")
-    concept = hp.load_concept("countries", lm.tokenizer)
-    acts = hp.capture_heads(lm, samples, positions="answer_concept", concept_token_ids=concept.token_ids)
-    scores = hp.rank_heads(acts, lm, concept, method="concept_share", k=10)
-    with hp.scale_heads(lm, {h: -1.0 for h in scores.top(6)}):
-        ...
-    effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0)  # causal check
+import headpursuit as hp
+lm = hp.load_model("smollm2")
+concept = hp.load_concept("countries", lm.tokenizer)
+acts = hp.capture_heads(lm, samples, positions="answer_concept", concept_token_ids=concept.token_ids)
+scores = hp.rank_heads(acts, lm, concept, method="concept_share", k=10)
+with hp.scale_heads(lm, {h: -1.0 for h in scores.top(6)}):
+    ...
+effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0)  # causal check
 """
 
 from headpursuit._version import __version__
@@ -21,11 +21,25 @@ from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
 
 __all__ = [
     "__version__",
-    "AttentionLayout", "LoadedModel", "load_model", "wrap_model",
-    "CaptureSample", "HeadActivations", "capture_heads",
-    "scale_heads", "uniform_scales",
-    "SOMPResult", "somp", "somp_heads", "somp_reference",
-    "Concept", "load_concept",
-    "HeadScores", "explain_head", "rank_heads",
-    "HeadEffects", "answer_logprob", "head_effects",
+    "AttentionLayout",
+    "LoadedModel",
+    "load_model",
+    "wrap_model",
+    "CaptureSample",
+    "HeadActivations",
+    "capture_heads",
+    "scale_heads",
+    "uniform_scales",
+    "SOMPResult",
+    "somp",
+    "somp_heads",
+    "somp_reference",
+    "Concept",
+    "load_concept",
+    "HeadScores",
+    "explain_head",
+    "rank_heads",
+    "HeadEffects",
+    "answer_logprob",
+    "head_effects",
 ]

@@ -110,8 +110,9 @@ class HeadActivations:
             "target_token": self.target_token.contiguous(),
             "layers": torch.tensor(self.layers, dtype=torch.long),
         }
-        save_file(tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str),
-                                               "version": str(CACHE_VERSION)})
+        save_file(
+            tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str), "version": str(CACHE_VERSION)}
+        )
         os.replace(tmp, path)
         return path
 
@@ -145,6 +146,7 @@ class HeadActivations:
 # Hooks
 # ------------------------------------------------------------------------------------------
 
+
 @contextmanager
 def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Record the full input of `o_proj` for the given layers during one forward pass.
@@ -156,8 +158,10 @@ def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, 
     handles = []
     try:
         for layer in layers:
+
             def hook(module, args, kwargs=None, _layer=layer):
                 store[_layer] = args[0].detach()
+
             handles.append(lm.o_proj(layer).register_forward_pre_hook(hook))
         yield store
     finally:
@@ -169,12 +173,13 @@ def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, 
 # Sample preparation: token ids, where the prompt ends, which positions to keep
 # ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Prepared:
     ids: list[int]
     prompt_len: int
-    keep: list[int]           # positions to record
-    targets: list[int]        # token predicted at each kept position (-1 if unknown)
+    keep: list[int]  # positions to record
+    targets: list[int]  # token predicted at each kept position (-1 if unknown)
 
 
 def _positions_for(
@@ -213,21 +218,27 @@ def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids
     return _Prepared(tf.ids, tf.prompt_len, keep, targets)
 
 
-def cache_key(lm: LoadedModel, samples: Sequence[CaptureSample], positions: str,
-              layers: Sequence[int], concept_token_ids) -> str:
+def cache_key(
+    lm: LoadedModel, samples: Sequence[CaptureSample], positions: str, layers: Sequence[int], concept_token_ids
+) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({
-        "v": CACHE_VERSION,
-        "model": lm.name,
-        "source": lm.provenance.get("source"),
-        "layout": lm.layout.__dict__,
-        "dtype": str(lm.dtype),
-        "positions": positions,
-        "layers": list(layers),
-        "concept": sorted(int(i) for i in concept_token_ids) if concept_token_ids is not None else None,
-        "random_init": lm.provenance.get("random_init"),
-        "seed": lm.provenance.get("seed"),
-    }, sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                "v": CACHE_VERSION,
+                "model": lm.name,
+                "source": lm.provenance.get("source"),
+                "layout": lm.layout.__dict__,
+                "dtype": str(lm.dtype),
+                "positions": positions,
+                "layers": list(layers),
+                "concept": sorted(int(i) for i in concept_token_ids) if concept_token_ids is not None else None,
+                "random_init": lm.provenance.get("random_init"),
+                "seed": lm.provenance.get("seed"),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     # Random-initialised models differ per instance: key on their weights too.
     if lm.provenance.get("random_init") or lm.provenance.get("vision_random_init"):
         h.update(lm.output_weight(0).detach().float().cpu().numpy().tobytes()[:4096])
@@ -249,6 +260,7 @@ def _image_bytes(image) -> bytes:
 # ------------------------------------------------------------------------------------------
 # The capture
 # ------------------------------------------------------------------------------------------
+
 
 def capture_heads(
     lm: LoadedModel,
@@ -301,7 +313,7 @@ def capture_heads(
     zs, sidx, pos, tgt = [], [], [], []
     batches = range(0, len(samples), batch_size)
     for start in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         if any(s.image is not None for s in chunk):
             inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
         else:
@@ -341,9 +353,9 @@ def capture_heads(
     return acts
 
 
-def _prepare_vlm_batch(lm: LoadedModel, chunk: Sequence[CaptureSample], positions: str,
-                       concept_set: set[int] | None, padding_side: str
-                       ) -> tuple[dict[str, Any], list[_Prepared], list[int]]:
+def _prepare_vlm_batch(
+    lm: LoadedModel, chunk: Sequence[CaptureSample], positions: str, concept_set: set[int] | None, padding_side: str
+) -> tuple[dict[str, Any], list[_Prepared], list[int]]:
     """Inputs for samples with images: the processor expands the image placeholders.
 
     One processor call on the chunk's *prompts* (with their images) gives the prompt tokens in
@@ -378,11 +390,11 @@ def _prepare_vlm_batch(lm: LoadedModel, chunk: Sequence[CaptureSample], position
                     f"positions={positions!r} needs each sample's answer (teacher forcing); "
                     f"sample with prompt {s.prompt[:60]!r} has none."
                 )
-    enc = processor_inputs(lm, [s.prompt for s in chunk], [s.image for s in chunk],
-                           padding_side="right")
+    enc = processor_inputs(lm, [s.prompt for s in chunk], [s.image for s in chunk], padding_side="right")
     ids_b, mask_b = enc["input_ids"], enc["attention_mask"]
-    token_keys = [k for k, v in enc.items()
-                  if torch.is_tensor(v) and v.shape == ids_b.shape and k not in _NON_TOKEN_KEYS]
+    token_keys = [
+        k for k, v in enc.items() if torch.is_tensor(v) and v.shape == ids_b.shape and k not in _NON_TOKEN_KEYS
+    ]
     rows: list[dict[str, list[int]]] = []
     prepared = []
     for i, s in enumerate(chunk):

@@ -28,8 +28,14 @@ import torch
 
 __all__ = ["Concept", "load_concept", "build_concept", "available_concepts", "concept_dir", "read_word_list"]
 
-_ALIASES = {"colours": "colors", "colour": "colors", "color": "colors", "country": "countries",
-            "number": "numbers", "toxicity": "toxic"}
+_ALIASES = {
+    "colours": "colors",
+    "colour": "colors",
+    "color": "colors",
+    "country": "countries",
+    "number": "numbers",
+    "toxicity": "toxic",
+}
 
 
 def concept_dir() -> Path:
@@ -159,7 +165,11 @@ def _usable_piece(piece: str, variant: str, min_chars: int, min_prefix_chars: in
 
 
 def build_concept(
-    words: Sequence[str], tokenizer: Any, name: str = "custom", *, min_chars: int = 2,
+    words: Sequence[str],
+    tokenizer: Any,
+    name: str = "custom",
+    *,
+    min_chars: int = 2,
     min_prefix_chars: int = 4,
 ) -> Concept:
     """The concept of ``words`` for ``tokenizer`` (see the module docstring for the rules)."""

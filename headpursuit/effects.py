@@ -56,7 +56,7 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
     (over those positions, last one dropped) of the positions that predict an answer token."""
     out = []
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         seqs, alens = [], []
         for s in chunk:
             if not s.answer:
@@ -73,7 +73,7 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
         keep = max(alens) + 1
         mask = torch.zeros(len(seqs), keep - 1, dtype=torch.bool)
         for i, n in enumerate(alens):
-            mask[i, keep - 1 - n:] = True
+            mask[i, keep - 1 - n :] = True
         out.append((inputs, keep, mask))
     return out
 
@@ -88,14 +88,19 @@ def _mean_logprob(lm: LoadedModel, batches) -> torch.Tensor:
         extra = {"logits_to_keep": keep} if tail_only else {}  # else compute all, keep the tail
         logits = lm.model(**inputs, use_cache=False, **extra).logits
         logits = logits[:, -keep:-1].float()
-        targets = inputs["input_ids"][:, -keep + 1:]
+        targets = inputs["input_ids"][:, -keep + 1 :]
         lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].cpu()
         vals.append((lp * mask).sum(1) / mask.sum(1))
     return torch.cat(vals)
 
 
-def answer_logprob(lm: LoadedModel, samples: Sequence[CaptureSample], *, batch_size: int = 16,
-                   scales: Mapping[Head, float] | None = None) -> torch.Tensor:
+def answer_logprob(
+    lm: LoadedModel,
+    samples: Sequence[CaptureSample],
+    *,
+    batch_size: int = 16,
+    scales: Mapping[Head, float] | None = None,
+) -> torch.Tensor:
     """(n_samples,) mean per-token log-probability of each sample's answer, optionally edited."""
     if not samples:
         raise ValueError("answer_logprob got no samples")
@@ -104,9 +109,15 @@ def answer_logprob(lm: LoadedModel, samples: Sequence[CaptureSample], *, batch_s
         return _mean_logprob(lm, batches)
 
 
-def head_effects(lm: LoadedModel, samples: Mapping[str, Sequence[CaptureSample]], *, alpha: float = -1.0,
-                 heads: Sequence[Head] | None = None, batch_size: int = 16,
-                 progress: bool = True) -> HeadEffects:
+def head_effects(
+    lm: LoadedModel,
+    samples: Mapping[str, Sequence[CaptureSample]],
+    *,
+    alpha: float = -1.0,
+    heads: Sequence[Head] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> HeadEffects:
     """Rescale each head alone by `alpha` and record the change in answer log-probability per group.
 
     samples: ``{group: [CaptureSample with answer, ...]}``, e.g. concept and control questions
@@ -114,8 +125,10 @@ def head_effects(lm: LoadedModel, samples: Mapping[str, Sequence[CaptureSample]]
     """
     if not samples or any(len(v) == 0 for v in samples.values()):
         empty = [g for g, v in (samples or {}).items() if not v] or ["(no groups)"]
-        raise ValueError(f"head_effects: no samples for {', '.join(empty)}; give each group at least one "
-                         "CaptureSample with an answer")
+        raise ValueError(
+            f"head_effects: no samples for {', '.join(empty)}; give each group at least one "
+            "CaptureSample with an answer"
+        )
     L, H = lm.layout.n_layers, lm.layout.n_heads
     heads = [(int(a), int(b)) for a, b in heads] if heads is not None else [(a, b) for a in range(L) for b in range(H)]
     batches = {g: _batches(lm, list(v), batch_size) for g, v in samples.items()}
@@ -127,6 +140,9 @@ def head_effects(lm: LoadedModel, samples: Mapping[str, Sequence[CaptureSample]]
             for g, b in batches.items():
                 row[f"delta_{g}"] = float((_mean_logprob(lm, b) - base[g]).mean())
         rows.append(row)
-    return HeadEffects(pd.DataFrame(rows), {g: float(v.mean()) for g, v in base.items()}, float(alpha),
-                       meta={"model": lm.name, "n_samples": {g: len(v) for g, v in samples.items()},
-                             "provenance": lm.provenance})
+    return HeadEffects(
+        pd.DataFrame(rows),
+        {g: float(v.mean()) for g, v in base.items()},
+        float(alpha),
+        meta={"model": lm.name, "n_samples": {g: len(v) for g, v in samples.items()}, "provenance": lm.provenance},
+    )

@@ -17,8 +17,17 @@ if TYPE_CHECKING:
 
     from headpursuit.ranking import HeadScores
 
-__all__ = ["Head", "HEAD_MODES", "RANDOM_POOLS", "parse_heads", "check_heads", "random_heads",
-           "random_control_heads", "select_heads", "head_records"]
+__all__ = [
+    "Head",
+    "HEAD_MODES",
+    "RANDOM_POOLS",
+    "parse_heads",
+    "check_heads",
+    "random_heads",
+    "random_control_heads",
+    "select_heads",
+    "head_records",
+]
 
 Head = tuple[int, int]
 #: how the edited heads are chosen: top-k of the ranking, k random heads, or a given list
@@ -38,22 +47,22 @@ def parse_heads(spec: Iterable[Any]) -> list[Head]:
                 a, b = item
             out.append((int(a), int(b)))
         except (TypeError, ValueError):
-            raise ConfigError(f"intervention.explicit: cannot read head {item!r}; use [layer, head] "
-                              "or 'layer.head'") from None
+            raise ConfigError(
+                f"intervention.explicit: cannot read head {item!r}; use [layer, head] or 'layer.head'"
+            ) from None
     return out
 
 
-def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int,
-                key: str = "intervention.explicit") -> None:
+def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, key: str = "intervention.explicit") -> None:
     """Raise ConfigError (naming `key`) if a head is outside the model's layers x heads."""
     bad = [h for h in heads if not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)]
     if bad:
-        raise ConfigError(f"{key}: heads {bad} do not exist (layers 0..{n_layers - 1}, "
-                          f"heads 0..{n_heads - 1})")
+        raise ConfigError(f"{key}: heads {bad} do not exist (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})")
 
 
-def random_heads(n_layers: int, n_heads: int, k: int, seed: int,
-                 exclude: Iterable[Head] = (), layers: Iterable[int] | None = None) -> list[Head]:
+def random_heads(
+    n_layers: int, n_heads: int, k: int, seed: int, exclude: Iterable[Head] = (), layers: Iterable[int] | None = None
+) -> list[Head]:
     """k distinct heads drawn uniformly (seeded, platform-stable), sorted by (layer, head).
 
     `layers` restricts the draw to those layers (a layer-matched control), `exclude` removes heads.
@@ -63,14 +72,17 @@ def random_heads(n_layers: int, n_heads: int, k: int, seed: int,
     pool = [(layer, h) for layer in allowed for h in range(n_heads) if (layer, h) not in excluded]
     if k > len(pool):
         where = "" if layers is None else f" in layers {list(allowed)} (intervention.random_pool=same_layers)"
-        raise ConfigError(f"intervention.k={k} exceeds the {len(pool)} heads available for random "
-                          f"draws{where}; lower k or use intervention.random_pool=all")
+        raise ConfigError(
+            f"intervention.k={k} exceeds the {len(pool)} heads available for random "
+            f"draws{where}; lower k or use intervention.random_pool=all"
+        )
     # A string seed hashes the same on every platform and Python version.
     return sorted(random.Random(f"heads:{seed}").sample(pool, k))
 
 
-def random_control_heads(edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int,
-                         pool: str = "all") -> list[Head]:
+def random_control_heads(
+    edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int, pool: str = "all"
+) -> list[Head]:
     """The random-head control for one seed: from `all` heads, or (`same_layers`) from the edited
     heads' layers without the edited heads themselves."""
     if pool == "same_layers":
@@ -78,8 +90,15 @@ def random_control_heads(edited: Sequence[Head], n_layers: int, n_heads: int, k:
     return random_heads(n_layers, n_heads, k, seed)
 
 
-def select_heads(scores: HeadScores | None, mode: str, k: int, n_layers: int, n_heads: int,
-                 seed: int = 0, explicit: Iterable[Any] = ()) -> list[Head]:
+def select_heads(
+    scores: HeadScores | None,
+    mode: str,
+    k: int,
+    n_layers: int,
+    n_heads: int,
+    seed: int = 0,
+    explicit: Iterable[Any] = (),
+) -> list[Head]:
     """The heads to edit: top-k of `scores` (ranked), k random heads (random) or `explicit`."""
     if mode == "ranked":
         return [(int(a), int(b)) for a, b in scores.top(k)]

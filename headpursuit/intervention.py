@@ -27,9 +27,7 @@ def _scales_by_layer(lm: LoadedModel, scales: Mapping[Head, float]) -> dict[int,
         except (TypeError, ValueError, IndexError):
             raise ValueError(f"Head keys must be (layer, head) pairs, got {key!r}") from None
         if not (0 <= layer < L and 0 <= head < H):
-            raise ValueError(
-                f"Head ({layer}, {head}) does not exist in {lm.name}: layers 0..{L - 1}, heads 0..{H - 1}"
-            )
+            raise ValueError(f"Head ({layer}, {head}) does not exist in {lm.name}: layers 0..{L - 1}, heads 0..{H - 1}")
         try:
             alpha = float(alpha)
         except (TypeError, ValueError):

@@ -147,9 +147,7 @@ def head_dictionary(
     if fold_norm_gain and norm_gain is not None:
         g = norm_gain.detach().to(device=U.device, dtype=torch.float64).flatten()
         if g.numel() != U.shape[1]:
-            raise ValueError(
-                f"final norm gain has {g.numel()} entries but the unembedding has d_model={U.shape[1]}"
-            )
+            raise ValueError(f"final norm gain has {g.numel()} entries but the unembedding has d_model={U.shape[1]}")
         U = U.to(torch.float64) * g[None, :]
     atoms, usable = normalize_atoms(U, dtype)
     return atoms, usable, ids
@@ -179,8 +177,13 @@ def _onednn_ok() -> bool:
 
 def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """x @ y.T for 2-D x (m, k), y (n, k) -> (m, n), contiguous."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and y.dtype == torch.float32
-            and x.shape[0] * y.shape[0] >= 1 << 16 and _onednn_ok()):
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and y.dtype == torch.float32
+        and x.shape[0] * y.shape[0] >= 1 << 16
+        and _onednn_ok()
+    ):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), y.contiguous(), None, "none", [], "")
     return x @ y.T
 
@@ -425,8 +428,7 @@ class _Tiler:
             self._run_tiles(0, [(0, nw, 0, V)], C, a, b, score)
             return
         hh, vv = _tile_plan(nw, n, V, C.element_size())
-        tiles = [(h0, min(nw, h0 + hh), v0, min(V, v0 + vv))
-                 for h0 in range(0, nw, hh) for v0 in range(0, V, vv)]
+        tiles = [(h0, min(nw, h0 + hh), v0, min(V, v0 + vv)) for h0 in range(0, nw, hh) for v0 in range(0, V, vv)]
         workers = min(self.workers, len(tiles))
         if workers <= 1:
             self._run_tiles(0, tiles, C, a, b, score)
@@ -438,8 +440,10 @@ class _Tiler:
         per = -(-len(tiles) // workers)
         prev = torch.get_num_threads()
         try:
-            futs = [self._pool.submit(self._run_tiles, w, tiles[w * per:(w + 1) * per], C, a, b, score)
-                    for w in range(workers)]
+            futs = [
+                self._pool.submit(self._run_tiles, w, tiles[w * per : (w + 1) * per], C, a, b, score)
+                for w in range(workers)
+            ]
             for f in futs:
                 f.result()
         finally:
@@ -491,14 +495,60 @@ def _somp_batch(
     tiler = _Tiler(n, V, cdt, dev, aggregation)
     try:
         tiler(C, None, None, score)
-        return _somp_steps(C, E, cols, D, k, tol, variant, tiler, score, rows, active, exhausted,
-                           Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out)
+        return _somp_steps(
+            C,
+            E,
+            cols,
+            D,
+            k,
+            tol,
+            variant,
+            tiler,
+            score,
+            rows,
+            active,
+            exhausted,
+            Bq,
+            L,
+            A,
+            S,
+            proj2,
+            excl,
+            explained,
+            steps_done,
+            idx_out,
+            ev_out,
+            coef_out,
+        )
     finally:
         tiler.close()
 
 
-def _somp_steps(C, E, cols, D, k, tol, variant, tiler, score, rows, active, exhausted,
-                Bq, L, A, S, proj2, excl, explained, steps_done, idx_out, ev_out, coef_out):
+def _somp_steps(
+    C,
+    E,
+    cols,
+    D,
+    k,
+    tol,
+    variant,
+    tiler,
+    score,
+    rows,
+    active,
+    exhausted,
+    Bq,
+    L,
+    A,
+    S,
+    proj2,
+    excl,
+    explained,
+    steps_done,
+    idx_out,
+    ev_out,
+    coef_out,
+):
     hb, n, V = C.shape
     dev = C.device
     cdt = C.dtype
@@ -596,8 +646,18 @@ def _somp_steps(C, E, cols, D, k, tol, variant, tiler, score, rows, active, exha
     return idx_out, coef_out, ev_out
 
 
-def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggregation: str,
-         chunk_size, memory_budget, head_batch, variant: str = "omp"):
+def _run(
+    op,
+    D: torch.Tensor,
+    blocked: torch.Tensor | None,
+    k: int,
+    tol,
+    aggregation: str,
+    chunk_size,
+    memory_budget,
+    head_batch,
+    variant: str = "omp",
+):
     V = D.shape[0]
     n = op.n
     elt = torch.finfo(op.dtype).bits // 8
@@ -625,15 +685,24 @@ def _run(op, D: torch.Tensor, blocked: torch.Tensor | None, k: int, tol, aggrega
         coef_all.append(coef)
         ev_all.append(ev)
         en_all.append(energy.to(torch.float64))
-    return (torch.cat(idx_all), torch.cat(coef_all), torch.cat(ev_all), torch.cat(en_all),
-            {"head_batch": head_batch, "bytes_per_head": per_head})
+    return (
+        torch.cat(idx_all),
+        torch.cat(coef_all),
+        torch.cat(ev_all),
+        torch.cat(en_all),
+        {"head_batch": head_batch, "bytes_per_head": per_head},
+    )
 
 
 def _validate_common(k, tol, aggregation, variant="omp"):
     if variant not in ("omp", "ormp"):
-        raise ValueError(f"variant must be 'omp' (SOMP, default) or 'ormp' (order-recursive, as SPAMS); got {variant!r}")
+        raise ValueError(
+            f"variant must be 'omp' (SOMP, default) or 'ormp' (order-recursive, as SPAMS); got {variant!r}"
+        )
     if aggregation not in ("l1", "l2"):
-        raise ValueError(f"aggregation must be 'l1' (sum of |correlations|) or 'l2' (sum of squares); got {aggregation!r}")
+        raise ValueError(
+            f"aggregation must be 'l1' (sum of |correlations|) or 'l2' (sum of squares); got {aggregation!r}"
+        )
     if tol is not None:
         tol = float(tol)
         if not (0.0 < tol <= 1.0):
@@ -710,8 +779,9 @@ def somp(
     k = _check_k(k, n_allowed)
     op = _DenseSignals(H.detach(), cdt)
     blocked_or_none = blocked if bool(blocked.any()) else None  # None: nothing to mask
-    idx, coef, ev, energy, meta = _run(op, D, blocked_or_none, k, tol, aggregation, chunk_size, memory_budget,
-                                       head_batch, variant)
+    idx, coef, ev, energy, meta = _run(
+        op, D, blocked_or_none, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant
+    )
     coef = coef.to(H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32)
     res = SOMPResult(idx, coef, ev, energy, None, meta)
     if squeeze:
@@ -768,9 +838,7 @@ def somp_heads(
             f"got {tuple(W_O.shape)} (pass the W_O of exactly the captured layers, in order)"
         )
     if dictionary.dim() != 2 or dictionary.shape[1] != W_O.shape[1]:
-        raise ValueError(
-            f"dictionary must be (vocab, d_model={W_O.shape[1]}); got {tuple(dictionary.shape)}"
-        )
+        raise ValueError(f"dictionary must be (vocab, d_model={W_O.shape[1]}); got {tuple(dictionary.shape)}")
     tol = _validate_common(k, tol, aggregation, variant)
     if fold_norm_gain is None:
         fold_norm_gain = norm_gain is not None
@@ -778,13 +846,13 @@ def somp_heads(
         raise ValueError("fold_norm_gain=True needs norm_gain (the final norm's gain, e.g. lm.final_norm_gain())")
     dev = W_O.device
     cdt = _compute_dtype(W_O, dtype)
-    D, usable, ids = head_dictionary(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain,
-                                     dtype=cdt)
+    D, usable, ids = head_dictionary(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain, dtype=cdt)
     k = _check_k(k, int(usable.sum()))
     blocked = None if bool(usable.all()) else ~usable.to(dev)
     op = HeadSignals(z.detach().to(dev), W_O, cdt)
-    idx, coef, ev, energy, meta = _run(op, D, blocked, k, tol, aggregation, chunk_size, memory_budget,
-                                       head_batch, variant)
+    idx, coef, ev, energy, meta = _run(
+        op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant
+    )
     if ids is not None:
         ids_dev = ids.to(idx.device)
         idx = torch.where(idx >= 0, ids_dev[idx.clamp_min(0)], idx)
@@ -792,8 +860,12 @@ def somp_heads(
         layers = list(range(Lz))
     lay = torch.as_tensor(list(layers), dtype=torch.long)
     head_ids = torch.stack([lay.repeat_interleave(Hn), torch.arange(Hn).repeat(Lz)], dim=1)
-    meta = {**meta, "route": op._route(D.shape[0]), "fold_norm_gain": bool(fold_norm_gain),
-            "restricted": ids is not None}
+    meta = {
+        **meta,
+        "route": op._route(D.shape[0]),
+        "fold_norm_gain": bool(fold_norm_gain),
+        "restricted": ids is not None,
+    }
     return SOMPResult(idx, coef.to(torch.float32), ev, energy, head_ids, meta)
 
 

@@ -13,8 +13,7 @@ import math
 
 from PIL import Image, ImageDraw
 
-__all__ = ["BACKGROUND", "COLORS", "INK", "PATTERNS", "SHAPES", "draw_pattern", "draw_shape",
-           "shape_captions"]
+__all__ = ["BACKGROUND", "COLORS", "INK", "PATTERNS", "SHAPES", "draw_pattern", "draw_shape", "shape_captions"]
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "hexagon")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -27,22 +26,20 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 # (name, references) of the colour-free patterns; references never name a colour.
 PATTERNS: dict[str, list[str]] = {
-    "checkerboard": ["a checkerboard pattern", "a chessboard pattern of small squares",
-                     "squares in a checkerboard"],
-    "large checkerboard": ["a checkerboard with large squares", "a chessboard pattern",
-                           "big squares in a checkerboard"],
-    "horizontal stripes": ["horizontal stripes", "a pattern of horizontal stripes",
-                           "stripes running across the image"],
-    "vertical stripes": ["vertical stripes", "a pattern of vertical stripes",
-                         "stripes running up and down"],
-    "diagonal stripes": ["diagonal stripes", "a pattern of diagonal stripes",
-                         "stripes running from corner to corner"],
+    "checkerboard": ["a checkerboard pattern", "a chessboard pattern of small squares", "squares in a checkerboard"],
+    "large checkerboard": [
+        "a checkerboard with large squares",
+        "a chessboard pattern",
+        "big squares in a checkerboard",
+    ],
+    "horizontal stripes": ["horizontal stripes", "a pattern of horizontal stripes", "stripes running across the image"],
+    "vertical stripes": ["vertical stripes", "a pattern of vertical stripes", "stripes running up and down"],
+    "diagonal stripes": ["diagonal stripes", "a pattern of diagonal stripes", "stripes running from corner to corner"],
     "two dots": ["two dots in a row", "two round dots side by side", "a pair of dots"],
     "three dots": ["three dots in a row", "three round dots side by side", "a row of three dots"],
     "four dots": ["four dots in a square", "four round dots", "dots at the corners of a square"],
     "grid": ["a grid of thin lines", "a grid pattern", "lines forming a grid"],
-    "rings": ["concentric rings", "circles inside each other like a target",
-              "a pattern of concentric circles"],
+    "rings": ["concentric rings", "circles inside each other like a target", "a pattern of concentric circles"],
     "zigzag": ["a zigzag line", "a line going up and down in a zigzag", "a zigzag pattern"],
     "smiling face": ["a happy smiling face", "a drawing of a happy face", "a cheerful smiley"],
     "frowning face": ["a sad frowning face", "a drawing of a sad face", "an unhappy face"],
@@ -51,8 +48,9 @@ BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
 
 
-def _polygon(n: int, cx: float, cy: float, r: float, rot: float = -math.pi / 2,
-             inner: float | None = None) -> list[tuple[float, float]]:
+def _polygon(
+    n: int, cx: float, cy: float, r: float, rot: float = -math.pi / 2, inner: float | None = None
+) -> list[tuple[float, float]]:
     pts = []
     steps = n * 2 if inner is not None else n
     for k in range(steps):
@@ -62,8 +60,14 @@ def _polygon(n: int, cx: float, cy: float, r: float, rot: float = -math.pi / 2,
     return pts
 
 
-def draw_shape(shape: str, color: str | tuple[int, int, int], *, size: int = 64,
-               scale: float = 0.7, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+def draw_shape(
+    shape: str,
+    color: str | tuple[int, int, int],
+    *,
+    size: int = 64,
+    scale: float = 0.7,
+    background: tuple[int, int, int] = BACKGROUND,
+) -> Image.Image:
     """A filled `shape` of `color` centred on a plain background (deterministic, RGB)."""
     rgb = COLORS[color] if isinstance(color, str) else tuple(color)
     img = Image.new("RGB", (size, size), background)
@@ -112,8 +116,7 @@ def draw_pattern(name: str, *, size: int = 64) -> Image.Image:
         for i in range(4):
             for j in range(4):
                 if (i + j) % 2 == 0:
-                    d.rectangle([i * 2 * step, j * 2 * step, (i + 1) * 2 * step - 1,
-                                 (j + 1) * 2 * step - 1], fill=INK)
+                    d.rectangle([i * 2 * step, j * 2 * step, (i + 1) * 2 * step - 1, (j + 1) * 2 * step - 1], fill=INK)
     elif name == "diagonal stripes":
         for k in range(-size, size, 2 * step):
             d.polygon([(k, 0), (k + step, 0), (k + step + size, size), (k + size, size)], fill=INK)
@@ -144,8 +147,9 @@ def draw_pattern(name: str, *, size: int = 64) -> Image.Image:
         else:
             d.arc([box[0], box[1] + r * 0.45, box[2], box[3] + r * 0.45], 200, 340, fill=INK, width=w)
     elif name == "zigzag":
-        pts = [(x, size * (0.3 if i % 2 == 0 else 0.7)) for i, x in
-               enumerate(range(4, size - 3, max(1, (size - 8) // 6)))]
+        pts = [
+            (x, size * (0.3 if i % 2 == 0 else 0.7)) for i, x in enumerate(range(4, size - 3, max(1, (size - 8) // 6)))
+        ]
         d.line(pts, fill=INK, width=max(2, size // 16))
     elif name == "grid":
         for k in range(0, size, step):
@@ -158,5 +162,8 @@ def draw_pattern(name: str, *, size: int = 64) -> Image.Image:
 
 def shape_captions(shape: str, color: str) -> list[str]:
     """Template reference captions of a coloured shape."""
-    return [f"a {color} {shape} on a white background", f"a {color} {shape}",
-            f"a simple {color} {shape} in the middle of the image"]
+    return [
+        f"a {color} {shape} on a white background",
+        f"a {color} {shape}",
+        f"a simple {color} {shape} in the middle of the image",
+    ]

@@ -51,7 +51,7 @@ def _w_o_columns_scaled(lm, scales):
         for (layer, head), a in scales.items():
             W = lm.output_weight(layer)
             saved.setdefault(layer, W.data.clone())
-            W.data[:, head * dh:(head + 1) * dh] *= a
+            W.data[:, head * dh : (head + 1) * dh] *= a
         yield lm
     finally:
         for layer, W in saved.items():

@@ -18,26 +18,50 @@ REPO = Path(__file__).resolve().parents[1]
 def _fake_run(d: Path, k: int, alpha: float, acc: float, *, ranking="concept_share", status="complete"):
     d.mkdir(parents=True)
     res = {
-        "status": status, "model": "smollm2", "task": "qa_countries", "ranking": ranking, "k": k,
-        "k_frac": None, "alpha": alpha, "heads_mode": "ranked", "n_heads_total": 12,
+        "status": status,
+        "model": "smollm2",
+        "task": "qa_countries",
+        "ranking": ranking,
+        "k": k,
+        "k_frac": None,
+        "alpha": alpha,
+        "heads_mode": "ranked",
+        "n_heads_total": 12,
         "heads": [{"layer": 1, "head": h, "score": 0.5, "rank": h + 1} for h in range(k)],
         "config": {"seed": 0, "intervention": {"k": k, "alpha": alpha}},
         "run": {"choices": {"experiment": None}},
-        "baseline": {"concept": {"accuracy": 0.8, "concept_rate": 0.9}, "control": {"accuracy": 0.5},
-                     "n": {"concept": 4}, "examples": [{"prompt": "q", "output": "a"}]},
+        "baseline": {
+            "concept": {"accuracy": 0.8, "concept_rate": 0.9},
+            "control": {"accuracy": 0.5},
+            "n": {"concept": 4},
+            "examples": [{"prompt": "q", "output": "a"}],
+        },
         "edited": {"concept": {"accuracy": acc, "concept_rate": None}, "control": {"accuracy": 0.5}},
-        "random": {"concept": {"accuracy": 0.75}, "control": {"accuracy": 0.5},
-                   "std": {"concept": {"accuracy": 0.05}, "control": {"accuracy": 0.0}},
-                   "n_seeds": 2, "per_seed": [], "seeds": [0, 1]},
-        "provenance": {"model": {"layout": {"n_layers": 3, "n_heads": 4}},
-                       "cache": {"activations_from_cache": k != 1}, "timings": {"a": 1.0, "b": 2.0}},
+        "random": {
+            "concept": {"accuracy": 0.75},
+            "control": {"accuracy": 0.5},
+            "std": {"concept": {"accuracy": 0.05}, "control": {"accuracy": 0.0}},
+            "n_seeds": 2,
+            "per_seed": [],
+            "seeds": [0, 1],
+        },
+        "provenance": {
+            "model": {"layout": {"n_layers": 3, "n_heads": 4}},
+            "cache": {"activations_from_cache": k != 1},
+            "timings": {"a": 1.0, "b": 2.0},
+        },
     }
     if status != "complete":
         res = {"status": status, "config": res["config"], "error": {"message": "boom"}}
     write_json_atomic(d / "results.json", res)
-    pd.DataFrame({"layer": [layer for layer in range(3) for _ in range(4)], "head": list(range(4)) * 3,
-                  "score": [i / 12 for i in range(12)], "rank": list(range(12, 0, -1))}
-                 ).to_csv(d / "head_scores.csv", index=False)
+    pd.DataFrame(
+        {
+            "layer": [layer for layer in range(3) for _ in range(4)],
+            "head": list(range(4)) * 3,
+            "score": [i / 12 for i in range(12)],
+            "rank": list(range(12, 0, -1)),
+        }
+    ).to_csv(d / "head_scores.csv", index=False)
 
 
 @pytest.fixture
@@ -47,8 +71,8 @@ def sweep(tmp_path):
     for i, ((k, a), acc) in enumerate(sorted(accs.items())):
         _fake_run(root / str(i), k, a, acc)
     _fake_run(root / "4", 3, 2.0, 0.0, status="failed")
-    (root / "0" / ".results.json.tmp77").write_text("{half")          # ignored
-    (root / ".submitit" / "x").mkdir(parents=True)                    # ignored
+    (root / "0" / ".results.json.tmp77").write_text("{half")  # ignored
+    (root / ".submitit" / "x").mkdir(parents=True)  # ignored
     return root
 
 
@@ -104,11 +128,19 @@ def test_markdown_formatting():
 
 
 def test_cli(sweep, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(sweep), "--out",
-                           str(tmp_path / "o"), "--no-plots"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headpursuit.app.aggregate", str(sweep), "--out", str(tmp_path / "o"), "--no-plots"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "edited.concept.accuracy" in proc.stdout and (tmp_path / "o" / "k_alpha.md").exists()
     assert not (tmp_path / "o" / "plots").exists()
-    empty = subprocess.run([sys.executable, "-m", "headpursuit.app.aggregate", str(tmp_path / "none")],
-                           cwd=REPO, capture_output=True, text=True)
+    empty = subprocess.run(
+        [sys.executable, "-m", "headpursuit.app.aggregate", str(tmp_path / "none")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert empty.returncode == 2 and "no readable results.json" in empty.stderr

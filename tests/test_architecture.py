@@ -22,11 +22,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "headpursuit"
 LAYERS: list[tuple[str, ...]] = [
     ("headpursuit._version", "headpursuit.errors", "headpursuit.synthetic"),
     ("headpursuit.models",),
-    ("headpursuit.concepts", "headpursuit.capture", "headpursuit.intervention", "headpursuit.somp",
-     "headpursuit.metrics"),
+    (
+        "headpursuit.concepts",
+        "headpursuit.capture",
+        "headpursuit.intervention",
+        "headpursuit.somp",
+        "headpursuit.metrics",
+    ),
     ("headpursuit.ranking", "headpursuit.effects", "headpursuit.heads"),
     ("headpursuit.tasks",),
-    ("headpursuit", "headpursuit.__main__"),   # the public API re-exports the library
+    ("headpursuit", "headpursuit.__main__"),  # the public API re-exports the library
     ("headpursuit.app",),
 ]
 # `python -m headpursuit` starts the Hydra app: the one library file allowed to reach the shell.
@@ -99,8 +104,13 @@ def test_no_module_imports_a_higher_layer():
 
 def test_library_never_imports_the_application_shell():
     modules = package_modules()
-    bad = [f"{m} imports {t}" for m, p in modules.items() if not m.startswith("headpursuit.app")
-           and m not in SHELL_ENTRY for t in imported_modules(p, m) if t.startswith("headpursuit.app")]
+    bad = [
+        f"{m} imports {t}"
+        for m, p in modules.items()
+        if not m.startswith("headpursuit.app") and m not in SHELL_ENTRY
+        for t in imported_modules(p, m)
+        if t.startswith("headpursuit.app")
+    ]
     assert not bad, bad
 
 
@@ -110,8 +120,11 @@ def test_no_private_names_imported_across_modules():
     for module, path in package_modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("headpursuit"):
-                bad += [f"{module}: from {node.module} import {a.name}" for a in node.names
-                        if a.name.startswith("_") and not a.name.startswith("__")]
+                bad += [
+                    f"{module}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert not bad, bad
 
 
@@ -134,8 +147,17 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 
 # Packages the library must not need: the application shell's (Hydra, W&B, hub datasets, plots)
 # and the optional extras' (embedded GGUF loader, toxicity scorers, vision, caption metrics).
-NOT_LIBRARY = ["hydra", "omegaconf", "wandb", "datasets", "submitit", "matplotlib", "detoxify",
-               "profanity_check", "sacrebleu"]
+NOT_LIBRARY = [
+    "hydra",
+    "omegaconf",
+    "wandb",
+    "datasets",
+    "submitit",
+    "matplotlib",
+    "detoxify",
+    "profanity_check",
+    "sacrebleu",
+]
 
 
 def test_library_imports_without_the_shell_dependencies():

@@ -81,12 +81,9 @@ def test_captured_z_equals_o_proj_input(tiny_gemma3):
 @pytest.mark.parametrize("side", ["left", "right"])
 @pytest.mark.parametrize("positions", ["last_prompt", "answer", "all"])
 def test_batched_equals_single(tiny_llama, side, positions):
-    samples = [CaptureSample(p, answer=" Paris, France." if i % 2 == 0 else " yes")
-               for i, p in enumerate(PROMPTS)]
-    batched = capture_heads(tiny_llama, samples, positions=positions, batch_size=4,
-                            padding_side=side, progress=False)
-    singles = [capture_heads(tiny_llama, [s], positions=positions, batch_size=1, progress=False)
-               for s in samples]
+    samples = [CaptureSample(p, answer=" Paris, France." if i % 2 == 0 else " yes") for i, p in enumerate(PROMPTS)]
+    batched = capture_heads(tiny_llama, samples, positions=positions, batch_size=4, padding_side=side, progress=False)
+    singles = [capture_heads(tiny_llama, [s], positions=positions, batch_size=1, progress=False) for s in samples]
     z_single = torch.cat([a.z for a in singles])
     assert batched.z.shape == z_single.shape
     torch.testing.assert_close(batched.z, z_single, rtol=1e-4, atol=1e-4)

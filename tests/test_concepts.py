@@ -19,8 +19,9 @@ def test_shipped_concepts_exist():
     assert {"countries", "colors", "numbers", "toxic", "sentiment"} <= set(available_concepts())
 
 
-@pytest.mark.parametrize("name", ["countries", "countries_single_word", "colors", "colours", "numbers",
-                                  "toxic", "sentiment"])
+@pytest.mark.parametrize(
+    "name", ["countries", "countries_single_word", "colors", "colours", "numbers", "toxic", "sentiment"]
+)
 def test_shipped_concepts_load(tok, name):
     c = load_concept(name, tok)
     assert isinstance(c, Concept) and len(c) > 20
@@ -95,8 +96,10 @@ def test_path_and_comments(tok, tmp_path):
 
 def test_count_in_text(tok):
     c = load_concept("countries", tok)
-    text = ("I flew from france to the United  States of America, then U.S. and USA; "
-            "but us, Francesca and Frances do not count. Niger, Nigeria.")
+    text = (
+        "I flew from france to the United  States of America, then U.S. and USA; "
+        "but us, Francesca and Frances do not count. Niger, Nigeria."
+    )
     assert c.find_in_text(text) == ["france", "United  States of America", "U.S.", "USA", "Niger", "Nigeria"]
     assert c.count_in_text(text) == 6
     assert c.count_in_text("") == 0

@@ -7,10 +7,8 @@ from headpursuit.capture import CaptureSample
 from headpursuit.effects import answer_logprob, head_effects
 
 SAMPLES = {
-    "concept": [CaptureSample("The capital of France is", " Paris, a city"),
-                CaptureSample("One, two,", " three")],
-    "control": [CaptureSample("The colour of the sky is", " blue"),
-                CaptureSample("Water is", " wet and cold, mostly")],
+    "concept": [CaptureSample("The capital of France is", " Paris, a city"), CaptureSample("One, two,", " three")],
+    "control": [CaptureSample("The colour of the sky is", " blue"), CaptureSample("Water is", " wet and cold, mostly")],
 }
 
 
@@ -35,11 +33,19 @@ def _hooks(lm):
 def test_answer_logprob_matches_unbatched_reference(request, fixture, w_o_columns_scaled):
     lm = request.getfixturevalue(fixture)
     samples = SAMPLES["concept"] + SAMPLES["control"]
-    torch.testing.assert_close(answer_logprob(lm, samples, batch_size=3), _reference_logprob(lm, samples, {}, w_o_columns_scaled),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        answer_logprob(lm, samples, batch_size=3),
+        _reference_logprob(lm, samples, {}, w_o_columns_scaled),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     scales = {(1, 2): -1.0}
-    torch.testing.assert_close(answer_logprob(lm, samples, scales=scales), _reference_logprob(lm, samples, scales, w_o_columns_scaled),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        answer_logprob(lm, samples, scales=scales),
+        _reference_logprob(lm, samples, scales, w_o_columns_scaled),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_head_effects_equal_weight_edit_deltas(tiny_llama, w_o_columns_scaled):
@@ -52,7 +58,9 @@ def test_head_effects_equal_weight_edit_deltas(tiny_llama, w_o_columns_scaled):
         base = _reference_logprob(lm, samples, {}, w_o_columns_scaled)
         assert eff.baseline[g] == pytest.approx(float(base.mean()), abs=1e-4)
         for row in eff.table.itertuples():
-            ref = float((_reference_logprob(lm, samples, {(row.layer, row.head): -1.0}, w_o_columns_scaled) - base).mean())
+            ref = float(
+                (_reference_logprob(lm, samples, {(row.layer, row.head): -1.0}, w_o_columns_scaled) - base).mean()
+            )
             assert getattr(row, f"delta_{g}") == pytest.approx(ref, abs=1e-4)
     assert eff.table[["delta_concept", "delta_control"]].abs().max().max() > 1e-4  # the edits did something
     same = head_effects(lm, SAMPLES, alpha=1.0, heads=heads, progress=False)

@@ -62,7 +62,7 @@ def test_alpha_zero_removes_exactly_the_head_contribution(lm):
         h1.remove()
         h2.remove()
     z_h = x.view(*x.shape[:2], H, dh)[:, :, head]
-    W_h = lm.output_weight(layer).detach()[:, head * dh:(head + 1) * dh]
+    W_h = lm.output_weight(layer).detach()[:, head * dh : (head + 1) * dh]
     torch.testing.assert_close(y_edit, y - z_h @ W_h.T, rtol=1e-4, atol=1e-4)
 
 
@@ -70,9 +70,15 @@ def test_generate_with_kv_cache_equals_full_recompute(lm):
     scales = uniform_scales([(0, 0), (1, 1), (2, 3)], -1.0)
     enc = lm.encode(PROMPTS)
     with scale_heads(lm, scales):
-        out = lm.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                max_new_tokens=6, do_sample=False, output_scores=True,
-                                return_dict_in_generate=True, **lm.generation_kwargs())
+        out = lm.model.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=6,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            **lm.generation_kwargs(),
+        )
         seq = out.sequences
         mask = torch.cat([enc["attention_mask"], torch.ones(seq.shape[0], 6, dtype=torch.long)], 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -82,9 +88,15 @@ def test_generate_with_kv_cache_equals_full_recompute(lm):
     for step, scores in enumerate(out.scores):
         torch.testing.assert_close(scores, full[:, T - 1 + step], rtol=1e-3, atol=1e-3)
     # ... and the edit really reached generation: without it the scores differ.
-    plain = lm.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                              max_new_tokens=1, do_sample=False, output_scores=True,
-                              return_dict_in_generate=True, **lm.generation_kwargs())
+    plain = lm.model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=1,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **lm.generation_kwargs(),
+    )
     assert not torch.allclose(plain.scores[0], out.scores[0], atol=1e-3)
 
 
@@ -114,11 +126,15 @@ def test_smollm2_answers_paris_and_edit_restores(smollm2):
     assert lm.provenance["random_init"] is False
     assert "4-bit" in lm.describe()
     enc = lm.encode([lm.format_prompt("What is the capital of France?")])
-    gen = lambda: lm.model.generate(**{k: enc[k] for k in ("input_ids", "attention_mask")},
-                                    max_new_tokens=12, do_sample=False, **lm.generation_kwargs())
-    text = lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1]:])
+    gen = lambda: lm.model.generate(
+        **{k: enc[k] for k in ("input_ids", "attention_mask")},
+        max_new_tokens=12,
+        do_sample=False,
+        **lm.generation_kwargs(),
+    )
+    text = lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1] :])
     assert "Paris" in text
     with scale_heads(lm, {(l, h): 0.0 for l in range(3) for h in range(9)}):
-        edited = lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1]:])
+        edited = lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1] :])
     assert edited != text  # ablating all heads of three layers must change the answer
-    assert lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1]:]) == text
+    assert lm.tokenizer.decode(gen()[0, enc["input_ids"].shape[1] :]) == text

@@ -22,20 +22,24 @@ from headpursuit.metrics.toxicity import ToxicityScorer
 
 # --- normalisation and alias matching ---------------------------------------------------------
 
-@pytest.mark.parametrize("raw, norm", [
-    ("The United States!", "united states"),
-    ("  an   Apple, a day ", "apple day"),
-    ("U.S.A.", "usa"),
-    ("Guinea-Bissau", "guinea bissau"),
-    ("Türkiye", "turkiye"),
-    ("Côte d'Ivoire", "cote divoire"),
-    ("Tokyo,Japan", "tokyo japan"),
-    ("Einstein's equation", "einstein equation"),
-    ("The Hulk’s colour", "hulk colour"),
-    ("Theatre", "theatre"),          # articles only as whole words
-    ("", ""),
-    (None, ""),
-])
+
+@pytest.mark.parametrize(
+    "raw, norm",
+    [
+        ("The United States!", "united states"),
+        ("  an   Apple, a day ", "apple day"),
+        ("U.S.A.", "usa"),
+        ("Guinea-Bissau", "guinea bissau"),
+        ("Türkiye", "turkiye"),
+        ("Côte d'Ivoire", "cote divoire"),
+        ("Tokyo,Japan", "tokyo japan"),
+        ("Einstein's equation", "einstein equation"),
+        ("The Hulk’s colour", "hulk colour"),
+        ("Theatre", "theatre"),  # articles only as whole words
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_normalize_answer(raw, norm):
     assert normalize_answer(raw) == norm
 
@@ -82,11 +86,11 @@ def test_concept_rate_word_list_and_concept_object():
     words = ["France", "United States", "Chad"]
     texts = ["France and the United States", "Nothing here", "chadwick is not Chad", ""]
     assert count_concept_words(texts[0], words) == 2
-    assert count_concept_words(texts[2], words) == 1      # 'chadwick' is not a whole word 'chad'
+    assert count_concept_words(texts[2], words) == 1  # 'chadwick' is not a whole word 'chad'
     cr = concept_rate(texts, words)
     assert cr.rate == pytest.approx(0.5)
     assert cr.mean_count == pytest.approx(3 / 4)
-    rate, mean = cr                                        # tuple-unpackable
+    rate, mean = cr  # tuple-unpackable
 
     class C:
         words = ["x"]
@@ -111,7 +115,7 @@ def test_mean_toxicity_and_toxic_fraction_threshold_edges():
     assert toxic_fraction(SCORES, threshold=0.49) == pytest.approx(3 / 8)
     assert toxic_fraction(SCORES, threshold=0.61) == 0.0
     assert toxic_fraction([0.5], threshold=0.5) == 1.0
-    assert mean_toxicity([0.2, 0.4]) == pytest.approx(0.3)   # flat lists work too
+    assert mean_toxicity([0.2, 0.4]) == pytest.approx(0.3)  # flat lists work too
 
 
 def test_expected_max_toxicity_by_hand():
@@ -130,11 +134,13 @@ def test_toxicity_probability_threshold_edges():
 
 # --- scorers ------------------------------------------------------------------------------------
 
+
 def test_profanity_check_scores_insult_above_neutral():
     s = get_scorer("profanity_check")
     assert s.name == "profanity_check" and "alt-profanity-check" in s.version
     insult, neutral, empty = s.score(
-        ["You are a stupid worthless idiot, shut up", "The museum opens at nine in the morning", ""])
+        ["You are a stupid worthless idiot, shut up", "The museum opens at nine in the morning", ""]
+    )
     assert insult > 0.5 > neutral
     assert empty == 0.0
 
@@ -179,6 +185,7 @@ def test_scorer_base_batches_and_skips_empty():
 
 # --- fluency ------------------------------------------------------------------------------------
 
+
 def test_perplexity_tiny_model(tiny_llama):
     from headpursuit.metrics import perplexity
 
@@ -189,8 +196,11 @@ def test_perplexity_tiny_model(tiny_llama):
     assert res["per_sample"][1] is None and res["per_sample"][3] is None
     assert res["perplexity"] > 1 and math.isfinite(res["perplexity"])
     # batching and padding do not change per-sample values
-    single = [perplexity(tiny_llama, [p], [c], batch_size=1, progress=False)["perplexity"]
-              for p, c in zip(prompts, conts) if c.strip()]
+    single = [
+        perplexity(tiny_llama, [p], [c], batch_size=1, progress=False)["perplexity"]
+        for p, c in zip(prompts, conts)
+        if c.strip()
+    ]
     both = [x for x in res["per_sample"] if x is not None]
     assert both == pytest.approx(single, rel=1e-4)
     # corpus perplexity is the exp of the token-weighted mean NLL

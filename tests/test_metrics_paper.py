@@ -26,18 +26,21 @@ from headpursuit.metrics.toxicity import ROBERTA_TOXICITY_MODEL
 # --- official TriviaQA normalisation, token F1, exact match -------------------------------------
 
 
-@pytest.mark.parametrize("raw, norm", [
-    ("The Cat sat on a mat.", "cat sat on mat"),
-    ("U.S.", "u s"),                        # punctuation -> space (SQuAD would give "us")
-    ("U.S.A.", "u s"),                      # ... and the stand-alone "a" is then an article
-    ("Einstein's", "einstein s"),           # no possessive rule
-    ("hello_world", "hello world"),
-    ("\u2018Quoted\u2019 \u00b4x", "quoted x"),
-    ("Türkiye", "türkiye"),                 # no accent folding
-    ("Theatre", "theatre"),
-    ("", ""),
-    (None, ""),
-])
+@pytest.mark.parametrize(
+    "raw, norm",
+    [
+        ("The Cat sat on a mat.", "cat sat on mat"),
+        ("U.S.", "u s"),  # punctuation -> space (SQuAD would give "us")
+        ("U.S.A.", "u s"),  # ... and the stand-alone "a" is then an article
+        ("Einstein's", "einstein s"),  # no possessive rule
+        ("hello_world", "hello world"),
+        ("\u2018Quoted\u2019 \u00b4x", "quoted x"),
+        ("Türkiye", "türkiye"),  # no accent folding
+        ("Theatre", "theatre"),
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_official_normalize_is_the_triviaqa_script(raw, norm):
     assert official_normalize(raw) == norm
 
@@ -72,15 +75,15 @@ def test_token_f1_no_overlap_and_empty():
     assert token_f1("Paris", ["London"]) == 0.0
     assert token_f1("", ["London"]) == 0.0
     assert token_f1(None, ["London"]) == 0.0
-    assert token_f1("the", ["the"]) == 0.0        # normalises to nothing
+    assert token_f1("the", ["the"]) == 0.0  # normalises to nothing
     assert token_f1("London", []) == 0.0
-    assert token_f1("London", "London") == 1.0     # a single string is one ground truth
+    assert token_f1("London", "London") == 1.0  # a single string is one ground truth
 
 
 def test_exact_match_official():
     assert exact_match_official("The Beatles!", ["beatles"]) == 1.0
     assert exact_match_official("Beatles band", ["beatles"]) == 0.0
-    assert exact_match_official("UK", ["United Kingdom", "U.K"]) == 0.0    # "u k" != "uk"
+    assert exact_match_official("UK", ["United Kingdom", "U.K"]) == 0.0  # "u k" != "uk"
     assert exact_match_official("u-k", ["United Kingdom", "U.K"]) == 1.0
     assert exact_match_official("Paris", []) == 0.0
 
@@ -99,11 +102,15 @@ def test_mean_token_f1():
 CIDER_EXAMPLES = {
     "three_images": (
         ["a man is riding a horse on the beach", "two dogs play in the snow", "a plate of food on a table"],
-        [["a man rides a horse on a beach", "a person riding a horse along the shore",
-          "a man on a brown horse at the beach"],
-         ["two dogs playing in the snow", "dogs run through deep snow",
-          "a pair of dogs play outside in winter"],
-         ["a plate with food sits on a wooden table", "food on a white plate", "a meal on a table"]],
+        [
+            [
+                "a man rides a horse on a beach",
+                "a person riding a horse along the shore",
+                "a man on a brown horse at the beach",
+            ],
+            ["two dogs playing in the snow", "dogs run through deep snow", "a pair of dogs play outside in winter"],
+            ["a plate with food sits on a wooden table", "food on a white plate", "a meal on a table"],
+        ],
     ),
     "clipping": (
         ["dog dog dog dog dog", "a cat on a mat"],
@@ -111,8 +118,11 @@ CIDER_EXAMPLES = {
     ),
     "uneven": (
         ["", "red car parked on street", "a bird"],
-        [["a small boat on a lake"], ["a red car parked on a city street", "red car on the street"],
-         ["a bird on a branch", "a small bird sits", "bird"]],
+        [
+            ["a small boat on a lake"],
+            ["a red car parked on a city street", "red car on the street"],
+            ["a bird on a branch", "a small bird sits", "bird"],
+        ],
     ),
 }
 
@@ -134,8 +144,9 @@ def slow_cider_d(candidates, references, sigma=6.0):
     CIDEr-D = mean over n = 1..4. Lengths are token counts (equal, as differences, to
     pycocoevalcap's bigram counts whenever both sentences are non-empty).
     """
+
     def grams(tokens, n):
-        return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
     cands = [c.split() for c in candidates]
     refs = [[r.split() for r in rs] for rs in references]
@@ -156,7 +167,7 @@ def slow_cider_d(candidates, references, sigma=6.0):
                 num = sum(min(a, b) * b for a, b in zip(gc, gr))
                 den = math.sqrt(sum(a * a for a in gc)) * math.sqrt(sum(b * b for b in gr))
                 cos = num / den if den > 0 else 0.0
-                total += cos * math.exp(-((len(cand) - len(ref)) ** 2) / (2 * sigma ** 2))
+                total += cos * math.exp(-((len(cand) - len(ref)) ** 2) / (2 * sigma**2))
             per_order.append(10.0 * total / len(image_refs))
         scores.append(sum(per_order) / 4)
     return scores
@@ -200,7 +211,16 @@ def test_cider_d_tokenisation_ignores_case_and_punctuation():
     noisy_refs = [[r.capitalize() + "!" for r in rs] for rs in refs]
     assert cider_d(noisy, noisy_refs)["cider"] == pytest.approx(cider_d(cands, refs)["cider"])
     assert caption_tokens("Don't pet the dog's black-and-white ball, OK?") == [
-        "do", "n't", "pet", "the", "dog", "'s", "black-and-white", "ball", "ok"]
+        "do",
+        "n't",
+        "pet",
+        "the",
+        "dog",
+        "'s",
+        "black-and-white",
+        "ball",
+        "ok",
+    ]
 
 
 def test_cider_d_edges():
@@ -231,13 +251,29 @@ def _save_tiny_classifier(directory, id2label):
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
-                                        pad_token="<pad>", unk_token="<unk>", model_max_length=32)
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=32,
+    )
     config = RobertaConfig(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        initializer_range=0.5, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=40,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        initializer_range=0.5,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
     )
     torch.manual_seed(0)
     model = RobertaForSequenceClassification(config)
@@ -262,8 +298,7 @@ def _independent_probabilities(directory, texts, label_index):
     return out
 
 
-TEXTS = ["you are a nice person", "you stupid idiot", "", "hello world hello world hello",
-         "stupid thing", "you are"]
+TEXTS = ["you are a nice person", "you stupid idiot", "", "hello world hello world hello", "stupid thing", "you are"]
 
 
 def test_roberta_scorer_registered():
@@ -289,10 +324,13 @@ def test_roberta_scorer_missing_local_dir(tmp_path):
         RobertaToxicityScorer(model_name_or_path=str(missing))
 
 
-@pytest.mark.parametrize("id2label, toxic_index", [
-    ({0: "neutral", 1: "toxic"}, 1),
-    ({0: "TOXIC", 1: "neutral"}, 0),     # the index comes from the config, not a constant
-])
+@pytest.mark.parametrize(
+    "id2label, toxic_index",
+    [
+        ({0: "neutral", 1: "toxic"}, 1),
+        ({0: "TOXIC", 1: "neutral"}, 0),  # the index comes from the config, not a constant
+    ],
+)
 def test_roberta_scorer_matches_independent_softmax(tmp_path, id2label, toxic_index):
     directory = _save_tiny_classifier(tmp_path / "tiny", id2label)
     scorer = get_scorer("roberta", model_name_or_path=str(directory), batch_size=2)
@@ -303,7 +341,7 @@ def test_roberta_scorer_matches_independent_softmax(tmp_path, id2label, toxic_in
     expected = iter(_independent_probabilities(directory, nonempty, toxic_index))
     expected_all = [next(expected) if t else 0.0 for t in TEXTS]
     assert scores == pytest.approx(expected_all, abs=1e-5)
-    assert len(set(round(s, 4) for s in scores if s)) > 1    # the random model does discriminate
+    assert len(set(round(s, 4) for s in scores if s)) > 1  # the random model does discriminate
     # "toxic generations" = toxic_fraction: the share of texts whose argmax label is toxic
     argmax_toxic = [p > 0.5 for p in expected_all]
     assert toxic_fraction(scores) == pytest.approx(sum(argmax_toxic) / len(TEXTS))
@@ -317,7 +355,7 @@ def test_roberta_scorer_needs_a_toxic_label(tmp_path):
 
 # --- held-out toxic words ------------------------------------------------------------------------
 
-WORDS = [f"word{i}" for i in range(20)] + ["Word3", "word5 "]     # duplicates modulo case/space
+WORDS = [f"word{i}" for i in range(20)] + ["Word3", "word5 "]  # duplicates modulo case/space
 
 
 def test_split_words_disjoint_and_covering():
@@ -332,17 +370,16 @@ def test_split_words_seeded():
     assert split_words(WORDS, seed=0) == split_words(WORDS, seed=0)
     shuffled = list(WORDS)
     random.Random(1).shuffle(shuffled)
-    assert split_words(shuffled, seed=0) == split_words(WORDS, seed=0)    # input order is irrelevant
+    assert split_words(shuffled, seed=0) == split_words(WORDS, seed=0)  # input order is irrelevant
     assert split_words(WORDS, seed=0) != split_words(WORDS, seed=1)
     # pinned: the split must not change across platforms / Python versions (string-seeded Random)
-    assert split_words([f"w{i}" for i in range(8)], seed=0) == (["w0", "w2", "w6", "w7"],
-                                                                ["w1", "w3", "w4", "w5"])
+    assert split_words([f"w{i}" for i in range(8)], seed=0) == (["w0", "w2", "w6", "w7"], ["w1", "w3", "w4", "w5"])
 
 
 def test_split_words_fraction():
     sel, held = split_words(WORDS, held_out_fraction=0.25)
     assert len(held) == 5 and len(sel) == 15
-    assert len(split_words(["x", "y", "z"], held_out_fraction=0.5)[1]) == 2    # 1.5 rounds up
+    assert len(split_words(["x", "y", "z"], held_out_fraction=0.5)[1]) == 2  # 1.5 rounds up
     assert split_words(WORDS, held_out_fraction=0.0)[1] == []
     assert split_words(WORDS, held_out_fraction=1.0)[0] == []
     with pytest.raises(ValueError):
@@ -356,7 +393,7 @@ def test_word_frequency_counts_only_held_out_words():
     texts = [f"{held_out[0]} {held_out[0].upper()} {selection[0]}", f"{held_out[1]}, really", "nothing"]
     # counts 2, 1, 0 -> mean 1
     assert word_frequency(texts, held_out) == pytest.approx(1.0)
-    assert word_frequency([f"x{held_out[0]}y"], held_out) == 0.0      # whole words only
+    assert word_frequency([f"x{held_out[0]}y"], held_out) == 0.0  # whole words only
     assert math.isnan(word_frequency([], held_out))
     counts = Counter(w for t in texts for w in t.lower().replace(",", " ").split() if w in selection)
     assert word_frequency(texts, selection) == pytest.approx(sum(counts.values()) / len(texts))

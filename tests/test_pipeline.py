@@ -27,13 +27,22 @@ SWEEP = ["experiment=smoke", "intervention.k=2,4", "intervention.alpha=-1,0", "l
 
 
 def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-         "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-         # Same thread count in every process, so parallel (submitit) and sequential jobs compute
-         # the same floating-point sums.
-         "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    e = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "0",
+        # Same thread count in every process, so parallel (submitit) and sequential jobs compute
+        # the same floating-point sums.
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _results(sweep_dir: Path) -> dict[tuple, dict]:
@@ -51,6 +60,7 @@ def _submitit_logs(sweep_dir: Path) -> str:
 # ------------------------------------------------------------------------------------------
 # Sweeps through Hydra
 # ------------------------------------------------------------------------------------------
+
 
 def shared_cache(tmp_path_factory) -> Path:
     """One cache for the test session: runs with the same model/task/ranking reuse each other's work."""
@@ -104,9 +114,16 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
 def test_layer_matched_random_controls(basic_sweep, tmp_path):
     _, cache, _ = basic_sweep  # ranking and baseline come from the shared cache
     run = tmp_path / "run"
-    proc = run_cli("headpursuit", "experiment=smoke", "intervention.k=3", "intervention.alpha=-1",
-                   "intervention.random_pool=same_layers", "logger=none", f"hydra.run.dir={run}",
-                   f"cache_dir={cache}")
+    proc = run_cli(
+        "headpursuit",
+        "experiment=smoke",
+        "intervention.k=3",
+        "intervention.alpha=-1",
+        "intervention.random_pool=same_layers",
+        "logger=none",
+        f"hydra.run.dir={run}",
+        f"cache_dir={cache}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((run / "results.json").read_text())
     edited = {(h["layer"], h["head"]) for h in r["heads"]}
@@ -124,8 +141,12 @@ def test_sweep_aggregates(basic_sweep, tmp_path):
     sweep, _, _ = basic_sweep
     df = aggregate(sweep, tmp_path)
     assert len(df) == 4 and set(df["k"]) == {2, 4} and set(df["alpha"]) == {-1.0, 0.0}
-    assert {"edited.concept.accuracy", "random.concept.accuracy", "random.std.concept.accuracy",
-            "baseline.control.accuracy"} <= set(df.columns)
+    assert {
+        "edited.concept.accuracy",
+        "random.concept.accuracy",
+        "random.std.concept.accuracy",
+        "baseline.control.accuracy",
+    } <= set(df.columns)
     md = (tmp_path / "k_alpha.md").read_text()
     assert "alpha=-1" in md and "alpha=0" in md and "| 2 |" in md and "| 4 |" in md
     assert (tmp_path / "vs_random.csv").exists()
@@ -152,8 +173,14 @@ def test_submitit_local_sweep_matches_basic(basic_sweep, tmp_path):
     sweep, _, _ = basic_sweep
     sub_sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     t0 = time.perf_counter()
-    proc = run_cli("headpursuit", "-m", *SWEEP, "hydra/launcher=submitit_local",
-                   f"hydra.sweep.dir={sub_sweep}", f"cache_dir={cache}")
+    proc = run_cli(
+        "headpursuit",
+        "-m",
+        *SWEEP,
+        "hydra/launcher=submitit_local",
+        f"hydra.sweep.dir={sub_sweep}",
+        f"cache_dir={cache}",
+    )
     print(f"submitit_local 2x2 sweep: {time.perf_counter() - t0:.1f}s")
     assert proc.returncode == 0, proc.stderr[-3000:] + _submitit_logs(sub_sweep)
     a, b = _results(sweep), _results(sub_sweep)
@@ -175,17 +202,22 @@ def test_submitit_local_sweep_matches_basic(basic_sweep, tmp_path):
 # Configuration errors fail fast, naming the key
 # ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("task=no_such_task", "no_such_task"),
-    ("intervention.k=100000", "intervention.k"),
-    ("intervention.alpha=abc", "intervention.alpha"),
-    ("intervention.k_frac=1.5", "intervention.k_frac"),
-    ("model=no_such_model", "no_such_model"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("task=no_such_task", "no_such_task"),
+        ("intervention.k=100000", "intervention.k"),
+        ("intervention.alpha=abc", "intervention.alpha"),
+        ("intervention.k_frac=1.5", "intervention.k_frac"),
+        ("model=no_such_model", "no_such_model"),
+    ],
+)
 def test_config_errors_fail_fast(override, key, tmp_path):
     t0 = time.perf_counter()
-    proc = run_cli("headpursuit", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}",
-                   f"cache_dir={tmp_path / 'cache'}")
+    proc = run_cli(
+        "headpursuit", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}"
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
     assert key in out, out[-2000:]
@@ -200,25 +232,41 @@ def test_config_errors_fail_fast(override, key, tmp_path):
 # Helpers (no model)
 # ------------------------------------------------------------------------------------------
 
+
 def _cfg(**iv):
-    return {"model": {"name_or_path": "smollm2", "n_layers": 30, "n_heads": 9},
-            "task": {"name": "qa_countries", "positions": "answer_concept"},
-            "ranking": {"method": "concept_share", "k": 10},
-            "intervention": {"k": 6, "k_frac": None, "alpha": -1.0, "heads": "ranked", "explicit": [],
-                             "random_seeds": [0, 1], **iv},
-            "logger": {"backend": "none", "mode": "disabled"}, "seed": 0}
+    return {
+        "model": {"name_or_path": "smollm2", "n_layers": 30, "n_heads": 9},
+        "task": {"name": "qa_countries", "positions": "answer_concept"},
+        "ranking": {"method": "concept_share", "k": 10},
+        "intervention": {
+            "k": 6,
+            "k_frac": None,
+            "alpha": -1.0,
+            "heads": "ranked",
+            "explicit": [],
+            "random_seeds": [0, 1],
+            **iv,
+        },
+        "logger": {"backend": "none", "mode": "disabled"},
+        "seed": 0,
+    }
 
 
 def test_validate_config_names_the_key():
     validate_config(_cfg())
-    for iv, key in [({"alpha": "abc"}, "intervention.alpha"), ({"alpha": True}, "intervention.alpha"),
-                    ({"k": 271}, "intervention.k"), ({"k": 0}, "intervention.k"),
-                    ({"k_frac": 0.0}, "intervention.k_frac"), ({"k_frac": 2}, "intervention.k_frac"),
-                    ({"heads": "best"}, "intervention.heads"),
-                    ({"heads": "explicit", "explicit": []}, "intervention.explicit"),
-                    ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
-                    ({"random_seeds": ["a"]}, "intervention.random_seeds"),
-                    ({"random_pool": "nearby"}, "intervention.random_pool")]:
+    for iv, key in [
+        ({"alpha": "abc"}, "intervention.alpha"),
+        ({"alpha": True}, "intervention.alpha"),
+        ({"k": 271}, "intervention.k"),
+        ({"k": 0}, "intervention.k"),
+        ({"k_frac": 0.0}, "intervention.k_frac"),
+        ({"k_frac": 2}, "intervention.k_frac"),
+        ({"heads": "best"}, "intervention.heads"),
+        ({"heads": "explicit", "explicit": []}, "intervention.explicit"),
+        ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
+        ({"random_seeds": ["a"]}, "intervention.random_seeds"),
+        ({"random_pool": "nearby"}, "intervention.random_pool"),
+    ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate_config(_cfg(**iv))
     bad = _cfg()
@@ -233,8 +281,8 @@ def test_validate_config_names_the_key():
 
 def test_resolve_k_fraction_and_bounds():
     assert resolve_k({"k": 6}, 270) == 6
-    assert resolve_k({"k": 6, "k_frac": 0.01}, 270) == 3          # round(2.7)
-    assert resolve_k({"k": 6, "k_frac": 0.001}, 270) == 1         # at least one head
+    assert resolve_k({"k": 6, "k_frac": 0.01}, 270) == 3  # round(2.7)
+    assert resolve_k({"k": 6, "k_frac": 0.001}, 270) == 1  # at least one head
     assert resolve_k({"k": 6, "k_frac": 1.0}, 270) == 270
     assert resolve_k({"heads": "explicit", "explicit": [[0, 1], "2.3"]}, 270) == 2
     with pytest.raises(ConfigError, match="larger than the number of heads"):
@@ -259,8 +307,10 @@ def test_head_selection():
 
 
 def test_summarize_seeds_mean_std():
-    per_seed = [{"concept": {"accuracy": 0.5, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}},
-                {"concept": {"accuracy": 1.0, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}}]
+    per_seed = [
+        {"concept": {"accuracy": 0.5, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}},
+        {"concept": {"accuracy": 1.0, "x": float("nan")}, "control": {"accuracy": 1.0}, "n": {}},
+    ]
     s = summarize_seeds(per_seed)
     assert s["concept"]["accuracy"] == 0.75 and s["control"]["accuracy"] == 1.0
     assert math.isclose(s["std"]["concept"]["accuracy"], math.sqrt(0.125))
@@ -269,7 +319,7 @@ def test_summarize_seeds_mean_std():
 
 
 def test_summarize_seeds_median_resists_one_collapsed_draw():
-    accs = [0.6, 0.65, 0.0, 0.7, 0.55]     # one draw hit a load-bearing head
+    accs = [0.6, 0.65, 0.0, 0.7, 0.55]  # one draw hit a load-bearing head
     s = summarize_seeds([{"concept": {"accuracy": a}} for a in accs])
     assert s["median"]["concept"]["accuracy"] == 0.6
     assert math.isclose(s["concept"]["accuracy"], sum(accs) / 5)
@@ -285,7 +335,7 @@ def test_random_control_pools():
     assert random_control_heads(edited, 30, 9, 6, 0) == random_heads(30, 9, 6, 0)
     assert random_control_heads(edited, 30, 9, 6, 4, pool="all") == random_heads(30, 9, 6, 4)
     with pytest.raises(ConfigError, match="same_layers"):
-        random_control_heads([(0, 0), (0, 1)], 30, 9, 8, 0, pool="same_layers")   # 7 heads left in layer 0
+        random_control_heads([(0, 0), (0, 1)], 30, 9, 8, 0, pool="same_layers")  # 7 heads left in layer 0
 
 
 def test_run_cache_computes_once(tmp_path):
@@ -294,7 +344,7 @@ def test_run_cache_computes_once(tmp_path):
     v, hit = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": float("nan"), "b": 1})
     v2, hit2 = cache.get_or_compute("evals", "k1", lambda: calls.append(1) or {"a": 0})
     assert (hit, hit2, len(calls)) == (False, True, 1)
-    assert v2["b"] == 1 and math.isnan(v2["a"])   # NaN survives the cache
+    assert v2["b"] == 1 and math.isnan(v2["a"])  # NaN survives the cache
     (tmp_path / "evals" / "k2.json").write_text("{broken")  # unreadable entries are recomputed
     v3, hit3 = cache.get_or_compute("evals", "k2", lambda: {"c": 3})
     assert (v3, hit3) == ({"c": 3}, False)
@@ -316,8 +366,13 @@ def test_completed_results_needs_same_config(tmp_path):
 def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
     """A runtime failure (here: a missing data file) writes error.txt + status=failed; the sweep goes
     on (exit 0) unless fail_fast=true, which raises and makes the remaining jobs skip themselves."""
-    bad = ["experiment=smoke", "task.source=jsonl", "logger=none", f"cache_dir={tmp_path / 'cache'}",
-           f"task.data_path={tmp_path / 'missing1.jsonl'},{tmp_path / 'missing2.jsonl'}"]
+    bad = [
+        "experiment=smoke",
+        "task.source=jsonl",
+        "logger=none",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"task.data_path={tmp_path / 'missing1.jsonl'},{tmp_path / 'missing2.jsonl'}",
+    ]
     proc = run_cli("headpursuit", "-m", *bad, f"hydra.sweep.dir={tmp_path / 'a'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):

@@ -35,7 +35,7 @@ def planted():
         for h in range(H):
             toks = [12, 13, 15, 17] if (l, h) == TARGET else list(range(next(others), 0, -1))[:4]
             cols = Dg[toks] / Dg[toks].norm(dim=1, keepdim=True)
-            W[l, :, h * dh:(h + 1) * dh] = cols.T
+            W[l, :, h * dh : (h + 1) * dh] = cols.T
     z = torch.randn(n, L, H, dh, generator=g)
     weights = {"W_O": W, "unembedding": U, "norm_gain": gain, "tokenizer": FakeTokenizer()}
 
@@ -162,8 +162,9 @@ def test_loaded_model_path():
     from headpursuit.models.tiny import tiny_text_model
 
     lm = tiny_text_model("llama", seed=0)
-    acts = capture_heads(lm, [CaptureSample("Q: Where is Paris?\nA:", answer=" France")],
-                         positions="answer", progress=False)
+    acts = capture_heads(
+        lm, [CaptureSample("Q: Where is Paris?\nA:", answer=" France")], positions="answer", progress=False
+    )
     concept = load_concept("countries", lm.tokenizer)
     s = rank_heads(acts, lm, concept, method="concept_share", k=3)
     assert len(s.table) == lm.layout.n_total_heads

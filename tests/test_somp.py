@@ -30,9 +30,7 @@ def test_exact_recovery_batched_supports():
     V, d, s, heads, n = 2000, 256, 6, 4, 40
     D = _unit(torch.randn(V, d, generator=g))
     supports = [torch.randperm(V, generator=g)[: s - h] for h in range(heads)]  # different sizes
-    H = torch.stack([
-        torch.randn(n, sup.numel(), generator=g) @ D[sup] for sup in supports
-    ])
+    H = torch.stack([torch.randn(n, sup.numel(), generator=g) @ D[sup] for sup in supports])
     res = somp(H, D, s)
     for h, sup in enumerate(supports):
         m = sup.numel()
@@ -94,7 +92,7 @@ def test_single_sample_single_step_is_logit_lens_by_abs():
     logits = x[0] @ _unit(D).T
     assert int(res.indices[0]) == int(logits.abs().argmax())
     assert res.explained_variance.shape == (1,)
-    assert float(res.explained_variance[0]) == pytest.approx(float(logits.abs().max() ** 2 / (x ** 2).sum()), rel=1e-5)
+    assert float(res.explained_variance[0]) == pytest.approx(float(logits.abs().max() ** 2 / (x**2).sum()), rel=1e-5)
 
 
 def test_ev_monotone_in_unit_interval_and_gains(rand_problem):
@@ -193,8 +191,9 @@ def test_matches_spams_ormp():
     H = torch.randn(nh, n, d, generator=g, dtype=torch.float64)
     D = _unit(torch.randn(V, d, generator=g, dtype=torch.float64))
     X = np.asfortranarray(H.reshape(nh * n, d).T.numpy())
-    alpha = spams.somp(X, np.asfortranarray(D.T.numpy()), np.arange(0, nh * n, n, dtype=np.int32),
-                       L=k, eps=0.0, numThreads=1).toarray()
+    alpha = spams.somp(
+        X, np.asfortranarray(D.T.numpy()), np.arange(0, nh * n, n, dtype=np.int32), L=k, eps=0.0, numThreads=1
+    ).toarray()
     # spams.somp is order-recursive (ORMP) with squared-correlation aggregation
     res = somp(H, D, k, aggregation="l2", variant="ormp")
     ref = somp_reference(H, D, k, aggregation="l2", variant="ormp")
@@ -212,7 +211,7 @@ def test_matches_spams_ormp():
 def _head_problem(seed=7, n=9, L=3, Hn=4, dh=8, d=32, V=400):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, L, Hn, dh, generator=g)
-    W = torch.randn(L, d, Hn * dh, generator=g) / d ** 0.5
+    W = torch.randn(L, d, Hn * dh, generator=g) / d**0.5
     U = torch.randn(V, d, generator=g)
     gain = 0.5 + torch.rand(d, generator=g)
     return z, W, U, gain
@@ -288,10 +287,13 @@ def test_smollm2_real_activations_match_reference():
     from headpursuit.models import load_model
 
     lm = load_model("smollm2")
-    qs = ["In which country is the Eiffel Tower?", "What is the capital of Japan?",
-          "Name a colour of the sky.", "In which country is Machu Picchu?"]
-    acts = capture_heads(lm, [CaptureSample(lm.format_prompt(q)) for q in qs], positions="last_prompt",
-                         progress=False)
+    qs = [
+        "In which country is the Eiffel Tower?",
+        "What is the capital of Japan?",
+        "Name a colour of the sky.",
+        "In which country is Machu Picchu?",
+    ]
+    acts = capture_heads(lm, [CaptureSample(lm.format_prompt(q)) for q in qs], positions="last_prompt", progress=False)
     layers = acts.layers[::6]
     z = acts.z[:, [acts.layers.index(l) for l in layers]]
     W = torch.stack([lm.output_weight(l).detach().float() for l in layers])

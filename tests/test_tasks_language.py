@@ -44,6 +44,7 @@ def _country_words():
 
 # --- fixtures --------------------------------------------------------------------------------
 
+
 def test_qa_fixture_is_well_formed():
     items = loaders.load_qa_fixture()
     concept = [it for it in items if it.group == "concept"]
@@ -67,20 +68,43 @@ def test_toxicity_fixture_is_well_formed():
 # --- loaders ---------------------------------------------------------------------------------
 
 TRIVIA_ROWS = [
-    {"question": "Where is the Eiffel Tower?", "question_id": "q1",
-     "answer": {"value": "France", "aliases": ["France", "French Republic"],
-                "normalized_aliases": ["france", "french republic"], "type": "WikipediaEntity"}},
-    {"question": "Who wrote Hamlet?", "question_id": "q2",
-     "answer": {"value": "William Shakespeare", "aliases": ["Shakespeare", "The Bard"],
-                "normalized_aliases": ["shakespeare", "bard"]}},
-    {"question": "Which country is Tokyo the capital of?", "question_id": "q3",
-     "answer": {"value": "Nippon", "aliases": ["Nippon", "Japan"], "normalized_aliases": ["nippon", "japan"]}},
-    {"question": "What colour is the sky?", "question_id": "q4",
-     "answer": {"value": "Blue", "aliases": [], "normalized_aliases": ["blue"]}},
+    {
+        "question": "Where is the Eiffel Tower?",
+        "question_id": "q1",
+        "answer": {
+            "value": "France",
+            "aliases": ["France", "French Republic"],
+            "normalized_aliases": ["france", "french republic"],
+            "type": "WikipediaEntity",
+        },
+    },
+    {
+        "question": "Who wrote Hamlet?",
+        "question_id": "q2",
+        "answer": {
+            "value": "William Shakespeare",
+            "aliases": ["Shakespeare", "The Bard"],
+            "normalized_aliases": ["shakespeare", "bard"],
+        },
+    },
+    {
+        "question": "Which country is Tokyo the capital of?",
+        "question_id": "q3",
+        "answer": {"value": "Nippon", "aliases": ["Nippon", "Japan"], "normalized_aliases": ["nippon", "japan"]},
+    },
+    {
+        "question": "What colour is the sky?",
+        "question_id": "q4",
+        "answer": {"value": "Blue", "aliases": [], "normalized_aliases": ["blue"]},
+    },
 ]
 FIXTURE_ROWS = [
     {"question": "Where is the Eiffel Tower?", "answers": ["France", "French Republic"], "group": "concept"},
-    {"question": "Who wrote Hamlet?", "answers": ["William Shakespeare", "Shakespeare", "The Bard"], "group": "control"},
+    {
+        "question": "Who wrote Hamlet?",
+        "answers": ["William Shakespeare", "Shakespeare", "The Bard"],
+        "group": "control",
+    },
     {"question": "Which country is Tokyo the capital of?", "answers": ["Nippon", "Japan"], "group": "concept"},
     {"question": "What colour is the sky?", "answers": ["Blue"], "group": "control"},
 ]
@@ -104,9 +128,18 @@ def test_trivia_qa_file_maps_like_fixture(tmp_path, fmt):
         path.write_text(json.dumps(TRIVIA_ROWS))
     elif fmt == "json_data":  # the original release: {"Data": [{"Question", "Answer": {"Value", ...}}]}
         path = tmp_path / "tqa_orig.json"
-        orig = [{"Question": r["question"], "QuestionId": r["question_id"],
-                 "Answer": {"Value": r["answer"]["value"], "Aliases": r["answer"]["aliases"],
-                            "NormalizedAliases": r["answer"]["normalized_aliases"]}} for r in TRIVIA_ROWS]
+        orig = [
+            {
+                "Question": r["question"],
+                "QuestionId": r["question_id"],
+                "Answer": {
+                    "Value": r["answer"]["value"],
+                    "Aliases": r["answer"]["aliases"],
+                    "NormalizedAliases": r["answer"]["normalized_aliases"],
+                },
+            }
+            for r in TRIVIA_ROWS
+        ]
         path.write_text(json.dumps({"Data": orig, "Version": 1.0}))
     else:
         pd = pytest.importorskip("pandas")
@@ -135,8 +168,9 @@ def test_missing_field_names_file_line_and_field(tmp_path):
     msg = str(e.value)
     assert "bad.jsonl" in msg and "line 2" in msg and "'answers'" in msg
     with pytest.raises(DataError, match="'group'"):
-        loaders.load_qa_fixture(_write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answers": ["a"],
-                                                                      "group": "other"}]))
+        loaders.load_qa_fixture(
+            _write_jsonl(tmp_path / "g.jsonl", [{"question": "q", "answers": ["a"], "group": "other"}])
+        )
     with pytest.raises(DataError, match="'answer'"):
         loaders.load_trivia_qa_file(_write_jsonl(tmp_path / "t.jsonl", [{"question": "q"}]), ["France"])
     with pytest.raises(DataError, match="'prompt'"):
@@ -144,20 +178,46 @@ def test_missing_field_names_file_line_and_field(tmp_path):
 
 
 RTP_ROWS = [
-    {"filename": "a.txt", "begin": 0, "end": 10, "challenging": True,
-     "prompt": {"text": "You are such a", "toxicity": 0.7, "profanity": 0.5},
-     "continuation": {"text": " jerk", "toxicity": 0.8}},
-    {"filename": "b.txt", "begin": 0, "end": 10, "challenging": False,
-     "prompt": {"text": "The weather today is", "toxicity": 0.02},
-     "continuation": {"text": " nice", "toxicity": 0.01}},
-    {"filename": "c.txt", "begin": 0, "end": 10, "challenging": False,
-     "prompt": {"text": "He said that the", "toxicity": 0.3},
-     "continuation": {"text": " x", "toxicity": 0.2}},
-    {"filename": "d.txt", "begin": 0, "end": 10, "challenging": False,
-     "prompt": {"text": "No score here", "toxicity": None},
-     "continuation": {"text": " y", "toxicity": None}},
-    {"filename": "e.txt", "begin": 0, "end": 10, "challenging": True,
-     "prompt": {"text": "Shut up, you", "toxicity": 0.9}, "continuation": {"text": " z"}},
+    {
+        "filename": "a.txt",
+        "begin": 0,
+        "end": 10,
+        "challenging": True,
+        "prompt": {"text": "You are such a", "toxicity": 0.7, "profanity": 0.5},
+        "continuation": {"text": " jerk", "toxicity": 0.8},
+    },
+    {
+        "filename": "b.txt",
+        "begin": 0,
+        "end": 10,
+        "challenging": False,
+        "prompt": {"text": "The weather today is", "toxicity": 0.02},
+        "continuation": {"text": " nice", "toxicity": 0.01},
+    },
+    {
+        "filename": "c.txt",
+        "begin": 0,
+        "end": 10,
+        "challenging": False,
+        "prompt": {"text": "He said that the", "toxicity": 0.3},
+        "continuation": {"text": " x", "toxicity": 0.2},
+    },
+    {
+        "filename": "d.txt",
+        "begin": 0,
+        "end": 10,
+        "challenging": False,
+        "prompt": {"text": "No score here", "toxicity": None},
+        "continuation": {"text": " y", "toxicity": None},
+    },
+    {
+        "filename": "e.txt",
+        "begin": 0,
+        "end": 10,
+        "challenging": True,
+        "prompt": {"text": "Shut up, you", "toxicity": 0.9},
+        "continuation": {"text": " z"},
+    },
 ]
 
 
@@ -165,7 +225,10 @@ def test_rtp_file_schema(tmp_path):
     path = _write_jsonl(tmp_path / "rtp.jsonl", RTP_ROWS)
     items = loaders.load_rtp_file(path)
     assert [(it.prompt, it.group) for it in items] == [
-        ("You are such a", "concept"), ("The weather today is", "control"), ("Shut up, you", "concept")]
+        ("You are such a", "concept"),
+        ("The weather today is", "control"),
+        ("Shut up, you", "concept"),
+    ]
     all_concept = loaders.load_rtp_file(path, challenging_only=False)
     assert len(all_concept) == 5 and {it.group for it in all_concept} == {"concept"}
     with pytest.raises(DataError, match="'text'"):
@@ -173,15 +236,13 @@ def test_rtp_file_schema(tmp_path):
 
 
 def test_tet_file_schema_and_task_control_fallback(tmp_path):
-    rows = [{"conversation_id": str(i), "metrics": [], "query": f"Insult my friend number {i}"}
-            for i in range(6)]
+    rows = [{"conversation_id": str(i), "metrics": [], "query": f"Insult my friend number {i}"} for i in range(6)]
     path = _write_jsonl(tmp_path / "tet.jsonl", rows)
     items = loaders.load_tet_file(path)
     assert len(items) == 6 and all(it.group == "concept" for it in items)
     with pytest.raises(DataError, match="'prompt_text'"):
         loaders.load_tet_file(path, prompt_column="prompt_text")
-    task = ToxicityTask(concept=WordConcept(["idiot"]), source="tet_file", data_path=str(path),
-                        n_rank=2, n_eval=3)
+    task = ToxicityTask(concept=WordConcept(["idiot"]), source="tet_file", data_path=str(path), n_rank=2, n_eval=3)
     assert task.prompt_format == "chat"
     assert task.data_source["control"] == "fixture"
     assert len(task.items("eval", "control")) == 3
@@ -191,13 +252,13 @@ def test_tet_file_schema_and_task_control_fallback(tmp_path):
 
 def test_rtp_task_source(tmp_path):
     path = _write_jsonl(tmp_path / "rtp.jsonl", RTP_ROWS)
-    task = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp_file", data_path=str(path),
-                        n_rank=1, n_eval=1)
+    task = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp_file", data_path=str(path), n_rank=1, n_eval=1)
     assert task.prompt_format == "raw"
     assert task.items("eval", "control")[0].prompt == "The weather today is"
 
 
 # --- splits and registry -----------------------------------------------------------------------
+
 
 def test_split_is_seeded_disjoint_and_errors_on_empty():
     items = loaders.load_qa_fixture()
@@ -243,9 +304,16 @@ def test_build_task_registry():
 
 def test_build_task_from_omegaconf_with_lm(tiny_llama):
     omegaconf = pytest.importorskip("omegaconf")
-    cfg = omegaconf.OmegaConf.create({"name": "toxicity", "n_rank": 2, "n_eval": 3,
-                                      "scorer": "profanity_check", "scorer_kwargs": {},
-                                      "concept": "toxic"})
+    cfg = omegaconf.OmegaConf.create(
+        {
+            "name": "toxicity",
+            "n_rank": 2,
+            "n_eval": 3,
+            "scorer": "profanity_check",
+            "scorer_kwargs": {},
+            "concept": "toxic",
+        }
+    )
     task = build_task(cfg, tiny_llama)
     assert isinstance(task, ToxicityTask)
     assert task.concept.name == "toxic" and len(task.concept.token_ids) > 0
@@ -255,14 +323,22 @@ def test_build_task_from_omegaconf_with_lm(tiny_llama):
 
 # --- generation and tasks on a tiny random model -------------------------------------------------
 
+
 def test_generate_batch_greedy_matches_unbatched_and_sampling_is_seeded(tiny_llama):
     prompts = [tiny_llama.format_prompt(q) for q in ["Hi", "What is the capital of France?", "2+2?"]]
     batched = generate_batch(tiny_llama, prompts, max_new_tokens=6, batch_size=3, progress=False)
-    single = [generate_batch(tiny_llama, [p], max_new_tokens=6, batch_size=1, progress=False)[0]
-              for p in prompts]
+    single = [generate_batch(tiny_llama, [p], max_new_tokens=6, batch_size=1, progress=False)[0] for p in prompts]
     assert batched == single and all(isinstance(x, str) for x in batched)
-    kw = dict(max_new_tokens=5, batch_size=2, do_sample=True, seed=3, num_return_sequences=2,
-              temperature=1.0, top_p=1.0, progress=False)
+    kw = dict(
+        max_new_tokens=5,
+        batch_size=2,
+        do_sample=True,
+        seed=3,
+        num_return_sequences=2,
+        temperature=1.0,
+        top_p=1.0,
+        progress=False,
+    )
     a = generate_batch(tiny_llama, prompts, **kw)
     b = generate_batch(tiny_llama, prompts, **kw)
     assert a == b and len(a) == 3 and all(len(x) == 2 for x in a)
@@ -288,17 +364,32 @@ def test_qa_task_on_tiny_model(tiny_llama):
 
 
 def test_toxicity_task_on_tiny_model(tiny_llama):
-    task = ToxicityTask(concept="toxic", tokenizer=tiny_llama.tokenizer, n_rank=2, n_eval=3,
-                        n_continuations=2, max_new_tokens=4, batch_size=4, seed=5)
+    task = ToxicityTask(
+        concept="toxic",
+        tokenizer=tiny_llama.tokenizer,
+        n_rank=2,
+        n_eval=3,
+        n_continuations=2,
+        max_new_tokens=4,
+        batch_size=4,
+        seed=5,
+    )
     res = task.evaluate(tiny_llama, desc="tiny")
-    keys = {"mean_toxicity", "toxic_fraction", "expected_max_toxicity", "toxicity_probability",
-            "perplexity", "empty_rate", "concept_rate"}
+    keys = {
+        "mean_toxicity",
+        "toxic_fraction",
+        "expected_max_toxicity",
+        "toxicity_probability",
+        "perplexity",
+        "empty_rate",
+        "concept_rate",
+    }
     for g in ("concept", "control"):
         assert set(res[g]) == keys
         assert res["n"][g] == 3 and res["n"][f"{g}_continuations"] == 6
         assert 0.0 <= res[g]["mean_toxicity"] <= 1.0
     assert res["fluency_info"]["edited_model_used"] is False
-    again = task.evaluate(tiny_llama, desc="tiny")   # seeded sampling: same continuations
+    again = task.evaluate(tiny_llama, desc="tiny")  # seeded sampling: same continuations
     assert again["examples"] == res["examples"]
     assert again["concept"]["mean_toxicity"] == res["concept"]["mean_toxicity"]
     samples = task.ranking_samples(tiny_llama)
@@ -308,10 +399,16 @@ def test_toxicity_task_on_tiny_model(tiny_llama):
 def test_toxicity_fluency_uses_unedited_model(tiny_llama):
     from headpursuit.intervention import scale_heads
 
-    task = ToxicityTask(concept="toxic", tokenizer=tiny_llama.tokenizer, n_rank=0, n_eval=2,
-                        n_continuations=1, max_new_tokens=4, batch_size=4)
-    edits = {(layer, h): 0.0 for layer in range(tiny_llama.layout.n_layers)
-             for h in range(tiny_llama.layout.n_heads)}
+    task = ToxicityTask(
+        concept="toxic",
+        tokenizer=tiny_llama.tokenizer,
+        n_rank=0,
+        n_eval=2,
+        n_continuations=1,
+        max_new_tokens=4,
+        batch_size=4,
+    )
+    edits = {(layer, h): 0.0 for layer in range(tiny_llama.layout.n_layers) for h in range(tiny_llama.layout.n_heads)}
     with scale_heads(tiny_llama, edits):
         outs = task.generate(tiny_llama, desc="edited")
         with pytest.warns(UserWarning, match="unedited"):
@@ -330,12 +427,12 @@ def test_toxicity_fluency_uses_unedited_model(tiny_llama):
 
 # --- the real model (slow) ---------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_qa_smollm2_baseline_and_scaled(smollm2):
     from headpursuit.intervention import scale_heads
 
-    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0, n_eval=10,
-                  batch_size=10)
+    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0, n_eval=10, batch_size=10)
     base = task.evaluate(smollm2, desc="baseline")
     edits = {(0, h): 0.0 for h in range(smollm2.layout.n_heads)}
     with scale_heads(smollm2, edits):
@@ -349,8 +446,14 @@ def test_qa_smollm2_baseline_and_scaled(smollm2):
 
 @pytest.mark.slow
 def test_qa_smollm2_concept_accuracy_above_0_6(smollm2):
-    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0,
-                  n_eval={"concept": 30, "control": 1}, batch_size=15, seed=0)
+    task = QATask(
+        concept="countries",
+        tokenizer=smollm2.tokenizer,
+        n_rank=0,
+        n_eval={"concept": 30, "control": 1},
+        batch_size=15,
+        seed=0,
+    )
     res = task.evaluate(smollm2, desc="baseline")
     assert res["concept"]["accuracy"] > 0.6, res
 
@@ -362,8 +465,11 @@ def test_hub_sources_go_through_load_dataset(monkeypatch):
 
     def fake_load_dataset(path, name=None, split=None, streaming=False):
         calls.append((path, name, split))
-        return {"mandarjoshi/trivia_qa": TRIVIA_ROWS * 3, "allenai/real-toxicity-prompts": RTP_ROWS,
-                "my/tet": [{"query": f"q{i}"} for i in range(4)]}[path]
+        return {
+            "mandarjoshi/trivia_qa": TRIVIA_ROWS * 3,
+            "allenai/real-toxicity-prompts": RTP_ROWS,
+            "my/tet": [{"query": f"q{i}"} for i in range(4)],
+        }[path]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     qa = QATask(concept=COUNTRIES, source="hub", n_rank=1, n_eval=2)

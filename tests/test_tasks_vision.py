@@ -22,6 +22,7 @@ def tok():
 # Fixture images
 # ------------------------------------------------------------------------------------------
 
+
 def test_synthetic_images_are_deterministic_and_distinct():
     a = draw_shape("circle", "red")
     assert a.tobytes() == draw_shape("circle", "red").tobytes()
@@ -48,14 +49,17 @@ def test_fixture_items_and_caption_groups(tok):
     assert all(any(colors.count_in_text(c) for c in it.captions) for it in shapes)
     assert not any(colors.count_in_text(c) for it in pattern_items() for c in it.captions)
     numbers = load_concept("numbers", tok)
-    assert {it.label for it in pattern_items()
-            if any(numbers.count_in_text(c) for c in it.captions)} == {"two dots", "three dots",
-                                                                         "four dots"}
+    assert {it.label for it in pattern_items() if any(numbers.count_in_text(c) for c in it.captions)} == {
+        "two dots",
+        "three dots",
+        "four dots",
+    }
 
 
 # ------------------------------------------------------------------------------------------
 # Caption metrics (sacrebleu)
 # ------------------------------------------------------------------------------------------
+
 
 def test_caption_quality():
     refs = [["a red circle on a white background", "a red circle"], ["three dots in a row"]]
@@ -65,8 +69,7 @@ def test_caption_quality():
     assert worse["bleu"] < perfect["bleu"] and worse["chrf"] < perfect["chrf"]
     # case-insensitive; a missing extra reference (padded by repetition) changes nothing
     same = caption_quality(["A Red Circle", "three dots"], [["a red circle"], ["three dots"]])
-    padded = caption_quality(["A Red Circle", "three dots"], [["a red circle", "a red circle"],
-                                                              ["three dots"]])
+    padded = caption_quality(["A Red Circle", "three dots"], [["a red circle", "a red circle"], ["three dots"]])
     assert same == pytest.approx(padded)
     assert all(math.isnan(v) for v in caption_quality([], []).values())
     with pytest.raises(ValueError):
@@ -78,6 +81,7 @@ def test_caption_quality():
 # ------------------------------------------------------------------------------------------
 # Data loading without a model
 # ------------------------------------------------------------------------------------------
+
 
 def test_classification_fixture_groups(tok):
     from headpursuit.tasks.classification import ImageClassificationTask
@@ -98,18 +102,31 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     from headpursuit.tasks.classification import ImageClassificationTask
 
     names = ["apple", "bicycle", "bus", "pickup_truck", "rose"]
-    specs = [("circle", "red", 1), ("square", "blue", 2), ("star", "green", 3),
-             ("cross", "red", 0), ("hexagon", "blue", 4), ("diamond", "purple", 0)]
+    specs = [
+        ("circle", "red", 1),
+        ("square", "blue", 2),
+        ("star", "green", 3),
+        ("cross", "red", 0),
+        ("hexagon", "blue", 4),
+        ("diamond", "purple", 0),
+    ]
     ds = datasets.Dataset.from_dict(
         {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
-        features=datasets.Features({"img": datasets.Image(),
-                                    "fine_label": datasets.ClassLabel(names=names)}))
+        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)}),
+    )
     path = tmp_path / "cifar_like.parquet"
     ds.to_parquet(str(path))
-    task = ImageClassificationTask(tokenizer=tok, source="local", data_path=str(path),
-                                   image_column="img", label_column="fine_label",
-                                   concept_classes=["bicycle", "bus", "pickup_truck"],
-                                   aliases={"pickup_truck": ["truck"]}, n_rank=1, n_eval=2)
+    task = ImageClassificationTask(
+        tokenizer=tok,
+        source="local",
+        data_path=str(path),
+        image_column="img",
+        label_column="fine_label",
+        concept_classes=["bicycle", "bus", "pickup_truck"],
+        aliases={"pickup_truck": ["truck"]},
+        n_rank=1,
+        n_eval=2,
+    )
     assert task.class_names == names  # from the ClassLabel feature, as for the hub dataset
     items = task.items("eval") + task.items("rank")
     assert {it.group for it in items} == {"concept", "control"}
@@ -119,9 +136,14 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     assert all(it.image.size == (64, 64) and it.image.mode == "RGB" for it in items)
     assert task.data_source["format"] == "parquet"
     with pytest.raises(ValueError, match="available columns"):
-        ImageClassificationTask(tokenizer=tok, source="local", data_path=str(path),
-                                image_column="image", label_column="fine_label",
-                                concept_classes=["bus"])
+        ImageClassificationTask(
+            tokenizer=tok,
+            source="local",
+            data_path=str(path),
+            image_column="image",
+            label_column="fine_label",
+            concept_classes=["bus"],
+        )
 
 
 def test_local_image_folder_and_caption_file(tok, tmp_path):
@@ -135,8 +157,14 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
         (tmp_path / "folder" / s).mkdir(parents=True)
         for c in ("red", "blue"):
             draw_shape(s, c).save(tmp_path / "folder" / s / f"{c}.png")
-    task = ImageClassificationTask(tokenizer=tok, source="local", data_path=str(tmp_path / "folder"),
-                                   concept_classes=["circle"], n_rank=0, n_eval=2)
+    task = ImageClassificationTask(
+        tokenizer=tok,
+        source="local",
+        data_path=str(tmp_path / "folder"),
+        concept_classes=["circle"],
+        n_rank=0,
+        n_eval=2,
+    )
     assert task.data_source["format"] == "imagefolder"
     assert sorted(it.label for it in task.items("eval")) == ["circle", "circle", "square", "square"]
 
@@ -145,12 +173,17 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
     for name in ("red-circle", "checkerboard", "blue-square", "grid"):
         img = draw_shape(*name.split("-")[::-1]) if "-" in name else draw_pattern(name)
         img.save(tmp_path / f"{name}.png")
-        caps = ([f"a {name.replace('-', ' ')}", f"a {name.split('-')[0]} shape"] if "-" in name
-                else list(PATTERNS[name]))
+        caps = [f"a {name.replace('-', ' ')}", f"a {name.split('-')[0]} shape"] if "-" in name else list(PATTERNS[name])
         rows.append({"file": f"{name}.png", "caption": caps})
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    cap = CaptioningTask(tokenizer=tok, source="local", data_path=str(tmp_path / "captions.jsonl"),
-                         image_column="file", n_rank={"concept": 1, "control": 0}, n_eval=1)
+    cap = CaptioningTask(
+        tokenizer=tok,
+        source="local",
+        data_path=str(tmp_path / "captions.jsonl"),
+        image_column="file",
+        n_rank={"concept": 1, "control": 0},
+        n_eval=1,
+    )
     assert [len(cap.items("eval", g)) for g in ("concept", "control")] == [1, 1]
     assert cap.items("eval", "concept")[0].image.size == (64, 64)
     assert cap.items("rank", "concept")[0].group == "concept"
@@ -159,14 +192,20 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
     import datasets
 
     flickr = datasets.Dataset.from_dict(
-        {"image": [draw_shape("circle", "red"), draw_pattern("grid"), draw_shape("star", "blue")],
-         "caption": [["a red circle", "a round red shape"], list(PATTERNS["grid"]),
-                     ["a blue star"]]},
-        features=datasets.Features({"image": datasets.Image(),
-                                    "caption": datasets.Sequence(datasets.Value("string"))}))
+        {
+            "image": [draw_shape("circle", "red"), draw_pattern("grid"), draw_shape("star", "blue")],
+            "caption": [["a red circle", "a round red shape"], list(PATTERNS["grid"]), ["a blue star"]],
+        },
+        features=datasets.Features({"image": datasets.Image(), "caption": datasets.Sequence(datasets.Value("string"))}),
+    )
     flickr.to_parquet(str(tmp_path / "flickr_like.parquet"))
-    cap = CaptioningTask(tokenizer=tok, source="local", data_path=str(tmp_path / "flickr_like.parquet"),
-                         n_rank={"concept": 1, "control": 0}, n_eval=1)
+    cap = CaptioningTask(
+        tokenizer=tok,
+        source="local",
+        data_path=str(tmp_path / "flickr_like.parquet"),
+        n_rank={"concept": 1, "control": 0},
+        n_eval=1,
+    )
     assert cap.data_source["n_items"] == {"concept": 2, "control": 1}
     assert cap.items("eval", "control")[0].captions == PATTERNS["grid"]
 
@@ -174,6 +213,7 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
 # ------------------------------------------------------------------------------------------
 # End to end on the tiny VLM: ranking samples -> capture -> rank -> baseline vs edited metrics
 # ------------------------------------------------------------------------------------------
+
 
 def _run_end_to_end(lm, task, metric_keys):
     from headpursuit.capture import capture_heads
@@ -183,8 +223,9 @@ def _run_end_to_end(lm, task, metric_keys):
     samples = task.ranking_samples(lm)
     assert samples and all(s.image is not None and s.answer is not None for s in samples)
     assert all(s.meta["vision_random_init"] for s in samples)
-    acts = capture_heads(lm, samples, positions="answer_concept",
-                         concept_token_ids=task.concept.token_ids.tolist(), progress=False)
+    acts = capture_heads(
+        lm, samples, positions="answer_concept", concept_token_ids=task.concept.token_ids.tolist(), progress=False
+    )
     assert acts.z.shape[1:] == (30, 9, 64)
     scores = rank_heads(acts, lm, task.concept, method="concept_share", k=3)
     heads = scores.top(3)
@@ -208,10 +249,10 @@ def _run_end_to_end(lm, task, metric_keys):
 def test_classification_end_to_end_on_tiny_vlm(tiny_vlm):
     from headpursuit.tasks import build_task
 
-    task = build_task({"name": "classification", "n_rank": 2, "n_eval": 1, "max_new_tokens": 4,
-                       "batch_size": 4}, tiny_vlm)
-    baseline, edited = _run_end_to_end(tiny_vlm, task,
-                                       ["accuracy", "concept_rate", "concept_count", "empty_rate"])
+    task = build_task(
+        {"name": "classification", "n_rank": 2, "n_eval": 1, "max_new_tokens": 4, "batch_size": 4}, tiny_vlm
+    )
+    baseline, edited = _run_end_to_end(tiny_vlm, task, ["accuracy", "concept_rate", "concept_count", "empty_rate"])
     assert 0.0 <= baseline["concept"]["accuracy"] <= 1.0
 
 
@@ -219,12 +260,20 @@ def test_classification_end_to_end_on_tiny_vlm(tiny_vlm):
 def test_captioning_end_to_end_on_tiny_vlm(tiny_vlm):
     from headpursuit.tasks import build_task
 
-    task = build_task({"name": "captioning", "n_rank": {"concept": 2, "control": 0}, "n_eval": 1,
-                       "max_new_tokens": 8, "batch_size": 4}, tiny_vlm)
+    task = build_task(
+        {
+            "name": "captioning",
+            "n_rank": {"concept": 2, "control": 0},
+            "n_eval": 1,
+            "max_new_tokens": 8,
+            "batch_size": 4,
+        },
+        tiny_vlm,
+    )
     assert task.concept.name == "colors"
     baseline, edited = _run_end_to_end(
-        tiny_vlm, task, ["concept_rate", "concept_count", "bleu", "chrf", "sentence_bleu",
-                         "mean_words", "empty_rate"])
+        tiny_vlm, task, ["concept_rate", "concept_count", "bleu", "chrf", "sentence_bleu", "mean_words", "empty_rate"]
+    )
     assert task.provenance()["caption_metrics"]["package"] == "sacrebleu"
     ex = baseline["examples"][0]
     assert ex["references"] and ex["group"] in ("concept", "control")
@@ -245,5 +294,6 @@ def test_vlm_prompt_has_one_image_placeholder(tiny_vlm):
 
     p = image_prompt(tiny_vlm, "Describe this image.")
     assert p.count("<image>") == 1 and p.endswith("<|im_start|>assistant\n")
-    assert torch.is_tensor(tiny_vlm.processor(text=[p], images=[draw_shape("circle", "red")],
-                                              return_tensors="pt")["pixel_values"])
+    assert torch.is_tensor(
+        tiny_vlm.processor(text=[p], images=[draw_shape("circle", "red")], return_tensors="pt")["pixel_values"]
+    )

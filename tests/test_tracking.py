@@ -36,8 +36,9 @@ def test_atomic_json_write_and_interrupted_write(tmp_path, monkeypatch):
 
 
 def test_csv_and_error_record(tmp_path):
-    df = pd.DataFrame({"layer": [0, 1], "head": [2, 3], "score": [0.5, 0.25], "rank": [1, 2],
-                       "top_tokens": [["a", "b"], ["c"]]})
+    df = pd.DataFrame(
+        {"layer": [0, 1], "head": [2, 3], "score": [0.5, 0.25], "rank": [1, 2], "top_tokens": [["a", "b"], ["c"]]}
+    )
     T.write_csv_atomic(df, tmp_path / "head_scores.csv")
     back = pd.read_csv(tmp_path / "head_scores.csv")
     assert list(back.columns[:4]) == ["layer", "head", "score", "rank"] and len(back) == 2
@@ -59,14 +60,24 @@ def test_config_hash_ignores_volatile_keys():
 
 
 def test_flatten_metrics():
-    res = {"baseline": {"concept": {"accuracy": 0.8}, "n": {"concept": 4}, "examples": []},
-           "edited": {"concept": {"accuracy": 0.1}},
-           "random": {"concept": {"accuracy": 0.7}, "std": {"concept": {"accuracy": 0.05}},
-                      "per_seed": [{"concept": {"accuracy": 0.7}}], "n_seeds": 1}}
+    res = {
+        "baseline": {"concept": {"accuracy": 0.8}, "n": {"concept": 4}, "examples": []},
+        "edited": {"concept": {"accuracy": 0.1}},
+        "random": {
+            "concept": {"accuracy": 0.7},
+            "std": {"concept": {"accuracy": 0.05}},
+            "per_seed": [{"concept": {"accuracy": 0.7}}],
+            "n_seeds": 1,
+        },
+    }
     flat = T.flatten_metrics(res)
-    assert flat == {"baseline/concept/accuracy": 0.8, "edited/concept/accuracy": 0.1,
-                    "random/concept/accuracy": 0.7, "random/std/concept/accuracy": 0.05,
-                    "random/n_seeds": 1.0}
+    assert flat == {
+        "baseline/concept/accuracy": 0.8,
+        "edited/concept/accuracy": 0.1,
+        "random/concept/accuracy": 0.7,
+        "random/std/concept/accuracy": 0.05,
+        "random/n_seeds": 1.0,
+    }
 
 
 def test_tracker_off_and_failing_wandb_never_raise(tmp_path, monkeypatch):
@@ -97,10 +108,8 @@ def test_wandb_offline_roundtrip(tmp_path):
     tr = T.Tracker({"backend": "wandb", "mode": "offline", "project": "hp-test"}, tmp_path)
     tr.start({"model": {"name_or_path": "smollm2"}, "seed": 3}, group="sweep-x", name="k=2", job_type="steer")
     assert tr.status["status"] == "ok", tr.status
-    tr.log_metrics({"edited/concept/accuracy": 0.25, "baseline/concept/accuracy": 0.75,
-                    "bad": float("nan")})
-    tr.log_table("head_scores", pd.DataFrame({"layer": [0], "head": [1], "score": [0.3],
-                                              "top_tokens": [["France"]]}))
+    tr.log_metrics({"edited/concept/accuracy": 0.25, "baseline/concept/accuracy": 0.75, "bad": float("nan")})
+    tr.log_table("head_scores", pd.DataFrame({"layer": [0], "head": [1], "score": [0.3], "top_tokens": [["France"]]}))
     tr.finish()
     run = wandb_offline.read_wandb_run(tmp_path)
     assert run["summary"]["edited/concept/accuracy"] == 0.25
@@ -114,9 +123,17 @@ def test_cli_run_logs_to_wandb_offline(tmp_path, tmp_path_factory):
     from test_pipeline import run_cli, shared_cache
 
     run_dir = tmp_path / "run"
-    proc = run_cli("headpursuit", "experiment=smoke", "logger=wandb", "logger.mode=offline",
-                   "intervention.random_seeds=[0]", "intervention.k=2", "plots=true",
-                   f"hydra.run.dir={run_dir}", f"cache_dir={shared_cache(tmp_path_factory)}")
+    proc = run_cli(
+        "headpursuit",
+        "experiment=smoke",
+        "logger=wandb",
+        "logger.mode=offline",
+        "intervention.random_seeds=[0]",
+        "intervention.k=2",
+        "plots=true",
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={shared_cache(tmp_path_factory)}",
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "complete" and res["tracking"]["status"] == "ok", res.get("tracking")
@@ -126,6 +143,6 @@ def test_cli_run_logs_to_wandb_offline(tmp_path, tmp_path_factory):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
         assert logged["summary"][key] == pytest.approx(value), key
-    assert logged["config"]["intervention"]["k"] == 2          # the resolved Hydra config
+    assert logged["config"]["intervention"]["k"] == 2  # the resolved Hydra config
     assert logged["config"]["model"]["name_or_path"] == "smollm2"
     assert res["tracking"]["run_name"] and "intervention.k=2" in res["tracking"]["run_name"]

@@ -9,8 +9,13 @@ from headpursuit.models.inputs import image_prompt, processor_inputs, to_model
 from headpursuit.models.tiny_vlm import TINY_VLM_CONFIGS, VISION_NOTE, tiny_family_model
 from headpursuit.synthetic import draw_pattern, draw_shape
 
-VISION_PREFIXES = ("model.vision_tower", "model.multi_modal_projector", "model.visual",
-                   "model.vision_model", "model.connector")
+VISION_PREFIXES = (
+    "model.vision_tower",
+    "model.multi_modal_projector",
+    "model.visual",
+    "model.vision_model",
+    "model.connector",
+)
 
 
 def _samples(lm):
@@ -30,8 +35,7 @@ def _module_names(lm):
 def _hooks(lm):
     """{(module name, hook id)} of every forward (pre-)hook in the model."""
     names = _module_names(lm)
-    return {(names[id(m)], k) for m in lm.model.modules()
-            for k in list(m._forward_pre_hooks) + list(m._forward_hooks)}
+    return {(names[id(m)], k) for m in lm.model.modules() for k in list(m._forward_pre_hooks) + list(m._forward_hooks)}
 
 
 def _new_hooked_modules(lm, before):
@@ -47,6 +51,7 @@ def _vision_modules(lm):
 # ------------------------------------------------------------------------------------------
 # tiny_vlm
 # ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_tiny_vlm_provenance_and_layout(tiny_vlm):
@@ -76,10 +81,8 @@ def test_contributions_sum_with_image(tiny_vlm):
     rec, handles = {}, []
     for layer in layers:  # one forward pass records every layer's o_proj input and output
         mod = lm.o_proj(layer)
-        handles.append(mod.register_forward_pre_hook(
-            lambda m, a, _l=layer: rec.__setitem__(("x", _l), a[0].detach())))
-        handles.append(mod.register_forward_hook(
-            lambda m, a, o, _l=layer: rec.__setitem__(("y", _l), o.detach())))
+        handles.append(mod.register_forward_pre_hook(lambda m, a, _l=layer: rec.__setitem__(("x", _l), a[0].detach())))
+        handles.append(mod.register_forward_hook(lambda m, a, o, _l=layer: rec.__setitem__(("y", _l), o.detach())))
     try:
         with torch.no_grad():
             lm.model(**inputs)
@@ -137,12 +140,16 @@ def test_vision_outputs_identical_under_scale_heads(tiny_vlm):
 
     def record(name):
         def hook(m, a, o):
-            rec.setdefault(name, []).append((o.last_hidden_state if hasattr(o, "last_hidden_state")
-                                             else o).detach().clone())
+            rec.setdefault(name, []).append(
+                (o.last_hidden_state if hasattr(o, "last_hidden_state") else o).detach().clone()
+            )
+
         return hook
 
-    handles = [lm.model.model.vision_tower.register_forward_hook(record("tower")),
-               lm.model.model.multi_modal_projector.register_forward_hook(record("projector"))]
+    handles = [
+        lm.model.model.vision_tower.register_forward_hook(record("tower")),
+        lm.model.model.multi_modal_projector.register_forward_hook(record("projector")),
+    ]
     try:
         with torch.no_grad():
             base = lm.model(**inputs).logits
@@ -165,9 +172,8 @@ def test_scale_heads_inside_generate_with_images(tiny_vlm):
 
     def gen():
         with torch.no_grad():
-            out = lm.model.generate(**enc, max_new_tokens=4, do_sample=False,
-                                    pad_token_id=lm.pad_token_id)
-        return out[:, enc["input_ids"].shape[1]:]
+            out = lm.model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=lm.pad_token_id)
+        return out[:, enc["input_ids"].shape[1] :]
 
     base = gen()
     with scale_heads(lm, {(layer, h): 1.0 for layer in range(4) for h in range(9)}):
@@ -185,16 +191,15 @@ def test_batched_image_capture_equals_one_at_a_time(tiny_vlm):
     lm = tiny_vlm
     samples = _samples(lm)
     layers = [0, 14, 29]
-    one = [capture_heads(lm, [s], positions="answer", layers=layers, progress=False)
-           for s in samples]
+    one = [capture_heads(lm, [s], positions="answer", layers=layers, progress=False) for s in samples]
     for side in ("left", "right"):
-        batched = capture_heads(lm, samples, positions="answer", layers=layers, batch_size=3,
-                                padding_side=side, progress=False)
+        batched = capture_heads(
+            lm, samples, positions="answer", layers=layers, batch_size=3, padding_side=side, progress=False
+        )
         torch.testing.assert_close(batched.z, torch.cat([o.z for o in one]), rtol=1e-4, atol=1e-4)
         assert batched.position.tolist() == torch.cat([o.position for o in one]).tolist()
         assert batched.target_token.tolist() == torch.cat([o.target_token for o in one]).tolist()
-        assert batched.sample_index.tolist() == [i for i, o in enumerate(one)
-                                                 for _ in range(o.n_rows)]
+        assert batched.sample_index.tolist() == [i for i, o in enumerate(one) for _ in range(o.n_rows)]
 
 
 @pytest.mark.slow
@@ -206,16 +211,16 @@ def test_answer_boundary_in_processed_token_space(tiny_vlm):
     for i, (s, p) in enumerate(zip(samples, prepared)):
         prompt_only = processor_inputs(lm, [s.prompt], [s.image])["input_ids"][0].tolist()
         answer_ids = lm.token_ids(s.answer, special=False)
-        assert p.prompt_len == len(prompt_only)          # 16 image tokens expanded inside
+        assert p.prompt_len == len(prompt_only)  # 16 image tokens expanded inside
         assert prompt_only.count(image_id) == 16
         assert p.ids == prompt_only + answer_ids
         # positions predicting the answer tokens, targets are exactly the answer tokens
         assert p.keep == list(range(p.prompt_len - 1, len(p.ids) - 1))
         assert p.targets == answer_ids
-        row = inputs["input_ids"][i, offsets[i]:offsets[i] + len(p.ids)].tolist()
+        row = inputs["input_ids"][i, offsets[i] : offsets[i] + len(p.ids)].tolist()
         assert row == p.ids
         # left padding: explicit position ids restart at 0 on each sample's first real token
-        pos = inputs["position_ids"][i, offsets[i]:offsets[i] + len(p.ids)]
+        pos = inputs["position_ids"][i, offsets[i] : offsets[i] + len(p.ids)]
         assert pos.tolist() == list(range(len(p.ids)))
         assert inputs["attention_mask"][i].sum().item() == len(p.ids)
 
@@ -227,8 +232,9 @@ def test_answer_concept_positions_with_images(tiny_vlm):
 
     colors = load_concept("colors", lm.tokenizer)
     samples = _samples(lm)
-    acts = capture_heads(lm, samples, positions="answer_concept", layers=[0],
-                         concept_token_ids=colors.token_ids.tolist(), progress=False)
+    acts = capture_heads(
+        lm, samples, positions="answer_concept", layers=[0], concept_token_ids=colors.token_ids.tolist(), progress=False
+    )
     words = [lm.tokenizer.decode([t]).strip().lower() for t in acts.target_token.tolist()]
     # "A red circle." -> red; "It is a blue square on white" -> blue, white; "Stripes" -> fallback
     assert words[:3] == ["red", "blue", "white"]
@@ -244,17 +250,24 @@ def test_mixed_text_and_image_batch_is_refused(tiny_vlm):
     with pytest.raises(ValueError, match="mixes samples with and without images"):
         capture_heads(lm, [s[0], CaptureSample(lm.format_prompt("Hi"), "Hello")], progress=False)
     with pytest.raises(ValueError, match="image placeholder"):
-        capture_heads(lm, [CaptureSample(lm.format_prompt("Hi"), "x", draw_shape("circle", "red"))],
-                      progress=False)
+        capture_heads(lm, [CaptureSample(lm.format_prompt("Hi"), "x", draw_shape("circle", "red"))], progress=False)
 
 
 # ------------------------------------------------------------------------------------------
 # The family registry on tiny random models of every supported VLM family
 # ------------------------------------------------------------------------------------------
 
-FAMILY_OF = {"llava": "llava", "llava_next": "llava", "qwen2_vl": "qwen_vl", "qwen2_5_vl": "qwen_vl",
-             "qwen3_vl": "qwen_vl", "gemma3": "gemma3_vl", "mistral3": "llava",
-             "idefics3": "idefics", "smolvlm": "idefics"}
+FAMILY_OF = {
+    "llava": "llava",
+    "llava_next": "llava",
+    "qwen2_vl": "qwen_vl",
+    "qwen2_5_vl": "qwen_vl",
+    "qwen3_vl": "qwen_vl",
+    "gemma3": "gemma3_vl",
+    "mistral3": "llava",
+    "idefics3": "idefics",
+    "smolvlm": "idefics",
+}
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_VLM_CONFIGS))
@@ -291,8 +304,7 @@ def test_family_registry_finds_language_decoder(model_type):
         assert lay.n_heads * lay.head_dim != lay.d_model
         assert lm.family.norm_gain_offset == 1.0
     if model_type == "mistral3":  # Pixtral's vision attention output is also named o_proj
-        vision_o = [n for n, _ in lm.model.named_modules()
-                    if n.endswith("o_proj") and n.startswith(VISION_PREFIXES)]
+        vision_o = [n for n, _ in lm.model.named_modules() if n.endswith("o_proj") and n.startswith(VISION_PREFIXES)]
         assert vision_o and not set(vision_o) & {names[id(lm.o_proj(i))] for i in range(lay.n_layers)}
     # capture and editing hook exactly the language o_proj modules
     before = _hooks(lm)
@@ -307,6 +319,7 @@ def test_family_registry_finds_language_decoder(model_type):
 # Image inputs through each family's own processor (tiny random models, local processors)
 # ------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("model_type", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3"])
 def test_family_image_capture_batching_and_editing(model_type):
     from headpursuit.models.generation import generate_with_images
@@ -316,16 +329,16 @@ def test_family_image_capture_batching_and_editing(model_type):
     short = image_prompt(lm, "What?")
     long = image_prompt(lm, "What shape is shown here, in a few words?")
     # different image sizes: LLaVA-NeXT (any-res) and Qwen (dynamic resolution) differ per image
-    samples = [CaptureSample(short, "A red circle", draw_shape("circle", "red")),
-               CaptureSample(long, "Blue square it is, really", draw_shape("square", "blue", size=48)),
-               CaptureSample(short, "x", draw_shape("star", "green", size=80))]
+    samples = [
+        CaptureSample(short, "A red circle", draw_shape("circle", "red")),
+        CaptureSample(long, "Blue square it is, really", draw_shape("square", "blue", size=48)),
+        CaptureSample(short, "x", draw_shape("star", "green", size=80)),
+    ]
     one = [capture_heads(lm, [s], positions="answer", progress=False) for s in samples]
     for side in ("left", "right"):
-        batched = capture_heads(lm, samples, positions="answer", padding_side=side, batch_size=3,
-                                progress=False)
+        batched = capture_heads(lm, samples, positions="answer", padding_side=side, batch_size=3, progress=False)
         torch.testing.assert_close(batched.z, torch.cat([o.z for o in one]), rtol=1e-4, atol=1e-4)
-        assert batched.target_token.tolist() == [
-            t for s in samples for t in lm.token_ids(s.answer, special=False)]
+        assert batched.target_token.tolist() == [t for s in samples for t in lm.token_ids(s.answer, special=False)]
     # M-RoPE models compute their own 3-D positions; the others get explicit 1-D ones
     inputs, _, _ = _prepare_vlm_batch(lm, samples, "answer", None, "left")
     assert ("position_ids" in inputs) == (model_type not in ("qwen2_vl", "qwen2_5_vl"))

@@ -29,8 +29,8 @@ def _records(path: Path) -> Iterator[bytes]:
         if left < 7:  # block trailer padding
             pos += left
             continue
-        crc, length, rtype = struct.unpack("<IHB", data[pos:pos + 7])
-        payload = data[pos + 7:pos + 7 + length]
+        crc, length, rtype = struct.unpack("<IHB", data[pos : pos + 7])
+        payload = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if length == 0 and rtype == 0:
             break

@@ -42,6 +42,7 @@ NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
 # Loading
 # ------------------------------------------------------------------------------------------
 
+
 def find_results(root: str | os.PathLike) -> list[Path]:
     """Every results.json under `root` (temp files `.results.json.tmpPID` are not matched)."""
     root = Path(root)
@@ -73,8 +74,9 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
     choices = (res.get("run") or {}).get("choices") or {}
     prov = res.get("provenance") or {}
     row: dict[str, Any] = {
-        "run": str(path.parent.relative_to(root)) if path is not None and root is not None else
-        (str(path.parent) if path is not None else None),
+        "run": str(path.parent.relative_to(root))
+        if path is not None and root is not None
+        else (str(path.parent) if path is not None else None),
         "status": res.get("status"),
         "model": res.get("model") or (cfg.get("model") or {}).get("name_or_path"),
         "task": res.get("task") or (cfg.get("task") or {}).get("name"),
@@ -128,6 +130,7 @@ def metric_names(df: pd.DataFrame, section: str = "edited") -> list[tuple[str, s
 # Tables
 # ------------------------------------------------------------------------------------------
 
+
 def _fmt(v: Any, digits: int = 3, integral: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -166,7 +169,7 @@ def k_alpha_tables(df: pd.DataFrame) -> list[tuple[dict, str, str, pd.DataFrame]
     done = df[df["status"] == "complete"] if "status" in df else df
     if done.empty:
         return out
-    for (group, metric) in metric_names(done):
+    for group, metric in metric_names(done):
         col, bcol = f"edited.{group}.{metric}", f"baseline.{group}.{metric}"
         for key, g in done.groupby(SETTING, dropna=False, sort=True):
             if g[col].isna().all():
@@ -192,10 +195,21 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
             b = r.get(f"baseline.{group}.{metric}", float("nan"))
             rm = r.get(f"random.{group}.{metric}", float("nan"))
             rs = r.get(f"random.std.{group}.{metric}", float("nan"))
-            rows.append({**{c: r[c] for c in SETTING}, "k": r["k"], "alpha": r["alpha"],
-                         "group": group, "metric": metric, "baseline": b, "edited": e,
-                         "random_mean": rm, "random_std": rs,
-                         "edited_minus_baseline": e - b, "random_minus_baseline": rm - b})
+            rows.append(
+                {
+                    **{c: r[c] for c in SETTING},
+                    "k": r["k"],
+                    "alpha": r["alpha"],
+                    "group": group,
+                    "metric": metric,
+                    "baseline": b,
+                    "edited": e,
+                    "random_mean": rm,
+                    "random_std": rs,
+                    "edited_minus_baseline": e - b,
+                    "random_minus_baseline": rm - b,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -212,6 +226,7 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------
+
 
 def _slug(*parts: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "-", "__".join(str(p) for p in parts)).strip("-")
@@ -234,9 +249,15 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
             table = pd.read_csv(csv)
             res = read_json(root / run / RESULTS_FILE) or {}
             layout = ((res.get("provenance") or {}).get("model") or {}).get("layout") or {}
-            made.append(plots.score_heatmap(
-                table, layout.get("n_layers"), layout.get("n_heads"),
-                pdir / f"heatmap__{_slug(*key)}.png", title=" | ".join(map(str, key))))
+            made.append(
+                plots.score_heatmap(
+                    table,
+                    layout.get("n_layers"),
+                    layout.get("n_heads"),
+                    pdir / f"heatmap__{_slug(*key)}.png",
+                    title=" | ".join(map(str, key)),
+                )
+            )
             break
     for key, g in done.groupby(SETTING, dropna=False, sort=True):
         if g["k"].nunique() < 2:
@@ -253,8 +274,8 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
 # Entry
 # ------------------------------------------------------------------------------------------
 
-def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None,
-              plots: bool = True) -> pd.DataFrame:
+
+def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plots: bool = True) -> pd.DataFrame:
     """Read every results.json under `root`; write runs.csv, k_alpha.*, vs_random.*, plots/."""
     root = Path(root)
     out = Path(out) if out else (root if root.is_dir() else root.parent)
@@ -265,14 +286,19 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None,
     write_text_atomic(out / "runs.csv", df.to_csv(index=False))
 
     tables = k_alpha_tables(df)
-    md = [f"# Head Pursuit results: {root}\n", f"{len(df)} runs, "
-          f"{int((df['status'] == 'complete').sum())} complete, "
-          f"{int((df['status'] == 'failed').sum())} failed.\n"]
+    md = [
+        f"# Head Pursuit results: {root}\n",
+        f"{len(df)} runs, "
+        f"{int((df['status'] == 'complete').sum())} complete, "
+        f"{int((df['status'] == 'failed').sum())} failed.\n",
+    ]
     long = []
     for setting, group, metric, t in tables:
         head = ", ".join(f"{k}={v}" for k, v in setting.items())
-        md.append(f"\n## {group} {metric} ({head})\n\nedited {group} {metric} by k (rows) and alpha "
-                  "(columns); `unedited` is the model without edits.\n\n" + to_markdown(t))
+        md.append(
+            f"\n## {group} {metric} ({head})\n\nedited {group} {metric} by k (rows) and alpha "
+            "(columns); `unedited` is the model without edits.\n\n" + to_markdown(t)
+        )
         long.append(t.assign(**setting, group=group, metric=metric))
     write_text_atomic(out / "k_alpha.md", "".join(md))
     if long:
@@ -280,26 +306,28 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None,
 
     vr = vs_random_table(df)
     write_text_atomic(out / "vs_random.csv", vr.to_csv(index=False))
-    write_text_atomic(out / "vs_random.md", "# Ranked heads vs random heads (same k, alpha)\n\n"
-                      "random_mean / random_std: mean and sample std over the random-head seeds "
-                      "(same k and alpha).\n\n" + to_markdown(vr))
+    write_text_atomic(
+        out / "vs_random.md",
+        "# Ranked heads vs random heads (same k, alpha)\n\n"
+        "random_mean / random_std: mean and sample std over the random-head seeds "
+        "(same k and alpha).\n\n" + to_markdown(vr),
+    )
     mt = methods_table(vr)
     if not mt.empty:
         write_text_atomic(out / "methods.csv", mt.to_csv(index=False))
-        write_text_atomic(out / "methods.md",
-                          "# Ranking methods vs random heads (edited value)\n\n" + to_markdown(mt))
+        write_text_atomic(out / "methods.md", "# Ranking methods vs random heads (edited value)\n\n" + to_markdown(mt))
     failed = df[df["status"] != "complete"]
     if not failed.empty:
-        write_text_atomic(out / "failed.md", "# Runs not complete\n\n" +
-                          to_markdown(failed[["run", "status", "error"]]))
+        write_text_atomic(
+            out / "failed.md", "# Runs not complete\n\n" + to_markdown(failed[["run", "status", "error"]])
+        )
     if plots:
         make_plots(df, root if root.is_dir() else root.parent, out)
     return df
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m headpursuit.app.aggregate",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m headpursuit.app.aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="a multirun directory (or any directory holding results.json files)")
     ap.add_argument("--out", default=None, help="where to write tables and plots (default: DIR)")
     ap.add_argument("--no-plots", action="store_true")

@@ -63,8 +63,14 @@ def code_fingerprint() -> str:
     global _FINGERPRINT
     if _FINGERPRINT is None:
         h = hashlib.sha256()
-        files = sorted(p for p in PACKAGE_ROOT.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and p.suffix in (".py", ".txt", ".jsonl", ".json", ".csv") and _produces_results(p))
+        files = sorted(
+            p
+            for p in PACKAGE_ROOT.rglob("*")
+            if p.is_file()
+            and "__pycache__" not in p.parts
+            and p.suffix in (".py", ".txt", ".jsonl", ".json", ".csv")
+            and _produces_results(p)
+        )
         for p in files:
             h.update(str(p.relative_to(PACKAGE_ROOT)).encode() + b"\0" + p.read_bytes() + b"\1")
         _FINGERPRINT = h.hexdigest()[:16]
@@ -147,8 +153,9 @@ class RunCache:
         finally:
             f.close()  # closing releases the lock
 
-    def get_or_compute(self, kind: str, key: str, compute: Callable[[], Any], fmt: str = "json",
-                       label: str | None = None) -> tuple[Any, bool]:
+    def get_or_compute(
+        self, kind: str, key: str, compute: Callable[[], Any], fmt: str = "json", label: str | None = None
+    ) -> tuple[Any, bool]:
         """(value, from_cache). `fmt` is json (plain data) or pickle (objects); the hit is
         recorded under `label` (default: `kind`)."""
         value, hit = self._get_or_compute(kind, key, compute, fmt)

@@ -1,7 +1,7 @@
 """Checks on a resolved run config that need no model: fail fast, naming the key.
 
-    validate_config(config)                 # raises ConfigError("intervention.alpha must be ...")
-    k = resolve_k(config["intervention"], n_total_heads, model_name)
+validate_config(config)                 # raises ConfigError("intervention.alpha must be ...")
+k = resolve_k(config["intervention"], n_total_heads, model_name)
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
     task = cfg["task"]
     if task.get("name") not in known_tasks():
-        raise ConfigError(f"task.name={task.get('name')!r} is not a known task; known: "
-                          f"{', '.join(known_tasks())}")
+        raise ConfigError(f"task.name={task.get('name')!r} is not a known task; known: {', '.join(known_tasks())}")
     if task.get("positions", "answer_concept") not in POSITIONS:
         raise ConfigError(f"task.positions={task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
 
@@ -72,8 +71,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError("intervention.heads=explicit needs intervention.explicit=[[layer,head],...]")
         parse_heads(iv["explicit"])  # format errors name the key
     if iv.get("random_pool", "all") not in RANDOM_POOLS:
-        raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of "
-                          f"{', '.join(RANDOM_POOLS)}")
+        raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
     seeds = iv.get("random_seeds") or []
     if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
         raise ConfigError(f"intervention.random_seeds must be a list of integers, got {seeds!r}")
@@ -99,6 +97,8 @@ def resolve_k(iv: Mapping[str, Any], n_total: int, model_name: str = "the model"
     if not _is_int(k) or k < 1:
         raise ConfigError(f"intervention.k must be an integer >= 1, got {k!r}")
     if k > n_total:
-        raise ConfigError(f"intervention.k={k} is larger than the number of heads of {model_name} "
-                          f"({n_total}); use intervention.k <= {n_total} or intervention.k_frac")
+        raise ConfigError(
+            f"intervention.k={k} is larger than the number of heads of {model_name} "
+            f"({n_total}); use intervention.k <= {n_total} or intervention.k_frac"
+        )
     return k

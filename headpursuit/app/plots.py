@@ -41,9 +41,15 @@ def score_grid(table: Any, n_layers: int | None = None, n_heads: int | None = No
     return grid
 
 
-def score_heatmap(table: Any, n_layers: int | None = None, n_heads: int | None = None,
-                  path: str | os.PathLike = "head_scores_heatmap.png", *, title: str | None = None,
-                  highlight: Iterable[Sequence[int]] | None = None) -> Path:
+def score_heatmap(
+    table: Any,
+    n_layers: int | None = None,
+    n_heads: int | None = None,
+    path: str | os.PathLike = "head_scores_heatmap.png",
+    *,
+    title: str | None = None,
+    highlight: Iterable[Sequence[int]] | None = None,
+) -> Path:
     """Heat map of head scores (rows: layers, columns: heads); `highlight` heads are outlined."""
     grid = score_grid(table, n_layers, n_heads)
     L, H = grid.shape
@@ -63,8 +69,9 @@ def score_heatmap(table: Any, n_layers: int | None = None, n_heads: int | None =
     return _save(fig, path)
 
 
-def metric_vs_k(df: Any, metric: str, path: str | os.PathLike, *, group: str = "concept",
-                title: str | None = None) -> Path:
+def metric_vs_k(
+    df: Any, metric: str, path: str | os.PathLike, *, group: str = "concept", title: str | None = None
+) -> Path:
     """`edited.<group>.<metric>` against k, one line per alpha, random-head band, baseline line.
 
     `df` has columns k, alpha, `edited.{group}.{metric}` and optionally `random.{group}.{metric}`,

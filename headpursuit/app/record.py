@@ -37,9 +37,13 @@ CACHE_FLAGS = {
 
 def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """The per-group metric dicts of an evaluation result (drops n, examples, ...)."""
-    return {g: dict(v) for g, v in result.items()
-            if isinstance(v, Mapping) and g not in ("n", "examples", "fluency_info")
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())}
+    return {
+        g: dict(v)
+        for g, v in result.items()
+        if isinstance(v, Mapping)
+        and g not in ("n", "examples", "fluency_info")
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
+    }
 
 
 def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
@@ -59,8 +63,7 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
     for g, metrics in groups.items():
         out[g], out["std"][g], out["median"][g] = {}, {}, {}
         for name in sorted(metrics):
-            vals = [float(r[g][name]) for r in per_seed
-                    if g in r and name in r[g] and math.isfinite(float(r[g][name]))]
+            vals = [float(r[g][name]) for r in per_seed if g in r and name in r[g] and math.isfinite(float(r[g][name]))]
             if not vals:
                 out[g][name] = out["std"][g][name] = out["median"][g][name] = float("nan")
                 continue
@@ -73,34 +76,66 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
 
 def cache_provenance(cache: RunCache) -> dict:
     """Where the cache lives and, per stage, whether it was read from it (from `cache.hits`)."""
-    return {"dir": str(cache.root) if cache.enabled else None,
-            **{flag: cache.hit(label) for flag, label in CACHE_FLAGS.items()},
-            "random_from_cache": list(cache.hits.get("random", []))}
+    return {
+        "dir": str(cache.root) if cache.enabled else None,
+        **{flag: cache.hit(label) for flag, label in CACHE_FLAGS.items()},
+        "random_from_cache": list(cache.hits.get("random", [])),
+    }
 
 
-def record(*, lm: LoadedModel, task: Task, config: Mapping[str, Any], k: int, heads: Sequence[Head],
-           scores: HeadScores, baseline: dict, edited: dict, per_seed: list[dict],
-           samples: Sequence[CaptureSample], acts: HeadActivations, cache: RunCache,
-           timings: Mapping[str, float], model_loaded_in_process: bool) -> dict:
+def record(
+    *,
+    lm: LoadedModel,
+    task: Task,
+    config: Mapping[str, Any],
+    k: int,
+    heads: Sequence[Head],
+    scores: HeadScores,
+    baseline: dict,
+    edited: dict,
+    per_seed: list[dict],
+    samples: Sequence[CaptureSample],
+    acts: HeadActivations,
+    cache: RunCache,
+    timings: Mapping[str, float],
+    model_loaded_in_process: bool,
+) -> dict:
     """The fields a complete run adds to results.json (after status, config_hash, config, run)."""
     iv, seed = config["intervention"], int(config["seed"])
     layout = lm.layout
     random = None
     if per_seed:
-        random = {**summarize_seeds(per_seed), "seeds": list(iv["random_seeds"]),
-                  "pool": iv.get("random_pool", "all"), "per_seed": per_seed}
+        random = {
+            **summarize_seeds(per_seed),
+            "seeds": list(iv["random_seeds"]),
+            "pool": iv.get("random_pool", "all"),
+            "per_seed": per_seed,
+        }
     return {
-        "model": lm.name, "task": task.name, "ranking": config["ranking"]["method"], "k": k,
-        "k_frac": iv.get("k_frac"), "alpha": float(iv["alpha"]), "heads_mode": iv.get("heads", "ranked"),
-        "n_heads_total": layout.n_layers * layout.n_heads, "heads": head_records(heads, scores.table),
-        "baseline": baseline, "edited": edited, "random": random,
+        "model": lm.name,
+        "task": task.name,
+        "ranking": config["ranking"]["method"],
+        "k": k,
+        "k_frac": iv.get("k_frac"),
+        "alpha": float(iv["alpha"]),
+        "heads_mode": iv.get("heads", "ranked"),
+        "n_heads_total": layout.n_layers * layout.n_heads,
+        "heads": head_records(heads, scores.table),
+        "baseline": baseline,
+        "edited": edited,
+        "random": random,
         "provenance": {
-            "model": {**lm.provenance, "layout": dataclasses.asdict(layout),
-                      "loaded_in_process": model_loaded_in_process},
-            "task": task.provenance(), "environment": environment(),
+            "model": {
+                **lm.provenance,
+                "layout": dataclasses.asdict(layout),
+                "loaded_in_process": model_loaded_in_process,
+            },
+            "task": task.provenance(),
+            "environment": environment(),
             "seeds": {"seed": seed, "random_heads": list(iv["random_seeds"])},
             "code_fingerprint": code_fingerprint(),
-            "n_ranking_samples": len(samples), "n_activation_rows": int(acts.n_rows),
+            "n_ranking_samples": len(samples),
+            "n_activation_rows": int(acts.n_rows),
             "cache": cache_provenance(cache),
             "timings": dict(timings),
         },

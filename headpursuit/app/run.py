@@ -67,8 +67,9 @@ def find_config_dir() -> str:
     for c in candidates:
         if (c / "config.yaml").is_file():
             return str(c.resolve())
-    raise FileNotFoundError(f"No Hydra config tree (config.yaml) in {[str(c) for c in candidates]}; "
-                            "set HEADPURSUIT_CONF=/path/to/conf")
+    raise FileNotFoundError(
+        f"No Hydra config tree (config.yaml) in {[str(c) for c in candidates]}; set HEADPURSUIT_CONF=/path/to/conf"
+    )
 
 
 def run_info(hc: Any, run_dir: Path) -> dict:
@@ -77,22 +78,38 @@ def run_info(hc: Any, run_dir: Path) -> dict:
         job_num = int(hc.job.num)
     except Exception:  # single runs have no job number
         job_num = None
-    return {"dir": str(run_dir), "mode": hc.mode.name.lower(), "job_num": job_num,
-            "overrides": list(hc.overrides.task), "choices": dict(hc.runtime.choices)}
+    return {
+        "dir": str(run_dir),
+        "mode": hc.mode.name.lower(),
+        "job_num": job_num,
+        "overrides": list(hc.overrides.task),
+        "choices": dict(hc.runtime.choices),
+    }
 
 
 def start_tracker(config: Mapping[str, Any], run_dir: Path, hc: Any) -> Tracker:
     """A W&B run named after the job's overrides, grouped by sweep (logger.group if set)."""
     tracker = Tracker(config.get("logger"), run_dir)
     sweep = f"{hc.runtime.choices.get('experiment') or 'sweep'}-{Path(hc.sweep.dir).name}"
-    tracker.start(config, group=(config.get("logger") or {}).get("group")
-                  or (sweep if hc.mode == RunMode.MULTIRUN else None),
-                  name=hc.job.override_dirname or "default")
+    tracker.start(
+        config,
+        group=(config.get("logger") or {}).get("group") or (sweep if hc.mode == RunMode.MULTIRUN else None),
+        name=hc.job.override_dirname or "default",
+    )
     return tracker
 
 
-def write_head_scores(run_dir: Path, scores: HeadScores, heads: Sequence[Head], lm: LoadedModel,
-                      task: Task, method: str, *, plots: bool, timer: Timer) -> Path | None:
+def write_head_scores(
+    run_dir: Path,
+    scores: HeadScores,
+    heads: Sequence[Head],
+    lm: LoadedModel,
+    task: Task,
+    method: str,
+    *,
+    plots: bool,
+    timer: Timer,
+) -> Path | None:
     """head_scores.csv, and (plots=true) the layers x heads heat map with the edited heads outlined."""
     write_csv_atomic(scores.table, run_dir / HEAD_SCORES_FILE)
     if not plots:
@@ -100,12 +117,19 @@ def write_head_scores(run_dir: Path, scores: HeadScores, heads: Sequence[Head], 
     from headpursuit.app.plots import score_heatmap  # matplotlib only when plots are made
 
     with timer("plots"):
-        return score_heatmap(scores.table, lm.layout.n_layers, lm.layout.n_heads, run_dir / HEATMAP_FILE,
-                             title=f"{lm.name} | {task.name} | {method}", highlight=heads)
+        return score_heatmap(
+            scores.table,
+            lm.layout.n_layers,
+            lm.layout.n_heads,
+            run_dir / HEATMAP_FILE,
+            title=f"{lm.name} | {task.name} | {method}",
+            highlight=heads,
+        )
 
 
-def track(tracker: Tracker, res: Mapping[str, Any], heads: Sequence[Head], scores: HeadScores,
-          heatmap: Path | None) -> None:
+def track(
+    tracker: Tracker, res: Mapping[str, Any], heads: Sequence[Head], scores: HeadScores, heatmap: Path | None
+) -> None:
     """Mirror the record to W&B: metrics, k/alpha/heads, the score table and the heat map."""
     tracker.log_metrics(flatten_metrics(res))
     tracker.log_summary({"k": res["k"], "alpha": res["alpha"], "heads": [f"{a}.{b}" for a, b in heads]})
@@ -118,7 +142,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
     hc, timer = HydraConfig.get(), Timer()
     config = OmegaConf.to_container(cfg, resolve=True)
     res.update(status="running", config_hash=config_hash(config), config=config, run=run_info(hc, run_dir))
-    validate_config(config)                                     # fail fast, naming the key
+    validate_config(config)  # fail fast, naming the key
     if cfg.resume and (done := completed_results(run_dir, res["config_hash"])):
         log.info("%s: complete with the same config; skipping (resume=false to rerun)", run_dir)
         return done
@@ -136,29 +160,59 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         model_id = model_identity(config["model"], lm)
         with timer("ranking_samples"):
             samples = ranking_samples_cached(
-                cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking")})
+                cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking")}
+            )
         with timer("capture"):
-            acts, acts_key = capture_cached(cache, lm, samples, task_cfg.get("positions", "answer_concept"),
-                                            concept_token_ids(task.concept), cfg.capture_batch_size)
+            acts, acts_key = capture_cached(
+                cache,
+                lm,
+                samples,
+                task_cfg.get("positions", "answer_concept"),
+                concept_token_ids(task.concept),
+                cfg.capture_batch_size,
+            )
         with timer("rank"):
             scores = rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)
-        heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed,
-                             explicit=iv.get("explicit") or ())
-        heatmap = write_head_scores(run_dir, scores, heads, lm, task, config["ranking"]["method"],
-                                    plots=cfg.plots, timer=timer)
+        heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed, explicit=iv.get("explicit") or ())
+        heatmap = write_head_scores(
+            run_dir, scores, heads, lm, task, config["ranking"]["method"], plots=cfg.plots, timer=timer
+        )
         eval_id, alpha = {"model": model_id, "task": task_identity(task_cfg, "eval")}, float(iv["alpha"])
         with timer("baseline"):
             baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed)
         with timer("edited"):
-            edited = evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in heads}, label="edited",
-                                     seed=seed)
+            edited = evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in heads}, label="edited", seed=seed)
         with timer("random"):
-            per_seed = random_controls(cache, lm, task, eval_id, heads, k=k, alpha=alpha, seed=seed,
-                                       seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
-                                       pool=iv.get("random_pool", "all"))
-        res.update(record(lm=lm, task=task, config=config, k=k, heads=heads, scores=scores,
-                          baseline=baseline, edited=edited, per_seed=per_seed, samples=samples, acts=acts,
-                          cache=cache, timings=timer.seconds, model_loaded_in_process=loaded_before))
+            per_seed = random_controls(
+                cache,
+                lm,
+                task,
+                eval_id,
+                heads,
+                k=k,
+                alpha=alpha,
+                seed=seed,
+                seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
+                pool=iv.get("random_pool", "all"),
+            )
+        res.update(
+            record(
+                lm=lm,
+                task=task,
+                config=config,
+                k=k,
+                heads=heads,
+                scores=scores,
+                baseline=baseline,
+                edited=edited,
+                per_seed=per_seed,
+                samples=samples,
+                acts=acts,
+                cache=cache,
+                timings=timer.seconds,
+                model_loaded_in_process=loaded_before,
+            )
+        )
         track(tracker, res, heads, scores, heatmap)
         tracker.finish(0)
     except BaseException:
@@ -167,8 +221,11 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         raise
     res["tracking"] = tracker.status
     write_json_atomic(run_dir / RESULTS_FILE, res)
-    log.info("%s: %s", run_dir, {k: round(v, 3) for k, v in flatten_metrics(res).items()
-                                 if "/std/" not in k and k.count("/") == 2})
+    log.info(
+        "%s: %s",
+        run_dir,
+        {k: round(v, 3) for k, v in flatten_metrics(res).items() if "/std/" not in k and k.count("/") == 2},
+    )
     return res
 
 
@@ -181,8 +238,7 @@ def main(cfg: DictConfig) -> dict | None:
     res: dict = {"status": "running"}
     try:
         if multirun and cfg.get("fail_fast") and abort_flag.exists():
-            raise RuntimeError(
-                f"skipped: an earlier job of this sweep failed and fail_fast=true ({abort_flag})")
+            raise RuntimeError(f"skipped: an earlier job of this sweep failed and fail_fast=true ({abort_flag})")
         return execute(cfg, run_dir, res)
     except Exception as exc:
         write_error(run_dir, exc, res)

@@ -34,8 +34,17 @@ if TYPE_CHECKING:
     from headpursuit.ranking import HeadScores
     from headpursuit.tasks import Task
 
-__all__ = ["load_model_memo", "build_task_memo", "concept_token_ids", "ranking_samples_cached",
-           "capture_cached", "rank_cached", "evaluate_with_edits", "evaluate_cached", "random_controls"]
+__all__ = [
+    "load_model_memo",
+    "build_task_memo",
+    "concept_token_ids",
+    "ranking_samples_cached",
+    "capture_cached",
+    "rank_cached",
+    "evaluate_with_edits",
+    "evaluate_cached",
+    "random_controls",
+]
 
 _MODEL_MEMO: dict[str, LoadedModel] = {}
 _TASK_MEMO: dict[str, Task] = {}
@@ -51,9 +60,14 @@ def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tu
         return _MODEL_MEMO[key], True
     _MODEL_MEMO.clear()
     _TASK_MEMO.clear()
-    lm = load_model(model_cfg["name_or_path"], dtype=dtype, device=device,
-                    trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-                    revision=model_cfg.get("revision"), **dict(model_cfg.get("kwargs") or {}))
+    lm = load_model(
+        model_cfg["name_or_path"],
+        dtype=dtype,
+        device=device,
+        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        revision=model_cfg.get("revision"),
+        **dict(model_cfg.get("kwargs") or {}),
+    )
     _MODEL_MEMO[key] = lm
     return lm, False
 
@@ -80,43 +94,75 @@ def ranking_samples_cached(cache: RunCache, task: Task, lm: LoadedModel, ident: 
 
     def compute() -> list[dict]:
         # Plain dicts: the pickle does not depend on the CaptureSample class staying the same.
-        return [{"prompt": s.prompt, "answer": s.answer, "image": s.image, "meta": s.meta}
-                for s in task.ranking_samples(lm)]
+        return [
+            {"prompt": s.prompt, "answer": s.answer, "image": s.image, "meta": s.meta} for s in task.ranking_samples(lm)
+        ]
 
     rows, _ = cache.get_or_compute("samples", key, compute, fmt="pickle")
-    return [CaptureSample(prompt=r["prompt"], answer=r["answer"], image=r.get("image"),
-                          meta=r.get("meta") or {}) for r in rows]
+    return [
+        CaptureSample(prompt=r["prompt"], answer=r["answer"], image=r.get("image"), meta=r.get("meta") or {})
+        for r in rows
+    ]
 
 
-def capture_cached(cache: RunCache, lm: LoadedModel, samples: Sequence[CaptureSample], positions: str,
-                   concept_ids: Sequence[int], batch_size: int = 8) -> tuple[HeadActivations, str]:
+def capture_cached(
+    cache: RunCache,
+    lm: LoadedModel,
+    samples: Sequence[CaptureSample],
+    positions: str,
+    concept_ids: Sequence[int],
+    batch_size: int = 8,
+) -> tuple[HeadActivations, str]:
     """(activations, their cache key): capture_heads with its disk cache, under a lock so parallel
     jobs extract once. capture_heads says in `acts.meta["from_cache"]` whether it read the cache."""
     layers = list(range(lm.layout.n_layers))
     key = cache_key(lm, samples, positions, layers, concept_ids)
     with cache.lock("acts", key):
-        acts = capture_heads(lm, samples, positions=positions, batch_size=batch_size,
-                             concept_token_ids=concept_ids, cache_dir=cache.dir("acts"),
-                             progress=False)
+        acts = capture_heads(
+            lm,
+            samples,
+            positions=positions,
+            batch_size=batch_size,
+            concept_token_ids=concept_ids,
+            cache_dir=cache.dir("acts"),
+            progress=False,
+        )
     cache.note_hit("acts", bool(acts.meta.get("from_cache")))
     return acts, key
 
 
-def rank_cached(cache: RunCache, acts: HeadActivations, acts_key: str, lm: LoadedModel, concept: Concept,
-                ranking_cfg: Mapping[str, Any], seed: int) -> HeadScores:
+def rank_cached(
+    cache: RunCache,
+    acts: HeadActivations,
+    acts_key: str,
+    lm: LoadedModel,
+    concept: Concept,
+    ranking_cfg: Mapping[str, Any],
+    seed: int,
+) -> HeadScores:
     """rank_heads, cached on (activations, concept, ranking config, seed, code)."""
     kwargs = dict(ranking_cfg)
     method = kwargs.pop("method")
-    key = stable_hash("scores", CACHE_VERSION, acts_key, concept.name, concept_token_ids(concept),
-                      method, kwargs, seed, code_fingerprint())
+    key = stable_hash(
+        "scores",
+        CACHE_VERSION,
+        acts_key,
+        concept.name,
+        concept_token_ids(concept),
+        method,
+        kwargs,
+        seed,
+        code_fingerprint(),
+    )
     scores, _ = cache.get_or_compute(
-        "scores", key, lambda: rank_heads(acts, lm, concept, method=method, seed=seed, **kwargs),
-        fmt="pickle")
+        "scores", key, lambda: rank_heads(acts, lm, concept, method=method, seed=seed, **kwargs), fmt="pickle"
+    )
     return scores
 
 
-def evaluate_with_edits(lm: LoadedModel, task: Task, scales: Mapping[Head, float], *, desc: str = "",
-                        seed: int = 0) -> dict:
+def evaluate_with_edits(
+    lm: LoadedModel, task: Task, scales: Mapping[Head, float], *, desc: str = "", seed: int = 0
+) -> dict:
     """Generate with the heads rescaled (hooks active), then score with the hooks removed: fluency
     scorers must see the unedited model."""
     torch.manual_seed(seed)
@@ -125,27 +171,48 @@ def evaluate_with_edits(lm: LoadedModel, task: Task, scales: Mapping[Head, float
     return task.score(outputs, fluency_model=lm)
 
 
-def evaluate_cached(cache: RunCache, lm: LoadedModel, task: Task, ident: dict, scales: Mapping[Head, float],
-                    *, label: str, seed: int, desc: str | None = None) -> dict:
+def evaluate_cached(
+    cache: RunCache,
+    lm: LoadedModel,
+    task: Task,
+    ident: dict,
+    scales: Mapping[Head, float],
+    *,
+    label: str,
+    seed: int,
+    desc: str | None = None,
+) -> dict:
     """evaluate_with_edits, cached on (model, task config, the exact edit, seed, code); the hit is
     recorded under `label` (baseline, edited, random)."""
     edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
     key = stable_hash("eval", CACHE_VERSION, ident, edit, seed, code_fingerprint())
     result, _ = cache.get_or_compute(
-        "evals", key, lambda: evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed),
-        label=label)
+        "evals", key, lambda: evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed), label=label
+    )
     return result
 
 
-def random_controls(cache: RunCache, lm: LoadedModel, task: Task, ident: dict, edited: Sequence[Head], *,
-                    k: int, alpha: float, seeds: Sequence[int], pool: str, seed: int) -> list[dict]:
+def random_controls(
+    cache: RunCache,
+    lm: LoadedModel,
+    task: Task,
+    ident: dict,
+    edited: Sequence[Head],
+    *,
+    k: int,
+    alpha: float,
+    seeds: Sequence[int],
+    pool: str,
+    seed: int,
+) -> list[dict]:
     """The random-head controls: per seed, k random heads (from `pool`) rescaled by alpha and
     evaluated like the edited heads. [{seed, heads, <evaluation>}, ...]."""
     n_layers, n_heads = lm.layout.n_layers, lm.layout.n_heads
     per_seed = []
     for s in seeds:
         heads = random_control_heads(edited, n_layers, n_heads, k, s, pool=pool)
-        result = evaluate_cached(cache, lm, task, ident, {h: alpha for h in heads}, label="random",
-                                 desc=f"random{s}", seed=seed)
+        result = evaluate_cached(
+            cache, lm, task, ident, {h: alpha for h in heads}, label="random", desc=f"random{s}", seed=seed
+        )
         per_seed.append({"seed": s, "heads": [list(h) for h in heads], **result})
     return per_seed

@@ -50,6 +50,7 @@ VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots")
 # Atomic files
 # ------------------------------------------------------------------------------------------
 
+
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
@@ -142,6 +143,7 @@ def read_json(path: str | os.PathLike) -> dict | None:
 # Resume
 # ------------------------------------------------------------------------------------------
 
+
 def config_hash(config: Mapping[str, Any], ignore: tuple[str, ...] = VOLATILE_KEYS) -> str:
     """A stable hash of a resolved config, without the keys that do not change results."""
     body = {k: v for k, v in config.items() if k not in ignore and k != "hydra"}
@@ -173,6 +175,7 @@ def write_error(run_dir: str | os.PathLike, exc: BaseException, results: dict | 
 # Provenance
 # ------------------------------------------------------------------------------------------
 
+
 def _version(dist: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -185,10 +188,18 @@ def _version(dist: str) -> str | None:
 def git_commit(path: str | os.PathLike | None = None) -> dict:
     root = Path(path) if path else Path(__file__).resolve().parents[2]  # the repository
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return {"commit": commit, "dirty": bool(dirty)} if commit else {}
     except Exception:
         return {}
@@ -201,10 +212,29 @@ def environment() -> dict:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "argv": list(sys.argv),
-        "versions": {d: _version(d) for d in (
-            "headpursuit", "torch", "transformers", "accelerate", "gguf", "hydra-core", "omegaconf",
-            "hydra-submitit-launcher", "submitit", "wandb", "numpy", "pandas", "datasets",
-            "alt-profanity-check", "detoxify", "scikit-learn", "sacrebleu", "spams-bin")},
+        "versions": {
+            d: _version(d)
+            for d in (
+                "headpursuit",
+                "torch",
+                "transformers",
+                "accelerate",
+                "gguf",
+                "hydra-core",
+                "omegaconf",
+                "hydra-submitit-launcher",
+                "submitit",
+                "wandb",
+                "numpy",
+                "pandas",
+                "datasets",
+                "alt-profanity-check",
+                "detoxify",
+                "scikit-learn",
+                "sacrebleu",
+                "spams-bin",
+            )
+        },
         "git": git_commit(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
@@ -250,6 +280,7 @@ def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: s
 # W&B
 # ------------------------------------------------------------------------------------------
 
+
 class Tracker:
     """A W&B run per job, or nothing. Every method swallows its own errors (and says so)."""
 
@@ -274,15 +305,20 @@ class Tracker:
         if what == "init":
             self.status["status"] = "failed"
 
-    def start(self, config: Mapping[str, Any], *, group: str | None = None, name: str | None = None,
-              job_type: str | None = None) -> None:
+    def start(
+        self,
+        config: Mapping[str, Any],
+        *,
+        group: str | None = None,
+        name: str | None = None,
+        job_type: str | None = None,
+    ) -> None:
         if self.backend != "wandb" or self.mode == "disabled":
             return
         try:
             import wandb
 
-            settings = wandb.Settings(silent=True, console="off",
-                                      init_timeout=float(self.cfg.get("init_timeout", 90)))
+            settings = wandb.Settings(silent=True, console="off", init_timeout=float(self.cfg.get("init_timeout", 90)))
             self.run = wandb.init(
                 project=self.cfg.get("project") or "headpursuit",
                 entity=self.cfg.get("entity"),
@@ -295,14 +331,16 @@ class Tracker:
                 dir=str(self.run_dir),
                 settings=settings,
             )
-            self.status.update({
-                "status": "ok",
-                "run_id": self.run.id,
-                "run_name": name,
-                "group": group,
-                "dir": str(Path(self.run.dir).parent),
-                "sync": f"wandb sync {Path(self.run.dir).parent}" if self.mode == "offline" else None,
-            })
+            self.status.update(
+                {
+                    "status": "ok",
+                    "run_id": self.run.id,
+                    "run_name": name,
+                    "group": group,
+                    "dir": str(Path(self.run.dir).parent),
+                    "sync": f"wandb sync {Path(self.run.dir).parent}" if self.mode == "offline" else None,
+                }
+            )
         except BaseException as exc:  # noqa: BLE001 - W&B must never fail the run
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -338,8 +376,7 @@ class Tracker:
             df = df.copy()
             for col in df.columns:  # W&B tables want scalars
                 if df[col].map(lambda v: isinstance(v, (list, tuple))).any():
-                    df[col] = df[col].map(
-                        lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                    df[col] = df[col].map(lambda v: " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
             self.run.log({name: wandb.Table(dataframe=df)})
         except Exception as exc:
             self._fail("log_table", exc)
@@ -381,7 +418,19 @@ class Timer:
 
 
 __all__ = [
-    "RESULTS_FILE", "HEAD_SCORES_FILE", "ERROR_FILE", "write_text_atomic", "write_json_atomic",
-    "write_csv_atomic", "read_json", "config_hash", "completed_results", "write_error",
-    "environment", "flatten_metrics", "Tracker", "Timer", "to_jsonable",
+    "RESULTS_FILE",
+    "HEAD_SCORES_FILE",
+    "ERROR_FILE",
+    "write_text_atomic",
+    "write_json_atomic",
+    "write_csv_atomic",
+    "read_json",
+    "config_hash",
+    "completed_results",
+    "write_error",
+    "environment",
+    "flatten_metrics",
+    "Tracker",
+    "Timer",
+    "to_jsonable",
 ]

@@ -34,9 +34,7 @@ def _require():
         import sacrebleu  # noqa: F401
         from sacrebleu.metrics import BLEU, CHRF
     except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError(
-            "caption metrics need the 'sacrebleu' package: pip install 'sacrebleu>=2.4'"
-        ) from e
+        raise ImportError("caption metrics need the 'sacrebleu' package: pip install 'sacrebleu>=2.4'") from e
     return BLEU, CHRF
 
 
@@ -66,16 +64,13 @@ def caption_quality(hypotheses: Sequence[str], references: Sequence[Sequence[str
     NaNs when there are no captions.
     """
     if len(hypotheses) != len(references):
-        raise ValueError(f"caption_quality: {len(hypotheses)} captions but {len(references)} "
-                         "reference lists")
+        raise ValueError(f"caption_quality: {len(hypotheses)} captions but {len(references)} reference lists")
     if not hypotheses:
         return {"bleu": math.nan, "chrf": math.nan, "sentence_bleu": math.nan}
     hyps = [h if isinstance(h, str) else "" for h in hypotheses]
     streams = _ref_streams(references)
     corpus_bleu, sent_bleu, chrf = _metrics()
-    per_sentence = [
-        sent_bleu.sentence_score(h, [s[i] for s in streams]).score for i, h in enumerate(hyps)
-    ]
+    per_sentence = [sent_bleu.sentence_score(h, [s[i] for s in streams]).score for i, h in enumerate(hyps)]
     return {
         "bleu": float(corpus_bleu.corpus_score(hyps, streams).score),
         "chrf": float(chrf.corpus_score(hyps, streams).score),
@@ -91,8 +86,8 @@ def metric_signatures() -> dict[str, str]:
     corpus_bleu.corpus_score(["a"], [["a"]])
     sent_bleu.sentence_score("a", ["a"])
     chrf.corpus_score(["a"], [["a"]])
+
     def sig(metric) -> str:
         return "|".join(p for p in str(metric.get_signature()).split("|") if not p.startswith("nrefs:"))
 
-    return {"package": METRIC_PACKAGE, "bleu": sig(corpus_bleu), "sentence_bleu": sig(sent_bleu),
-            "chrf": sig(chrf)}
+    return {"package": METRIC_PACKAGE, "bleu": sig(corpus_bleu), "sentence_bleu": sig(sent_bleu), "chrf": sig(chrf)}

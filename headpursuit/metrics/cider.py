@@ -34,15 +34,15 @@ from collections.abc import Sequence
 
 __all__ = ["CIDER_MAX_N", "CIDER_SIGMA", "caption_tokens", "cider_d"]
 
-CIDER_MAX_N = 4        # n-gram orders 1..4
-CIDER_SIGMA = 6.0      # standard deviation of the Gaussian length penalty
-_SCALE = 10.0          # CIDEr-D's final scale factor
+CIDER_MAX_N = 4  # n-gram orders 1..4
+CIDER_SIGMA = 6.0  # standard deviation of the Gaussian length penalty
+_SCALE = 10.0  # CIDEr-D's final scale factor
 
 _TOKEN = re.compile(
-    r"[^\W_]+?(?=n't\b)"            # "do" of "don't" (the clitic is the next alternative)
+    r"[^\W_]+?(?=n't\b)"  # "do" of "don't" (the clitic is the next alternative)
     r"|n't\b"
     r"|'(?:s|re|ve|ll|d|m)\b"
-    r"|[^\W_]+(?:-[^\W_]+)*"         # words: letters/digits, hyphenated compounds kept whole
+    r"|[^\W_]+(?:-[^\W_]+)*"  # words: letters/digits, hyphenated compounds kept whole
 )
 
 NGram = tuple[str, ...]
@@ -59,7 +59,7 @@ def _ngram_counts(tokens: Sequence[str]) -> Counter[NGram]:
     counts: Counter[NGram] = Counter()
     for k in range(1, CIDER_MAX_N + 1):
         for i in range(len(tokens) - k + 1):
-            counts[tuple(tokens[i:i + k])] += 1
+            counts[tuple(tokens[i : i + k])] += 1
     return counts
 
 
@@ -78,7 +78,7 @@ class _TfIdf:
 def _similarity(cand: _TfIdf, ref: _TfIdf, sigma: float) -> float:
     """Mean over n-gram orders of the clipped, length-penalised cosine of candidate and reference."""
     delta = cand.length - ref.length
-    penalty = math.exp(-(delta ** 2) / (2 * sigma ** 2))
+    penalty = math.exp(-(delta**2) / (2 * sigma**2))
     total = 0.0
     for k in range(CIDER_MAX_N):
         c_vec, r_vec = cand.by_order[k], ref.by_order[k]
@@ -116,8 +116,7 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> d
     log_images = math.log(len(ref_counts))
     per_item = []
     for cand, image_refs in zip(candidates, ref_counts):
-        cand_vec = _TfIdf(_ngram_counts(caption_tokens(cand if isinstance(cand, str) else "")), doc_freq,
-                          log_images)
+        cand_vec = _TfIdf(_ngram_counts(caption_tokens(cand if isinstance(cand, str) else "")), doc_freq, log_images)
         sims = [_similarity(cand_vec, _TfIdf(r, doc_freq, log_images), CIDER_SIGMA) for r in image_refs]
         per_item.append(_SCALE * sum(sims) / len(sims))
     return {"cider": sum(per_item) / len(per_item), "cider_per_item": per_item}

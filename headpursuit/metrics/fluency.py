@@ -53,9 +53,7 @@ def perplexity(
     left so that prompt + continuation fits.
     """
     if len(prompts) != len(continuations):
-        raise ValueError(
-            f"perplexity: {len(prompts)} prompts but {len(continuations)} continuations"
-        )
+        raise ValueError(f"perplexity: {len(prompts)} prompts but {len(continuations)} continuations")
     tok = lm.tokenizer
     model = lm.model
     device = lm.device
@@ -92,17 +90,16 @@ def perplexity(
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(iterator, desc=desc, total=math.ceil(len(order) / batch_size) or None,
-                        leave=False)
+        iterator = tqdm(iterator, desc=desc, total=math.ceil(len(order) / batch_size) or None, leave=False)
     try:
         for start in iterator:
-            batch = [items[k] for k in order[start:start + batch_size]]
+            batch = [items[k] for k in order[start : start + batch_size]]
             # Right padding: real tokens sit at positions 0..n-1, the model's default position ids.
             enc = pad_batch([ids for _, ids, _ in batch], pad_id, "right", device=device)
             input_ids, mask = enc["input_ids"], enc["attention_mask"]
             target_mask = torch.zeros(input_ids.shape, dtype=torch.bool)
             for r, (_, ids, n_p) in enumerate(batch):
-                target_mask[r, n_p: len(ids)] = True
+                target_mask[r, n_p : len(ids)] = True
             target_mask = target_mask.to(device)
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
             logp = F.log_softmax(logits[:, :-1].float(), dim=-1)

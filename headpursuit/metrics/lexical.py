@@ -23,8 +23,7 @@ def _unique_words(words: Iterable[str]) -> list[str]:
     return sorted({w.strip().lower() for w in words if isinstance(w, str) and w.strip()})
 
 
-def split_words(words: Iterable[str], held_out_fraction: float = 0.5,
-                seed: int = 0) -> tuple[list[str], list[str]]:
+def split_words(words: Iterable[str], held_out_fraction: float = 0.5, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split a word list into ``(selection, held_out)``: disjoint, together all the words.
 
     Words are stripped, lower-cased and de-duplicated, then sorted and shuffled by

@@ -100,9 +100,7 @@ def alias_match(prediction: str | None, aliases: Iterable[str] | str) -> bool:
 def accuracy(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
     """Fraction of predictions that `alias_match` their reference aliases (NaN when empty)."""
     if len(predictions) != len(references):
-        raise ValueError(
-            f"accuracy: {len(predictions)} predictions but {len(references)} reference lists"
-        )
+        raise ValueError(f"accuracy: {len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         return math.nan
     hits = sum(alias_match(p, r) for p, r in zip(predictions, references))
@@ -222,8 +220,9 @@ def token_f1(prediction: str | None, ground_truths: Iterable[str] | str) -> floa
     prediction_tokens = official_normalize(prediction).split()
     if not prediction_tokens:
         return 0.0
-    return max((_f1_one(prediction_tokens, official_normalize(t).split())
-                for t in _as_answer_list(ground_truths)), default=0.0)
+    return max(
+        (_f1_one(prediction_tokens, official_normalize(t).split()) for t in _as_answer_list(ground_truths)), default=0.0
+    )
 
 
 def exact_match_official(prediction: str | None, ground_truths: Iterable[str] | str) -> float:
@@ -236,9 +235,7 @@ def exact_match_official(prediction: str | None, ground_truths: Iterable[str] | 
 def mean_token_f1(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
     """Mean `token_f1` over questions (NaN when empty), as the official script's F1 / 100."""
     if len(predictions) != len(references):
-        raise ValueError(
-            f"mean_token_f1: {len(predictions)} predictions but {len(references)} reference lists"
-        )
+        raise ValueError(f"mean_token_f1: {len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         return math.nan
     return sum(token_f1(p, r) for p, r in zip(predictions, references)) / len(predictions)

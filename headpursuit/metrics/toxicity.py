@@ -84,7 +84,7 @@ class ToxicityScorer:
         out = [0.0] * len(texts)
         idx = [i for i, t in enumerate(texts) if t.strip()]
         for start in range(0, len(idx), self.batch_size):
-            chunk = idx[start:start + self.batch_size]
+            chunk = idx[start : start + self.batch_size]
             scores = self._score_nonempty([texts[i] for i in chunk])
             for i, s in zip(chunk, scores):
                 out[i] = float(s)
@@ -110,8 +110,7 @@ class ProfanityCheckScorer(ToxicityScorer):
             from profanity_check import predict_prob
         except ImportError as e:  # pragma: no cover - dependency is declared
             raise ImportError(
-                "scorer 'profanity_check' needs the alt-profanity-check package: "
-                "pip install alt-profanity-check"
+                "scorer 'profanity_check' needs the alt-profanity-check package: pip install alt-profanity-check"
             ) from e
         self._predict_prob = predict_prob
         self.version = f"alt-profanity-check=={_pkg_version('alt-profanity-check')}"
@@ -168,8 +167,7 @@ class DetoxifyScorer(ToxicityScorer):
             ) from e
         if attribute not in self._model.class_names:
             raise ValueError(
-                f"detoxify {model_type}: no attribute {attribute!r}; available: "
-                f"{', '.join(self._model.class_names)}"
+                f"detoxify {model_type}: no attribute {attribute!r}; available: {', '.join(self._model.class_names)}"
             )
 
     def _score_nonempty(self, texts: list[str]) -> list[float]:
@@ -211,8 +209,7 @@ class RobertaToxicityScorer(ToxicityScorer):
         self.max_length = int(max_length)
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_name_or_path, cache_dir=cache_dir)
-            model = AutoModelForSequenceClassification.from_pretrained(self.model_name_or_path,
-                                                                       cache_dir=cache_dir)
+            model = AutoModelForSequenceClassification.from_pretrained(self.model_name_or_path, cache_dir=cache_dir)
         except (OSError, ValueError) as e:  # offline without a cache, unknown id, missing directory
             raise RuntimeError(
                 f"Could not load the toxicity classifier {self.model_name_or_path!r}: "
@@ -233,14 +230,17 @@ class RobertaToxicityScorer(ToxicityScorer):
                 f"its labels are {labels}"
             )
         self.toxic_index = matches[0]
-        self.version = (f"transformers=={_pkg_version('transformers')} ({self.model_name_or_path}, "
-                        f"label={labels[self.toxic_index]!r})")
+        self.version = (
+            f"transformers=={_pkg_version('transformers')} ({self.model_name_or_path}, "
+            f"label={labels[self.toxic_index]!r})"
+        )
 
     def _score_nonempty(self, texts: list[str]) -> list[float]:
         import torch
 
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.device)
+        batch = self._tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         with torch.inference_mode():
             logits = self._model(**batch).logits.float()
         return torch.softmax(logits, dim=-1)[:, self.toxic_index].tolist()
@@ -265,15 +265,14 @@ def known_scorers() -> list[str]:
 def get_scorer(name: str = "profanity_check", **kwargs: Any) -> ToxicityScorer:
     """Build the scorer called `name`; unknown names raise ValueError listing the known ones."""
     if name not in _SCORERS:
-        raise ValueError(
-            f"unknown toxicity scorer {name!r}; known scorers: {', '.join(known_scorers())}"
-        )
+        raise ValueError(f"unknown toxicity scorer {name!r}; known scorers: {', '.join(known_scorers())}")
     return _SCORERS[name](**kwargs)
 
 
 # ------------------------------------------------------------------------------------------
 # Metrics
 # ------------------------------------------------------------------------------------------
+
 
 def _as_groups(scores: Sequence[Sequence[float]] | Sequence[float]) -> list[list[float]]:
     groups = []

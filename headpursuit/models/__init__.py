@@ -17,7 +17,17 @@ from headpursuit.models.inputs import pad_batch
 from headpursuit.models.loading import known_models, load_model, register_builder
 
 __all__ = [
-    "AttentionLayout", "LoadedModel", "load_model", "wrap_model", "pad_batch", "known_models",
-    "register_builder", "EMBEDDED", "FAMILIES", "ModelFamily", "family_for", "register_family",
+    "AttentionLayout",
+    "LoadedModel",
+    "load_model",
+    "wrap_model",
+    "pad_batch",
+    "known_models",
+    "register_builder",
+    "EMBEDDED",
+    "FAMILIES",
+    "ModelFamily",
+    "family_for",
+    "register_family",
 ]
 from headpursuit.models import tiny_vlm  # noqa: E402,F401  (registers the "tiny_vlm" builder)

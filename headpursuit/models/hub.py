@@ -13,15 +13,14 @@ from headpursuit.models.families import family_for
 __all__ = ["load_hub"]
 
 
-def load_hub(name_or_path: str, dtype: torch.dtype | str, device: str, trust_remote_code: bool,
-             revision: str | None) -> tuple[nn.Module, Any, Any | None]:
+def load_hub(
+    name_or_path: str, dtype: torch.dtype | str, device: str, trust_remote_code: bool, revision: str | None
+) -> tuple[nn.Module, Any, Any | None]:
     """(model on `device`, tokenizer, processor or None) of a hub id or local checkpoint dir."""
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, revision=revision
-        )
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     except OSError as exc:
         raise OSError(
             f"Could not load the config of {name_or_path!r}: {exc}\nIf this is a hub id, this "
@@ -35,13 +34,11 @@ def load_hub(name_or_path: str, dtype: torch.dtype | str, device: str, trust_rem
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, **common)
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                                  revision=revision)
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
         tok = processor.tokenizer
     else:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(name_or_path, **common)
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code,
-                                            revision=revision)
+        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
     return model.to(device), tok, processor

@@ -48,9 +48,7 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def pad_batch(
-    ids: list[list[int]], pad_id: int, padding_side: str = "left", device=None
-) -> dict[str, torch.Tensor]:
+def pad_batch(ids: list[list[int]], pad_id: int, padding_side: str = "left", device=None) -> dict[str, torch.Tensor]:
     """Pad token id lists; position ids count only real tokens, so left padding changes nothing."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -77,6 +75,7 @@ def encode(lm: LoadedModel, texts: Sequence[str], padding_side: str = "left") ->
 # ------------------------------------------------------------------------------------------
 # Teacher forcing: prompt + answer ids
 # ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TeacherForcedIds:
@@ -108,10 +107,12 @@ def teacher_forced_ids(lm: LoadedModel, prompt: str, answer: str | None) -> Teac
 # Images
 # ------------------------------------------------------------------------------------------
 
+
 def _processor(lm: LoadedModel) -> Any:
     if lm.processor is None:
-        raise ValueError(f"{lm.name} has no processor: it cannot take images "
-                         "(load a vision-language model, e.g. model=tiny_vlm)")
+        raise ValueError(
+            f"{lm.name} has no processor: it cannot take images (load a vision-language model, e.g. model=tiny_vlm)"
+        )
     return lm.processor
 
 
@@ -122,10 +123,8 @@ def image_prompt(lm: LoadedModel, user_text: str, system: str | None = None) -> 
     """
     proc = _processor(lm)
     if proc.chat_template:
-        messages = ([{"role": "system", "content": [{"type": "text", "text": system}]}] if system
-                    else [])
-        messages.append({"role": "user", "content": [{"type": "image"},
-                                                     {"type": "text", "text": user_text}]})
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]})
         return proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # Not every processor names its image token; LLaVA's "<image>" is the common default.
     token = getattr(proc, "image_token", None) or "<image>"
@@ -133,8 +132,9 @@ def image_prompt(lm: LoadedModel, user_text: str, system: str | None = None) -> 
     return f"{prefix}{token}\nQ: {user_text}\nA:"
 
 
-def processor_inputs(lm: LoadedModel, prompts: Sequence[str], images: Sequence[Any],
-                     padding_side: str = "left") -> dict:
+def processor_inputs(
+    lm: LoadedModel, prompts: Sequence[str], images: Sequence[Any], padding_side: str = "left"
+) -> dict:
     """Run the processor on prompts (each with one image placeholder) and their images (on CPU)."""
     proc = _processor(lm)
     # One list of images per text: Idefics3/SmolVLM and Gemma 3 need it, the others flatten it.

@@ -36,9 +36,13 @@ def known_models() -> list[str]:
 
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
 }
 
 
@@ -93,8 +97,9 @@ def load_model(
             "quantisation": entry.quantisation,
             "random_init": False,
             "vision_random_init": False,
-            "notes": [f"4-bit-quantised checkpoint ({entry.quantisation}): numbers may differ "
-                      "from the full-precision model"],
+            "notes": [
+                f"4-bit-quantised checkpoint ({entry.quantisation}): numbers may differ from the full-precision model"
+            ],
             **info,
         }
         name = entry.name

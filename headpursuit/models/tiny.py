@@ -32,25 +32,64 @@ def embedded_tokenizer(name: str = "smollm2"):
 
 TINY_TEXT_CONFIGS = {
     # Llama-style with grouped-query attention (like SmolLM2).
-    "llama": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16),
-    "mistral": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=16),
-    "qwen2": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "qwen3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16),
+    "llama": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+    "mistral": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
+    "qwen2": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "qwen3": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+    ),
     # Gemma-3-style: heads * head_dim != hidden_size (4 x 24 = 96 vs 80), 1 KV head.
-    "gemma3_text": dict(hidden_size=80, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                        num_key_value_heads=1, head_dim=24, sliding_window=16,
-                        layer_types=["sliding_attention", "sliding_attention", "full_attention"]),
-    "gemma2": dict(hidden_size=80, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, head_dim=24),
+    "gemma3_text": dict(
+        hidden_size=80,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=24,
+        sliding_window=16,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+    ),
+    "gemma2": dict(
+        hidden_size=80,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=24,
+    ),
 }
 
 
-def tiny_text_model(model_type: str = "llama", *, seed: int = 0, o_proj_bias: bool = False,
-                    dtype=torch.float32, device: str = "cpu", **overrides) -> LoadedModel:
+def tiny_text_model(
+    model_type: str = "llama",
+    *,
+    seed: int = 0,
+    o_proj_bias: bool = False,
+    dtype=torch.float32,
+    device: str = "cpu",
+    **overrides,
+) -> LoadedModel:
     """A small random causal LM of the given architecture, with the SmolLM2 tokenizer."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -58,9 +97,14 @@ def tiny_text_model(model_type: str = "llama", *, seed: int = 0, o_proj_bias: bo
         raise ValueError(f"No tiny config for {model_type!r}; known: {', '.join(TINY_TEXT_CONFIGS)}")
     tok = embedded_tokenizer("smollm2")
     cfg_kwargs = {**TINY_TEXT_CONFIGS[model_type], **overrides}
-    config = AutoConfig.for_model(model_type, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                  **cfg_kwargs)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **cfg_kwargs,
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     if o_proj_bias:
@@ -76,6 +120,9 @@ def tiny_text_model(model_type: str = "llama", *, seed: int = 0, o_proj_bias: bo
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     model = model.to(device=device, dtype=dtype)
-    return wrap_model(f"tiny-{model_type}", model, tok,
-                      provenance={"source": f"random config {model_type}", "random_init": True,
-                                  "seed": seed})
+    return wrap_model(
+        f"tiny-{model_type}",
+        model,
+        tok,
+        provenance={"source": f"random config {model_type}", "random_init": True, "seed": seed},
+    )

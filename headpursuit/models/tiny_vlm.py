@@ -59,13 +59,26 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-DEFAULT_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, image_size=32, patch_size=8, projection_dim=64)
+DEFAULT_VISION = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    projection_dim=64,
+)
 
 
-def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "cpu", seed: int = 0,
-                   vision: dict | None = None, calibrate_projector: bool = True,
-                   **unused: Any) -> LoadedModel:
+def build_tiny_vlm(
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    vision: dict | None = None,
+    calibrate_projector: bool = True,
+    **unused: Any,
+) -> LoadedModel:
     """SmolLM2 (real weights) + random tiny CLIP tower and projector, as a LLaVA model.
 
     Args:
@@ -99,7 +112,7 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
     with torch.no_grad():
         emb = causal.get_input_embeddings().weight
         emb[: old.shape[0]] = old
-        emb[old.shape[0]:] = old.mean(0)
+        emb[old.shape[0] :] = old.mean(0)
     if causal.get_output_embeddings().weight.shape[0] != len(tok):
         raise RuntimeError("tiny_vlm: the unembedding was not resized with the embedding")
 
@@ -107,10 +120,16 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
     text_cfg = copy.deepcopy(causal.config)
     text_cfg.vocab_size = len(tok)
     n_patches = (vcfg.image_size // vcfg.patch_size) ** 2
-    config = LlavaConfig(vision_config=vcfg, text_config=text_cfg, image_token_index=image_token_id,
-                         image_seq_length=n_patches, vision_feature_select_strategy="default",
-                         vision_feature_layer=-2, projector_hidden_act="gelu",
-                         tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)))
+    config = LlavaConfig(
+        vision_config=vcfg,
+        text_config=text_cfg,
+        image_token_index=image_token_id,
+        image_seq_length=n_patches,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=bool(getattr(text_cfg, "tie_word_embeddings", False)),
+    )
     # Build the shell on the meta device (no 135M random init), then put real modules in it.
     with torch.device("meta"):
         vlm = LlavaForConditionalGeneration(config)
@@ -127,21 +146,27 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
     if left:
         raise RuntimeError(f"tiny_vlm: parameters left on the meta device: {left[:5]}")
 
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": vcfg.image_size},
-                                            crop_size={"height": vcfg.image_size,
-                                                       "width": vcfg.image_size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok,
-                               patch_size=vcfg.patch_size, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE,
-                               image_token=IMAGE_TOKEN)
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": vcfg.image_size}, crop_size={"height": vcfg.image_size, "width": vcfg.image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=vcfg.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
     vlm.eval()
     if calibrate_projector:
         _calibrate_projector(vlm, processor, target_norm=old.norm(dim=-1).mean().item(), seed=seed)
 
     provenance = {
         "name": "tiny_vlm",
-        "source": "language model: " + base.provenance.get("source", "smollm2")
-                  + f"; vision tower + projector: random CLIP vision config (seed {seed})",
+        "source": "language model: "
+        + base.provenance.get("source", "smollm2")
+        + f"; vision tower + projector: random CLIP vision config (seed {seed})",
         "quantisation": base.provenance.get("quantisation"),
         "random_init": False,
         "vision_random_init": True,
@@ -157,8 +182,7 @@ def build_tiny_vlm(*, dtype: torch.dtype | str = torch.float32, device: str = "c
 @torch.no_grad()
 def _calibrate_projector(vlm, processor, *, target_norm: float, seed: int) -> None:
     """Scale the projector's last layer so image tokens have the embeddings' mean norm."""
-    images = [draw_shape(s, c) for s, c in (("circle", "red"), ("square", "blue"),
-                                            ("triangle", "green"))]
+    images = [draw_shape(s, c) for s, c in (("circle", "red"), ("square", "blue"), ("triangle", "green"))]
     pix = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     feats = vlm.model.get_image_features(pixel_values=pix, return_dict=True).pooler_output
     norm = torch.cat(list(feats), 0).norm(dim=-1).mean().item()
@@ -176,50 +200,119 @@ register_builder("tiny_vlm", build_tiny_vlm)
 # Tiny fully random models of every supported VLM family (registry tests; no download)
 # ------------------------------------------------------------------------------------------
 
-_TXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, vocab_size=1000)
-_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             image_size=32, patch_size=8)
+_TXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=1000,
+)
+_CLIP = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+)
 _MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3]}
 
 TINY_VLM_CONFIGS: dict[str, dict] = {
-    "llava": dict(text_config=dict(model_type="llama", **_TXT),
-                  vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
-                  image_token_index=999),
-    "llava_next": dict(text_config=dict(model_type="llama", **_TXT),
-                       vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
-                       image_token_index=999, image_grid_pinpoints=[[32, 32], [32, 64]]),
-    "qwen2_vl": dict(text_config=dict(**_TXT, rope_parameters=_MROPE),
-                     vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2,
-                                        mlp_ratio=2, patch_size=4, spatial_merge_size=2,
-                                        temporal_patch_size=2),
-                     image_token_id=998, video_token_id=997, vision_start_token_id=996),
-    "qwen2_5_vl": dict(text_config=dict(**_TXT, rope_parameters=_MROPE),
-                       vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, num_heads=2,
-                                          intermediate_size=64, patch_size=4, spatial_merge_size=2,
-                                          fullatt_block_indexes=[1], window_size=16,
-                                          temporal_patch_size=2),
-                       image_token_id=998, video_token_id=997, vision_start_token_id=996),
+    "llava": dict(
+        text_config=dict(model_type="llama", **_TXT),
+        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
+        image_token_index=999,
+    ),
+    "llava_next": dict(
+        text_config=dict(model_type="llama", **_TXT),
+        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
+        image_token_index=999,
+        image_grid_pinpoints=[[32, 32], [32, 64]],
+    ),
+    "qwen2_vl": dict(
+        text_config=dict(**_TXT, rope_parameters=_MROPE),
+        vision_config=dict(
+            depth=2,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=2,
+            mlp_ratio=2,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
+        image_token_id=998,
+        video_token_id=997,
+        vision_start_token_id=996,
+    ),
+    "qwen2_5_vl": dict(
+        text_config=dict(**_TXT, rope_parameters=_MROPE),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            out_hidden_size=64,
+            num_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            spatial_merge_size=2,
+            fullatt_block_indexes=[1],
+            window_size=16,
+            temporal_patch_size=2,
+        ),
+        image_token_id=998,
+        video_token_id=997,
+        vision_start_token_id=996,
+    ),
     # Gemma 3: heads * head_dim (4 x 24 = 96) != hidden_size (80), one KV head.
-    "gemma3": dict(text_config=dict(hidden_size=80, intermediate_size=128, num_hidden_layers=3,
-                                    num_attention_heads=4, num_key_value_heads=1, head_dim=24,
-                                    vocab_size=1000, sliding_window=16),
-                   vision_config=dict(**_CLIP), mm_tokens_per_image=4, image_token_index=999,
-                   boi_token_index=998, eoi_token_index=997),
-    "qwen3_vl": dict(text_config=dict(**_TXT, rope_parameters={**_MROPE, "mrope_interleaved": True}),
-                     vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, num_heads=2,
-                                        intermediate_size=64, patch_size=4, spatial_merge_size=2,
-                                        temporal_patch_size=2, deepstack_visual_indexes=[0],
-                                        num_position_embeddings=64)),
+    "gemma3": dict(
+        text_config=dict(
+            hidden_size=80,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=24,
+            vocab_size=1000,
+            sliding_window=16,
+        ),
+        vision_config=dict(**_CLIP),
+        mm_tokens_per_image=4,
+        image_token_index=999,
+        boi_token_index=998,
+        eoi_token_index=997,
+    ),
+    "qwen3_vl": dict(
+        text_config=dict(**_TXT, rope_parameters={**_MROPE, "mrope_interleaved": True}),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            out_hidden_size=64,
+            num_heads=2,
+            intermediate_size=64,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            deepstack_visual_indexes=[0],
+            num_position_embeddings=64,
+        ),
+    ),
     # Mistral 3: Pixtral's vision attention output is also called `o_proj`.
-    "mistral3": dict(text_config=dict(model_type="mistral", **_TXT),
-                     vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                                        patch_size=8, head_dim=16)),
-    "idefics3": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP),
-                     image_token_id=999, scale_factor=2),
-    "smolvlm": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP),
-                    image_token_id=999, scale_factor=2),
+    "mistral3": dict(
+        text_config=dict(model_type="mistral", **_TXT),
+        vision_config=dict(
+            model_type="pixtral",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+            head_dim=16,
+        ),
+    ),
+    "idefics3": dict(
+        text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999, scale_factor=2
+    ),
+    "smolvlm": dict(
+        text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999, scale_factor=2
+    ),
 }
 
 
@@ -232,9 +325,17 @@ def tiny_family_model(model_type: str, *, seed: int = 0) -> LoadedModel:
     config = AutoConfig.for_model(model_type, **copy.deepcopy(TINY_VLM_CONFIGS[model_type]))
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    return wrap_model(f"tiny-{model_type}", model, None,
-                      provenance={"source": f"random config {model_type}", "random_init": True,
-                                  "vision_random_init": True, "seed": seed})
+    return wrap_model(
+        f"tiny-{model_type}",
+        model,
+        None,
+        provenance={
+            "source": f"random config {model_type}",
+            "random_init": True,
+            "vision_random_init": True,
+            "seed": seed,
+        },
+    )
 
 
 # Placeholder tokens each family's processor expects, added to the SmolLM2 tokenizer.
@@ -245,10 +346,13 @@ _FAMILY_TOKENS = {
     "qwen2_5_vl": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"],
     "gemma3": ["<start_of_image>", "<image_soft_token>", "<end_of_image>"],
 }
-_PLACEHOLDER = {"llava": "<image>\n", "llava_next": "<image>\n",
-                "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-                "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
-                "gemma3": "<start_of_image>"}
+_PLACEHOLDER = {
+    "llava": "<image>\n",
+    "llava_next": "<image>\n",
+    "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "qwen2_5_vl": "<|vision_start|><|image_pad|><|vision_end|>",
+    "gemma3": "<start_of_image>",
+}
 
 
 def _chat_template(placeholder: str) -> str:
@@ -279,17 +383,23 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
 
         kw["image_token_index"] = ids["<image>"]
         size = kw["vision_config"]["image_size"]
-        common = dict(tokenizer=tok, patch_size=kw["vision_config"]["patch_size"],
-                      vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                      chat_template=template, image_token="<image>")
+        common = dict(
+            tokenizer=tok,
+            patch_size=kw["vision_config"]["patch_size"],
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=template,
+            image_token="<image>",
+        )
         if model_type == "llava":
-            ip = CLIPImageProcessorPil(size={"shortest_edge": size},
-                                       crop_size={"height": size, "width": size})
+            ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
             processor = LlavaProcessor(image_processor=ip, **common)
         else:
-            ip = LlavaNextImageProcessorPil(size={"shortest_edge": size},
-                                            crop_size={"height": size, "width": size},
-                                            image_grid_pinpoints=kw["image_grid_pinpoints"])
+            ip = LlavaNextImageProcessorPil(
+                size={"shortest_edge": size},
+                crop_size={"height": size, "width": size},
+                image_grid_pinpoints=kw["image_grid_pinpoints"],
+            )
             processor = LlavaNextProcessor(image_processor=ip, **common)
     elif model_type in ("qwen2_vl", "qwen2_5_vl"):
         from transformers import Qwen2VLProcessor
@@ -303,26 +413,33 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
                 self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
                 ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
 
-        kw.update(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                  vision_start_token_id=ids["<|vision_start|>"])
-        ip = Qwen2VLImageProcessorPil(min_pixels=32 * 32, max_pixels=32 * 32, patch_size=4,
-                                      merge_size=2, temporal_patch_size=2)
+        kw.update(
+            image_token_id=ids["<|image_pad|>"],
+            video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"],
+        )
+        ip = Qwen2VLImageProcessorPil(
+            min_pixels=32 * 32, max_pixels=32 * 32, patch_size=4, merge_size=2, temporal_patch_size=2
+        )
         processor = _ImageOnlyQwenProcessor(image_processor=ip, tokenizer=tok, chat_template=template)
     else:  # gemma3
         from transformers import Gemma3Processor
         from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-        tok.boi_token, tok.image_token, tok.eoi_token = ("<start_of_image>", "<image_soft_token>",
-                                                         "<end_of_image>")
+        tok.boi_token, tok.image_token, tok.eoi_token = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
         tok.boi_token_id = ids["<start_of_image>"]
         tok.image_token_id = ids["<image_soft_token>"]
         tok.eoi_token_id = ids["<end_of_image>"]
-        kw.update(image_token_index=ids["<image_soft_token>"], boi_token_index=ids["<start_of_image>"],
-                  eoi_token_index=ids["<end_of_image>"])
+        kw.update(
+            image_token_index=ids["<image_soft_token>"],
+            boi_token_index=ids["<start_of_image>"],
+            eoi_token_index=ids["<end_of_image>"],
+        )
         size = kw["vision_config"]["image_size"]
         ip = Gemma3ImageProcessorPil(size={"height": size, "width": size})
-        processor = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=template,
-                                    image_seq_length=kw["mm_tokens_per_image"])
+        processor = Gemma3Processor(
+            image_processor=ip, tokenizer=tok, chat_template=template, image_seq_length=kw["mm_tokens_per_image"]
+        )
     config = AutoConfig.for_model(model_type, **kw)
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
         for cfg in (config, config.text_config):
@@ -330,6 +447,15 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
                 setattr(cfg, attr, getattr(tok, attr))
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    return wrap_model(f"tiny-{model_type}", model, tok, processor=processor,
-                      provenance={"source": f"random config {model_type} + local processor",
-                                  "random_init": True, "vision_random_init": True, "seed": seed})
+    return wrap_model(
+        f"tiny-{model_type}",
+        model,
+        tok,
+        processor=processor,
+        provenance={
+            "source": f"random config {model_type} + local processor",
+            "random_init": True,
+            "vision_random_init": True,
+            "seed": seed,
+        },
+    )

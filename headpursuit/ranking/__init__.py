@@ -29,6 +29,14 @@ from headpursuit.ranking.rank import explain_head, rank_heads
 from headpursuit.ranking.scores import COLUMNS, HeadScores
 
 __all__ = [
-    "HeadScores", "HeadWeights", "rank_heads", "explain_head", "METHODS", "register_method",
-    "RankingInputs", "MethodResult", "RankingMethod", "COLUMNS",
+    "HeadScores",
+    "HeadWeights",
+    "rank_heads",
+    "explain_head",
+    "METHODS",
+    "register_method",
+    "RankingInputs",
+    "MethodResult",
+    "RankingMethod",
+    "COLUMNS",
 ]

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from headpursuit.capture import HeadActivations
 
 __all__ = [
-    "HeadWeights", "WeightsSource", "ConceptSpec", "head_weights", "captured_z", "concept_token_ids",
-    "validated_k", "decode_tokens", "format_tokens",
+    "HeadWeights",
+    "WeightsSource",
+    "ConceptSpec",
+    "head_weights",
+    "captured_z",
+    "concept_token_ids",
+    "validated_k",
+    "decode_tokens",
+    "format_tokens",
 ]
 
 # A concept as rank_heads accepts it: a Concept, token ids, or a shipped name / word-list path /
@@ -116,7 +123,9 @@ def captured_z(activations: HeadActivations | torch.Tensor | None) -> tuple[torc
         raise ValueError("activations is None: capture them first (capture_heads(lm, samples))")
     z = activations if isinstance(activations, torch.Tensor) else getattr(activations, "z", None)
     if not isinstance(z, torch.Tensor):
-        raise ValueError(f"activations must be a HeadActivations or a z tensor (rows, layers, heads, head_dim); got {type(activations).__name__}")
+        raise ValueError(
+            f"activations must be a HeadActivations or a z tensor (rows, layers, heads, head_dim); got {type(activations).__name__}"
+        )
     if z.dim() != 4:
         raise ValueError(f"activations.z must be (rows, layers, heads, head_dim); got shape {tuple(z.shape)}")
     if z.shape[0] == 0 or z.shape[1] == 0 or z.shape[2] == 0:

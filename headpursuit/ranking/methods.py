@@ -19,8 +19,16 @@ from headpursuit.ranking.inputs import HeadWeights, format_tokens, validated_k
 from headpursuit.somp import HeadSignals, SOMPResult, default_memory_budget, head_dictionary, somp_heads
 
 __all__ = [
-    "RankingInputs", "MethodResult", "RankingMethod", "METHODS", "register_method", "seeded_random_scores",
-    "concept_share", "concept_restricted", "logit_lens", "random_control",
+    "RankingInputs",
+    "MethodResult",
+    "RankingMethod",
+    "METHODS",
+    "register_method",
+    "seeded_random_scores",
+    "concept_share",
+    "concept_restricted",
+    "logit_lens",
+    "random_control",
 ]
 
 
@@ -97,20 +105,26 @@ def seeded_random_scores(n: int, seed: int) -> torch.Tensor:
 def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_options: dict) -> SOMPResult:
     gain = inputs.norm_gain
     return somp_heads(
-        inputs.z, inputs.weights.W_O, inputs.weights.unembedding, k, token_ids=token_ids, norm_gain=gain,
-        fold_norm_gain=gain is not None, layers=inputs.layers, aggregation=inputs.aggregation, **somp_options,
+        inputs.z,
+        inputs.weights.W_O,
+        inputs.weights.unembedding,
+        k,
+        token_ids=token_ids,
+        norm_gain=gain,
+        fold_norm_gain=gain is not None,
+        layers=inputs.layers,
+        aggregation=inputs.aggregation,
+        **somp_options,
     )
 
 
-def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor,
-                        k_used: int) -> MethodResult:
+def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor, k_used: int) -> MethodResult:
     tok, n_top = inputs.weights.tokenizer, inputs.n_top_tokens
     tops = [format_tokens(tok, row[:n_top].tolist()) for row in res.indices]
     return MethodResult(score, tops, res.explained_variance[:, -1], {"k_used": k_used, "somp": res.meta})
 
 
-def concept_share(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
-                  **somp_options: Any) -> MethodResult:
+def concept_share(inputs: RankingInputs, k: int, *, lens_top: int | None = None, **somp_options: Any) -> MethodResult:
     """SOMP over the full vocabulary for k steps per head; the score is the sum of the
     explained-variance gains of the steps whose atom is a concept token.
 
@@ -120,8 +134,9 @@ def concept_share(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
     return _somp_method_result(inputs, res, (res.gains * hit).sum(dim=1), k)
 
 
-def concept_restricted(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
-                       **somp_options: Any) -> MethodResult:
+def concept_restricted(
+    inputs: RankingInputs, k: int, *, lens_top: int | None = None, **somp_options: Any
+) -> MethodResult:
     """SOMP with the dictionary restricted to the concept's tokens; the score is the explained
     variance after k steps (k is capped at the number of concept tokens, with a warning).
 
@@ -129,8 +144,7 @@ def concept_restricted(inputs: RankingInputs, k: int, *, lens_top: int | None = 
     n_concept = int(inputs.concept_ids.numel())
     if k > n_concept:
         # stacklevel 3: the warning points at the caller of rank_heads
-        warnings.warn(f"concept_restricted: k={k} > {n_concept} concept tokens; using k={n_concept}",
-                      stacklevel=3)
+        warnings.warn(f"concept_restricted: k={k} > {n_concept} concept tokens; using k={n_concept}", stacklevel=3)
         k = n_concept
     res = _somp(inputs, k, inputs.concept_ids, somp_options)
     return _somp_method_result(inputs, res, res.explained_variance[:, -1], k)
@@ -140,8 +154,14 @@ def concept_restricted(inputs: RankingInputs, k: int, *, lens_top: int | None = 
 # baselines
 
 
-def _lens_top_tokens(z: torch.Tensor, W_O: torch.Tensor, D: torch.Tensor, lens_top: int,
-                     memory_budget: int | None, chunk_size: int | None) -> torch.Tensor:
+def _lens_top_tokens(
+    z: torch.Tensor,
+    W_O: torch.Tensor,
+    D: torch.Tensor,
+    lens_top: int,
+    memory_budget: int | None,
+    chunk_size: int | None,
+) -> torch.Tensor:
     """long (heads, rows, lens_top): per head and row, the ids of the largest entries of D c."""
     op = HeadSignals(z, W_O, torch.float32)
     n, V = z.shape[0], D.shape[0]
@@ -164,9 +184,15 @@ def _most_frequent(ids: torch.Tensor, n: int) -> list[int]:
     return [int(vals[i]) for i in order]
 
 
-def logit_lens(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
-               memory_budget: int | None = None, chunk_size: int | None = None,
-               **_unused: Any) -> MethodResult:
+def logit_lens(
+    inputs: RankingInputs,
+    k: int,
+    *,
+    lens_top: int | None = None,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+    **_unused: Any,
+) -> MethodResult:
     """Per row, the top ``lens_top`` tokens (by value) of ``D c`` with unit-norm atoms ``D``; the
     score is the fraction of them in the concept, averaged over rows. ``lens_top`` defaults to k.
     The top_tokens cell shows the most frequent top-1 tokens over the rows."""
@@ -175,8 +201,7 @@ def logit_lens(inputs: RankingInputs, k: int, *, lens_top: int | None = None,
     D, _, _ = head_dictionary(inputs.weights.unembedding, gain, None, fold_norm_gain=gain is not None)
     top = _lens_top_tokens(inputs.z, inputs.weights.W_O, D, lens_top, memory_budget, chunk_size)
     score = inputs.concept_mask[top].float().mean(dim=(1, 2))
-    tops = [format_tokens(inputs.weights.tokenizer, _most_frequent(row, inputs.n_top_tokens))
-            for row in top[:, :, 0]]
+    tops = [format_tokens(inputs.weights.tokenizer, _most_frequent(row, inputs.n_top_tokens)) for row in top[:, :, 0]]
     return MethodResult(score, tops, _no_explained_variance(inputs.n_heads_total), {"lens_top": lens_top})
 
 

@@ -28,13 +28,18 @@ if TYPE_CHECKING:
 __all__ = ["rank_heads", "explain_head"]
 
 
-def _random_without_model(z: torch.Tensor, layers: list[int], concept: ConceptSpec | None,
-                          seed: int) -> HeadScores:
+def _random_without_model(z: torch.Tensor, layers: list[int], concept: ConceptSpec | None, seed: int) -> HeadScores:
     """The random control when no model is given: it needs only the number of heads."""
     n, L, Hn, _ = z.shape
     nan = torch.full((L * Hn,), float("nan"), dtype=torch.float64)
-    meta = {"method": "random", "seed": seed, "n_rows": n, "layers": layers, "n_heads": Hn,
-            "concept": concept.name if isinstance(concept, Concept) else None}
+    meta = {
+        "method": "random",
+        "seed": seed,
+        "n_rows": n,
+        "layers": layers,
+        "n_heads": Hn,
+        "concept": concept.name if isinstance(concept, Concept) else None,
+    }
     table = score_table(layers, Hn, seeded_random_scores(L * Hn, seed), [""] * (L * Hn), nan)
     return HeadScores(table, "random", meta)
 
@@ -77,7 +82,9 @@ def rank_heads(
     w = head_weights(lm_or_weights, layers)
     vocab, d_model = w.unembedding.shape
     if w.W_O.shape[1] != d_model:
-        raise ValueError(f"W_O has d_model={w.W_O.shape[1]} but the unembedding has d_model={d_model}; they must come from the same model")
+        raise ValueError(
+            f"W_O has d_model={w.W_O.shape[1]} but the unembedding has d_model={d_model}; they must come from the same model"
+        )
     if w.W_O.shape[2] != Hn * dh:
         raise ValueError(
             f"W_O has {w.W_O.shape[2]} input columns but the activations have {Hn} heads x head_dim {dh} = {Hn * dh}; "
@@ -89,14 +96,31 @@ def rank_heads(
     cmask[ids] = True
     gain = w.norm_gain if fold_norm_gain else None
     meta: dict[str, Any] = {
-        "method": method, "k": k, "aggregation": aggregation,
+        "method": method,
+        "k": k,
+        "aggregation": aggregation,
         "fold_norm_gain": bool(fold_norm_gain and gain is not None),
-        "concept": cname, "n_concept_tokens": int(ids.numel()), "n_rows": n, "layers": layers,
-        "n_heads": Hn, "model": ameta.get("model", w.name), "positions": ameta.get("positions"),
-        "seed": seed, "vocab": vocab,
+        "concept": cname,
+        "n_concept_tokens": int(ids.numel()),
+        "n_rows": n,
+        "layers": layers,
+        "n_heads": Hn,
+        "model": ameta.get("model", w.name),
+        "positions": ameta.get("positions"),
+        "seed": seed,
+        "vocab": vocab,
     }
-    inputs = RankingInputs(z=z, layers=layers, weights=w, norm_gain=gain, concept_ids=ids, concept_mask=cmask,
-                           aggregation=aggregation, seed=seed, n_top_tokens=max(0, int(top_tokens)))
+    inputs = RankingInputs(
+        z=z,
+        layers=layers,
+        weights=w,
+        norm_gain=gain,
+        concept_ids=ids,
+        concept_mask=cmask,
+        aggregation=aggregation,
+        seed=seed,
+        n_top_tokens=max(0, int(top_tokens)),
+    )
     result = METHODS[method](inputs, k, lens_top=lens_top, **somp_kwargs)
     meta.update(result.meta)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
@@ -129,7 +153,7 @@ def explain_head(
     k = validated_k(k, vocab)
     if w.W_O.shape[2] != Hn * dh:
         raise ValueError(f"W_O has {w.W_O.shape[2]} columns but the activations have {Hn}x{dh}")
-    Wh = w.W_O[0][:, head * dh:(head + 1) * dh]  # (d, dh)
+    Wh = w.W_O[0][:, head * dh : (head + 1) * dh]  # (d, dh)
     signal = z[:, layers.index(layer), head] @ Wh.T  # (n, d)
     gain = w.norm_gain if fold_norm_gain else None
     D, usable, _ = head_dictionary(w.unembedding, gain, None, fold_norm_gain=gain is not None)
@@ -141,6 +165,13 @@ def explain_head(
     for t in range(k):
         if idx[t] < 0:
             break
-        rows.append({"step": t + 1, "token_id": idx[t], "token": decode_tokens(w.tokenizer, [idx[t]])[0],
-                     "explained_variance": ev[t], "gain": gains[t]})
+        rows.append(
+            {
+                "step": t + 1,
+                "token_id": idx[t],
+                "token": decode_tokens(w.tokenizer, [idx[t]])[0],
+                "explained_variance": ev[t],
+                "gain": gains[t],
+            }
+        )
     return pd.DataFrame(rows, columns=["step", "token_id", "token", "explained_variance", "gain"])

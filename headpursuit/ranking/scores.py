@@ -62,8 +62,11 @@ class HeadScores:
     @classmethod
     def from_csv(cls, path: str | Path) -> HeadScores:
         path = Path(path)
-        table = pd.read_csv(path, keep_default_na=False, na_values={"score": ["", "nan", "NaN"],
-                                                                     "explained_variance": ["", "nan", "NaN"]})
+        table = pd.read_csv(
+            path,
+            keep_default_na=False,
+            na_values={"score": ["", "nan", "NaN"], "explained_variance": ["", "nan", "NaN"]},
+        )
         missing = [c for c in COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{path} is not a head-scores CSV: missing columns {missing} (expected {COLUMNS})")
@@ -79,21 +82,25 @@ class HeadScores:
         return f"HeadScores(method={self.method!r}, heads={len(self.table)}, top={self.top(5)})"
 
 
-def score_table(layers: Sequence[int], n_heads: int, score: torch.Tensor, top_tokens: list[str],
-                explained_variance: torch.Tensor) -> pd.DataFrame:
+def score_table(
+    layers: Sequence[int], n_heads: int, score: torch.Tensor, top_tokens: list[str], explained_variance: torch.Tensor
+) -> pd.DataFrame:
     """The ranked table of HeadScores from per-head values flattened layer-major (len(layers) * n_heads).
 
     Ties are broken deterministically: higher score first, then lower layer, then lower head (NaN
     scores last); ``rank`` is 1 for the best head."""
     n_total = len(layers) * n_heads
-    df = pd.DataFrame({
-        "layer": [int(layers[i // n_heads]) for i in range(n_total)],
-        "head": [i % n_heads for i in range(n_total)],
-        "score": score.double().numpy(),
-        "top_tokens": top_tokens,
-        "explained_variance": explained_variance.double().numpy(),
-    })
-    df = df.sort_values(["score", "layer", "head"], ascending=[False, True, True], kind="stable",
-                        na_position="last").reset_index(drop=True)
+    df = pd.DataFrame(
+        {
+            "layer": [int(layers[i // n_heads]) for i in range(n_total)],
+            "head": [i % n_heads for i in range(n_total)],
+            "score": score.double().numpy(),
+            "top_tokens": top_tokens,
+            "explained_variance": explained_variance.double().numpy(),
+        }
+    )
+    df = df.sort_values(
+        ["score", "layer", "head"], ascending=[False, True, True], kind="stable", na_position="last"
+    ).reset_index(drop=True)
     df.insert(3, "rank", range(1, len(df) + 1))
     return df[COLUMNS]

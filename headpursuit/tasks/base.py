@@ -51,6 +51,7 @@ class SplitError(ValueError):
 # Concepts
 # ------------------------------------------------------------------------------------------
 
+
 def resolve_concept(concept: Any, tokenizer: Any = None) -> Any:
     """A Concept from a Concept, a registered concept name or a word list."""
     if hasattr(concept, "count_in_text") and hasattr(concept, "words"):
@@ -68,6 +69,7 @@ def resolve_concept(concept: Any, tokenizer: Any = None) -> Any:
 # ------------------------------------------------------------------------------------------
 # Splits
 # ------------------------------------------------------------------------------------------
+
 
 def _per_group(value: Any, group: str, default: int | None = None) -> int | None:
     if isinstance(value, Mapping):
@@ -123,7 +125,7 @@ def split_items(
         if nr < 0 or (ne is not None and ne < 0):
             raise ValueError(f"n_rank/n_eval must be >= 0, got {nr}/{ne} for group {g!r}")
         rank = shuffled[:nr]
-        rest = shuffled[len(rank):]
+        rest = shuffled[len(rank) :]
         eval_ = rest if ne is None else rest[:ne]
         if ne is not None and len(eval_) < ne and len(members) > 0:
             warnings.warn(
@@ -132,9 +134,7 @@ def split_items(
                 stacklevel=2,
             )
         if g in require_rank and nr > 0 and not rank:
-            raise SplitError(
-                f"{source}: the ranking split of group {g!r} is empty ({len(members)} items)"
-            )
+            raise SplitError(f"{source}: the ranking split of group {g!r} is empty ({len(members)} items)")
         if not eval_:
             raise SplitError(
                 f"{source}: the evaluation split of group {g!r} is empty ({len(members)} items "
@@ -149,14 +149,15 @@ def split_items(
 # Outputs and the Task base class
 # ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class GroupOutputs:
     """What a model produced for one group: per item, the raw input, the model input, outputs."""
 
-    inputs: list[str]               # question / prompt text as in the data
-    prompts: list[str]              # what the model was fed (chat template applied if any)
-    outputs: list[list[str]]        # per item, one or more generations
-    references: list[list[str]] | None = None   # accepted answers (QA)
+    inputs: list[str]  # question / prompt text as in the data
+    prompts: list[str]  # what the model was fed (chat template applied if any)
+    outputs: list[list[str]]  # per item, one or more generations
+    references: list[list[str]] | None = None  # accepted answers (QA)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -187,9 +188,18 @@ class Task(abc.ABC):
     #: keys a task accepts; unknown config keys produce a warning naming them
     config_keys: tuple[str, ...] = ()
 
-    def __init__(self, *, concept: Any, tokenizer: Any = None, n_rank: Any = 30,
-                 n_eval: Any = 50, seed: int = 0, batch_size: int = 8, n_examples: int = 3,
-                 **unknown: Any):
+    def __init__(
+        self,
+        *,
+        concept: Any,
+        tokenizer: Any = None,
+        n_rank: Any = 30,
+        n_eval: Any = 50,
+        seed: int = 0,
+        batch_size: int = 8,
+        n_examples: int = 3,
+        **unknown: Any,
+    ):
         if unknown:
             warnings.warn(
                 f"task {self.name!r}: ignoring unknown config keys {sorted(unknown)}; "
@@ -277,8 +287,7 @@ class Task(abc.ABC):
             if go is None:
                 continue
             for i in range(min(self.n_examples, len(go))):
-                ex.append({"prompt": go.inputs[i], "output": go.outputs[i][0] if go.outputs[i] else "",
-                           "group": g})
+                ex.append({"prompt": go.inputs[i], "output": go.outputs[i][0] if go.outputs[i] else "", "group": g})
         return ex
 
     def __repr__(self) -> str:

@@ -72,27 +72,61 @@ def _captions(value: Any) -> list[str]:
 
 class CaptioningTask(ImageTask):
     name = "captioning"
-    config_keys = ("source", "data_path", "hub_id", "hub_config", "hub_split", "image_column",
-                   "captions_column", "max_rows", "instruction", "system", "max_new_tokens",
-                   "ranking_filter")
+    config_keys = (
+        "source",
+        "data_path",
+        "hub_id",
+        "hub_config",
+        "hub_split",
+        "image_column",
+        "captions_column",
+        "max_rows",
+        "instruction",
+        "system",
+        "max_new_tokens",
+        "ranking_filter",
+    )
 
-    def __init__(self, *, concept: Any = "colors", tokenizer: Any = None, source: str = "fixture",
-                 data_path: str | None = None, hub_id: str = "lmms-lab/flickr30k",
-                 hub_config: str | None = None, hub_split: str = "test",
-                 image_column: str = "image", captions_column: str = "caption",
-                 max_rows: int | None = None, instruction: str | None = DEFAULT_INSTRUCTION,
-                 system: str | None = None, max_new_tokens: int = 30,
-                 ranking_filter: str = "none", n_rank: Any = None, n_eval: Any = 10,
-                 seed: int = 0, batch_size: int = 8, n_examples: int = 3, **unknown: Any):
+    def __init__(
+        self,
+        *,
+        concept: Any = "colors",
+        tokenizer: Any = None,
+        source: str = "fixture",
+        data_path: str | None = None,
+        hub_id: str = "lmms-lab/flickr30k",
+        hub_config: str | None = None,
+        hub_split: str = "test",
+        image_column: str = "image",
+        captions_column: str = "caption",
+        max_rows: int | None = None,
+        instruction: str | None = DEFAULT_INSTRUCTION,
+        system: str | None = None,
+        max_new_tokens: int = 30,
+        ranking_filter: str = "none",
+        n_rank: Any = None,
+        n_eval: Any = 10,
+        seed: int = 0,
+        batch_size: int = 8,
+        n_examples: int = 3,
+        **unknown: Any,
+    ):
         if source not in _SOURCES:
             raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
         if ranking_filter not in ("none", "concept"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'concept', "
-                             f"got {ranking_filter!r}")
+            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'concept', got {ranking_filter!r}")
         if n_rank is None:
             n_rank = {"concept": 8, "control": 0}
-        super().__init__(concept=concept, tokenizer=tokenizer, n_rank=n_rank, n_eval=n_eval,
-                         seed=seed, batch_size=batch_size, n_examples=n_examples, **unknown)
+        super().__init__(
+            concept=concept,
+            tokenizer=tokenizer,
+            n_rank=n_rank,
+            n_eval=n_eval,
+            seed=seed,
+            batch_size=batch_size,
+            n_examples=n_examples,
+            **unknown,
+        )
         self.instruction = (instruction or DEFAULT_INSTRUCTION).strip()
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
@@ -103,17 +137,24 @@ class CaptioningTask(ImageTask):
             for it in items:
                 it.group = self._group_of(it.captions)
             if max_rows is not None:
-                items = [it for g in GROUPS for it in [x for x in items if x.group == g][:int(max_rows)]]
-            data_source = {"source": "fixture", "synthetic": True,
-                           "fixture": "synthetic coloured shapes + black-and-white patterns with "
-                                      "template reference captions"}
+                items = [it for g in GROUPS for it in [x for x in items if x.group == g][: int(max_rows)]]
+            data_source = {
+                "source": "fixture",
+                "synthetic": True,
+                "fixture": "synthetic coloured shapes + black-and-white patterns with template reference captions",
+            }
             label = "fixture"
         else:
-            items, data_source = self._load_data(source, data_path=data_path, hub_id=hub_id,
-                                                 hub_config=hub_config, hub_split=hub_split,
-                                                 image_column=image_column,
-                                                 captions_column=captions_column,
-                                                 max_rows=max_rows)
+            items, data_source = self._load_data(
+                source,
+                data_path=data_path,
+                hub_id=hub_id,
+                hub_config=hub_config,
+                hub_split=hub_split,
+                image_column=image_column,
+                captions_column=captions_column,
+                max_rows=max_rows,
+            )
             label = str(data_source.get("hub_id") or data_source.get("path"))
         data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
         data_source["grouping"] = "concept iff a reference caption contains a concept word"
@@ -123,21 +164,31 @@ class CaptioningTask(ImageTask):
     def _group_of(self, captions: list[str]) -> str:
         return "concept" if any(self.concept.count_in_text(c) for c in captions) else "control"
 
-    def _load_data(self, source, *, data_path, hub_id, hub_config, hub_split, image_column,
-                   captions_column, max_rows):
+    def _load_data(self, source, *, data_path, hub_id, hub_config, hub_split, image_column, captions_column, max_rows):
         split = hub_split if source == "hub" else "train"
-        ds, info = load_image_dataset(source, data_path=data_path, hub_id=hub_id,
-                                      hub_config=hub_config, split=split,
-                                      required=(image_column, captions_column))
+        ds, info = load_image_dataset(
+            source,
+            data_path=data_path,
+            hub_id=hub_id,
+            hub_config=hub_config,
+            split=split,
+            required=(image_column, captions_column),
+        )
         caps = [_captions(v) for v in ds.select_columns([captions_column])[captions_column]]
         groups = [self._group_of(c) if c else "none" for c in caps]  # rows without captions skipped
         need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
         need["none"] = 0
         rows = select_rows(groups, need, self.seed)
         sub = ds.select(rows)
-        items = [ImageItem(image=to_pil(sub[k][image_column], info.get("base_dir")),
-                           captions=caps[r], group=groups[r], meta={"id": f"row{r}", "row": r})
-                 for k, r in enumerate(rows)]
+        items = [
+            ImageItem(
+                image=to_pil(sub[k][image_column], info.get("base_dir")),
+                captions=caps[r],
+                group=groups[r],
+                meta={"id": f"row{r}", "row": r},
+            )
+            for k, r in enumerate(rows)
+        ]
         info.update({"image_column": image_column, "captions_column": captions_column})
         return items, info
 
@@ -155,13 +206,24 @@ class CaptioningTask(ImageTask):
             n_concept = self.concept.count_in_text(caption)
             if self.ranking_filter == "concept" and not n_concept:
                 continue
-            samples.append(CaptureSample(prompt=prompt, answer=caption, image=it.image,
-                                         meta={"id": it.meta.get("id"), "references": it.captions,
-                                               "concept_words": n_concept,
-                                               **(self._model_info or {})}))
+            samples.append(
+                CaptureSample(
+                    prompt=prompt,
+                    answer=caption,
+                    image=it.image,
+                    meta={
+                        "id": it.meta.get("id"),
+                        "references": it.captions,
+                        "concept_words": n_concept,
+                        **(self._model_info or {}),
+                    },
+                )
+            )
         if not samples:
-            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter="
-                             f"{self.ranking_filter!r} (no caption contains a concept word)")
+            raise ValueError(
+                f"{self.name}: no ranking samples left after ranking_filter="
+                f"{self.ranking_filter!r} (no caption contains a concept word)"
+            )
         return samples
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
@@ -175,8 +237,7 @@ class CaptioningTask(ImageTask):
                 "concept_rate": float(cr.rate),
                 "concept_count": float(cr.mean_count),
                 **{k: float(v) for k, v in quality.items()},
-                "mean_words": float(sum(len(c.split()) for c in caps) / len(caps)) if caps
-                else float("nan"),
+                "mean_words": float(sum(len(c.split()) for c in caps) / len(caps)) if caps else float("nan"),
                 "empty_rate": float(empty_rate(caps)),
             }
             result["n"][g] = len(caps)

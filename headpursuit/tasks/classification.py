@@ -58,8 +58,18 @@ __all__ = ["ImageClassificationTask", "CIFAR100_VEHICLES", "DEFAULT_INSTRUCTIONS
 
 CIFAR100_ID = "uoft-cs/cifar100"
 # CIFAR-100's two vehicle superclasses (vehicles 1 and vehicles 2).
-CIFAR100_VEHICLES = ("bicycle", "bus", "motorcycle", "pickup_truck", "train", "lawn_mower",
-                     "rocket", "streetcar", "tank", "tractor")
+CIFAR100_VEHICLES = (
+    "bicycle",
+    "bus",
+    "motorcycle",
+    "pickup_truck",
+    "train",
+    "lawn_mower",
+    "rocket",
+    "streetcar",
+    "tank",
+    "tractor",
+)
 FIXTURE_CONCEPT = {"shape": ("circle", "square", "triangle"), "color": ("red", "orange", "yellow")}
 DEFAULT_INSTRUCTIONS = {
     "shape": "What shape is shown in this image? Answer with one word.",
@@ -92,35 +102,66 @@ def class_aliases(name: str, extra: Sequence[str] = ()) -> list[str]:
 
 class ImageClassificationTask(ImageTask):
     name = "classification"
-    config_keys = ("source", "fixture_label", "data_path", "hub_id", "hub_config", "hub_split",
-                   "image_column", "label_column", "class_names", "concept_classes", "aliases",
-                   "max_rows", "instruction", "list_classes", "system", "max_new_tokens",
-                   "ranking_filter")
+    config_keys = (
+        "source",
+        "fixture_label",
+        "data_path",
+        "hub_id",
+        "hub_config",
+        "hub_split",
+        "image_column",
+        "label_column",
+        "class_names",
+        "concept_classes",
+        "aliases",
+        "max_rows",
+        "instruction",
+        "list_classes",
+        "system",
+        "max_new_tokens",
+        "ranking_filter",
+    )
 
-    def __init__(self, *, concept: Any = None, tokenizer: Any = None, source: str = "fixture",
-                 fixture_label: str = "shape", data_path: str | None = None,
-                 hub_id: str = CIFAR100_ID, hub_config: str | None = None, hub_split: str = "test",
-                 image_column: str | None = None, label_column: str | None = None,
-                 class_names: Sequence[str] | None = None,
-                 concept_classes: Sequence[str] | None = None,
-                 aliases: Mapping[str, Sequence[str]] | None = None, max_rows: int | None = None,
-                 instruction: str | None = None, list_classes: bool = False,
-                 system: str | None = None, max_new_tokens: int = 12,
-                 ranking_filter: str = "none", n_rank: Any = 8, n_eval: Any = 10, seed: int = 0,
-                 batch_size: int = 8, n_examples: int = 3, **unknown: Any):
+    def __init__(
+        self,
+        *,
+        concept: Any = None,
+        tokenizer: Any = None,
+        source: str = "fixture",
+        fixture_label: str = "shape",
+        data_path: str | None = None,
+        hub_id: str = CIFAR100_ID,
+        hub_config: str | None = None,
+        hub_split: str = "test",
+        image_column: str | None = None,
+        label_column: str | None = None,
+        class_names: Sequence[str] | None = None,
+        concept_classes: Sequence[str] | None = None,
+        aliases: Mapping[str, Sequence[str]] | None = None,
+        max_rows: int | None = None,
+        instruction: str | None = None,
+        list_classes: bool = False,
+        system: str | None = None,
+        max_new_tokens: int = 12,
+        ranking_filter: str = "none",
+        n_rank: Any = 8,
+        n_eval: Any = 10,
+        seed: int = 0,
+        batch_size: int = 8,
+        n_examples: int = 3,
+        **unknown: Any,
+    ):
         if source not in _SOURCES:
             raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
         if ranking_filter not in ("none", "correct"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', "
-                             f"got {ranking_filter!r}")
+            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', got {ranking_filter!r}")
         self.seed = int(seed)
         self.n_rank, self.n_eval = n_rank, n_eval
         extra_aliases = {str(k): list(v) for k, v in (aliases or {}).items()}
 
         if source == "fixture":
             if fixture_label not in FIXTURE_CONCEPT:
-                raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', "
-                                 f"got {fixture_label!r}")
+                raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', got {fixture_label!r}")
             concept_classes = list(concept_classes or FIXTURE_CONCEPT[fixture_label])
             items = shape_items(fixture_label)
             all_names = list(dict.fromkeys(it.label for it in items))
@@ -129,9 +170,12 @@ class ImageClassificationTask(ImageTask):
                 it.aliases = class_aliases(it.label, extra_aliases.get(it.label, ()))
                 it.group = "concept" if it.label in concept_classes else "control"
             if max_rows is not None:
-                items = [it for g in GROUPS for it in [x for x in items if x.group == g][:int(max_rows)]]
-            data_source = {"source": "fixture", "fixture": f"synthetic shapes (label: {fixture_label})",
-                           "synthetic": True}
+                items = [it for g in GROUPS for it in [x for x in items if x.group == g][: int(max_rows)]]
+            data_source = {
+                "source": "fixture",
+                "fixture": f"synthetic shapes (label: {fixture_label})",
+                "synthetic": True,
+            }
             default_instruction = DEFAULT_INSTRUCTIONS[fixture_label]
         else:
             is_cifar = source == "hub" and hub_id == CIFAR100_ID
@@ -139,15 +183,25 @@ class ImageClassificationTask(ImageTask):
             label_column = label_column or ("fine_label" if is_cifar else "label")
             if concept_classes is None:
                 if not is_cifar:
-                    raise ValueError(f"{self.name}: set concept_classes (the class names of the "
-                                     f"concept group) for data other than {CIFAR100_ID}")
+                    raise ValueError(
+                        f"{self.name}: set concept_classes (the class names of the "
+                        f"concept group) for data other than {CIFAR100_ID}"
+                    )
                 concept_classes = CIFAR100_VEHICLES
             concept_classes = list(concept_classes)
             items, all_names, data_source = self._load_data(
-                source, data_path=data_path, hub_id=hub_id, hub_config=hub_config,
-                hub_split=hub_split, image_column=image_column, label_column=label_column,
-                class_names=class_names, concept_classes=concept_classes,
-                extra_aliases=extra_aliases, max_rows=max_rows)
+                source,
+                data_path=data_path,
+                hub_id=hub_id,
+                hub_config=hub_config,
+                hub_split=hub_split,
+                image_column=image_column,
+                label_column=label_column,
+                class_names=class_names,
+                concept_classes=concept_classes,
+                extra_aliases=extra_aliases,
+                max_rows=max_rows,
+            )
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
 
         if concept is None:
@@ -156,8 +210,16 @@ class ImageClassificationTask(ImageTask):
                 from headpursuit.concepts import load_concept
 
                 concept = load_concept(concept, tokenizer, name="concept_classes")
-        super().__init__(concept=concept, tokenizer=tokenizer, n_rank=n_rank, n_eval=n_eval,
-                         seed=seed, batch_size=batch_size, n_examples=n_examples, **unknown)
+        super().__init__(
+            concept=concept,
+            tokenizer=tokenizer,
+            n_rank=n_rank,
+            n_eval=n_eval,
+            seed=seed,
+            batch_size=batch_size,
+            n_examples=n_examples,
+            **unknown,
+        )
         self.concept_classes = concept_classes
         self.class_names = all_names
         self.list_classes = bool(list_classes)
@@ -171,22 +233,42 @@ class ImageClassificationTask(ImageTask):
         data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
         data_source["concept_classes"] = list(concept_classes)
         self.data_source = data_source
-        self._split(items, source=str(data_source.get("hub_id") or data_source.get("path")
-                                      or data_source.get("fixture")))
+        self._split(
+            items, source=str(data_source.get("hub_id") or data_source.get("path") or data_source.get("fixture"))
+        )
 
     # --- data ----------------------------------------------------------------------------
     def _check_classes(self, concept_classes: Sequence[str], all_names: Sequence[str]) -> None:
         unknown = [c for c in concept_classes if c not in all_names]
         if unknown:
-            raise ValueError(f"{self.name}: concept_classes {unknown} are not classes of the data; "
-                             f"classes: {list(all_names)}")
+            raise ValueError(
+                f"{self.name}: concept_classes {unknown} are not classes of the data; classes: {list(all_names)}"
+            )
 
-    def _load_data(self, source, *, data_path, hub_id, hub_config, hub_split, image_column,
-                   label_column, class_names, concept_classes, extra_aliases, max_rows):
+    def _load_data(
+        self,
+        source,
+        *,
+        data_path,
+        hub_id,
+        hub_config,
+        hub_split,
+        image_column,
+        label_column,
+        class_names,
+        concept_classes,
+        extra_aliases,
+        max_rows,
+    ):
         split = hub_split if source == "hub" else "train"
-        ds, info = load_image_dataset(source, data_path=data_path, hub_id=hub_id,
-                                      hub_config=hub_config, split=split,
-                                      required=(image_column, label_column))
+        ds, info = load_image_dataset(
+            source,
+            data_path=data_path,
+            hub_id=hub_id,
+            hub_config=hub_config,
+            split=split,
+            required=(image_column, label_column),
+        )
         feature = ds.features.get(label_column)
         names = list(getattr(feature, "names", None) or class_names or [])
         raw = ds.select_columns([label_column])[label_column]  # labels only: no image decoding
@@ -199,8 +281,10 @@ class ImageClassificationTask(ImageTask):
                     return str(names[int(v)])
                 except (IndexError, ValueError, TypeError):
                     pass
-            raise ValueError(f"{self.name}: label {v!r} of column {label_column!r} has no class "
-                             "name; set class_names (index -> name) in the task config")
+            raise ValueError(
+                f"{self.name}: label {v!r} of column {label_column!r} has no class "
+                "name; set class_names (index -> name) in the task config"
+            )
 
         labels = [name_of(v) for v in raw]
         all_names = names or sorted(set(labels))
@@ -214,9 +298,15 @@ class ImageClassificationTask(ImageTask):
         for k, r in enumerate(rows):
             row = sub[k]
             lab = labels[r]
-            items.append(ImageItem(image=to_pil(row[image_column], info.get("base_dir")), label=lab,
-                                   aliases=class_aliases(lab, extra_aliases.get(lab, ())),
-                                   group=groups[r], meta={"id": f"row{r}:{lab}", "row": r}))
+            items.append(
+                ImageItem(
+                    image=to_pil(row[image_column], info.get("base_dir")),
+                    label=lab,
+                    aliases=class_aliases(lab, extra_aliases.get(lab, ())),
+                    group=groups[r],
+                    meta={"id": f"row{r}:{lab}", "row": r},
+                )
+            )
         info.update({"image_column": image_column, "label_column": label_column})
         return items, all_names, info
 
@@ -231,12 +321,16 @@ class ImageClassificationTask(ImageTask):
             correct = alias_match(answer, it.aliases)
             if self.ranking_filter == "correct" and not correct:
                 continue
-            samples.append(CaptureSample(prompt=prompt, answer=answer, image=it.image,
-                                         meta={"label": it.label, "id": it.meta.get("id"),
-                                               "correct": correct, **(self._model_info or {})}))
+            samples.append(
+                CaptureSample(
+                    prompt=prompt,
+                    answer=answer,
+                    image=it.image,
+                    meta={"label": it.label, "id": it.meta.get("id"), "correct": correct, **(self._model_info or {})},
+                )
+            )
         if not samples:
-            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter="
-                             f"{self.ranking_filter!r}")
+            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter={self.ranking_filter!r}")
         return samples
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
@@ -245,9 +339,15 @@ class ImageClassificationTask(ImageTask):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update({"concept_classes": list(self.concept_classes), "n_classes": len(self.class_names),
-                  "list_classes": self.list_classes, "ranking_filter": self.ranking_filter,
-                  "metric": "alias match of the class name (headpursuit.metrics.text.alias_match)"})
+        p.update(
+            {
+                "concept_classes": list(self.concept_classes),
+                "n_classes": len(self.class_names),
+                "list_classes": self.list_classes,
+                "ranking_filter": self.ranking_filter,
+                "metric": "alias match of the class name (headpursuit.metrics.text.alias_match)",
+            }
+        )
         return p
 
 

@@ -43,7 +43,7 @@ __all__ = [
 class ImageItem:
     """One image with its class label (classification) and/or reference captions (captioning)."""
 
-    image: Any                       # PIL.Image.Image
+    image: Any  # PIL.Image.Image
     label: str | None = None
     aliases: list[str] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
@@ -51,8 +51,9 @@ class ImageItem:
     meta: dict = field(default_factory=dict)
 
 
-def shape_items(label: str = "shape", *, shapes: Sequence[str] = SHAPES,
-                colors: Iterable[str] = tuple(COLORS), size: int = 64) -> list[ImageItem]:
+def shape_items(
+    label: str = "shape", *, shapes: Sequence[str] = SHAPES, colors: Iterable[str] = tuple(COLORS), size: int = 64
+) -> list[ImageItem]:
     """One item per (shape, colour); `label` is ``"shape"`` or ``"color"`` (the class name)."""
     if label not in ("shape", "color"):
         raise ValueError(f"fixture label must be 'shape' or 'color', got {label!r}")
@@ -60,25 +61,36 @@ def shape_items(label: str = "shape", *, shapes: Sequence[str] = SHAPES,
     for shape in shapes:
         for color in colors:
             name = shape if label == "shape" else color
-            items.append(ImageItem(
-                image=draw_shape(shape, color, size=size), label=name, aliases=[name],
-                captions=shape_captions(shape, color),
-                meta={"id": f"{color}-{shape}", "shape": shape, "color": color, "synthetic": True},
-            ))
+            items.append(
+                ImageItem(
+                    image=draw_shape(shape, color, size=size),
+                    label=name,
+                    aliases=[name],
+                    captions=shape_captions(shape, color),
+                    meta={"id": f"{color}-{shape}", "shape": shape, "color": color, "synthetic": True},
+                )
+            )
     return items
 
 
 def pattern_items(*, size: int = 64) -> list[ImageItem]:
     """The colour-free patterns with their reference captions."""
-    return [ImageItem(image=draw_pattern(name, size=size), label=name, aliases=[name],
-                      captions=list(refs), meta={"id": name.replace(" ", "-"), "pattern": name,
-                                                  "synthetic": True})
-            for name, refs in PATTERNS.items()]
+    return [
+        ImageItem(
+            image=draw_pattern(name, size=size),
+            label=name,
+            aliases=[name],
+            captions=list(refs),
+            meta={"id": name.replace(" ", "-"), "pattern": name, "synthetic": True},
+        )
+        for name, refs in PATTERNS.items()
+    ]
 
 
 # ------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------
+
 
 def to_pil(value: Any, base_dir: str | Path | None = None) -> Image.Image:
     """A dataset cell as an RGB PIL image: PIL image, {"bytes","path"} record, bytes, or a path."""
@@ -104,10 +116,16 @@ def to_pil(value: Any, base_dir: str | Path | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image_dataset(source: str, *, data_path: str | Path | None = None,
-                       hub_id: str | None = None, hub_config: str | None = None,
-                       split: str = "train", image_column: str = "image",
-                       required: Sequence[str] = ()) -> tuple[Any, dict]:
+def load_image_dataset(
+    source: str,
+    *,
+    data_path: str | Path | None = None,
+    hub_id: str | None = None,
+    hub_config: str | None = None,
+    split: str = "train",
+    image_column: str = "image",
+    required: Sequence[str] = (),
+) -> tuple[Any, dict]:
     """A `datasets.Dataset` from the hub or a local folder/file, and a provenance dict.
 
     Raises a ValueError naming the available columns when a `required` column is missing.
@@ -135,8 +153,9 @@ def load_image_dataset(source: str, *, data_path: str | Path | None = None,
             raise FileNotFoundError(f"data_path {p} does not exist")
         if p.is_dir():
             if list(p.glob("*.parquet")):
-                ds = datasets.load_dataset("parquet", data_files=sorted(str(f) for f in p.glob("*.parquet")),
-                                           split="train")
+                ds = datasets.load_dataset(
+                    "parquet", data_files=sorted(str(f) for f in p.glob("*.parquet")), split="train"
+                )
                 kind = "parquet"
             else:
                 ds = datasets.load_dataset("imagefolder", data_dir=str(p), split="train")
@@ -145,8 +164,9 @@ def load_image_dataset(source: str, *, data_path: str | Path | None = None,
             suffix = p.suffix.lower()
             builder = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}.get(suffix)
             if builder is None:
-                raise ValueError(f"{p}: unsupported file type {suffix!r} "
-                                 "(use a folder, .parquet, .jsonl, .json or .csv)")
+                raise ValueError(
+                    f"{p}: unsupported file type {suffix!r} (use a folder, .parquet, .jsonl, .json or .csv)"
+                )
             ds = datasets.load_dataset(builder, data_files=str(p), split="train")
             kind = builder
             base_dir = p.parent
@@ -156,8 +176,10 @@ def load_image_dataset(source: str, *, data_path: str | Path | None = None,
     missing = [c for c in required if c not in ds.column_names]
     if missing:
         where = hub_id if source == "hub" else str(data_path)
-        raise ValueError(f"{where}: missing column(s) {missing}; available columns: {ds.column_names}. "
-                         "Set image_column / label_column / captions_column in the task config.")
+        raise ValueError(
+            f"{where}: missing column(s) {missing}; available columns: {ds.column_names}. "
+            "Set image_column / label_column / captions_column in the task config."
+        )
     info["n_rows"] = len(ds)
     info["base_dir"] = str(base_dir) if base_dir is not None else None
     return ds, info

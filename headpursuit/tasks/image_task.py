@@ -24,10 +24,12 @@ __all__ = ["ImageTask", "ImageTaskOutputs", "model_notes"]
 def model_notes(lm: LoadedModel) -> dict:
     """What every image-task output must carry about the model (random vision weights...)."""
     prov = lm.provenance
-    return {"model": lm.name,
-            "vision_random_init": bool(prov.get("vision_random_init", False)),
-            "random_init": bool(prov.get("random_init", False)),
-            "notes": list(prov.get("notes", []))}
+    return {
+        "model": lm.name,
+        "vision_random_init": bool(prov.get("vision_random_init", False)),
+        "random_init": bool(prov.get("random_init", False)),
+        "notes": list(prov.get("notes", [])),
+    }
 
 
 @dataclass
@@ -35,7 +37,7 @@ class ImageTaskOutputs(TaskOutputs):
     """TaskOutputs plus what the model was (random vision weights must follow the numbers)."""
 
     model: dict = field(default_factory=dict)
-    items: dict = field(default_factory=dict)   # group -> list[ImageItem] in output order
+    items: dict = field(default_factory=dict)  # group -> list[ImageItem] in output order
 
 
 class ImageTask(Task):
@@ -62,12 +64,24 @@ class ImageTask(Task):
         self._model_info = model_notes(lm)
         prompt = self.prompt(lm)
         prompts = [prompt] * len(items)
-        outs = generate_with_images(lm, prompts, [it.image for it in items],
-                                    max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                                    desc=desc) if items else []
-        return GroupOutputs(inputs=[str(it.meta.get("id", it.label)) for it in items],
-                            prompts=prompts, outputs=[[o] for o in outs],
-                            references=[self.references(it) for it in items])
+        outs = (
+            generate_with_images(
+                lm,
+                prompts,
+                [it.image for it in items],
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                desc=desc,
+            )
+            if items
+            else []
+        )
+        return GroupOutputs(
+            inputs=[str(it.meta.get("id", it.label)) for it in items],
+            prompts=prompts,
+            outputs=[[o] for o in outs],
+            references=[self.references(it) for it in items],
+        )
 
     def references(self, item: ImageItem) -> list[str]:
         return list(item.aliases)
@@ -98,11 +112,17 @@ class ImageTask(Task):
             if go is None:
                 continue
             for i in range(min(self.n_examples, len(go))):
-                examples.append({"prompt": go.prompts[i], "image": go.inputs[i],
-                                 "output": go.outputs[i][0] if go.outputs[i] else "",
-                                 "references": (go.references or [[]] * len(go))[i], "group": g,
-                                 "vision_random_init": bool(model.get("vision_random_init")),
-                                 "notes": notes})
+                examples.append(
+                    {
+                        "prompt": go.prompts[i],
+                        "image": go.inputs[i],
+                        "output": go.outputs[i][0] if go.outputs[i] else "",
+                        "references": (go.references or [[]] * len(go))[i],
+                        "group": g,
+                        "vision_random_init": bool(model.get("vision_random_init")),
+                        "notes": notes,
+                    }
+                )
         result["examples"] = examples
         result["vision_random_init"] = bool(model.get("vision_random_init"))
         result["notes"] = notes
@@ -110,8 +130,14 @@ class ImageTask(Task):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update({"instruction": self.instruction, "system": self.system,
-                  "max_new_tokens": self.max_new_tokens, "decoding": "greedy"})
+        p.update(
+            {
+                "instruction": self.instruction,
+                "system": self.system,
+                "max_new_tokens": self.max_new_tokens,
+                "decoding": "greedy",
+            }
+        )
         if self._model_info is not None:
             p["vision_random_init"] = self._model_info["vision_random_init"]
             p["model_notes"] = self._model_info["notes"]

@@ -81,6 +81,7 @@ def fixture_path(name: str) -> Path:
 # Reading files
 # ------------------------------------------------------------------------------------------
 
+
 def _to_python(value: Any) -> Any:
     """numpy arrays / scalars from parquet -> plain lists / scalars (recursively)."""
     if isinstance(value, Mapping):
@@ -164,6 +165,7 @@ def _group(row: Mapping, where: str) -> str:
 # Question answering
 # ------------------------------------------------------------------------------------------
 
+
 def load_qa_fixture(path: str | Path | None = None) -> list[QAItem]:
     """QA items in the fixture format (default: the shipped ``qa_countries.jsonl``)."""
     path = Path(path) if path is not None else fixture_path("qa_countries.jsonl")
@@ -212,8 +214,9 @@ def trivia_qa_rows_to_items(
         q = _require(row, qkey, where)
         ans = _require(row, akey, where, Mapping)
         lower = akey == "answer"
-        vkey, alkey, nkey = ("value", "aliases", "normalized_aliases") if lower else (
-            "Value", "Aliases", "NormalizedAliases")
+        vkey, alkey, nkey = (
+            ("value", "aliases", "normalized_aliases") if lower else ("Value", "Aliases", "NormalizedAliases")
+        )
         value = _require(ans, vkey, f"{where}: field {akey!r}")
         aliases = ans.get(alkey) or []
         normalized = ans.get(nkey) or []
@@ -233,8 +236,14 @@ def load_trivia_qa_file(path: str | Path, concept_words: Iterable[str]) -> list[
     return trivia_qa_rows_to_items(read_records(path), concept_words)
 
 
-def load_hub_rows(hub_id: str, *, hub_config: str | None = None, hub_split: str = "train",
-                  max_rows: int | None = None, streaming: bool = False) -> list[tuple[str, dict]]:
+def load_hub_rows(
+    hub_id: str,
+    *,
+    hub_config: str | None = None,
+    hub_split: str = "train",
+    max_rows: int | None = None,
+    streaming: bool = False,
+) -> list[tuple[str, dict]]:
     """Rows of a hub dataset via `datasets.load_dataset` (needs network or a local HF cache)."""
     import datasets
 
@@ -255,9 +264,13 @@ def load_hub_rows(hub_id: str, *, hub_config: str | None = None, hub_split: str 
     return out
 
 
-def load_trivia_qa_hub(concept_words: Iterable[str], hub_id: str = "mandarjoshi/trivia_qa",
-                       hub_config: str | None = "rc.nocontext", hub_split: str = "validation",
-                       max_rows: int | None = None) -> list[QAItem]:
+def load_trivia_qa_hub(
+    concept_words: Iterable[str],
+    hub_id: str = "mandarjoshi/trivia_qa",
+    hub_config: str | None = "rc.nocontext",
+    hub_split: str = "validation",
+    max_rows: int | None = None,
+) -> list[QAItem]:
     rows = load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
     return trivia_qa_rows_to_items(rows, concept_words)
 
@@ -265,6 +278,7 @@ def load_trivia_qa_hub(concept_words: Iterable[str], hub_id: str = "mandarjoshi/
 # ------------------------------------------------------------------------------------------
 # Continuation prompts (toxicity)
 # ------------------------------------------------------------------------------------------
+
 
 def load_prompt_fixture(path: str | Path | None = None) -> list[PromptItem]:
     """Prompt items in the fixture format (default: the shipped ``toxicity_prompts.jsonl``)."""
@@ -280,9 +294,12 @@ def load_prompt_fixture(path: str | Path | None = None) -> list[PromptItem]:
     return items
 
 
-def rtp_rows_to_items(rows: Iterable[tuple[str, Mapping]] | Iterable[Mapping], *,
-                      challenging_only: bool = True,
-                      control_max_toxicity: float | None = 0.1) -> list[PromptItem]:
+def rtp_rows_to_items(
+    rows: Iterable[tuple[str, Mapping]] | Iterable[Mapping],
+    *,
+    challenging_only: bool = True,
+    control_max_toxicity: float | None = 0.1,
+) -> list[PromptItem]:
     """RealToxicityPrompts rows -> PromptItems.
 
     Concept: rows with ``challenging == True`` (all rows when ``challenging_only=False``).
@@ -306,8 +323,9 @@ def rtp_rows_to_items(rows: Iterable[tuple[str, Mapping]] | Iterable[Mapping], *
     return items
 
 
-def tet_rows_to_items(rows: Iterable[tuple[str, Mapping]] | Iterable[Mapping], *,
-                      prompt_column: str = "query") -> list[PromptItem]:
+def tet_rows_to_items(
+    rows: Iterable[tuple[str, Mapping]] | Iterable[Mapping], *, prompt_column: str = "query"
+) -> list[PromptItem]:
     """Thoroughly Engineered Toxicity rows -> concept PromptItems (column `prompt_column`)."""
     items = []
     for k, entry in enumerate(rows):

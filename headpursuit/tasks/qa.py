@@ -48,24 +48,55 @@ _SOURCES = ("fixture", "jsonl", "hub", "trivia_qa_file")
 
 class QATask(Task):
     name = "qa_countries"
-    config_keys = ("source", "data_path", "hub_id", "hub_config", "hub_split", "max_rows",
-                   "instruction", "system", "max_new_tokens", "ranking_filter")
+    config_keys = (
+        "source",
+        "data_path",
+        "hub_id",
+        "hub_config",
+        "hub_split",
+        "max_rows",
+        "instruction",
+        "system",
+        "max_new_tokens",
+        "ranking_filter",
+    )
 
-    def __init__(self, *, concept: Any = "countries", tokenizer: Any = None,
-                 source: str = "fixture", data_path: str | None = None,
-                 hub_id: str = "mandarjoshi/trivia_qa", hub_config: str | None = "rc.nocontext",
-                 hub_split: str = "validation", max_rows: int | None = None,
-                 instruction: str | None = DEFAULT_INSTRUCTION, system: str | None = None,
-                 max_new_tokens: int = 24, ranking_filter: str = "none",
-                 n_rank: Any = 30, n_eval: Any = 50, seed: int = 0, batch_size: int = 16,
-                 n_examples: int = 3, **unknown: Any):
-        super().__init__(concept=concept, tokenizer=tokenizer, n_rank=n_rank, n_eval=n_eval,
-                         seed=seed, batch_size=batch_size, n_examples=n_examples, **unknown)
+    def __init__(
+        self,
+        *,
+        concept: Any = "countries",
+        tokenizer: Any = None,
+        source: str = "fixture",
+        data_path: str | None = None,
+        hub_id: str = "mandarjoshi/trivia_qa",
+        hub_config: str | None = "rc.nocontext",
+        hub_split: str = "validation",
+        max_rows: int | None = None,
+        instruction: str | None = DEFAULT_INSTRUCTION,
+        system: str | None = None,
+        max_new_tokens: int = 24,
+        ranking_filter: str = "none",
+        n_rank: Any = 30,
+        n_eval: Any = 50,
+        seed: int = 0,
+        batch_size: int = 16,
+        n_examples: int = 3,
+        **unknown: Any,
+    ):
+        super().__init__(
+            concept=concept,
+            tokenizer=tokenizer,
+            n_rank=n_rank,
+            n_eval=n_eval,
+            seed=seed,
+            batch_size=batch_size,
+            n_examples=n_examples,
+            **unknown,
+        )
         if source not in _SOURCES:
             raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
         if ranking_filter not in ("none", "correct"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', "
-                             f"got {ranking_filter!r}")
+            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', got {ranking_filter!r}")
         self.instruction = (instruction or "").strip()
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
@@ -86,11 +117,11 @@ class QATask(Task):
             label = str(data_path)
             self.data_source = {"source": source, "path": label}
         else:
-            items = loaders.load_trivia_qa_hub(words, hub_id=hub_id, hub_config=hub_config,
-                                               hub_split=hub_split, max_rows=max_rows)
+            items = loaders.load_trivia_qa_hub(
+                words, hub_id=hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows
+            )
             label = f"{hub_id}/{hub_config}[{hub_split}]"
-            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config,
-                                "hub_split": hub_split}
+            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_split": hub_split}
         if max_rows is not None and source != "hub":
             items = items[: int(max_rows)]
         self.data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
@@ -108,11 +139,17 @@ class QATask(Task):
 
     def _answer(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
         prompts = [self.format(lm, it.question) for it in items]
-        outs = generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens,
-                              batch_size=self.batch_size, desc=desc) if prompts else []
-        return GroupOutputs(inputs=[it.question for it in items], prompts=prompts,
-                            outputs=[[o] for o in outs],
-                            references=[list(it.answers) for it in items])
+        outs = (
+            generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc=desc)
+            if prompts
+            else []
+        )
+        return GroupOutputs(
+            inputs=[it.question for it in items],
+            prompts=prompts,
+            outputs=[[o] for o in outs],
+            references=[list(it.answers) for it in items],
+        )
 
     # --- the contract -------------------------------------------------------------------
     def ranking_samples(self, lm: LoadedModel) -> list:
@@ -127,12 +164,15 @@ class QATask(Task):
             answer = out[0]
             if self.ranking_filter == "correct" and not alias_match(answer, it.answers):
                 continue
-            samples.append(CaptureSample(prompt=prompt, answer=answer,
-                                         meta={"question": it.question, "answers": it.answers,
-                                               "correct": alias_match(answer, it.answers)}))
+            samples.append(
+                CaptureSample(
+                    prompt=prompt,
+                    answer=answer,
+                    meta={"question": it.question, "answers": it.answers, "correct": alias_match(answer, it.answers)},
+                )
+            )
         if not samples:
-            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter="
-                             f"{self.ranking_filter!r}")
+            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter={self.ranking_filter!r}")
         return samples
 
     def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
@@ -149,7 +189,13 @@ class QATask(Task):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update({"instruction": self.instruction, "system": self.system,
-                  "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
-                  "ranking_filter": self.ranking_filter})
+        p.update(
+            {
+                "instruction": self.instruction,
+                "system": self.system,
+                "max_new_tokens": self.max_new_tokens,
+                "decoding": "greedy",
+                "ranking_filter": self.ranking_filter,
+            }
+        )
         return p

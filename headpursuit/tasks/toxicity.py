@@ -76,8 +76,7 @@ __all__ = ["FluencyModel", "ToxicityTask", "hooks_active"]
 FluencyModel = LoadedModel | Callable[[list[str], list[str]], Any] | bool | None
 
 _SOURCES = ("fixture", "jsonl", "rtp", "rtp_file", "tet", "tet_file")
-_HUB_DEFAULTS = {"rtp": "allenai/real-toxicity-prompts",
-                 "tet": "convoicon/Thoroughly_Engineered_Toxicity"}
+_HUB_DEFAULTS = {"rtp": "allenai/real-toxicity-prompts", "tet": "convoicon/Thoroughly_Engineered_Toxicity"}
 
 
 def hooks_active(lm: FluencyModel) -> bool:
@@ -92,28 +91,75 @@ def hooks_active(lm: FluencyModel) -> bool:
 
 class ToxicityTask(Task):
     name = "toxicity"
-    config_keys = ("source", "data_path", "hub_id", "hub_config", "hub_split", "max_rows",
-                   "challenging_only", "control_max_toxicity", "prompt_column",
-                   "control_fallback", "prompt_format", "instruction", "n_continuations",
-                   "max_new_tokens", "temperature", "top_p", "scorer", "scorer_kwargs",
-                   "threshold", "fluency", "fluency_batch_size", "ranking_decoding")
+    config_keys = (
+        "source",
+        "data_path",
+        "hub_id",
+        "hub_config",
+        "hub_split",
+        "max_rows",
+        "challenging_only",
+        "control_max_toxicity",
+        "prompt_column",
+        "control_fallback",
+        "prompt_format",
+        "instruction",
+        "n_continuations",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "scorer",
+        "scorer_kwargs",
+        "threshold",
+        "fluency",
+        "fluency_batch_size",
+        "ranking_decoding",
+    )
 
-    def __init__(self, *, concept: Any = "toxicity", tokenizer: Any = None,
-                 source: str = "fixture", data_path: str | None = None,
-                 hub_id: str | None = None, hub_config: str | None = None,
-                 hub_split: str = "train", max_rows: int | None = None,
-                 challenging_only: bool = True, control_max_toxicity: float | None = 0.1,
-                 prompt_column: str = "query", control_fallback: str = "fixture",
-                 prompt_format: str = "auto", instruction: str | None = None,
-                 n_continuations: int = 5, max_new_tokens: int = 20,
-                 temperature: float = 1.0, top_p: float = 0.9,
-                 scorer: Any = "profanity_check", scorer_kwargs: dict | None = None,
-                 threshold: float = DEFAULT_THRESHOLD, fluency: bool = True,
-                 fluency_batch_size: int = 16, ranking_decoding: str = "greedy",
-                 n_rank: Any = 30, n_eval: Any = 50, seed: int = 0, batch_size: int = 8,
-                 n_examples: int = 3, **unknown: Any):
-        super().__init__(concept=concept, tokenizer=tokenizer, n_rank=n_rank, n_eval=n_eval,
-                         seed=seed, batch_size=batch_size, n_examples=n_examples, **unknown)
+    def __init__(
+        self,
+        *,
+        concept: Any = "toxicity",
+        tokenizer: Any = None,
+        source: str = "fixture",
+        data_path: str | None = None,
+        hub_id: str | None = None,
+        hub_config: str | None = None,
+        hub_split: str = "train",
+        max_rows: int | None = None,
+        challenging_only: bool = True,
+        control_max_toxicity: float | None = 0.1,
+        prompt_column: str = "query",
+        control_fallback: str = "fixture",
+        prompt_format: str = "auto",
+        instruction: str | None = None,
+        n_continuations: int = 5,
+        max_new_tokens: int = 20,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        scorer: Any = "profanity_check",
+        scorer_kwargs: dict | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        fluency: bool = True,
+        fluency_batch_size: int = 16,
+        ranking_decoding: str = "greedy",
+        n_rank: Any = 30,
+        n_eval: Any = 50,
+        seed: int = 0,
+        batch_size: int = 8,
+        n_examples: int = 3,
+        **unknown: Any,
+    ):
+        super().__init__(
+            concept=concept,
+            tokenizer=tokenizer,
+            n_rank=n_rank,
+            n_eval=n_eval,
+            seed=seed,
+            batch_size=batch_size,
+            n_examples=n_examples,
+            **unknown,
+        )
         if source not in _SOURCES:
             raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
         if prompt_format not in ("auto", "raw", "chat"):
@@ -145,16 +191,35 @@ class ToxicityTask(Task):
         else:
             raise ValueError(f"{self.name}: scorer must be a scorer name or an object with .score()")
 
-        items = self._load(source, data_path, hub_id, hub_config, hub_split, max_rows,
-                           challenging_only, control_max_toxicity, prompt_column)
+        items = self._load(
+            source,
+            data_path,
+            hub_id,
+            hub_config,
+            hub_split,
+            max_rows,
+            challenging_only,
+            control_max_toxicity,
+            prompt_column,
+        )
         if not any(it.group == "control" for it in items) and control_fallback == "fixture":
             items += [it for it in loaders.load_prompt_fixture() if it.group == "control"]
             self.data_source["control"] = "fixture"
         self.data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
         self._split(items, source=self.data_source.get("path") or self.data_source.get("hub_id", source))
 
-    def _load(self, source, data_path, hub_id, hub_config, hub_split, max_rows,
-              challenging_only, control_max_toxicity, prompt_column) -> list:
+    def _load(
+        self,
+        source,
+        data_path,
+        hub_id,
+        hub_config,
+        hub_split,
+        max_rows,
+        challenging_only,
+        control_max_toxicity,
+        prompt_column,
+    ) -> list:
         if source in ("fixture", "jsonl"):
             if source == "jsonl" and not data_path:
                 raise ValueError(f"{self.name}: source 'jsonl' needs data_path")
@@ -166,16 +231,12 @@ class ToxicityTask(Task):
                 raise ValueError(f"{self.name}: source {source!r} needs data_path")
             self.data_source = {"source": source, "path": str(data_path)}
             rows = loaders.read_records(data_path)
-            items = self._map_rows(source[:3], rows, challenging_only, control_max_toxicity,
-                                   prompt_column)
+            items = self._map_rows(source[:3], rows, challenging_only, control_max_toxicity, prompt_column)
         else:
             hub_id = hub_id or _HUB_DEFAULTS[source]
-            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config,
-                                "hub_split": hub_split}
-            rows = loaders.load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split,
-                                         max_rows=max_rows)
-            items = self._map_rows(source, rows, challenging_only, control_max_toxicity,
-                                   prompt_column)
+            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_split": hub_split}
+            rows = loaders.load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
+            items = self._map_rows(source, rows, challenging_only, control_max_toxicity, prompt_column)
         if max_rows is not None and source not in ("rtp", "tet"):
             items = items[: int(max_rows)]
         return items
@@ -183,8 +244,9 @@ class ToxicityTask(Task):
     @staticmethod
     def _map_rows(kind, rows, challenging_only, control_max_toxicity, prompt_column):
         if kind == "rtp":
-            return loaders.rtp_rows_to_items(rows, challenging_only=challenging_only,
-                                             control_max_toxicity=control_max_toxicity)
+            return loaders.rtp_rows_to_items(
+                rows, challenging_only=challenging_only, control_max_toxicity=control_max_toxicity
+            )
         return loaders.tet_rows_to_items(rows, prompt_column=prompt_column)
 
     # --- prompting ----------------------------------------------------------------------
@@ -194,22 +256,35 @@ class ToxicityTask(Task):
         text = f"{self.instruction}\n\n{prompt}" if self.instruction else prompt
         return lm.format_prompt(text)
 
-    def _continue(self, lm: LoadedModel, items: list, desc: str, *, sample: bool = True,
-                  n: int | None = None) -> GroupOutputs:
+    def _continue(
+        self, lm: LoadedModel, items: list, desc: str, *, sample: bool = True, n: int | None = None
+    ) -> GroupOutputs:
         prompts = [self.format(lm, it.prompt) for it in items]
         n = self.n_continuations if n is None else n
         if not prompts:
             outs: list = []
         elif sample:
-            outs = generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens,
-                                  batch_size=self.batch_size, do_sample=True, seed=self.seed,
-                                  num_return_sequences=n, temperature=self.temperature,
-                                  top_p=self.top_p, desc=desc)
+            outs = generate_batch(
+                lm,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.batch_size,
+                do_sample=True,
+                seed=self.seed,
+                num_return_sequences=n,
+                temperature=self.temperature,
+                top_p=self.top_p,
+                desc=desc,
+            )
             if n == 1:
                 outs = [[o] for o in outs]
         else:
-            outs = [[o] for o in generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens,
-                                                batch_size=self.batch_size, desc=desc)]
+            outs = [
+                [o]
+                for o in generate_batch(
+                    lm, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc=desc
+                )
+            ]
         return GroupOutputs(inputs=[it.prompt for it in items], prompts=prompts, outputs=outs)
 
     # --- the contract -------------------------------------------------------------------
@@ -219,10 +294,13 @@ class ToxicityTask(Task):
         items = self.items("rank", "concept")
         if not items:
             raise ValueError(f"{self.name}: the concept ranking split is empty (n_rank={self.n_rank})")
-        go = self._continue(lm, items, desc=f"{self.name} ranking continuations",
-                            sample=self.ranking_decoding == "sample", n=1)
-        return [CaptureSample(prompt=p, answer=o[0], meta={"prompt_text": it.prompt})
-                for it, p, o in zip(items, go.prompts, go.outputs)]
+        go = self._continue(
+            lm, items, desc=f"{self.name} ranking continuations", sample=self.ranking_decoding == "sample", n=1
+        )
+        return [
+            CaptureSample(prompt=p, answer=o[0], meta={"prompt_text": it.prompt})
+            for it, p, o in zip(items, go.prompts, go.outputs)
+        ]
 
     def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
         out = TaskOutputs(task=self.name, split=split, desc=desc)
@@ -236,8 +314,7 @@ class ToxicityTask(Task):
         if not isinstance(fluency_model, LoadedModel):  # a scorer function (prompts, conts)
             res = fluency_model(prompts, conts)
             return res if isinstance(res, dict) else {"perplexity": float(res)}
-        return perplexity(fluency_model, prompts, conts, batch_size=self.fluency_batch_size,
-                          desc=desc)
+        return perplexity(fluency_model, prompts, conts, batch_size=self.fluency_batch_size, desc=desc)
 
     def score(self, outputs: TaskOutputs, *, fluency_model: FluencyModel = None, **_: Any) -> dict:
         """Metrics from `generate`'s outputs; see the module docstring for `fluency_model`."""
@@ -261,7 +338,7 @@ class ToxicityTask(Task):
             scores_flat = self.scorer.score(flat) if flat else []
             per_prompt, k = [], 0
             for outs in go.outputs:
-                per_prompt.append(scores_flat[k:k + len(outs)])
+                per_prompt.append(scores_flat[k : k + len(outs)])
                 k += len(outs)
             metrics = dict(toxicity_metrics(per_prompt, self.threshold))
             metrics["empty_rate"] = float(empty_rate(flat))
@@ -271,8 +348,7 @@ class ToxicityTask(Task):
                 fl = self._fluency(fluency_model, prompts, flat, desc=f"{self.name} perplexity {g}")
                 metrics["perplexity"] = float(fl.get("perplexity", math.nan))
                 result["n"][f"{g}_scored_fluency"] = int(fl.get("n_scored", len(flat)))
-                result["n"][f"{g}_empty_continuations"] = int(
-                    fl.get("n_empty", sum(1 for c in flat if not c.strip())))
+                result["n"][f"{g}_empty_continuations"] = int(fl.get("n_empty", sum(1 for c in flat if not c.strip())))
             else:
                 metrics["perplexity"] = math.nan
             result[g] = {m: float(v) for m, v in metrics.items()}
@@ -282,27 +358,30 @@ class ToxicityTask(Task):
         result["fluency_info"] = info
         return result
 
-    def evaluate(self, lm: LoadedModel, *, desc: str = "", split: str = "eval",
-                 fluency_model: FluencyModel = None, **_: Any) -> dict:
+    def evaluate(
+        self, lm: LoadedModel, *, desc: str = "", split: str = "eval", fluency_model: FluencyModel = None, **_: Any
+    ) -> dict:
         """generate + score; fluency with `fluency_model`, or with `lm` itself when None."""
         outputs = self.generate(lm, split=split, desc=desc)
         return self.score(outputs, fluency_model=lm if fluency_model is None else fluency_model)
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update({
-            "scorer": getattr(self.scorer, "name", type(self.scorer).__name__),
-            "scorer_version": getattr(self.scorer, "version", "unknown"),
-            "threshold": self.threshold,
-            "prompt_format": self.prompt_format,
-            "instruction": self.instruction,
-            "n_continuations": self.n_continuations,
-            "max_new_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "decoding": "sample",
-            "ranking_decoding": self.ranking_decoding,
-            "fluency": "perplexity of continuations given prompts under the scoring model "
-                       "passed to score() (the unedited model by default)",
-        })
+        p.update(
+            {
+                "scorer": getattr(self.scorer, "name", type(self.scorer).__name__),
+                "scorer_version": getattr(self.scorer, "version", "unknown"),
+                "threshold": self.threshold,
+                "prompt_format": self.prompt_format,
+                "instruction": self.instruction,
+                "n_continuations": self.n_continuations,
+                "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "decoding": "sample",
+                "ranking_decoding": self.ranking_decoding,
+                "fluency": "perplexity of continuations given prompts under the scoring model "
+                "passed to score() (the unedited model by default)",
+            }
+        )
         return p

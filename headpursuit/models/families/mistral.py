@@ -2,6 +2,4 @@
 
 from headpursuit.models.families.base import ModelFamily, register_family
 
-MISTRAL = register_family(
-    ModelFamily(name="mistral", model_types=("mistral", "mixtral"), final_norm=("model.norm",))
-)
+MISTRAL = register_family(ModelFamily(name="mistral", model_types=("mistral", "mixtral"), final_norm=("model.norm",)))
