@@ -101,6 +101,8 @@ def select_heads(
 ) -> list[Head]:
     """The heads to edit: top-k of `scores` (ranked), k random heads (random) or `explicit`."""
     if mode == "ranked":
+        if scores is None:
+            raise ValueError("select_heads(mode='ranked') needs the head scores")
         return [(int(a), int(b)) for a, b in scores.top(k)]
     if mode == "random":
         return random_heads(n_layers, n_heads, k, seed)

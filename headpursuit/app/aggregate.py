@@ -165,7 +165,7 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
 
 def k_alpha_tables(df: pd.DataFrame) -> list[tuple[dict, str, str, pd.DataFrame]]:
     """[(setting, group, metric, table)]: edited metric with k as rows and alpha as columns."""
-    out = []
+    out: list[tuple[dict, str, str, pd.DataFrame]] = []
     done = df[df["status"] == "complete"] if "status" in df else df
     if done.empty:
         return out

@@ -128,8 +128,13 @@ class RunCache:
         return found[-1] if found else None
 
     def dir(self, kind: str) -> Path | None:
+        """`root/kind`, created; None when the cache is off."""
         if self.root is None:
             return None
+        return self._entry_dir(kind)
+
+    def _entry_dir(self, kind: str) -> Path:
+        assert self.root is not None, "only called when the cache is on"
         d = self.root / kind
         d.mkdir(parents=True, exist_ok=True)
         return d
@@ -140,7 +145,7 @@ class RunCache:
         if self.root is None:
             yield
             return
-        path = self.dir(kind) / f"{key}.lock"
+        path = self._entry_dir(kind) / f"{key}.lock"
         f = open(path, "a+")
         try:
             try:
@@ -166,7 +171,7 @@ class RunCache:
         if self.root is None:
             return compute(), False
         ext = {"json": "json", "pickle": "pkl"}[fmt]
-        path = self.dir(kind) / f"{key}.{ext}"
+        path = self._entry_dir(kind) / f"{key}.{ext}"
         with self.lock(kind, key):
             value = self._read(path, fmt)
             if value is not None:

@@ -93,7 +93,7 @@ def resolve_k(iv: Mapping[str, Any], n_total: int, model_name: str = "the model"
     elif iv.get("k_frac") is not None:
         k = max(1, int(round(float(iv["k_frac"]) * n_total)))
     else:
-        k = iv.get("k")
+        k = iv.get("k")  # type: ignore[assignment]  # checked on the next line
     if not _is_int(k) or k < 1:
         raise ConfigError(f"intervention.k must be an integer >= 1, got {k!r}")
     if k > n_total:

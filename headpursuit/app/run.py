@@ -15,7 +15,7 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -140,7 +140,7 @@ def track(
 
 def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
     hc, timer = HydraConfig.get(), Timer()
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     res.update(status="running", config_hash=config_hash(config), config=config, run=run_info(hc, run_dir))
     validate_config(config)  # fail fast, naming the key
     if cfg.resume and (done := completed_results(run_dir, res["config_hash"])):
@@ -234,7 +234,7 @@ def main(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    abort_flag = Path(hc.sweep.dir) / ".fail_fast_abort" if multirun else None
+    abort_flag = Path(hc.sweep.dir) / ".fail_fast_abort"  # used only in a multirun
     res: dict = {"status": "running"}
     try:
         if multirun and cfg.get("fail_fast") and abort_flag.exists():

@@ -207,7 +207,7 @@ def git_commit(path: str | os.PathLike | None = None) -> dict:
 
 def environment() -> dict:
     """Versions, host and scheduler ids: what a reader needs to reproduce or question a number."""
-    env = {
+    env: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
@@ -290,7 +290,7 @@ class Tracker:
         self.mode = cfg.get("mode", "offline")
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.run = None
+        self.run: Any = None
         self.status: dict[str, Any] = {"backend": self.backend, "mode": self.mode, "status": "off"}
 
     @property

@@ -9,7 +9,7 @@ methods here that touch tensors delegate to them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -17,6 +17,9 @@ import torch.nn as nn
 from headpursuit.models.families import ModelFamily, family_for
 from headpursuit.models.families.base import get_module
 from headpursuit.models.inputs import encode, pad_id_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["AttentionLayout", "LoadedModel", "layout_of", "wrap_model"]
 
@@ -41,7 +44,7 @@ class LoadedModel:
     """A model with everything Head Pursuit needs to find, read and edit its heads."""
 
     name: str
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     family: ModelFamily
     layout: AttentionLayout
@@ -59,7 +62,7 @@ class LoadedModel:
                 f"{self.name}: layer {layer} has no {self.family.o_proj!r}; fix the family file "
                 f"headpursuit/models/families/{self.family.name}.py"
             )
-        return mod
+        return cast(nn.Linear, mod)
 
     def output_weight(self, layer: int) -> torch.Tensor:
         """W_O of one layer, (d_model, n_heads * head_dim): column block h belongs to head h."""
