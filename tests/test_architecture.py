@@ -157,6 +157,9 @@ NOT_LIBRARY = [
     "detoxify",
     "profanity_check",
     "sacrebleu",
+    "PIL",
+    "gguf",
+    "accelerate",
 ]
 
 

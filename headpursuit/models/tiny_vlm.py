@@ -36,7 +36,6 @@ import torch
 from headpursuit.models.handle import LoadedModel, wrap_model
 from headpursuit.models.loading import load_model, register_builder
 from headpursuit.models.tiny import embedded_tokenizer
-from headpursuit.synthetic import draw_shape
 
 VISION_NOTE = "vision tower and projector are RANDOM-INITIALISED: image results are not real"
 IMAGE_TOKEN = "<image>"
@@ -182,6 +181,8 @@ def build_tiny_vlm(
 @torch.no_grad()
 def _calibrate_projector(vlm, processor, *, target_norm: float, seed: int) -> None:
     """Scale the projector's last layer so image tokens have the embeddings' mean norm."""
+    from headpursuit.synthetic import draw_shape  # needs pillow (the `vision` extra): only when built
+
     images = [draw_shape(s, c) for s, c in (("circle", "red"), ("square", "blue"), ("triangle", "green"))]
     pix = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     feats = vlm.model.get_image_features(pixel_values=pix, return_dict=True).pooler_output
