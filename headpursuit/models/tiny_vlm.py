@@ -35,7 +35,7 @@ import torch
 
 from headpursuit.models.handle import LoadedModel, wrap_model
 from headpursuit.models.loading import load_model, register_builder
-from headpursuit.models.tiny import embedded_tokenizer
+from headpursuit.models.tiny import GEMMA3_LIKE, LLAMA_LIKE, embedded_tokenizer
 
 VISION_NOTE = "vision tower and projector are RANDOM-INITIALISED: image results are not real"
 IMAGE_TOKEN = "<image>"
@@ -201,15 +201,7 @@ register_builder("tiny_vlm", build_tiny_vlm)
 # Tiny fully random models of every supported VLM family (registry tests; no download)
 # ------------------------------------------------------------------------------------------
 
-_TXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    vocab_size=1000,
-)
+_TXT = {**LLAMA_LIKE, "vocab_size": 1000}
 _CLIP = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
 )
@@ -263,16 +255,7 @@ TINY_VLM_CONFIGS: dict[str, dict] = {
     ),
     # Gemma 3: heads * head_dim (4 x 24 = 96) != hidden_size (80), one KV head.
     "gemma3": dict(
-        text_config=dict(
-            hidden_size=80,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=24,
-            vocab_size=1000,
-            sliding_window=16,
-        ),
+        text_config={**GEMMA3_LIKE, "vocab_size": 1000, "sliding_window": 16},
         vision_config=dict(**_CLIP),
         mm_tokens_per_image=4,
         image_token_index=999,
