@@ -58,15 +58,8 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
-DEFAULT_VISION = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    image_size=32,
-    patch_size=8,
-    projection_dim=64,
-)
+DEFAULT_VISION = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      image_size=32, patch_size=8, projection_dim=64)  # fmt: skip
 
 
 def build_tiny_vlm(
@@ -201,125 +194,66 @@ register_builder("tiny_vlm", build_tiny_vlm)
 # Tiny fully random models of every supported VLM family (registry tests; no download)
 # ------------------------------------------------------------------------------------------
 
+# fmt: off
 _TXT = {**LLAMA_LIKE, "vocab_size": 1000}
-_CLIP = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-)
+_CLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+             patch_size=8)
 _MROPE = {"rope_type": "default", "mrope_section": [2, 3, 3]}
+_QWEN_TOKENS = dict(image_token_id=998, video_token_id=997, vision_start_token_id=996)
+# Qwen2.5-VL / Qwen3-VL vision blocks (Qwen2-VL's differ: embed_dim, mlp_ratio)
+_QWEN_VISION = dict(depth=2, hidden_size=32, out_hidden_size=64, num_heads=2, intermediate_size=64, patch_size=4,
+                    spatial_merge_size=2, temporal_patch_size=2)
 
 TINY_VLM_CONFIGS: dict[str, dict] = {
-    "llava": dict(
-        text_config=dict(model_type="llama", **_TXT),
-        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
-        image_token_index=999,
-    ),
-    "llava_next": dict(
-        text_config=dict(model_type="llama", **_TXT),
-        vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
-        image_token_index=999,
-        image_grid_pinpoints=[[32, 32], [32, 64]],
-    ),
-    "qwen2_vl": dict(
-        text_config=dict(**_TXT, rope_parameters=_MROPE),
-        vision_config=dict(
-            depth=2,
-            embed_dim=32,
-            hidden_size=64,
-            num_heads=2,
-            mlp_ratio=2,
-            patch_size=4,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-        ),
-        image_token_id=998,
-        video_token_id=997,
-        vision_start_token_id=996,
-    ),
-    "qwen2_5_vl": dict(
-        text_config=dict(**_TXT, rope_parameters=_MROPE),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            out_hidden_size=64,
-            num_heads=2,
-            intermediate_size=64,
-            patch_size=4,
-            spatial_merge_size=2,
-            fullatt_block_indexes=[1],
-            window_size=16,
-            temporal_patch_size=2,
-        ),
-        image_token_id=998,
-        video_token_id=997,
-        vision_start_token_id=996,
-    ),
+    "llava": dict(text_config=dict(model_type="llama", **_TXT),
+                  vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
+                  image_token_index=999),
+    "llava_next": dict(text_config=dict(model_type="llama", **_TXT),
+                       vision_config=dict(model_type="clip_vision_model", projection_dim=32, **_CLIP),
+                       image_token_index=999, image_grid_pinpoints=[[32, 32], [32, 64]]),
+    "qwen2_vl": dict(text_config=dict(**_TXT, rope_parameters=_MROPE),
+                     vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=4,
+                                        spatial_merge_size=2, temporal_patch_size=2),
+                     **_QWEN_TOKENS),
+    "qwen2_5_vl": dict(text_config=dict(**_TXT, rope_parameters=_MROPE),
+                       vision_config=dict(**_QWEN_VISION, fullatt_block_indexes=[1], window_size=16),
+                       **_QWEN_TOKENS),
     # Gemma 3: heads * head_dim (4 x 24 = 96) != hidden_size (80), one KV head.
-    "gemma3": dict(
-        text_config={**GEMMA3_LIKE, "vocab_size": 1000, "sliding_window": 16},
-        vision_config=dict(**_CLIP),
-        mm_tokens_per_image=4,
-        image_token_index=999,
-        boi_token_index=998,
-        eoi_token_index=997,
-    ),
-    "qwen3_vl": dict(
-        text_config=dict(**_TXT, rope_parameters={**_MROPE, "mrope_interleaved": True}),
-        vision_config=dict(
-            depth=2,
-            hidden_size=32,
-            out_hidden_size=64,
-            num_heads=2,
-            intermediate_size=64,
-            patch_size=4,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            deepstack_visual_indexes=[0],
-            num_position_embeddings=64,
-        ),
-    ),
+    "gemma3": dict(text_config={**GEMMA3_LIKE, "vocab_size": 1000, "sliding_window": 16},
+                   vision_config=dict(**_CLIP), mm_tokens_per_image=4, image_token_index=999, boi_token_index=998,
+                   eoi_token_index=997),
+    "qwen3_vl": dict(text_config=dict(**_TXT, rope_parameters={**_MROPE, "mrope_interleaved": True}),
+                     vision_config=dict(**_QWEN_VISION, deepstack_visual_indexes=[0], num_position_embeddings=64)),
     # Mistral 3: Pixtral's vision attention output is also called `o_proj`.
-    "mistral3": dict(
-        text_config=dict(model_type="mistral", **_TXT),
-        vision_config=dict(
-            model_type="pixtral",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-            head_dim=16,
-        ),
-    ),
-    "idefics3": dict(
-        text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999, scale_factor=2
-    ),
-    "smolvlm": dict(
-        text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999, scale_factor=2
-    ),
+    "mistral3": dict(text_config=dict(model_type="mistral", **_TXT),
+                     vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, image_size=32, patch_size=8, head_dim=16)),
+    "idefics3": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999,
+                     scale_factor=2),
+    "smolvlm": dict(text_config=dict(model_type="llama", **_TXT), vision_config=dict(**_CLIP), image_token_id=999,
+                    scale_factor=2),
 }
+# fmt: on
 
 
 def tiny_family_model(model_type: str, *, seed: int = 0) -> LoadedModel:
     """A tiny random VLM of `model_type` built from its config class (no tokenizer/processor)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     if model_type not in TINY_VLM_CONFIGS:
         raise ValueError(f"No tiny VLM config for {model_type!r}; known: {', '.join(TINY_VLM_CONFIGS)}")
     config = AutoConfig.for_model(model_type, **copy.deepcopy(TINY_VLM_CONFIGS[model_type]))
+    return _random_vlm(model_type, config, None, None, f"random config {model_type}", seed)
+
+
+def _random_vlm(model_type: str, config: Any, tok: Any, processor: Any, source: str, seed: int) -> LoadedModel:
+    """Random weights for `config` (seeded), wrapped and labelled random everywhere."""
+    from transformers import AutoModelForImageTextToText
+
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    return wrap_model(
-        f"tiny-{model_type}",
-        model,
-        None,
-        provenance={
-            "source": f"random config {model_type}",
-            "random_init": True,
-            "vision_random_init": True,
-            "seed": seed,
-        },
-    )
+    provenance = {"source": source, "random_init": True, "vision_random_init": True, "seed": seed}
+    return wrap_model(f"tiny-{model_type}", model, tok, processor=processor, provenance=provenance)
 
 
 # Placeholder tokens each family's processor expects, added to the SmolLM2 tokenizer.
@@ -350,7 +284,7 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
     Supported: llava, llava_next, qwen2_vl, qwen2_5_vl, gemma3. Qwen's processor is built without
     its video processor (which needs torchvision).
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoConfig
 
     if model_type not in _FAMILY_TOKENS:
         raise ValueError(f"no processor recipe for {model_type!r}; known: {', '.join(_FAMILY_TOKENS)}")
@@ -429,17 +363,4 @@ def tiny_family_model_with_processor(model_type: str, *, seed: int = 0) -> Loade
         for cfg in (config, config.text_config):
             if hasattr(cfg, attr):
                 setattr(cfg, attr, getattr(tok, attr))
-    torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
-    return wrap_model(
-        f"tiny-{model_type}",
-        model,
-        tok,
-        processor=processor,
-        provenance={
-            "source": f"random config {model_type} + local processor",
-            "random_init": True,
-            "vision_random_init": True,
-            "seed": seed,
-        },
-    )
+    return _random_vlm(model_type, config, tok, processor, f"random config {model_type} + local processor", seed)
