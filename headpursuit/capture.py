@@ -4,6 +4,12 @@ The hook site is a forward *pre*-hook on `self_attn.o_proj`: its input is `[batc
 n_heads * head_dim]`, one `head_dim` slice per query head (grouped-query attention shrinks only
 K/V). We store `z` (rows, layers, heads, head_dim) rather than per-head d_model contributions:
 it is d_model / head_dim times smaller and SOMP works from `z` and `W_O` directly.
+
+Positions: one row per chosen token (`last_prompt`, `answer`, `answer_concept`, `all`), or one row
+per sample holding the mean of `z` over a span of its tokens (`prompt_mean`: the prompt's tokens,
+as the paper averages TriviaQA prompts; `image_mean`: the image-patch tokens of a VLM prompt). The
+means are taken inside the forward hook (a masked sum over tokens divided by the count), so no
+per-token rows are ever stored for them.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,11 @@ from headpursuit.models.inputs import (
     to_model,
 )
 
-POSITIONS = ("last_prompt", "answer", "answer_concept", "all")
+POSITIONS = ("last_prompt", "answer", "answer_concept", "all", "prompt_mean", "image_mean")
+#: positions whose one row per sample is a mean over a span of the sample's tokens
+MEAN_POSITIONS = ("prompt_mean", "image_mean")
+#: `position` and `target_token` of a mean row: it stands for a span, not one token
+MEAN_ROW_POSITION = -1
 CACHE_VERSION = 1
 
 # Counts real forward passes made by `capture_heads` (tests assert cache hits with it).
@@ -59,8 +69,10 @@ class HeadActivations:
         z: float32 (rows, n_layers_captured, n_heads, head_dim) on CPU.
         layers: the decoder layers captured, in the order of axis 1.
         sample_index: (rows,) which input sample each row came from.
-        position: (rows,) the token position inside that sample's (unpadded) sequence.
-        target_token: (rows,) the token predicted at that position, -1 when unknown.
+        position: (rows,) the token position inside that sample's (unpadded) sequence;
+            `MEAN_ROW_POSITION` (-1) for the mean rows of `prompt_mean` / `image_mean`.
+        target_token: (rows,) the token predicted at that position, -1 when unknown (and for
+            mean rows).
         meta: model name, positions mode, provenance, prompts, ...
     """
 
@@ -148,11 +160,14 @@ class HeadActivations:
 
 
 @contextmanager
-def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the full input of `o_proj` for the given layers during one forward pass.
+def o_proj_inputs(
+    lm: LoadedModel, layers: Sequence[int], reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the input of `o_proj` for the given layers during one forward pass.
 
-    Yields a dict layer -> (batch, tokens, n_heads*head_dim), filled by the forward pass. The
-    hooks are removed on exit, also when the body raises.
+    Yields a dict layer -> (batch, tokens, n_heads*head_dim), filled by the forward pass; with
+    `reduce`, layer -> `reduce(input)` instead (applied inside the hook, so the full per-token
+    input of every layer is never kept). The hooks are removed on exit, also when the body raises.
     """
     store: dict[int, torch.Tensor] = {}
     handles = []
@@ -160,7 +175,8 @@ def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, 
         for layer in layers:
 
             def hook(module, args, kwargs=None, _layer=layer):
-                store[_layer] = args[0].detach()
+                x = args[0].detach()
+                store[_layer] = x if reduce is None else reduce(x)
 
             handles.append(lm.o_proj(layer).register_forward_pre_hook(hook))
         yield store
@@ -178,14 +194,17 @@ def o_proj_inputs(lm: LoadedModel, layers: Sequence[int]) -> Iterator[dict[int, 
 class _Prepared:
     ids: list[int]
     prompt_len: int
-    keep: list[int]  # positions to record
+    keep: list[int]  # positions to record (MEAN_ROW_POSITION for a mean row)
     targets: list[int]  # token predicted at each kept position (-1 if unknown)
+    span: list[int] = field(default_factory=list)  # positions averaged into the mean row (mean modes)
 
 
 def _positions_for(
     ids: list[int], prompt_len: int, mode: str, concept_ids: set[int] | None
 ) -> tuple[list[int], list[int]]:
     n = len(ids)
+    if mode in MEAN_POSITIONS:
+        return [MEAN_ROW_POSITION], [-1]
 
     def target(p: int) -> int:
         return ids[p + 1] if p + 1 < n else -1
@@ -206,7 +225,40 @@ def _positions_for(
     return keep, [target(p) for p in keep]
 
 
+def _mean_span(ids: list[int], prompt_len: int, mode: str, image_id: int | None, prompt: str) -> list[int]:
+    """The positions a mean row averages: the prompt's tokens (`prompt_mean`; the answer, if any,
+    is not part of it) or the image-patch tokens (`image_mean`, ids == the image token id after
+    the processor expanded the placeholders). Empty for the other modes."""
+    if mode == "prompt_mean":
+        return list(range(prompt_len))
+    if mode == "image_mean":
+        span = [p for p in range(prompt_len) if ids[p] == image_id]
+        if not span:
+            raise ValueError(
+                f"positions='image_mean': the sample with prompt {prompt[:60]!r} has no image token "
+                f"(id {image_id}) after processing; it needs an image and the model's placeholder."
+            )
+        return span
+    return []
+
+
+def image_token_id(lm: LoadedModel) -> int:
+    """The id of the token that stands for one image patch in a VLM's processed input ids."""
+    token_id = getattr(lm.model.config, "image_token_id", None)
+    if token_id is None:
+        raise ValueError(
+            f"positions='image_mean' needs a vision-language model: {lm.name}'s config has no "
+            "image_token_id (a text-only model, or a VLM family that names it otherwise)."
+        )
+    return int(token_id)
+
+
 def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> _Prepared:
+    if mode == "image_mean":
+        raise ValueError(
+            f"positions='image_mean' needs samples with images; the sample with prompt "
+            f"{sample.prompt[:60]!r} has none (use positions='prompt_mean' for text)."
+        )
     tf = teacher_forced_ids(lm, sample.prompt, sample.answer)
     if mode in ("answer", "answer_concept") and sample.answer is None:
         raise ValueError(
@@ -215,7 +267,7 @@ def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids
             "positions='last_prompt'."
         )
     keep, targets = _positions_for(tf.ids, tf.prompt_len, mode, concept_ids)
-    return _Prepared(tf.ids, tf.prompt_len, keep, targets)
+    return _Prepared(tf.ids, tf.prompt_len, keep, targets, _mean_span(tf.ids, tf.prompt_len, mode, None, sample.prompt))
 
 
 def cache_key(
@@ -281,15 +333,19 @@ def capture_heads(
             and images (VLMs).
         positions: `last_prompt`, `answer` (every position predicting an answer token),
             `answer_concept` (positions predicting a token in `concept_token_ids`; the last prompt
-            token when the answer has none), or `all`.
+            token when the answer has none), `all`, or one mean row per sample: `prompt_mean`
+            (mean over the prompt's tokens, i.e. positions 0..prompt_len-1 of the unpadded
+            sequence: the whole formatted prompt, chat template and expanded image tokens
+            included; padding and the answer excluded) or `image_mean` (mean over the image-patch
+            tokens; every sample needs an image). Mean rows have position and target_token -1.
         layers: decoder layers to capture (default: all).
         cache_dir: if set, results are stored there under a key of the model, inputs and
             options, and a rerun reads them instead of running the model.
     """
     if positions not in POSITIONS:
         raise ValueError(f"Unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
-    samples = [CaptureSample(s) if isinstance(s, str) else s for s in samples]
-    if not samples:
+    items = [CaptureSample(s) if isinstance(s, str) else s for s in samples]
+    if not items:
         raise ValueError("capture_heads got no samples: the dataset or split is empty.")
     if positions == "answer_concept" and concept_token_ids is None:
         raise ValueError("positions='answer_concept' needs concept_token_ids")
@@ -301,7 +357,7 @@ def capture_heads(
 
     path = None
     if cache_dir is not None:
-        key = cache_key(lm, samples, positions, layers, concept_token_ids)
+        key = cache_key(lm, items, positions, layers, concept_token_ids)
         path = Path(cache_dir) / f"acts-{key}.safetensors"
         if path.exists():
             acts = HeadActivations.load(path)
@@ -310,10 +366,13 @@ def capture_heads(
             return acts
 
     H, dh = lm.layout.n_heads, lm.layout.head_dim
-    zs, sidx, pos, tgt = [], [], [], []
-    batches = range(0, len(samples), batch_size)
+    zs: list[torch.Tensor] = []
+    sidx: list[int] = []
+    pos: list[int] = []
+    tgt: list[int] = []
+    batches = range(0, len(items), batch_size)
     for start in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
-        chunk = samples[start : start + batch_size]
+        chunk = items[start : start + batch_size]
         if any(s.image is not None for s in chunk):
             inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
         else:
@@ -321,13 +380,15 @@ def capture_heads(
             inputs = pad_batch([p.ids for p in prepared], lm.pad_token_id, padding_side, device=lm.device)
             T = inputs["input_ids"].shape[1]
             offsets = [T - len(p.ids) if padding_side == "left" else 0 for p in prepared]
-        b_idx = torch.tensor([i for i, p in enumerate(prepared) for _ in p.keep])
-        t_idx = torch.tensor([offsets[i] + k for i, p in enumerate(prepared) for k in p.keep])
-        with torch.inference_mode(), o_proj_inputs(lm, layers) as store:
+        if positions in MEAN_POSITIONS:
+            reduce = _span_mean(prepared, offsets, inputs["input_ids"].shape[1], lm.device)
+        else:
+            reduce = _gather(prepared, offsets, lm.device)
+        with torch.inference_mode(), o_proj_inputs(lm, layers, reduce) as store:
             lm.model(**inputs, use_cache=False)
         CAPTURE_STATS["forward_batches"] += 1
-        rows = torch.stack([store[layer][b_idx, t_idx] for layer in layers], dim=1)  # (r, L, H*dh)
-        zs.append(rows.float().cpu().view(len(b_idx), len(layers), H, dh))
+        rows = torch.stack([store[layer] for layer in layers], dim=1)  # (r, L, H*dh)
+        zs.append(rows.float().cpu().view(rows.shape[0], len(layers), H, dh))
         for i, p in enumerate(prepared):
             sidx += [start + i] * len(p.keep)
             pos += p.keep
@@ -341,16 +402,37 @@ def capture_heads(
         meta={
             "model": lm.name,
             "positions": positions,
-            "n_samples": len(samples),
+            "n_samples": len(items),
             "provenance": lm.provenance,
-            "prompts": [s.prompt for s in samples],
-            "answers": [s.answer for s in samples],
+            "prompts": [s.prompt for s in items],
+            "answers": [s.answer for s in items],
             "from_cache": False,
         },
     )
     if path is not None:
         acts.save(path)
     return acts
+
+
+def _gather(
+    prepared: Sequence[_Prepared], offsets: Sequence[int], device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(batch, tokens, d) -> (rows, d): the kept positions of every sample, in sample order."""
+    b_idx = torch.tensor([i for i, p in enumerate(prepared) for _ in p.keep], device=device)
+    t_idx = torch.tensor([offsets[i] + k for i, p in enumerate(prepared) for k in p.keep], device=device)
+    return lambda x: x[b_idx, t_idx]
+
+
+def _span_mean(
+    prepared: Sequence[_Prepared], offsets: Sequence[int], n_tokens: int, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(batch, tokens, d) -> (batch, d): each sample's mean over its span, in float32 (a masked
+    sum over the padded batch's tokens divided by the span's length)."""
+    mask = torch.zeros(len(prepared), 1, n_tokens, device=device)
+    for i, p in enumerate(prepared):
+        mask[i, 0, [offsets[i] + t for t in p.span]] = 1.0
+    count = mask.sum(-1)  # (batch, 1); every span is non-empty
+    return lambda x: torch.bmm(mask, x.float()).squeeze(1) / count
 
 
 def _prepare_vlm_batch(
@@ -390,6 +472,7 @@ def _prepare_vlm_batch(
                     f"positions={positions!r} needs each sample's answer (teacher forcing); "
                     f"sample with prompt {s.prompt[:60]!r} has none."
                 )
+    image_id = image_token_id(lm) if positions == "image_mean" else None
     enc = processor_inputs(lm, [s.prompt for s in chunk], [s.image for s in chunk], padding_side="right")
     ids_b, mask_b = enc["input_ids"], enc["attention_mask"]
     token_keys = [
@@ -407,7 +490,8 @@ def _prepare_vlm_batch(
             row[k] = row[k] + (list(answer_ids) if k == "input_ids" else [fill] * len(answer_ids))
         ids = row["input_ids"]
         keep, targets = _positions_for(ids, len(prompt_ids), positions, concept_set)
-        prepared.append(_Prepared(ids, len(prompt_ids), keep, targets))
+        span = _mean_span(ids, len(prompt_ids), positions, image_id, s.prompt)
+        prepared.append(_Prepared(ids, len(prompt_ids), keep, targets, span))
         rows.append(row)
     T = max(len(p.ids) for p in prepared)
     inputs: dict[str, Any] = {}

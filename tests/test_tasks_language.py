@@ -487,3 +487,103 @@ def test_hub_sources_go_through_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="source: fixture"):
         QATask(concept=COUNTRIES, source="hub")
+
+
+# --- rank_groups: which groups' ranking-split items feed the ranking --------------------------------
+
+
+def _questions(items):
+    return [it.question for it in items]
+
+
+def test_rank_groups_split_keeps_eval_and_adds_control_ranking_items():
+    from headpursuit.errors import ConfigError
+
+    default = QATask(concept=COUNTRIES, n_rank=10, n_eval=20)
+    concept_only = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept"])
+    both = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept", "control"])
+    # [concept] is today's rule exactly; the evaluation split never depends on rank_groups
+    for task in (concept_only, both):
+        for g in ("concept", "control"):
+            assert _questions(task.items("eval", g)) == _questions(default.items("eval", g))
+        assert _questions(task.items("rank", "concept")) == _questions(default.items("rank", "concept"))
+    assert default.ranking_groups == concept_only.ranking_groups == ("concept",)
+    assert _questions(default.ranking_items()) == _questions(concept_only.ranking_items())
+    assert default.items("rank", "control") == [] and concept_only.items("rank", "control") == []
+    # [concept, control]: n_rank control items, none of them evaluated, after the concept ones
+    control_rank = both.items("rank", "control")
+    assert len(control_rank) == 10 and {it.group for it in control_rank} == {"control"}
+    assert not set(_questions(control_rank)) & set(_questions(both.items("eval", "control")))
+    assert _questions(both.ranking_items()) == _questions(default.ranking_items()) + _questions(control_rank)
+    assert both.provenance()["rank_groups"] == ["concept", "control"]
+    assert both.provenance()["n_rank"] == {"concept": 10, "control": 10}
+    # the order in the config does not matter
+    swapped = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["control", "concept"])
+    assert _questions(swapped.ranking_items()) == _questions(both.ranking_items())
+    for bad in (["control"], ["concept", "concept"], ["concept", "other"], "concept", [], 3):
+        with pytest.raises(ConfigError, match="task.rank_groups"):
+            QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=bad)
+
+
+def test_rank_groups_through_build_task_and_split_items():
+    task = build_task(
+        {"name": "qa_countries", "concept": COUNTRIES, "n_rank": 3, "n_eval": 4, "rank_groups": ["concept", "control"]}
+    )
+    assert [it.group for it in task.ranking_items()] == ["concept"] * 3 + ["control"] * 3
+    items = loaders.load_qa_fixture()
+    plain = split_items(items, 20, 30, seed=1)
+    after = split_items(items, 20, 30, seed=1, rank_after_eval=["control"])
+    for g in ("concept", "control"):
+        assert _key(after["eval"][g]) == _key(plain["eval"][g])
+    assert _key(after["rank"]["concept"]) == _key(plain["rank"]["concept"])
+    assert len(after["rank"]["control"]) == 20
+    spare = [loaders.QAItem("spare?", ["x"], "control")]
+    with pytest.warns(UserWarning, match="ranking gets"):
+        short = split_items(
+            items, {"concept": 5, "control": 500}, 30, seed=1, rank_after_eval=["control"], spare={"control": spare}
+        )
+    n_control = sum(it.group == "control" for it in items)
+    assert len(short["rank"]["control"]) == n_control - 30 + 1 and short["rank"]["control"][-1] is spare[0]
+    # nothing left after evaluation: a clear error for a required group
+    with pytest.raises(SplitError, match="ranking split of group 'control' is empty.*evaluation split"):
+        split_items(items, 5, None, rank_after_eval=["control"], require_rank=["concept", "control"])
+
+
+def test_rank_groups_with_a_per_group_n_rank():
+    # An explicit {group: n} n_rank splits as it always did; rank_groups only picks what ranks.
+    mapping = {"concept": 4, "control": 2}
+    default = QATask(concept=COUNTRIES, n_rank=mapping, n_eval=5)
+    both = QATask(concept=COUNTRIES, n_rank=mapping, n_eval=5, rank_groups=["concept", "control"])
+    for s in ("rank", "eval"):
+        for g in ("concept", "control"):
+            assert _questions(both.items(s, g)) == _questions(default.items(s, g))
+    assert len(default.ranking_items()) == 4 and len(both.ranking_items()) == 6
+    none_for_control = QATask(
+        concept=COUNTRIES, n_rank={"concept": 4, "control": 0}, n_eval=5, rank_groups=["concept", "control"]
+    )
+    with pytest.raises(ValueError, match="control ranking split is empty"):
+        none_for_control.ranking_items()
+
+
+def test_rank_groups_ranking_samples_on_tiny_model(tiny_llama):
+    kw = dict(concept=COUNTRIES, n_rank=2, n_eval=3, max_new_tokens=3, batch_size=4)
+    today = QATask(**kw).ranking_samples(tiny_llama)
+    concept_only = QATask(**kw, rank_groups=["concept"]).ranking_samples(tiny_llama)
+    both = QATask(**kw, rank_groups=["concept", "control"]).ranking_samples(tiny_llama)
+    assert [(s.prompt, s.answer) for s in concept_only] == [(s.prompt, s.answer) for s in today]
+    assert [(s.prompt, s.answer) for s in both[:2]] == [(s.prompt, s.answer) for s in today]
+    assert [s.meta["group"] for s in both] == ["concept", "concept", "control", "control"]
+    tox = ToxicityTask(
+        concept=WordConcept(["jerk"]), n_rank=1, n_eval=2, max_new_tokens=3, n_continuations=1, fluency=False
+    )
+    tox_both = ToxicityTask(
+        concept=WordConcept(["jerk"]),
+        n_rank=1,
+        n_eval=2,
+        max_new_tokens=3,
+        n_continuations=1,
+        fluency=False,
+        rank_groups=["concept", "control"],
+    )
+    assert [it.prompt for it in tox_both.items("eval")] == [it.prompt for it in tox.items("eval")]
+    assert [s.meta["group"] for s in tox_both.ranking_samples(tiny_llama)] == ["concept", "control"]

@@ -1,6 +1,7 @@
 """Vision tasks: synthetic fixture, data loading (offline), caption metrics, end-to-end runs on tiny_vlm."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -297,3 +298,66 @@ def test_vlm_prompt_has_one_image_placeholder(tiny_vlm):
     assert torch.is_tensor(
         tiny_vlm.processor(text=[p], images=[draw_shape("circle", "red")], return_tensors="pt")["pixel_values"]
     )
+
+
+# ------------------------------------------------------------------------------------------
+# rank_groups on image data: eval unchanged, control ranking images on top
+# ------------------------------------------------------------------------------------------
+
+
+def _ids(items):
+    return [it.meta.get("id", (it.label, tuple(it.captions))) for it in items]
+
+
+def test_rank_groups_on_fixture_and_local_image_data(tok, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from headpursuit.tasks import SplitError
+    from headpursuit.tasks.captioning import CaptioningTask
+    from headpursuit.tasks.classification import ImageClassificationTask
+
+    for cls in (ImageClassificationTask, CaptioningTask):
+        default = cls(tokenizer=tok, n_rank=2, n_eval=3)
+        both = cls(tokenizer=tok, n_rank=2, n_eval=3, rank_groups=["concept", "control"])
+        for g in ("concept", "control"):
+            assert _ids(both.items("eval", g)) == _ids(default.items("eval", g))
+        assert _ids(both.ranking_items()[:2]) == _ids(default.ranking_items())
+        assert len(both.items("rank", "control")) == 2
+        assert not set(map(str, _ids(both.items("rank", "control")))) & set(map(str, _ids(both.items("eval"))))
+
+    names = ["apple", "bicycle", "bus", "rose", "tulip"]
+    specs = [("circle", "red", 1), ("square", "blue", 2), ("star", "green", 1)]
+    specs += [
+        (s, c, k)
+        for (s, c), k in zip([("cross", "red"), ("hexagon", "blue"), ("diamond", "purple")] * 3, [0, 3, 4] * 3)
+    ]
+    ds = datasets.Dataset.from_dict(
+        {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
+        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)}),
+    )
+    path = tmp_path / "cifar_like.parquet"
+    ds.to_parquet(str(path))
+    kw = dict(
+        tokenizer=tok,
+        source="local",
+        data_path=str(path),
+        image_column="img",
+        label_column="fine_label",
+        concept_classes=["bicycle", "bus"],
+        n_rank=1,
+        n_eval=2,
+    )
+    default = ImageClassificationTask(**kw)
+    both = ImageClassificationTask(**kw, rank_groups=["concept", "control"])
+    capped = ImageClassificationTask(**kw, rank_groups=["concept", "control"], max_rows=3)
+    for task in (both, capped):
+        for g in ("concept", "control"):
+            assert _ids(task.items("eval", g)) == _ids(default.items("eval", g))
+        assert _ids(task.items("rank", "concept")) == _ids(default.items("rank", "concept"))
+    spare = both.items("rank", "control")
+    assert len(spare) == 1 and spare[0].group == "control" and spare[0].image.size == (64, 64)
+    assert _ids(spare)[0] not in _ids(both.items("eval", "control"))
+    assert len(capped.items("rank", "control")) == 1  # 2 evaluated + 1 spare within max_rows=3
+    with pytest.raises(SplitError, match="ranking split of group 'control' is empty.*lower n_eval"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # max_rows=2 also leaves the concept group one eval image
+            ImageClassificationTask(**kw, rank_groups=["concept", "control"], max_rows=2)

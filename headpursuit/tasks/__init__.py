@@ -17,6 +17,7 @@ from headpursuit.tasks.base import (
     SplitError,
     Task,
     TaskOutputs,
+    parse_rank_groups,
     split_items,
 )
 from headpursuit.tasks.loaders import DataError, PromptItem, QAItem
@@ -39,6 +40,7 @@ __all__ = [
     "ToxicityTask",
     "build_task",
     "known_tasks",
+    "parse_rank_groups",
     "register_task",
     "split_items",
 ]

@@ -15,6 +15,12 @@ toxicity task scores fluency with a model, which must be the unedited one).
 
 Groups are ``"concept"`` (items whose answer/continuation should involve the concept) and
 ``"control"`` (everything else); metrics are reported per group.
+
+Which groups' ranking-split items feed the ranking is `rank_groups` (config ``task.rank_groups``):
+null (the default) or ``[concept]`` ranks on the concept group only, as always; ``[concept,
+control]`` adds ``n_rank`` control items, drawn from the control items the evaluation split does
+not use, so the evaluation split is the same whichever is chosen. The paper ranks on TriviaQA
+training questions without saying whether only country questions; both choices are offered.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.errors import ConfigError
+
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
 
 __all__ = [
     "GROUPS",
+    "DEFAULT_RANK_GROUPS",
+    "parse_rank_groups",
     "Task",
     "TaskOutputs",
     "GroupOutputs",
@@ -41,6 +51,9 @@ __all__ = [
 ]
 
 GROUPS = ("concept", "control")
+#: the groups whose ranking split feeds the ranking when `task.rank_groups` is null
+DEFAULT_RANK_GROUPS = ("concept",)
+_RANK_GROUP_CHOICES = (("concept",), ("concept", "control"))
 
 
 class SplitError(ValueError):
@@ -71,6 +84,22 @@ def resolve_concept(concept: Any, tokenizer: Any = None) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
+def parse_rank_groups(value: Any) -> tuple[str, ...] | None:
+    """`task.rank_groups` checked: None stays None (the default rule, `DEFAULT_RANK_GROUPS`), a
+    list becomes a tuple in `GROUPS` order. Raises ConfigError naming the key for anything but
+    null, [concept] or [concept, control]."""
+    if value is None:
+        return None
+    names = list(value) if isinstance(value, (list, tuple)) else None
+    ordered = tuple(g for g in GROUPS if names is not None and g in names)
+    if names is None or len(names) != len(ordered) or ordered not in _RANK_GROUP_CHOICES:
+        raise ConfigError(
+            f"task.rank_groups must be null, [concept] or [concept, control] (the groups whose "
+            f"ranking-split items feed the ranking), got {value!r}"
+        )
+    return ordered
+
+
 def _per_group(value: Any, group: str, default: int | None = None) -> int | None:
     if isinstance(value, Mapping):
         value = value.get(group, default)
@@ -87,6 +116,8 @@ def split_items(
     groups: Iterable[str] = GROUPS,
     rank_groups: Iterable[str] = ("concept",),
     require_rank: Iterable[str] = ("concept",),
+    rank_after_eval: Iterable[str] = (),
+    spare: Mapping[str, Sequence[Any]] | None = None,
     source: str = "data",
 ) -> dict[str, dict[str, list]]:
     """Seeded, disjoint ranking/evaluation split per group.
@@ -100,6 +131,12 @@ def split_items(
     When a group has fewer items than requested, ranking keeps its share and evaluation gets
     what is left (with a warning).
 
+    Groups in `rank_after_eval` split the other way round, so that their evaluation split is the
+    one they have without ranking items: evaluation takes the first `n_eval` items (all with
+    None), ranking the next `n_rank` (an int `n_rank` applies to them too), followed by the
+    group's `spare` items (items loaded only for ranking, e.g. extra decoded image rows); a
+    shortfall there shrinks the ranking split (with a warning), never the evaluation split.
+
     Raises `SplitError` when an evaluation split, or the ranking split of a group in
     `require_rank` with ``n_rank > 0`` requested, comes out empty.
     Returns ``{"rank": {group: [...]}, "eval": {group: [...]}}``.
@@ -111,7 +148,8 @@ def split_items(
             by_group[g].append(it)
     out: dict[str, dict[str, list]] = {"rank": {}, "eval": {}}
     require_rank = set(require_rank)
-    rank_groups = set(rank_groups)
+    after_eval = set(rank_after_eval)
+    rank_groups = set(rank_groups) | after_eval
     for g, members in by_group.items():
         rng = random.Random(f"{seed}:{g}")
         order = list(range(len(members)))
@@ -124,9 +162,19 @@ def split_items(
         ne = _per_group(n_eval, g)
         if nr < 0 or (ne is not None and ne < 0):
             raise ValueError(f"n_rank/n_eval must be >= 0, got {nr}/{ne} for group {g!r}")
-        rank = shuffled[:nr]
-        rest = shuffled[len(rank) :]
-        eval_ = rest if ne is None else rest[:ne]
+        if g in after_eval:
+            eval_ = shuffled if ne is None else shuffled[:ne]
+            rank = (shuffled[len(eval_) :] + list((spare or {}).get(g, ())))[:nr]
+            if len(rank) < nr and (rank or g not in require_rank):  # (an empty required split raises below)
+                warnings.warn(
+                    f"{source}: group {g!r} ranks on the items its evaluation split leaves "
+                    f"({len(members)} items, n_eval={ne}); ranking gets {len(rank)} of n_rank={nr}",
+                    stacklevel=2,
+                )
+        else:
+            rank = shuffled[:nr]
+            rest = shuffled[len(rank) :]
+            eval_ = rest if ne is None else rest[:ne]
         if ne is not None and len(eval_) < ne and len(members) > 0:
             warnings.warn(
                 f"{source}: group {g!r} has {len(members)} items; n_rank={nr} + n_eval={ne} "
@@ -134,7 +182,13 @@ def split_items(
                 stacklevel=2,
             )
         if g in require_rank and nr > 0 and not rank:
-            raise SplitError(f"{source}: the ranking split of group {g!r} is empty ({len(members)} items)")
+            hint = (
+                f"; it ranks on the items its evaluation split (n_eval={ne}) leaves: lower n_eval (an int) "
+                "or provide more items"
+                if g in after_eval
+                else ""
+            )
+            raise SplitError(f"{source}: the ranking split of group {g!r} is empty ({len(members)} items){hint}")
         if not eval_:
             raise SplitError(
                 f"{source}: the evaluation split of group {g!r} is empty ({len(members)} items "
@@ -161,6 +215,12 @@ class GroupOutputs:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def reference_lists(self) -> list[list[str]]:
+        """The accepted answers / reference captions per item; a ValueError if there are none."""
+        if self.references is None:
+            raise ValueError("these outputs carry no references to score against")
+        return self.references
 
 
 @dataclass
@@ -195,6 +255,7 @@ class Task(abc.ABC):
         tokenizer: Any = None,
         n_rank: Any = 30,
         n_eval: Any = 50,
+        rank_groups: Any = None,
         seed: int = 0,
         batch_size: int = 8,
         n_examples: int = 3,
@@ -209,6 +270,7 @@ class Task(abc.ABC):
         self._concept = resolve_concept(concept, tokenizer)
         self.n_rank = n_rank
         self.n_eval = n_eval
+        self.rank_groups = parse_rank_groups(rank_groups)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         self.n_examples = int(n_examples)
@@ -228,8 +290,44 @@ class Task(abc.ABC):
     def concept(self) -> Any:
         return self._concept
 
-    def _split(self, items: Sequence[Any], source: str) -> None:
-        self.splits = split_items(items, self.n_rank, self.n_eval, seed=self.seed, source=source)
+    @property
+    def ranking_groups(self) -> tuple[str, ...]:
+        """The groups whose ranking split feeds `ranking_samples` (`rank_groups` or the default)."""
+        return self.rank_groups or DEFAULT_RANK_GROUPS
+
+    def extra_rank_groups(self) -> tuple[str, ...]:
+        """Groups ranked beyond the default rule from items the evaluation split leaves: with an
+        int `n_rank` and ``rank_groups=[concept, control]``, the control group. (A ``{group: n}``
+        `n_rank` is explicit per group and splits as it always has.)"""
+        if isinstance(self.n_rank, Mapping):
+            return ()
+        return tuple(g for g in self.ranking_groups if g not in DEFAULT_RANK_GROUPS)
+
+    def _split(self, items: Sequence[Any], source: str, spare: Mapping[str, Sequence[Any]] | None = None) -> None:
+        self.splits = split_items(
+            items,
+            self.n_rank,
+            self.n_eval,
+            seed=self.seed,
+            require_rank=self.ranking_groups,
+            rank_after_eval=self.extra_rank_groups(),
+            spare=spare,
+            source=source,
+        )
+
+    def ranking_items(self) -> list:
+        """The ranking-split items of `ranking_groups`, concept group first; raises ValueError
+        when one of them is empty."""
+        out = []
+        for g in self.ranking_groups:
+            items = self.items("rank", g)
+            if not items:
+                raise ValueError(
+                    f"{self.name}: the {g} ranking split is empty (n_rank={self.n_rank}, "
+                    f"rank_groups={list(self.ranking_groups)})"
+                )
+            out += items
+        return out
 
     def items(self, split: str = "eval", group: str | None = None) -> list:
         if split not in self.splits:
@@ -263,6 +361,7 @@ class Task(abc.ABC):
             "concept_n_words": len(getattr(concept, "words", []) or []),
             "seed": self.seed,
             "n_rank": {g: len(v) for g, v in self.splits.get("rank", {}).items()},
+            "rank_groups": list(self.ranking_groups),
             "n_eval": {g: len(v) for g, v in self.splits.get("eval", {}).items()},
             "data": dict(self.data_source),
         }
@@ -276,7 +375,7 @@ class Task(abc.ABC):
         for g in GROUPS:
             go = outputs.groups[g]
             preds = [o[0] for o in go.outputs]
-            result[g] = answer_metrics(preds, go.references, self.concept)
+            result[g] = answer_metrics(preds, go.reference_lists(), self.concept)
             result["n"][g] = len(preds)
         return result
 
@@ -295,4 +394,4 @@ class Task(abc.ABC):
         return f"{type(self).__name__}(concept={getattr(self.concept, 'name', None)!r}, splits={sizes})"
 
 
-_BASE_KEYS = {"concept", "tokenizer", "n_rank", "n_eval", "seed", "batch_size", "n_examples"}
+_BASE_KEYS = {"concept", "tokenizer", "n_rank", "n_eval", "rank_groups", "seed", "batch_size", "n_examples"}

@@ -25,8 +25,10 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     system: null
     max_new_tokens: 30
     ranking_filter: none       # none | concept: keep only ranking captions with a concept word
-    n_rank: {concept: 8, control: 0}   # concept images for ranking
+    n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
     n_eval: 10                 # per group
+    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
+                               #   n_rank control images (beyond those evaluation uses)
     seed: 0
     batch_size: 8
 
@@ -51,6 +53,7 @@ from headpursuit.tasks.image_data import (
     rows_needed,
     select_rows,
     shape_items,
+    spare_rows,
     to_pil,
 )
 from headpursuit.tasks.image_task import ImageTask
@@ -104,8 +107,9 @@ class CaptioningTask(ImageTask):
         system: str | None = None,
         max_new_tokens: int = 30,
         ranking_filter: str = "none",
-        n_rank: Any = None,
+        n_rank: Any = 8,
         n_eval: Any = 10,
+        rank_groups: Any = None,
         seed: int = 0,
         batch_size: int = 8,
         n_examples: int = 3,
@@ -116,12 +120,13 @@ class CaptioningTask(ImageTask):
         if ranking_filter not in ("none", "concept"):
             raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'concept', got {ranking_filter!r}")
         if n_rank is None:
-            n_rank = {"concept": 8, "control": 0}
+            n_rank = 8  # concept images (an int n_rank is for the concept group)
         super().__init__(
             concept=concept,
             tokenizer=tokenizer,
             n_rank=n_rank,
             n_eval=n_eval,
+            rank_groups=rank_groups,
             seed=seed,
             batch_size=batch_size,
             n_examples=n_examples,
@@ -132,6 +137,7 @@ class CaptioningTask(ImageTask):
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
 
+        spare: dict[str, list[ImageItem]] = {}
         if source == "fixture":
             items = shape_items("shape") + pattern_items()
             for it in items:
@@ -145,7 +151,7 @@ class CaptioningTask(ImageTask):
             }
             label = "fixture"
         else:
-            items, data_source = self._load_data(
+            items, spare, data_source = self._load_data(
                 source,
                 data_path=data_path,
                 hub_id=hub_id,
@@ -159,7 +165,7 @@ class CaptioningTask(ImageTask):
         data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
         data_source["grouping"] = "concept iff a reference caption contains a concept word"
         self.data_source = data_source
-        self._split(items, source=label)
+        self._split(items, source=label, spare=spare)
 
     def _group_of(self, captions: list[str]) -> str:
         return "concept" if any(self.concept.count_in_text(c) for c in captions) else "control"
@@ -179,18 +185,25 @@ class CaptioningTask(ImageTask):
         need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
         need["none"] = 0
         rows = select_rows(groups, need, self.seed)
-        sub = ds.select(rows)
-        items = [
-            ImageItem(
+        # Ranking-only rows of the extra rank groups, decoded on top so the split of `rows` is unchanged.
+        extra = {
+            g: spare_rows(groups, g, need[g], int(self.n_rank or 0), self.seed, max_rows)
+            for g in self.extra_rank_groups()
+        }
+        every = rows + [r for g in extra for r in extra[g]]
+        sub = ds.select(every)
+        decoded = {
+            r: ImageItem(
                 image=to_pil(sub[k][image_column], info.get("base_dir")),
                 captions=caps[r],
                 group=groups[r],
                 meta={"id": f"row{r}", "row": r},
             )
-            for k, r in enumerate(rows)
-        ]
+            for k, r in enumerate(every)
+        }
         info.update({"image_column": image_column, "captions_column": captions_column})
-        return items, info
+        spare = {g: [decoded[r] for r in extra[g]] for g in extra}
+        return [decoded[r] for r in rows], spare, info
 
     def references(self, item: ImageItem) -> list[str]:
         return list(item.captions)
@@ -232,7 +245,7 @@ class CaptioningTask(ImageTask):
             go = outputs.groups[g]
             caps = [o[0] for o in go.outputs]
             cr = concept_rate(caps, self.concept)
-            quality = caption_quality(caps, go.references) if caps else caption_quality([], [])
+            quality = caption_quality(caps, go.reference_lists()) if caps else caption_quality([], [])
             result[g] = {
                 "concept_rate": float(cr.rate),
                 "concept_count": float(cr.mean_count),

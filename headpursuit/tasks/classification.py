@@ -33,6 +33,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     ranking_filter: none       # none | correct: keep ranking answers that name the true class
     n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
     n_eval: 10                 # per group
+    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
+                               #   n_rank control images (beyond those evaluation uses)
     seed: 0
     batch_size: 8
 
@@ -47,8 +49,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.text import alias_match
-from headpursuit.tasks.base import GROUPS, TaskOutputs
-from headpursuit.tasks.image_data import ImageItem, load_image_dataset, rows_needed, select_rows, shape_items, to_pil
+from headpursuit.tasks.base import GROUPS, TaskOutputs, parse_rank_groups
+from headpursuit.tasks.image_data import (
+    ImageItem,
+    load_image_dataset,
+    rows_needed,
+    select_rows,
+    shape_items,
+    spare_rows,
+    to_pil,
+)
 from headpursuit.tasks.image_task import ImageTask
 
 if TYPE_CHECKING:
@@ -77,6 +87,13 @@ DEFAULT_INSTRUCTIONS = {
     "data": "What is shown in this image? Answer with just the name of the object.",
 }
 _SOURCES = ("fixture", "hub", "local")
+
+
+def _label(item: ImageItem) -> str:
+    """An item's class name (classification items always have one)."""
+    if item.label is None:
+        raise ValueError(f"image item {item.meta.get('id')!r} has no class label")
+    return item.label
 
 
 def _display(name: str) -> str:
@@ -146,6 +163,7 @@ class ImageClassificationTask(ImageTask):
         ranking_filter: str = "none",
         n_rank: Any = 8,
         n_eval: Any = 10,
+        rank_groups: Any = None,
         seed: int = 0,
         batch_size: int = 8,
         n_examples: int = 3,
@@ -157,6 +175,8 @@ class ImageClassificationTask(ImageTask):
             raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', got {ranking_filter!r}")
         self.seed = int(seed)
         self.n_rank, self.n_eval = n_rank, n_eval
+        self.rank_groups = parse_rank_groups(rank_groups)  # _load_data needs it before super().__init__
+        spare: dict[str, list[ImageItem]] = {}
         extra_aliases = {str(k): list(v) for k, v in (aliases or {}).items()}
 
         if source == "fixture":
@@ -164,10 +184,10 @@ class ImageClassificationTask(ImageTask):
                 raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', got {fixture_label!r}")
             concept_classes = list(concept_classes or FIXTURE_CONCEPT[fixture_label])
             items = shape_items(fixture_label)
-            all_names = list(dict.fromkeys(it.label for it in items))
+            all_names = list(dict.fromkeys(_label(it) for it in items))
             self._check_classes(concept_classes, all_names)
             for it in items:
-                it.aliases = class_aliases(it.label, extra_aliases.get(it.label, ()))
+                it.aliases = class_aliases(_label(it), extra_aliases.get(_label(it), ()))
                 it.group = "concept" if it.label in concept_classes else "control"
             if max_rows is not None:
                 items = [it for g in GROUPS for it in [x for x in items if x.group == g][: int(max_rows)]]
@@ -189,7 +209,7 @@ class ImageClassificationTask(ImageTask):
                     )
                 concept_classes = CIFAR100_VEHICLES
             concept_classes = list(concept_classes)
-            items, all_names, data_source = self._load_data(
+            items, spare, all_names, data_source = self._load_data(
                 source,
                 data_path=data_path,
                 hub_id=hub_id,
@@ -215,6 +235,7 @@ class ImageClassificationTask(ImageTask):
             tokenizer=tokenizer,
             n_rank=n_rank,
             n_eval=n_eval,
+            rank_groups=rank_groups,
             seed=seed,
             batch_size=batch_size,
             n_examples=n_examples,
@@ -234,7 +255,9 @@ class ImageClassificationTask(ImageTask):
         data_source["concept_classes"] = list(concept_classes)
         self.data_source = data_source
         self._split(
-            items, source=str(data_source.get("hub_id") or data_source.get("path") or data_source.get("fixture"))
+            items,
+            source=str(data_source.get("hub_id") or data_source.get("path") or data_source.get("fixture")),
+            spare=spare,
         )
 
     # --- data ----------------------------------------------------------------------------
@@ -293,22 +316,27 @@ class ImageClassificationTask(ImageTask):
         groups = ["concept" if lab in concept_set else "control" for lab in labels]
         need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
         rows = select_rows(groups, need, self.seed)
-        sub = ds.select(rows)
-        items = []
-        for k, r in enumerate(rows):
+        # Ranking-only rows of the extra rank groups, decoded on top so the split of `rows` is unchanged.
+        extra = {
+            g: spare_rows(groups, g, need[g], int(self.n_rank or 0), self.seed, max_rows)
+            for g in self.extra_rank_groups()
+        }
+        every = rows + [r for g in extra for r in extra[g]]
+        sub = ds.select(every)
+        decoded = {}
+        for k, r in enumerate(every):
             row = sub[k]
             lab = labels[r]
-            items.append(
-                ImageItem(
-                    image=to_pil(row[image_column], info.get("base_dir")),
-                    label=lab,
-                    aliases=class_aliases(lab, extra_aliases.get(lab, ())),
-                    group=groups[r],
-                    meta={"id": f"row{r}:{lab}", "row": r},
-                )
+            decoded[r] = ImageItem(
+                image=to_pil(row[image_column], info.get("base_dir")),
+                label=lab,
+                aliases=class_aliases(lab, extra_aliases.get(lab, ())),
+                group=groups[r],
+                meta={"id": f"row{r}:{lab}", "row": r},
             )
         info.update({"image_column": image_column, "label_column": label_column})
-        return items, all_names, info
+        spare = {g: [decoded[r] for r in extra[g]] for g in extra}
+        return [decoded[r] for r in rows], spare, all_names, info
 
     # --- the contract ----------------------------------------------------------------------
     def ranking_samples(self, lm: LoadedModel) -> list:

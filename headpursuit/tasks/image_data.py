@@ -34,6 +34,7 @@ __all__ = [
     "pattern_items",
     "rows_needed",
     "select_rows",
+    "spare_rows",
     "shape_items",
     "to_pil",
 ]
@@ -144,7 +145,7 @@ def load_image_dataset(
                 f"{type(e).__name__}: {e}. Hub datasets need network access (or a populated HF "
                 "cache); offline, use source=fixture or a local copy (source=local, data_path=...)."
             ) from e
-        info = {"source": "hub", "hub_id": hub_id, "hub_config": hub_config, "split": split}
+        info: dict[str, Any] = {"source": "hub", "hub_id": hub_id, "hub_config": hub_config, "split": split}
     elif source == "local":
         if not data_path:
             raise ValueError("source 'local' needs data_path (an image folder or a file)")
@@ -196,11 +197,28 @@ def select_rows(groups: Sequence[str], n_per_group: Mapping[str, int | None], se
     return sorted(chosen)
 
 
+def spare_rows(
+    groups: Sequence[str], group: str, n_selected: int | None, count: int, seed: int, cap: int | None
+) -> list[int]:
+    """Rows of `group` for ranking only: the `count` rows that follow the `n_selected` that
+    `select_rows` picked, in its seeded order, so the selected rows (and the splits made from them)
+    stay as they are. With `cap` (max_rows) the selected and spare rows together stay within it;
+    with `n_selected` None every row was selected and none is spare."""
+    if n_selected is None or count <= 0:
+        return []
+    if cap is not None:
+        count = max(0, min(count, int(cap) - int(n_selected)))
+    idx = [i for i, x in enumerate(groups) if x == group]
+    random.Random(f"{seed}:select:{group}").shuffle(idx)
+    return sorted(idx[int(n_selected) : int(n_selected) + count])
+
+
 def rows_needed(n_rank: Any, n_eval: Any, group: str, cap: int | None) -> int | None:
     """How many rows of `group` a task needs to decode (None: all).
 
     Mirrors `split_items`: an int `n_rank` is for the concept group only (ranking uses concept
-    items), a mapping gives per-group counts; `n_eval` None means every remaining row.
+    items), a mapping gives per-group counts; `n_eval` None means every remaining row. (Control
+    rows ranked under ``rank_groups=[concept, control]`` come on top, from `spare_rows`.)
     """
     if isinstance(n_rank, Mapping):
         nr = n_rank.get(group) or 0

@@ -97,9 +97,7 @@ class ImageTask(Task):
         return out
 
     def _answers_for_ranking(self, lm: LoadedModel) -> tuple[list, GroupOutputs]:
-        items = self.items("rank", "concept")
-        if not items:
-            raise ValueError(f"{self.name}: the concept ranking split is empty (n_rank={self.n_rank})")
+        items = self.ranking_items()
         return items, self._run(lm, items, desc=f"{self.name} ranking answers")
 
     def _finish(self, result: dict, outputs: TaskOutputs) -> dict:

@@ -11,8 +11,10 @@ Config (all keyword arguments; a Hydra ``task`` node passes the same keys)::
     hub_config: rc.nocontext
     hub_split: validation
     max_rows: null                # read at most this many rows (hub / files)
-    n_rank: 30                    # per group (int or {concept: .., control: ..})
+    n_rank: 30                    # per ranked group (int or {concept: .., control: ..})
     n_eval: 50
+    rank_groups: null             # null / [concept]: rank on concept questions; [concept, control]:
+                                  #   also n_rank control questions (from those eval does not use)
     seed: 0
     instruction: "Give only the short answer, no explanation."  # appended; null/"" = none
     system: null                  # optional system message for chat templates
@@ -147,7 +149,7 @@ class QATask(Task):
         return GroupOutputs(
             inputs=[it.question for it in items],
             prompts=prompts,
-            outputs=[[o] for o in outs],
+            outputs=[[o] if isinstance(o, str) else o for o in outs],  # greedy: one string per prompt
             references=[list(it.answers) for it in items],
         )
 
@@ -155,9 +157,7 @@ class QATask(Task):
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
-        items = self.items("rank", "concept")
-        if not items:
-            raise ValueError(f"{self.name}: the concept ranking split is empty (n_rank={self.n_rank})")
+        items = self.ranking_items()
         go = self._answer(lm, items, desc=f"{self.name} ranking answers")
         samples = []
         for it, prompt, out in zip(items, go.prompts, go.outputs):
@@ -168,7 +168,12 @@ class QATask(Task):
                 CaptureSample(
                     prompt=prompt,
                     answer=answer,
-                    meta={"question": it.question, "answers": it.answers, "correct": alias_match(answer, it.answers)},
+                    meta={
+                        "question": it.question,
+                        "answers": it.answers,
+                        "correct": alias_match(answer, it.answers),
+                        "group": it.group,
+                    },
                 )
             )
         if not samples:

@@ -20,6 +20,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     instruction: null             # chat format only: text put before the prompt
     n_rank: 30
     n_eval: 50
+    rank_groups: null             # null / [concept]: rank on concept prompts; [concept, control]: also
+                                  #   n_rank control prompts (from those evaluation does not use)
     seed: 0
     n_continuations: 5            # sampled continuations per prompt (RTP uses 25)
     max_new_tokens: 20            # RTP uses 20
@@ -291,14 +293,12 @@ class ToxicityTask(Task):
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
-        items = self.items("rank", "concept")
-        if not items:
-            raise ValueError(f"{self.name}: the concept ranking split is empty (n_rank={self.n_rank})")
+        items = self.ranking_items()
         go = self._continue(
             lm, items, desc=f"{self.name} ranking continuations", sample=self.ranking_decoding == "sample", n=1
         )
         return [
-            CaptureSample(prompt=p, answer=o[0], meta={"prompt_text": it.prompt})
+            CaptureSample(prompt=p, answer=o[0], meta={"prompt_text": it.prompt, "group": it.group})
             for it, p, o in zip(items, go.prompts, go.outputs)
         ]
 
@@ -311,10 +311,12 @@ class ToxicityTask(Task):
         return out
 
     def _fluency(self, fluency_model: FluencyModel, prompts: list[str], conts: list[str], desc: str) -> dict:
-        if not isinstance(fluency_model, LoadedModel):  # a scorer function (prompts, conts)
-            res = fluency_model(prompts, conts)
-            return res if isinstance(res, dict) else {"perplexity": float(res)}
-        return perplexity(fluency_model, prompts, conts, batch_size=self.fluency_batch_size, desc=desc)
+        if isinstance(fluency_model, LoadedModel):
+            return perplexity(fluency_model, prompts, conts, batch_size=self.fluency_batch_size, desc=desc)
+        if not callable(fluency_model):
+            raise TypeError(f"{self.name}: fluency_model must be a model or a function, got {fluency_model!r}")
+        res = fluency_model(prompts, conts)  # a scorer function (prompts, conts)
+        return res if isinstance(res, dict) else {"perplexity": float(res)}
 
     def score(self, outputs: TaskOutputs, *, fluency_model: FluencyModel = None, **_: Any) -> dict:
         """Metrics from `generate`'s outputs; see the module docstring for `fluency_model`."""
