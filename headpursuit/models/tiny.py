@@ -30,24 +30,14 @@ def embedded_tokenizer(name: str = "smollm2"):
     return tok
 
 
+# fmt: off
 # Llama-style with grouped-query attention (like SmolLM2); Mistral and Qwen3 share the layout.
-LLAMA_LIKE = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-)
+LLAMA_LIKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
 # Gemma-3-style: heads * head_dim != hidden_size (4 x 24 = 96 vs 80), 1 KV head.
-GEMMA3_LIKE = dict(
-    hidden_size=80,
-    intermediate_size=128,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=1,
-    head_dim=24,
-)
+GEMMA3_LIKE = dict(hidden_size=80, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=24)
+# fmt: on
 
 TINY_TEXT_CONFIGS = {
     "llama": LLAMA_LIKE,
