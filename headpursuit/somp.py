@@ -18,6 +18,8 @@ what follows is how this implementation computes it. For a batch of heads:
 1. ``C = H D^T`` (batch, n, V) is computed once with large matmuls (float32 on CPU).
 2. Each step picks, per head, ``j = argmax_j sum_i |C[i, j]|`` (or squared for ``"l2"``) over the
    atoms not yet selected, not masked and not (numerically) in the span of the selected ones.
+   The core always works with unit atoms; raw rows (``normalize_atoms=False``) only multiply
+   each atom's score by its norm (:func:`selection_weights`), so the default path is untouched.
 3. The selected atom is orthonormalised against the previously selected ones by Gram-Schmidt in
    *correlation space*: with ``G_SS = L L^T`` (Cholesky, float64; its inverse is grown one row
    per step), ``p = L[t, :t]``, ``nrm = L[t, t]`` and the atom's Gram row ``g = D_j D^T`` (one
@@ -53,6 +55,9 @@ __all__ = [
     "somp_reference",
     "normalize_atoms",
     "head_dictionary",
+    "dictionary_rows",
+    "atom_norms",
+    "selection_weights",
     "HeadSignals",
     "default_memory_budget",
 ]
@@ -72,8 +77,8 @@ class SOMPResult:
     coefficients: (heads, samples, k) -- least-squares coefficients of each sample on the
         selected atoms (same order as ``indices``; 0 for padded steps).
     explained_variance: float64 (heads, k) -- 1 - ||R||^2 / ||H||^2 after each step (repeated
-        after a head stopped; 0 for an all-zero signal).
-    signal_energy: float64 (heads,) -- ||H||^2 of each head's samples.
+        after a head stopped; 0 for an all-zero signal); with ``center=True`` H is the centred signal.
+    signal_energy: float64 (heads,) -- ||H||^2 of each head's samples (centred with ``center=True``).
     head_ids: long (heads, 2) of (layer, head) when produced by :func:`somp_heads`, else None.
 
     For 2-D input to :func:`somp` the leading heads axis is dropped from every field.
@@ -119,17 +124,27 @@ def normalize_atoms(atoms: torch.Tensor, dtype: torch.dtype | None = None) -> tu
     return out, usable
 
 
-def head_dictionary(
+# the parameter ``normalize_atoms`` of somp/somp_heads shadows the function inside them
+_unit_rows = normalize_atoms
+
+
+def _raw_atom_coefficients(coef: torch.Tensor, idx: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+    """Coefficients on the unit atoms -> on the raw atoms (divided by each selected atom's norm)."""
+    n = norms.to(device=coef.device, dtype=torch.float64)[idx.clamp_min(0)]
+    scale = torch.where(idx >= 0, 1.0 / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
+    return (coef.to(torch.float64) * scale.unsqueeze(-2)).to(coef.dtype)
+
+
+def dictionary_rows(
     unembedding: torch.Tensor,
     norm_gain: torch.Tensor | None = None,
     token_ids: torch.Tensor | Sequence[int] | None = None,
     *,
     fold_norm_gain: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The SOMP dictionary from an unembedding matrix (vocab, d_model): the final norm's gain folded
-    in (``U * gamma``) when ``fold_norm_gain`` and a gain is given, restricted to ``token_ids``
-    when given, rows normalised. Returns (atoms, usable, token_ids as long tensor or None)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The raw (not normalised) dictionary rows from an unembedding matrix (vocab, d_model):
+    restricted to ``token_ids`` when given, the final norm's gain folded in (``U * gamma``, float64)
+    when ``fold_norm_gain`` and a gain is given. Returns (rows, token_ids as long tensor or None)."""
     U = unembedding.detach()
     if U.dim() != 2:
         raise ValueError(f"unembedding must be (vocab, d_model); got shape {tuple(U.shape)}")
@@ -149,8 +164,30 @@ def head_dictionary(
         if g.numel() != U.shape[1]:
             raise ValueError(f"final norm gain has {g.numel()} entries but the unembedding has d_model={U.shape[1]}")
         U = U.to(torch.float64) * g[None, :]
+    return U, ids
+
+
+def head_dictionary(
+    unembedding: torch.Tensor,
+    norm_gain: torch.Tensor | None = None,
+    token_ids: torch.Tensor | Sequence[int] | None = None,
+    *,
+    fold_norm_gain: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The SOMP dictionary from an unembedding matrix (vocab, d_model): the final norm's gain folded
+    in (``U * gamma``) when ``fold_norm_gain`` and a gain is given, restricted to ``token_ids``
+    when given, rows normalised. Returns (atoms, usable, token_ids as long tensor or None)."""
+    U, ids = dictionary_rows(unembedding, norm_gain, token_ids, fold_norm_gain=fold_norm_gain)
     atoms, usable = normalize_atoms(U, dtype)
     return atoms, usable, ids
+
+
+def atom_norms(rows: torch.Tensor) -> torch.Tensor:
+    """float64 (n_atoms,) Euclidean norms of dictionary rows, accumulated in float64 as
+    :func:`normalize_atoms` does (0 for non-finite rows, which are never selected)."""
+    norms = torch.linalg.vector_norm(rows.detach(), dim=1, dtype=torch.float64)
+    return torch.where(torch.isfinite(norms), norms, torch.zeros_like(norms))
 
 
 _ONEDNN: bool | None = None
@@ -209,6 +246,22 @@ def default_memory_budget(device: torch.device | None = None) -> int:
     if avail is None:
         return 2 << 30
     return int(max(256 << 20, min(6 << 30, 0.3 * avail)))
+
+
+def selection_weights(
+    norms: torch.Tensor, aggregation: str, variant: str, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | None:
+    """Per-atom factors that turn the selection scores of unit atoms into those of the raw atoms
+    (``normalize_atoms=False``): ``||D_j||`` for "l1", ``||D_j||^2`` for "l2". None for "ormp",
+    whose score (the correlation with the normalised part of the atom orthogonal to the selection)
+    does not depend on the atoms' norms. The fit on the support never does: least squares on
+    ``D_S`` and on ``diag(s) D_S`` give the same residual."""
+    if variant == "ormp":
+        return None
+    w = norms.to(torch.float64)
+    if aggregation == "l2":
+        w = w * w
+    return w.to(device=device, dtype=dtype)
 
 
 def _check_k(k: int, n_atoms: int) -> int:
@@ -283,12 +336,16 @@ class HeadSignals:
     The heads are flattened layer-major (``n_heads = L * H``). ``prepare(heads, D, chunk)`` returns,
     for a slice of them, the correlations ``C = c D^T`` (heads, n, V) in ``dtype``, each head's
     energy ``||c||^2`` (float64) and the exact-column operator SOMP needs; ``bytes_per_head(V)`` is
-    the extra working memory per head beyond C (for sizing batches)."""
+    the extra working memory per head beyond C (for sizing batches).
 
-    def __init__(self, z: torch.Tensor, W_O: torch.Tensor, dtype: torch.dtype):
+    center: remove each head's mean over the rows of z (in float64) before anything else; since
+    ``c = W_h z`` is linear this centres the signal c."""
+
+    def __init__(self, z: torch.Tensor, W_O: torch.Tensor, dtype: torch.dtype, center: bool = False):
         self.z = z
         self.W = W_O
         self.dtype = dtype
+        self.center = center
         self.n, self.L, self.Hn, self.dh = z.shape
         self.dim = W_O.shape[1]
         self.n_heads = self.L * self.Hn
@@ -319,7 +376,12 @@ class HeadSignals:
         hb = Zb.shape[0]
         V = D.shape[0]
         dev = D.device
-        Zc = Zb.to(device=dev, dtype=self.dtype)
+        if self.center:
+            Z64 = Zb.to(device=dev, dtype=torch.float64)
+            Z64 = Z64 - Z64.mean(dim=1, keepdim=True)
+            Zc = Z64.to(self.dtype)
+        else:
+            Zc = Zb.to(device=dev, dtype=self.dtype)
         Wc = Wb.to(device=dev, dtype=self.dtype)
         if self._route(V) == "direct":
             Hb = torch.matmul(Zc, Wc.transpose(1, 2))  # (hb, n, d)
@@ -337,7 +399,8 @@ class HeadSignals:
                 P = _mm_nt(D[v0 : v0 + chunk], WcatT).view(-1, hb, self.dh).permute(1, 2, 0)  # (hb, dh, v)
                 C[:, :, v0 : v0 + chunk] = torch.bmm(Zc, P)
                 del P
-        Z64 = Zb.to(device=dev, dtype=torch.float64)
+        if not self.center:
+            Z64 = Zb.to(device=dev, dtype=torch.float64)
         W64 = Wb.to(device=dev, dtype=torch.float64)
         M = torch.bmm(W64.transpose(1, 2), W64)  # (hb, dh, dh) = W_h^T W_h
         energy = (torch.bmm(Z64, M) * Z64).sum(dim=(1, 2)).clamp_min(0.0)
@@ -460,9 +523,11 @@ def _somp_batch(
     tol: float | None,
     aggregation: str,
     variant: str = "omp",
+    atom_weight: torch.Tensor | None = None,
 ):
     """SOMP on one batch of heads given C = H D^T (hb, n, V), which is modified in place.
 
+    atom_weight: (V,) multiplies every atom's selection score (see :func:`selection_weights`).
     Returns indices (hb, k) long, coefficients (hb, n, k) float64, explained variance (hb, k) f64.
     """
     hb, n, V = C.shape
@@ -519,6 +584,7 @@ def _somp_batch(
             idx_out,
             ev_out,
             coef_out,
+            atom_weight,
         )
     finally:
         tiler.close()
@@ -548,6 +614,7 @@ def _somp_steps(
     idx_out,
     ev_out,
     coef_out,
+    atom_weight=None,
 ):
     hb, n, V = C.shape
     dev = C.device
@@ -574,6 +641,9 @@ def _somp_steps(
             # correlation with the *normalised* component of each atom orthogonal to the selection
             denom = (1.0 - proj2).clamp_min(_DEPENDENT_TOL)
             score.div_(denom if aggregation == "l2" else denom.sqrt_())
+        if atom_weight is not None:
+            # raw (not normalised) atoms: sum_i |<R_i, D_j>| = ||D_j|| sum_i |<R_i, D_j / ||D_j||>|
+            score.mul_(atom_weight)
         score.masked_fill_(excl, float("-inf"))
         best, j = score.max(dim=1)
         active = active & torch.isfinite(best) & (best > 0)
@@ -657,6 +727,7 @@ def _run(
     memory_budget,
     head_batch,
     variant: str = "omp",
+    atom_weight: torch.Tensor | None = None,
 ):
     V = D.shape[0]
     n = op.n
@@ -679,7 +750,7 @@ def _run(
         blk = None
         if blocked is not None:
             blk = blocked[sl] if blocked.dim() == 2 else blocked.unsqueeze(0).expand(C.shape[0], V)
-        idx, coef, ev = _somp_batch(C, energy, cols, D, blk, k, tol, aggregation, variant)
+        idx, coef, ev = _somp_batch(C, energy, cols, D, blk, k, tol, aggregation, variant, atom_weight)
         del C
         idx_all.append(idx)
         coef_all.append(coef)
@@ -733,6 +804,8 @@ def somp(
     head_batch: int | None = None,
     dtype: torch.dtype | None = None,
     variant: str = "omp",
+    center: bool = False,
+    normalize_atoms: bool = True,
 ) -> SOMPResult:
     """Simultaneous OMP of each head's samples over a shared dictionary.
 
@@ -747,6 +820,11 @@ def somp(
     variant: "omp" (default, the method of the paper) or "ormp": order-recursive matching pursuit,
     which scores each atom by its correlation with the residual divided by the norm of the atom's
     component orthogonal to the atoms already selected (what ``spams.somp`` computes, with "l2").
+    center: remove each head's mean over samples (float64) first; the explained variance is then
+    that of the centred signal (see :func:`somp_heads`).
+    normalize_atoms: False selects with the raw rows, ``argmax_j sum_i |<R_i, D_j>|`` (their norms
+    weight the choice); the least-squares fit, residual and explained variance do not depend on
+    the atoms' norms, and the coefficients are those of the raw rows.
     """
     if not isinstance(signals, torch.Tensor) or not isinstance(atoms, torch.Tensor):
         raise ValueError("somp expects torch tensors: signals (heads, samples, dim) and atoms (n_atoms, dim)")
@@ -762,7 +840,7 @@ def somp(
     if H.shape[0] == 0 or H.shape[1] == 0:
         raise ValueError(f"signals are empty (shape {tuple(signals.shape)}): need at least one head and one sample")
     cdt = _compute_dtype(H, dtype)
-    D, usable = normalize_atoms(atoms.to(H.device), cdt)
+    D, usable = _unit_rows(atoms.to(H.device), cdt)
     blocked = ~usable.to(H.device)
     if atom_mask is not None:
         m = torch.as_tensor(atom_mask, dtype=torch.bool, device=H.device)
@@ -777,11 +855,22 @@ def somp(
             )
     n_allowed = int((~blocked).sum(-1).min()) if blocked.dim() == 2 else int((~blocked).sum())
     k = _check_k(k, n_allowed)
-    op = _DenseSignals(H.detach(), cdt)
+    Hs = H.detach()
+    if center:
+        Hs = Hs.to(torch.float64)
+        Hs = Hs - Hs.mean(dim=1, keepdim=True)
+    op = _DenseSignals(Hs, cdt)
     blocked_or_none = blocked if bool(blocked.any()) else None  # None: nothing to mask
+    norms = None if normalize_atoms else atom_norms(atoms.to(H.device))
+    weight = None if norms is None else selection_weights(norms, aggregation, variant, cdt, H.device)
     idx, coef, ev, energy, meta = _run(
-        op, D, blocked_or_none, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant
+        op, D, blocked_or_none, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant, weight
     )
+    if norms is not None:
+        coef = _raw_atom_coefficients(coef, idx, norms)
+        meta = {**meta, "normalize_atoms": False}
+    if center:
+        meta = {**meta, "center": True}
     coef = coef.to(H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32)
     res = SOMPResult(idx, coef, ev, energy, None, meta)
     if squeeze:
@@ -806,6 +895,8 @@ def somp_heads(
     head_batch: int | None = None,
     dtype: torch.dtype | None = None,
     variant: str = "omp",
+    center: bool = False,
+    normalize_atoms: bool = True,
 ) -> SOMPResult:
     """SOMP for every head from captured ``z`` without materialising the per-head signals.
 
@@ -813,7 +904,18 @@ def somp_heads(
     W_O: (L, d_model, H*dh) -- the output projections of the same L layers as z (in order).
     dictionary: the unembedding (vocab, d_model). With ``norm_gain`` given the final norm's gain is
     folded in (``U * gamma``) unless ``fold_norm_gain=False``; ``token_ids`` restricts the
-    dictionary to those vocabulary ids. Rows are normalised.
+    dictionary to those vocabulary ids. Rows are normalised unless ``normalize_atoms=False``.
+
+    center: remove each head's mean over the rows before pursuit (z is centred per head in float64;
+    ``c = W_h z`` is linear, so this centres c). The explained variance is then the variance of
+    (mean + reconstruction) over the variance of the signal: the mean is constant over rows, so
+    that is ``sum_i ||rec_i - mean(rec)||^2 / ||H - mean||^2``; the reconstruction of the centred
+    rows is their orthogonal projection onto span(D_S), so it has mean 0 and, by Pythagoras,
+    ``||rec||^2 = ||H - mean||^2 - ||R||^2``: the ratio is ``1 - ||R||^2 / ||H - mean||^2``,
+    what is reported (``signal_energy`` is ``||H - mean||^2``).
+    normalize_atoms: False selects with the raw rows (``argmax_j sum_i |<R_i, D_j>|``, so an atom's
+    norm weights its choice); fit and explained variance do not depend on the norms; the
+    coefficients are those of the raw rows. Ignored by ``variant="ormp"`` (scale-invariant).
 
     Returns a SOMPResult with the heads axis flattened layer-major (L*H), ``indices`` as
     *vocabulary token ids* (not positions in ``token_ids``), and ``head_ids`` (L*H, 2) giving
@@ -846,13 +948,18 @@ def somp_heads(
         raise ValueError("fold_norm_gain=True needs norm_gain (the final norm's gain, e.g. lm.final_norm_gain())")
     dev = W_O.device
     cdt = _compute_dtype(W_O, dtype)
-    D, usable, ids = head_dictionary(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain, dtype=cdt)
+    rows, ids = dictionary_rows(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain)
+    D, usable = _unit_rows(rows, cdt)
     k = _check_k(k, int(usable.sum()))
     blocked = None if bool(usable.all()) else ~usable.to(dev)
-    op = HeadSignals(z.detach().to(dev), W_O, cdt)
+    op = HeadSignals(z.detach().to(dev), W_O, cdt, center=center)
+    norms = None if normalize_atoms else atom_norms(rows)
+    weight = None if norms is None else selection_weights(norms, aggregation, variant, cdt, dev)
     idx, coef, ev, energy, meta = _run(
-        op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant
+        op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant, weight
     )
+    if norms is not None:
+        coef = _raw_atom_coefficients(coef, idx, norms)
     if ids is not None:
         ids_dev = ids.to(idx.device)
         idx = torch.where(idx >= 0, ids_dev[idx.clamp_min(0)], idx)
@@ -865,6 +972,8 @@ def somp_heads(
         "route": op._route(D.shape[0]),
         "fold_norm_gain": bool(fold_norm_gain),
         "restricted": ids is not None,
+        "center": bool(center),
+        "normalize_atoms": bool(normalize_atoms),
     }
     return SOMPResult(idx, coef.to(torch.float32), ev, energy, head_ids, meta)
 

@@ -145,7 +145,7 @@ def test_errors(planted):
         rank_heads(acts, weights, [5, 999])
     with pytest.raises(ValueError, match="W_O"):
         rank_heads(acts, {"unembedding": weights["unembedding"]}, CONCEPT)
-    assert set(METHODS) == {"concept_share", "concept_restricted", "logit_lens", "random"}
+    assert set(METHODS) == {"concept_share", "concept_restricted", "logit_lens", "logit_lens_mean", "random"}
 
 
 def test_concept_restricted_caps_k(planted):

@@ -15,7 +15,15 @@ baselines), registered by name in :data:`METHODS` (``methods.py``; add one with
 * ``logit_lens`` -- per row, the top ``lens_top`` tokens (by value) of ``D c`` with unit-norm atoms
   ``D``; the score is the fraction of them in the concept, averaged over rows. ``lens_top``
   defaults to ``k``.
+* ``logit_lens_mean`` -- the paper's logit-lens baseline: per head, the mean over rows and concept
+  tokens of the logit ``D[concept] c`` (raw unembedding rows).
 * ``random`` -- seeded random scores (the control).
+
+Options of the SOMP methods: ``center`` (remove each head's mean over rows before pursuit),
+``normalize_atoms`` (unit-norm or raw dictionary rows), ``fold_norm_gain`` (fold the final norm's
+gain into the unembedding). The paper's scoring is ``method="concept_restricted", k=50,
+center=True, normalize_atoms=False, fold_norm_gain=False`` (``conf/ranking/paper.yaml``); see
+docs/protocol.md ("Ranking") for which choice is the paper's and which is ours.
 
 Ties are broken deterministically: higher score first, then lower layer, then lower head.
 

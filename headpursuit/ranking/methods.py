@@ -16,7 +16,14 @@ from typing import Any, NamedTuple, Protocol
 import torch
 
 from headpursuit.ranking.inputs import HeadWeights, format_tokens, validated_k
-from headpursuit.somp import HeadSignals, SOMPResult, default_memory_budget, head_dictionary, somp_heads
+from headpursuit.somp import (
+    HeadSignals,
+    SOMPResult,
+    default_memory_budget,
+    dictionary_rows,
+    head_dictionary,
+    somp_heads,
+)
 
 __all__ = [
     "RankingInputs",
@@ -28,6 +35,7 @@ __all__ = [
     "concept_share",
     "concept_restricted",
     "logit_lens",
+    "logit_lens_mean",
     "random_control",
 ]
 
@@ -42,6 +50,8 @@ class RankingInputs:
     concept_ids: sorted unique vocabulary ids; concept_mask: bool (vocab,), True at concept_ids.
     aggregation: SOMP atom choice ("l1" or "l2"). seed: for random methods.
     n_top_tokens: how many tokens each head's ``top_tokens`` cell shows.
+    center: SOMP methods remove each head's mean over rows before pursuit.
+    normalize_atoms: SOMP methods use unit-norm dictionary rows (True) or the raw rows (False).
     """
 
     z: torch.Tensor
@@ -53,6 +63,8 @@ class RankingInputs:
     aggregation: str
     seed: int
     n_top_tokens: int
+    center: bool = False
+    normalize_atoms: bool = True
 
     @property
     def n_heads_total(self) -> int:
@@ -114,6 +126,8 @@ def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_op
         fold_norm_gain=gain is not None,
         layers=inputs.layers,
         aggregation=inputs.aggregation,
+        center=inputs.center,
+        normalize_atoms=inputs.normalize_atoms,
         **somp_options,
     )
 
@@ -205,6 +219,32 @@ def logit_lens(
     return MethodResult(score, tops, _no_explained_variance(inputs.n_heads_total), {"lens_top": lens_top})
 
 
+def logit_lens_mean(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResult:
+    """The paper's logit-lens baseline: per head, the mean over rows and concept tokens of the
+    logit the logit lens assigns, ``D[concept] c_h`` with the RAW unembedding rows (the logit is
+    what the paper defines; ``normalize_atoms`` does not apply), the final norm's gain folded in
+    when ``fold_norm_gain``. ``center`` does not apply either (a centred signal has mean logit 0);
+    k is unused. The mean over rows is taken first (everything is linear), in float64. The
+    top_tokens cell shows the concept tokens with the highest mean logit for the head."""
+    gain = inputs.norm_gain
+    rows, _ = dictionary_rows(inputs.weights.unembedding, gain, inputs.concept_ids, fold_norm_gain=gain is not None)
+    Dc = rows.to(torch.float64)  # (n_concept, d)
+    z_mean = inputs.z.to(torch.float64).mean(dim=0)  # (L, H, dh)
+    L, Hn, dh = z_mean.shape
+    logits = torch.empty(L, Hn, Dc.shape[0], dtype=torch.float64)
+    for li in range(L):
+        # (n_concept, H*dh) -> per head the logit of each concept token: D W_h mean(z_h)
+        P = (Dc @ inputs.weights.W_O[li].to(torch.float64)).view(-1, Hn, dh)
+        logits[li] = torch.einsum("chk,hk->hc", P, z_mean[li])
+    logits = logits.reshape(L * Hn, -1)
+    n_top = min(inputs.n_top_tokens, logits.shape[1])
+    # stable descending sort: among equal logits the lower token id first
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :n_top]
+    tok = inputs.weights.tokenizer
+    tops = [format_tokens(tok, inputs.concept_ids[row].tolist()) for row in order]
+    return MethodResult(logits.mean(dim=1), tops, _no_explained_variance(inputs.n_heads_total), {})
+
+
 def random_control(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResult:
     """Seeded random scores (the control)."""
     n = inputs.n_heads_total
@@ -214,4 +254,5 @@ def random_control(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResul
 register_method("concept_share", concept_share)
 register_method("concept_restricted", concept_restricted)
 register_method("logit_lens", logit_lens)
+register_method("logit_lens_mean", logit_lens_mean)
 register_method("random", random_control)

@@ -20,7 +20,7 @@ from headpursuit.ranking.inputs import (
 )
 from headpursuit.ranking.methods import METHODS, RankingInputs, seeded_random_scores
 from headpursuit.ranking.scores import HeadScores, score_table
-from headpursuit.somp import head_dictionary, somp
+from headpursuit.somp import dictionary_rows, head_dictionary, somp
 
 if TYPE_CHECKING:
     from headpursuit.capture import HeadActivations
@@ -53,6 +53,8 @@ def rank_heads(
     *,
     seed: int = 0,
     fold_norm_gain: bool = True,
+    center: bool = False,
+    normalize_atoms: bool = True,
     aggregation: str = "l1",
     top_tokens: int = 5,
     lens_top: int | None = None,
@@ -68,6 +70,12 @@ def rank_heads(
     concept: a Concept, token ids, or a concept name / word list (needs a tokenizer).
     k: SOMP steps (concept_share, concept_restricted) or the default ``lens_top`` (logit_lens).
     fold_norm_gain: fold the final norm's gain into the unembedding (D * gamma) before normalising.
+    center: (SOMP methods) remove each head's mean over rows before pursuit; the explained variance
+        is then that of the centred signal, 1 - ||R||^2 / ||H - mean||^2.
+    normalize_atoms: (SOMP methods) unit-norm dictionary rows (default) or the raw rows, whose norms
+        then weight the atom choice argmax_j sum_i |<R_i, D_j>|.
+    The paper's scoring is ``method="concept_restricted", k=50, center=True, normalize_atoms=False,
+    fold_norm_gain=False`` (conf/ranking/paper.yaml; docs/protocol.md says which choice is whose).
     aggregation: SOMP atom choice, "l1" (default) or "l2". top_tokens: how many selected atoms to
     decode into the ``top_tokens`` column. somp_kwargs go to :func:`somp_heads` (tol,
     memory_budget, chunk_size, variant, ...).
@@ -100,6 +108,8 @@ def rank_heads(
         "k": k,
         "aggregation": aggregation,
         "fold_norm_gain": bool(fold_norm_gain and gain is not None),
+        "center": bool(center),
+        "normalize_atoms": bool(normalize_atoms),
         "concept": cname,
         "n_concept_tokens": int(ids.numel()),
         "n_rows": n,
@@ -120,6 +130,8 @@ def rank_heads(
         aggregation=aggregation,
         seed=seed,
         n_top_tokens=max(0, int(top_tokens)),
+        center=bool(center),
+        normalize_atoms=bool(normalize_atoms),
     )
     result = METHODS[method](inputs, k, lens_top=lens_top, **somp_kwargs)
     meta.update(result.meta)
@@ -137,8 +149,11 @@ def explain_head(
     *,
     fold_norm_gain: bool = True,
     aggregation: str = "l1",
+    center: bool = False,
+    normalize_atoms: bool = True,
 ) -> pd.DataFrame:
-    """The tokens one head writes over the captured rows: full-vocabulary SOMP for k steps.
+    """The tokens one head writes over the captured rows: full-vocabulary SOMP for k steps
+    (``center`` / ``normalize_atoms`` as in :func:`rank_heads`).
 
     Returns a DataFrame with step (1..k), token_id, token, explained_variance, gain.
     """
@@ -157,7 +172,9 @@ def explain_head(
     signal = z[:, layers.index(layer), head] @ Wh.T  # (n, d)
     gain = w.norm_gain if fold_norm_gain else None
     D, usable, _ = head_dictionary(w.unembedding, gain, None, fold_norm_gain=gain is not None)
-    res = somp(signal, D, k, aggregation=aggregation, atom_mask=usable)
+    if not normalize_atoms:
+        D, _ = dictionary_rows(w.unembedding, gain, None, fold_norm_gain=gain is not None)
+    res = somp(signal, D, k, aggregation=aggregation, atom_mask=usable, center=center, normalize_atoms=normalize_atoms)
     idx = res.indices.tolist()
     ev = res.explained_variance.tolist()
     gains = res.gains.tolist()
