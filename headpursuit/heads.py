@@ -7,6 +7,7 @@ name the config keys a user sets, because these are the checks a run's configura
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "parse_heads",
     "check_heads",
     "random_heads",
+    "layer_count_heads",
     "random_control_heads",
     "select_heads",
     "head_records",
@@ -32,8 +34,9 @@ __all__ = [
 Head = tuple[int, int]
 #: how the edited heads are chosen: top-k of the ranking, k random heads, or a given list
 HEAD_MODES = ("ranked", "random", "explicit")
-#: where the random-head controls are drawn from: every head, or the edited heads' layers
-RANDOM_POOLS = ("all", "same_layers")
+#: where the random-head controls are drawn from: every head (ours), the edited heads' layers
+#: (ours), or exactly the edited set's per-layer counts, disjoint from it (the paper's protocol)
+RANDOM_POOLS = ("all", "same_layers", "layer_counts")
 
 
 def parse_heads(spec: Iterable[Any]) -> list[Head]:
@@ -80,11 +83,40 @@ def random_heads(
     return sorted(random.Random(f"heads:{seed}").sample(pool, k))
 
 
+def layer_count_heads(selected: Sequence[Head], n_heads: int, seed: int) -> list[Head]:
+    """A random head set with exactly the per-layer counts of `selected`, disjoint from it (the
+    paper's random control), sorted by (layer, head).
+
+    Layer by layer (ascending), as many heads as `selected` has there are drawn uniformly from that
+    layer's other heads; one seeded, platform-stable generator serves every layer of a draw.
+    """
+    chosen = {(int(a), int(b)) for a, b in selected}
+    counts = Counter(layer for layer, _ in chosen)
+    # A string seed hashes the same on every platform and Python version.
+    rng = random.Random(f"layer_counts:{seed}")
+    out: list[Head] = []
+    for layer in sorted(counts):
+        pool = [(layer, h) for h in range(n_heads) if (layer, h) not in chosen]
+        need = counts[layer]
+        if need > len(pool):
+            raise ConfigError(
+                f"intervention.random_pool=layer_counts: layer {layer} holds {need} edited heads, so a "
+                f"disjoint random set needs {need} other heads there, but only {len(pool)} of its "
+                f"{n_heads} heads remain; use intervention.random_pool=all (or same_layers) or lower "
+                "intervention.k"
+            )
+        out += rng.sample(pool, need)
+    return sorted(out)
+
+
 def random_control_heads(
     edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int, pool: str = "all"
 ) -> list[Head]:
-    """The random-head control for one seed: from `all` heads, or (`same_layers`) from the edited
-    heads' layers without the edited heads themselves."""
+    """The random-head control for one seed: k heads from `all` heads; or (`same_layers`) k heads
+    from the edited heads' layers without the edited heads themselves; or (`layer_counts`, the
+    paper's) the edited set's per-layer counts, disjoint from it (k is then len(edited))."""
+    if pool == "layer_counts":
+        return layer_count_heads(edited, n_heads, seed)
     if pool == "same_layers":
         return random_heads(n_layers, n_heads, k, seed, exclude=edited, layers={a for a, _ in edited})
     return random_heads(n_layers, n_heads, k, seed)

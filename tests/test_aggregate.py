@@ -144,3 +144,136 @@ def test_cli(sweep, tmp_path):
         text=True,
     )
     assert empty.returncode == 2 and "no readable results.json" in empty.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Normalised metrics and the paper-shaped table (issue 12)
+# ------------------------------------------------------------------------------------------
+
+
+def _paper_run(d: Path, ranking: str, k: int, norm: float, rand=None, *, preset="paper", positions="prompt_mean"):
+    """A results.json as a run of the paper protocol writes it: baseline concept accuracy 0.8, the
+    edited value `norm * 0.8`, random controls (median, q25, q75) normalised `rand`."""
+    d.mkdir(parents=True)
+    b = 0.8
+    res = {
+        "status": "complete",
+        "model": "smollm2",
+        "task": "qa_countries",
+        "ranking": ranking,
+        "k": k,
+        "k_frac": None,
+        "alpha": -1.0,
+        "heads_mode": "ranked",
+        "n_heads_total": 270,
+        "heads": [{"layer": 1, "head": h} for h in range(k)],
+        "config": {
+            "seed": 0,
+            "intervention": {"k": k, "alpha": -1.0, "random_pool": "layer_counts"},
+            "task": {"positions": positions, "rank_groups": ["concept", "control"]},
+        },
+        "run": {"choices": {"experiment": "paper_qa_embedded", "ranking": preset}},
+        "baseline": {"concept": {"accuracy": b, "zero": 0.0}},
+        "edited": {"concept": {"accuracy": norm * b, "zero": 0.1}},
+        "random": None,
+        "normalized": {"edited": {"concept": {"accuracy": norm, "zero": None}}, "random": None},
+    }
+    if rand is not None:
+        med, q25, q75 = rand
+        res["random"] = {
+            "concept": {"accuracy": med * b},
+            "std": {"concept": {"accuracy": 0.1}},
+            "median": {"concept": {"accuracy": med * b}},
+            "q25": {"concept": {"accuracy": q25 * b}},
+            "q75": {"concept": {"accuracy": q75 * b}},
+            "n_seeds": 10,
+            "per_seed": [],
+            "seeds": list(range(10)),
+            "pool": "layer_counts",
+        }
+        stats = {"median": med, "q25": q25, "q75": q75, "mean": med, "std": 0.1 / b}
+        res["normalized"]["random"] = {s: {"concept": {"accuracy": v}} for s, v in stats.items()}
+        res["normalized"]["random"]["n_seeds"] = 10
+    write_json_atomic(d / "results.json", res)
+
+
+@pytest.fixture
+def paper_sweep(tmp_path):
+    root = tmp_path / "paper"
+    _paper_run(root / "0", "concept_restricted", 3, 0.83, (1.02, 0.94, 1.13))
+    _paper_run(root / "1", "concept_restricted", 5, 0.67, (1.0, 0.89, 1.05))
+    _paper_run(root / "2", "logit_lens_mean", 3, 0.91, (0.99, 0.9, 1.1))
+    _paper_run(root / "3", "logit_lens_mean", 5, 0.79)
+    return root
+
+
+def test_normalized_columns_in_runs_and_tables(paper_sweep):
+    df = A.aggregate(paper_sweep, plots=False)
+    row = df[(df.ranking == "concept_restricted") & (df.k == 3)].iloc[0]
+    assert row["normalized.edited.concept.accuracy"] == 0.83
+    assert row["normalized.random.median.concept.accuracy"] == 1.02
+    assert row["normalized.random.q25.concept.accuracy"] == 0.94
+    assert row["random.q75.concept.accuracy"] == pytest.approx(1.13 * 0.8)
+    assert pd.isna(row["normalized.edited.concept.zero"])  # baseline 0 -> null -> NaN
+    assert row["positions"] == "prompt_mean" and row["rank_groups"] == "concept+control"
+    assert row["ranking_preset"] == "paper"
+    # the q25/q75/mean sub-sections are statistics, not metric groups
+    assert ("concept", "accuracy") in A.metric_names(df, "normalized.edited")
+    assert not [g for g, _ in A.metric_names(df, "random") if g in A.STAT_KEYS]
+    vr = pd.read_csv(paper_sweep / "vs_random.csv")
+    r = vr[(vr.ranking == "concept_restricted") & (vr.k == 5) & (vr.metric == "accuracy")].iloc[0]
+    assert (r.edited_normalized, r.random_median_normalized, r.random_q25_normalized) == (0.67, 1.0, 0.89)
+    assert r.random_q75 == pytest.approx(1.05 * 0.8) and r.random_median == pytest.approx(0.8)
+    kn = pd.read_csv(paper_sweep / "k_alpha_normalized.csv")
+    acc = kn[(kn.group == "concept") & (kn.metric == "accuracy") & (kn.ranking == "logit_lens_mean")].set_index("k")
+    assert acc.loc[5, "alpha=-1"] == 0.79 and "unedited" not in kn.columns
+    mt = pd.read_csv(paper_sweep / "methods.csv")
+    m = mt[(mt.k == 3) & (mt.metric == "accuracy")].iloc[0]
+    assert (m["normalized.concept_restricted"], m["normalized.logit_lens_mean"]) == (0.83, 0.91)
+
+
+def test_paper_table(paper_sweep):
+    A.aggregate(paper_sweep, plots=False)
+    long = pd.read_csv(paper_sweep / "paper_table.csv")
+    acc = long[(long.group == "concept") & (long.metric == "accuracy")]
+    rows = sorted(acc.row.unique())
+    somp, ll = "SOMP (concept_restricted)", "LL (logit_lens_mean)"
+    rand = "Rand. median [q25, q75] (concept_restricted, pool=layer_counts)"
+    assert rows == sorted([somp, ll, rand])  # the LL runs' random controls are not a row
+    cell = acc[(acc.row == rand) & (acc.k == 5)].iloc[0]
+    assert (cell.value, cell.q25, cell.q75, cell.n_runs) == (1.0, 0.89, 1.05, 1)
+    assert acc[(acc.row == ll) & (acc.k == 3)].iloc[0].value == 0.91
+    assert "zero" not in set(long.metric)  # every value undefined (baseline 0): no table
+    md = (paper_sweep / "paper_table.md").read_text()
+    assert "## smollm2 | qa_countries | alpha=-1 | concept accuracy (normalised)" in md
+    assert "| row | k=3 (1.1%) | k=5 (1.9%) |" in md
+    assert f"| {somp} | 0.83 | 0.67 |" in md and f"| {ll} | 0.91 | 0.79 |" in md
+    assert f"| {rand} | 1.02 [0.94, 1.13] | 1.00 [0.89, 1.05] |" in md
+    lines = [x for x in md.splitlines() if x.startswith("| SOMP") or x.startswith("| LL") or x.startswith("| Rand")]
+    assert [x.split(" | ")[0][2:] for x in lines] == [somp, ll, rand]  # SOMP, LL, then Rand.
+
+
+def test_paper_table_labels_runs_that_differ(tmp_path):
+    """Ours (concept_share at answer_concept) beside the paper's SOMP: the rows say which is which."""
+    root = tmp_path / "both"
+    _paper_run(root / "0", "concept_restricted", 3, 0.8, (1.0, 0.9, 1.1))
+    _paper_run(
+        root / "1", "concept_share", 3, 0.1, (0.95, 0.9, 1.0), preset="concept_share", positions="answer_concept"
+    )
+    _paper_run(root / "2", "concept_restricted", 3, 0.6, preset="concept_restricted")
+    A.aggregate(root, plots=False)
+    rows = set(pd.read_csv(root / "paper_table.csv").row)
+    # concept_restricted ran with two presets: its labels say which; concept_share ran once
+    assert rows == {
+        "SOMP (concept_restricted) [ranking_preset=paper]",
+        "SOMP (concept_restricted) [ranking_preset=concept_restricted]",
+        "SOMP (concept_share)",
+        "Rand. median [q25, q75] (concept_restricted, ranking_preset=paper, pool=layer_counts)",
+        "Rand. median [q25, q75] (concept_share, pool=layer_counts)",
+    }
+
+
+def test_no_paper_table_without_normalized(sweep, tmp_path):
+    # results.json written before the normalised section existed: the other tables as before
+    A.aggregate(sweep, tmp_path / "o", plots=False)
+    assert not (tmp_path / "o" / "paper_table.md").exists() and (tmp_path / "o" / "k_alpha.md").exists()

@@ -146,3 +146,19 @@ def test_cli_run_logs_to_wandb_offline(tmp_path, tmp_path_factory):
     assert logged["config"]["intervention"]["k"] == 2  # the resolved Hydra config
     assert logged["config"]["model"]["name_or_path"] == "smollm2"
     assert res["tracking"]["run_name"] and "intervention.k=2" in res["tracking"]["run_name"]
+
+
+def test_flatten_metrics_includes_normalized():
+    res = {
+        "edited": {"concept": {"accuracy": 0.1}},
+        "normalized": {
+            "edited": {"concept": {"accuracy": 0.125, "zero": None}},
+            "random": {"median": {"concept": {"accuracy": 0.9}}, "q25": {"concept": {"accuracy": 0.8}}, "n_seeds": 2},
+        },
+    }
+    flat = T.flatten_metrics(res)
+    assert flat["normalized/edited/concept/accuracy"] == 0.125
+    assert flat["normalized/random/median/concept/accuracy"] == 0.9
+    assert flat["normalized/random/q25/concept/accuracy"] == 0.8
+    assert "normalized/edited/concept/zero" not in flat  # null (baseline 0) is not logged
+    assert "normalized" in T.RESULT_SECTIONS

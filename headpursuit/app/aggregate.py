@@ -6,13 +6,20 @@ Writes into DIR (or --out):
 
 * `runs.csv` -- one row per run: model, task, ranking, k, alpha, heads mode, status, the edited
   heads, and every metric as `baseline.<group>.<metric>`, `edited.<group>.<metric>`,
-  `random.<group>.<metric>` (mean over seeds) and `random.std.<group>.<metric>`;
+  `random.<group>.<metric>` (mean over seeds), `random.<stat>.<group>.<metric>` (stat = std,
+  median, q25, q75), and normalised to the unedited model as `normalized.edited.<group>.<metric>`
+  and `normalized.random.<stat>.<group>.<metric>` (stat = mean, std, median, q25, q75);
 * `k_alpha.csv` / `k_alpha.md` -- paper-style tables: each edited metric by k (rows) and alpha
   (columns), per model / task / ranking method / heads mode, with the unedited value alongside;
+  `k_alpha_normalized.csv` / `.md` the same for the normalised metrics (edited / unedited);
 * `vs_random.csv` / `vs_random.md` -- the ranking method against random heads at the same k and
-  alpha: baseline, edited, random mean +- std, per group and metric;
+  alpha: baseline, edited, random mean +- std, median and quartiles, raw and normalised, per group
+  and metric;
 * `methods.csv` / `methods.md` -- when the runs hold several ranking methods: each method's edited
-  value side by side with random heads and the unedited model;
+  value (raw and normalised) side by side with random heads and the unedited model;
+* `paper_table.csv` / `paper_table.md` -- the paper's table shape, normalised to the unedited
+  model: rows SOMP (per ranking method) / LL / "Rand. median [q25, q75]" (the random controls of
+  the SOMP runs), columns k; one table per model / task / alpha / group / metric;
 * `plots/heatmap__*.png` (layers x heads scores, from each setting's head_scores.csv) and
   `plots/metric_vs_k__*.png` (edited metric vs k per alpha, random-head bands).
 """
@@ -36,6 +43,13 @@ SETTING = ["model", "task", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
 # Keys of a results section that hold no per-group metrics.
 NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
+# Keys of a results section that hold one statistic over the random seeds: {stat: {group: {metric}}}.
+STAT_KEYS = ("mean", "std", "median", "q25", "q75")
+# Ranking methods by the paper's row names: SOMP scores, the logit-lens (LL) baseline.
+SOMP_METHODS = ("concept_restricted", "concept_share")
+LL_METHODS = ("logit_lens_mean", "logit_lens")
+# Run settings a paper-table row is labelled with when they differ between runs of one table.
+VARIANT_COLS = ["ranking_preset", "positions", "rank_groups"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -55,7 +69,7 @@ def _metrics(prefix: str, node: Any, out: dict) -> None:
     if not isinstance(node, Mapping):
         return
     for g, metrics in node.items():
-        if g in ("std", "median"):
+        if g in STAT_KEYS:
             _metrics(f"{prefix}.{g}", metrics, out)
             continue
         if g in NOT_METRIC_GROUPS or not isinstance(metrics, Mapping):
@@ -73,6 +87,8 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
     iv = cfg.get("intervention") or {}
     choices = (res.get("run") or {}).get("choices") or {}
     prov = res.get("provenance") or {}
+    task_cfg = cfg.get("task") or {}
+    rank_groups = task_cfg.get("rank_groups")
     row: dict[str, Any] = {
         "run": str(path.parent.relative_to(root))
         if path is not None and root is not None
@@ -87,7 +103,11 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "alpha": res.get("alpha", iv.get("alpha")),
         "seed": cfg.get("seed"),
         "random_pool": (res.get("random") or {}).get("pool", iv.get("random_pool", "all")),
+        "positions": task_cfg.get("positions"),
+        "rank_groups": "+".join(map(str, rank_groups)) if isinstance(rank_groups, list) else rank_groups,
         "experiment": choices.get("experiment"),
+        # the ranking config file chosen (e.g. paper vs concept_restricted: one method, two presets)
+        "ranking_preset": choices.get("ranking"),
         "n_heads_total": res.get("n_heads_total"),
         "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res.get("heads") or []),
         "error": (res.get("error") or {}).get("message"),
@@ -96,6 +116,9 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
     }
     for s in SECTIONS:
         _metrics(s, res.get(s), row)
+    normalized = res.get("normalized") or {}
+    _metrics("normalized.edited", normalized.get("edited"), row)
+    _metrics("normalized.random", normalized.get("random"), row)
     return row
 
 
@@ -117,10 +140,12 @@ def load_runs(root: str | os.PathLike) -> pd.DataFrame:
 
 
 def metric_names(df: pd.DataFrame, section: str = "edited") -> list[tuple[str, str]]:
-    """[(group, metric)] present for a section, e.g. [("concept", "accuracy"), ...]."""
+    """[(group, metric)] present for a section (`edited`, `normalized.edited`, ...), e.g.
+    [("concept", "accuracy"), ...]."""
     out = []
+    stats = "|".join(rf"{s}\." for s in STAT_KEYS)
     for c in df.columns:
-        m = re.fullmatch(rf"{section}\.(?!std\.|median\.)([^.]+)\.(.+)", c)
+        m = re.fullmatch(rf"{re.escape(section)}\.(?!{stats})([^.]+)\.(.+)", c)
         if m:
             out.append((m.group(1), m.group(2)))
     return out
@@ -163,24 +188,37 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def k_alpha_tables(df: pd.DataFrame) -> list[tuple[dict, str, str, pd.DataFrame]]:
-    """[(setting, group, metric, table)]: edited metric with k as rows and alpha as columns."""
+def k_alpha_tables(df: pd.DataFrame, section: str = "edited") -> list[tuple[dict, str, str, pd.DataFrame]]:
+    """[(setting, group, metric, table)]: edited metric with k as rows and alpha as columns
+    (`section="normalized.edited"`: the same over the unedited model, whose column then reads 1)."""
     out: list[tuple[dict, str, str, pd.DataFrame]] = []
     done = df[df["status"] == "complete"] if "status" in df else df
     if done.empty:
         return out
-    for group, metric in metric_names(done):
-        col, bcol = f"edited.{group}.{metric}", f"baseline.{group}.{metric}"
+    for group, metric in metric_names(done, section):
+        col, bcol = f"{section}.{group}.{metric}", f"baseline.{group}.{metric}"
         for key, g in done.groupby(SETTING, dropna=False, sort=True):
             if g[col].isna().all():
                 continue
             t = g.pivot_table(index="k", columns="alpha", values=col, aggfunc="mean")
             t.columns = [f"alpha={a:g}" for a in t.columns]
-            if bcol in g:
+            if section == "edited" and bcol in g:
                 t.insert(0, "unedited", g.groupby("k")[bcol].mean())
             t = t.reset_index()
             out.append((dict(zip(SETTING, key)), group, metric, t))
     return out
+
+
+# vs_random columns beyond mean/std -> the runs.csv column prefix they are read from
+VS_RANDOM_EXTRA = {
+    "random_median": "random.median",
+    "random_q25": "random.q25",
+    "random_q75": "random.q75",
+    "edited_normalized": "normalized.edited",
+    "random_median_normalized": "normalized.random.median",
+    "random_q25_normalized": "normalized.random.q25",
+    "random_q75_normalized": "normalized.random.q75",
+}
 
 
 def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -195,6 +233,9 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
             b = r.get(f"baseline.{group}.{metric}", float("nan"))
             rm = r.get(f"random.{group}.{metric}", float("nan"))
             rs = r.get(f"random.std.{group}.{metric}", float("nan"))
+            extra = {
+                name: r.get(f"{prefix}.{group}.{metric}", float("nan")) for name, prefix in VS_RANDOM_EXTRA.items()
+            }
             rows.append(
                 {
                     **{c: r[c] for c in SETTING},
@@ -208,6 +249,7 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
                     "random_std": rs,
                     "edited_minus_baseline": e - b,
                     "random_minus_baseline": rm - b,
+                    **extra,
                 }
             )
     return pd.DataFrame(rows)
@@ -220,7 +262,128 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
     keys = ["model", "task", "heads_mode", "k", "alpha", "group", "metric"]
     wide = vr.pivot_table(index=keys, columns="ranking", values="edited", aggfunc="mean")
     extra = vr.groupby(keys).agg(unedited=("baseline", "mean"), random_heads=("random_mean", "mean"))
-    return extra.join(wide).reset_index()
+    table = extra.join(wide)
+    if vr["edited_normalized"].notna().any():
+        norm = vr.pivot_table(index=keys, columns="ranking", values="edited_normalized", aggfunc="mean")
+        norm.columns = [f"normalized.{c}" for c in norm.columns]
+        table = table.join(norm)
+    return table.reset_index()
+
+
+def method_label(method: str) -> str:
+    """The paper's row name of a ranking method: `SOMP (concept_restricted)`, `LL (logit_lens_mean)`."""
+    if method in SOMP_METHODS:
+        return f"SOMP ({method})"
+    if method in LL_METHODS:
+        return f"LL ({method})"
+    return str(method)
+
+
+def _row_order(method: str) -> int:
+    return 0 if method in SOMP_METHODS else 1 if method in LL_METHODS else 2
+
+
+def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table in long form, normalised to the unedited model: one row per (model, task,
+    alpha, group, metric, table row, k) with `value` (edited / unedited; for the random rows the
+    median over seeds) and, for the random rows, `q25` / `q75`.
+
+    Table rows: each ranking method of the ranked runs (SOMP / LL / others by name) and, for the
+    SOMP methods, their random controls (same k and alpha; the pool is in the label). Settings in
+    VARIANT_COLS that differ between the runs of one method in one table are added to its labels.
+    Several runs in one cell (e.g. two seeds of the run) are averaged; `n_runs` counts them.
+    """
+    keys = ["model", "task", "alpha"]
+    done = df[df["status"] == "complete"] if "status" in df else df
+    if "heads_mode" in done:
+        done = done[done["heads_mode"] == "ranked"]
+    rows: list[dict] = []
+    for group, metric in metric_names(done, "normalized.edited"):
+        gm = f"{group}.{metric}"
+        for key, g in done.groupby(keys, dropna=False, sort=True):
+            # Per method: the settings its runs differ in (two presets of concept_restricted, ...).
+            varying = {
+                m: [c for c in VARIANT_COLS if c in gm_runs and gm_runs[c].nunique(dropna=False) > 1]
+                for m, gm_runs in g.groupby("ranking", dropna=False)
+            }
+            for _, r in g.iterrows():
+                method = str(r["ranking"])
+                variant = ", ".join(f"{c}={r[c]}" for c in varying[r["ranking"]])
+                base = {**dict(zip(keys, key)), "group": group, "metric": metric, "k": r["k"]}
+                base["n_heads_total"] = r.get("n_heads_total")
+                rows.append(
+                    {
+                        **base,
+                        "order": _row_order(method),
+                        "row": method_label(method) + (f" [{variant}]" if variant else ""),
+                        "method": method,
+                        "value": r.get(f"normalized.edited.{gm}", float("nan")),
+                        "q25": float("nan"),
+                        "q75": float("nan"),
+                    }
+                )
+                median = r.get(f"normalized.random.median.{gm}", float("nan"))
+                if method in SOMP_METHODS and pd.notna(median):
+                    where = ", ".join(x for x in (method, variant, f"pool={r.get('random_pool')}") if x)
+                    rows.append(
+                        {
+                            **base,
+                            "order": 3,
+                            "row": f"Rand. median [q25, q75] ({where})",
+                            "method": method,
+                            "value": median,
+                            "q25": r.get(f"normalized.random.q25.{gm}", float("nan")),
+                            "q75": r.get(f"normalized.random.q75.{gm}", float("nan")),
+                        }
+                    )
+    if not rows:
+        return pd.DataFrame()
+    long = pd.DataFrame(rows)
+    cell = keys + ["group", "metric", "order", "row", "method", "k"]
+    out = long.groupby(cell, dropna=False, sort=True).agg(
+        value=("value", "mean"),
+        q25=("q25", "mean"),
+        q75=("q75", "mean"),
+        n_runs=("value", "size"),
+        n_heads_total=("n_heads_total", "first"),
+    )
+    out = out.reset_index()
+    # A table whose every value is undefined (e.g. a metric the baseline has as 0) says nothing.
+    defined = out.groupby(keys + ["group", "metric"], dropna=False)["value"].transform(lambda v: v.notna().any())
+    return out[defined].reset_index(drop=True)
+
+
+def _k_label(k: Any, n_total: Any) -> str:
+    if pd.notna(n_total) and float(n_total) > 0:
+        return f"k={float(k):g} ({100 * float(k) / float(n_total):.1f}%)"
+    return f"k={float(k):g}"
+
+
+def _cell(value: Any, q25: Any, q75: Any, digits: int = 2) -> str:
+    if pd.isna(value):
+        return ""
+    if pd.isna(q25) and pd.isna(q75):
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]"
+
+
+def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+    """[(setting, table)]: per model / task / alpha / group / metric, rows as in
+    `paper_table_long`, one column per k, cells "0.83" or "1.02 [0.94, 1.13]" (median [q25, q75])."""
+    out: list[tuple[dict, pd.DataFrame]] = []
+    if long.empty:
+        return out
+    keys = ["model", "task", "alpha", "group", "metric"]
+    for key, g in long.groupby(keys, dropna=False, sort=True):
+        g = g.sort_values(["order", "row", "k"])
+        ks = sorted(g["k"].dropna().unique())
+        labels = {k: _k_label(k, g.loc[g["k"] == k, "n_heads_total"].iloc[0]) for k in ks}
+        table_rows = []
+        for row, rg in g.groupby(["order", "row"], sort=True):
+            cells = {labels[r.k]: _cell(r.value, r.q25, r.q75) for r in rg.itertuples(index=False) if r.k in labels}
+            table_rows.append({"row": row[1], **{labels[k]: cells.get(labels[k], "") for k in ks}})
+        out.append((dict(zip(keys, key)), pd.DataFrame(table_rows)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,13 +467,28 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     if long:
         write_text_atomic(out / "k_alpha.csv", pd.concat(long, ignore_index=True).to_csv(index=False))
 
+    norm_md, norm_long = ["# Normalised results (edited / unedited)\n"], []
+    for setting, group, metric, t in k_alpha_tables(df, "normalized.edited"):
+        head = ", ".join(f"{k}={v}" for k, v in setting.items())
+        norm_md.append(
+            f"\n## {group} {metric}, normalised ({head})\n\nedited / unedited {group} {metric} by k (rows) and "
+            "alpha (columns); 1 = no change.\n\n" + to_markdown(t)
+        )
+        norm_long.append(t.assign(**setting, group=group, metric=metric))
+    if norm_long:
+        write_text_atomic(out / "k_alpha_normalized.md", "".join(norm_md))
+        write_text_atomic(out / "k_alpha_normalized.csv", pd.concat(norm_long, ignore_index=True).to_csv(index=False))
+    write_paper_tables(df, out)
+
     vr = vs_random_table(df)
     write_text_atomic(out / "vs_random.csv", vr.to_csv(index=False))
     write_text_atomic(
         out / "vs_random.md",
         "# Ranked heads vs random heads (same k, alpha)\n\n"
         "random_mean / random_std: mean and sample std over the random-head seeds "
-        "(same k and alpha).\n\n" + to_markdown(vr),
+        "(same k and alpha); random_median / random_q25 / random_q75: their median and quartiles "
+        "(linear interpolation); *_normalized: the same over the unedited model "
+        "(each seed normalised first).\n\n" + to_markdown(vr),
     )
     mt = methods_table(vr)
     if not mt.empty:
@@ -326,6 +504,34 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     return df
 
 
+PAPER_TABLE_INTRO = """# Paper-shaped tables: metric normalised to the unedited model (edited / unedited)
+
+Rows: `SOMP (<method>)` the top-k heads of a SOMP ranking, `LL (<method>)` the top-k heads of the
+logit-lens baseline, `Rand. median [q25, q75] (<method>, pool=<pool>)` the random head sets of that
+SOMP run (median and 25th / 75th percentiles over the seeds, each seed normalised first; the
+paper's control is pool=layer_counts). Columns: k heads edited (share of all heads). 1 = no change;
+below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0.
+"""
+
+
+def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataFrame]]:
+    """paper_table.csv (long, numeric) and paper_table.md (one table per setting); [] if no run has
+    normalised metrics (results.json from before they were recorded)."""
+    long = paper_table_long(df)
+    tables = paper_tables(long)
+    if not tables:
+        return tables
+    write_text_atomic(out / "paper_table.csv", long.drop(columns="order").to_csv(index=False))
+    md = [PAPER_TABLE_INTRO]
+    for setting, t in tables:
+        md.append(
+            f"\n## {setting['model']} | {setting['task']} | alpha={_fmt(setting['alpha'], integral=True)} | "
+            f"{setting['group']} {setting['metric']} (normalised)\n\n" + to_markdown(t)
+        )
+    write_text_atomic(out / "paper_table.md", "".join(md))
+    return tables
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m headpursuit.app.aggregate", description=__doc__.split("\n\n")[0])
     ap.add_argument("dir", help="a multirun directory (or any directory holding results.json files)")
@@ -339,10 +545,11 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 2
     out = Path(args.out or args.dir)
     cols = [c for c in ["run", "status", "model", "task", "ranking", "heads_mode", "k", "alpha"] if c in df]
-    headline = r"(baseline|edited|random)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)"
+    headline = r"(baseline|edited|random|normalized\.edited)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)"
     cols += [c for c in df.columns if re.fullmatch(headline, c)]
     print(to_markdown(df[cols]))
-    print(f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv" + ("" if args.no_plots else ", plots/"))
+    paper = ", paper_table.md/.csv" if (out / "paper_table.md").exists() else ""
+    print(f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv{paper}" + ("" if args.no_plots else ", plots/"))
     return 0
 
 

@@ -93,7 +93,7 @@ def model_identity(model_cfg: Mapping[str, Any], lm: LoadedModel) -> dict:
 
 # Task config keys that do not change what a split's generations are.
 _NOT_RANKING_KEYS = {"n_eval", "n_examples", "positions"}
-_NOT_EVAL_KEYS = {"n_examples", "positions"}
+_NOT_EVAL_KEYS = {"n_examples", "positions", "rank_groups"}  # rank_groups never changes the eval split
 
 
 def task_identity(task_cfg: Mapping[str, Any], purpose: str) -> dict:

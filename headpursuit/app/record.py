@@ -2,7 +2,9 @@
 
     res.update(record(lm=lm, task=task, config=config, k=k, heads=heads, scores=scores, ...))
 
-`summarize_seeds` reduces the random-head controls to mean / std / median per metric.
+`summarize_seeds` reduces the random-head controls to mean / std / median / q25 / q75 per metric;
+`normalized_metrics` divides every metric by the unedited model's (the paper reports only such
+ratios): `normalized.edited.<group>.<metric>` and `normalized.random.<stat>.<group>.<metric>`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ if TYPE_CHECKING:
     from headpursuit.ranking import HeadScores
     from headpursuit.tasks import Task
 
-__all__ = ["record", "summarize_seeds", "metric_groups", "CACHE_FLAGS"]
+__all__ = [
+    "record",
+    "summarize_seeds",
+    "seed_stats",
+    "percentile",
+    "normalize_to_baseline",
+    "normalized_metrics",
+    "metric_groups",
+    "CACHE_FLAGS",
+    "SEED_STATS",
+]
 
 #: provenance.cache flag -> the RunCache label of the stage it reports
 CACHE_FLAGS = {
@@ -46,32 +58,106 @@ def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
-def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
-    """{group: {metric: mean}, "std": {..: sample std}, "median": {..: median}, "n_seeds": n}.
+#: the statistics of the random-head controls, per group and metric
+SEED_STATS = ("mean", "std", "median", "q25", "q75")
 
-    The median is reported next to the mean because on small models a single draw that hits a
-    load-bearing head (layer 0/1) can break every answer and drag the mean down on its own.
 
-    NaN values (e.g. an undefined metric) are left out of a metric's mean/std; a metric NaN for
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0 <= q <= 1) by linear interpolation between order statistics: position
+    q * (n - 1) in the sorted values. This is numpy's default (`method="linear"`) and, for the
+    quartiles, `statistics.quantiles(values, n=4, method="inclusive")`; one value is its own
+    quantile."""
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    pos = q * (len(xs) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def _stats(vals: Sequence[float]) -> dict[str, float]:
+    if not vals:
+        return dict.fromkeys(SEED_STATS, float("nan"))
+    mean = sum(vals) / len(vals)
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    return {
+        "mean": mean,
+        "std": math.sqrt(var),
+        "median": statistics.median(vals),
+        "q25": percentile(vals, 0.25),
+        "q75": percentile(vals, 0.75),
+    }
+
+
+def seed_stats(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{stat: {group: {metric: value}}} over the seeds, for every stat of SEED_STATS.
+
+    NaN values (e.g. an undefined metric) are left out of a metric's statistics; a metric NaN for
     every seed stays NaN. The std is the sample standard deviation (n-1), 0 for one seed.
     """
-    out: dict[str, Any] = {"std": {}, "median": {}, "n_seeds": len(per_seed)}
     groups: dict[str, set[str]] = {}
     for r in per_seed:
         for g, m in metric_groups(r).items():
             groups.setdefault(g, set()).update(m)
+    out: dict[str, dict[str, dict[str, float]]] = {stat: {} for stat in SEED_STATS}
     for g, metrics in groups.items():
-        out[g], out["std"][g], out["median"][g] = {}, {}, {}
+        for stat in SEED_STATS:
+            out[stat][g] = {}
         for name in sorted(metrics):
             vals = [float(r[g][name]) for r in per_seed if g in r and name in r[g] and math.isfinite(float(r[g][name]))]
-            if not vals:
-                out[g][name] = out["std"][g][name] = out["median"][g][name] = float("nan")
-                continue
-            mean = sum(vals) / len(vals)
-            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-            out[g][name], out["std"][g][name] = mean, math.sqrt(var)
-            out["median"][g][name] = statistics.median(vals)
+            for stat, v in _stats(vals).items():
+                out[stat][g][name] = v
     return out
+
+
+def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
+    """{group: {metric: mean}, "std": {..}, "median": {..}, "q25": {..}, "q75": {..}, "n_seeds": n}.
+
+    The median and the quartiles (see `percentile`) are reported next to the mean because on small
+    models a single draw that hits a load-bearing head (layer 0/1) can break every answer and drag
+    the mean down on its own; the paper reports median and interquartile range.
+
+    NaN values (e.g. an undefined metric) are left out of a metric's mean/std; a metric NaN for
+    every seed stays NaN. The std is the sample standard deviation (n-1), 0 for one seed.
+    """
+    stats = seed_stats(per_seed)
+    out: dict[str, Any] = {"std": stats["std"], "median": stats["median"], "n_seeds": len(per_seed)}
+    out.update(stats["mean"])
+    out["q25"], out["q75"] = stats["q25"], stats["q75"]
+    return out
+
+
+def normalize_to_baseline(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """{group: {metric: result / baseline}} for the metrics of `result` that the baseline has.
+
+    A zero or non-finite baseline (or a non-finite result) gives NaN: the ratio is undefined there.
+    """
+    base = metric_groups(baseline)
+    out: dict[str, dict[str, float]] = {}
+    for g, metrics in metric_groups(result).items():
+        out[g] = {}
+        for name, v in metrics.items():
+            b, x = float(base.get(g, {}).get(name, float("nan"))), float(v)
+            out[g][name] = x / b if math.isfinite(b) and b != 0.0 and math.isfinite(x) else float("nan")
+    return out
+
+
+def normalized_metrics(baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence[Mapping]) -> dict:
+    """results.json `normalized`: every metric over the unedited model's (the paper's reporting).
+
+    {"edited": {group: {metric: edited / baseline}},
+     "random": {stat: {group: {metric}}} | None, with stat in SEED_STATS and "n_seeds"}
+
+    Each random seed is normalised by the baseline first, then summarised.
+    """
+    random = None
+    if per_seed:
+        random = {
+            **seed_stats([normalize_to_baseline(r, baseline) for r in per_seed]),
+            "n_seeds": len(per_seed),
+        }
+    return {"edited": normalize_to_baseline(edited, baseline), "random": random}
 
 
 def cache_provenance(cache: RunCache) -> dict:
@@ -124,6 +210,7 @@ def record(
         "baseline": baseline,
         "edited": edited,
         "random": random,
+        "normalized": normalized_metrics(baseline, edited, per_seed),
         "provenance": {
             "model": {
                 **lm.provenance,

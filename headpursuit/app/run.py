@@ -31,6 +31,7 @@ from headpursuit.app.stages import (
     concept_token_ids,
     evaluate_cached,
     load_model_memo,
+    random_control_sets,
     random_controls,
     rank_cached,
     ranking_samples_cached,
@@ -174,6 +175,14 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         with timer("rank"):
             scores = rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)
         heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed, explicit=iv.get("explicit") or ())
+        # Drawn now, before any generation: a pool that cannot supply them fails the run at once.
+        random_sets = random_control_sets(
+            heads,
+            lm.layout,
+            k=k,
+            seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
+            pool=iv.get("random_pool", "all"),
+        )
         heatmap = write_head_scores(
             run_dir, scores, heads, lm, task, config["ranking"]["method"], plots=cfg.plots, timer=timer
         )
@@ -183,18 +192,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         with timer("edited"):
             edited = evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in heads}, label="edited", seed=seed)
         with timer("random"):
-            per_seed = random_controls(
-                cache,
-                lm,
-                task,
-                eval_id,
-                heads,
-                k=k,
-                alpha=alpha,
-                seed=seed,
-                seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
-                pool=iv.get("random_pool", "all"),
-            )
+            per_seed = random_controls(cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed)
         res.update(
             record(
                 lm=lm,

@@ -6,7 +6,8 @@
     acts, acts_key = capture_cached(cache, lm, samples, positions, concept_token_ids(task.concept))
     scores = rank_cached(cache, acts, acts_key, lm, task.concept, ranking_cfg, seed)
     result = evaluate_cached(cache, lm, task, ident, {head: alpha}, label="edited", seed=seed)
-    per_seed = random_controls(cache, lm, task, ident, heads, k=k, alpha=alpha, seeds=[0, 1], ...)
+    sets = random_control_sets(heads, lm.layout, k=k, seeds=[0, 1], pool="layer_counts")  # before any eval
+    per_seed = random_controls(cache, lm, task, ident, sets, alpha=alpha, seed=seed)
 
 Every cached stage records whether it was served from the cache in `cache.hits` under its label
 (samples, acts, scores, baseline, edited, random); the run's record reports those flags.
@@ -30,7 +31,7 @@ from headpursuit.tasks import build_task
 if TYPE_CHECKING:
     from headpursuit.capture import HeadActivations
     from headpursuit.concepts import Concept
-    from headpursuit.models import LoadedModel
+    from headpursuit.models import AttentionLayout, LoadedModel
     from headpursuit.ranking import HeadScores
     from headpursuit.tasks import Task
 
@@ -43,6 +44,7 @@ __all__ = [
     "rank_cached",
     "evaluate_with_edits",
     "evaluate_cached",
+    "random_control_sets",
     "random_controls",
 ]
 
@@ -192,25 +194,29 @@ def evaluate_cached(
     return result
 
 
+def random_control_sets(
+    edited: Sequence[Head], layout: AttentionLayout, *, k: int, seeds: Sequence[int], pool: str
+) -> list[tuple[int, list[Head]]]:
+    """[(seed, heads)]: the random-head set of each seed (drawn from `pool`, see
+    `random_control_heads`). Cheap: drawn before any evaluation so a pool that cannot supply the
+    heads fails the run at once."""
+    return [(int(s), random_control_heads(edited, layout.n_layers, layout.n_heads, k, s, pool=pool)) for s in seeds]
+
+
 def random_controls(
     cache: RunCache,
     lm: LoadedModel,
     task: Task,
     ident: dict,
-    edited: Sequence[Head],
+    sets: Sequence[tuple[int, Sequence[Head]]],
     *,
-    k: int,
     alpha: float,
-    seeds: Sequence[int],
-    pool: str,
     seed: int,
 ) -> list[dict]:
-    """The random-head controls: per seed, k random heads (from `pool`) rescaled by alpha and
+    """The random-head controls: per (seed, heads) of `sets`, the heads rescaled by alpha and
     evaluated like the edited heads. [{seed, heads, <evaluation>}, ...]."""
-    n_layers, n_heads = lm.layout.n_layers, lm.layout.n_heads
     per_seed = []
-    for s in seeds:
-        heads = random_control_heads(edited, n_layers, n_heads, k, s, pool=pool)
+    for s, heads in sets:
         result = evaluate_cached(
             cache, lm, task, ident, {h: alpha for h in heads}, label="random", desc=f"random{s}", seed=seed
         )

@@ -254,7 +254,8 @@ def environment() -> dict:
 # Metrics
 # ------------------------------------------------------------------------------------------
 
-RESULT_SECTIONS = ("baseline", "edited", "random")
+# `normalized` holds the same metrics over the unedited model's (edited/baseline, per-seed random).
+RESULT_SECTIONS = ("baseline", "edited", "random", "normalized")
 
 
 def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: str = "/") -> dict[str, float]:

@@ -1,0 +1,306 @@
+"""The paper's controls (issue 12): layer-matched random head sets, median / quartiles over the
+seeds, metrics normalised to the unedited model, the experiment=paper_* files, and the pipeline end
+to end with them (docs/protocol.md, "Controls and normalisation")."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headpursuit.app.config import ConfigError, validate_config
+from headpursuit.app.record import normalize_to_baseline, normalized_metrics, percentile, summarize_seeds
+from headpursuit.app.tracking import to_jsonable
+from headpursuit.heads import RANDOM_POOLS, layer_count_heads, random_control_heads
+
+REPO = Path(__file__).resolve().parents[1]
+# SmolLM2's layout: 30 layers x 9 heads.
+L, H = 30, 9
+SELECTED = [(0, 1), (0, 3), (5, 2), (12, 4), (29, 0), (29, 8), (29, 5)]
+
+
+# ------------------------------------------------------------------------------------------
+# layer_counts: the paper's random head sets
+# ------------------------------------------------------------------------------------------
+
+
+def test_layer_counts_sets_match_the_selected_layers_and_are_disjoint():
+    assert "layer_counts" in RANDOM_POOLS
+    sets = [random_control_heads(SELECTED, L, H, len(SELECTED), s, pool="layer_counts") for s in range(10)]
+    for hs in sets:
+        assert Counter(a for a, _ in hs) == Counter(a for a, _ in SELECTED)
+        assert not set(hs) & set(SELECTED)
+        assert len(set(hs)) == len(SELECTED) and hs == sorted(hs)
+        assert all(0 <= h < H for _, h in hs)
+    # 10 seeds, 10 different sets; the same seed gives the same set (string-seeded generator)
+    assert len({tuple(hs) for hs in sets}) == 10
+    assert sets == [layer_count_heads(SELECTED, H, s) for s in range(10)]
+    assert layer_count_heads(list(reversed(SELECTED)), H, 3) == sets[3]  # order of the input is irrelevant
+
+
+def test_layer_counts_fills_a_layer_to_its_last_free_heads():
+    # 4 of layer 7's 9 heads are edited: the 5 others can supply 4, and every draw uses 4 of them.
+    selected = [(7, 0), (7, 2), (7, 4), (7, 6)]
+    for s in range(10):
+        hs = layer_count_heads(selected, H, s)
+        assert len(hs) == 4 and {a for a, _ in hs} == {7} and set(hs) <= {(7, h) for h in (1, 3, 5, 7, 8)}
+
+
+def test_layer_counts_error_names_the_layer_and_a_fix():
+    selected = [(3, h) for h in range(5)] + [(10, 0)]  # 5 edited in layer 3: only 4 heads remain there
+    with pytest.raises(ConfigError) as err:
+        random_control_heads(selected, L, H, len(selected), 0, pool="layer_counts")
+    msg = str(err.value)
+    assert "layer 3" in msg and "needs 5" in msg and "only 4" in msg
+    assert "intervention.random_pool=all" in msg and "intervention.k" in msg
+    # the fix it names works
+    assert len(random_control_heads(selected, L, H, len(selected), 0, pool="all")) == len(selected)
+
+
+def test_validate_config_accepts_layer_counts():
+    cfg = {
+        "model": {"name_or_path": "smollm2", "n_layers": L, "n_heads": H},
+        "task": {"name": "qa_countries", "positions": "answer_concept"},
+        "ranking": {"method": "concept_share", "k": 10},
+        "intervention": {"k": 6, "alpha": -1.0, "random_seeds": [0, 1], "random_pool": "layer_counts"},
+        "seed": 0,
+    }
+    validate_config(cfg)
+    cfg["intervention"]["random_pool"] = "layer_count"
+    with pytest.raises(ConfigError, match="layer_counts"):
+        validate_config(cfg)
+
+
+# ------------------------------------------------------------------------------------------
+# Quartiles over the seeds
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 7, 10])
+def test_quartiles_are_linear_interpolation(n):
+    vals = [random.Random(f"q{n}").random() for _ in range(n)]
+    q1, _, q3 = statistics.quantiles(vals, n=4, method="inclusive")
+    assert percentile(vals, 0.25) == pytest.approx(q1, abs=1e-12)
+    assert percentile(vals, 0.75) == pytest.approx(q3, abs=1e-12)
+    assert percentile(vals, 0.25) == pytest.approx(float(np.percentile(vals, 25)), abs=1e-12)
+    s = summarize_seeds([{"concept": {"accuracy": v}} for v in vals])
+    assert s["q25"]["concept"]["accuracy"] == pytest.approx(q1, abs=1e-12)
+    assert s["q75"]["concept"]["accuracy"] == pytest.approx(q3, abs=1e-12)
+    assert s["median"]["concept"]["accuracy"] == pytest.approx(statistics.median(vals), abs=1e-12)
+
+
+def test_quartiles_by_hand_one_seed_and_nan():
+    # sorted 0.1 0.2 0.4 0.8 1.0: q25 at position 1 -> 0.2, q75 at position 3 -> 0.8
+    per_seed = [{"g": {"m": v, "u": float("nan")}} for v in (0.8, 0.1, 1.0, 0.4, 0.2)]
+    s = summarize_seeds(per_seed)
+    assert (s["q25"]["g"]["m"], s["median"]["g"]["m"], s["q75"]["g"]["m"]) == (0.2, 0.4, 0.8)
+    assert math.isnan(s["q25"]["g"]["u"]) and math.isnan(s["q75"]["g"]["u"])
+    one = summarize_seeds(per_seed[:1])
+    assert one["q25"]["g"]["m"] == one["q75"]["g"]["m"] == one["median"]["g"]["m"] == 0.8
+    # the existing keys stay as they were
+    assert set(s) == {"g", "std", "median", "q25", "q75", "n_seeds"} and s["g"]["m"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------
+# Normalised to the unedited model
+# ------------------------------------------------------------------------------------------
+
+
+def test_normalized_metrics_by_hand():
+    baseline = {
+        "concept": {"accuracy": 0.8, "zero": 0.0},
+        "control": {"accuracy": 0.5},
+        "n": {"concept": 4},
+        "examples": [],
+    }
+    edited = {"concept": {"accuracy": 0.4, "zero": 0.3}, "control": {"accuracy": 0.5}}
+    per_seed = [
+        {"seed": s, "heads": [[0, 1]], "concept": {"accuracy": a, "zero": 0.0}, "control": {"accuracy": c}}
+        for s, (a, c) in enumerate([(0.8, 0.5), (0.4, 0.25), (0.6, 0.5), (0.2, 0.0)])
+    ]
+    n = normalized_metrics(baseline, edited, per_seed)
+    assert n["edited"]["concept"]["accuracy"] == pytest.approx(0.5)
+    assert n["edited"]["control"]["accuracy"] == pytest.approx(1.0)
+    assert math.isnan(n["edited"]["concept"]["zero"])  # baseline 0: undefined, no crash
+    r = n["random"]
+    # concept: 1, 0.5, 0.75, 0.25 -> sorted 0.25 0.5 0.75 1
+    assert r["median"]["concept"]["accuracy"] == pytest.approx(0.625)
+    assert r["q25"]["concept"]["accuracy"] == pytest.approx(0.4375)  # 0.25 + 0.75 * 0.25
+    assert r["q75"]["concept"]["accuracy"] == pytest.approx(0.8125)  # 0.75 + 0.25 * 0.25
+    assert r["mean"]["concept"]["accuracy"] == pytest.approx(0.625)
+    assert r["std"]["concept"]["accuracy"] == pytest.approx(statistics.stdev([1, 0.5, 0.75, 0.25]))
+    # control: 1, 0.5, 1, 0 -> median 0.75
+    assert r["median"]["control"]["accuracy"] == pytest.approx(0.75)
+    assert math.isnan(r["median"]["concept"]["zero"]) and r["n_seeds"] == 4
+    # normalise each seed, then summarise (here equal to summarising then dividing: baseline > 0)
+    raw = summarize_seeds(per_seed)
+    assert r["q25"]["concept"]["accuracy"] == pytest.approx(raw["q25"]["concept"]["accuracy"] / 0.8)
+    # NaN is written as null in results.json
+    js = json.loads(json.dumps(to_jsonable(n), allow_nan=False))
+    assert js["edited"]["concept"]["zero"] is None and js["random"]["median"]["concept"]["zero"] is None
+    assert normalized_metrics(baseline, edited, [])["random"] is None
+
+
+def test_normalize_to_baseline_missing_and_non_finite():
+    out = normalize_to_baseline(
+        {"a": {"x": 1.0, "y": float("nan"), "new": 2.0}, "b": {"z": 3}}, {"a": {"x": 2.0, "y": 1.0}}
+    )
+    assert out["a"]["x"] == 0.5 and math.isnan(out["a"]["y"]) and math.isnan(out["a"]["new"])
+    assert math.isnan(out["b"]["z"])
+
+
+# ------------------------------------------------------------------------------------------
+# The experiment files (composed with Hydra's compose API)
+# ------------------------------------------------------------------------------------------
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+PAPER_SEEDS = list(range(10))
+
+
+@pytest.mark.parametrize(
+    "experiment, model, ranking, positions, sweep",
+    [
+        (
+            "paper_qa_embedded",
+            "smollm2",
+            "concept_restricted",
+            "prompt_mean",
+            {"ranking": "paper,logit_lens_mean", "intervention.k_frac": "0.01,0.02,0.04"},
+        ),
+        ("ours_qa_embedded", "smollm2", "concept_share", "answer_concept", {"intervention.k_frac": "0.01,0.02,0.04"}),
+        (
+            "paper_qa_mistral",
+            "mistralai/Mistral-7B-Instruct-v0.2",
+            "concept_restricted",
+            "prompt_mean",
+            {"ranking": "paper,logit_lens_mean", "intervention.k": "8,16,32"},
+        ),
+    ],
+)
+def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
+    from omegaconf import OmegaConf
+
+    cfg = _compose(f"experiment={experiment}")
+    assert cfg.model.name_or_path == model
+    assert cfg.ranking.method == ranking and cfg.task.name == "qa_countries"
+    assert cfg.task.positions == positions
+    iv = cfg.intervention
+    assert iv.random_pool == "layer_counts" and list(iv.random_seeds) == PAPER_SEEDS and iv.alpha == -1.0
+    assert iv.heads == "ranked" and iv.random_controls
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == sweep
+    if experiment.startswith("paper_"):
+        assert cfg.hydra.runtime.choices.ranking == "paper"
+        assert (cfg.ranking.k, cfg.ranking.center, cfg.ranking.normalize_atoms, cfg.ranking.fold_norm_gain) == (
+            50,
+            True,
+            False,
+            False,
+        )
+        assert list(cfg.task.rank_groups) == ["concept", "control"]
+    if experiment == "paper_qa_mistral":
+        assert cfg.task.source == "hub" and iv.k == 8 and iv.k_frac is None
+    else:
+        assert iv.k_frac == 0.01
+    # Each job of the sweep composes: the command line's ranking choice replaces the file's.
+    if "ranking" in sweep:
+        ll = _compose(f"experiment={experiment}", "ranking=logit_lens_mean")
+        assert ll.ranking.method == "logit_lens_mean" and ll.task.positions == positions
+
+
+# ------------------------------------------------------------------------------------------
+# End to end (the embedded SmolLM2, offline)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_path_factory):
+    from test_pipeline import run_cli, shared_cache
+
+    run = tmp_path / "run"
+    proc = run_cli(
+        "headpursuit",
+        "experiment=smoke",
+        "intervention.k=3",
+        "intervention.alpha=-1",
+        "intervention.random_pool=layer_counts",
+        "intervention.random_seeds=[0,1,2]",
+        "logger=none",
+        f"hydra.run.dir={run}",
+        f"cache_dir={shared_cache(tmp_path_factory)}",
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads((run / "results.json").read_text())
+    assert r["status"] == "complete"
+    edited = [(h["layer"], h["head"]) for h in r["heads"]]
+    rnd = r["random"]
+    assert rnd["pool"] == "layer_counts" and rnd["n_seeds"] == 3 and len(rnd["per_seed"]) == 3
+    for draw in rnd["per_seed"]:
+        heads = [tuple(h) for h in draw["heads"]]
+        assert Counter(a for a, _ in heads) == Counter(a for a, _ in edited) and not set(heads) & set(edited)
+    # the existing keys, and beside them the quartiles
+    for key in ("std", "median", "q25", "q75"):
+        assert "accuracy" in rnd[key]["concept"], key
+    accs = [d["concept"]["accuracy"] for d in rnd["per_seed"]]
+    assert rnd["concept"]["accuracy"] == pytest.approx(sum(accs) / 3)
+    q1, _, q3 = statistics.quantiles(accs, n=4, method="inclusive")
+    assert rnd["q25"]["concept"]["accuracy"] == pytest.approx(q1) and rnd["q75"]["concept"][
+        "accuracy"
+    ] == pytest.approx(q3)
+    norm = r["normalized"]
+    for g in ("concept", "control"):
+        b, e = r["baseline"][g]["accuracy"], r["edited"][g]["accuracy"]
+        got = norm["edited"][g]["accuracy"]
+        assert got is None if b == 0 else got == pytest.approx(e / b)
+        for stat in ("median", "q25", "q75", "mean", "std"):
+            assert "accuracy" in norm["random"][stat][g], (stat, g)
+    b = r["baseline"]["concept"]["accuracy"]
+    if b:
+        med = statistics.median(a / b for a in accs)
+        assert norm["random"]["median"]["concept"]["accuracy"] == pytest.approx(med)
+
+
+@pytest.mark.slow
+def test_paper_experiment_runs_end_to_end(tmp_path, tmp_path_factory):
+    """`python -m headpursuit experiment=paper_qa_embedded` (one run, ranking=paper) with small
+    sample counts: prompt_mean activations, both groups' ranking questions, the paper's SOMP scoring,
+    layer_counts controls, normalised metrics."""
+    from test_pipeline import run_cli, shared_cache
+
+    run = tmp_path / "run"
+    proc = run_cli(
+        "headpursuit",
+        "experiment=paper_qa_embedded",
+        "task.n_rank=4",
+        "task.n_eval=3",
+        "task.max_new_tokens=8",
+        "intervention.random_seeds=[0,1]",
+        "logger=none",
+        "plots=false",
+        f"hydra.run.dir={run}",
+        f"cache_dir={shared_cache(tmp_path_factory)}",
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads((run / "results.json").read_text())
+    assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
+    assert r["config"]["task"]["positions"] == "prompt_mean"
+    assert r["config"]["task"]["rank_groups"] == ["concept", "control"]
+    assert r["config"]["ranking"]["k"] == 50 and r["config"]["ranking"]["center"] is True
+    assert r["k"] == 3 and r["k_frac"] == 0.01  # 1% of 270 heads
+    assert r["run"]["choices"]["ranking"] == "paper"
+    assert r["random"]["pool"] == "layer_counts" and r["random"]["n_seeds"] == 2
+    edited = Counter(h["layer"] for h in r["heads"])
+    assert all(Counter(a for a, _ in d["heads"]) == edited for d in r["random"]["per_seed"])
+    assert "concept" in r["normalized"]["edited"] and "q25" in r["normalized"]["random"]
