@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import shlex
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,12 +46,15 @@ MEAN_POSITIONS = ("prompt_mean", "image_mean")
 MEAN_ROW_POSITION = -1
 CACHE_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 # Counts real forward passes made by `capture_heads` (tests assert cache hits with it).
 CAPTURE_STATS = {"forward_batches": 0, "cache_hits": 0}
 
 
 class CacheError(RuntimeError):
-    """A cached activation file could not be read."""
+    """A cached activation file could not be read (`HeadActivations.load`); `capture_heads` sets
+    such a file aside and recomputes it instead of raising this."""
 
 
 @dataclass
@@ -130,9 +136,13 @@ class HeadActivations:
 
     @classmethod
     def load(cls, path: str | Path) -> HeadActivations:
+        """Read a file written by `save`. FileNotFoundError when there is none, CacheError when it
+        is corrupt (truncated, empty, not safetensors) or not a headpursuit activation file."""
         from safetensors import safe_open
 
         path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No activation file at {path}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 md = f.metadata() or {}
@@ -149,9 +159,38 @@ class HeadActivations:
         except Exception as exc:
             raise CacheError(
                 f"Activation cache file {path} is corrupt or not a headpursuit cache ({exc}). "
-                f"Delete it (rm '{path}') to recompute, or set cache_dir=None / "
-                "capture.cache=false to bypass the cache."
+                f"Delete it (rm {shlex.quote(str(path))}) and capture again to recompute it, or pass "
+                "cache_dir=None to capture_heads to bypass the cache."
             ) from exc
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a corrupt cache file to `<name>.corrupt-<timestamp>` next to it: never read again,
+    kept for a look at what went wrong."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
+def read_cached(path: Path) -> HeadActivations | None:
+    """The activations cached at `path`; None when there are none, or when the file is corrupt:
+    it is then set aside (with a warning) so that the caller recomputes and rewrites it."""
+    if not path.exists():
+        return None
+    try:
+        return HeadActivations.load(path)
+    except CacheError as exc:
+        try:
+            where = f"moved it to {set_aside(path)}"
+        except OSError as move_error:  # e.g. a read-only cache: the save after it will say so
+            where = f"could not move it aside: {move_error}"
+        log.warning("Activation cache file %s is corrupt (%s); %s and recomputing it.", path, exc.__cause__, where)
+        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,7 +379,8 @@ def capture_heads(
             tokens; every sample needs an image). Mean rows have position and target_token -1.
         layers: decoder layers to capture (default: all).
         cache_dir: if set, results are stored there under a key of the model, inputs and
-            options, and a rerun reads them instead of running the model.
+            options, and a rerun reads them instead of running the model. A corrupt cached file
+            is set aside (`<name>.corrupt-<timestamp>`, with a warning) and recomputed.
     """
     if positions not in POSITIONS:
         raise ValueError(f"Unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
@@ -359,11 +399,11 @@ def capture_heads(
     if cache_dir is not None:
         key = cache_key(lm, items, positions, layers, concept_token_ids)
         path = Path(cache_dir) / f"acts-{key}.safetensors"
-        if path.exists():
-            acts = HeadActivations.load(path)
+        cached = read_cached(path)
+        if cached is not None:
             CAPTURE_STATS["cache_hits"] += 1
-            acts.meta["from_cache"] = True
-            return acts
+            cached.meta["from_cache"] = True
+            return cached
 
     H, dh = lm.layout.n_heads, lm.layout.head_dim
     zs: list[torch.Tensor] = []

@@ -3,6 +3,11 @@
 `EMBEDDED` names them (`smollm2`, `gemma3-270m`); `gguf_path` finds an entry's GGUF file in its
 installed package; `load_embedded` dequantises it once and caches the float weights under
 `cache_root()`, so that a second load is fast.
+
+The cache is shared by every process on the machine (or cluster filesystem): it is written
+atomically (temp folder + os.replace) with a manifest of its files' sizes and checksums, read
+under a shared lock (`cache_lock`), and deleted only when proven corrupt, never because of an
+error on the device the model is then moved to.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import json
 import logging
 import os
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +31,20 @@ import torch.nn as nn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMBEDDED", "EmbeddedModel", "cache_root", "gguf_path", "load_embedded"]
+__all__ = [
+    "COMPLETE",
+    "EMBEDDED",
+    "EmbeddedModel",
+    "cache_lock",
+    "cache_root",
+    "dequantise",
+    "dequantised_cache_dir",
+    "gguf_path",
+    "load_embedded",
+    "read_dequantised_cache",
+    "verify_cache",
+    "write_dequantised_cache",
+]
 
 
 @dataclass(frozen=True)
@@ -88,31 +109,162 @@ def gguf_path(entry: EmbeddedModel) -> Path:
     )
 
 
-def load_embedded(entry: EmbeddedModel, dtype: torch.dtype, device: str) -> tuple[nn.Module, Any, dict]:
-    """(model, tokenizer, info) of an embedded model, from the dequantised cache when it is there."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+# ------------------------------------------------------------------------------------------
+# The dequantised cache: one folder per GGUF file and transformers version, written once
+# (temp folder + os.replace), read under a shared lock, deleted only when proven corrupt.
+# ------------------------------------------------------------------------------------------
 
-    gguf = gguf_path(entry)
+#: written last into a cache folder: its manifest (the size and a sampled checksum of each file)
+COMPLETE = "COMPLETE"
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # a file's checksum reads 16 x 64 KiB spread over it
+
+
+def dequantised_cache_dir(entry: EmbeddedModel, gguf: Path) -> Path:
+    """The cache folder of `entry`'s float weights: keyed on the GGUF file and transformers version."""
+    import transformers
+
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.name}:{stat.st_size}:{transformers.__version__}".encode()).hexdigest()[:12]
-    cache_dir = cache_root() / "models" / f"{entry.name}-{key}"
-    info = {"gguf_file": str(gguf), "dequantised_cache": str(cache_dir)}
-    if (cache_dir / "COMPLETE").exists():
+    return cache_root() / "models" / f"{entry.name}-{key}"
+
+
+@contextmanager
+def cache_lock(folder: Path, *, shared: bool) -> Iterator[None]:
+    """Hold the lock file `<folder>.lock` (fcntl.flock): shared while reading `folder`, exclusive
+    while replacing or deleting it, so that a reader never sees a half folder. Where there is no
+    flock (Windows, some network filesystems) or the lock file cannot be created (a read-only
+    cache), it goes on unlocked."""
+    lock_path = folder.with_name(folder.name + ".lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock_path, "a+")
+    except OSError as exc:
+        log.debug("no lock for %s (%s); going on without it", folder, exc)
+        yield
+        return
+    with f:  # closing the file releases the lock
         try:
-            tok = AutoTokenizer.from_pretrained(cache_dir)
-            model = AutoModelForCausalLM.from_pretrained(cache_dir, dtype=dtype)
-            info["from_cache"] = True
-            return model.to(device), tok, info
-        except Exception as exc:  # a broken cache is rebuilt, never trusted
-            log.warning("Dequantised cache %s is unreadable (%s); rebuilding it.", cache_dir, exc)
-            shutil.rmtree(cache_dir, ignore_errors=True)
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        except (ImportError, OSError) as exc:
+            log.debug("cache lock unavailable (%s); going on without it", exc)
+        yield
+
+
+def file_checksum(path: Path) -> dict[str, Any]:
+    """{size, sha1 of samples}: cheap (at most 1 MiB read) and enough to catch a truncated,
+    emptied or overwritten weight file; small files are hashed whole."""
+    size = path.stat().st_size
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        if size <= _SAMPLES * _SAMPLE_BYTES:
+            h.update(f.read())
+        else:
+            for i in range(_SAMPLES):  # the first sample starts the file, the last one ends it
+                f.seek(i * (size - _SAMPLE_BYTES) // (_SAMPLES - 1))
+                h.update(f.read(_SAMPLE_BYTES))
+    return {"size": size, "sha1_sampled": h.hexdigest()}
+
+
+def build_stamp(folder: Path) -> str | None:
+    """The text of `folder`'s COMPLETE file (unique per build), None when there is no complete cache."""
+    try:
+        return (folder / COMPLETE).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def verify_cache(folder: Path) -> str | None:
+    """What is wrong with a complete cache folder (a file missing, resized or changed since it
+    was written), or None when it matches its manifest. Folders written before manifests existed
+    have none: loading them is their only check."""
+    try:
+        manifest = json.loads((folder / COMPLETE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return f"its {COMPLETE} manifest is unreadable ({exc})"
+    if not isinstance(manifest, dict):
+        return f"its {COMPLETE} manifest is not a JSON object"
+    for name, written in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        now = file_checksum(path)
+        if now["size"] != written["size"]:
+            return f"{name} has {now['size']} bytes, {written['size']} when it was written"
+        if now != written:
+            return f"{name} differs from what was written (sampled checksum)"
+    return None
+
+
+def move_aside(folder: Path) -> Path:
+    """Rename `folder` to `<folder>.trash-PID` (atomic: readers see the whole folder or none)."""
+    trash = folder.with_name(f"{folder.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)  # left by an earlier process that had this pid
+    os.replace(folder, trash)
+    return trash
+
+
+def discard_corrupt(folder: Path, stamp: str) -> bool:
+    """Delete the corrupt cache `folder` whose build stamp is `stamp` (rename, then delete, under
+    the exclusive lock). False when another process replaced or removed it meanwhile."""
+    with cache_lock(folder, shared=False):
+        if build_stamp(folder) != stamp:
+            return False
+        try:
+            trash = move_aside(folder)
+        except OSError as exc:  # e.g. a read-only cache: rebuild in memory, leave the folder
+            log.warning("Could not move the corrupt cache %s aside: %s", folder, exc)
+            return True
+    shutil.rmtree(trash, ignore_errors=True)
+    return True
+
+
+def read_dequantised_cache(folder: Path, dtype: torch.dtype) -> tuple[nn.Module, Any] | None:
+    """(model on the CPU, tokenizer) from the cache folder; None when there is none, or when it
+    is proven corrupt (checked against its manifest, or failing to load), which deletes it.
+
+    Nothing here touches a device, so a device or out-of-memory error can never be taken for a
+    corrupt cache. Memory and permission errors propagate: they prove nothing about the files.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for _ in range(3):  # look again when another process replaced the corrupt folder meanwhile
+        with cache_lock(folder, shared=True):
+            stamp = build_stamp(folder)
+            if stamp is None:
+                return None
+            problem = verify_cache(folder)
+            if problem is None:
+                try:
+                    tok = AutoTokenizer.from_pretrained(folder)
+                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+                    return model, tok
+                except (MemoryError, PermissionError):
+                    raise
+                except Exception as exc:
+                    problem = f"it does not load: {type(exc).__name__}: {exc}"
+        log.warning("Dequantised cache %s is corrupt (%s); deleting it and rebuilding it.", folder, problem)
+        if discard_corrupt(folder, stamp):
+            return None
+    return None
+
+
+def dequantise(gguf: Path) -> tuple[nn.Module, Any]:
+    """(float32 model on the CPU, tokenizer) read from a GGUF file (slow: ~30 s for SmolLM2)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # Cache float32 weights once; later loads cast to the requested dtype.
+    return model, tok
+
+
+def write_dequantised_cache(folder: Path, model: nn.Module, tok: Any, gguf: Path) -> None:
+    """Save the dequantised float weights as the cache `folder`: into a temp folder, its manifest
+    last, then os.replace'd in under the exclusive lock. A failure to write only warns."""
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    trash = None
     try:
-        tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         # The weights are already dequantised: the cached copy is a plain float checkpoint.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -121,10 +273,39 @@ def load_embedded(entry: EmbeddedModel, dtype: torch.dtype, device: str) -> tupl
             model.is_quantized = False
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "COMPLETE").write_text(json.dumps({"gguf": str(gguf), "size": stat.st_size}))
-        shutil.rmtree(cache_dir, ignore_errors=True)
-        os.replace(tmp, cache_dir)  # atomic: a half-written cache is never seen as complete
+        files = {p.relative_to(tmp).as_posix(): file_checksum(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"gguf": str(gguf), "size": gguf.stat().st_size, "build": uuid.uuid4().hex, "files": files}
+        (tmp / COMPLETE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        with cache_lock(folder, shared=False):
+            if build_stamp(folder) is not None:
+                log.info("Another process cached %s first; keeping its copy.", folder)
+            else:
+                if folder.exists():  # a folder without a manifest is not a cache
+                    trash = move_aside(folder)
+                os.replace(tmp, folder)  # atomic: a half-written cache is never seen
     except OSError as exc:
-        log.warning("Could not cache dequantised weights in %s: %s", cache_dir, exc)
-    info["from_cache"] = False
-    return model.to(device=device, dtype=dtype), tok, info
+        log.warning("Could not cache dequantised weights in %s: %s", folder, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when it was moved in
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+
+def load_embedded(entry: EmbeddedModel, dtype: torch.dtype, device: str) -> tuple[nn.Module, Any, dict]:
+    """(model on `device`, tokenizer, info) of an embedded model, from the dequantised cache when
+    it is there and sound (else dequantised from its GGUF file and cached as float32)."""
+    gguf = gguf_path(entry)
+    folder = dequantised_cache_dir(entry, gguf)
+    info: dict[str, Any] = {"gguf_file": str(gguf), "dequantised_cache": str(folder)}
+    cached = read_dequantised_cache(folder, dtype)
+    if cached is None:
+        model, tok = dequantise(gguf)
+        write_dequantised_cache(folder, model, tok, gguf)  # float32 once; later loads cast
+        model = model.to(dtype=dtype)
+        info["from_cache"] = False
+    else:
+        model, tok = cached
+        info["from_cache"] = True
+    # Outside every cache step: a device or out-of-memory error propagates as it is and leaves
+    # the cache alone.
+    return model.to(device), tok, info

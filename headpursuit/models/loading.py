@@ -3,7 +3,8 @@
 A name is looked up in order: a registered builder (synthetic models such as `tiny_vlm`, added
 with `register_builder`), an embedded GGUF model (`smollm2`, `gemma3-270m`:
 `headpursuit.models.embedded`), then a Hugging Face hub id or a local directory
-(`headpursuit.models.hub`). `resolve_dtype` / `resolve_device` turn `auto` into concrete values.
+(`headpursuit.models.hub`). `resolve_dtype` / `resolve_device` turn `auto` into concrete values;
+`check_device` also checks that this machine has the device, before any weight is read.
 """
 
 from __future__ import annotations
@@ -15,13 +16,22 @@ from pathlib import Path
 
 import torch
 
+from headpursuit.errors import ConfigError
 from headpursuit.models.embedded import EMBEDDED, load_embedded
 from headpursuit.models.handle import LoadedModel, wrap_model
 from headpursuit.models.hub import load_hub
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BUILDERS", "known_models", "load_model", "register_builder", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "BUILDERS",
+    "check_device",
+    "known_models",
+    "load_model",
+    "register_builder",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 # Builders for synthetic models (random weights) registered by other modules, e.g. `tiny_vlm`.
 BUILDERS: dict[str, Callable[..., LoadedModel]] = {}
@@ -63,6 +73,36 @@ def resolve_device(device: str | None) -> str:
     return str(device)
 
 
+def check_device(device: str | None) -> str:
+    """The concrete device `device` names (`auto` resolved), once checked to exist on this
+    machine: cheap, so callers can check it before loading anything. Raises ConfigError naming
+    the device and the fix for an unknown or unavailable one (cuda without CUDA, cuda:3 with one
+    GPU, mps off Apple silicon). Other device types pass through for torch to judge."""
+    resolved = resolve_device(device)
+    fix = "Use device=cpu, or device=auto (cuda when available, else cpu)."
+    try:
+        dev = torch.device(resolved)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device={resolved!r} is not a device name torch knows ({exc}). {fix}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch build has no CUDA support"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)"
+            )
+            raise ConfigError(f"device={resolved!r} is not available: {why}. {fix}")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(
+                f"device={resolved!r} is not available: this machine has {n} CUDA GPU(s), "
+                f"cuda:0 to cuda:{n - 1}. Use device=cuda:0 (or device=auto), or device=cpu."
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={resolved!r} is not available: torch reports no MPS (Apple GPU) backend. {fix}")
+    return resolved
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -78,9 +118,9 @@ def load_model(
         name_or_path: `smollm2` / `gemma3-270m` (embedded, offline), a registered builder such as
             `tiny_vlm`, a Hugging Face hub id (`mistralai/Mistral-7B-Instruct-v0.2`) or a local dir.
         dtype: `auto` (float32 on CPU, bfloat16 on GPU), `float32`, `bfloat16`, `float16`.
-        device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
+        device: `auto`, `cpu`, `cuda`, `cuda:1`, ... (checked to exist before anything loads).
     """
-    device = resolve_device(device)
+    device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     t0 = time.perf_counter()
     processor = None
