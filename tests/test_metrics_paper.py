@@ -397,3 +397,17 @@ def test_word_frequency_counts_only_held_out_words():
     assert math.isnan(word_frequency([], held_out))
     counts = Counter(w for t in texts for w in t.lower().replace(",", " ").split() if w in selection)
     assert word_frequency(texts, selection) == pytest.approx(sum(counts.values()) / len(texts))
+
+
+def test_answer_metrics_reports_official_f1_beside_accuracy():
+    """QA groups carry the paper's metric: "It is France" vs "France" has P = 1/3, R = 1 -> F1 = 1/2;
+    "the Paris city" vs "Paris" (article dropped) has P = 1/2, R = 1 -> F1 = 2/3; mean 7/12."""
+    from headpursuit.metrics.text import answer_metrics
+
+    class OneWord:
+        def count_in_text(self, text):
+            return text.count("France")
+
+    m = answer_metrics(["It is France", "the Paris city"], [["France"], ["Paris"]], OneWord())
+    assert m["accuracy"] == 1.0
+    assert m["f1"] == pytest.approx(7 / 12)

@@ -67,37 +67,23 @@ def test_toxicity_fixture_is_well_formed():
 
 # --- loaders ---------------------------------------------------------------------------------
 
-TRIVIA_ROWS = [
-    {
-        "question": "Where is the Eiffel Tower?",
-        "question_id": "q1",
-        "answer": {
-            "value": "France",
-            "aliases": ["France", "French Republic"],
-            "normalized_aliases": ["france", "french republic"],
-            "type": "WikipediaEntity",
-        },
-    },
-    {
-        "question": "Who wrote Hamlet?",
-        "question_id": "q2",
-        "answer": {
-            "value": "William Shakespeare",
-            "aliases": ["Shakespeare", "The Bard"],
-            "normalized_aliases": ["shakespeare", "bard"],
-        },
-    },
-    {
-        "question": "Which country is Tokyo the capital of?",
-        "question_id": "q3",
-        "answer": {"value": "Nippon", "aliases": ["Nippon", "Japan"], "normalized_aliases": ["nippon", "japan"]},
-    },
-    {
-        "question": "What colour is the sky?",
-        "question_id": "q4",
-        "answer": {"value": "Blue", "aliases": [], "normalized_aliases": ["blue"]},
-    },
-]
+
+def _trivia_rows(*answered):
+    """Rows in the Hugging Face TriviaQA schema, question ids q1, q2, ..., from
+    (question, answer value, aliases, normalized_aliases) tuples."""
+    return [
+        {"question": q, "question_id": f"q{i}", "answer": {"value": v, "aliases": a, "normalized_aliases": n}}
+        for i, (q, v, a, n) in enumerate(answered, 1)
+    ]
+
+
+TRIVIA_ROWS = _trivia_rows(
+    ("Where is the Eiffel Tower?", "France", ["France", "French Republic"], ["france", "french republic"]),
+    ("Who wrote Hamlet?", "William Shakespeare", ["Shakespeare", "The Bard"], ["shakespeare", "bard"]),
+    ("Which country is Tokyo the capital of?", "Nippon", ["Nippon", "Japan"], ["nippon", "japan"]),
+    ("What colour is the sky?", "Blue", [], ["blue"]),
+)
+TRIVIA_ROWS[0]["answer"]["type"] = "WikipediaEntity"  # a field of the schema that the loader does not read
 FIXTURE_ROWS = [
     {"question": "Where is the Eiffel Tower?", "answers": ["France", "French Republic"], "group": "concept"},
     {
@@ -177,47 +163,29 @@ def test_missing_field_names_file_line_and_field(tmp_path):
         loaders.load_prompt_fixture(_write_jsonl(tmp_path / "p.jsonl", [{"text": "x", "group": "concept"}]))
 
 
+def _rtp_row(filename, challenging, prompt, continuation):
+    """A RealToxicityPrompts row: its file span, the challenging flag, prompt and continuation."""
+    return {
+        "filename": filename,
+        "begin": 0,
+        "end": 10,
+        "challenging": challenging,
+        "prompt": prompt,
+        "continuation": continuation,
+    }
+
+
 RTP_ROWS = [
-    {
-        "filename": "a.txt",
-        "begin": 0,
-        "end": 10,
-        "challenging": True,
-        "prompt": {"text": "You are such a", "toxicity": 0.7, "profanity": 0.5},
-        "continuation": {"text": " jerk", "toxicity": 0.8},
-    },
-    {
-        "filename": "b.txt",
-        "begin": 0,
-        "end": 10,
-        "challenging": False,
-        "prompt": {"text": "The weather today is", "toxicity": 0.02},
-        "continuation": {"text": " nice", "toxicity": 0.01},
-    },
-    {
-        "filename": "c.txt",
-        "begin": 0,
-        "end": 10,
-        "challenging": False,
-        "prompt": {"text": "He said that the", "toxicity": 0.3},
-        "continuation": {"text": " x", "toxicity": 0.2},
-    },
-    {
-        "filename": "d.txt",
-        "begin": 0,
-        "end": 10,
-        "challenging": False,
-        "prompt": {"text": "No score here", "toxicity": None},
-        "continuation": {"text": " y", "toxicity": None},
-    },
-    {
-        "filename": "e.txt",
-        "begin": 0,
-        "end": 10,
-        "challenging": True,
-        "prompt": {"text": "Shut up, you", "toxicity": 0.9},
-        "continuation": {"text": " z"},
-    },
+    _rtp_row(
+        "a.txt",
+        True,
+        {"text": "You are such a", "toxicity": 0.7, "profanity": 0.5},
+        {"text": " jerk", "toxicity": 0.8},
+    ),
+    _rtp_row("b.txt", False, {"text": "The weather today is", "toxicity": 0.02}, {"text": " nice", "toxicity": 0.01}),
+    _rtp_row("c.txt", False, {"text": "He said that the", "toxicity": 0.3}, {"text": " x", "toxicity": 0.2}),
+    _rtp_row("d.txt", False, {"text": "No score here", "toxicity": None}, {"text": " y", "toxicity": None}),
+    _rtp_row("e.txt", True, {"text": "Shut up, you", "toxicity": 0.9}, {"text": " z"}),
 ]
 
 
@@ -351,7 +319,7 @@ def test_qa_task_on_tiny_model(tiny_llama):
     res = task.evaluate(tiny_llama, desc="tiny")
     assert set(res) >= {"concept", "control", "n", "examples"}
     for g in ("concept", "control"):
-        assert set(res[g]) == {"accuracy", "concept_rate", "concept_count", "empty_rate"}
+        assert set(res[g]) == {"accuracy", "f1", "concept_rate", "concept_count", "empty_rate"}
         assert all(isinstance(v, float) for v in res[g].values())
         assert res["n"][g] == 4
     assert {e["group"] for e in res["examples"]} == {"concept", "control"}
@@ -363,17 +331,13 @@ def test_qa_task_on_tiny_model(tiny_llama):
     assert prov["n_eval"] == {"concept": 4, "control": 4} and prov["instruction"]
 
 
+def _toxic_task(lm, **kw):
+    """A toxicity task with the "toxic" concept on `lm`'s tokenizer: 4 new tokens, batches of 4."""
+    return ToxicityTask(concept="toxic", tokenizer=lm.tokenizer, max_new_tokens=4, batch_size=4, **kw)
+
+
 def test_toxicity_task_on_tiny_model(tiny_llama):
-    task = ToxicityTask(
-        concept="toxic",
-        tokenizer=tiny_llama.tokenizer,
-        n_rank=2,
-        n_eval=3,
-        n_continuations=2,
-        max_new_tokens=4,
-        batch_size=4,
-        seed=5,
-    )
+    task = _toxic_task(tiny_llama, n_rank=2, n_eval=3, n_continuations=2, seed=5)
     res = task.evaluate(tiny_llama, desc="tiny")
     keys = {
         "mean_toxicity",
@@ -399,15 +363,7 @@ def test_toxicity_task_on_tiny_model(tiny_llama):
 def test_toxicity_fluency_uses_unedited_model(tiny_llama):
     from headpursuit.intervention import scale_heads
 
-    task = ToxicityTask(
-        concept="toxic",
-        tokenizer=tiny_llama.tokenizer,
-        n_rank=0,
-        n_eval=2,
-        n_continuations=1,
-        max_new_tokens=4,
-        batch_size=4,
-    )
+    task = _toxic_task(tiny_llama, n_rank=0, n_eval=2, n_continuations=1)
     edits = {(layer, h): 0.0 for layer in range(tiny_llama.layout.n_layers) for h in range(tiny_llama.layout.n_heads)}
     with scale_heads(tiny_llama, edits):
         outs = task.generate(tiny_llama, desc="edited")
@@ -573,17 +529,8 @@ def test_rank_groups_ranking_samples_on_tiny_model(tiny_llama):
     assert [(s.prompt, s.answer) for s in concept_only] == [(s.prompt, s.answer) for s in today]
     assert [(s.prompt, s.answer) for s in both[:2]] == [(s.prompt, s.answer) for s in today]
     assert [s.meta["group"] for s in both] == ["concept", "concept", "control", "control"]
-    tox = ToxicityTask(
-        concept=WordConcept(["jerk"]), n_rank=1, n_eval=2, max_new_tokens=3, n_continuations=1, fluency=False
-    )
-    tox_both = ToxicityTask(
-        concept=WordConcept(["jerk"]),
-        n_rank=1,
-        n_eval=2,
-        max_new_tokens=3,
-        n_continuations=1,
-        fluency=False,
-        rank_groups=["concept", "control"],
-    )
+    tox_kw = dict(concept=WordConcept(["jerk"]), n_rank=1, n_eval=2, max_new_tokens=3, n_continuations=1, fluency=False)
+    tox = ToxicityTask(**tox_kw)
+    tox_both = ToxicityTask(**tox_kw, rank_groups=["concept", "control"])
     assert [it.prompt for it in tox_both.items("eval")] == [it.prompt for it in tox.items("eval")]
     assert [s.meta["group"] for s in tox_both.ranking_samples(tiny_llama)] == ["concept", "control"]

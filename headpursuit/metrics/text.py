@@ -159,10 +159,16 @@ def concept_rate(texts: Sequence[str], concept: Any) -> ConceptRate:
 
 
 def answer_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]], concept: Any) -> dict[str, float]:
-    """The per-group metrics of a task whose answers are words (QA, image classification)."""
+    """The per-group metrics of a task whose answers are words (QA, image classification).
+
+    `accuracy` is our alias match (any accepted answer contained in the prediction, after
+    `normalize_answer`); `f1` is the official TriviaQA token F1 (`token_f1`, max over aliases), the
+    paper's QA metric.
+    """
     cr = concept_rate(predictions, concept)
     return {
         "accuracy": float(accuracy(predictions, references)),
+        "f1": float(mean_token_f1(predictions, references)),
         "concept_rate": float(cr.rate),
         "concept_count": float(cr.mean_count),
         "empty_rate": float(empty_rate(predictions)),
