@@ -60,6 +60,7 @@ __all__ = [
     "selection_weights",
     "HeadSignals",
     "default_memory_budget",
+    "available_memory",
 ]
 
 # An atom whose squared distance to the span of the already selected atoms is below this (for
@@ -225,24 +226,34 @@ def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x @ y.T
 
 
-def default_memory_budget(device: torch.device | None = None) -> int:
-    """Bytes of working memory for one batch of heads: 30% of available RAM, capped at 6 GiB
-    (on a GPU: 50% of its free memory). HEADPURSUIT_SOMP_BUDGET (bytes) overrides."""
-    env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
-    if env:
-        return int(float(env))
+def available_memory(device: torch.device | None = None) -> int | None:
+    """Bytes that can be allocated now on ``device``: free memory of a CUDA device
+    (``torch.cuda.mem_get_info``), else the RAM the OS reports available (psutil when installed,
+    else ``os.sysconf``); None when it cannot be told."""
     if device is not None and device.type == "cuda":
-        try:
-            return int(0.5 * torch.cuda.mem_get_info(device)[0])
-        except Exception:  # pragma: no cover
-            pass
-    avail = None
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
         import psutil
 
-        avail = psutil.virtual_memory().available
-    except Exception:  # pragma: no cover - psutil is optional
+        return int(psutil.virtual_memory().available)
+    except ImportError:
         pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return None
+
+
+def default_memory_budget(device: torch.device | None = None) -> int:
+    """Bytes of working memory for one batch of heads, derived from the free memory of ``device``:
+    on a GPU 50% of its free memory, on the CPU 30% of the available RAM capped at 6 GiB (at least
+    256 MiB; 2 GiB when the free memory cannot be told). HEADPURSUIT_SOMP_BUDGET (bytes) overrides."""
+    env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
+    if env:
+        return int(float(env))
+    avail = available_memory(device)
+    if device is not None and device.type == "cuda" and avail is not None:
+        return int(0.5 * avail)
     if avail is None:
         return 2 << 30
     return int(max(256 << 20, min(6 << 30, 0.3 * avail)))
@@ -292,7 +303,7 @@ class _DenseSignals:
         self.dtype = dtype
         self.n_heads, self.n, self.dim = H.shape
 
-    def bytes_per_head(self, V: int) -> int:
+    def bytes_per_head(self, V: int, chunk: int | None = None) -> int:
         return self.n * self.dim * 8  # float64 copy of the batch for exact columns
 
     def prepare(self, sl: slice, D: torch.Tensor, chunk: int | None):
@@ -355,15 +366,29 @@ class HeadSignals:
         project = V * self.dim * self.dh + self.n * self.dh * V
         return "direct" if direct <= project else "project"
 
-    def bytes_per_head(self, V: int) -> int:
-        extra = self.dim * self.dh * 8 * 2 + self.n * self.dh * 8
+    def project_chunks(self, V: int, chunk: int | None) -> tuple[int, int]:
+        """(atoms, rows) per block of the "project" route: the block's temporaries, ``P = W_h^T D^T``
+        (dh, atoms) and ``z P`` (rows, atoms), each stay below 1/8 of the head's C (n, V), so that
+        memory stays bounded however many rows there are."""
+        target = max(1, self.n * V // 8)
+        atoms = min(V, int(chunk) if chunk is not None else max(1024, target // self.dh))
+        rows = max(1, min(self.n, target // atoms))
+        return atoms, rows
+
+    def bytes_per_head(self, V: int, chunk: int | None = None) -> int:
+        elt = torch.finfo(self.dtype).bits // 8
+        extra = self.dim * self.dh * 8 * 2 + self.n * self.dh * 8 + self.n * self.dh * elt
         if self._route(V) == "direct":
-            extra += self.n * self.dim * 4
+            extra += self.n * self.dim * elt
         else:
-            extra += V * self.dh * 4
+            atoms, rows = self.project_chunks(V, chunk)
+            # P as computed and its contiguous copy, plus the block of z P
+            extra += 2 * atoms * self.dh * elt + rows * atoms * elt
         return extra
 
     def _gather(self, sl: slice):
+        # index tensors on the CPU work for z and W_O on any device; only this batch of heads is
+        # moved to the compute device (in prepare), so z may stay where it was captured
         flat = torch.arange(self.n_heads)[sl]
         li, hi = flat // self.Hn, flat % self.Hn
         Zb = self.z[:, li, hi, :].permute(1, 0, 2)  # (hb, n, dh)
@@ -388,17 +413,20 @@ class HeadSignals:
             C = _correlations(Hb.reshape(hb * self.n, self.dim), D, chunk).view(hb, self.n, V)
             del Hb
         else:
-            # P = D W_h for all heads of the batch as one GEMM: (V, d) @ (d, hb*dh), over chunks of
-            # the vocabulary so that the temporary stays below ~1/4 of C
+            # P = D W_h for all heads of the batch as one GEMM: (v, d) @ (d, hb*dh) per block of
+            # the vocabulary, and z P per block of rows, written into C block by block
             C = torch.empty(hb, self.n, V, dtype=self.dtype, device=dev)
-            if chunk is None:
-                chunk = max(1024, (self.n * V) // (4 * self.dh))
-            chunk = min(V, int(chunk))
+            atoms, rows = self.project_chunks(V, chunk)
             WcatT = Wc.transpose(1, 2).reshape(hb * self.dh, self.dim)  # row (h, k) = W_h[:, k]
-            for v0 in range(0, V, chunk):
-                P = _mm_nt(D[v0 : v0 + chunk], WcatT).view(-1, hb, self.dh).permute(1, 2, 0)  # (hb, dh, v)
-                C[:, :, v0 : v0 + chunk] = torch.bmm(Zc, P)
+            for v0 in range(0, V, atoms):
+                v1 = min(V, v0 + atoms)
+                # (hb, dh, v), made contiguous once so that bmm does not copy it for every block of rows
+                P = _mm_nt(D[v0:v1], WcatT).view(-1, hb, self.dh).permute(1, 2, 0).contiguous()
+                for r0 in range(0, self.n, rows):
+                    r1 = min(self.n, r0 + rows)
+                    C[:, r0:r1, v0:v1] = torch.bmm(Zc[:, r0:r1], P)
                 del P
+        del Zc, Wc
         if not self.center:
             Z64 = Zb.to(device=dev, dtype=torch.float64)
         W64 = Wb.to(device=dev, dtype=torch.float64)
@@ -511,6 +539,15 @@ class _Tiler:
                 f.result()
         finally:
             torch.set_num_threads(prev)
+
+
+def _keep_rows_(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``t[keep]`` for ascending ``keep``, computed in place: row i takes row keep[i] >= i, so
+    copying in increasing i never overwrites a row still to be read. Returns a view of ``t``."""
+    for i, r in enumerate(keep.tolist()):
+        if i != r:
+            t[i].copy_(t[r])
+    return t[: keep.numel()]
 
 
 def _somp_batch(
@@ -702,8 +739,11 @@ def _somp_steps(
             finish(~active)
             keep = active.nonzero().squeeze(1)
             rows = rows[keep]
-            C = C[keep]
-            E, Bq, L, A, S = E[keep], Bq[keep], L[keep], A[keep], S[keep]
+            # the two big tensors are compacted in place: ``C[keep]`` would copy C while the
+            # caller still holds it (up to 1.75x C at once)
+            C = _keep_rows_(C, keep)
+            Bq = _keep_rows_(Bq, keep)
+            E, L, A, S = E[keep], L[keep], A[keep], S[keep]
             proj2, excl, explained = proj2[keep], excl[keep], explained[keep]
             steps_done, active = steps_done[keep], active[keep]
             cols = cols.select(keep)
@@ -736,7 +776,7 @@ def _run(
         n * V * elt  # C
         + (k + 4) * V * elt  # B rows, Gram rows, proj2, score
         + V  # exclusion mask
-        + op.bytes_per_head(V)
+        + op.bytes_per_head(V, chunk_size)
         + n * k * 8 * 3
     )
     budget = memory_budget if memory_budget is not None else default_memory_budget(D.device)
@@ -815,8 +855,9 @@ def somp(
     aggregation: "l1" picks argmax_j sum_i |<R_i, D_j>| (default), "l2" sum_i <R_i, D_j>^2.
     atom_mask: bool (n_atoms,) or (heads, n_atoms); True = atom may be selected.
     chunk_size: atoms per chunk when computing H D^T (bounds temporaries).
-    memory_budget: bytes for one batch of heads (default: 30% of free RAM, at most 6 GiB);
-    head_batch overrides it. dtype: dtype of the big correlation tensor (float32 on CPU).
+    memory_budget: bytes of working memory for one batch of heads (default
+    :func:`default_memory_budget` of the signals' device: half the free GPU memory, or 30% of the
+    available RAM capped at 6 GiB); head_batch overrides it. dtype: dtype of the big correlation tensor (float32 on CPU).
     variant: "omp" (default, the method of the paper) or "ormp": order-recursive matching pursuit,
     which scores each atom by its correlation with the residual divided by the norm of the atom's
     component orthogonal to the atoms already selected (what ``spams.somp`` computes, with "l2").
@@ -917,6 +958,12 @@ def somp_heads(
     norm weights its choice); fit and explained variance do not depend on the norms; the
     coefficients are those of the raw rows. Ignored by ``variant="ormp"`` (scale-invariant).
 
+    Devices and memory: the work runs on W_O's device; z may live elsewhere (e.g. on the CPU),
+    each batch of heads is moved when it is prepared. ``memory_budget`` (bytes; default
+    :func:`default_memory_budget` of W_O's device) bounds the working set of one batch of heads at
+    any number of rows: the correlations C are built block by block of atoms and rows. The
+    dictionary itself (vocab x d_model in the compute dtype) comes on top of it.
+
     Returns a SOMPResult with the heads axis flattened layer-major (L*H), ``indices`` as
     *vocabulary token ids* (not positions in ``token_ids``), and ``head_ids`` (L*H, 2) giving
     (layer, head) with the real layer numbers (``layers`` or the activations' ``.layers``).
@@ -950,10 +997,13 @@ def somp_heads(
     cdt = _compute_dtype(W_O, dtype)
     rows, ids = dictionary_rows(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain)
     D, usable = _unit_rows(rows, cdt)
+    norms = None if normalize_atoms else atom_norms(rows)
+    del rows  # a float64 copy of the dictionary when the gain is folded: not kept through the batches
     k = _check_k(k, int(usable.sum()))
     blocked = None if bool(usable.all()) else ~usable.to(dev)
-    op = HeadSignals(z.detach().to(dev), W_O, cdt, center=center)
-    norms = None if normalize_atoms else atom_norms(rows)
+    # z stays on its device (e.g. captured on the CPU): each batch of heads is moved to W_O's
+    # device when it is prepared, so z need not fit there at once
+    op = HeadSignals(z.detach(), W_O, cdt, center=center)
     weight = None if norms is None else selection_weights(norms, aggregation, variant, cdt, dev)
     idx, coef, ev, energy, meta = _run(
         op, D, blocked, k, tol, aggregation, chunk_size, memory_budget, head_batch, variant, weight
@@ -1001,17 +1051,19 @@ def somp_reference(
     H = signals.unsqueeze(0) if squeeze else signals
     dt = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32
     H = H.to(dt)
+    dev = H.device
     if normalized:
-        D, usable = atoms.to(dt), torch.ones(atoms.shape[0], dtype=torch.bool)
+        D, usable = atoms.to(device=dev, dtype=dt), torch.ones(atoms.shape[0], dtype=torch.bool, device=dev)
     else:
-        D, usable = normalize_atoms(atoms, dt)
+        D, usable = normalize_atoms(atoms.to(dev), dt)
     allowed = usable.clone()
     if atom_mask is not None:
-        allowed &= torch.as_tensor(atom_mask, dtype=torch.bool)
+        allowed &= torch.as_tensor(atom_mask, dtype=torch.bool).to(dev)
     nh, n, _ = H.shape
-    idx = torch.full((nh, k), -1, dtype=torch.long)
-    coef = torch.zeros(nh, n, k, dtype=dt)
-    ev = torch.zeros(nh, k, dtype=torch.float64)
+    # every tensor on the signals' device (a CPU mask on CUDA signals fails in masked_fill)
+    idx = torch.full((nh, k), -1, dtype=torch.long, device=dev)
+    coef = torch.zeros(nh, n, k, dtype=dt, device=dev)
+    ev = torch.zeros(nh, k, dtype=torch.float64, device=dev)
     energy = (H.double() ** 2).sum(dim=(1, 2))
     for h in range(nh):
         X = H[h]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
-from headpursuit.somp import SOMPResult, head_dictionary, somp, somp_heads, somp_reference
+from headpursuit.somp import (
+    HeadSignals,
+    SOMPResult,
+    available_memory,
+    default_memory_budget,
+    head_dictionary,
+    somp,
+    somp_heads,
+    somp_reference,
+)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -243,8 +254,6 @@ def test_somp_heads_equals_explicit_signals(n, fold, restrict):
 
 
 def test_somp_heads_routes_agree():
-    from headpursuit.somp import HeadSignals
-
     z, W, U, _ = _head_problem(n=40)
     D, _, _ = head_dictionary(U)
     op = HeadSignals(z, W, torch.float32)
@@ -295,8 +304,8 @@ def test_smollm2_real_activations_match_reference():
     ]
     acts = capture_heads(lm, [CaptureSample(lm.format_prompt(q)) for q in qs], positions="last_prompt", progress=False)
     layers = acts.layers[::6]
-    z = acts.z[:, [acts.layers.index(l) for l in layers]]
     W = torch.stack([lm.output_weight(l).detach().float() for l in layers])
+    z = acts.z[:, [acts.layers.index(l) for l in layers]].to(W.device)  # capture and model may differ
     U = lm.unembedding().float()
     gain = lm.final_norm_gain()
     res = somp_heads(z, W, U, 5, norm_gain=gain)
@@ -305,3 +314,101 @@ def test_smollm2_real_activations_match_reference():
     ref = somp_reference(sig[sub], U * gain[None, :], 5)
     assert torch.equal(res.indices[sub], ref.indices)
     assert torch.allclose(res.explained_variance[sub], ref.explained_variance, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------
+# memory: blocks of atoms and rows, budget
+
+
+def test_project_route_blocks_equal_one_product():
+    """The correlations built block by block (atoms x rows) equal one product z (D W_h)^T."""
+    z, W, U, _ = _head_problem(n=120, dh=16, d=64, V=3000)
+    D, _, _ = head_dictionary(U)
+    op = HeadSignals(z, W, torch.float32)
+    assert op._route(D.shape[0]) == "project"
+    atoms, rows = op.project_chunks(D.shape[0], None)
+    assert atoms < D.shape[0] or rows < op.n  # the test exercises the blocks
+    C, energy, _ = op.prepare(slice(0, op.n_heads), D, None)
+    C_small, _, _ = op.prepare(slice(0, op.n_heads), D, 500)  # more, smaller blocks of atoms
+    ref = torch.einsum("hnd,vd->hnv", _materialised(z, W), D.double())
+    assert torch.allclose(C.double(), ref, atol=1e-4)
+    assert torch.allclose(C_small, C, atol=1e-5)
+    assert torch.allclose(energy, (_materialised(z, W) ** 2).sum(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("n", [9, 120])  # direct and project routes
+def test_blocked_and_batched_paths_give_the_same_result(n):
+    z, W, U, gain = _head_problem(n=n, dh=16, d=64, V=3000)
+    whole = somp_heads(z, W, U, 6, norm_gain=gain, memory_budget=1 << 34)
+    parts = somp_heads(z, W, U, 6, norm_gain=gain, chunk_size=700, head_batch=5)
+    assert whole.meta["head_batch"] == 12 and parts.meta["head_batch"] == 5
+    assert torch.equal(whole.indices, parts.indices)
+    assert torch.allclose(whole.explained_variance, parts.explained_variance, atol=1e-6, rtol=0)
+
+
+def test_in_place_compaction_when_heads_stop():
+    """Heads reaching tol are dropped from the working set in place; the others go on as before."""
+    z, W, U, gain = _head_problem(n=40, dh=16, d=64, V=3000)
+    full = somp_heads(z, W, U, 8, norm_gain=gain)
+    tol = 0.3  # a quarter of the heads reach it at step 7 (the working set is compacted), some never
+    res = somp_heads(z, W, U, 8, norm_gain=gain, tol=tol)
+    stopped_early = res.indices[:, -1] < 0
+    assert int(stopped_early.sum()) >= 3 and bool((full.explained_variance[:, -1] < tol).any())
+    for h in range(res.indices.shape[0]):
+        t = int((res.indices[h] >= 0).sum())
+        assert torch.equal(res.indices[h, :t], full.indices[h, :t])
+        assert torch.allclose(res.explained_variance[h, :t], full.explained_variance[h, :t], atol=1e-9)
+
+
+def test_default_memory_budget_follows_free_memory(monkeypatch):
+    monkeypatch.delenv("HEADPURSUIT_SOMP_BUDGET", raising=False)
+    avail = available_memory(torch.device("cpu"))
+    assert avail is not None and avail > 0
+    budget = default_memory_budget(torch.device("cpu"))
+    assert 256 << 20 <= budget <= 6 << 30
+    assert budget <= max(256 << 20, 0.3 * avail * 1.1)  # free memory moves a little between calls
+    monkeypatch.setenv("HEADPURSUIT_SOMP_BUDGET", str(123 << 20))
+    assert default_memory_budget() == 123 << 20
+
+
+_PEAK_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from headpursuit.somp import somp_heads
+n, budget = int(sys.argv[1]), int(sys.argv[2])
+L, H, dh, d, V = 4, 16, 32, 256, 8192
+g = torch.Generator().manual_seed(0)
+z, W, U = torch.randn(n, L, H, dh, generator=g), torch.randn(L, d, H * dh, generator=g), torch.randn(V, d, generator=g)
+somp_heads(z[:, :1, :2], W[:1, :, : 2 * dh].reshape(1, d, 2 * dh), U[:100], 1)  # warm-up: threads, allocator
+def status(key):
+    return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith(key))
+open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to the current RSS
+base = status("VmRSS:")
+res = somp_heads(z, W, U, 3, memory_budget=budget)
+print(status("VmHWM:") - base, res.meta["head_batch"], res.meta["route"])
+"""
+
+
+def _peak_extra_bytes(n: int, budget: int) -> tuple[int, int, str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(n), str(budget)], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    extra, hb, route = out.stdout.split()
+    return int(extra), int(hb), route
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc (VmHWM reset)")
+def test_somp_heads_stays_within_its_budget_as_rows_grow():
+    """Peak resident memory of the call, measured in a fresh process: within the budget (+25% and
+    the dictionary's copies, ~40 MiB here) at 50 and at 400 rows; before the blocks of rows it
+    was about twice the budget from ~100 rows on."""
+    budget = 384 << 20
+    slack = 64 << 20
+    for n in (50, 400):
+        extra, hb, route = _peak_extra_bytes(n, budget)
+        assert route == "project" and (n == 50 or hb < 64)  # at 400 rows, several batches of heads
+        assert extra <= budget * 1.25 + slack, f"n={n}: peak +{extra / 2**20:.0f} MiB for a {budget >> 20} MiB budget"

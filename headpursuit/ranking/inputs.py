@@ -66,18 +66,27 @@ class HeadWeights:
 
     @classmethod
     def from_model(cls, lm: LoadedModel, layers: Sequence[int]) -> HeadWeights:
-        """The weights of ``lm`` for the captured ``layers`` only (float32, CPU)."""
+        """The weights of ``lm`` for the captured ``layers`` only, float32 on the model's device
+        (ranking runs where the model is, and in float32 whatever the model's dtype)."""
+        dev = lm.unembedding().device
         return cls(
-            W_O=torch.stack([lm.output_weight(layer).detach().float().cpu() for layer in layers]),
-            unembedding=lm.unembedding().detach().float().cpu(),
-            norm_gain=_float_cpu(lm.final_norm_gain()),
+            W_O=torch.stack([lm.output_weight(layer).detach().to(device=dev, dtype=torch.float32) for layer in layers]),
+            unembedding=lm.unembedding().detach().float(),
+            norm_gain=_float32(lm.final_norm_gain(), dev),
             tokenizer=lm.tokenizer,
             name=lm.name,
         )
 
+    @property
+    def device(self) -> torch.device:
+        """Where the ranking computes: the unembedding's device."""
+        return torch.as_tensor(self.unembedding).device
+
     def for_layers(self, layers: Sequence[int]) -> HeadWeights:
-        """These weights as float32 CPU tensors, W_O cut down to the captured ``layers``."""
-        W = torch.as_tensor(self.W_O).detach().float().cpu()
+        """These weights as float32 tensors on the unembedding's device, W_O cut down to the
+        captured ``layers``."""
+        U = torch.as_tensor(self.unembedding).detach().float()
+        W = torch.as_tensor(self.W_O).detach()
         if W.dim() == 2:
             W = W.unsqueeze(0)
         if W.dim() != 3:
@@ -89,16 +98,16 @@ class HeadWeights:
                 f"W_O has {W.shape[0]} layers but the activations cover layers {list(layers)[:8]}...: give W_O for "
                 "all model layers or exactly the captured ones"
             )
-        U = torch.as_tensor(self.unembedding).detach().float().cpu()
-        return HeadWeights(W, U, _float_cpu(self.norm_gain), self.tokenizer, self.name)
+        W = W.to(device=U.device, dtype=torch.float32)
+        return HeadWeights(W, U, _float32(self.norm_gain, U.device), self.tokenizer, self.name)
 
 
 # What rank_heads / explain_head accept as the model.
 WeightsSource = LoadedModel | HeadWeights | Mapping[str, Any]
 
 
-def _float_cpu(t: Any) -> torch.Tensor | None:
-    return None if t is None else torch.as_tensor(t).detach().float().cpu()
+def _float32(t: Any, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else torch.as_tensor(t).detach().to(device=device, dtype=torch.float32)
 
 
 def head_weights(source: WeightsSource | None, layers: Sequence[int]) -> HeadWeights:
@@ -118,7 +127,9 @@ def head_weights(source: WeightsSource | None, layers: Sequence[int]) -> HeadWei
 
 
 def captured_z(activations: HeadActivations | torch.Tensor | None) -> tuple[torch.Tensor, list[int], dict]:
-    """(z as float32 CPU (rows, layers, heads, head_dim), the captured layer numbers, the capture meta)."""
+    """(z as float32 (rows, layers, heads, head_dim) on the device it was captured on, the captured
+    layer numbers, the capture meta). z is not moved: the SOMP methods move it to the weights'
+    device batch of heads by batch of heads, so it need not fit there at once."""
     if activations is None:
         raise ValueError("activations is None: capture them first (capture_heads(lm, samples))")
     z = activations if isinstance(activations, torch.Tensor) else getattr(activations, "z", None)
@@ -139,7 +150,7 @@ def captured_z(activations: HeadActivations | torch.Tensor | None) -> tuple[torc
         layers, meta = list(activations.layers or range(z.shape[1])), dict(activations.meta or {})
     if len(layers) != z.shape[1]:
         raise ValueError(f"activations.layers has {len(layers)} entries but z has {z.shape[1]} layers")
-    return z.detach().float().cpu(), [int(layer) for layer in layers], meta
+    return z.detach().float(), [int(layer) for layer in layers], meta
 
 
 def concept_token_ids(concept: ConceptSpec, tokenizer: Any, vocab: int) -> tuple[torch.Tensor, str]:

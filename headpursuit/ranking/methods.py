@@ -44,10 +44,12 @@ __all__ = [
 class RankingInputs:
     """Everything a method needs, checked by rank_heads (shapes agree, k and the concept are valid).
 
-    z: float32 (rows, layers, heads, head_dim). layers: the captured layer numbers.
+    z: float32 (rows, layers, heads, head_dim), on the device it was captured on (the methods move
+    it to the weights' device as they go). layers: the captured layer numbers.
     weights: W_O of exactly the captured layers, the unembedding and the tokenizer.
     norm_gain: the final norm's gain to fold into the dictionary, None to leave it out.
-    concept_ids: sorted unique vocabulary ids; concept_mask: bool (vocab,), True at concept_ids.
+    concept_ids: sorted unique vocabulary ids (CPU); concept_mask: bool (vocab,), True at
+    concept_ids, on the weights' device (it indexes what the methods compute there).
     aggregation: SOMP atom choice ("l1" or "l2"). seed: for random methods.
     n_top_tokens: how many tokens each head's ``top_tokens`` cell shows.
     center: SOMP methods remove each head's mean over rows before pursuit.
@@ -134,7 +136,7 @@ def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_op
 
 def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor, k_used: int) -> MethodResult:
     tok, n_top = inputs.weights.tokenizer, inputs.n_top_tokens
-    tops = [format_tokens(tok, row[:n_top].tolist()) for row in res.indices]
+    tops = [format_tokens(tok, row) for row in res.indices[:, :n_top].cpu().tolist()]  # one transfer
     return MethodResult(score, tops, res.explained_variance[:, -1], {"k_used": k_used, "somp": res.meta})
 
 
@@ -179,7 +181,7 @@ def _lens_top_tokens(
     """long (heads, rows, lens_top): per head and row, the ids of the largest entries of D c."""
     op = HeadSignals(z, W_O, torch.float32)
     n, V = z.shape[0], D.shape[0]
-    budget = memory_budget if memory_budget is not None else default_memory_budget()
+    budget = memory_budget if memory_budget is not None else default_memory_budget(D.device)
     # C (float32) and topk's scratch of the same size, plus the operator's own working memory
     per_head = n * V * 4 * 2 + op.bytes_per_head(V)
     hb = max(1, min(op.n_heads, budget // max(per_head, 1)))
@@ -215,7 +217,8 @@ def logit_lens(
     D, _, _ = head_dictionary(inputs.weights.unembedding, gain, None, fold_norm_gain=gain is not None)
     top = _lens_top_tokens(inputs.z, inputs.weights.W_O, D, lens_top, memory_budget, chunk_size)
     score = inputs.concept_mask[top].float().mean(dim=(1, 2))
-    tops = [format_tokens(inputs.weights.tokenizer, _most_frequent(row, inputs.n_top_tokens)) for row in top[:, :, 0]]
+    top1 = top[:, :, 0].cpu()
+    tops = [format_tokens(inputs.weights.tokenizer, _most_frequent(row, inputs.n_top_tokens)) for row in top1]
     return MethodResult(score, tops, _no_explained_variance(inputs.n_heads_total), {"lens_top": lens_top})
 
 
@@ -229,9 +232,10 @@ def logit_lens_mean(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResu
     gain = inputs.norm_gain
     rows, _ = dictionary_rows(inputs.weights.unembedding, gain, inputs.concept_ids, fold_norm_gain=gain is not None)
     Dc = rows.to(torch.float64)  # (n_concept, d)
-    z_mean = inputs.z.to(torch.float64).mean(dim=0)  # (L, H, dh)
+    dev = Dc.device  # the weights' device; z may be elsewhere
+    z_mean = inputs.z.to(torch.float64).mean(dim=0).to(dev)  # (L, H, dh)
     L, Hn, dh = z_mean.shape
-    logits = torch.empty(L, Hn, Dc.shape[0], dtype=torch.float64)
+    logits = torch.empty(L, Hn, Dc.shape[0], dtype=torch.float64, device=dev)
     for li in range(L):
         # (n_concept, H*dh) -> per head the logit of each concept token: D W_h mean(z_h)
         P = (Dc @ inputs.weights.W_O[li].to(torch.float64)).view(-1, Hn, dh)
@@ -239,7 +243,7 @@ def logit_lens_mean(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResu
     logits = logits.reshape(L * Hn, -1)
     n_top = min(inputs.n_top_tokens, logits.shape[1])
     # stable descending sort: among equal logits the lower token id first
-    order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :n_top]
+    order = torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :n_top].cpu()
     tok = inputs.weights.tokenizer
     tops = [format_tokens(tok, inputs.concept_ids[row].tolist()) for row in order]
     return MethodResult(logits.mean(dim=1), tops, _no_explained_variance(inputs.n_heads_total), {})

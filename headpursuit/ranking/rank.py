@@ -100,8 +100,8 @@ def rank_heads(
         )
     k = validated_k(k, vocab)
     ids, cname = concept_token_ids(concept, w.tokenizer, vocab)
-    cmask = torch.zeros(vocab, dtype=torch.bool)
-    cmask[ids] = True
+    cmask = torch.zeros(vocab, dtype=torch.bool, device=w.device)
+    cmask[ids.to(w.device)] = True
     gain = w.norm_gain if fold_norm_gain else None
     meta: dict[str, Any] = {
         "method": method,
@@ -119,6 +119,7 @@ def rank_heads(
         "positions": ameta.get("positions"),
         "seed": seed,
         "vocab": vocab,
+        "device": str(w.device),
     }
     inputs = RankingInputs(
         z=z,
@@ -169,7 +170,7 @@ def explain_head(
     if w.W_O.shape[2] != Hn * dh:
         raise ValueError(f"W_O has {w.W_O.shape[2]} columns but the activations have {Hn}x{dh}")
     Wh = w.W_O[0][:, head * dh : (head + 1) * dh]  # (d, dh)
-    signal = z[:, layers.index(layer), head] @ Wh.T  # (n, d)
+    signal = z[:, layers.index(layer), head].to(Wh.device) @ Wh.T  # (n, d), on the weights' device
     gain = w.norm_gain if fold_norm_gain else None
     D, usable, _ = head_dictionary(w.unembedding, gain, None, fold_norm_gain=gain is not None)
     if not normalize_atoms:

@@ -94,9 +94,9 @@ def score_table(
         {
             "layer": [int(layers[i // n_heads]) for i in range(n_total)],
             "head": [i % n_heads for i in range(n_total)],
-            "score": score.double().numpy(),
+            "score": score.detach().double().cpu().numpy(),
             "top_tokens": top_tokens,
-            "explained_variance": explained_variance.double().numpy(),
+            "explained_variance": explained_variance.detach().double().cpu().numpy(),
         }
     )
     df = df.sort_values(
