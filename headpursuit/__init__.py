@@ -13,6 +13,7 @@ effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0
 from headpursuit._version import __version__
 from headpursuit.capture import CaptureSample, HeadActivations, capture_heads
 from headpursuit.concepts import Concept, load_concept
+from headpursuit.determinism import deterministic, set_deterministic
 from headpursuit.effects import HeadEffects, answer_logprob, head_effects
 from headpursuit.intervention import scale_heads, uniform_scales
 from headpursuit.models import AttentionLayout, LoadedModel, load_model, wrap_model
@@ -21,6 +22,8 @@ from headpursuit.somp import SOMPResult, somp, somp_heads, somp_reference
 
 __all__ = [
     "__version__",
+    "deterministic",
+    "set_deterministic",
     "AttentionLayout",
     "LoadedModel",
     "load_model",

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "headpursuit"
 
 # Bottom to top. A module's layer is that of the longest prefix listed here.
 LAYERS: list[tuple[str, ...]] = [
-    ("headpursuit._version", "headpursuit.errors", "headpursuit.synthetic"),
+    ("headpursuit._version", "headpursuit.errors", "headpursuit.synthetic", "headpursuit.determinism"),
     ("headpursuit.models",),
     (
         "headpursuit.concepts",
