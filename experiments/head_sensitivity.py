@@ -44,11 +44,13 @@ from headpursuit.ranking import rank_heads  # noqa: E402
 from headpursuit.tasks import build_task  # noqa: E402
 
 TASK = {"name": "qa_countries", "n_rank": 40, "n_eval": 20, "seed": 0, "max_new_tokens": 16}
+# What --control-weight (w) weighs: how a head's causal specificity is computed from its flip effects.
+CONTROL_WEIGHT_HELP = "specificity = -delta_concept + w * delta_control (w > 1 penalises control damage)"
 
 
 def correct_samples(lm, task, items, n: int, desc: str) -> list[CaptureSample]:
     """The model's own greedy answers to `items`, only the correct ones, at most n."""
-    go = task._answer(lm, items, desc=desc)
+    go = task.answer(lm, items, desc=desc)
     out = [
         CaptureSample(prompt=p, answer=o[0])
         for it, p, o in zip(items, go.prompts, go.outputs)
@@ -96,12 +98,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="correct answers per group (concept, control)")
     ap.add_argument("--heads", type=int, default=0, help="only the top-N concept_share heads (0 = all)")
     ap.add_argument("--evaluate", default="", help="comma-separated k: evaluate the causal top-k by generation")
-    ap.add_argument(
-        "--control-weight",
-        type=float,
-        default=2.0,
-        help="specificity = -delta_concept + w * delta_control (w > 1 penalises control damage)",
-    )
+    ap.add_argument("--control-weight", type=float, default=2.0, help=CONTROL_WEIGHT_HELP)
     ap.add_argument("--reuse", action="store_true", help="read head_effects.csv from --out instead of scanning")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()

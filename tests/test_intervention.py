@@ -66,19 +66,24 @@ def test_alpha_zero_removes_exactly_the_head_contribution(lm):
     torch.testing.assert_close(y_edit, y - z_h @ W_h.T, rtol=1e-4, atol=1e-4)
 
 
+def _greedy_with_scores(lm, enc, max_new_tokens):
+    """Greedy generation from the encoded prompts, returning the sequences and per-step scores."""
+    return lm.model.generate(
+        input_ids=enc["input_ids"],
+        attention_mask=enc["attention_mask"],
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **lm.generation_kwargs(),
+    )
+
+
 def test_generate_with_kv_cache_equals_full_recompute(lm):
     scales = uniform_scales([(0, 0), (1, 1), (2, 3)], -1.0)
     enc = lm.encode(PROMPTS)
     with scale_heads(lm, scales):
-        out = lm.model.generate(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            max_new_tokens=6,
-            do_sample=False,
-            output_scores=True,
-            return_dict_in_generate=True,
-            **lm.generation_kwargs(),
-        )
+        out = _greedy_with_scores(lm, enc, max_new_tokens=6)
         seq = out.sequences
         mask = torch.cat([enc["attention_mask"], torch.ones(seq.shape[0], 6, dtype=torch.long)], 1)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -88,15 +93,7 @@ def test_generate_with_kv_cache_equals_full_recompute(lm):
     for step, scores in enumerate(out.scores):
         torch.testing.assert_close(scores, full[:, T - 1 + step], rtol=1e-3, atol=1e-3)
     # ... and the edit really reached generation: without it the scores differ.
-    plain = lm.model.generate(
-        input_ids=enc["input_ids"],
-        attention_mask=enc["attention_mask"],
-        max_new_tokens=1,
-        do_sample=False,
-        output_scores=True,
-        return_dict_in_generate=True,
-        **lm.generation_kwargs(),
-    )
+    plain = _greedy_with_scores(lm, enc, max_new_tokens=1)
     assert not torch.allclose(plain.scores[0], out.scores[0], atol=1e-3)
 
 

@@ -97,6 +97,29 @@ def test_classification_fixture_groups(tok):
         ImageClassificationTask(tokenizer=tok, concept_classes=["rocket"])
 
 
+def _cifar_like_parquet(datasets, path, names, specs):
+    """A parquet in CIFAR-100's schema (img, fine_label as a ClassLabel of `names`) at `path`: one
+    drawn shape per (shape, colour, label index) of `specs`."""
+    ds = datasets.Dataset.from_dict(
+        {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
+        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)}),
+    )
+    ds.to_parquet(str(path))
+    return path
+
+
+def _cifar_like_config(tok, path, concept_classes):
+    """Classification task keys for the parquet `_cifar_like_parquet` wrote at `path`."""
+    return dict(
+        tokenizer=tok,
+        source="local",
+        data_path=str(path),
+        image_column="img",
+        label_column="fine_label",
+        concept_classes=concept_classes,
+    )
+
+
 def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     """A local parquet with CIFAR-100's columns (img, fine_label as ClassLabel) loads offline."""
     datasets = pytest.importorskip("datasets")
@@ -111,19 +134,9 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
         ("hexagon", "blue", 4),
         ("diamond", "purple", 0),
     ]
-    ds = datasets.Dataset.from_dict(
-        {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
-        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)}),
-    )
-    path = tmp_path / "cifar_like.parquet"
-    ds.to_parquet(str(path))
+    path = _cifar_like_parquet(datasets, tmp_path / "cifar_like.parquet", names, specs)
     task = ImageClassificationTask(
-        tokenizer=tok,
-        source="local",
-        data_path=str(path),
-        image_column="img",
-        label_column="fine_label",
-        concept_classes=["bicycle", "bus", "pickup_truck"],
+        **_cifar_like_config(tok, path, ["bicycle", "bus", "pickup_truck"]),
         aliases={"pickup_truck": ["truck"]},
         n_rank=1,
         n_eval=2,
@@ -137,14 +150,7 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     assert all(it.image.size == (64, 64) and it.image.mode == "RGB" for it in items)
     assert task.data_source["format"] == "parquet"
     with pytest.raises(ValueError, match="available columns"):
-        ImageClassificationTask(
-            tokenizer=tok,
-            source="local",
-            data_path=str(path),
-            image_column="image",
-            label_column="fine_label",
-            concept_classes=["bus"],
-        )
+        ImageClassificationTask(**{**_cifar_like_config(tok, path, ["bus"]), "image_column": "image"})
 
 
 def test_local_image_folder_and_caption_file(tok, tmp_path):
@@ -330,22 +336,8 @@ def test_rank_groups_on_fixture_and_local_image_data(tok, tmp_path):
         (s, c, k)
         for (s, c), k in zip([("cross", "red"), ("hexagon", "blue"), ("diamond", "purple")] * 3, [0, 3, 4] * 3)
     ]
-    ds = datasets.Dataset.from_dict(
-        {"img": [draw_shape(s, c) for s, c, _ in specs], "fine_label": [k for *_, k in specs]},
-        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)}),
-    )
-    path = tmp_path / "cifar_like.parquet"
-    ds.to_parquet(str(path))
-    kw = dict(
-        tokenizer=tok,
-        source="local",
-        data_path=str(path),
-        image_column="img",
-        label_column="fine_label",
-        concept_classes=["bicycle", "bus"],
-        n_rank=1,
-        n_eval=2,
-    )
+    path = _cifar_like_parquet(datasets, tmp_path / "cifar_like.parquet", names, specs)
+    kw = dict(**_cifar_like_config(tok, path, ["bicycle", "bus"]), n_rank=1, n_eval=2)
     default = ImageClassificationTask(**kw)
     both = ImageClassificationTask(**kw, rank_groups=["concept", "control"])
     capped = ImageClassificationTask(**kw, rank_groups=["concept", "control"], max_rows=3)

@@ -26,9 +26,10 @@ training questions without saying whether only country questions; both choices a
 from __future__ import annotations
 
 import abc
+import inspect
 import random
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "split_items",
     "resolve_concept",
     "clean_metrics",
+    "group_counts",
 ]
 
 GROUPS = ("concept", "control")
@@ -216,6 +218,10 @@ class GroupOutputs:
     def __len__(self) -> int:
         return len(self.inputs)
 
+    def first_output(self, i: int) -> str:
+        """Item `i`'s first generation ("" when it has none)."""
+        return self.outputs[i][0] if self.outputs[i] else ""
+
     def reference_lists(self) -> list[list[str]]:
         """The accepted answers / reference captions per item; a ValueError if there are none."""
         if self.references is None:
@@ -232,6 +238,12 @@ class TaskOutputs:
     meta: dict = field(default_factory=dict)
 
 
+def group_counts(items: Iterable[Any]) -> dict[str, int]:
+    """How many of `items` each group has (for a task's data provenance)."""
+    items = list(items)
+    return {g: sum(it.group == g for it in items) for g in GROUPS}
+
+
 def clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
     """Plain floats (NaN stays NaN) for results.json."""
     return {k: float(v) for k, v in d.items()}
@@ -245,8 +257,6 @@ class Task(abc.ABC):
     """
 
     name: str = "task"
-    #: keys a task accepts; unknown config keys produce a warning naming them
-    config_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -264,7 +274,7 @@ class Task(abc.ABC):
         if unknown:
             warnings.warn(
                 f"task {self.name!r}: ignoring unknown config keys {sorted(unknown)}; "
-                f"known: {sorted(set(self.config_keys) | _BASE_KEYS)}",
+                f"known: {sorted(self.config_keys())}",
                 stacklevel=3,
             )
         self._concept = resolve_concept(concept, tokenizer)
@@ -278,6 +288,13 @@ class Task(abc.ABC):
         self.data_source: dict = {}
 
     # --- construction -------------------------------------------------------------------
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        """The config keys the task accepts (unknown ones produce a warning naming them): the
+        keyword parameters of its constructor and those of `Task`."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return {p.name for p in params if p.kind is p.KEYWORD_ONLY} | _BASE_KEYS
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], lm: LoadedModel | None = None) -> Task:
         cfg = dict(cfg)
@@ -367,6 +384,10 @@ class Task(abc.ABC):
         }
 
     # --- helpers for subclasses -------------------------------------------------------------
+    def _group_desc(self, desc: str, group: str) -> str:
+        """The progress label of one group's generations: the task, the caller's `desc`, the group."""
+        return " ".join(x for x in (self.name, desc, group) if x)
+
     def _answer_scores(self, outputs: TaskOutputs) -> dict:
         """Per-group answer metrics (accuracy, concept rate, ...) and counts, for word-answer tasks."""
         from headpursuit.metrics.text import answer_metrics
@@ -379,15 +400,20 @@ class Task(abc.ABC):
             result["n"][g] = len(preds)
         return result
 
-    def _examples(self, outputs: TaskOutputs) -> list[dict]:
-        ex = []
+    def _example_indices(self, outputs: TaskOutputs) -> Iterator[tuple[str, GroupOutputs, int]]:
+        """(group, its outputs, item index) for the first `n_examples` items of every group."""
         for g in GROUPS:
             go = outputs.groups.get(g)
             if go is None:
                 continue
             for i in range(min(self.n_examples, len(go))):
-                ex.append({"prompt": go.inputs[i], "output": go.outputs[i][0] if go.outputs[i] else "", "group": g})
-        return ex
+                yield g, go, i
+
+    def _examples(self, outputs: TaskOutputs) -> list[dict]:
+        return [
+            {"prompt": go.inputs[i], "output": go.first_output(i), "group": g}
+            for g, go, i in self._example_indices(outputs)
+        ]
 
     def __repr__(self) -> str:
         sizes = {s: {g: len(v) for g, v in d.items()} for s, d in self.splits.items()}

@@ -25,12 +25,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     system: null
     max_new_tokens: 30
     ranking_filter: none       # none | concept: keep only ranking captions with a concept word
-    n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
-    n_eval: 10                 # per group
-    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
-                               #   n_rank control images (beyond those evaluation uses)
-    seed: 0
-    batch_size: 8
+    # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
+    #   see `headpursuit.tasks.image_task`
 
 Metrics per group (`headpursuit.metrics.captions`, package ``sacrebleu``): ``concept_rate``
 (captions with at least one concept word), ``concept_count`` (mean concept words per caption),
@@ -41,22 +37,22 @@ BLEU), ``mean_words`` and ``empty_rate``. Results also carry the model's notes a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.metrics.text import concept_rate, empty_rate
-from headpursuit.tasks.base import GROUPS, TaskOutputs
+from headpursuit.tasks.base import GROUPS, TaskOutputs, group_counts
 from headpursuit.tasks.image_data import (
+    IMAGE_SOURCES,
     ImageItem,
     load_image_dataset,
     pattern_items,
-    rows_needed,
-    select_rows,
     shape_items,
-    spare_rows,
     to_pil,
 )
-from headpursuit.tasks.image_task import ImageTask
+from headpursuit.tasks.image_task import NO_GROUP, ImageTask
+from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
@@ -64,7 +60,6 @@ if TYPE_CHECKING:
 __all__ = ["CaptioningTask", "DEFAULT_INSTRUCTION"]
 
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
-_SOURCES = ("fixture", "hub", "local")
 
 
 def _captions(value: Any) -> list[str]:
@@ -75,26 +70,12 @@ def _captions(value: Any) -> list[str]:
 
 class CaptioningTask(ImageTask):
     name = "captioning"
-    config_keys = (
-        "source",
-        "data_path",
-        "hub_id",
-        "hub_config",
-        "hub_split",
-        "image_column",
-        "captions_column",
-        "max_rows",
-        "instruction",
-        "system",
-        "max_new_tokens",
-        "ranking_filter",
-    )
+    ranking_filters = ("none", "concept")
 
     def __init__(
         self,
         *,
         concept: Any = "colors",
-        tokenizer: Any = None,
         source: str = "fixture",
         data_path: str | None = None,
         hub_id: str = "lmms-lab/flickr30k",
@@ -109,29 +90,13 @@ class CaptioningTask(ImageTask):
         ranking_filter: str = "none",
         n_rank: Any = 8,
         n_eval: Any = 10,
-        rank_groups: Any = None,
-        seed: int = 0,
-        batch_size: int = 8,
-        n_examples: int = 3,
-        **unknown: Any,
+        **base: Any,  # the other `Task` keys (tokenizer, rank_groups, seed, batch_size, n_examples)
     ):
-        if source not in _SOURCES:
-            raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
-        if ranking_filter not in ("none", "concept"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'concept', got {ranking_filter!r}")
+        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
+        self._check_ranking_filter(ranking_filter)
         if n_rank is None:
             n_rank = 8  # concept images (an int n_rank is for the concept group)
-        super().__init__(
-            concept=concept,
-            tokenizer=tokenizer,
-            n_rank=n_rank,
-            n_eval=n_eval,
-            rank_groups=rank_groups,
-            seed=seed,
-            batch_size=batch_size,
-            n_examples=n_examples,
-            **unknown,
-        )
+        super().__init__(concept=concept, n_rank=n_rank, n_eval=n_eval, **base)
         self.instruction = (instruction or DEFAULT_INSTRUCTION).strip()
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
@@ -142,8 +107,7 @@ class CaptioningTask(ImageTask):
             items = shape_items("shape") + pattern_items()
             for it in items:
                 it.group = self._group_of(it.captions)
-            if max_rows is not None:
-                items = [it for g in GROUPS for it in [x for x in items if x.group == g][: int(max_rows)]]
+            items = spec.head_per_group(items)
             data_source = {
                 "source": "fixture",
                 "synthetic": True,
@@ -151,18 +115,9 @@ class CaptioningTask(ImageTask):
             }
             label = "fixture"
         else:
-            items, spare, data_source = self._load_data(
-                source,
-                data_path=data_path,
-                hub_id=hub_id,
-                hub_config=hub_config,
-                hub_split=hub_split,
-                image_column=image_column,
-                captions_column=captions_column,
-                max_rows=max_rows,
-            )
+            items, spare, data_source = self._load_data(spec, image_column, captions_column)
             label = str(data_source.get("hub_id") or data_source.get("path"))
-        data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
+        data_source["n_items"] = group_counts(items)
         data_source["grouping"] = "concept iff a reference caption contains a concept word"
         self.data_source = data_source
         self._split(items, source=label, spare=spare)
@@ -170,40 +125,20 @@ class CaptioningTask(ImageTask):
     def _group_of(self, captions: list[str]) -> str:
         return "concept" if any(self.concept.count_in_text(c) for c in captions) else "control"
 
-    def _load_data(self, source, *, data_path, hub_id, hub_config, hub_split, image_column, captions_column, max_rows):
-        split = hub_split if source == "hub" else "train"
-        ds, info = load_image_dataset(
-            source,
-            data_path=data_path,
-            hub_id=hub_id,
-            hub_config=hub_config,
-            split=split,
-            required=(image_column, captions_column),
-        )
+    def _load_data(
+        self, spec: DataSpec, image_column: str, captions_column: str
+    ) -> tuple[list[ImageItem], dict[str, list[ImageItem]], dict]:
+        ds, info = load_image_dataset(spec, required=(image_column, captions_column))
         caps = [_captions(v) for v in ds.select_columns([captions_column])[captions_column]]
-        groups = [self._group_of(c) if c else "none" for c in caps]  # rows without captions skipped
-        need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
-        need["none"] = 0
-        rows = select_rows(groups, need, self.seed)
-        # Ranking-only rows of the extra rank groups, decoded on top so the split of `rows` is unchanged.
-        extra = {
-            g: spare_rows(groups, g, need[g], int(self.n_rank or 0), self.seed, max_rows)
-            for g in self.extra_rank_groups()
-        }
-        every = rows + [r for g in extra for r in extra[g]]
-        sub = ds.select(every)
-        decoded = {
-            r: ImageItem(
-                image=to_pil(sub[k][image_column], info.get("base_dir")),
-                captions=caps[r],
-                group=groups[r],
-                meta={"id": f"row{r}", "row": r},
-            )
-            for k, r in enumerate(every)
-        }
+        groups = [self._group_of(c) if c else NO_GROUP for c in caps]  # rows without captions skipped
+
+        def item_of(r: int, row: Mapping) -> ImageItem:
+            image = to_pil(row[image_column], info.get("base_dir"))
+            return ImageItem(image=image, captions=caps[r], group=groups[r], meta={"id": f"row{r}", "row": r})
+
+        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of)
         info.update({"image_column": image_column, "captions_column": captions_column})
-        spare = {g: [decoded[r] for r in extra[g]] for g in extra}
-        return [decoded[r] for r in rows], spare, info
+        return items, spare, info
 
     def references(self, item: ImageItem) -> list[str]:
         return list(item.captions)
@@ -212,32 +147,16 @@ class CaptioningTask(ImageTask):
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
-        items, go = self._answers_for_ranking(lm)
-        samples = []
-        for it, prompt, out in zip(items, go.prompts, go.outputs):
-            caption = out[0]
+        def sample_of(it: ImageItem, prompt: str, caption: str) -> CaptureSample | None:
             n_concept = self.concept.count_in_text(caption)
             if self.ranking_filter == "concept" and not n_concept:
-                continue
-            samples.append(
-                CaptureSample(
-                    prompt=prompt,
-                    answer=caption,
-                    image=it.image,
-                    meta={
-                        "id": it.meta.get("id"),
-                        "references": it.captions,
-                        "concept_words": n_concept,
-                        **(self._model_info or {}),
-                    },
-                )
+                return None
+            meta = {"id": it.meta.get("id"), "references": it.captions, "concept_words": n_concept}
+            return CaptureSample(
+                prompt=prompt, answer=caption, image=it.image, meta={**meta, **(self._model_info or {})}
             )
-        if not samples:
-            raise ValueError(
-                f"{self.name}: no ranking samples left after ranking_filter="
-                f"{self.ranking_filter!r} (no caption contains a concept word)"
-            )
-        return samples
+
+        return self.kept_samples(*self.ranking_answers(lm), sample_of, why_none=" (no caption contains a concept word)")
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
         result: dict[str, Any] = {"n": {}}

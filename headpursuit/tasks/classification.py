@@ -31,12 +31,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     system: null
     max_new_tokens: 12
     ranking_filter: none       # none | correct: keep ranking answers that name the true class
-    n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
-    n_eval: 10                 # per group
-    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
-                               #   n_rank control images (beyond those evaluation uses)
-    seed: 0
-    batch_size: 8
+    # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
+    #   see `headpursuit.tasks.image_task`
 
 Metrics per group: ``accuracy``, ``concept_rate`` (answers naming a concept class),
 ``concept_count`` and ``empty_rate``. Results also carry the model's notes and
@@ -49,17 +45,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.text import alias_match
-from headpursuit.tasks.base import GROUPS, TaskOutputs, parse_rank_groups
-from headpursuit.tasks.image_data import (
-    ImageItem,
-    load_image_dataset,
-    rows_needed,
-    select_rows,
-    shape_items,
-    spare_rows,
-    to_pil,
-)
+from headpursuit.tasks.base import TaskOutputs, group_counts, parse_rank_groups
+from headpursuit.tasks.image_data import IMAGE_SOURCES, ImageItem, load_image_dataset, shape_items, to_pil
 from headpursuit.tasks.image_task import ImageTask
+from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
@@ -86,7 +75,6 @@ DEFAULT_INSTRUCTIONS = {
     "color": "What colour is the shape in this image? Answer with one word.",
     "data": "What is shown in this image? Answer with just the name of the object.",
 }
-_SOURCES = ("fixture", "hub", "local")
 
 
 def _label(item: ImageItem) -> str:
@@ -119,25 +107,6 @@ def class_aliases(name: str, extra: Sequence[str] = ()) -> list[str]:
 
 class ImageClassificationTask(ImageTask):
     name = "classification"
-    config_keys = (
-        "source",
-        "fixture_label",
-        "data_path",
-        "hub_id",
-        "hub_config",
-        "hub_split",
-        "image_column",
-        "label_column",
-        "class_names",
-        "concept_classes",
-        "aliases",
-        "max_rows",
-        "instruction",
-        "list_classes",
-        "system",
-        "max_new_tokens",
-        "ranking_filter",
-    )
 
     def __init__(
         self,
@@ -165,14 +134,10 @@ class ImageClassificationTask(ImageTask):
         n_eval: Any = 10,
         rank_groups: Any = None,
         seed: int = 0,
-        batch_size: int = 8,
-        n_examples: int = 3,
-        **unknown: Any,
+        **base: Any,  # the other `Task` keys (batch_size, n_examples)
     ):
-        if source not in _SOURCES:
-            raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
-        if ranking_filter not in ("none", "correct"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', got {ranking_filter!r}")
+        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
+        self._check_ranking_filter(ranking_filter)
         self.seed = int(seed)
         self.n_rank, self.n_eval = n_rank, n_eval
         self.rank_groups = parse_rank_groups(rank_groups)  # _load_data needs it before super().__init__
@@ -189,8 +154,7 @@ class ImageClassificationTask(ImageTask):
             for it in items:
                 it.aliases = class_aliases(_label(it), extra_aliases.get(_label(it), ()))
                 it.group = "concept" if it.label in concept_classes else "control"
-            if max_rows is not None:
-                items = [it for g in GROUPS for it in [x for x in items if x.group == g][: int(max_rows)]]
+            items = spec.head_per_group(items)
             data_source = {
                 "source": "fixture",
                 "fixture": f"synthetic shapes (label: {fixture_label})",
@@ -199,8 +163,10 @@ class ImageClassificationTask(ImageTask):
             default_instruction = DEFAULT_INSTRUCTIONS[fixture_label]
         else:
             is_cifar = source == "hub" and hub_id == CIFAR100_ID
-            image_column = image_column or ("img" if is_cifar else "image")
-            label_column = label_column or ("fine_label" if is_cifar else "label")
+            columns = (
+                image_column or ("img" if is_cifar else "image"),
+                label_column or ("fine_label" if is_cifar else "label"),
+            )
             if concept_classes is None:
                 if not is_cifar:
                     raise ValueError(
@@ -210,17 +176,7 @@ class ImageClassificationTask(ImageTask):
                 concept_classes = CIFAR100_VEHICLES
             concept_classes = list(concept_classes)
             items, spare, all_names, data_source = self._load_data(
-                source,
-                data_path=data_path,
-                hub_id=hub_id,
-                hub_config=hub_config,
-                hub_split=hub_split,
-                image_column=image_column,
-                label_column=label_column,
-                class_names=class_names,
-                concept_classes=concept_classes,
-                extra_aliases=extra_aliases,
-                max_rows=max_rows,
+                spec, columns, class_names, concept_classes, extra_aliases
             )
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
 
@@ -237,9 +193,7 @@ class ImageClassificationTask(ImageTask):
             n_eval=n_eval,
             rank_groups=rank_groups,
             seed=seed,
-            batch_size=batch_size,
-            n_examples=n_examples,
-            **unknown,
+            **base,
         )
         self.concept_classes = concept_classes
         self.class_names = all_names
@@ -251,7 +205,7 @@ class ImageClassificationTask(ImageTask):
         if self.list_classes:
             instr += " Choose one of: " + ", ".join(_display(n) for n in all_names) + "."
         self.instruction = instr
-        data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
+        data_source["n_items"] = group_counts(items)
         data_source["concept_classes"] = list(concept_classes)
         self.data_source = data_source
         self._split(
@@ -270,28 +224,16 @@ class ImageClassificationTask(ImageTask):
 
     def _load_data(
         self,
-        source,
-        *,
-        data_path,
-        hub_id,
-        hub_config,
-        hub_split,
-        image_column,
-        label_column,
-        class_names,
-        concept_classes,
-        extra_aliases,
-        max_rows,
-    ):
-        split = hub_split if source == "hub" else "train"
-        ds, info = load_image_dataset(
-            source,
-            data_path=data_path,
-            hub_id=hub_id,
-            hub_config=hub_config,
-            split=split,
-            required=(image_column, label_column),
-        )
+        spec: DataSpec,
+        columns: tuple[str, str],
+        class_names: Sequence[str] | None,
+        concept_classes: Sequence[str],
+        extra_aliases: Mapping[str, Sequence[str]],
+    ) -> tuple[list[ImageItem], dict[str, list[ImageItem]], list[str], dict]:
+        """The selected and spare items, every class name and the provenance; `columns` is
+        (image column, label column)."""
+        image_column, label_column = columns
+        ds, info = load_image_dataset(spec, required=columns)
         feature = ds.features.get(label_column)
         names = list(getattr(feature, "names", None) or class_names or [])
         raw = ds.select_columns([label_column])[label_column]  # labels only: no image decoding
@@ -314,52 +256,33 @@ class ImageClassificationTask(ImageTask):
         self._check_classes(concept_classes, all_names)
         concept_set = set(concept_classes)
         groups = ["concept" if lab in concept_set else "control" for lab in labels]
-        need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
-        rows = select_rows(groups, need, self.seed)
-        # Ranking-only rows of the extra rank groups, decoded on top so the split of `rows` is unchanged.
-        extra = {
-            g: spare_rows(groups, g, need[g], int(self.n_rank or 0), self.seed, max_rows)
-            for g in self.extra_rank_groups()
-        }
-        every = rows + [r for g in extra for r in extra[g]]
-        sub = ds.select(every)
-        decoded = {}
-        for k, r in enumerate(every):
-            row = sub[k]
+
+        def item_of(r: int, row: Mapping) -> ImageItem:
             lab = labels[r]
-            decoded[r] = ImageItem(
+            return ImageItem(
                 image=to_pil(row[image_column], info.get("base_dir")),
                 label=lab,
                 aliases=class_aliases(lab, extra_aliases.get(lab, ())),
                 group=groups[r],
                 meta={"id": f"row{r}:{lab}", "row": r},
             )
+
+        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of)
         info.update({"image_column": image_column, "label_column": label_column})
-        spare = {g: [decoded[r] for r in extra[g]] for g in extra}
-        return [decoded[r] for r in rows], spare, all_names, info
+        return items, spare, all_names, info
 
     # --- the contract ----------------------------------------------------------------------
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
-        items, go = self._answers_for_ranking(lm)
-        samples = []
-        for it, prompt, out in zip(items, go.prompts, go.outputs):
-            answer = out[0]
+        def sample_of(it: ImageItem, prompt: str, answer: str) -> CaptureSample | None:
             correct = alias_match(answer, it.aliases)
             if self.ranking_filter == "correct" and not correct:
-                continue
-            samples.append(
-                CaptureSample(
-                    prompt=prompt,
-                    answer=answer,
-                    image=it.image,
-                    meta={"label": it.label, "id": it.meta.get("id"), "correct": correct, **(self._model_info or {})},
-                )
-            )
-        if not samples:
-            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter={self.ranking_filter!r}")
-        return samples
+                return None
+            meta = {"label": it.label, "id": it.meta.get("id"), "correct": correct, **(self._model_info or {})}
+            return CaptureSample(prompt=prompt, answer=answer, image=it.image, meta=meta)
+
+        return self.kept_samples(*self.ranking_answers(lm), sample_of)
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
         result = self._answer_scores(outputs)

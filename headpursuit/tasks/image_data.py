@@ -27,8 +27,10 @@ from typing import Any
 from PIL import Image
 
 from headpursuit.synthetic import COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape, shape_captions
+from headpursuit.tasks.sources import DataSpec
 
 __all__ = [
+    "IMAGE_SOURCES",
     "ImageItem",
     "load_image_dataset",
     "pattern_items",
@@ -38,6 +40,9 @@ __all__ = [
     "shape_items",
     "to_pil",
 ]
+
+#: the `source` values of the image tasks: the synthetic fixture, a hub dataset, a local folder/file
+IMAGE_SOURCES = ("fixture", "hub", "local")
 
 
 @dataclass
@@ -117,24 +122,17 @@ def to_pil(value: Any, base_dir: str | Path | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image_dataset(
-    source: str,
-    *,
-    data_path: str | Path | None = None,
-    hub_id: str | None = None,
-    hub_config: str | None = None,
-    split: str = "train",
-    image_column: str = "image",
-    required: Sequence[str] = (),
-) -> tuple[Any, dict]:
-    """A `datasets.Dataset` from the hub or a local folder/file, and a provenance dict.
+def load_image_dataset(spec: DataSpec, *, required: Sequence[str] = ()) -> tuple[Any, dict]:
+    """A `datasets.Dataset` from the hub (split `spec.hub_split`) or a local folder/file, and a
+    provenance dict.
 
     Raises a ValueError naming the available columns when a `required` column is missing.
     """
     import datasets
 
     base_dir = None
-    if source == "hub":
+    if spec.source == "hub":
+        hub_id, hub_config, split = spec.hub_id, spec.hub_config, spec.hub_split
         if not hub_id:
             raise ValueError("source 'hub' needs hub_id")
         try:
@@ -146,10 +144,10 @@ def load_image_dataset(
                 "cache); offline, use source=fixture or a local copy (source=local, data_path=...)."
             ) from e
         info: dict[str, Any] = {"source": "hub", "hub_id": hub_id, "hub_config": hub_config, "split": split}
-    elif source == "local":
-        if not data_path:
+    elif spec.source == "local":
+        if not spec.data_path:
             raise ValueError("source 'local' needs data_path (an image folder or a file)")
-        p = Path(data_path)
+        p = Path(spec.data_path)
         if not p.exists():
             raise FileNotFoundError(f"data_path {p} does not exist")
         if p.is_dir():
@@ -173,10 +171,10 @@ def load_image_dataset(
             base_dir = p.parent
         info = {"source": "local", "path": str(p), "format": kind}
     else:
-        raise ValueError(f"unknown image data source {source!r}; use fixture, hub or local")
+        raise ValueError(f"unknown image data source {spec.source!r}; use fixture, hub or local")
     missing = [c for c in required if c not in ds.column_names]
     if missing:
-        where = hub_id if source == "hub" else str(data_path)
+        where = spec.hub_id if spec.source == "hub" else str(spec.data_path)
         raise ValueError(
             f"{where}: missing column(s) {missing}; available columns: {ds.column_names}. "
             "Set image_column / label_column / captions_column in the task config."

@@ -3,22 +3,36 @@ greedy generation through the model's processor, and the model's notes on every 
 
 With `tiny_vlm` the notes say "vision tower and projector are RANDOM-INITIALISED: image results
 are not real"; `model_notes` is what carries that into results.
+
+Config keys every image task shares (with their defaults; each task documents its own)::
+
+    n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
+    n_eval: 10                 # per group
+    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
+                               #   n_rank control images (beyond those evaluation uses)
+    seed: 0
+    batch_size: 8
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.models.generation import generate_with_images
 from headpursuit.models.inputs import image_prompt
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
-from headpursuit.tasks.image_data import ImageItem
+from headpursuit.tasks.answer_task import AnswerTask
+from headpursuit.tasks.base import GROUPS, GroupOutputs, TaskOutputs
+from headpursuit.tasks.image_data import ImageItem, rows_needed, select_rows, spare_rows
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
 
-__all__ = ["ImageTask", "ImageTaskOutputs", "model_notes"]
+__all__ = ["NO_GROUP", "ImageTask", "ImageTaskOutputs", "model_notes"]
+
+#: the group of a dataset row that belongs to no group (e.g. an image without captions): never decoded
+NO_GROUP = "none"
 
 
 def model_notes(lm: LoadedModel) -> dict:
@@ -40,27 +54,52 @@ class ImageTaskOutputs(TaskOutputs):
     items: dict = field(default_factory=dict)  # group -> list[ImageItem] in output order
 
 
-class ImageTask(Task):
+class ImageTask(AnswerTask):
     """A task whose inputs are images with one text instruction (classification, captioning).
 
     Subclasses fill `self.instruction`, `self.system`, `self.max_new_tokens`, call
-    `self._split(items, source)` with `ImageItem`s, and implement `score`. Every output carries
-    the model's notes (`model_notes`): with `tiny_vlm` that is "vision tower and projector are
-    RANDOM-INITIALISED: image results are not real".
+    `self._split(items, source)` with `ImageItem`s (from `_decode_rows` for a dataset), and
+    implement `score`. Every output carries the model's notes (`model_notes`): with `tiny_vlm`
+    that is "vision tower and projector are RANDOM-INITIALISED: image results are not real".
     """
-
-    instruction: str = ""
-    system: str | None = None
-    max_new_tokens: int = 16
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._model_info: dict | None = None
 
+    # --- data --------------------------------------------------------------------------------
+    def _decode_rows(
+        self,
+        ds: Any,
+        groups: Sequence[str],
+        max_rows: int | None,
+        item_of: Callable[[int, Mapping], ImageItem],
+    ) -> tuple[list[ImageItem], dict[str, list[ImageItem]]]:
+        """The dataset rows the splits need, decoded (`item_of(row index, row)`), and the spare
+        ranking-only items of the extra rank groups (`Task.extra_rank_groups`).
+
+        `groups` is every row's group, read without decoding an image; rows in group
+        `NO_GROUP` are skipped. The spare rows are decoded on top of the selected ones, so that
+        the split of the selected rows does not depend on them.
+        """
+        need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
+        need[NO_GROUP] = 0
+        rows = select_rows(groups, need, self.seed)
+        extra = {
+            g: spare_rows(groups, g, need[g], int(self.n_rank or 0), self.seed, max_rows)
+            for g in self.extra_rank_groups()
+        }
+        every = rows + [r for g in extra for r in extra[g]]
+        sub = ds.select(every)
+        decoded = {r: item_of(r, sub[k]) for k, r in enumerate(every)}
+        spare = {g: [decoded[r] for r in extra[g]] for g in extra}
+        return [decoded[r] for r in rows], spare
+
+    # --- generation --------------------------------------------------------------------------
     def prompt(self, lm: LoadedModel) -> str:
         return image_prompt(lm, self.instruction, system=self.system)
 
-    def _run(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
+    def answer(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
         self._model_info = model_notes(lm)
         prompt = self.prompt(lm)
         prompts = [prompt] * len(items)
@@ -87,55 +126,38 @@ class ImageTask(Task):
         return list(item.aliases)
 
     def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> ImageTaskOutputs:
-        out = ImageTaskOutputs(task=self.name, split=split, desc=desc)
-        for g in GROUPS:
-            label = " ".join(x for x in (self.name, desc, g) if x)
-            items = self.items(split, g)
-            out.groups[g] = self._run(lm, items, desc=label)
-            out.items[g] = items
-        out.model = model_notes(lm)
-        return out
-
-    def _answers_for_ranking(self, lm: LoadedModel) -> tuple[list, GroupOutputs]:
-        items = self.ranking_items()
-        return items, self._run(lm, items, desc=f"{self.name} ranking answers")
+        answered = super().generate(lm, split=split, desc=desc)
+        return ImageTaskOutputs(
+            task=self.name,
+            split=split,
+            desc=desc,
+            groups=answered.groups,
+            model=model_notes(lm),
+            items={g: self.items(split, g) for g in GROUPS},
+        )
 
     def _finish(self, result: dict, outputs: TaskOutputs) -> dict:
         """Add examples and the model's notes to a scored result."""
         model = getattr(outputs, "model", None) or self._model_info or {}
         notes = list(model.get("notes", []))
-        examples = []
-        for g in GROUPS:
-            go = outputs.groups.get(g)
-            if go is None:
-                continue
-            for i in range(min(self.n_examples, len(go))):
-                examples.append(
-                    {
-                        "prompt": go.prompts[i],
-                        "image": go.inputs[i],
-                        "output": go.outputs[i][0] if go.outputs[i] else "",
-                        "references": (go.references or [[]] * len(go))[i],
-                        "group": g,
-                        "vision_random_init": bool(model.get("vision_random_init")),
-                        "notes": notes,
-                    }
-                )
-        result["examples"] = examples
+        result["examples"] = [
+            {
+                "prompt": go.prompts[i],
+                "image": go.inputs[i],
+                "output": go.first_output(i),
+                "references": (go.references or [[]] * len(go))[i],
+                "group": g,
+                "vision_random_init": bool(model.get("vision_random_init")),
+                "notes": notes,
+            }
+            for g, go, i in self._example_indices(outputs)
+        ]
         result["vision_random_init"] = bool(model.get("vision_random_init"))
         result["notes"] = notes
         return result
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update(
-            {
-                "instruction": self.instruction,
-                "system": self.system,
-                "max_new_tokens": self.max_new_tokens,
-                "decoding": "greedy",
-            }
-        )
         if self._model_info is not None:
             p["vision_random_init"] = self._model_info["vision_random_init"]
             p["model_notes"] = self._model_info["notes"]

@@ -36,7 +36,10 @@ from typing import TYPE_CHECKING, Any
 from headpursuit.metrics.text import alias_match
 from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import loaders
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
+from headpursuit.tasks.answer_task import AnswerTask
+from headpursuit.tasks.base import GroupOutputs, TaskOutputs, group_counts
+from headpursuit.tasks.loaders import QAItem
+from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
@@ -48,26 +51,13 @@ DEFAULT_INSTRUCTION = "Give only the short answer, no explanation."
 _SOURCES = ("fixture", "jsonl", "hub", "trivia_qa_file")
 
 
-class QATask(Task):
+class QATask(AnswerTask):
     name = "qa_countries"
-    config_keys = (
-        "source",
-        "data_path",
-        "hub_id",
-        "hub_config",
-        "hub_split",
-        "max_rows",
-        "instruction",
-        "system",
-        "max_new_tokens",
-        "ranking_filter",
-    )
 
     def __init__(
         self,
         *,
         concept: Any = "countries",
-        tokenizer: Any = None,
         source: str = "fixture",
         data_path: str | None = None,
         hub_id: str = "mandarjoshi/trivia_qa",
@@ -78,56 +68,37 @@ class QATask(Task):
         system: str | None = None,
         max_new_tokens: int = 24,
         ranking_filter: str = "none",
-        n_rank: Any = 30,
-        n_eval: Any = 50,
-        seed: int = 0,
         batch_size: int = 16,
-        n_examples: int = 3,
-        **unknown: Any,
+        **base: Any,  # the other `Task` keys (tokenizer, n_rank, n_eval, rank_groups, seed, ...)
     ):
-        super().__init__(
-            concept=concept,
-            tokenizer=tokenizer,
-            n_rank=n_rank,
-            n_eval=n_eval,
-            seed=seed,
-            batch_size=batch_size,
-            n_examples=n_examples,
-            **unknown,
-        )
-        if source not in _SOURCES:
-            raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
-        if ranking_filter not in ("none", "correct"):
-            raise ValueError(f"{self.name}: ranking_filter must be 'none' or 'correct', got {ranking_filter!r}")
+        super().__init__(concept=concept, batch_size=batch_size, **base)
+        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, _SOURCES)
+        self._check_ranking_filter(ranking_filter)
         self.instruction = (instruction or "").strip()
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
-
-        words = list(getattr(self.concept, "words", []) or [])
-        if source in ("fixture", "jsonl"):
-            if source == "jsonl" and not data_path:
-                raise ValueError(f"{self.name}: source 'jsonl' needs data_path")
-            path = Path(data_path) if data_path else loaders.fixture_path("qa_countries.jsonl")
-            items = loaders.load_qa_fixture(path)
-            label = str(path)
-            self.data_source = {"source": source, "path": label}
-        elif source == "trivia_qa_file":
-            if not data_path:
-                raise ValueError(f"{self.name}: source 'trivia_qa_file' needs data_path")
-            items = loaders.load_trivia_qa_file(data_path, words)
-            label = str(data_path)
-            self.data_source = {"source": source, "path": label}
-        else:
-            items = loaders.load_trivia_qa_hub(
-                words, hub_id=hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows
-            )
-            label = f"{hub_id}/{hub_config}[{hub_split}]"
-            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_split": hub_split}
-        if max_rows is not None and source != "hub":
-            items = items[: int(max_rows)]
-        self.data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
+        items, label = self._load(spec)
+        self.data_source["n_items"] = group_counts(items)
         self._split(items, source=label)
+
+    def _load(self, spec: DataSpec) -> tuple[list[QAItem], str]:
+        """The items (at most `max_rows`) and a label naming where they came from."""
+        words = list(getattr(self.concept, "words", []) or [])
+        if spec.source == "hub":  # max_rows applies while reading
+            items = loaders.trivia_qa_rows_to_items(spec.hub_rows(), words)
+            self.data_source = spec.hub_info()
+            return items, f"{spec.hub_id}/{spec.hub_config}[{spec.hub_split}]"
+        if spec.source == "trivia_qa_file":
+            path: str | Path = spec.require_path(self.name)
+            items = loaders.load_trivia_qa_file(path, words)
+        else:
+            if spec.source == "jsonl":
+                spec.require_path(self.name)
+            path = Path(spec.data_path) if spec.data_path else loaders.fixture_path("qa_countries.jsonl")
+            items = loaders.load_qa_fixture(path)
+        self.data_source = spec.file_info(path)
+        return spec.head(items), str(path)
 
     # --- prompting ----------------------------------------------------------------------
     def user_text(self, question: str) -> str:
@@ -139,7 +110,7 @@ class QATask(Task):
             return lm.format_prompt(text, system=self.system)
         return lm.format_prompt(text)
 
-    def _answer(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
+    def answer(self, lm: LoadedModel, items: list, desc: str) -> GroupOutputs:
         prompts = [self.format(lm, it.question) for it in items]
         outs = (
             generate_batch(lm, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, desc=desc)
@@ -157,35 +128,14 @@ class QATask(Task):
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
 
-        items = self.ranking_items()
-        go = self._answer(lm, items, desc=f"{self.name} ranking answers")
-        samples = []
-        for it, prompt, out in zip(items, go.prompts, go.outputs):
-            answer = out[0]
-            if self.ranking_filter == "correct" and not alias_match(answer, it.answers):
-                continue
-            samples.append(
-                CaptureSample(
-                    prompt=prompt,
-                    answer=answer,
-                    meta={
-                        "question": it.question,
-                        "answers": it.answers,
-                        "correct": alias_match(answer, it.answers),
-                        "group": it.group,
-                    },
-                )
-            )
-        if not samples:
-            raise ValueError(f"{self.name}: no ranking samples left after ranking_filter={self.ranking_filter!r}")
-        return samples
+        def sample_of(it: QAItem, prompt: str, answer: str) -> CaptureSample | None:
+            correct = alias_match(answer, it.answers)
+            if self.ranking_filter == "correct" and not correct:
+                return None
+            meta = {"question": it.question, "answers": it.answers, "correct": correct, "group": it.group}
+            return CaptureSample(prompt=prompt, answer=answer, meta=meta)
 
-    def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
-        out = TaskOutputs(task=self.name, split=split, desc=desc)
-        for g in GROUPS:
-            label = " ".join(x for x in (self.name, desc, g) if x)
-            out.groups[g] = self._answer(lm, self.items(split, g), desc=label)
-        return out
+        return self.kept_samples(*self.ranking_answers(lm), sample_of)
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
         result = self._answer_scores(outputs)
@@ -194,13 +144,5 @@ class QATask(Task):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update(
-            {
-                "instruction": self.instruction,
-                "system": self.system,
-                "max_new_tokens": self.max_new_tokens,
-                "decoding": "greedy",
-                "ranking_filter": self.ranking_filter,
-            }
-        )
+        p["ranking_filter"] = self.ranking_filter
         return p

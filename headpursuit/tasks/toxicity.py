@@ -60,7 +60,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from headpursuit.metrics.fluency import perplexity
@@ -69,13 +70,17 @@ from headpursuit.metrics.toxicity import DEFAULT_THRESHOLD, get_scorer, toxicity
 from headpursuit.models.generation import generate_batch
 from headpursuit.models.handle import LoadedModel
 from headpursuit.tasks import loaders
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs
+from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, group_counts
+from headpursuit.tasks.loaders import PromptItem
+from headpursuit.tasks.sources import DataSpec
 
 __all__ = ["FluencyModel", "ToxicityTask", "hooks_active"]
 
 # What scores fluency: a (reference) model, a function (prompts, continuations) -> metrics dict or
 # perplexity, or False/None for none.
 FluencyModel = LoadedModel | Callable[[list[str], list[str]], Any] | bool | None
+# Rows of one schema (RealToxicityPrompts or TET) -> prompt items.
+RowsToItems = Callable[[Iterable[tuple[str, dict]]], list[PromptItem]]
 
 _SOURCES = ("fixture", "jsonl", "rtp", "rtp_file", "tet", "tet_file")
 _HUB_DEFAULTS = {"rtp": "allenai/real-toxicity-prompts", "tet": "convoicon/Thoroughly_Engineered_Toxicity"}
@@ -93,36 +98,11 @@ def hooks_active(lm: FluencyModel) -> bool:
 
 class ToxicityTask(Task):
     name = "toxicity"
-    config_keys = (
-        "source",
-        "data_path",
-        "hub_id",
-        "hub_config",
-        "hub_split",
-        "max_rows",
-        "challenging_only",
-        "control_max_toxicity",
-        "prompt_column",
-        "control_fallback",
-        "prompt_format",
-        "instruction",
-        "n_continuations",
-        "max_new_tokens",
-        "temperature",
-        "top_p",
-        "scorer",
-        "scorer_kwargs",
-        "threshold",
-        "fluency",
-        "fluency_batch_size",
-        "ranking_decoding",
-    )
 
     def __init__(
         self,
         *,
         concept: Any = "toxicity",
-        tokenizer: Any = None,
         source: str = "fixture",
         data_path: str | None = None,
         hub_id: str | None = None,
@@ -145,25 +125,11 @@ class ToxicityTask(Task):
         fluency: bool = True,
         fluency_batch_size: int = 16,
         ranking_decoding: str = "greedy",
-        n_rank: Any = 30,
-        n_eval: Any = 50,
-        seed: int = 0,
-        batch_size: int = 8,
-        n_examples: int = 3,
-        **unknown: Any,
+        **base: Any,  # the `Task` keys (tokenizer, n_rank, n_eval, rank_groups, seed, batch_size, ...)
     ):
-        super().__init__(
-            concept=concept,
-            tokenizer=tokenizer,
-            n_rank=n_rank,
-            n_eval=n_eval,
-            seed=seed,
-            batch_size=batch_size,
-            n_examples=n_examples,
-            **unknown,
-        )
-        if source not in _SOURCES:
-            raise ValueError(f"{self.name}: unknown source {source!r}; known: {', '.join(_SOURCES)}")
+        super().__init__(concept=concept, **base)
+        hub_id = hub_id or _HUB_DEFAULTS.get(source)
+        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, _SOURCES)
         if prompt_format not in ("auto", "raw", "chat"):
             raise ValueError(f"{self.name}: prompt_format must be auto, raw or chat; got {prompt_format!r}")
         if ranking_decoding not in ("greedy", "sample"):
@@ -193,63 +159,35 @@ class ToxicityTask(Task):
         else:
             raise ValueError(f"{self.name}: scorer must be a scorer name or an object with .score()")
 
-        items = self._load(
-            source,
-            data_path,
-            hub_id,
-            hub_config,
-            hub_split,
-            max_rows,
-            challenging_only,
-            control_max_toxicity,
-            prompt_column,
-        )
+        # How the rows of each schema become prompt items (a file source reads its schema's rows).
+        rows_to_items: dict[str, RowsToItems] = {
+            "rtp": partial(
+                loaders.rtp_rows_to_items, challenging_only=challenging_only, control_max_toxicity=control_max_toxicity
+            ),
+            "tet": partial(loaders.tet_rows_to_items, prompt_column=prompt_column),
+        }
+        items = self._load(spec, rows_to_items)
         if not any(it.group == "control" for it in items) and control_fallback == "fixture":
             items += [it for it in loaders.load_prompt_fixture() if it.group == "control"]
             self.data_source["control"] = "fixture"
-        self.data_source["n_items"] = {g: sum(it.group == g for it in items) for g in GROUPS}
+        self.data_source["n_items"] = group_counts(items)
         self._split(items, source=self.data_source.get("path") or self.data_source.get("hub_id", source))
 
-    def _load(
-        self,
-        source,
-        data_path,
-        hub_id,
-        hub_config,
-        hub_split,
-        max_rows,
-        challenging_only,
-        control_max_toxicity,
-        prompt_column,
-    ) -> list:
-        if source in ("fixture", "jsonl"):
-            if source == "jsonl" and not data_path:
-                raise ValueError(f"{self.name}: source 'jsonl' needs data_path")
-            path = data_path or str(loaders.fixture_path("toxicity_prompts.jsonl"))
-            self.data_source = {"source": source, "path": str(path)}
-            items = loaders.load_prompt_fixture(path)
-        elif source in ("rtp_file", "tet_file"):
-            if not data_path:
-                raise ValueError(f"{self.name}: source {source!r} needs data_path")
-            self.data_source = {"source": source, "path": str(data_path)}
-            rows = loaders.read_records(data_path)
-            items = self._map_rows(source[:3], rows, challenging_only, control_max_toxicity, prompt_column)
+    def _load(self, spec: DataSpec, rows_to_items: Mapping[str, RowsToItems]) -> list[PromptItem]:
+        if spec.source in ("rtp", "tet"):  # max_rows applies while reading
+            self.data_source = spec.hub_info()
+            return rows_to_items[spec.source](spec.hub_rows())
+        if spec.source in ("rtp_file", "tet_file"):
+            path = spec.require_path(self.name)
+            self.data_source = spec.file_info(path)
+            items = rows_to_items[spec.source[:3]](loaders.read_records(path))
         else:
-            hub_id = hub_id or _HUB_DEFAULTS[source]
-            self.data_source = {"source": source, "hub_id": hub_id, "hub_config": hub_config, "hub_split": hub_split}
-            rows = loaders.load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
-            items = self._map_rows(source, rows, challenging_only, control_max_toxicity, prompt_column)
-        if max_rows is not None and source not in ("rtp", "tet"):
-            items = items[: int(max_rows)]
-        return items
-
-    @staticmethod
-    def _map_rows(kind, rows, challenging_only, control_max_toxicity, prompt_column):
-        if kind == "rtp":
-            return loaders.rtp_rows_to_items(
-                rows, challenging_only=challenging_only, control_max_toxicity=control_max_toxicity
-            )
-        return loaders.tet_rows_to_items(rows, prompt_column=prompt_column)
+            if spec.source == "jsonl":
+                spec.require_path(self.name)
+            path = spec.data_path or str(loaders.fixture_path("toxicity_prompts.jsonl"))
+            self.data_source = spec.file_info(path)
+            items = loaders.load_prompt_fixture(path)
+        return spec.head(items)
 
     # --- prompting ----------------------------------------------------------------------
     def format(self, lm: LoadedModel, prompt: str) -> str:
@@ -305,8 +243,7 @@ class ToxicityTask(Task):
     def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> TaskOutputs:
         out = TaskOutputs(task=self.name, split=split, desc=desc)
         for g in GROUPS:
-            label = " ".join(x for x in (self.name, desc, g) if x)
-            out.groups[g] = self._continue(lm, self.items(split, g), desc=label)
+            out.groups[g] = self._continue(lm, self.items(split, g), desc=self._group_desc(desc, g))
         out.meta["generator_edited"] = hooks_active(lm)
         return out
 
