@@ -41,7 +41,7 @@ import operator
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -597,62 +597,44 @@ def _somp_batch(
     tiler = _Tiler(n, V, cdt, dev, aggregation)
     try:
         tiler(C, None, None, score)
-        return _somp_steps(
-            C,
-            E,
-            cols,
-            D,
-            k,
-            tol,
-            variant,
-            tiler,
-            score,
-            rows,
-            active,
-            exhausted,
-            Bq,
-            L,
-            A,
-            S,
-            proj2,
-            excl,
-            explained,
-            steps_done,
-            idx_out,
-            ev_out,
-            coef_out,
-            atom_weight,
-        )
+        state = _BatchState(C, E, cols, score, rows, active, exhausted, Bq, L, A, S, proj2, excl, explained,
+                            steps_done, idx_out, ev_out, coef_out, atom_weight)  # fmt: skip
+        return _somp_steps(state, D, k, tol, variant, tiler)
     finally:
         tiler.close()
 
 
-def _somp_steps(
-    C,
-    E,
-    cols,
-    D,
-    k,
-    tol,
-    variant,
-    tiler,
-    score,
-    rows,
-    active,
-    exhausted,
-    Bq,
-    L,
-    A,
-    S,
-    proj2,
-    excl,
-    explained,
-    steps_done,
-    idx_out,
-    ev_out,
-    coef_out,
-    atom_weight=None,
-):
+@dataclass
+class _BatchState:
+    """The working set of one batch of heads during the SOMP steps (see `_somp_batch`)."""
+
+    C: torch.Tensor
+    E: torch.Tensor
+    cols: Any
+    score: torch.Tensor
+    rows: torch.Tensor
+    active: torch.Tensor
+    exhausted: float
+    Bq: torch.Tensor
+    L: torch.Tensor
+    A: torch.Tensor
+    S: torch.Tensor
+    proj2: torch.Tensor
+    excl: torch.Tensor
+    explained: torch.Tensor
+    steps_done: torch.Tensor
+    idx_out: torch.Tensor
+    ev_out: torch.Tensor
+    coef_out: torch.Tensor
+    atom_weight: torch.Tensor | None = None
+
+
+def _somp_steps(state: _BatchState, D, k, tol, variant, tiler):
+    C, E, cols, score, rows, active, exhausted = (state.C, state.E, state.cols, state.score, state.rows,
+                                                  state.active, state.exhausted)  # fmt: skip
+    Bq, L, A, S, proj2, excl = state.Bq, state.L, state.A, state.S, state.proj2, state.excl
+    explained, steps_done, atom_weight = state.explained, state.steps_done, state.atom_weight
+    idx_out, ev_out, coef_out = state.idx_out, state.ev_out, state.coef_out
     hb, n, V = C.shape
     dev = C.device
     cdt = C.dtype
