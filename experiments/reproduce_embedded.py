@@ -738,6 +738,11 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         "reproduced on these models.",
         "",
     ]
+    # experiments/compare_protocols.py owns the block between its markers: keep it.
+    old = Path(args.out).read_text() if Path(args.out).exists() else ""
+    start, end = "<!-- protocols:start -->", "<!-- protocols:end -->"
+    if start in old and end in old:
+        md += ["", old[old.index(start) : old.index(end) + len(end)], ""]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 

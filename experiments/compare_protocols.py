@@ -1,0 +1,300 @@
+"""The paper's head-selection protocol beside ours, on the embedded models (issue 12).
+
+    .venv/bin/python experiments/compare_protocols.py                 # both models, all sweeps
+    .venv/bin/python experiments/compare_protocols.py --only smollm2  # one model
+    .venv/bin/python experiments/compare_protocols.py --aggregate-only
+
+For each embedded model (SmolLM2-135M-Instruct, Gemma-3-270M) and QA countries, through the real
+pipeline (`python -m headpursuit -m experiment=...`, one multirun each):
+
+  * paper:      experiment=paper_qa_embedded, ranking=paper (SOMP restricted to the concept tokens,
+                k=50 steps, centred, raw rows), task.positions=prompt_mean, ranking questions of both
+                groups (task.rank_groups=[concept,control]), 10 random sets with the edited set's
+                per-layer counts (random_pool=layer_counts);
+  * paper LL:   the same with ranking=logit_lens_mean (the paper's logit-lens baseline);
+  * paper, concept-only ranking questions: task.rank_groups=[concept] (the paper does not say);
+  * ours:       experiment=ours_qa_embedded: concept_share (full-vocabulary SOMP) at answer_concept
+                positions, same k list and random protocol;
+
+k = 1%, 2%, 4% of the heads, alpha = -1, at least 100 evaluation questions per group. Every metric
+is normalised to the unedited model (edited / unedited; random: median [25th, 75th percentile]
+over the 10 sets). Specificity = control retained minus concept retained (normalised); "vs random"
+subtracts the same quantity for the random sets' medians. The section it writes goes between the
+`protocols` markers of docs/results.md (reproduce_embedded.py keeps that block when it rewrites
+the page).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from reproduce_embedded import run_sweep  # noqa: E402
+
+OUT = ROOT / "outputs" / "protocols"
+DOC = ROOT / "docs" / "results.md"
+START, END = "<!-- protocols:start -->", "<!-- protocols:end -->"
+MODELS = {"smollm2": 270, "gemma3_270m": 72}
+N_EVAL = 100
+FRACS = "0.01,0.02,0.04"
+GROUPS = ("concept", "control")
+
+
+def sweeps(model: str) -> dict[str, list[str]]:
+    """name -> Hydra overrides of one multirun (k_frac is swept by the experiment files)."""
+    common = [f"model={model}", f"task.n_eval={N_EVAL}", f"intervention.k_frac={FRACS}", "task.batch_size=64"]
+    return {
+        "paper": ["experiment=paper_qa_embedded", "ranking=paper", *common],
+        "paper_ll": [
+            "experiment=paper_qa_embedded",
+            "ranking=logit_lens_mean",
+            *common,
+            "intervention.random_controls=false",
+        ],
+        "paper_concept_only": [
+            "experiment=paper_qa_embedded",
+            "ranking=paper",
+            *common,
+            "task.rank_groups=[concept]",
+            "intervention.random_controls=false",
+        ],
+        "ours": ["experiment=ours_qa_embedded", *common],
+    }
+
+
+def uniform_fallback(model: str, k_fracs: list[float]) -> list[str]:
+    """The paper's selection where its layer-count control cannot be drawn (a layer holds more
+    than half its heads in the edited set): the same runs with uniform random sets instead."""
+    overrides = [o for o in sweeps(model)["paper"] if not o.startswith("intervention.k_frac=")]
+    return [*overrides, "intervention.k_frac=" + ",".join(str(f) for f in k_fracs), "intervention.random_pool=all"]
+
+
+def undrawable_k_fracs(sweep_dir: Path) -> list[float]:
+    """k_frac of the runs that failed because the layer-count random sets cannot be drawn."""
+    out = []
+    for res in runs(sweep_dir):
+        msg = json.dumps(res.get("error") or "")
+        if res.get("status") == "failed" and "random_pool" in msg and "layer" in msg:
+            out.append(float(res["config"]["intervention"]["k_frac"]))
+    return sorted(out)
+
+
+LABELS = {
+    "paper": "paper: SOMP restricted, prompt mean",
+    "paper_ll": "paper: LL mean logit",
+    "paper_concept_only": "paper, concept-only ranking questions",
+    "ours": "ours: concept_share, answer_concept",
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the runs
+# ------------------------------------------------------------------------------------------
+
+
+def runs(sweep_dir: Path) -> list[dict]:
+    out = []
+    for p in sorted(sweep_dir.rglob("results.json")):
+        try:
+            res = json.loads(p.read_text())
+        except ValueError:
+            print(f"  unreadable: {p}")
+            continue
+        out.append(res)
+    return out
+
+
+def ratio(x: float | None, base: float | None) -> float:
+    if x is None or base is None or base == 0 or (isinstance(x, float) and math.isnan(x)):
+        return float("nan")
+    return x / base
+
+
+def quartiles(vals: list[float]) -> tuple[float, float, float]:
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return (float("nan"),) * 3
+    if len(vals) == 1:
+        return vals[0], vals[0], vals[0]
+    q = statistics.quantiles(vals, n=4, method="inclusive")
+    return q[1], q[0], q[2]
+
+
+def summary(res: dict, metric: str) -> dict:
+    """Normalised edited values and the random sets' median [q25, q75] per group, plus specificity."""
+    base = res["baseline"]
+    out: dict = {"k": res["k"], "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res["heads"])}
+    for g in GROUPS:
+        out[f"edited.{g}"] = ratio(res["edited"][g].get(metric), base[g].get(metric))
+        out[f"base.{g}"] = base[g].get(metric)
+        seeds = (res.get("random") or {}).get("per_seed") or []
+        out[f"random.{g}"] = quartiles([ratio(s[g].get(metric), base[g].get(metric)) for s in seeds])
+    out["spec"] = out["edited.control"] - out["edited.concept"]
+    rc, rk = out["random.concept"][0], out["random.control"][0]
+    out["spec_random"] = rk - rc
+    out["n_eval"] = (res.get("baseline") or {}).get("n")
+    return out
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def iqr(t: tuple[float, float, float], pool: str | None = None) -> str:
+    note = f" ({pool})" if pool else ""
+    return "n/a" if math.isnan(t[0]) else f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]{note}"
+
+
+# ------------------------------------------------------------------------------------------
+# The page section
+# ------------------------------------------------------------------------------------------
+
+
+def model_section(model: str, metric: str) -> tuple[str, dict]:
+    by_sweep = {
+        name: {r["k"]: summary(r, metric) for r in runs(OUT / model / name) if r.get("status") == "complete"}
+        for name in [*sweeps(model), "paper_uniform"]
+    }
+    # Where the paper's layer-count control could not be drawn, its uniform-control rerun stands in
+    # (marked "uniform" in the random row).
+    for k, row in by_sweep.pop("paper_uniform").items():
+        by_sweep["paper"].setdefault(k, {**row, "pool": "uniform"})
+    ks = sorted({k for rows in by_sweep.values() for k in rows})
+    if not ks:
+        return f"_no complete runs for {model}_\n", {}
+    any_row = next(iter(next(r for r in by_sweep.values() if r).values()))
+    n_total = MODELS[model]
+    lines = [f"### {model} ({n_total} heads), metric: {metric}", ""]
+    lines.append(
+        f"Unedited: concept {fmt(any_row['base.concept'])}, control {fmt(any_row['base.control'])}. "
+        "Cells: edited / unedited, concept questions | control questions."
+    )
+    lines.append("")
+    lines.append("| selection | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |")
+    lines.append("|---|" + "---|" * len(ks))
+    for name in ("paper", "paper_ll", "paper_concept_only", "ours"):
+        rows = by_sweep.get(name, {})
+        cells = [
+            f"{fmt(rows[k]['edited.concept'])} \\| {fmt(rows[k]['edited.control'])}" if k in rows else "n/a" for k in ks
+        ]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        if name in ("paper", "ours"):
+            cells = [
+                f"{iqr(rows[k]['random.concept'])} \\| {iqr(rows[k]['random.control'], rows[k].get('pool'))}"
+                if k in rows
+                else "n/a"
+                for k in ks
+            ]
+            lines.append(f"| Rand. median [IQR], layer counts of {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Specificity (control retained − concept retained; higher = more concept-specific), "
+        "edited and minus the random sets' median:",
+        "",
+    ]
+    lines.append("| selection | " + " | ".join(f"k={k}" for k in ks) + " |")
+    lines.append("|---|" + "---|" * len(ks))
+    verdict = {}
+    for name in ("paper", "paper_ll", "paper_concept_only", "ours"):
+        rows = by_sweep.get(name, {})
+        cells = []
+        for k in ks:
+            if k not in rows:
+                cells.append("n/a")
+                continue
+            r = rows[k]
+            rel = r["spec"] - r["spec_random"] if not math.isnan(r["spec_random"]) else float("nan")
+            cells.append(f"{fmt(r['spec'])} (vs random {fmt(rel)})" if not math.isnan(rel) else fmt(r["spec"]))
+            verdict.setdefault(name, []).append(r["spec"])
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    heads = [
+        f"{LABELS[n]}: " + "; ".join(f"k={k}: {r['heads']}" for k, r in sorted(by_sweep[n].items()))
+        for n in ("paper", "paper_ll", "ours")
+        if by_sweep.get(n)
+    ]
+    lines += ["", "Edited heads (layer.head): " + " — ".join(heads), ""]
+    return "\n".join(lines) + "\n", {n: sum(v) / len(v) for n, v in verdict.items() if v}
+
+
+def section(seconds: dict[str, float]) -> str:
+    parts = [
+        START,
+        "## The paper's protocol vs ours (issue 12)",
+        "",
+        f"Made by `python experiments/compare_protocols.py` on {time.strftime('%Y-%m-%d')} "
+        f"({platform.machine()}, CPU only). Sweeps: `experiment=paper_qa_embedded` (ranking=paper and "
+        "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
+        f"`experiment=ours_qa_embedded`, {N_EVAL} evaluation questions per group, alpha = -1, "
+        "10 random head sets per run with the edited set's per-layer counts (disjoint from it). "
+        "Wall-clock minutes per sweep: " + ", ".join(f"`{k}` {v / 60:.1f}" for k, v in sorted(seconds.items())) + ".",
+        "",
+    ]
+    for metric in ("accuracy", "f1"):
+        verdicts = {}
+        for model in MODELS:
+            text, verdict = model_section(model, metric)
+            if "_no complete runs" in text and metric == "f1":
+                continue
+            parts.append(text)
+            verdicts[model] = verdict
+        for model, v in verdicts.items():
+            if "paper" in v and "ours" in v:
+                better = "the paper's" if v["paper"] > v["ours"] else "ours"
+                parts.append(
+                    f"- {model}, {metric}: mean specificity over k: paper {v['paper']:.2f}, ours "
+                    f"{v['ours']:.2f}, LL {v.get('paper_ll', float('nan')):.2f} -> **{better}** is more "
+                    f"specific by {abs(v['paper'] - v['ours']):.2f}."
+                )
+        parts.append("")
+    parts.append(END)
+    return "\n".join(parts) + "\n"
+
+
+def write_section(text: str) -> None:
+    page = DOC.read_text() if DOC.exists() else ""
+    if START in page and END in page:
+        page = page[: page.index(START)] + text + page[page.index(END) + len(END) + 1 :]
+    else:
+        page = page.rstrip("\n") + "\n\n" + text
+    DOC.write_text(page)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=list(MODELS), help="run one model's sweeps")
+    ap.add_argument("--sweep", choices=list(sweeps("smollm2")), action="append", help="run only these sweeps")
+    ap.add_argument("--aggregate-only", action="store_true", help="rebuild the section from outputs/protocols")
+    args = ap.parse_args(argv)
+    timing_file = OUT / "wall_seconds.json"
+    seconds = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    if not args.aggregate_only:
+        for model in [args.only] if args.only else list(MODELS):
+            for name, overrides in sweeps(model).items():
+                if args.sweep and name not in args.sweep:
+                    continue
+                out = OUT / model / name
+                out.mkdir(parents=True, exist_ok=True)
+                seconds[f"{model}/{name}"] = run_sweep(out, overrides, out / "sweep.log")
+                if name == "paper" and (fracs := undrawable_k_fracs(out)):
+                    fb = OUT / model / "paper_uniform"
+                    fb.mkdir(parents=True, exist_ok=True)
+                    seconds[f"{model}/paper_uniform"] = run_sweep(fb, uniform_fallback(model, fracs), fb / "sweep.log")
+                timing_file.write_text(json.dumps(seconds, indent=2))
+                write_section(section(seconds))
+    write_section(section(seconds))
+    print(f"wrote {DOC.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
