@@ -50,6 +50,11 @@ FRACS = "0.01,0.02,0.04"
 GROUPS = ("concept", "control")
 
 
+def set_n_eval(n: int) -> None:
+    global N_EVAL
+    N_EVAL = n
+
+
 def sweeps(model: str) -> dict[str, list[str]]:
     """name -> Hydra overrides of one multirun (k_frac is swept by the experiment files)."""
     common = [f"model={model}", f"task.n_eval={N_EVAL}", f"intervention.k_frac={FRACS}", "task.batch_size=64"]
@@ -274,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=list(MODELS), help="run one model's sweeps")
     ap.add_argument("--sweep", choices=list(sweeps("smollm2")), action="append", help="run only these sweeps")
     ap.add_argument("--aggregate-only", action="store_true", help="rebuild the section from outputs/protocols")
+    ap.add_argument("--n-eval", type=int, default=N_EVAL, help=f"evaluation questions per group (default {N_EVAL})")
     args = ap.parse_args(argv)
+    set_n_eval(args.n_eval)
     timing_file = OUT / "wall_seconds.json"
     seconds = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     if not args.aggregate_only:
