@@ -207,7 +207,8 @@ def build_concept(
             f"Concept {name!r} is empty for tokenizer {tname!r}: none of its {len(words)} words "
             f"({', '.join(words[:8])}{', ...' if len(words) > 8 else ''}) has a first token with at least "
             f"{min_chars} characters of the word. Fix: add words that this tokenizer encodes as a whole "
-            f"word or a longer word piece, or lower min_chars."
+            f"word or a longer word piece (in a run config: task.concept=[word,...] or a word-list file), "
+            f"or, from Python, pass a lower min_chars= to load_concept / build_concept."
         )
     return Concept(
         name=name,

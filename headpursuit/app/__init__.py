@@ -3,10 +3,12 @@ edit -> evaluate -> record.
 
     run.py        Hydra entry (`python -m headpursuit`, `headpursuit`): the stages in order
     config.py     validate_config / resolve_k: fail fast, naming the config key
+    preflight.py  preflight(): the checks that need no weights (device, data, concept), before the load
+    interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
     cache.py      RunCache: a disk cache shared by the jobs of a sweep; cache keys
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)
     record.py     record(): the results.json dict
-    tracking.py   atomic results files, resume records, provenance, W&B
+    tracking.py   atomic results files, resume records, the fail-fast flag, heartbeat, provenance, W&B
     aggregate.py  `python -m headpursuit.app.aggregate DIR`: a sweep's results -> tables + plots
     plots.py      score heat maps, metric-vs-k curves
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, write_text_atomic
+from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, running_state, write_text_atomic
 
 SETTING = ["model", "task", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
@@ -111,6 +111,7 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "n_heads_total": res.get("n_heads_total"),
         "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res.get("heads") or []),
         "error": (res.get("error") or {}).get("message"),
+        "stage": (res.get("error") or {}).get("stage"),
         "activations_from_cache": (prov.get("cache") or {}).get("activations_from_cache"),
         "seconds": sum((prov.get("timings") or {}).values()) or None,
     }
@@ -122,15 +123,35 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
     return row
 
 
-def load_runs(root: str | os.PathLike) -> pd.DataFrame:
-    """One row per results.json under `root` (sorted by setting, k, alpha)."""
+#: run statuses beyond complete / failed: interrupted (SIGTERM/SIGINT, recorded by the job), stale
+#: (says running, but its heartbeat stopped: killed), unreadable (results.json does not parse)
+NOT_COMPLETE = ("failed", "interrupted", "stale", "running", "unreadable")
+
+
+def run_status(res: Mapping[str, Any], path: Path, stale_after: float | None = None) -> str:
+    """The status a results.json says, with "running" checked against its heartbeat (`stale`)."""
+    status = str(res.get("status"))
+    return running_state(path.parent, res, stale_after=stale_after) if status == "running" else status
+
+
+def load_runs(root: str | os.PathLike, *, stale_after: float | None = None) -> pd.DataFrame:
+    """One row per results.json under `root` (sorted by setting, k, alpha). A file that does not
+    parse is a row with status=unreadable and its path in `error`, never dropped; a "running" job
+    whose heartbeat stopped is status=stale (see `tracking.running_state`)."""
     root = Path(root)
     rows = []
     for p in find_results(root):
+        base = root if root.is_dir() else p.parent.parent
         res = read_json(p)
         if res is None:
-            continue
-        rows.append(result_row(res, p, root if root.is_dir() else p.parent.parent))
+            row = result_row({}, p, base)
+            row.update(status="unreadable", error=f"unreadable {RESULTS_FILE}: {p}")
+        else:
+            row = result_row(res, p, base)
+            row["status"] = run_status(res, p, stale_after)
+            if row["status"] == "stale":
+                row["error"] = f"status=running but no live process (heartbeat stopped): {p.parent}"
+        rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -438,11 +459,25 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------------
 
 
-def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plots: bool = True) -> pd.DataFrame:
+def status_counts(df: pd.DataFrame) -> str:
+    """The status line of a sweep: "4 runs, 2 complete, 1 failed, 1 interrupted." (others when present)."""
+    counts = df["status"].value_counts()
+    parts = [f"{len(df)} runs", f"{int(counts.get('complete', 0))} complete", f"{int(counts.get('failed', 0))} failed"]
+    parts += [f"{int(counts[s])} {s}" for s in NOT_COMPLETE if s != "failed" and s in counts]
+    return ", ".join(parts) + "."
+
+
+def aggregate(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    plots: bool = True,
+    *,
+    stale_after: float | None = None,
+) -> pd.DataFrame:
     """Read every results.json under `root`; write runs.csv, k_alpha.*, vs_random.*, plots/."""
     root = Path(root)
     out = Path(out) if out else (root if root.is_dir() else root.parent)
-    df = load_runs(root)
+    df = load_runs(root, stale_after=stale_after)
     if df.empty:
         raise FileNotFoundError(f"no readable {RESULTS_FILE} under {root}")
     out.mkdir(parents=True, exist_ok=True)
@@ -451,9 +486,7 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     tables = k_alpha_tables(df)
     md = [
         f"# Head Pursuit results: {root}\n",
-        f"{len(df)} runs, "
-        f"{int((df['status'] == 'complete').sum())} complete, "
-        f"{int((df['status'] == 'failed').sum())} failed.\n",
+        status_counts(df) + "\n",
     ]
     long = []
     for setting, group, metric, t in tables:
@@ -497,7 +530,10 @@ def aggregate(root: str | os.PathLike, out: str | os.PathLike | None = None, plo
     failed = df[df["status"] != "complete"]
     if not failed.empty:
         write_text_atomic(
-            out / "failed.md", "# Runs not complete\n\n" + to_markdown(failed[["run", "status", "error"]])
+            out / "failed.md",
+            "# Runs not complete\n\nstatus: failed (error.txt), interrupted (SIGTERM/SIGINT, at `stage`), stale "
+            "(said running, but its heartbeat stopped: killed), unreadable (results.json does not parse).\n\n"
+            + to_markdown(failed[["run", "status", "stage", "error"]]),
         )
     if plots:
         make_plots(df, root if root.is_dir() else root.parent, out)
@@ -537,9 +573,16 @@ def main(argv: Iterable[str] | None = None) -> int:
     ap.add_argument("dir", help="a multirun directory (or any directory holding results.json files)")
     ap.add_argument("--out", default=None, help="where to write tables and plots (default: DIR)")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--stale-after",
+        type=float,
+        default=None,
+        help="seconds without a heartbeat after which a running job counts as stale "
+        "(default: 4 heartbeat intervals, at least 120)",
+    )
     args = ap.parse_args(list(argv) if argv is not None else None)
     try:
-        df = aggregate(args.dir, args.out, plots=not args.no_plots)
+        df = aggregate(args.dir, args.out, plots=not args.no_plots, stale_after=args.stale_after)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -548,6 +591,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     headline = r"(baseline|edited|random|normalized\.edited)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)"
     cols += [c for c in df.columns if re.fullmatch(headline, c)]
     print(to_markdown(df[cols]))
+    not_complete = df[df["status"] != "complete"]
+    if not not_complete.empty:
+        print(f"{status_counts(df)} Not complete:\n" + to_markdown(not_complete[["run", "status", "stage", "error"]]))
     paper = ", paper_table.md/.csv" if (out / "paper_table.md").exists() else ""
     print(f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv{paper}" + ("" if args.no_plots else ", plots/"))
     return 0

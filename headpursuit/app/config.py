@@ -12,11 +12,11 @@ from typing import Any
 
 from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
-from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, parse_heads
+from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, parse_heads
 from headpursuit.ranking import METHODS
 from headpursuit.tasks import known_tasks
 
-__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k"]
+__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k", "check_explicit_heads"]
 
 LOGGER_MODES = ("online", "offline", "disabled")
 
@@ -84,6 +84,23 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     n_layers, n_heads = model.get("n_layers"), model.get("n_heads")
     if _is_int(n_layers) and _is_int(n_heads):
         resolve_k(iv, n_layers * n_heads, model_name=model["name_or_path"])
+        if mode == "explicit":
+            check_explicit_heads(iv["explicit"], n_layers, n_heads)
+    hb = cfg.get("heartbeat_s", 30)
+    if not (_is_number(hb) and float(hb) >= 0):
+        raise ConfigError(f"heartbeat_s must be a number of seconds >= 0 (0: no heartbeat thread), got {hb!r}")
+
+
+def check_explicit_heads(explicit: Any, n_layers: int, n_heads: int) -> None:
+    """`intervention.explicit` against the layout the model config declares (before any load)."""
+    heads = parse_heads(explicit)
+    try:
+        check_heads(heads, n_layers, n_heads)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc} in the layout of model.n_layers={n_layers}, model.n_heads={n_heads}. Fix: heads "
+            f"within it, e.g. intervention.explicit=[[0,0],[{n_layers - 1},{n_heads - 1}]]"
+        ) from exc
 
 
 def resolve_k(iv: Mapping[str, Any], n_total: int, model_name: str = "the model") -> int:

@@ -1,8 +1,9 @@
 """Figures (matplotlib, Agg backend: no display needed).
 
 * `score_heatmap`: layers x heads map of head scores, selected heads outlined.
-* `metric_vs_k`: an edited metric against k, one curve per alpha, with the random-head controls as
-  a mean +- std band and the unedited baseline as a dashed line.
+* `metric_vs_k`: an edited metric against k (integer ticks), one curve per alpha, with the
+  random-head controls as error bars (median and IQR, or mean +- std) and the unedited baseline
+  as a dashed line.
 """
 
 from __future__ import annotations
@@ -72,13 +73,16 @@ def score_heatmap(
 def metric_vs_k(
     df: Any, metric: str, path: str | os.PathLike, *, group: str = "concept", title: str | None = None
 ) -> Path:
-    """`edited.<group>.<metric>` against k, one line per alpha, random-head band, baseline line.
+    """`edited.<group>.<metric>` against k, one line per alpha, random heads with error bars,
+    baseline line. The x axis has integer ticks (k counts heads).
 
-    `df` has columns k, alpha, `edited.{group}.{metric}` and optionally `random.{group}.{metric}`,
-    `random.std.{group}.{metric}`, `baseline.{group}.{metric}` (the aggregate DataFrame).
+    `df` has columns k, alpha, `edited.{group}.{metric}` and optionally the random-head controls
+    `random.{median,q25,q75}.{group}.{metric}` (drawn as median with the interquartile range, the
+    paper's statistic) or `random.{group}.{metric}` / `random.std.{group}.{metric}` (mean +- std,
+    when the quartiles are missing; no bar where the std is undefined, one seed), and
+    `baseline.{group}.{metric}` (the aggregate DataFrame).
     """
     col = f"edited.{group}.{metric}"
-    rcol, scol = f"random.{group}.{metric}", f"random.std.{group}.{metric}"
     bcol = f"baseline.{group}.{metric}"
     fig, ax = plt.subplots(figsize=(6, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -87,18 +91,48 @@ def metric_vs_k(
         g = g.groupby("k", as_index=False).mean(numeric_only=True)
         c = colors[i % len(colors)]
         ax.plot(g["k"], g[col], marker="o", color=c, label=f"top-k heads, alpha={alpha:g}")
-        if rcol in g and g[rcol].notna().any():
-            std = g[scol].fillna(0) if scol in g else 0
-            ax.plot(g["k"], g[rcol], ls=":", color=c, label=f"random heads, alpha={alpha:g}")
-            ax.fill_between(g["k"], g[rcol] - std, g[rcol] + std, color=c, alpha=0.15)
+        band = random_band(g, group, metric)
+        if band is not None:
+            centre, lo, hi, what = band
+            yerr = np.vstack([(centre - lo).fillna(0).clip(lower=0), (hi - centre).fillna(0).clip(lower=0)])
+            ax.errorbar(
+                g["k"], centre, yerr=yerr, ls=":", marker="s", ms=3, capsize=3, color=c,
+                label=f"random heads ({what}), alpha={alpha:g}",
+            )  # fmt: skip
     if bcol in d and d[bcol].notna().any():
         ax.axhline(float(d[bcol].mean()), color="gray", ls="--", lw=1, label="unedited")
     ax.set_xlabel("k (heads edited)")
     ax.set_ylabel(f"{group} {metric}")
-    ks = sorted(d["k"].unique())
+    ks = sorted(int(k) for k in d["k"].unique())
     if len(ks) > 1 and ks[0] > 0 and ks[-1] / ks[0] >= 20:
         ax.set_xscale("log")
+    integer_k_ticks(ax, ks)
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def random_band(g: Any, group: str, metric: str) -> tuple[Any, Any, Any, str] | None:
+    """(centre, low, high, label) of the random-head controls per row of `g`: median and quartiles
+    when recorded, else mean +- std; None without random-head columns."""
+    med, q25, q75 = (f"random.{s}.{group}.{metric}" for s in ("median", "q25", "q75"))
+    if all(c in g for c in (med, q25, q75)) and g[med].notna().any():
+        return g[med], g[q25], g[q75], "median, IQR"
+    mean, std = f"random.{group}.{metric}", f"random.std.{group}.{metric}"
+    if mean in g and g[mean].notna().any():
+        s = g[std] if std in g else g[mean] * np.nan
+        return g[mean], g[mean] - s, g[mean] + s, "mean +- std"
+    return None
+
+
+def integer_k_ticks(ax: Any, ks: Sequence[int]) -> None:
+    """Ticks at the swept k values (whole numbers), or integer-only ticks when there are many."""
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
+    if 0 < len(ks) <= 12:
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -35,6 +35,7 @@ __all__ = [
     "metric_groups",
     "CACHE_FLAGS",
     "SEED_STATS",
+    "STD_NOTE",
 ]
 
 #: provenance.cache flag -> the RunCache label of the stage it reports
@@ -60,6 +61,7 @@ def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 #: the statistics of the random-head controls, per group and metric
 SEED_STATS = ("mean", "std", "median", "q25", "q75")
+STD_NOTE = "std is null: the sample standard deviation of one seed is undefined (use two or more random_seeds)"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -80,10 +82,11 @@ def _stats(vals: Sequence[float]) -> dict[str, float]:
     if not vals:
         return dict.fromkeys(SEED_STATS, float("nan"))
     mean = sum(vals) / len(vals)
-    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+    # The sample std of one value is undefined (n - 1 = 0): NaN, written as null, not 0.
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else float("nan")
     return {
         "mean": mean,
-        "std": math.sqrt(var),
+        "std": std,
         "median": statistics.median(vals),
         "q25": percentile(vals, 0.25),
         "q75": percentile(vals, 0.75),
@@ -94,7 +97,8 @@ def seed_stats(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dic
     """{stat: {group: {metric: value}}} over the seeds, for every stat of SEED_STATS.
 
     NaN values (e.g. an undefined metric) are left out of a metric's statistics; a metric NaN for
-    every seed stays NaN. The std is the sample standard deviation (n-1), 0 for one seed.
+    every seed stays NaN. The std is the sample standard deviation (n-1), NaN (undefined) when
+    fewer than two seeds have a value.
     """
     groups: dict[str, set[str]] = {}
     for r in per_seed:
@@ -119,10 +123,13 @@ def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
     the mean down on its own; the paper reports median and interquartile range.
 
     NaN values (e.g. an undefined metric) are left out of a metric's mean/std; a metric NaN for
-    every seed stays NaN. The std is the sample standard deviation (n-1), 0 for one seed.
+    every seed stays NaN. The std is the sample standard deviation (n-1): with one seed it is
+    undefined, NaN (null in results.json), and `std_note` says so.
     """
     stats = seed_stats(per_seed)
     out: dict[str, Any] = {"std": stats["std"], "median": stats["median"], "n_seeds": len(per_seed)}
+    if len(per_seed) < 2:
+        out["std_note"] = STD_NOTE
     out.update(stats["mean"])
     out["q25"], out["q75"] = stats["q25"], stats["q75"]
     return out
@@ -157,6 +164,8 @@ def normalized_metrics(baseline: Mapping[str, Any], edited: Mapping[str, Any], p
             **seed_stats([normalize_to_baseline(r, baseline) for r in per_seed]),
             "n_seeds": len(per_seed),
         }
+        if len(per_seed) < 2:
+            random["std_note"] = STD_NOTE
     return {"edited": normalize_to_baseline(edited, baseline), "random": random}
 
 

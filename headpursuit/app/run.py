@@ -1,8 +1,12 @@
 """`python -m headpursuit` / `headpursuit`: the Hydra entry point. It runs the stages, nothing else.
 
-    validate -> resume check -> model -> task -> ranking samples -> capture (cached) -> rank (cached)
-    -> select heads -> head_scores.csv (+ heat map) -> evaluate unedited (cached), edited, random-head
-    controls -> record -> W&B -> results.json
+    validate -> resume check -> fail-fast skip -> preflight (no weights) -> model -> task -> ranking
+    samples -> capture (cached) -> rank (cached) -> select heads -> head_scores.csv (+ heat map) ->
+    evaluate unedited (cached), edited, random-head controls -> record -> W&B -> results.json
+
+Failures: results.json says `status: failed` (error.txt: the traceback); SIGTERM / SIGINT record
+`status: interrupted` with the stage and exit 128 + the signal number; a heartbeat file shows a
+killed job as stale (`aggregate`). A complete results.json is never overwritten by either.
 
 The configs live in `conf/` at the repository top level (see `find_config_dir`). Results go to
 Hydra's output directory (`HydraConfig.get().runtime.output_dir`); the job never changes directory.
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -24,6 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
+from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
+from headpursuit.app.preflight import PreflightError, preflight
 from headpursuit.app.record import record
 from headpursuit.app.stages import (
     build_task_memo,
@@ -39,8 +46,11 @@ from headpursuit.app.stages import (
 from headpursuit.app.tracking import (
     HEAD_SCORES_FILE,
     RESULTS_FILE,
+    FailFastFlag,
+    Heartbeat,
     Timer,
     Tracker,
+    clear_error,
     completed_results,
     config_hash,
     flatten_metrics,
@@ -139,21 +149,57 @@ def track(
         tracker.log_image("head_scores_heatmap", heatmap)
 
 
-def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
-    hc, timer = HydraConfig.get(), Timer()
+def route_library_logs() -> None:
+    """Send huggingface_hub's log records through the root handlers only (Hydra's console and job
+    log file): the library adds a stderr handler of its own and also propagates to the root, so
+    each of its warnings (e.g. every hub retry) printed twice."""
+    if not logging.getLogger().handlers:
+        return  # nothing configured the root logger: the library's own handler is the only one
+    hub = logging.getLogger("huggingface_hub")
+    for h in list(hub.handlers):
+        if type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
+            hub.removeHandler(h)
+    hub.propagate = True
+
+
+def warn_model_notes(lm: LoadedModel) -> None:
+    """The model's provenance notes (random vision tower, quantised weights, ...) on the console,
+    at WARNING, as the run starts: not only in results.json."""
+    for note in lm.provenance.get("notes") or []:
+        log.warning("%s: %s", lm.name, note)
+
+
+def execute(cfg: DictConfig, run_dir: Path, res: dict, timer: Timer, fail_fast: FailFastFlag | None = None) -> dict:
+    hc = HydraConfig.get()
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     res.update(status="running", config_hash=config_hash(config), config=config, run=run_info(hc, run_dir))
     validate_config(config)  # fail fast, naming the key
     if cfg.resume and (done := completed_results(run_dir, res["config_hash"])):
         log.info("%s: complete with the same config; skipping (resume=false to rerun)", run_dir)
         return done
+    # After the resume check: a complete job of this launch is skipped as complete, not as aborted.
+    if fail_fast is not None and fail_fast.tripped():
+        raise RuntimeError(
+            f"skipped: an earlier job of this launch failed and fail_fast=true ({fail_fast.path}); "
+            "rerun the sweep after the fix: it runs what is missing"
+        )
+    with timer("preflight"):
+        preflight(config)  # data, concept, device: before any weight is read
+    heartbeat = Heartbeat(run_dir, float(cfg.get("heartbeat_s", 30)), lambda: timer.stage)
+    res["heartbeat"] = heartbeat.info()
     write_json_atomic(run_dir / RESULTS_FILE, res)
+    with heartbeat:
+        return run_stages(cfg, config, run_dir, res, timer, hc)
+
+
+def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict, timer: Timer, hc: Any) -> dict:
     iv, task_cfg, seed, cache = config["intervention"], config["task"], int(cfg.seed), RunCache(cfg.cache_dir)
     random.seed(seed)
     tracker = start_tracker(config, run_dir, hc)
     try:
         with timer("load_model"):
             lm, loaded_before = load_model_memo(config["model"], cfg.device, cfg.dtype)
+        warn_model_notes(lm)
         L, H = lm.layout.n_layers, lm.layout.n_heads
         k = resolve_k(iv, L * H, lm.name)
         with timer("task"):
@@ -219,6 +265,7 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
         raise
     res["tracking"] = tracker.status
     write_json_atomic(run_dir / RESULTS_FILE, res)
+    clear_error(run_dir)  # an error.txt of an earlier attempt no longer describes this run
     log.info(
         "%s: %s",
         run_dir,
@@ -227,25 +274,44 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict) -> dict:
     return res
 
 
+def record_interrupt(run_dir: Path, exc: JobInterrupted, res: dict) -> None:
+    """results.json `status: interrupted` + error.txt, and a short message (no traceback)."""
+    with signals_ignored():  # a second Ctrl-C does not cut the record short
+        write_error(run_dir, exc, res, status="interrupted", stage=exc.stage)
+    print(
+        f"headpursuit: {run_dir}: {exc}; recorded as status=interrupted in {run_dir / RESULTS_FILE}. "
+        "Rerun the same command to run it again (complete jobs are skipped).",
+        file=sys.stderr,
+    )
+
+
 @hydra.main(version_base="1.3", config_path=find_config_dir(), config_name="config")
 def main(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
+    route_library_logs()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    abort_flag = Path(hc.sweep.dir) / ".fail_fast_abort"  # used only in a multirun
+    # Keyed by this launch: a rerun into the same sweep dir is not skipped by an old failure.
+    fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.get("fail_fast") else None
     res: dict = {"status": "running"}
+    timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
     try:
-        if multirun and cfg.get("fail_fast") and abort_flag.exists():
-            raise RuntimeError(f"skipped: an earlier job of this sweep failed and fail_fast=true ({abort_flag})")
-        return execute(cfg, run_dir, res)
+        with signals_raise(lambda: timer.stage):
+            return execute(cfg, run_dir, res, timer, fail_fast)
+    except JobInterrupted as exc:
+        record_interrupt(run_dir, exc, res)
+        # SystemExit passes Hydra's error report: the process exits 130 (SIGINT) / 143 (SIGTERM).
+        raise SystemExit(exc.exit_code) from None
     except Exception as exc:
-        write_error(run_dir, exc, res)
+        write_error(run_dir, exc, res, stage=timer.stage_of_failure())
         log.error("%s failed: %s: %s (see %s/error.txt)", run_dir, type(exc).__name__, exc, run_dir)
-        if multirun and cfg.get("fail_fast"):
-            abort_flag.touch()
+        if fail_fast is not None:
+            fail_fast.trip()
         # A single run, a config error or fail_fast raises (Hydra records it; the process exits 1).
-        # Otherwise a sweep records the failure in the job's dir and goes on with the other jobs.
-        if not multirun or cfg.get("fail_fast") or isinstance(exc, ConfigError):
+        # Otherwise a sweep records the failure in the job's dir and goes on with the other jobs;
+        # so it does for a job whose input (data, concept) fails preflight: jobs may differ there.
+        config_error = isinstance(exc, ConfigError) and not isinstance(exc, PreflightError)
+        if not multirun or fail_fast is not None or config_error:
             raise
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 

@@ -28,10 +28,11 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ ERROR_FILE = "error.txt"
 RESULTS_VERSION = 1
 
 # Config keys that do not change a run's results: left out of the config hash used for resume.
-VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots")
+VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots", "heartbeat_s")
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,16 +160,174 @@ def completed_results(run_dir: str | os.PathLike, cfg_hash: str) -> dict | None:
     return None
 
 
-def write_error(run_dir: str | os.PathLike, exc: BaseException, results: dict | None = None) -> dict:
-    """error.txt (traceback) + results.json with status=failed and whatever was computed."""
+def write_error(
+    run_dir: str | os.PathLike,
+    exc: BaseException,
+    results: dict | None = None,
+    *,
+    status: str = "failed",
+    stage: str | None = None,
+) -> dict:
+    """error.txt (traceback) + results.json with `status` (failed, interrupted) and whatever was
+    computed; `stage` is the stage the run was in.
+
+    A results.json that says status=complete is never replaced: a failure or a skip of a later
+    launch into the same directory (e.g. a rerun with another config) writes error.txt only, which
+    says that the complete results were kept.
+    """
     run_dir = Path(run_dir)
+    kept = read_json(run_dir / RESULTS_FILE) or {}
+    keep = kept.get("status") == "complete"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    write_text_atomic(run_dir / ERROR_FILE, tb)
+    head = f"status: {status}" + (f" (stage: {stage})" if stage else "") + "\n"
+    if keep:
+        head += (
+            f"results.json was kept: it says status=complete (config_hash {kept.get('config_hash')}); "
+            f"a failure never overwrites complete results. This {status} run had config_hash "
+            f"{(results or {}).get('config_hash')}.\n"
+        )
+    write_text_atomic(run_dir / ERROR_FILE, head + "\n" + tb)
     results = dict(results or {})
-    results["status"] = "failed"
-    results["error"] = {"type": type(exc).__name__, "message": str(exc), "file": ERROR_FILE}
-    write_json_atomic(run_dir / RESULTS_FILE, results)
+    results["status"] = status
+    results["error"] = {"type": type(exc).__name__, "message": str(exc), "file": ERROR_FILE, "stage": stage}
+    if keep:
+        log.warning(
+            "%s: results.json (status=complete) kept; the %s run is described in %s", run_dir, status, ERROR_FILE
+        )
+    else:
+        write_json_atomic(run_dir / RESULTS_FILE, results)
     return results
+
+
+def clear_error(run_dir: str | os.PathLike) -> None:
+    """Remove the error.txt of an earlier attempt once the run is complete."""
+    (Path(run_dir) / ERROR_FILE).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------
+# One launch of a sweep: the fail_fast flag
+# ------------------------------------------------------------------------------------------
+
+FAIL_FAST_FILE = ".fail_fast_abort"
+#: written by Hydra's sweeper in the launching process, once per launch, before any job starts
+MULTIRUN_FILE = "multirun.yaml"
+
+
+def launch_id(sweep_dir: str | os.PathLike) -> str:
+    """An id every job of one launch of a sweep shares, and a later launch into the same directory
+    does not: the modification time of the `multirun.yaml` Hydra's sweeper writes there at each
+    launch. Jobs in other processes (submitit, SLURM) read the same file. Without that file (a
+    sweeper that writes none) the launching process: the basic launcher runs every job in it."""
+    try:
+        return f"{MULTIRUN_FILE}@{(Path(sweep_dir) / MULTIRUN_FILE).stat().st_mtime_ns}"
+    except OSError:
+        return f"process {socket.gethostname()}:{os.getpid()}"
+
+
+class FailFastFlag:
+    """`sweep_dir/.fail_fast_abort`, holding the id of the launch whose job failed. Only the jobs
+    of that launch skip themselves: a rerun after a fix is a new launch and runs what is missing."""
+
+    def __init__(self, sweep_dir: str | os.PathLike):
+        self.path = Path(sweep_dir) / FAIL_FAST_FILE
+        self.launch = launch_id(sweep_dir)
+
+    def tripped(self) -> bool:
+        try:
+            return self.path.read_text(encoding="utf-8").strip() == self.launch
+        except OSError:
+            return False
+
+    def trip(self) -> None:
+        write_text_atomic(self.path, self.launch + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+# Liveness: a heartbeat while a run is running
+# ------------------------------------------------------------------------------------------
+
+HEARTBEAT_FILE = ".heartbeat"
+#: a running job whose heartbeat is older than this many intervals (and at least STALE_MIN_S) is stale
+STALE_INTERVALS = 4
+STALE_MIN_S = 120.0
+
+
+class Heartbeat:
+    """A daemon thread that rewrites `run_dir/.heartbeat` every `interval_s` seconds while a run
+    is running: {time, pid, host, stage}. A results.json that says running with an old heartbeat
+    (or one from a dead process on this host) belongs to a job that was killed (SIGKILL, node
+    failure, out-of-memory killer): `aggregate` reports it as stale."""
+
+    def __init__(self, run_dir: str | os.PathLike, interval_s: float, stage: Callable[[], str | None]):
+        self.path = Path(run_dir) / HEARTBEAT_FILE
+        self.interval_s = float(interval_s)
+        self.stage = stage
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def info(self) -> dict:
+        """What results.json records under `heartbeat`."""
+        return {"file": HEARTBEAT_FILE, "interval_s": self.interval_s, "pid": os.getpid(), "host": socket.gethostname()}
+
+    def beat(self) -> None:
+        try:
+            body = {"time": time.time(), "pid": os.getpid(), "host": socket.gethostname(), "stage": self.stage()}
+            write_text_atomic(self.path, json.dumps(body) + "\n")
+        except Exception as exc:  # liveness is advisory: never fail the run for it
+            log.debug("heartbeat %s not written: %s", self.path, exc)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.beat()
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        if self.interval_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="headpursuit-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        # The run ended (complete, failed or interrupted: results.json says which). Only a killed
+        # run leaves its heartbeat behind, to go stale.
+        self.path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or cannot tell
+    return True
+
+
+def running_state(run_dir: str | os.PathLike, res: Mapping[str, Any], *, stale_after: float | None = None) -> str:
+    """For a results.json `res` that says status=running: "running" if its run may still be
+    alive, else "stale".
+
+    Stale: its process is gone (same host), or its last heartbeat (results.json's time for runs
+    without one) is older than `stale_after` seconds (default: STALE_INTERVALS heartbeat
+    intervals, at least STALE_MIN_S)."""
+    run_dir = Path(run_dir)
+    info = res.get("heartbeat") or {}
+    beat = read_json(run_dir / HEARTBEAT_FILE) or {}
+    host, pid = beat.get("host", info.get("host")), beat.get("pid", info.get("pid"))
+    if host == socket.gethostname() and isinstance(pid, int) and not _process_alive(pid):
+        return "stale"
+    last = beat.get("time")
+    if not isinstance(last, (int, float)):
+        try:
+            last = max(p.stat().st_mtime for p in (run_dir / HEARTBEAT_FILE, run_dir / RESULTS_FILE) if p.exists())
+        except ValueError:
+            return "stale"
+    interval = float(info.get("interval_s") or 30.0)
+    limit = stale_after if stale_after is not None else max(STALE_INTERVALS * interval, STALE_MIN_S)
+    return "stale" if time.time() - float(last) > limit else "running"
 
 
 # ------------------------------------------------------------------------------------------
@@ -404,17 +563,41 @@ class Tracker:
 
 
 class Timer:
-    """`with timer("capture"): ...` adds the stage's seconds to `timer.seconds["capture"]`."""
+    """`with timer("capture"): ...` adds the stage's seconds to `timer.seconds["capture"]`;
+    `timer.stage` names the stage running now (what an interrupted run records)."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: Callable[[str], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.current: list[str] = []
+        self.last: str | None = None
+        self.announce = announce  # called with a stage's name as it starts (progress per stage)
+        self.failed_in: str | None = None  # the innermost stage an exception left
+
+    def stage_of_failure(self) -> str | None:
+        """Where the exception being handled came from: the stage it left, else `stage`."""
+        return self.failed_in or self.stage
+
+    @property
+    def stage(self) -> str | None:
+        """The innermost stage running now, else `after <the last one>` (None before the first)."""
+        if self.current:
+            return self.current[-1]
+        return f"after {self.last}" if self.last else None
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        self.current.append(name)
+        if self.announce is not None:
+            self.announce(name)
         try:
             yield
+        except BaseException:
+            self.failed_in = self.failed_in or name
+            raise
         finally:
+            self.current.pop()
+            self.last = name
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
@@ -429,6 +612,13 @@ __all__ = [
     "config_hash",
     "completed_results",
     "write_error",
+    "clear_error",
+    "launch_id",
+    "FailFastFlag",
+    "FAIL_FAST_FILE",
+    "Heartbeat",
+    "HEARTBEAT_FILE",
+    "running_state",
     "environment",
     "flatten_metrics",
     "Tracker",

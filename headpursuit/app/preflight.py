@@ -1,0 +1,178 @@
+"""The checks of a run that need no model weights, run before the model loads: a 7B job that
+would fail on a missing data file, an unknown concept or an unavailable device fails in seconds,
+before any GPU time, with a message naming the config key and a fix that works as written.
+
+    preflight(config)       # raises PreflightError("task.data_path='x.jsonl': no such file. Fix: ...")
+
+What is checked (after `validate_config`, which needs no tokenizer either):
+
+* `device`: exists on this machine (`headpursuit.models.loading.check_device`);
+* `task.data_path`: exists, is readable and not empty, and parses (`.jsonl` / `.json` / `.parquet`);
+* with the model's tokenizer (a few MB, loaded without the weights; for embedded and hub models,
+  not for synthetic builders such as `tiny_vlm`, whose load takes seconds anyway):
+  `task.concept` (a shipped name or a word-list file whose words tokenise to something), and the
+  task built from its config: `task.source`, the data file's schema, the ranking / evaluation
+  split sizes. The task is built again, on the model, after the model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from headpursuit.concepts import available_concepts, load_concept
+from headpursuit.errors import ConfigError
+from headpursuit.models.embedded import EMBEDDED
+from headpursuit.models.loading import BUILDERS, check_device
+from headpursuit.models.tiny import embedded_tokenizer
+from headpursuit.tasks import DataError, SplitError, build_task
+from headpursuit.tasks.loaders import read_records
+
+__all__ = [
+    "PreflightError",
+    "preflight",
+    "standalone_tokenizer",
+    "check_data_file",
+    "check_concept",
+    "check_task_builds",
+]
+
+log = logging.getLogger(__name__)
+
+
+class PreflightError(ConfigError):
+    """A job's input (data file, concept, task source or splits) fails a check before the model
+    loads. Unlike other config errors a multirun records it and goes on, as for a runtime failure:
+    the jobs of a sweep may read different data."""
+
+
+#: the data files `read_records` parses (others, e.g. image folders or CSV, are left to the task)
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
+SHIPPED_DATA_FIX = "task.source=fixture task.data_path=null (the shipped data)"
+
+
+def preflight(config: Mapping[str, Any]) -> None:
+    """Every check of a resolved run config that needs no model weights: ConfigError naming the key
+    (`device`), PreflightError for the job's input (`task.*`)."""
+    check_device(config.get("device", "auto"))
+    task_cfg = config["task"]
+    check_data_file(task_cfg)
+    tokenizer = standalone_tokenizer(config["model"])
+    if tokenizer is None:
+        return
+    check_concept(task_cfg, tokenizer)
+    check_task_builds(task_cfg, tokenizer)
+
+
+def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
+    """The model's tokenizer, without its weights; None when it cannot be had that way (a
+    synthetic builder, or a hub model whose tokenizer is not reachable: its load reports that)."""
+    name = str(model_cfg["name_or_path"])
+    if name in BUILDERS:
+        return None
+    try:
+        if name in EMBEDDED:
+            return embedded_tokenizer(name)
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(
+            name,
+            revision=model_cfg.get("revision"),
+            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+        )
+    except Exception as exc:  # the model load itself says what is wrong
+        log.info(
+            "preflight: no tokenizer for %s without its weights (%s); concept checks wait for the model", name, exc
+        )
+        return None
+
+
+def check_data_file(task_cfg: Mapping[str, Any]) -> None:
+    """`task.data_path`, when set: exists, readable, not empty, and parses if it is a record file."""
+    raw = task_cfg.get("data_path")
+    if raw in (None, ""):
+        return
+    path = Path(str(raw)).expanduser()
+    where = f"task.data_path={raw!r}"
+    if not path.exists():
+        raise PreflightError(
+            f"{where}: no such file or directory. Fix: task.data_path=<an existing file>, or {SHIPPED_DATA_FIX}"
+        )
+    if path.is_dir():
+        return  # an image folder: the task reads it
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError as exc:
+        raise PreflightError(f"{where}: cannot be read ({exc}). Fix: make it readable, or {SHIPPED_DATA_FIX}") from None
+    if not first:
+        raise PreflightError(
+            f"{where}: the file is empty (0 bytes). Fix: point it at a file with rows, or {SHIPPED_DATA_FIX}"
+        )
+    if path.suffix.lower() in RECORD_SUFFIXES:
+        try:
+            rows = read_records(path)
+        except (DataError, OSError, UnicodeDecodeError, ValueError) as exc:
+            raise PreflightError(f"{where}: malformed: {exc}. Fix: repair the file, or {SHIPPED_DATA_FIX}") from None
+        if not rows:
+            raise PreflightError(
+                f"{where}: the file has no rows. Fix: point it at a file with rows, or {SHIPPED_DATA_FIX}"
+            )
+
+
+def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
+    """`task.concept` (a name, a word-list file or a list of words) gives a non-empty concept."""
+    concept = task_cfg.get("concept")
+    if concept is None:
+        return  # derived by the task (e.g. classification's class names)
+    where = f"task.concept={concept!r}"
+    shipped = ", ".join(available_concepts())
+    try:
+        load_concept(list(concept) if isinstance(concept, (list, tuple)) else concept, tokenizer)
+    except ValueError as exc:
+        if str(exc).startswith("Unknown concept"):
+            raise PreflightError(
+                f"{where} is neither a shipped concept ({shipped}) nor an existing word-list file. "
+                f"Fix: task.concept=countries (or another shipped name), or task.concept=/path/to/words.txt "
+                f"(one word per line)"
+            ) from None
+        raise PreflightError(f"{where}: {exc} Fix (a shipped concept): task.concept=countries") from None
+
+
+def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
+    """Build the task on the tokenizer alone: its source, data schema and splits are then checked."""
+    args = {k: v for k, v in task_cfg.items() if k != "positions"}  # as `build_task_memo` passes them
+    source = task_cfg.get("source")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the build on the model warns again, where it counts
+            build_task({**args, "tokenizer": tokenizer})
+    except PreflightError:
+        raise
+    except ConfigError as exc:  # e.g. task.rank_groups: already names the key
+        raise PreflightError(str(exc)) from None
+    except SplitError as exc:
+        raise PreflightError(
+            f"task.n_rank / task.n_eval: {exc}. Fix: lower task.n_rank and task.n_eval "
+            f"(now {task_cfg.get('n_rank')!r} and {task_cfg.get('n_eval')!r}), or give more data"
+        ) from None
+    except (DataError, FileNotFoundError, UnicodeDecodeError) as exc:
+        raise PreflightError(
+            f"task.data_path={task_cfg.get('data_path')!r} (task.source={source!r}): {exc}. "
+            f"Fix: a file in the format task.source={source!r} reads, or {SHIPPED_DATA_FIX}"
+        ) from None
+    except ValueError as exc:
+        msg = str(exc)
+        if "unknown source" in msg:
+            raise PreflightError(
+                f"task.source={source!r}: {msg}. Fix: task.source=fixture (the shipped data)"
+            ) from None
+        if "needs data_path" in msg:
+            raise PreflightError(
+                f"task.data_path is null, but task.source={source!r} reads a file ({msg}). "
+                f"Fix: task.data_path=/path/to/file, or {SHIPPED_DATA_FIX}"
+            ) from None
+        raise PreflightError(f"task (task.name={task_cfg.get('name')!r}): {msg}") from None
