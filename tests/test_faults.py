@@ -4,7 +4,7 @@ complete is lost and that the rerun completes.
 Sections:
   LIBRARY  the dequantised model cache (device errors, corrupt files, the lock), `check_device`,
            corrupt activation files and the advice of `CacheError`.
-  APP      (the Hydra shell: fail_fast reruns, SIGTERM/SIGINT, aggregate) -- added below.
+  APP      (the Hydra shell: fail_fast reruns, SIGTERM/SIGINT, corrupt app caches, aggregate, preflight).
 
 Every test that corrupts or deletes cache files runs under a temporary HEADPURSUIT_CACHE, so the
 shared ~/.cache/headpursuit is only ever read (the slow test copies it).
@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
+import math
 import os
+import pickle
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,6 +34,24 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from headpursuit.app import aggregate as A
+from headpursuit.app import run as R
+from headpursuit.app.cache import RunCache
+from headpursuit.app.interrupts import JobInterrupted, signals_raise
+from headpursuit.app.tracking import (
+    ERROR_FILE,
+    FAIL_FAST_FILE,
+    HEARTBEAT_FILE,
+    RESULTS_FILE,
+    FailFastFlag,
+    Heartbeat,
+    Timer,
+    launch_id,
+    read_json,
+    running_state,
+    write_error,
+    write_json_atomic,
+)
 from headpursuit.capture import CAPTURE_STATS, CacheError, HeadActivations, capture_heads
 from headpursuit.errors import ConfigError
 from headpursuit.models import embedded, loading
@@ -441,3 +465,443 @@ def test_real_smollm2_cache_survives_device_errors_and_is_rebuilt_when_truncated
     rebuilt = model.state_dict()
     for name in names:
         torch.testing.assert_close(rebuilt[name], weights[name])
+
+
+# ==========================================================================================
+# APP: the Hydra shell (fail_fast reruns, SIGTERM/SIGINT, corrupt app caches, aggregate, preflight)
+# ==========================================================================================
+# Fault injection in the Hydra shell (issue 14, APP side).
+#
+# Each case is reproduced and the test asserts that nothing complete is lost and that the rerun
+# completes: fail_fast reruns into one sweep dir, SIGTERM / SIGINT mid-run, corrupt entries of every
+# app cache kind, what `aggregate` reports for interrupted / stale / unreadable runs, and every
+# check that runs before the model loads (with the fix each message suggests, run as written).
+#
+# The subprocess runs use the smoke experiment (embedded SmolLM2, 6 ranking / 4 evaluation
+# questions per group, 8 new tokens) and share one cache per module.
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["experiment=smoke", "logger=none"]
+
+
+def cli_env(**extra: str) -> dict:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "HYDRA_FULL_ERROR": "0",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "headpursuit", *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+# ------------------------------------------------------------------------------------------
+# Units: write_error keeps complete results, the fail-fast flag is per launch, timer stages
+# ------------------------------------------------------------------------------------------
+
+
+def test_write_error_never_replaces_complete_results(tmp_path):
+    complete = {"status": "complete", "config_hash": "aaa", "edited": {"concept": {"accuracy": 0.5}}}
+    write_json_atomic(tmp_path / RESULTS_FILE, complete)
+    before = (tmp_path / RESULTS_FILE).read_bytes()
+    for status in ("failed", "interrupted"):
+        out = write_error(tmp_path, RuntimeError("later launch"), {"config_hash": "bbb"}, status=status, stage="x")
+        assert out["status"] == status and out["error"]["stage"] == "x"
+        assert (tmp_path / RESULTS_FILE).read_bytes() == before
+        text = (tmp_path / ERROR_FILE).read_text()
+        assert "results.json was kept" in text and "later launch" in text and "bbb" in text
+    # a failed one is replaced (the rerun records its own failure)
+    write_json_atomic(tmp_path / RESULTS_FILE, {"status": "failed"})
+    write_error(tmp_path, RuntimeError("again"), {"config_hash": "c"})
+    assert results(tmp_path)["error"]["message"] == "again"
+
+
+def test_fail_fast_flag_is_scoped_to_one_launch(tmp_path):
+    (tmp_path / "multirun.yaml").write_text("a: 1\n")
+    first = FailFastFlag(tmp_path)
+    assert not first.tripped()
+    first.trip()
+    assert FailFastFlag(tmp_path).tripped()  # another job of the same launch (any process)
+    time.sleep(0.01)
+    (tmp_path / "multirun.yaml").write_text("a: 1\n")  # Hydra's sweeper rewrites it at each launch
+    assert launch_id(tmp_path) != first.launch
+    assert not FailFastFlag(tmp_path).tripped()  # a rerun after the fix is not skipped
+    assert (tmp_path / FAIL_FAST_FILE).exists()
+
+
+def test_timer_names_the_stage_running_and_the_one_that_failed():
+    timer = Timer()
+    assert timer.stage is None
+    with timer("load_model"):
+        assert timer.stage == "load_model"
+    assert timer.stage == "after load_model"
+    with pytest.raises(RuntimeError):
+        with timer("capture"):
+            raise RuntimeError("x")
+    assert timer.stage_of_failure() == "capture"
+
+
+def test_a_signal_raises_job_interrupted_with_the_stage():
+    timer = Timer()
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(JobInterrupted) as info:
+        with signals_raise(lambda: timer.stage), timer("rank"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+    assert (info.value.signal, info.value.stage, info.value.exit_code) == ("SIGTERM", "rank", 143)
+    assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_hub_warnings_print_once(capfd):
+    """huggingface_hub adds a stderr handler of its own and propagates to the root logger, which
+    Hydra gives a console handler: each retry warning printed twice. Now once, via the root."""
+    import huggingface_hub  # noqa: F401  (adds its handler on import)
+
+    root, hub = logging.getLogger(), logging.getLogger("huggingface_hub")
+    handler = logging.StreamHandler(sys.stderr)
+    root.addHandler(handler)
+    saved = list(hub.handlers)
+    try:
+        if not any(type(h) is logging.StreamHandler for h in hub.handlers):
+            hub.addHandler(logging.StreamHandler(sys.stderr))  # as the library does
+        R.route_library_logs()
+        capfd.readouterr()
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        assert capfd.readouterr().err.count("Retrying in 1s") == 1
+    finally:
+        root.removeHandler(handler)
+        for h in saved:
+            if h not in hub.handlers:
+                hub.addHandler(h)
+
+
+# ------------------------------------------------------------------------------------------
+# Heartbeat and what aggregate reports
+# ------------------------------------------------------------------------------------------
+
+
+def _write_run(root: Path, name: str, res: dict) -> Path:
+    d = root / name
+    write_json_atomic(d / RESULTS_FILE, res)
+    return d
+
+
+def test_heartbeat_beats_while_running_and_goes_at_the_end(tmp_path):
+    stages = iter(["capture", "rank", "rank", "rank", "rank"])
+    with Heartbeat(tmp_path, 0.05, lambda: next(stages, "rank")) as hb:
+        first = read_json(tmp_path / HEARTBEAT_FILE)
+        time.sleep(0.3)
+        later = read_json(tmp_path / HEARTBEAT_FILE)
+        assert first and later and later["time"] > first["time"] and later["pid"] == os.getpid()
+        assert hb.info()["interval_s"] == 0.05
+        res = {"status": "running", "heartbeat": hb.info()}
+        assert running_state(tmp_path, res) == "running"
+    assert not (tmp_path / HEARTBEAT_FILE).exists()
+
+
+def test_aggregate_shows_interrupted_stale_and_unreadable(tmp_path):
+    base = {"config": {"model": {"name_or_path": "m"}, "task": {"name": "t"}, "ranking": {"method": "r"}}}
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_run(tmp_path, "0", {**base, "status": "interrupted", "error": {"message": "by SIGTERM", "stage": "capture"}})
+    # running, on this host, but its process is gone
+    d1 = _write_run(
+        tmp_path, "1", {**base, "status": "running", "heartbeat": {"interval_s": 30, "pid": dead.pid, "host": host}}
+    )
+    (d1 / HEARTBEAT_FILE).write_text(json.dumps({"time": time.time(), "pid": dead.pid, "host": host}))
+    # running elsewhere, heartbeat an hour old
+    d2 = _write_run(
+        tmp_path, "2", {**base, "status": "running", "heartbeat": {"interval_s": 30, "pid": 1, "host": "n42"}}
+    )
+    (d2 / HEARTBEAT_FILE).write_text(json.dumps({"time": time.time() - 3600, "pid": 1, "host": "n42"}))
+    # running here and alive (this process), fresh heartbeat
+    d3 = _write_run(
+        tmp_path, "3", {**base, "status": "running", "heartbeat": {"interval_s": 30, "pid": os.getpid(), "host": host}}
+    )
+    (d3 / HEARTBEAT_FILE).write_text(json.dumps({"time": time.time(), "pid": os.getpid(), "host": host}))
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / RESULTS_FILE).write_text('{"status": "compl')  # truncated
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / RESULTS_FILE).write_bytes(b"")  # zero bytes
+
+    df = A.load_runs(tmp_path).set_index("run")
+    assert df.loc["0", "status"] == "interrupted" and df.loc["0", "stage"] == "capture"
+    assert df.loc["1", "status"] == "stale" and df.loc["2", "status"] == "stale"
+    assert df.loc["3", "status"] == "running"
+    for r in ("4", "5"):
+        assert df.loc[r, "status"] == "unreadable" and str(tmp_path / r / RESULTS_FILE) in df.loc[r, "error"]
+    # --stale-after: a fresh heartbeat counts as stale past it
+    assert A.load_runs(tmp_path, stale_after=-1).set_index("run").loc["3", "status"] == "stale"
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "headpursuit.app.aggregate", str(tmp_path), "--no-plots"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for word in ("interrupted", "stale", "unreadable", "running", str(tmp_path / "4" / RESULTS_FILE)):
+        assert word in proc.stdout, proc.stdout
+    md = (tmp_path / "k_alpha.md").read_text()
+    assert "1 interrupted" in md and "2 stale" in md and "2 unreadable" in md
+    assert "unreadable" in (tmp_path / "failed.md").read_text()
+
+
+# ------------------------------------------------------------------------------------------
+# Corrupt cache entries of every app kind: warned, recomputed, identical
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, fmt", [("samples", "pickle"), ("scores", "pickle"), ("evals", "json")])
+@pytest.mark.parametrize("damage", ["truncated", "zero_bytes"])
+def test_corrupt_cache_entry_is_warned_and_recomputed(tmp_path, caplog, kind, fmt, damage):
+    value = {"rows": [{"prompt": "p", "answer": "a"}], "x": 0.25, "nan": float("nan")}
+    cache = RunCache(tmp_path)
+    first, hit = cache.get_or_compute(kind, "k", lambda: value, fmt=fmt)
+    assert not hit
+    path = tmp_path / kind / ("k.pkl" if fmt == "pickle" else "k.json")
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"")
+    with caplog.at_level(logging.WARNING, logger="headpursuit.app.cache"):
+        again, hit = RunCache(tmp_path).get_or_compute(kind, "k", lambda: value, fmt=fmt)
+    assert not hit and "unreadable" in caplog.text and str(path) in caplog.text
+    assert again["rows"] == value["rows"] and again["x"] == 0.25 and math.isnan(again["nan"])
+    assert path.read_bytes() == good  # rewritten whole
+    third, hit = RunCache(tmp_path).get_or_compute(kind, "k", lambda: pytest.fail("recomputed"), fmt=fmt)
+    assert hit and third["rows"] == value["rows"]
+    if fmt == "pickle":
+        assert pickle.loads(good)["x"] == 0.25
+
+
+# ------------------------------------------------------------------------------------------
+# Checks before the model loads: each error, then the fix it suggests, run as written
+# ------------------------------------------------------------------------------------------
+
+
+class ModelLoadReached(RuntimeError):
+    """Raised by the patched loader: the run got past every check to the model load."""
+
+
+def run_in_process(monkeypatch, run_dir: Path, *overrides: str) -> dict:
+    """The Hydra app in this process with the model loader patched to raise ModelLoadReached;
+    returns results.json."""
+
+    def no_load(*a, **k):
+        raise ModelLoadReached("model load reached")
+
+    monkeypatch.setattr(R, "load_model_memo", no_load)
+    monkeypatch.setattr(sys, "argv", ["headpursuit", *SMOKE, *overrides, f"hydra.run.dir={run_dir}"])
+    with pytest.raises(SystemExit) as info:
+        R.main()
+    assert info.value.code != 0
+    return results(run_dir)
+
+
+def _data_files(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "empty": tmp_path / "empty.jsonl",
+        "malformed": tmp_path / "malformed.jsonl",
+        "schema": tmp_path / "schema.jsonl",
+    }
+    files["empty"].write_bytes(b"")
+    files["malformed"].write_text('{"question": "Where?", "answers": ["France"], "group": "concept"}\n{"question": \n')
+    files["schema"].write_text('{"prompt": "no question field", "group": "concept"}\n')
+    return files
+
+
+PREFLIGHT_CASES = [
+    # (overrides, key named in the message, the fix the message suggests)
+    (["task.concept=nope"], "task.concept", ["task.concept=countries"]),
+    (["task.concept=[x,q]"], "task.concept", ["task.concept=countries"]),
+    (["task.source=nope"], "task.source", ["task.source=fixture"]),
+    (["task.source=jsonl"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
+    (["task.source=jsonl", "task.data_path={tmp}/missing.jsonl"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
+    (["task.source=jsonl", "task.data_path={empty}"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
+    (["task.source=jsonl", "task.data_path={malformed}"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
+    (["task.source=jsonl", "task.data_path={schema}"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
+    (["intervention.heads=explicit", "intervention.explicit=[[30,0]]"], "intervention.explicit", ["intervention.explicit=[[0,0],[29,8]]"]),
+    (["device=cuda:99"], "device", ["device=cpu"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides, key, fix", PREFLIGHT_CASES, ids=[" ".join(c[0]) for c in PREFLIGHT_CASES])
+def test_checks_run_before_the_model_loads_and_their_fix_works(monkeypatch, tmp_path, overrides, key, fix):
+    files = {k: str(v) for k, v in _data_files(tmp_path).items()}
+    args = [o.format(tmp=tmp_path, **files) for o in overrides]
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    res = run_in_process(monkeypatch, tmp_path / "bad", *args, cache)
+    msg = res["error"]["message"]
+    # ConfigError, or its PreflightError for a job's input (a multirun records it and goes on)
+    assert res["status"] == "failed" and res["error"]["type"] in ("ConfigError", "PreflightError"), res["error"]
+    assert key in msg, msg
+    for override in fix:
+        assert override in msg, msg  # the fix, as written in the message
+    assert "Traceback" in (tmp_path / "bad" / ERROR_FILE).read_text()
+    # The fix as written, after the bad overrides: every check passes, the model load is reached.
+    fixed = run_in_process(monkeypatch, tmp_path / "fixed", *args, *fix, cache)
+    assert fixed["error"]["type"] == "ModelLoadReached", fixed["error"]
+    assert fixed["error"]["stage"] == "load_model"
+
+
+def test_empty_concept_message_advice_is_reachable():
+    """The library's message for an empty concept used to say "lower min_chars", which no config
+    key sets: it now names the config fix and the Python keyword, and the keyword works."""
+    from headpursuit.concepts import build_concept
+    from headpursuit.models.tiny import embedded_tokenizer
+
+    tok = embedded_tokenizer("smollm2")
+    with pytest.raises(ValueError, match=r"task\.concept=\[word,\.\.\.\].*min_chars= to load_concept") as info:
+        build_concept(["x", "q"], tok)
+    assert "lower min_chars." not in str(info.value)
+    assert len(build_concept(["x", "q"], tok, min_chars=1)) > 0
+
+
+# ------------------------------------------------------------------------------------------
+# Subprocess runs on SmolLM2 (smoke): fail_fast reruns, SIGTERM / SIGINT, corrupt caches
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults_app")
+    return root, root / "cache"
+
+
+@pytest.mark.slow
+def test_fail_fast_rerun_keeps_complete_jobs_and_runs_what_is_missing(shared):
+    root, cache = shared
+    sweep = root / "sweep"
+    common = [*SMOKE, f"hydra.sweep.dir={sweep}", f"cache_dir={cache}"]
+
+    # Launch 1: job 1 (k=0) fails, fail_fast raises.
+    first = run_cli("-m", *common, "intervention.k=3,0", "fail_fast=true")
+    assert first.returncode != 0
+    job0 = results(sweep / "0")
+    assert job0["status"] == "complete" and results(sweep / "1")["status"] == "failed"
+    complete0 = (sweep / "0" / RESULTS_FILE).read_bytes()
+    assert (sweep / FAIL_FAST_FILE).exists()
+
+    # Launch 2, after the fix: job 0 is skipped as complete (not as aborted), job 1 runs.
+    second = run_cli("-m", *common, "intervention.k=3,1", "fail_fast=true")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (sweep / "0" / RESULTS_FILE).read_bytes() == complete0
+    job1 = results(sweep / "1")
+    assert job1["status"] == "complete" and job1["k"] == 1
+    assert not (sweep / "1" / ERROR_FILE).exists()  # the earlier failure's error.txt is gone
+    complete1 = (sweep / "1" / RESULTS_FILE).read_bytes()
+
+    # Launch 3: job 0 fails (k=0) -> fail_fast trips -> job 1 (another config) skips itself.
+    # Neither overwrites its complete results.json; each says so in error.txt.
+    third = run_cli("-m", *common, "intervention.k=0,2", "fail_fast=true")
+    assert third.returncode != 0
+    assert (sweep / "0" / RESULTS_FILE).read_bytes() == complete0
+    assert (sweep / "1" / RESULTS_FILE).read_bytes() == complete1
+    assert "results.json was kept" in (sweep / "0" / ERROR_FILE).read_text()
+    skipped = (sweep / "1" / ERROR_FILE).read_text()
+    assert "results.json was kept" in skipped and "fail_fast" in skipped
+
+    # Launch 4: the launch-2 configs again: both complete, skipped, despite launch 3's flag.
+    fourth = run_cli("-m", *common, "intervention.k=3,1", "fail_fast=true")
+    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert (fourth.stdout + fourth.stderr).count("skipping") == 2
+    assert (sweep / "0" / RESULTS_FILE).read_bytes() == complete0
+
+
+def _interrupt_mid_run(run_dir: Path, cache: Path, sig: int) -> tuple[subprocess.Popen, str, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "headpursuit",
+            *SMOKE,
+            "heartbeat_s=0.5",
+            f"hydra.run.dir={run_dir}",
+            f"cache_dir={cache}",
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    stage = None
+    while time.time() < deadline and proc.poll() is None:
+        beat = read_json(run_dir / HEARTBEAT_FILE) or {}
+        stage = beat.get("stage")
+        if stage in ("task", "ranking_samples", "capture", "rank", "baseline", "edited", "random"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc, out, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_mid_run_records_interrupted_with_the_stage(tmp_path, sig):
+    run_dir = tmp_path / "run"
+    # A fresh cache: every stage computes, so the signal lands inside one.
+    proc, out, err = _interrupt_mid_run(run_dir, tmp_path / "cache", sig)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    res = results(run_dir)
+    assert res["status"] == "interrupted", res.get("error")
+    stage = res["error"]["stage"]
+    assert stage and stage != "start", res["error"]
+    name = signal.Signals(sig).name
+    assert name in res["error"]["message"] and stage in res["error"]["message"]
+    text = (run_dir / ERROR_FILE).read_text()
+    assert "status: interrupted" in text and stage in text
+    assert f"interrupted by {name}" in err and "Traceback" not in err, err[-3000:]
+    assert not (run_dir / HEARTBEAT_FILE).exists()
+    # the rerun completes
+    again = run_cli(*SMOKE, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert results(run_dir)["status"] == "complete" and not (run_dir / ERROR_FILE).exists()
+
+
+@pytest.mark.slow
+def test_corrupt_app_cache_files_are_recomputed_with_identical_results(shared):
+    root, _ = shared
+    cache = root / "cache_corrupt"  # its own: every entry in it is one this run reads
+    run_a = root / "corrupt_a"
+    first = run_cli(*SMOKE, f"hydra.run.dir={run_a}", f"cache_dir={cache}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = results(run_a)
+    damaged = []
+    for i, path in enumerate(sorted(p for kind in ("samples", "scores", "evals") for p in (cache / kind).glob("*.*"))):
+        if path.suffix in (".pkl", ".json"):
+            data = path.read_bytes()
+            path.write_bytes(b"" if i % 2 else data[: len(data) // 2])
+            damaged.append(path)
+    assert {p.parent.name for p in damaged} == {"samples", "scores", "evals"}
+    run_b = root / "corrupt_b"
+    second = run_cli(*SMOKE, f"hydra.run.dir={run_b}", f"cache_dir={cache}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    for path in damaged:
+        assert str(path) in log and "unreadable" in log
+    after = results(run_b)
+    for section in ("heads", "baseline", "edited", "random", "normalized"):
+        assert after[section] == before[section], section
+    assert after["provenance"]["cache"]["ranking_samples_from_cache"] is False
