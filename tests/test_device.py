@@ -148,3 +148,18 @@ def test_set_deterministic_toggles_and_restores(monkeypatch):
         assert torch.are_deterministic_algorithms_enabled()
         assert not torch.is_deterministic_algorithms_warn_only_enabled()
     assert DeterminismSettings.current() == before
+
+
+def test_deterministic_config_key_is_validated():
+    from headpursuit.app.config import ConfigError, validate_config
+
+    cfg = {
+        "model": {"name_or_path": "smollm2"},
+        "task": {"name": "qa_countries"},
+        "ranking": {"method": "concept_share"},
+        "intervention": {"alpha": -1.0, "k": 2},
+        "deterministic": "yes",
+    }
+    with pytest.raises(ConfigError, match="deterministic must be true or false"):
+        validate_config(cfg)
+    validate_config({**cfg, "deterministic": True})

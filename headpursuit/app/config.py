@@ -89,6 +89,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     hb = cfg.get("heartbeat_s", 30)
     if not (_is_number(hb) and float(hb) >= 0):
         raise ConfigError(f"heartbeat_s must be a number of seconds >= 0 (0: no heartbeat thread), got {hb!r}")
+    if not isinstance(cfg.get("deterministic", False), bool):
+        raise ConfigError(f"deterministic must be true or false, got {cfg.get('deterministic')!r}")
 
 
 def check_explicit_heads(explicit: Any, n_layers: int, n_heads: int) -> None:

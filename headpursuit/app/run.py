@@ -58,6 +58,7 @@ from headpursuit.app.tracking import (
     write_error,
     write_json_atomic,
 )
+from headpursuit.determinism import set_deterministic
 from headpursuit.heads import Head, select_heads
 
 if TYPE_CHECKING:
@@ -195,6 +196,8 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, timer: Timer, fail_fast: 
 def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict, timer: Timer, hc: Any) -> dict:
     iv, task_cfg, seed, cache = config["intervention"], config["task"], int(cfg.seed), RunCache(cfg.cache_dir)
     random.seed(seed)
+    if cfg.get("deterministic"):
+        set_deterministic(True)
     tracker = start_tracker(config, run_dir, hc)
     try:
         with timer("load_model"):
