@@ -45,6 +45,17 @@ def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subproce
     )
 
 
+def run_job(run_dir: Path, cache: Path, *overrides: str, experiment: str = "smoke") -> dict:
+    """One offline `python -m headpursuit` job into `run_dir` (no W&B unless an override sets the
+    logger); asserts it exited 0 and returns its results.json."""
+    logger = [] if any(o.startswith("logger") for o in overrides) else ["logger=none"]
+    proc = run_cli(
+        "headpursuit", f"experiment={experiment}", *overrides, *logger, f"hydra.run.dir={run_dir}", f"cache_dir={cache}"
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads((run_dir / "results.json").read_text())
+
+
 def _results(sweep_dir: Path) -> dict[tuple, dict]:
     out = {}
     for p in sorted(sweep_dir.glob("*/results.json")):
@@ -113,19 +124,9 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
 @pytest.mark.slow
 def test_layer_matched_random_controls(basic_sweep, tmp_path):
     _, cache, _ = basic_sweep  # ranking and baseline come from the shared cache
-    run = tmp_path / "run"
-    proc = run_cli(
-        "headpursuit",
-        "experiment=smoke",
-        "intervention.k=3",
-        "intervention.alpha=-1",
-        "intervention.random_pool=same_layers",
-        "logger=none",
-        f"hydra.run.dir={run}",
-        f"cache_dir={cache}",
+    r = run_job(
+        tmp_path / "run", cache, "intervention.k=3", "intervention.alpha=-1", "intervention.random_pool=same_layers"
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((run / "results.json").read_text())
     edited = {(h["layer"], h["head"]) for h in r["heads"]}
     assert r["random"]["pool"] == "same_layers" and len(r["random"]["per_seed"]) == 2
     for draw in r["random"]["per_seed"]:

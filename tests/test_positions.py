@@ -4,6 +4,8 @@ The reference is always the `all`-positions capture of the same samples, average
 right token positions of each unpadded sequence.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -15,8 +17,7 @@ from headpursuit.capture import (
     capture_heads,
     image_token_id,
 )
-from headpursuit.models.inputs import image_prompt, teacher_forced_ids
-from headpursuit.synthetic import draw_pattern, draw_shape
+from headpursuit.models.inputs import teacher_forced_ids
 
 PROMPTS = [
     "The Eiffel Tower is in",
@@ -101,13 +102,12 @@ def test_prompt_mean_equals_mean_of_all_rows_smollm2(smollm2, side):
 
 
 def _vlm_samples(lm):
-    short = image_prompt(lm, "What shape?")
-    long = image_prompt(lm, "What shape is shown in this image? Answer with one word.")
-    return [
-        CaptureSample(short, "A red circle.", draw_shape("circle", "red")),
-        CaptureSample(long, "It is a blue square on white", draw_shape("square", "blue")),
-        CaptureSample(short, None, draw_pattern("vertical stripes")),
-    ]
+    """test_vlm's three image samples, the last one without an answer."""
+    from test_vlm import _samples
+
+    samples = _samples(lm)
+    samples[2] = dataclasses.replace(samples[2], answer=None)
+    return samples
 
 
 @pytest.fixture(scope="module")

@@ -227,22 +227,16 @@ def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
 
 @pytest.mark.slow
 def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_path_factory):
-    from test_pipeline import run_cli, shared_cache
+    from test_pipeline import run_job, shared_cache
 
-    run = tmp_path / "run"
-    proc = run_cli(
-        "headpursuit",
-        "experiment=smoke",
+    r = run_job(
+        tmp_path / "run",
+        shared_cache(tmp_path_factory),
         "intervention.k=3",
         "intervention.alpha=-1",
         "intervention.random_pool=layer_counts",
         "intervention.random_seeds=[0,1,2]",
-        "logger=none",
-        f"hydra.run.dir={run}",
-        f"cache_dir={shared_cache(tmp_path_factory)}",
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    r = json.loads((run / "results.json").read_text())
     assert r["status"] == "complete"
     edited = [(h["layer"], h["head"]) for h in r["heads"]]
     rnd = r["random"]
@@ -277,23 +271,18 @@ def test_paper_experiment_runs_end_to_end(tmp_path, tmp_path_factory):
     """`python -m headpursuit experiment=paper_qa_embedded` (one run, ranking=paper) with small
     sample counts: prompt_mean activations, both groups' ranking questions, the paper's SOMP scoring,
     layer_counts controls, normalised metrics."""
-    from test_pipeline import run_cli, shared_cache
+    from test_pipeline import run_job, shared_cache
 
-    run = tmp_path / "run"
-    proc = run_cli(
-        "headpursuit",
-        "experiment=paper_qa_embedded",
+    r = run_job(
+        tmp_path / "run",
+        shared_cache(tmp_path_factory),
         "task.n_rank=4",
         "task.n_eval=3",
         "task.max_new_tokens=8",
         "intervention.random_seeds=[0,1]",
-        "logger=none",
         "plots=false",
-        f"hydra.run.dir={run}",
-        f"cache_dir={shared_cache(tmp_path_factory)}",
+        experiment="paper_qa_embedded",
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    r = json.loads((run / "results.json").read_text())
     assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
     assert r["config"]["task"]["positions"] == "prompt_mean"
     assert r["config"]["task"]["rank_groups"] == ["concept", "control"]

@@ -120,22 +120,18 @@ def test_wandb_offline_roundtrip(tmp_path):
 
 @pytest.mark.slow
 def test_cli_run_logs_to_wandb_offline(tmp_path, tmp_path_factory):
-    from test_pipeline import run_cli, shared_cache
+    from test_pipeline import run_job, shared_cache
 
     run_dir = tmp_path / "run"
-    proc = run_cli(
-        "headpursuit",
-        "experiment=smoke",
+    res = run_job(
+        run_dir,
+        shared_cache(tmp_path_factory),
         "logger=wandb",
         "logger.mode=offline",
         "intervention.random_seeds=[0]",
         "intervention.k=2",
         "plots=true",
-        f"hydra.run.dir={run_dir}",
-        f"cache_dir={shared_cache(tmp_path_factory)}",
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    res = json.loads((run_dir / "results.json").read_text())
     assert res["status"] == "complete" and res["tracking"]["status"] == "ok", res.get("tracking")
     assert (run_dir / "head_scores_heatmap.png").exists()
     logged = wandb_offline.read_wandb_run(run_dir)
