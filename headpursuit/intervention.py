@@ -3,41 +3,152 @@
 The edit is a forward pre-hook on `o_proj`, after the attention kernel: it works with SDPA /
 FlashAttention, with the KV cache inside `generate()` (every new position passes through it), and
 it never touches the weights, so restoring the model is just removing the hooks.
+
+A scale is one number (every row of the batch) or one number per row of the batch: with per-row
+scales one forward/generate call evaluates several edits side by side (`generate_with_edits`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import math
+import operator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal, Union
 
 import torch
 
 from headpursuit.models import LoadedModel
+from headpursuit.models.generation import generate_rows, generation_config
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Head = tuple[int, int]
+# One factor for every row of the batch, or one per row (a 1-D sequence or tensor of length batch).
+Scale = Union[float, Sequence[float], torch.Tensor, "np.ndarray"]
+
+__all__ = ["Head", "Scale", "generate_with_edits", "per_row_scales", "scale_heads", "uniform_scales"]
 
 
-def _scales_by_layer(lm: LoadedModel, scales: Mapping[Head, float]) -> dict[int, dict[int, float]]:
-    """{layer: {head: alpha}}, every key checked to be a head of ``lm`` and every scale a number."""
-    by_layer: dict[int, dict[int, float]] = {}
+def _head_index(value: object, what: str, key: object) -> int:
+    """An integer index; floats and bools are refused (1.0 or True as a head is a bug upstream)."""
+    if isinstance(value, bool) or type(value).__name__ in ("bool_", "bool"):
+        raise ValueError(f"Head keys must be (layer, head) pairs of integers, got a bool {what} in {key!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(
+            f"Head keys must be (layer, head) pairs of integers, got {what} {value!r} in {key!r}"
+        ) from None
+
+
+def _finite(alpha: float, head: Head) -> float:
+    if not math.isfinite(alpha):
+        raise ValueError(f"Scale for head {head} must be finite, got {alpha!r}")
+    return alpha
+
+
+def _scale_value(alpha: object, head: Head) -> float | torch.Tensor:
+    """A float, or a 1-D float32 tensor of per-row factors; every value checked to be a finite number."""
+    if isinstance(alpha, (str, bytes)):
+        raise ValueError(f"Scale for head {head} must be a number, got {alpha!r}")
+    if torch.is_tensor(alpha) or isinstance(alpha, Sequence) or hasattr(alpha, "__array__"):
+        if torch.is_tensor(alpha) and alpha.dim() == 0:
+            return _finite(float(alpha), head)
+        try:
+            rows = torch.as_tensor(alpha, dtype=torch.float32, device="cpu")
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Scale for head {head} must be a number or a 1-D sequence of numbers, got {alpha!r}"
+            ) from None
+        if rows.dim() == 0:
+            return _finite(float(rows), head)
+        if rows.dim() != 1 or rows.numel() == 0:
+            raise ValueError(
+                f"Per-row scales for head {head} must be 1-D with one value per row, got shape {tuple(rows.shape)}"
+            )
+        if not torch.isfinite(rows).all():
+            raise ValueError(f"Scale for head {head} must be finite, got {rows.tolist()}")
+        return rows
+    try:
+        value = float(alpha)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"Scale for head {head} must be a number, got {alpha!r}") from None
+    return _finite(value, head)
+
+
+def _scales_by_layer(
+    lm: LoadedModel, scales: Mapping[Head, Scale]
+) -> tuple[dict[int, dict[int, float | torch.Tensor]], int | None]:
+    """({layer: {head: alpha}}, rows): every key checked to be a head of ``lm`` and every scale a
+    finite number or a 1-D sequence of them; `rows` is the length shared by every per-row scale
+    (None when all scales are plain numbers)."""
+    by_layer: dict[int, dict[int, float | torch.Tensor]] = {}
+    rows: int | None = None
     L, H = lm.layout.n_layers, lm.layout.n_heads
     for key, alpha in scales.items():
         try:
-            layer, head = (int(key[0]), int(key[1]))
-        except (TypeError, ValueError, IndexError):
+            raw_layer, raw_head = key
+        except (TypeError, ValueError):
             raise ValueError(f"Head keys must be (layer, head) pairs, got {key!r}") from None
+        layer, head = _head_index(raw_layer, "layer", key), _head_index(raw_head, "head", key)
         if not (0 <= layer < L and 0 <= head < H):
             raise ValueError(f"Head ({layer}, {head}) does not exist in {lm.name}: layers 0..{L - 1}, heads 0..{H - 1}")
-        try:
-            alpha = float(alpha)
-        except (TypeError, ValueError):
-            raise ValueError(f"Scale for head ({layer}, {head}) must be a number, got {alpha!r}") from None
-        by_layer.setdefault(layer, {})[head] = alpha
-    return by_layer
+        value = _scale_value(alpha, (layer, head))
+        if isinstance(value, torch.Tensor):
+            if rows is not None and value.numel() != rows:
+                raise ValueError(
+                    f"Per-row scales must all have one value per row of the same batch: head ({layer}, {head}) "
+                    f"has {value.numel()}, an earlier head has {rows}"
+                )
+            rows = value.numel()
+        by_layer.setdefault(layer, {})[head] = value
+    return by_layer, rows
+
+
+def _layer_factor(heads: Mapping[int, float | torch.Tensor], n_heads: int, rows: int | None) -> torch.Tensor:
+    """(n_heads,) factors when every scale is one number, else (rows, n_heads): row r of the batch
+    gets row r. Heads not named keep 1."""
+    if all(not isinstance(a, torch.Tensor) for a in heads.values()):
+        factor = torch.ones(n_heads)
+        for h, a in heads.items():
+            factor[h] = a
+        return factor
+    assert rows is not None
+    factor = torch.ones(rows, n_heads)
+    for h, a in heads.items():
+        factor[:, h] = a
+    return factor
+
+
+class _HeadScaler:
+    """The forward pre-hook of one layer's `o_proj`: its input times per-feature factors, (features,)
+    for every row or (rows, features) one row each. Head h owns features [h*dh, (h+1)*dh)."""
+
+    def __init__(self, per_feature: torch.Tensor, layer: int):
+        self.per_feature = per_feature
+        self.layer = layer
+        self.placed: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # moved once, not per step
+
+    def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        key = (x.device, x.dtype)
+        if key not in self.placed:
+            self.placed[key] = self.per_feature.to(device=x.device, dtype=x.dtype)
+        f = self.placed[key]
+        if f.dim() == 2:
+            if x.shape[0] != f.shape[0]:
+                raise ValueError(
+                    f"scale_heads was given per-row scales for {f.shape[0]} rows but layer {self.layer} "
+                    f"received a batch of {x.shape[0]} rows"
+                )
+            f = f.view(f.shape[0], *([1] * (x.dim() - 2)), f.shape[1])
+        return (x * f,) + tuple(args[1:])
 
 
 @contextmanager
-def scale_heads(lm: LoadedModel, scales: Mapping[Head, float]) -> Iterator[LoadedModel]:
+def scale_heads(lm: LoadedModel, scales: Mapping[Head, Scale]) -> Iterator[LoadedModel]:
     """Within the block, head (layer, h)'s output is multiplied by `scales[(layer, h)]`.
 
     alpha = -1 flips (suppresses) a head, 0 ablates it, > 1 enhances it. Applies to every position
@@ -45,26 +156,24 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, float]) -> Iterator[Loade
 
         with scale_heads(lm, {(12, 3): -1.0, (14, 0): -1.0}):
             out = lm.model.generate(**inputs)
+
+    A scale may also be a 1-D sequence (or tensor) with one factor per row of the batch: row r is
+    edited by the r-th factor, so one batch carries several edits (1.0 leaves a row unedited). All
+    per-row scales share one length, and every batch run inside the block must have that many rows
+    (a ValueError otherwise; `generate()` keeps its batch size, so the KV cache is fine).
+    Keys are (layer, head) pairs of integers; scales must be finite.
     """
-    by_layer = _scales_by_layer(lm, scales)
+    by_layer, rows = _scales_by_layer(lm, scales)
     H, dh = lm.layout.n_heads, lm.layout.head_dim
     handles = []
     try:
         for layer, heads in by_layer.items():
-            factor = torch.ones(H)
-            for h, a in heads.items():
-                factor[h] = a
+            factor = _layer_factor(heads, H, rows)
             if torch.all(factor == 1):
                 continue
-            # One factor per feature of the concatenated heads: head h owns [h*dh, (h+1)*dh).
-            per_feature = factor.repeat_interleave(dh)
-            module = lm.o_proj(layer)
-
-            def hook(mod, args, _f=per_feature):
-                x = args[0]
-                return (x * _f.to(device=x.device, dtype=x.dtype),) + tuple(args[1:])
-
-            handles.append(module.register_forward_pre_hook(hook))
+            per_feature = factor.repeat_interleave(dh, dim=-1)
+            hook = _HeadScaler(per_feature, layer)
+            handles.append(lm.o_proj(layer).register_forward_pre_hook(hook))
         yield lm
     finally:
         for handle in handles:
@@ -74,3 +183,68 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, float]) -> Iterator[Loade
 def uniform_scales(heads: Iterable[Head], alpha: float) -> dict[Head, float]:
     """{head: alpha for each head}: the usual edit, the same factor on every chosen head."""
     return {(int(layer), int(head)): float(alpha) for layer, head in heads}
+
+
+def per_row_scales(edits: Sequence[Mapping[Head, float]]) -> dict[Head, torch.Tensor]:
+    """The per-row scales that apply ``edits[r]`` to row r of a batch (1.0 where an edit leaves a
+    head alone; ``{}`` is the unedited model): the argument of `scale_heads` for mixed batches."""
+    heads = sorted({(int(layer), int(head)) for edit in edits for layer, head in edit})
+    out: dict[Head, torch.Tensor] = {}
+    for head in heads:
+        column = torch.ones(len(edits))
+        for r, edit in enumerate(edits):
+            for key, alpha in edit.items():
+                if (int(key[0]), int(key[1])) == head:
+                    column[r] = float(alpha)
+        out[head] = column
+    return out
+
+
+@torch.no_grad()
+def generate_with_edits(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    edits: Sequence[Mapping[Head, float]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int | Literal["auto"] = 8,
+    desc: str = "generate edits",
+    progress: bool = True,
+) -> list[list[str]]:
+    """Greedy generation of every prompt under every edit, several edits per batch:
+    ``out[e][i]`` is prompt i's new text with ``edits[e]`` applied (``{}``: the unedited model).
+
+    The rows are (prompt, edit) pairs, prompt-major (all edits of prompt 0, then of prompt 1, ...),
+    cut into batches of `batch_size` rows (``"auto"``: the largest that fits the device, see
+    `headpursuit.models.batching`); each batch runs under `scale_heads` with per-row scales. The
+    decoding is `generate_batch`'s (same config, same padding, same decoding of the new text), so
+    each output equals the one-edit-at-a-time path's up to floating-point summation order. With
+    ``batch_size = len(edits) * b`` a batch holds the very prompts of that path's batch at size b
+    (same padding).
+
+    Greedy only: sampled outputs would depend on which rows share a batch.
+    """
+    prompts, edits = list(prompts), [dict(e) for e in edits]
+    for edit in edits:  # fail before generating anything, naming the bad edit
+        _scales_by_layer(lm, edit)
+    if not prompts or not edits:
+        return [[] for _ in edits]
+    rows = [(i, e) for i in range(len(prompts)) for e in range(len(edits))]
+    gc = generation_config(lm, max_new_tokens=max_new_tokens)
+
+    def edit_rows(span: range):
+        return scale_heads(lm, per_row_scales([edits[rows[r][1]] for r in span]))
+
+    texts = generate_rows(
+        lm,
+        [prompts[i] for i, _ in rows],
+        gc,
+        batch_size=batch_size,
+        around_batch=edit_rows,
+        desc=desc,
+        progress=progress,
+    )
+    out: list[list[str]] = [[""] * len(prompts) for _ in edits]
+    for (i, e), text in zip(rows, texts):
+        out[e][i] = text
+    return out

@@ -2,18 +2,22 @@
 
 Both pad on the left (so every prompt ends where generation starts), build their decoding settings
 with `generation_config`, and return only the new text, special tokens dropped and stripped.
+`generate_step` is one text batch; `generate_rows` runs it over consecutive batches, optionally
+inside a context per batch (per-row head edits: `headpursuit.intervention.generate_with_edits`).
+``batch_size="auto"`` asks `headpursuit.models.batching` for the largest batch that fits.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from headpursuit.models.batching import auto_batch_size
 from headpursuit.models.inputs import encode, processor_inputs, to_model
 
 if TYPE_CHECKING:
@@ -21,7 +25,14 @@ if TYPE_CHECKING:
 
     from headpursuit.models.handle import LoadedModel
 
-__all__ = ["generate_batch", "generate_with_images", "generation_config"]
+__all__ = [
+    "generate_batch",
+    "generate_rows",
+    "generate_step",
+    "generate_with_images",
+    "generation_config",
+    "resolve_batch_size",
+]
 
 
 def generation_config(
@@ -89,12 +100,77 @@ def _new_text(lm: LoadedModel, out: torch.Tensor, n_prompt_tokens: int) -> list[
     return [t.strip() for t in lm.tokenizer.batch_decode(out[:, n_prompt_tokens:], skip_special_tokens=True)]
 
 
+def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig) -> list[str]:
+    """One batch: the prompts left-padded together, generated with `gc`, the new text of each output
+    row (``len(prompts) * gc.num_return_sequences`` strings, a prompt's sequences adjacent)."""
+    enc = encode(lm, prompts, padding_side="left")
+    # generate() derives position ids from the attention mask itself; pass only these two.
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    return _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
+
+
+def resolve_batch_size(
+    lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig, batch_size: int | Literal["auto"]
+) -> int:
+    """`batch_size` itself, or for ``"auto"`` the largest generate batch that fits the device at the
+    longest prompt and `gc.max_new_tokens` (probed with that generation, remembered per shape)."""
+    if batch_size != "auto":
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+        return int(batch_size)
+    n_ret = max(1, int(gc.num_return_sequences or 1))
+    rows = auto_batch_size(
+        lm,
+        "generate",
+        prompt_len=max(len(lm.token_ids(p)) for p in set(prompts)),
+        new_tokens=int(gc.max_new_tokens or 0),
+        rows=len(prompts) * n_ret,
+        generation_config=gc,
+    )
+    # The probe counts output rows; with several sequences per prompt a batch holds fewer prompts.
+    return max(1, rows // n_ret)
+
+
+@torch.no_grad()
+def generate_rows(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    gc: GenerationConfig,
+    *,
+    batch_size: int | Literal["auto"] = 8,
+    seed: int | None = None,
+    around_batch: Callable[[range], AbstractContextManager[Any]] | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str]:
+    """`generate_step` over consecutive batches of `batch_size` prompts (in eval mode): the flat list
+    of new texts, in the order of `prompts` (a prompt's sequences adjacent).
+
+    With a `seed` and ``gc.do_sample``, ``torch.manual_seed(seed + b)`` is called before batch b.
+    `around_batch(span)`, when given, is entered around the batch of ``prompts[span]`` (e.g.
+    `scale_heads` with per-row scales: one edit per row).
+    """
+    prompts = list(prompts)
+    if not prompts:
+        return []
+    size = resolve_batch_size(lm, prompts, gc, batch_size)
+    texts: list[str] = []
+    with _eval_mode(lm.model):
+        for b, start in enumerate(_batch_starts(len(prompts), size, desc, progress)):
+            span = range(start, min(start + size, len(prompts)))
+            if gc.do_sample and seed is not None:
+                torch.manual_seed(int(seed) + b)
+            with around_batch(span) if around_batch is not None else nullcontext():
+                texts += generate_step(lm, prompts[span.start : span.stop], gc)
+    return texts
+
+
 @torch.no_grad()
 def generate_batch(
     lm: LoadedModel,
     prompts: Sequence[str],
     max_new_tokens: int = 32,
-    batch_size: int = 8,
+    batch_size: int | Literal["auto"] = 8,
     do_sample: bool = False,
     seed: int | None = None,
     num_return_sequences: int = 1,
@@ -110,6 +186,7 @@ def generate_batch(
     Greedy by default. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is
     called before batch b, so results are reproducible for a given batch size. Returns one string
     per prompt when ``num_return_sequences == 1``, else one list of strings per prompt.
+    ``batch_size="auto"``: the largest batch that fits the device (`headpursuit.models.batching`).
     """
     prompts = list(prompts)
     n_ret = int(num_return_sequences)
@@ -126,20 +203,10 @@ def generate_batch(
         top_p=top_p,
         top_k=top_k,
     )
-    outputs: list[list[str]] = []
-    with _eval_mode(lm.model):
-        for b, start in enumerate(_batch_starts(len(prompts), batch_size, desc, progress)):
-            chunk = prompts[start : start + batch_size]
-            enc = encode(lm, chunk, padding_side="left")
-            # generate() derives position ids from the attention mask itself; pass only these two.
-            enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
-            if do_sample and seed is not None:
-                torch.manual_seed(int(seed) + b)
-            texts = _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
-            outputs += [texts[i * n_ret : (i + 1) * n_ret] for i in range(len(chunk))]
+    texts = generate_rows(lm, prompts, gc, batch_size=batch_size, seed=seed, desc=desc, progress=progress)
     if n_ret == 1:
-        return [o[0] for o in outputs]
-    return outputs
+        return texts
+    return [texts[i * n_ret : (i + 1) * n_ret] for i in range(len(prompts))]
 
 
 @torch.no_grad()
