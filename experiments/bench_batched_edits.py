@@ -36,13 +36,13 @@ def edits_for(lm, n_random: int, k: int = 6) -> list[dict]:
 
 
 def sequential(lm, prompts, edits, max_new_tokens: int, batch_size: int) -> list[list[str]]:
-    out = []
-    for edit in edits:
+    """One generate pass per edit: the path that batched edits replace."""
+
+    def one_pass(edit: dict) -> list[str]:
         with scale_heads(lm, edit):
-            out.append(
-                generate_batch(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
-            )
-    return out
+            return generate_batch(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+
+    return [one_pass(edit) for edit in edits]
 
 
 def timed(fn):
