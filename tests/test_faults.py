@@ -905,3 +905,36 @@ def test_corrupt_app_cache_files_are_recomputed_with_identical_results(shared):
     for section in ("heads", "baseline", "edited", "random", "normalized"):
         assert after[section] == before[section], section
     assert after["provenance"]["cache"]["ranking_samples_from_cache"] is False
+
+
+# ---- progress bars count generation steps, not batches (issue 14, item 6) -------------------
+
+
+def test_generation_progress_counts_steps_not_batches(tiny_llama, monkeypatch):
+    """5 prompts in batches of 2 with 4 new tokens: 3 batches x 4 steps = 12 steps in the bar
+    (a bar of batches would read 0/3 through a long batch, 0/1 for a single one), and the outputs
+    are the same as without a bar."""
+    from headpursuit.models import generation
+
+    updates: list[int] = []
+    totals: list[int | None] = []
+
+    class Bar:
+        def __init__(self, total=None, **kwargs):
+            totals.append(total)
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    import tqdm.auto
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    prompts = ["The capital of France is", "One, two,", "Hello", "Water boils at", "Blue and"]
+    with_bar = generation.generate_batch(tiny_llama, prompts, max_new_tokens=4, batch_size=2, progress=True)
+    without = generation.generate_batch(tiny_llama, prompts, max_new_tokens=4, batch_size=2, progress=False)
+    assert with_bar == without
+    assert totals == [12]
+    assert sum(updates) == 12 and len(updates) >= 3  # per-step updates, each batch filled to 4 steps

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -74,13 +74,53 @@ def generation_config(
     return gc
 
 
-def _batch_starts(n: int, batch_size: int, desc: str, progress: bool) -> Iterable[int]:
-    starts = range(0, n, batch_size)
-    if not progress:
-        return starts
-    from tqdm.auto import tqdm
+class GenerationProgress:
+    """A progress bar in generation steps, not batches: one batch of a slow model can take minutes,
+    and a bar that counts batches then shows "0/1" all along. The bar's total is batches x
+    max_new_tokens; `streamer()` is handed to `generate`, which calls it once for the prompt and once
+    per new token; a batch that stops early (every row ended) jumps to its full share at `end()`."""
 
-    return tqdm(starts, desc=desc, total=math.ceil(n / batch_size) or None, leave=False)
+    def __init__(self, n_prompts: int, batch_size: int, max_new_tokens: int, desc: str, enabled: bool):
+        self.steps = max(1, int(max_new_tokens))
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            total = math.ceil(n_prompts / batch_size) * self.steps
+            self.bar = tqdm(total=total or None, desc=desc, unit="step", leave=False)
+        self.done_in_batch = 0
+
+    def streamer(self) -> Any:
+        if self.bar is None:
+            return None
+        from transformers.generation.streamers import BaseStreamer
+
+        progress = self
+
+        class _Steps(BaseStreamer):
+            def __init__(self) -> None:
+                self.seen_prompt = False
+
+            def put(self, value: Any) -> None:
+                if not self.seen_prompt:  # the first call carries the prompt
+                    self.seen_prompt = True
+                    return
+                progress.advance(1)
+
+            def end(self) -> None:
+                progress.advance(progress.steps - progress.done_in_batch)
+                progress.done_in_batch = 0
+
+        return _Steps()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and n > 0:
+            self.bar.update(n)
+            self.done_in_batch += n
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @contextmanager
@@ -100,13 +140,15 @@ def _new_text(lm: LoadedModel, out: torch.Tensor, n_prompt_tokens: int) -> list[
     return [t.strip() for t in lm.tokenizer.batch_decode(out[:, n_prompt_tokens:], skip_special_tokens=True)]
 
 
-def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig) -> list[str]:
+def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig, streamer: Any = None) -> list[str]:
     """One batch: the prompts left-padded together, generated with `gc`, the new text of each output
-    row (``len(prompts) * gc.num_return_sequences`` strings, a prompt's sequences adjacent)."""
+    row (``len(prompts) * gc.num_return_sequences`` strings, a prompt's sequences adjacent).
+    `streamer` (e.g. `GenerationProgress.streamer()`) sees each generation step."""
     enc = encode(lm, prompts, padding_side="left")
     # generate() derives position ids from the attention mask itself; pass only these two.
     enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
-    return _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
+    out = lm.model.generate(**enc, generation_config=gc, streamer=streamer)
+    return _new_text(lm, out, enc["input_ids"].shape[1])
 
 
 def resolve_batch_size(
@@ -156,12 +198,16 @@ def generate_rows(
     size = resolve_batch_size(lm, prompts, gc, batch_size)
     texts: list[str] = []
     with _eval_mode(lm.model):
-        for b, start in enumerate(_batch_starts(len(prompts), size, desc, progress)):
-            span = range(start, min(start + size, len(prompts)))
-            if gc.do_sample and seed is not None:
-                torch.manual_seed(int(seed) + b)
-            with around_batch(span) if around_batch is not None else nullcontext():
-                texts += generate_step(lm, prompts[span.start : span.stop], gc)
+        bar = GenerationProgress(len(prompts), size, int(gc.max_new_tokens or 1), desc, progress)
+        try:
+            for b, start in enumerate(range(0, len(prompts), size)):
+                span = range(start, min(start + size, len(prompts)))
+                if gc.do_sample and seed is not None:
+                    torch.manual_seed(int(seed) + b)
+                with around_batch(span) if around_batch is not None else nullcontext():
+                    texts += generate_step(lm, prompts[span.start : span.stop], gc, bar.streamer())
+        finally:
+            bar.close()
     return texts
 
 
@@ -229,12 +275,17 @@ def generate_with_images(
     gc = generation_config(lm, max_new_tokens=max_new_tokens)
     outputs: list[str] = []
     with _eval_mode(lm.model):
-        for start in _batch_starts(len(prompts), batch_size, desc, progress):
-            enc = to_model(
-                lm,
-                processor_inputs(
-                    lm, prompts[start : start + batch_size], images[start : start + batch_size], padding_side="left"
-                ),
-            )
-            outputs += _new_text(lm, lm.model.generate(**enc, generation_config=gc), enc["input_ids"].shape[1])
+        bar = GenerationProgress(len(prompts), batch_size, max_new_tokens, desc, progress)
+        try:
+            for start in range(0, len(prompts), batch_size):
+                enc = to_model(
+                    lm,
+                    processor_inputs(
+                        lm, prompts[start : start + batch_size], images[start : start + batch_size], padding_side="left"
+                    ),
+                )
+                out = lm.model.generate(**enc, generation_config=gc, streamer=bar.streamer())
+                outputs += _new_text(lm, out, enc["input_ids"].shape[1])
+        finally:
+            bar.close()
     return outputs
