@@ -493,8 +493,10 @@ class _Tiler:
             self._bufs[w] = b
         return b
 
-    def _run_tiles(self, w: int, tiles, C, a, b, score):
-        if self.workers > 1:
+    def _run_tiles(self, w: int, tiles, C, a, b, score, in_worker: bool = False):
+        # Only a pool worker goes single-threaded (the caller restores the count after the pool):
+        # setting it on the calling thread would leave the whole process on one thread afterwards.
+        if in_worker:
             torch.set_num_threads(1)
         for h0, h1, v0, v1 in tiles:
             Ct = C[h0:h1, :, v0:v1]
@@ -532,7 +534,7 @@ class _Tiler:
         prev = torch.get_num_threads()
         try:
             futs = [
-                self._pool.submit(self._run_tiles, w, tiles[w * per : (w + 1) * per], C, a, b, score)
+                self._pool.submit(self._run_tiles, w, tiles[w * per : (w + 1) * per], C, a, b, score, True)
                 for w in range(workers)
             ]
             for f in futs:

@@ -412,3 +412,16 @@ def test_somp_heads_stays_within_its_budget_as_rows_grow():
         extra, hb, route = _peak_extra_bytes(n, budget)
         assert route == "project" and (n == 50 or hb < 64)  # at 400 rows, several batches of heads
         assert extra <= budget * 1.25 + slack, f"n={n}: peak +{extra / 2**20:.0f} MiB for a {budget >> 20} MiB budget"
+
+
+def test_somp_leaves_the_process_thread_count_as_it_was():
+    """A batch small enough for one tile ran on the calling thread with torch's thread count set
+    to 1 and never restored: every later evaluation in the process went single-threaded."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for n_atoms in (8, 50, 5000):
+            somp(torch.randn(2, 4, 16), torch.randn(n_atoms, 16), 3)
+            assert torch.get_num_threads() == 2, n_atoms
+    finally:
+        torch.set_num_threads(prev)
