@@ -15,6 +15,7 @@ from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, parse_heads
 from headpursuit.ranking import METHODS
 from headpursuit.tasks import known_tasks
+from headpursuit.tasks.base import parse_batch_size
 
 __all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k", "check_explicit_heads"]
 
@@ -43,6 +44,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"task.name={task.get('name')!r} is not a known task; known: {', '.join(known_tasks())}")
     if task.get("positions", "answer_concept") not in POSITIONS:
         raise ConfigError(f"task.positions={task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
+    if "batch_size" in task:
+        parse_batch_size(task["batch_size"], "task.batch_size")
+    cbs = cfg.get("capture_batch_size", 8)
+    if not (_is_int(cbs) and cbs >= 1):
+        raise ConfigError(f"capture_batch_size must be an integer >= 1, got {cbs!r}")
 
     ranking = cfg["ranking"]
     if not isinstance(ranking.get("method"), str):
@@ -70,6 +76,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         if not iv.get("explicit"):
             raise ConfigError("intervention.heads=explicit needs intervention.explicit=[[layer,head],...]")
         parse_heads(iv["explicit"])  # format errors name the key
+    if not isinstance(iv.get("batched_edits", True), bool):
+        raise ConfigError(
+            f"intervention.batched_edits must be true (all edits in one batched pass) or false (one at a "
+            f"time), got {iv.get('batched_edits')!r}"
+        )
     if iv.get("random_pool", "all") not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
     seeds = iv.get("random_seeds") or []

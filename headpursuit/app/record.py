@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from headpursuit.app.cache import RunCache, code_fingerprint
 from headpursuit.app.tracking import environment
 from headpursuit.heads import Head, head_records
+from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
 
 if TYPE_CHECKING:
     from headpursuit.capture import CaptureSample, HeadActivations
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "record",
+    "batch_size_provenance",
     "summarize_seeds",
     "seed_stats",
     "percentile",
@@ -178,6 +180,27 @@ def cache_provenance(cache: RunCache) -> dict:
     }
 
 
+def batch_size_provenance(lm: LoadedModel, task: Task, config: Mapping[str, Any], *, n_batched_edits: int = 0) -> dict:
+    """results.json `provenance.batch_sizes`: the configured sizes (task generation, capture), the
+    rows per batch of the batched-edits pass (`n_batched_edits` edits together; None without one),
+    and what "auto" chose: the probed choices on CUDA (`chosen_batch_sizes`), the fixed CPU defaults
+    elsewhere."""
+    task_size = task.batch_size
+    edit_rows: int | str | None = None
+    if n_batched_edits:
+        edit_rows = "auto" if task_size == "auto" else n_batched_edits * int(task_size)
+    out: dict[str, Any] = {
+        "task": task_size,
+        "capture": config.get("capture_batch_size"),
+        "batched_edits": n_batched_edits,
+        "edit_rows": edit_rows,
+        "auto_chosen": [dataclasses.asdict(c) for c in chosen_batch_sizes(lm)],
+    }
+    if task_size == "auto" and lm.device.type != "cuda":
+        out["auto_cpu_defaults"] = dict(CPU_BATCH_SIZES)
+    return out
+
+
 def record(
     *,
     lm: LoadedModel,
@@ -194,6 +217,8 @@ def record(
     cache: RunCache,
     timings: Mapping[str, float],
     model_loaded_in_process: bool,
+    batch_sizes: Mapping[str, Any] | None = None,
+    batched_edits: bool = False,
 ) -> dict:
     """The fields a complete run adds to results.json (after status, config_hash, config, run)."""
     iv, seed = config["intervention"], int(config["seed"])
@@ -234,6 +259,8 @@ def record(
             "n_activation_rows": int(acts.n_rows),
             "cache": cache_provenance(cache),
             "timings": dict(timings),
+            "batch_sizes": dict(batch_sizes or {}),
+            "batched_edits": bool(batched_edits),
         },
         "status": "complete",
     }

@@ -2,7 +2,8 @@
 
     validate -> resume check -> fail-fast skip -> preflight (no weights) -> model -> task -> ranking
     samples -> capture (cached) -> rank (cached) -> select heads -> head_scores.csv (+ heat map) ->
-    evaluate unedited (cached), edited, random-head controls -> record -> W&B -> results.json
+    evaluate unedited (cached), edited, random-head controls (intervention.batched_edits: the ones
+    not cached generated first in one batched pass) -> record -> W&B -> results.json
 
 Failures: results.json says `status: failed` (error.txt: the traceback); SIGTERM / SIGINT record
 `status: interrupted` with the stage and exit 128 + the signal number; a heartbeat file shows a
@@ -31,13 +32,15 @@ from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
 from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
 from headpursuit.app.preflight import PreflightError, preflight
-from headpursuit.app.record import record
+from headpursuit.app.record import batch_size_provenance, record
 from headpursuit.app.stages import (
     build_task_memo,
     capture_cached,
     concept_token_ids,
     evaluate_cached,
+    generate_uncached,
     load_model_memo,
+    random_control_edits,
     random_control_sets,
     random_controls,
     rank_cached,
@@ -64,7 +67,7 @@ from headpursuit.heads import Head, select_heads
 if TYPE_CHECKING:
     from headpursuit.models import LoadedModel
     from headpursuit.ranking import HeadScores
-    from headpursuit.tasks import Task
+    from headpursuit.tasks import Task, TaskOutputs
 
 log = logging.getLogger("headpursuit")
 
@@ -236,12 +239,21 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
             run_dir, scores, heads, lm, task, config["ranking"]["method"], plots=cfg.plots, timer=timer
         )
         eval_id, alpha = {"model": model_id, "task": task_identity(task_cfg, "eval")}, float(iv["alpha"])
+        edit = {h: alpha for h in heads}
+        batched = bool(iv.get("batched_edits", True)) and task.shares_edit_batches
+        generated: dict[str, TaskOutputs] = {}
+        if batched:  # every evaluation not cached, in one pass; each is still cached on its own
+            with timer("generate_edits"):
+                edits = [{}, edit, *random_control_edits(random_sets, alpha)]
+                generated = generate_uncached(cache, lm, task, eval_id, edits, seed=seed)
         with timer("baseline"):
-            baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed)
+            baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed, generated=generated)
         with timer("edited"):
-            edited = evaluate_cached(cache, lm, task, eval_id, {h: alpha for h in heads}, label="edited", seed=seed)
+            edited = evaluate_cached(cache, lm, task, eval_id, edit, label="edited", seed=seed, generated=generated)
         with timer("random"):
-            per_seed = random_controls(cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed)
+            per_seed = random_controls(
+                cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed, generated=generated
+            )
         res.update(
             record(
                 lm=lm,
@@ -258,6 +270,8 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
                 cache=cache,
                 timings=timer.seconds,
                 model_loaded_in_process=loaded_before,
+                batch_sizes=batch_size_provenance(lm, task, config, n_batched_edits=len(generated) if batched else 0),
+                batched_edits=batched,
             )
         )
         track(tracker, res, heads, scores, heatmap)

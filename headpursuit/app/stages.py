@@ -9,6 +9,13 @@
     sets = random_control_sets(heads, lm.layout, k=k, seeds=[0, 1], pool="layer_counts")  # before any eval
     per_seed = random_controls(cache, lm, task, ident, sets, alpha=alpha, seed=seed)
 
+Batched edits (`intervention.batched_edits`, for tasks with `Task.shares_edit_batches`): first
+``generated = generate_uncached(cache, lm, task, ident, [{}, edited, *random edits], seed=seed)``
+runs every edit whose evaluation is not cached in one `Task.generate_many` pass; then the calls
+above, given ``generated=generated``, score those outputs (outside the hooks) instead of
+generating. Each evaluation keeps its own cache key and hit flag, so the cache, resume and
+results.json are those of the one-edit-at-a-time path.
+
 Every cached stage records whether it was served from the cache in `cache.hits` under its label
 (samples, acts, scores, baseline, edited, random); the run's record reports those flags.
 """
@@ -33,7 +40,7 @@ if TYPE_CHECKING:
     from headpursuit.concepts import Concept
     from headpursuit.models import AttentionLayout, LoadedModel
     from headpursuit.ranking import HeadScores
-    from headpursuit.tasks import Task
+    from headpursuit.tasks import Task, TaskOutputs
 
 __all__ = [
     "load_model_memo",
@@ -43,8 +50,11 @@ __all__ = [
     "capture_cached",
     "rank_cached",
     "evaluate_with_edits",
+    "eval_key",
     "evaluate_cached",
+    "generate_uncached",
     "random_control_sets",
+    "random_control_edits",
     "random_controls",
 ]
 
@@ -173,6 +183,45 @@ def evaluate_with_edits(
     return task.score(outputs, fluency_model=lm)
 
 
+def eval_key(ident: dict, scales: Mapping[Head, float], seed: int) -> str:
+    """The cache key of one evaluation: (model, task config, the exact edit, seed, code)."""
+    edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
+    return stable_hash("eval", CACHE_VERSION, ident, edit, seed, code_fingerprint())
+
+
+def _is_cached(cache: RunCache, key: str) -> bool:
+    """Whether the evaluation `key` has an entry: `RunCache` stores it as ``<root>/evals/<key>.json``
+    (an unreadable entry is recomputed by `evaluate_cached` on its own)."""
+    evals = cache.dir("evals")
+    return evals is not None and (evals / f"{key}.json").is_file()
+
+
+def generate_uncached(
+    cache: RunCache,
+    lm: LoadedModel,
+    task: Task,
+    ident: dict,
+    edits: Sequence[Mapping[Head, float]],
+    *,
+    seed: int,
+    desc: str = "edits",
+) -> dict[str, TaskOutputs]:
+    """{eval_key: outputs} for the `edits` whose evaluation is not cached, generated in one
+    `task.generate_many` pass (the edits share batches; ``{}`` is the unedited model). Only for
+    tasks with `shares_edit_batches` (greedy: the outputs do not depend on the batch); hand the
+    result to `evaluate_cached(..., generated=...)`, which scores it."""
+    todo: dict[str, dict[Head, float]] = {}
+    for edit in edits:
+        key = eval_key(ident, edit, seed)
+        if key not in todo and not _is_cached(cache, key):
+            todo[key] = dict(edit)
+    if not todo:
+        return {}
+    torch.manual_seed(seed)
+    outputs = task.generate_many(lm, list(todo.values()), desc=f"{desc} x{len(todo)}")
+    return dict(zip(todo, outputs))
+
+
 def evaluate_cached(
     cache: RunCache,
     lm: LoadedModel,
@@ -183,14 +232,21 @@ def evaluate_cached(
     label: str,
     seed: int,
     desc: str | None = None,
+    generated: Mapping[str, TaskOutputs] | None = None,
 ) -> dict:
-    """evaluate_with_edits, cached on (model, task config, the exact edit, seed, code); the hit is
-    recorded under `label` (baseline, edited, random)."""
-    edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
-    key = stable_hash("eval", CACHE_VERSION, ident, edit, seed, code_fingerprint())
-    result, _ = cache.get_or_compute(
-        "evals", key, lambda: evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed), label=label
-    )
+    """evaluate_with_edits, cached on (model, task config, the exact edit, seed, code) (`eval_key`);
+    the hit is recorded under `label` (baseline, edited, random). With this edit's outputs in
+    `generated` (`generate_uncached`) they are scored instead of generated anew."""
+    key = eval_key(ident, scales, seed)
+    outputs = (generated or {}).get(key)
+
+    def compute() -> dict:
+        if outputs is None:
+            return evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed)
+        torch.manual_seed(seed)  # the RNG state the one-at-a-time path scores under
+        return task.score(outputs, fluency_model=lm)
+
+    result, _ = cache.get_or_compute("evals", key, compute, label=label)
     return result
 
 
@@ -203,6 +259,11 @@ def random_control_sets(
     return [(int(s), random_control_heads(edited, layout.n_layers, layout.n_heads, k, s, pool=pool)) for s in seeds]
 
 
+def random_control_edits(sets: Sequence[tuple[int, Sequence[Head]]], alpha: float) -> list[dict[Head, float]]:
+    """The edit of each random-head set: its heads rescaled by alpha."""
+    return [{h: alpha for h in heads} for _, heads in sets]
+
+
 def random_controls(
     cache: RunCache,
     lm: LoadedModel,
@@ -212,13 +273,15 @@ def random_controls(
     *,
     alpha: float,
     seed: int,
+    generated: Mapping[str, TaskOutputs] | None = None,
 ) -> list[dict]:
     """The random-head controls: per (seed, heads) of `sets`, the heads rescaled by alpha and
-    evaluated like the edited heads. [{seed, heads, <evaluation>}, ...]."""
+    evaluated like the edited heads (scored from `generated` where it has them).
+    [{seed, heads, <evaluation>}, ...]."""
     per_seed = []
-    for s, heads in sets:
+    for (s, heads), edit in zip(sets, random_control_edits(sets, alpha)):
         result = evaluate_cached(
-            cache, lm, task, ident, {h: alpha for h in heads}, label="random", desc=f"random{s}", seed=seed
+            cache, lm, task, ident, edit, label="random", desc=f"random{s}", seed=seed, generated=generated
         )
         per_seed.append({"seed": s, "heads": [list(h) for h in heads], **result})
     return per_seed

@@ -13,6 +13,11 @@ Evaluation is two phases, `generate` then `score`; `evaluate = score(generate(..
 edit the model can run only `generate` inside the edit context and `score` outside it (the
 toxicity task scores fluency with a model, which must be the unedited one).
 
+Many edits over the same split: ``task.generate_many(lm, [edit, ...])`` is
+``[generate under scale_heads(lm, edit) for edit]``; tasks with `shares_edit_batches` (the greedy
+ones, `AnswerTask`) run every edit in the same batches (one row per (item, edit)), the others one
+edit at a time.
+
 Groups are ``"concept"`` (items whose answer/continuation should involve the concept) and
 ``"control"`` (everything else); metrics are reported per group.
 
@@ -31,16 +36,22 @@ import random
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from headpursuit.errors import ConfigError
+from headpursuit.intervention import Head, scale_heads
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
 
+#: a generation batch size: a number of rows, or "auto" (the largest that fits the device)
+BatchSize = int | Literal["auto"]
+
 __all__ = [
     "GROUPS",
     "DEFAULT_RANK_GROUPS",
+    "BatchSize",
+    "parse_batch_size",
     "parse_rank_groups",
     "Task",
     "TaskOutputs",
@@ -100,6 +111,16 @@ def parse_rank_groups(value: Any) -> tuple[str, ...] | None:
             f"ranking-split items feed the ranking), got {value!r}"
         )
     return ordered
+
+
+def parse_batch_size(value: Any, key: str = "task.batch_size") -> BatchSize:
+    """A batch size checked: an integer >= 1, or ``"auto"`` (the largest batch that fits the device,
+    `headpursuit.models.batching`). Raises ConfigError naming `key` otherwise."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be an integer >= 1 or 'auto', got {value!r}")
+    return int(value)
 
 
 def _per_group(value: Any, group: str, default: int | None = None) -> int | None:
@@ -257,6 +278,8 @@ class Task(abc.ABC):
     """
 
     name: str = "task"
+    #: whether `generate_many` runs several edits in the same batches (True) or one at a time
+    shares_edit_batches: bool = False
 
     def __init__(
         self,
@@ -267,7 +290,7 @@ class Task(abc.ABC):
         n_eval: Any = 50,
         rank_groups: Any = None,
         seed: int = 0,
-        batch_size: int = 8,
+        batch_size: BatchSize = 8,
         n_examples: int = 3,
         **unknown: Any,
     ):
@@ -282,7 +305,7 @@ class Task(abc.ABC):
         self.n_eval = n_eval
         self.rank_groups = parse_rank_groups(rank_groups)
         self.seed = int(seed)
-        self.batch_size = int(batch_size)
+        self.batch_size: BatchSize = parse_batch_size(batch_size)
         self.n_examples = int(n_examples)
         self.splits: dict[str, dict[str, list]] = {}
         self.data_source: dict = {}
@@ -365,6 +388,18 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def score(self, outputs: TaskOutputs, **kwargs: Any) -> dict:
         """Metrics dict from generations (see module docstring for the layout)."""
+
+    def generate_many(
+        self, lm: LoadedModel, edits: Sequence[Mapping[Head, float]], *, split: str = "eval", desc: str = ""
+    ) -> list[TaskOutputs]:
+        """`generate` under each of `edits` (``{}``: the unedited model): ``[generate under
+        scale_heads(lm, edit) for edit in edits]``. Here one edit at a time (what sampling tasks
+        need: their draws depend on the batch); `AnswerTask` runs all edits in the same batches."""
+        outputs = []
+        for edit in edits:
+            with scale_heads(lm, dict(edit)):
+                outputs.append(self.generate(lm, split=split, desc=desc))
+        return outputs
 
     def evaluate(self, lm: LoadedModel, *, desc: str = "", split: str = "eval", **score_kwargs: Any) -> dict:
         """`score(generate(lm))`: per-group metrics, counts and a few examples."""

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.errors import ConfigError
+from headpursuit.intervention import per_row_scales, scale_heads
 from headpursuit.models.generation import generate_with_images
 from headpursuit.models.inputs import image_prompt
 from headpursuit.tasks.answer_task import AnswerTask
@@ -27,6 +29,7 @@ from headpursuit.tasks.base import GROUPS, GroupOutputs, TaskOutputs
 from headpursuit.tasks.image_data import ImageItem, rows_needed, select_rows, spare_rows
 
 if TYPE_CHECKING:
+    from headpursuit.intervention import Head
     from headpursuit.models.handle import LoadedModel
 
 __all__ = ["NO_GROUP", "ImageTask", "ImageTaskOutputs", "model_notes"]
@@ -65,6 +68,13 @@ class ImageTask(AnswerTask):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        if self.batch_size == "auto":
+            # The "auto" probe runs text-only batches: it knows nothing of the image tokens.
+            raise ConfigError(
+                f"{self.name}: task.batch_size=auto is for text generation; image tasks need an integer "
+                "(e.g. task.batch_size=8)"
+            )
+        self.image_batch_size = int(self.batch_size)
         self._model_info: dict | None = None
 
     # --- data --------------------------------------------------------------------------------
@@ -109,29 +119,58 @@ class ImageTask(AnswerTask):
                 prompts,
                 [it.image for it in items],
                 max_new_tokens=self.max_new_tokens,
-                batch_size=self.batch_size,
+                batch_size=self.image_batch_size,
                 desc=desc,
             )
             if items
             else []
         )
+        return self._group_outputs(items, prompts, outs)
+
+    def answer_edits(
+        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str
+    ) -> list[GroupOutputs]:
+        """`answer` under every edit: rows are (item, edit) pairs, item-major; each batch holds the
+        items of one batch of the one-edit-at-a-time path (its padding), every edit of each, under
+        per-row scales."""
+        self._model_info = model_notes(lm)
+        prompt = self.prompt(lm)
+        edits = [dict(e) for e in edits]
+        texts: list[list[str]] = [[] for _ in edits]
+        size = self.image_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            rows = [(it, e) for it in chunk for e in range(len(edits))]
+            with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
+                outs = generate_with_images(
+                    lm,
+                    [prompt] * len(rows),
+                    [it.image for it, _ in rows],
+                    max_new_tokens=self.max_new_tokens,
+                    batch_size=len(rows),
+                    desc=desc,
+                )
+            for (_, e), text in zip(rows, outs):
+                texts[e].append(text)
+        return [self._group_outputs(items, [prompt] * len(items), t) for t in texts]
+
+    def _group_outputs(self, items: list, prompts: list[str], answers: list[str]) -> GroupOutputs:
         return GroupOutputs(
             inputs=[str(it.meta.get("id", it.label)) for it in items],
             prompts=prompts,
-            outputs=[[o] for o in outs],
+            outputs=[[a] for a in answers],
             references=[self.references(it) for it in items],
         )
 
     def references(self, item: ImageItem) -> list[str]:
         return list(item.aliases)
 
-    def generate(self, lm: LoadedModel, *, split: str = "eval", desc: str = "") -> ImageTaskOutputs:
-        answered = super().generate(lm, split=split, desc=desc)
+    def task_outputs(self, lm: LoadedModel, split: str, desc: str, groups: dict[str, GroupOutputs]) -> ImageTaskOutputs:
         return ImageTaskOutputs(
             task=self.name,
             split=split,
             desc=desc,
-            groups=answered.groups,
+            groups=groups,
             model=model_notes(lm),
             items={g: self.items(split, g) for g in GROUPS},
         )

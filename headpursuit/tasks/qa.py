@@ -30,18 +30,21 @@ Prompt: ``lm.format_prompt(question + " " + instruction)``; greedy decoding. Met
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.intervention import generate_with_edits
 from headpursuit.metrics.text import alias_match
 from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import loaders
 from headpursuit.tasks.answer_task import AnswerTask
-from headpursuit.tasks.base import GroupOutputs, TaskOutputs, group_counts
+from headpursuit.tasks.base import BatchSize, GroupOutputs, TaskOutputs, group_counts
 from headpursuit.tasks.loaders import QAItem
 from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
+    from headpursuit.intervention import Head
     from headpursuit.models.handle import LoadedModel
 
 __all__ = ["QATask", "DEFAULT_INSTRUCTION"]
@@ -68,7 +71,7 @@ class QATask(AnswerTask):
         system: str | None = None,
         max_new_tokens: int = 24,
         ranking_filter: str = "none",
-        batch_size: int = 16,
+        batch_size: BatchSize = 16,
         **base: Any,  # the other `Task` keys (tokenizer, n_rank, n_eval, rank_groups, seed, ...)
     ):
         super().__init__(concept=concept, batch_size=batch_size, **base)
@@ -117,10 +120,29 @@ class QATask(AnswerTask):
             if prompts
             else []
         )
+        return self._group_outputs(items, prompts, [o if isinstance(o, str) else o[0] for o in outs])
+
+    def answer_edits(
+        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str
+    ) -> list[GroupOutputs]:
+        prompts = [self.format(lm, it.question) for it in items]
+        if not prompts:
+            return [self._group_outputs(items, prompts, []) for _ in edits]
+        per_edit = generate_with_edits(
+            lm,
+            prompts,
+            edits,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.edit_batch_rows(len(edits)),
+            desc=desc,
+        )
+        return [self._group_outputs(items, prompts, outs) for outs in per_edit]
+
+    def _group_outputs(self, items: list, prompts: list[str], answers: list[str]) -> GroupOutputs:
         return GroupOutputs(
             inputs=[it.question for it in items],
             prompts=prompts,
-            outputs=[[o] if isinstance(o, str) else o for o in outs],  # greedy: one string per prompt
+            outputs=[[a] for a in answers],  # greedy: one answer per prompt
             references=[list(it.answers) for it in items],
         )
 

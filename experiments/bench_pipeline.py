@@ -1,0 +1,151 @@
+"""The pipeline's evaluation stage, one edit at a time vs batched edits, side by side in one process.
+
+The shape of one sweep job: SmolLM2 (float32, CPU) on the QA fixture, the top-k ranked heads
+flipped (alpha -1) and 10 random-head controls of the same size, evaluated by the pipeline's own
+stages (`headpursuit.app.stages`) with the cache off, so every evaluation generates:
+
+* sequential: `evaluate_cached` per edit (`intervention.batched_edits=false`);
+* batched: `generate_uncached` (every edit in one `Task.generate_many` pass) and `evaluate_cached`
+  scoring each edit's outputs (`intervention.batched_edits=true`, the default).
+
+The rounds are interleaved (sequential, batched, sequential, ...) so that a busy machine slows both
+alike; wall and CPU seconds and the load average are printed per round, the metrics of the two
+paths are asserted identical, and the stage timings of the job (model load, ranking answers,
+capture, rank) are printed once.
+
+    .venv/bin/python experiments/bench_pipeline.py            # 20 questions/group, 10 controls, 2 rounds
+    .venv/bin/python experiments/bench_pipeline.py --quick    # 4 questions/group, 3 controls, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from headpursuit.app.cache import RunCache
+from headpursuit.app.stages import (
+    build_task_memo,
+    capture_cached,
+    concept_token_ids,
+    evaluate_cached,
+    generate_uncached,
+    load_model_memo,
+    random_control_edits,
+    random_control_sets,
+    rank_cached,
+    ranking_samples_cached,
+)
+from headpursuit.heads import select_heads
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """fn(), its wall-clock seconds and its CPU seconds (this process): on a shared machine the CPU
+    seconds are the fairer comparison, the wall clock moves with the other processes' load."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def load() -> str:
+    return "load " + "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="4 questions/group, 3 controls, 8 new tokens, 1 round")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-eval", type=int, default=20, help="evaluation questions per group")
+    ap.add_argument("--n-rank", type=int, default=10)
+    ap.add_argument("--random", type=int, default=10, help="random-head controls")
+    ap.add_argument("--k", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="conf/task/qa_countries.yaml's value")
+    ap.add_argument("--batch-size", default="16", help="task.batch_size (an integer or auto)")
+    ap.add_argument("--baseline", action="store_true", help="evaluate the unedited model too (a fresh job)")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    if args.quick:
+        args.n_eval, args.n_rank, args.random, args.max_new_tokens, args.rounds = 4, 4, 3, 8, 1
+
+    torch.set_num_threads(args.threads)
+    cache, seed, alpha = RunCache(None), 0, -1.0  # no cache: every evaluation generates
+    stage: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lm, _ = load_model_memo({"name_or_path": "smollm2"}, "cpu", "float32")
+    stage["load_model"] = time.perf_counter() - t0
+    batch_size: int | str = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    task_cfg = {
+        "name": "qa_countries",
+        "n_rank": args.n_rank,
+        "n_eval": args.n_eval,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": batch_size,
+    }
+    (task, stage["task"], _) = timed(lambda: build_task_memo(task_cfg, lm))
+    ident = {"bench": task_cfg}
+    samples, stage["ranking_samples"], _ = timed(lambda: ranking_samples_cached(cache, task, lm, ident))
+    (acts, acts_key), stage["capture"], _ = timed(
+        lambda: capture_cached(cache, lm, samples, "answer_concept", concept_token_ids(task.concept))
+    )
+    scores, stage["rank"], _ = timed(
+        lambda: rank_cached(cache, acts, acts_key, lm, task.concept, {"method": "concept_restricted"}, seed)
+    )
+    if torch.get_num_threads() != args.threads:
+        # Seen after the rank stage: the thread count it leaves must not slow the evaluation timed below.
+        print(f"note: {torch.get_num_threads()} torch threads after the ranking stages; set back to {args.threads}")
+        torch.set_num_threads(args.threads)
+    L, H = lm.layout.n_layers, lm.layout.n_heads
+    heads = select_heads(scores, "ranked", args.k, L, H, seed)
+    sets = random_control_sets(heads, lm.layout, k=args.k, seeds=list(range(args.random)), pool="all")
+    edits = ([{}] if args.baseline else []) + [{h: alpha for h in heads}, *random_control_edits(sets, alpha)]
+    labels = (["baseline"] if args.baseline else []) + ["edited"] + [f"random{s}" for s, _ in sets]
+    n_rows = len(edits) * sum(len(task.items("eval", g)) for g in ("concept", "control"))
+    print(
+        f"{lm.name}, {len(edits)} edits ({', '.join(labels[:3])}, ...) x {n_rows // len(edits)} questions = "
+        f"{n_rows} generations of {args.max_new_tokens} tokens, task.batch_size={batch_size}, "
+        f"{torch.get_num_threads()} threads, {load()}"
+    )
+    print("job stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.items()))
+
+    def sequential() -> list[dict]:
+        return [
+            evaluate_cached(cache, lm, task, ident, e, label=lab, seed=seed, desc=lab) for e, lab in zip(edits, labels)
+        ]
+
+    def batched() -> tuple[list[dict], float, float]:
+        generated, gen_wall, _ = timed(lambda: generate_uncached(cache, lm, task, ident, edits, seed=seed))
+        results, score_wall, _ = timed(
+            lambda: [
+                evaluate_cached(cache, lm, task, ident, e, label=lab, seed=seed, generated=generated)
+                for e, lab in zip(edits, labels)
+            ]
+        )
+        return results, gen_wall, score_wall
+
+    seq_times, bat_times = [], []
+    for r in range(args.rounds):
+        ref, wall, cpu = timed(sequential)
+        seq_times.append((wall, cpu))
+        print(f"round {r}: sequential {wall:.1f} s wall, {cpu:.1f} s CPU, {load()}")
+        (out, gen_wall, score_wall), wall, cpu = timed(batched)
+        bat_times.append((wall, cpu))
+        print(
+            f"round {r}: batched    {wall:.1f} s wall (generate_edits {gen_wall:.1f} s, scoring {score_wall:.1f} s), "
+            f"{cpu:.1f} s CPU, {load()}"
+        )
+        assert out == ref, "batched edits changed the metrics"
+    seq_wall, seq_cpu = min(t[0] for t in seq_times), min(t[1] for t in seq_times)
+    bat_wall, bat_cpu = min(t[0] for t in bat_times), min(t[1] for t in bat_times)
+    print(
+        f"\nbest of {args.rounds}: sequential {seq_wall:.1f} s wall / {seq_cpu:.1f} s CPU, batched "
+        f"{bat_wall:.1f} s wall / {bat_cpu:.1f} s CPU: {seq_wall / bat_wall:.2f}x faster (wall), "
+        f"{seq_cpu / bat_cpu:.2f}x (CPU); identical metrics for all {len(edits)} edits"
+    )
+
+
+if __name__ == "__main__":
+    main()
