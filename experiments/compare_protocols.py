@@ -176,7 +176,7 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
         by_sweep["paper"].setdefault(k, {**row, "pool": "uniform"})
     ks = sorted({k for rows in by_sweep.values() for k in rows})
     if not ks:
-        return f"_no complete runs for {model}_\n", {}
+        return f"_{model}: not measured in this run (`python experiments/compare_protocols.py --only {model}`)._\n", {}
     any_row = next(iter(next(r for r in by_sweep.values() if r).values()))
     n_total = MODELS[model]
     lines = [f"### {model} ({n_total} heads), metric: {metric}", ""]
@@ -240,7 +240,9 @@ def section(seconds: dict[str, float]) -> str:
         f"({platform.machine()}, CPU only). Sweeps: `experiment=paper_qa_embedded` (ranking=paper and "
         "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
         f"`experiment=ours_qa_embedded`, {N_EVAL} evaluation questions per group, alpha = -1, "
-        "10 random head sets per run with the edited set's per-layer counts (disjoint from it). "
+        "10 random head sets per run with the edited set's per-layer counts (disjoint from it); where a "
+        "layer holds more than half of its heads in the edited set no such set exists, and the run is "
+        "repeated with 10 uniform random sets, marked (uniform). "
         "Wall-clock minutes per sweep: " + ", ".join(f"`{k}` {v / 60:.1f}" for k, v in sorted(seconds.items())) + ".",
         "",
     ]
@@ -248,7 +250,7 @@ def section(seconds: dict[str, float]) -> str:
         verdicts = {}
         for model in MODELS:
             text, verdict = model_section(model, metric)
-            if "_no complete runs" in text and metric == "f1":
+            if "not measured" in text and metric == "f1":
                 continue
             parts.append(text)
             verdicts[model] = verdict
