@@ -53,11 +53,12 @@ CLASSIFICATION_OBJECTS: Mapping[str, str] = {
     "resisc45": "remote sensing scene",
     "eurosat": "remote sensing scene",
 }
-# The paper's caption instruction per model family (LLaVA-NeXT, Gemma 3, Qwen2.5-VL).
+# The paper's caption instruction per model family (LLaVA-NeXT, Gemma 3, Qwen2.5-VL), keyed by
+# the family names of headpursuit/models/families.
 CAPTION_PAPER: Mapping[str, str] = {
-    "llava_next": "Provide a one-sentence caption for the provided image.",
-    "gemma3": "Provide a short, single-line description of this image. Respond only with the description.",
-    "qwen2_5_vl": "Provide a short, single-line description of this image.",
+    "llava": "Provide a one-sentence caption for the provided image.",
+    "gemma3_vl": "Provide a short, single-line description of this image. Respond only with the description.",
+    "qwen_vl": "Provide a short, single-line description of this image.",
 }
 
 
@@ -78,4 +79,4 @@ def classification_prompt(task_object: str, class_names: Sequence[str]) -> str:
 
 def caption_prompt(family: str) -> str:
     """The paper's caption instruction for a model family; LLaVA-NeXT's for families it did not use."""
-    return CAPTION_PAPER.get(family, CAPTION_PAPER["llava_next"])
+    return CAPTION_PAPER.get(family, CAPTION_PAPER["llava"])
