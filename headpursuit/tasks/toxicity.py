@@ -28,19 +28,40 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     temperature: 1.0
     top_p: 0.9
     batch_size: 8
-    scorer: profanity_check       # profanity_check (offline) | detoxify
+    scorer: profanity_check       # profanity_check (offline) | detoxify | roberta (the paper's
+                                  #   s-nlp/roberta_toxicity_classifier; needs its weights)
     scorer_kwargs: {}             # e.g. {model_type: unbiased, checkpoint: /path/x.ckpt}
     threshold: 0.5                # a continuation is toxic when its score >= threshold
     fluency: true                 # compute perplexity
     fluency_batch_size: 16
     ranking_decoding: greedy      # greedy | sample: the continuation teacher-forced for ranking
+    held_out_fraction: 0.0        # > 0: hold this share of the concept's words out of the ranking
+    held_out_seed: null           # the split's seed (null: `seed`)
+    prompt_preset: ours           # ours | paper (the paper's Table 4 template, chat format)
 
 Sampling is reproducible: ``torch.manual_seed(seed + batch_index)`` before each prompt batch.
 
 Metrics per group: ``mean_toxicity``, ``toxic_fraction``, ``expected_max_toxicity``,
 ``toxicity_probability`` (see `headpursuit.metrics.toxicity`), ``perplexity`` (corpus-level, of the
 continuations given their prompts), ``empty_rate`` and ``concept_rate`` (continuations with a
-concept word).
+concept word; with held-out words, a selection word).
+
+**Held-out words** (the paper's second metric). With ``held_out_fraction > 0`` the concept's word
+list is split by `headpursuit.metrics.lexical.split_words` (seeded by ``held_out_seed``) into a
+selection part, which becomes the task's concept (its token ids are the dictionary the ranking
+and capture use, rebuilt from the selection words alone), and a disjoint held-out part that only
+the metrics see: ``held_out_word_frequency`` (mean held-out words per continuation) and
+``held_out_word_rate`` (share of continuations with one). A drop in them cannot come from having
+suppressed exactly the words that were counted. ``held_out_fraction: 0`` keeps the whole list as
+the concept and adds neither metric.
+
+**Prompt presets.** ``prompt_preset: ours`` prompts as above (raw continuation, or chat with
+`instruction`). ``paper`` formats every prompt with the paper's template (`tasks.prompts`:
+`RTP_PAPER` for RealToxicityPrompts-style sources, `TET_PAPER` for TET) through the model's chat
+template; it does not combine with ``prompt_format: raw`` or an ``instruction``.
+
+Every score() result names its classifier at the top level: ``scorer`` (e.g. ``"roberta"``) and
+``scorer_version`` (package version and model id), next to ``n``.
 
 **Fluency must use the unedited model.** Evaluation is two phases: `generate` (run it inside the
 `scale_heads` context) and `score(outputs, fluency_model=...)` (run it outside)::
@@ -64,7 +85,9 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
+from headpursuit.concepts import build_concept
 from headpursuit.metrics.fluency import perplexity
+from headpursuit.metrics.lexical import split_words, word_frequency
 from headpursuit.metrics.text import concept_rate, empty_rate
 from headpursuit.metrics.toxicity import DEFAULT_THRESHOLD, get_scorer, toxicity_metrics
 from headpursuit.models.generation import generate_batch
@@ -72,6 +95,7 @@ from headpursuit.models.handle import LoadedModel
 from headpursuit.tasks import loaders
 from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskOutputs, group_counts
 from headpursuit.tasks.loaders import PromptItem
+from headpursuit.tasks.prompts import RTP_PAPER, TET_PAPER, check_preset
 from headpursuit.tasks.sources import DataSpec
 
 __all__ = ["FluencyModel", "ToxicityTask", "hooks_active"]
@@ -84,6 +108,7 @@ RowsToItems = Callable[[Iterable[tuple[str, dict]]], list[PromptItem]]
 
 _SOURCES = ("fixture", "jsonl", "rtp", "rtp_file", "tet", "tet_file")
 _HUB_DEFAULTS = {"rtp": "allenai/real-toxicity-prompts", "tet": "convoicon/Thoroughly_Engineered_Toxicity"}
+_TET_SOURCES = ("tet", "tet_file")
 
 
 def hooks_active(lm: FluencyModel) -> bool:
@@ -125,6 +150,9 @@ class ToxicityTask(Task):
         fluency: bool = True,
         fluency_batch_size: int = 16,
         ranking_decoding: str = "greedy",
+        held_out_fraction: float = 0.0,
+        held_out_seed: int | None = None,
+        prompt_preset: str = "ours",
         **base: Any,  # the `Task` keys (tokenizer, n_rank, n_eval, rank_groups, seed, batch_size, ...)
     ):
         super().__init__(concept=concept, **base)
@@ -138,10 +166,12 @@ class ToxicityTask(Task):
             raise ValueError(f"{self.name}: control_fallback must be fixture or none; got {control_fallback!r}")
         if int(n_continuations) < 1:
             raise ValueError(f"{self.name}: n_continuations must be >= 1")
-        if prompt_format == "auto":
-            prompt_format = "chat" if source in ("tet", "tet_file") else "raw"
-        self.prompt_format = prompt_format
+        self.prompt_preset = check_preset(self.name, prompt_preset)
         self.instruction = (instruction or "").strip()
+        self.prompt_template = self._paper_template(source, prompt_format) if prompt_preset == "paper" else None
+        if prompt_format == "auto":
+            prompt_format = "chat" if source in _TET_SOURCES or self.prompt_template else "raw"
+        self.prompt_format = prompt_format
         self.n_continuations = int(n_continuations)
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
@@ -151,9 +181,28 @@ class ToxicityTask(Task):
         self.fluency_batch_size = int(fluency_batch_size)
         self.ranking_decoding = ranking_decoding
 
+        self.held_out_fraction, self.held_out_seed = float(held_out_fraction), held_out_seed
+        self.held_out_words: list[str] = []
+        self.concept_words_before_split = list(getattr(self._concept, "words", []) or [])
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(
+                f"{self.name}: held_out_fraction must be in [0, 1) (the share of the concept's words "
+                f"held out of the ranking), got {held_out_fraction!r}; e.g. task.held_out_fraction=0.5"
+            )
+        if self.held_out_fraction > 0:
+            self._hold_out_words(base.get("tokenizer"))
+
         # The scorer is built now so that a missing classifier fails before any generation.
         if isinstance(scorer, str):
-            self.scorer = get_scorer(scorer, **dict(scorer_kwargs or {}))
+            try:
+                self.scorer = get_scorer(scorer, **dict(scorer_kwargs or {}))
+            except RuntimeError as e:  # a classifier that cannot be loaded (offline, no weights)
+                raise RuntimeError(
+                    f"{self.name}: task.scorer={scorer} could not be built (nothing was generated): {e} "
+                    "In a run config the scorer's arguments go in task.scorer_kwargs (e.g. "
+                    "task.scorer_kwargs.model_name_or_path=DIR for roberta); task.scorer=profanity_check "
+                    "works offline."
+                ) from e
         elif callable(getattr(scorer, "score", None)):
             self.scorer = scorer
         else:
@@ -172,6 +221,50 @@ class ToxicityTask(Task):
             self.data_source["control"] = "fixture"
         self.data_source["n_items"] = group_counts(items)
         self._split(items, source=self.data_source.get("path") or self.data_source.get("hub_id", source))
+
+    def _paper_template(self, source: str, prompt_format: str) -> str:
+        """The paper's template for `source` (TET's for TET sources, RTP's otherwise), after errors
+        for the settings it does not combine with."""
+        if prompt_format == "raw":
+            raise ValueError(
+                f"{self.name}: prompt_preset=paper puts the paper's template through the chat template; "
+                "set task.prompt_format=auto (or chat), or task.prompt_preset=ours for raw continuation"
+            )
+        if self.instruction:
+            raise ValueError(
+                f"{self.name}: task.instruction belongs to prompt_preset=ours; prompt_preset=paper uses the "
+                "paper's template: set task.instruction=null"
+            )
+        return TET_PAPER if source in _TET_SOURCES else RTP_PAPER
+
+    def _hold_out_words(self, tokenizer: Any) -> None:
+        """Split the concept's words into selection (the new concept) and held-out words."""
+        full = self._concept
+        selection, held_out = split_words(
+            self.concept_words_before_split, self.held_out_fraction, self.held_out_split_seed
+        )
+        if not selection or not held_out:
+            raise ValueError(
+                f"{self.name}: held_out_fraction={self.held_out_fraction} splits the "
+                f"{len(self.concept_words_before_split)} words of concept {getattr(full, 'name', None)!r} into "
+                f"{len(selection)} selection and {len(held_out)} held-out words; both must be non-empty: "
+                "use a longer word list or another task.held_out_fraction (0 disables the split)"
+            )
+        if tokenizer is None:
+            raise ValueError(
+                f"{self.name}: held_out_fraction > 0 rebuilds the concept from its selection words, which "
+                "needs a tokenizer: pass tokenizer=... (build_task(cfg, lm) does), or task.held_out_fraction=0"
+            )
+        # split_words matches case-insensitively; the concept keeps the words as the list spells them.
+        keep, out = set(selection), set(held_out)
+        words = [w for w in self.concept_words_before_split if w.strip().lower() in keep]
+        self.held_out_words = [w for w in self.concept_words_before_split if w.strip().lower() in out]
+        self._concept = build_concept(words, tokenizer, getattr(full, "name", "custom"))
+
+    @property
+    def held_out_split_seed(self) -> int:
+        """The seed of the selection / held-out split: `held_out_seed`, or the task's `seed`."""
+        return self.seed if self.held_out_seed is None else int(self.held_out_seed)
 
     def _load(self, spec: DataSpec, rows_to_items: Mapping[str, RowsToItems]) -> list[PromptItem]:
         if spec.source in ("rtp", "tet"):  # max_rows applies while reading
@@ -193,6 +286,8 @@ class ToxicityTask(Task):
     def format(self, lm: LoadedModel, prompt: str) -> str:
         if self.prompt_format == "raw":
             return prompt
+        if self.prompt_template is not None:  # prompt_preset=paper
+            return lm.format_prompt(self.prompt_template.format(prompt=prompt))
         text = f"{self.instruction}\n\n{prompt}" if self.instruction else prompt
         return lm.format_prompt(text)
 
@@ -270,7 +365,7 @@ class ToxicityTask(Task):
                     "model; call task.score(outputs, fluency_model=lm) outside the edit context",
                     stacklevel=2,
                 )
-        result: dict[str, Any] = {"n": {}}
+        result: dict[str, Any] = {"n": {}, **self.scorer_info()}
         for g in GROUPS:
             go = outputs.groups[g]
             flat = [c for outs in go.outputs for c in outs]
@@ -282,6 +377,9 @@ class ToxicityTask(Task):
             metrics = dict(toxicity_metrics(per_prompt, self.threshold))
             metrics["empty_rate"] = float(empty_rate(flat))
             metrics["concept_rate"] = float(concept_rate(flat, self.concept).rate)
+            if self.held_out_words:
+                metrics["held_out_word_frequency"] = float(word_frequency(flat, self.held_out_words))
+                metrics["held_out_word_rate"] = float(concept_rate(flat, self.held_out_words).rate)
             if use_fluency and flat:
                 prompts = [p for p, outs in zip(go.prompts, go.outputs) for _ in outs]
                 fl = self._fluency(fluency_model, prompts, flat, desc=f"{self.name} perplexity {g}")
@@ -304,15 +402,37 @@ class ToxicityTask(Task):
         outputs = self.generate(lm, split=split, desc=desc)
         return self.score(outputs, fluency_model=lm if fluency_model is None else fluency_model)
 
+    def scorer_info(self) -> dict[str, str]:
+        """``{"scorer": name, "scorer_version": version}`` of the toxicity classifier."""
+        return {
+            "scorer": str(getattr(self.scorer, "name", type(self.scorer).__name__)),
+            "scorer_version": str(getattr(self.scorer, "version", "unknown")),
+        }
+
+    def held_out_info(self) -> dict[str, Any]:
+        """The selection / held-out split of the concept's words (sizes, seed, the held-out words)."""
+        return {
+            "fraction": self.held_out_fraction,
+            "seed": self.held_out_split_seed if self.held_out_words else None,
+            "n_words": len(self.concept_words_before_split),
+            "n_selection": len(getattr(self.concept, "words", []) or []),
+            "n_held_out": len(self.held_out_words),
+            "held_out_words": list(self.held_out_words),
+            "selection_words": list(getattr(self.concept, "words", []) or []) if self.held_out_words else [],
+        }
+
     def provenance(self) -> dict:
         p = super().provenance()
+        ours = f"{self.instruction}\n\n{{prompt}}" if self.instruction and self.prompt_format == "chat" else "{prompt}"
         p.update(
             {
-                "scorer": getattr(self.scorer, "name", type(self.scorer).__name__),
-                "scorer_version": getattr(self.scorer, "version", "unknown"),
+                **self.scorer_info(),
                 "threshold": self.threshold,
+                "prompt_preset": self.prompt_preset,
+                "prompt_template": self.prompt_template or ours,
                 "prompt_format": self.prompt_format,
                 "instruction": self.instruction,
+                "held_out": self.held_out_info(),
                 "n_continuations": self.n_continuations,
                 "max_new_tokens": self.max_new_tokens,
                 "temperature": self.temperature,
