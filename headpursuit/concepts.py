@@ -9,6 +9,10 @@ prefix (fewer than ``min_prefix_chars`` = 4 characters) of a longer word, such a
 that *is* the whole word (``" UK"``) is kept. A leading article ("The Netherlands") is dropped
 before tokenising, since " The" would stand for every text.
 
+``single_token_only=True`` keeps out of the token set the words whose spaced form takes more than
+one token (the paper's Gemma 3 sentiments: multi-token words made SOMP pick letter heads); they
+still count in text (`Concept.count_in_text`) and are listed in ``unusable_words``.
+
     concept = load_concept("countries", lm.tokenizer)
     concept.token_ids            # LongTensor, sorted unique
     concept.count_in_text("I flew from France to the United States.")   # -> 2
@@ -34,6 +38,8 @@ _ALIASES = {
     "color": "colors",
     "country": "countries",
     "number": "numbers",
+    "quantities": "quantity",
+    "sentiments": "sentiment",
     "toxicity": "toxic",
 }
 
@@ -171,8 +177,10 @@ def build_concept(
     *,
     min_chars: int = 2,
     min_prefix_chars: int = 4,
+    single_token_only: bool = False,
 ) -> Concept:
-    """The concept of ``words`` for ``tokenizer`` (see the module docstring for the rules)."""
+    """The concept of ``words`` for ``tokenizer`` (see the module docstring for the rules;
+    `single_token_only`: only words that are one token with a leading space give token ids)."""
     words = list(dict.fromkeys(" ".join(str(w).split()) for w in words if str(w).strip()))
     if not words:
         raise ValueError(f"Concept {name!r} has no words: give a non-empty word list (one word or phrase per line)")
@@ -194,7 +202,9 @@ def build_concept(
                     continue
                 if _usable_piece(_piece(tokenizer, tid), v, min_chars, min_prefix_chars):
                     ids.append(tid)
-        if ids:
+        if ids and single_token_only and spaced_len > 1:
+            unusable.append(w)  # a multi-token word: left out of the dictionary, still counted in text
+        elif ids:
             word_ids[w] = ids
             all_ids.update(ids)
             if spaced_len > 1:
@@ -228,12 +238,13 @@ def load_concept(
     *,
     min_chars: int = 2,
     min_prefix_chars: int = 4,
+    single_token_only: bool = False,
 ) -> Concept:
     """Load a concept for ``tokenizer``.
 
     name_or_path_or_list: a shipped concept name ("countries", "colors"/"colours", "numbers",
-    "toxic", "sentiment"; see :func:`available_concepts`), a path to a word-list file (one word or
-    phrase per line, '#' comments), or a list of words. A Concept is returned unchanged.
+    "toxic", "sentiment", "quantity"; see :func:`available_concepts`), a path to a word-list file
+    (one word or phrase per line, '#' comments), or a list of words. A Concept is returned unchanged.
     """
     if isinstance(name_or_path_or_list, Concept):
         return name_or_path_or_list
@@ -259,4 +270,11 @@ def load_concept(
     else:
         words = [str(w) for w in src]
         cname = name or "custom"
-    return build_concept(words, tokenizer, cname, min_chars=min_chars, min_prefix_chars=min_prefix_chars)
+    return build_concept(
+        words,
+        tokenizer,
+        cname,
+        min_chars=min_chars,
+        min_prefix_chars=min_prefix_chars,
+        single_token_only=single_token_only,
+    )

@@ -141,6 +141,7 @@ def split_items(
     require_rank: Iterable[str] = ("concept",),
     rank_after_eval: Iterable[str] = (),
     spare: Mapping[str, Sequence[Any]] | None = None,
+    rank_items: Sequence[Any] | None = None,
     source: str = "data",
 ) -> dict[str, dict[str, list]]:
     """Seeded, disjoint ranking/evaluation split per group.
@@ -160,6 +161,11 @@ def split_items(
     group's `spare` items (items loaded only for ranking, e.g. extra decoded image rows); a
     shortfall there shrinks the ranking split (with a warning), never the evaluation split.
 
+    `rank_items` (e.g. TriviaQA train questions when `items` are validation questions): ranking
+    items from a separate source. Then every group ranks on its own `rank_items` (shuffled with
+    ``random.Random(f"{seed}:{group}:rank")``, the first `n_rank`, the same int/mapping rule) and
+    evaluates on the first `n_eval` of its shuffled `items`; the caller keeps the two disjoint.
+
     Raises `SplitError` when an evaluation split, or the ranking split of a group in
     `require_rank` with ``n_rank > 0`` requested, comes out empty.
     Returns ``{"rank": {group: [...]}, "eval": {group: [...]}}``.
@@ -169,6 +175,10 @@ def split_items(
         g = group_of(it)
         if g in by_group:
             by_group[g].append(it)
+    rank_pool: dict[str, list] = {g: [] for g in by_group}
+    for it in rank_items or ():
+        if group_of(it) in rank_pool:
+            rank_pool[group_of(it)].append(it)
     out: dict[str, dict[str, list]] = {"rank": {}, "eval": {}}
     require_rank = set(require_rank)
     after_eval = set(rank_after_eval)
@@ -185,7 +195,16 @@ def split_items(
         ne = _per_group(n_eval, g)
         if nr < 0 or (ne is not None and ne < 0):
             raise ValueError(f"n_rank/n_eval must be >= 0, got {nr}/{ne} for group {g!r}")
-        if g in after_eval:
+        if rank_items is not None:  # ranking from its own source: each split from its own pool
+            pool = list(rank_pool[g])
+            random.Random(f"{seed}:{g}:rank").shuffle(pool)
+            rank, eval_ = pool[:nr], (shuffled if ne is None else shuffled[:ne])
+            if len(rank) < nr and rank:
+                warnings.warn(
+                    f"{source}: group {g!r} has {len(pool)} ranking items; ranking gets {len(rank)} of n_rank={nr}",
+                    stacklevel=2,
+                )
+        elif g in after_eval:
             eval_ = shuffled if ne is None else shuffled[:ne]
             rank = (shuffled[len(eval_) :] + list((spare or {}).get(g, ())))[:nr]
             if len(rank) < nr and (rank or g not in require_rank):  # (an empty required split raises below)
@@ -211,6 +230,8 @@ def split_items(
                 if g in after_eval
                 else ""
             )
+            if rank_items is not None:
+                hint = f"; its ranking items come from a separate source, which has {len(rank_pool[g])} {g!r} items"
             raise SplitError(f"{source}: the ranking split of group {g!r} is empty ({len(members)} items){hint}")
         if not eval_:
             raise SplitError(
@@ -343,7 +364,16 @@ class Task(abc.ABC):
             return ()
         return tuple(g for g in self.ranking_groups if g not in DEFAULT_RANK_GROUPS)
 
-    def _split(self, items: Sequence[Any], source: str, spare: Mapping[str, Sequence[Any]] | None = None) -> None:
+    def _split(
+        self,
+        items: Sequence[Any],
+        source: str,
+        spare: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        rank_items: Sequence[Any] | None = None,
+    ) -> None:
+        """`self.splits` from `items` (`rank_items`: ranking items from a separate source, see
+        `split_items`)."""
         self.splits = split_items(
             items,
             self.n_rank,
@@ -352,6 +382,7 @@ class Task(abc.ABC):
             require_rank=self.ranking_groups,
             rank_after_eval=self.extra_rank_groups(),
             spare=spare,
+            rank_items=rank_items,
             source=source,
         )
 

@@ -1,7 +1,9 @@
 """Image captioning with a concept in the captions (the paper's LLaVA-NeXT captioning experiment).
 
-The model captions each image ("Describe this image in one sentence."). The concept is a word list
-(default: colours; also ``numbers``, ``sentiment`` or any list); an image belongs to the *concept*
+The model captions each image ("Describe this image in one sentence."; with ``prompt_preset:
+paper`` the paper's instruction for the model's family, `headpursuit.tasks.prompts.caption_prompt`).
+The concept is a word list (default: colours; also ``quantity``, ``sentiment``, ``numbers`` or any
+list: the paper's three are colours, sentiments and quantity); an image belongs to the *concept*
 group when one of its reference captions contains a concept word, else to the *control* group.
 Suppressing the concept heads should remove concept words from the concept group's captions while
 caption quality (against the references) drops as little as possible.
@@ -10,6 +12,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
 
     name: captioning
     concept: colors            # Concept name (headpursuit/data/concepts) or a word list
+    single_token_only: false   # true: only words that are one token give dictionary (ranking) ids;
+                               #   all still count in captions (the paper's Gemma 3 sentiments)
     source: fixture            # fixture (synthetic shapes + patterns, offline) | hub | local
     data_path: null            # local: a folder of .parquet / an image folder with metadata, or a
                                #   .parquet/.jsonl/.json/.csv file with image + captions columns
@@ -21,17 +25,19 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     image_column: image
     captions_column: caption   # a list of reference captions per image (or one string)
     max_rows: null             # decode at most this many images per group
-    instruction: "Describe this image in one sentence."
+    prompt_preset: ours        # ours: `instruction` | paper: the paper's per-family caption prompt
+    instruction: "Describe this image in one sentence."   # ours only
     system: null
     max_new_tokens: 30
     ranking_filter: none       # none | concept: keep only ranking captions with a concept word
     # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
     #   see `headpursuit.tasks.image_task`
 
-Metrics per group (`headpursuit.metrics.captions`, package ``sacrebleu``): ``concept_rate``
-(captions with at least one concept word), ``concept_count`` (mean concept words per caption),
-``bleu`` (corpus BLEU-4 against all references), ``chrf``, ``sentence_bleu`` (mean per-caption
-BLEU), ``mean_words`` and ``empty_rate``. Results also carry the model's notes and
+Metrics per group (`headpursuit.metrics.captions`): ``concept_rate`` (captions with at least one
+concept word), ``concept_count`` (mean concept words per caption, the paper's keyword count),
+``cider`` (CIDEr-D of the group's captions against their references, `headpursuit.metrics.cider`,
+the paper's quality metric), ``bleu`` (corpus BLEU-4 against all references, sacrebleu), ``chrf``,
+``sentence_bleu`` (mean per-caption BLEU), ``mean_words`` and ``empty_rate``. Results also carry the model's notes and
 ``vision_random_init`` (true for `tiny_vlm`, whose image results are not real).
 """
 
@@ -52,6 +58,7 @@ from headpursuit.tasks.image_data import (
     to_pil,
 )
 from headpursuit.tasks.image_task import NO_GROUP, ImageTask
+from headpursuit.tasks.prompts import CAPTION_PAPER, caption_prompt, check_preset
 from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
@@ -68,6 +75,19 @@ def _captions(value: Any) -> list[str]:
     return [c.strip() for c in (value or []) if isinstance(c, str) and c.strip()]
 
 
+def single_token_concept(concept: Any, tokenizer: Any) -> Any:
+    """`concept` (a name, a word list or a Concept) with only its single-token words in the token
+    set (`headpursuit.concepts.build_concept`'s `single_token_only`)."""
+    from headpursuit.concepts import build_concept, load_concept
+
+    if tokenizer is None:
+        raise ValueError("single_token_only needs a tokenizer: construct the task with build_task(cfg, lm)")
+    if hasattr(concept, "words") and hasattr(concept, "count_in_text"):
+        return build_concept(concept.words, tokenizer, concept.name, single_token_only=True)
+    words = list(concept) if isinstance(concept, (list, tuple)) else concept
+    return load_concept(words, tokenizer, single_token_only=True)
+
+
 class CaptioningTask(ImageTask):
     name = "captioning"
     ranking_filters = ("none", "concept")
@@ -76,6 +96,7 @@ class CaptioningTask(ImageTask):
         self,
         *,
         concept: Any = "colors",
+        single_token_only: bool = False,
         source: str = "fixture",
         data_path: str | None = None,
         hub_id: str = "lmms-lab/flickr30k",
@@ -84,6 +105,7 @@ class CaptioningTask(ImageTask):
         image_column: str = "image",
         captions_column: str = "caption",
         max_rows: int | None = None,
+        prompt_preset: str = "ours",
         instruction: str | None = DEFAULT_INSTRUCTION,
         system: str | None = None,
         max_new_tokens: int = 30,
@@ -94,10 +116,16 @@ class CaptioningTask(ImageTask):
     ):
         spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
         self._check_ranking_filter(ranking_filter)
+        self.prompt_preset = check_preset(self.name, prompt_preset)
+        self.single_token_only = bool(single_token_only)
+        if self.single_token_only:
+            concept = single_token_concept(concept, base.get("tokenizer"))
         if n_rank is None:
             n_rank = 8  # concept images (an int n_rank is for the concept group)
         super().__init__(concept=concept, n_rank=n_rank, n_eval=n_eval, **base)
-        self.instruction = (instruction or DEFAULT_INSTRUCTION).strip()
+        # paper: set per model family when prompting (`prompt`); ours: the configured instruction
+        self.instruction = "" if self.prompt_preset == "paper" else (instruction or DEFAULT_INSTRUCTION).strip()
+        self.prompt_family: str | None = None
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
@@ -143,6 +171,17 @@ class CaptioningTask(ImageTask):
     def references(self, item: ImageItem) -> list[str]:
         return list(item.captions)
 
+    # --- prompting ---------------------------------------------------------------------------
+    def instruction_for(self, family: str) -> str:
+        """The caption instruction for a model family: the paper's (`caption_prompt`) under
+        ``prompt_preset: paper``, else `instruction`."""
+        return caption_prompt(family) if self.prompt_preset == "paper" else self.instruction
+
+    def prompt(self, lm: LoadedModel) -> str:
+        self.prompt_family = lm.family.name
+        self.instruction = self.instruction_for(lm.family.name)  # what the provenance records
+        return super().prompt(lm)
+
     # --- the contract ----------------------------------------------------------------------
     def ranking_samples(self, lm: LoadedModel) -> list:
         from headpursuit.capture import CaptureSample
@@ -177,7 +216,18 @@ class CaptioningTask(ImageTask):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p.update({"ranking_filter": self.ranking_filter, "caption_metrics": metric_signatures()})
+        p.update(
+            {
+                "ranking_filter": self.ranking_filter,
+                "caption_metrics": metric_signatures(),
+                "prompt_preset": self.prompt_preset,
+                # the family prompted in this process (None when every generation came from a cache)
+                "prompt_family": self.prompt_family,
+                "single_token_only": self.single_token_only,
+            }
+        )
+        if self.prompt_preset == "paper":  # the prompt of any family, with or without prompting here
+            p["paper_caption_prompts"] = dict(CAPTION_PAPER)
         return p
 
 

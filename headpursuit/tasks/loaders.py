@@ -44,6 +44,8 @@ __all__ = [
     "trivia_qa_rows_to_items",
     "load_trivia_qa_file",
     "load_trivia_qa_hub",
+    "question_key",
+    "without_questions_of",
     "load_prompt_fixture",
     "rtp_rows_to_items",
     "tet_rows_to_items",
@@ -234,6 +236,21 @@ def trivia_qa_rows_to_items(
 def load_trivia_qa_file(path: str | Path, concept_words: Iterable[str]) -> list[QAItem]:
     """A local file in TriviaQA's schema, mapped like the hub dataset."""
     return trivia_qa_rows_to_items(read_records(path), concept_words)
+
+
+def question_key(question: str) -> str:
+    """A question's text as compared across data sources: `normalize_answer` (lowercase, no
+    punctuation or articles, single spaces), so that copies differing only in such details match."""
+    return normalize_answer(question)
+
+
+def without_questions_of(items: Iterable[QAItem], others: Iterable[QAItem]) -> tuple[list[QAItem], int]:
+    """`items` without those whose `question_key` is also one of `others`', and how many were dropped
+    (e.g. TriviaQA train questions that also occur in the evaluation file: ranking must not see them)."""
+    items = list(items)
+    taken = {question_key(it.question) for it in others}
+    kept = [it for it in items if question_key(it.question) not in taken]
+    return kept, len(items) - len(kept)
 
 
 def load_hub_rows(

@@ -9,21 +9,38 @@ Config (all keyword arguments; a Hydra ``task`` node passes the same keys)::
                                   #   file (source trivia_qa_file); null = the shipped fixture
     hub_id: mandarjoshi/trivia_qa # source hub
     hub_config: rc.nocontext
-    hub_split: validation
-    max_rows: null                # read at most this many rows (hub / files)
+    hub_split: validation         # source hub: the evaluation split (all of it when hub_rank_split is null)
+    hub_rank_split: null          # source hub: ranking questions from this split (the paper: train);
+                                  #   null = rank and evaluate on parts of hub_split
+    rank_data_path: null          # source trivia_qa_file: a second TriviaQA-schema file whose rows
+                                  #   feed only the ranking split (e.g. a train-split copy)
+    max_rows: null                # read at most this many rows (hub / files; each source)
     n_rank: 30                    # per ranked group (int or {concept: .., control: ..})
     n_eval: 50
     rank_groups: null             # null / [concept]: rank on concept questions; [concept, control]:
                                   #   also n_rank control questions (from those eval does not use)
     seed: 0
-    instruction: "Give only the short answer, no explanation."  # appended; null/"" = none
+    prompt_preset: ours           # ours: question + instruction | paper: the paper's TriviaQA template
+    instruction: "Give only the short answer, no explanation."  # ours: appended; null/"" = none
     system: null                  # optional system message for chat templates
     max_new_tokens: 24
     batch_size: 16
     ranking_filter: none          # none | correct: keep only ranking answers that alias-match
 
-Prompt: ``lm.format_prompt(question + " " + instruction)``; greedy decoding. Metrics per group:
-``accuracy`` (an accepted alias occurs as whole words in the normalised answer), ``concept_rate``
+Prompt: ``lm.format_prompt(question + " " + instruction)`` (``prompt_preset: ours``) or
+``lm.format_prompt(QA_PAPER.format(question=question))`` (``paper``: the paper's Table 4 template,
+`headpursuit.tasks.prompts.QA_PAPER`, no instruction appended); greedy decoding.
+
+Ranking questions from their own source (the paper: heads from TriviaQA *train* questions,
+evaluation on disjoint data): ``hub_rank_split`` (source hub) or ``rank_data_path`` (source
+trivia_qa_file). Then the ranking split comes only from that source and the evaluation split only
+from the main one; ranking questions whose normalised text (`loaders.question_key`) also occurs in
+the main source are dropped, and the provenance counts them (``data.rank_overlap_dropped``).
+``rank_groups`` holds as without it: control ranking questions come from the ranking source too.
+
+Metrics per group:
+``accuracy`` (an accepted alias occurs as whole words in the normalised answer), ``f1`` (the
+standard TriviaQA token F1, the paper's metric), ``concept_rate``
 (answers with at least one concept word), ``concept_count`` (mean concept words per answer) and
 ``empty_rate``.
 """
@@ -31,9 +48,11 @@ Prompt: ``lm.format_prompt(question + " " + instruction)``; greedy decoding. Met
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.errors import ConfigError
 from headpursuit.intervention import generate_with_edits
 from headpursuit.metrics.text import alias_match
 from headpursuit.models.generation import generate_batch
@@ -41,6 +60,7 @@ from headpursuit.tasks import loaders
 from headpursuit.tasks.answer_task import AnswerTask
 from headpursuit.tasks.base import BatchSize, GroupOutputs, TaskOutputs, group_counts
 from headpursuit.tasks.loaders import QAItem
+from headpursuit.tasks.prompts import QA_PAPER, check_preset
 from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
@@ -66,7 +86,10 @@ class QATask(AnswerTask):
         hub_id: str = "mandarjoshi/trivia_qa",
         hub_config: str | None = "rc.nocontext",
         hub_split: str = "validation",
+        hub_rank_split: str | None = None,
+        rank_data_path: str | None = None,
         max_rows: int | None = None,
+        prompt_preset: str = "ours",
         instruction: str | None = DEFAULT_INSTRUCTION,
         system: str | None = None,
         max_new_tokens: int = 24,
@@ -77,13 +100,19 @@ class QATask(AnswerTask):
         super().__init__(concept=concept, batch_size=batch_size, **base)
         spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, _SOURCES)
         self._check_ranking_filter(ranking_filter)
-        self.instruction = (instruction or "").strip()
+        self._check_rank_source(spec, hub_rank_split, rank_data_path)
+        self.prompt_preset = check_preset(self.name, prompt_preset)
+        # the paper's template is the whole user message: no instruction appended
+        self.instruction = "" if prompt_preset == "paper" else (instruction or "").strip()
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
         items, label = self._load(spec)
         self.data_source["n_items"] = group_counts(items)
-        self._split(items, source=label)
+        rank_items = self._load_rank(spec, hub_rank_split, rank_data_path, items)
+        if rank_items is not None:
+            label = f"{label} (ranking: {self.data_source['rank_source']})"
+        self._split(items, source=label, rank_items=rank_items)
 
     def _load(self, spec: DataSpec) -> tuple[list[QAItem], str]:
         """The items (at most `max_rows`) and a label naming where they came from."""
@@ -103,9 +132,65 @@ class QATask(AnswerTask):
         self.data_source = spec.file_info(path)
         return spec.head(items), str(path)
 
+    def _check_rank_source(self, spec: DataSpec, hub_rank_split: str | None, rank_data_path: str | None) -> None:
+        """A ConfigError naming the key when a ranking source is set that `spec.source` does not read."""
+        if rank_data_path and spec.source != "trivia_qa_file":
+            hint = " (for the hub, task.hub_rank_split=train)" if spec.source == "hub" else ""
+            raise ConfigError(
+                f"{self.name}: task.rank_data_path is read only with task.source=trivia_qa_file, got "
+                f"task.source={spec.source!r}; set task.source=trivia_qa_file task.data_path=<evaluation file>, "
+                f"or task.rank_data_path=null{hint}"
+            )
+        if hub_rank_split and spec.source != "hub":
+            raise ConfigError(
+                f"{self.name}: task.hub_rank_split is read only with task.source=hub, got task.source="
+                f"{spec.source!r}; set task.hub_rank_split=null (a local ranking file: task.source=trivia_qa_file "
+                "task.rank_data_path=...)"
+            )
+        if hub_rank_split and hub_rank_split == spec.hub_split:
+            raise ConfigError(
+                f"{self.name}: task.hub_rank_split={hub_rank_split!r} is the evaluation split too "
+                f"(task.hub_split); set task.hub_rank_split=train task.hub_split=validation, or "
+                "task.hub_rank_split=null to rank and evaluate on parts of one split"
+            )
+        if rank_data_path and spec.data_path and Path(rank_data_path).resolve() == Path(spec.data_path).resolve():
+            raise ConfigError(
+                f"{self.name}: task.rank_data_path is task.data_path ({rank_data_path}); give a separate "
+                "ranking file, or task.rank_data_path=null to rank and evaluate on parts of one file"
+            )
+
+    def _load_rank(
+        self, spec: DataSpec, hub_rank_split: str | None, rank_data_path: str | None, eval_items: list[QAItem]
+    ) -> list[QAItem] | None:
+        """The ranking-only items (None without a ranking source), without those whose question also
+        occurs in `eval_items`; records the source and the dropped count in `data_source`."""
+        words = list(getattr(self.concept, "words", []) or [])
+        if hub_rank_split:
+            rank_spec = replace(spec, hub_split=hub_rank_split)
+            items = loaders.trivia_qa_rows_to_items(rank_spec.hub_rows(), words)
+            where = f"{spec.hub_id}/{spec.hub_config}[{hub_rank_split}]"
+            self.data_source["hub_rank_split"] = hub_rank_split
+        elif rank_data_path:
+            items = spec.head(loaders.load_trivia_qa_file(rank_data_path, words))
+            where = str(rank_data_path)
+            self.data_source["rank_path"] = where
+        else:
+            return None
+        kept, dropped = loaders.without_questions_of(items, eval_items)
+        self.data_source.update(
+            {"rank_source": where, "rank_n_items": group_counts(kept), "rank_overlap_dropped": dropped}
+        )
+        return kept
+
     # --- prompting ----------------------------------------------------------------------
     def user_text(self, question: str) -> str:
+        if self.prompt_preset == "paper":
+            return QA_PAPER.format(question=question)
         return f"{question} {self.instruction}" if self.instruction else question
+
+    def prompt_template(self) -> str:
+        """The user message with ``{question}`` for the question (for the provenance)."""
+        return self.user_text("{question}") if self.prompt_preset == "ours" else QA_PAPER
 
     def format(self, lm: LoadedModel, question: str) -> str:
         text = self.user_text(question)
@@ -166,5 +251,11 @@ class QATask(AnswerTask):
 
     def provenance(self) -> dict:
         p = super().provenance()
-        p["ranking_filter"] = self.ranking_filter
+        p.update(
+            {
+                "ranking_filter": self.ranking_filter,
+                "prompt_preset": self.prompt_preset,
+                "prompt_template": self.prompt_template(),
+            }
+        )
         return p

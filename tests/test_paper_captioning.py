@@ -1,0 +1,232 @@
+"""The paper's captioning experiment (issue 13): CIDEr-D in the caption metrics, the quantity keyword
+list, single-token dictionaries, the paper's caption prompts, and the paper_* experiment files."""
+
+from pathlib import Path
+
+import pytest
+
+from headpursuit.metrics.captions import caption_quality, metric_signatures
+from headpursuit.metrics.cider import cider_d
+from headpursuit.tasks.base import GroupOutputs, TaskOutputs
+from headpursuit.tasks.captioning import DEFAULT_INSTRUCTION, CaptioningTask
+from headpursuit.tasks.prompts import CAPTION_PAPER
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from headpursuit.models.tiny import embedded_tokenizer
+
+    return embedded_tokenizer("smollm2")
+
+
+# --- CIDEr-D beside BLEU / chrF -------------------------------------------------------------------
+
+
+def test_caption_quality_reports_cider_d():
+    refs = [["a red circle on a white background", "a red circle"], ["three dots in a row"], ["a blue square"]]
+    caps = ["a red circle", "two dots", "a blue square on white"]
+    q = caption_quality(caps, refs)
+    assert set(q) == {"bleu", "chrf", "sentence_bleu", "cider"}
+    assert q["cider"] == pytest.approx(cider_d(caps, refs)["cider"])
+    # unpadded: an image with fewer references is scored on its own list
+    assert q["cider"] > 0 and "CIDEr-D" in metric_signatures()["cider"]
+
+
+def test_captioning_score_has_cider_per_group(tok):
+    task = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=3)
+    caps = {"concept": ["a red circle", "a blue square", "green"], "control": ["stripes", "", "a checkerboard"]}
+    groups = {}
+    for g, texts in caps.items():
+        items = task.items("eval", g)
+        groups[g] = GroupOutputs(
+            inputs=[str(i) for i in range(len(items))],
+            prompts=["p"] * len(items),
+            outputs=[[t] for t in texts[: len(items)]],
+            references=[list(it.captions) for it in items],
+        )
+    res = task.score(TaskOutputs(task="captioning", split="eval", desc="", groups=groups))
+    for g, go in groups.items():
+        texts = [o[0] for o in go.outputs]
+        assert res[g]["cider"] == pytest.approx(cider_d(texts, go.reference_lists())["cider"])
+        assert {"bleu", "chrf", "concept_count"} <= set(res[g])
+    assert "cider" in task.provenance()["caption_metrics"]
+
+
+# --- concept word lists -------------------------------------------------------------------------------
+
+
+def test_quantity_concept_loads_by_name(tok):
+    from headpursuit.concepts import available_concepts, load_concept
+
+    assert {"colors", "sentiment", "quantity"} <= set(available_concepts())
+    q = load_concept("quantity", tok)
+    assert q.name == "quantity" and len(q) > 20
+    assert {"two", "three", "several", "many", "few", "single", "pair", "group", "dozens"} <= set(q.words)
+    assert q.count_in_text("Two dogs and a group of several children.") == 3
+    assert load_concept("quantities", tok).words == q.words
+    # as a task concept (task.concept=quantity)
+    task = CaptioningTask(tokenizer=tok, concept="quantity", source="fixture", n_rank=1, n_eval=1, rank_groups=None)
+    assert task.concept.name == "quantity"
+
+
+def test_single_token_only_keeps_multi_token_words_out_of_the_dictionary(tok):
+    from headpursuit.concepts import load_concept
+
+    full = load_concept("sentiment", tok)
+    single = load_concept("sentiment", tok, single_token_only=True)
+    assert full.multi_token_words and not single.multi_token_words
+    assert set(single.token_id_set) < set(full.token_id_set)
+    for w in full.multi_token_words:
+        assert w not in single.word_token_ids and w in single.unusable_words
+        assert single.count_in_text(f"it was {w}") == 1  # still counted in captions
+    task = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, single_token_only=True)
+    assert task.provenance()["single_token_only"] is True
+    assert set(task.concept.token_id_set) <= set(CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2).concept.token_id_set)
+
+
+# --- the paper's caption prompts ------------------------------------------------------------------
+
+
+def test_paper_caption_prompt_per_family(tok):
+    paper = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, prompt_preset="paper")
+    assert paper.instruction_for("llava") == "Provide a one-sentence caption for the provided image."
+    assert paper.instruction_for("gemma3_vl") == (
+        "Provide a short, single-line description of this image. Respond only with the description."
+    )
+    assert paper.instruction_for("qwen_vl") == "Provide a short, single-line description of this image."
+    assert paper.instruction_for("idefics") == CAPTION_PAPER["llava"]  # a family the paper did not use
+    ours = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2)
+    assert ours.instruction_for("qwen_vl") == DEFAULT_INSTRUCTION and ours.provenance()["prompt_preset"] == "ours"
+    mine = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, instruction="Caption it.")
+    assert mine.instruction_for("llava") == "Caption it."
+    with pytest.raises(ValueError, match="prompt_preset"):
+        CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, prompt_preset="Paper")
+
+
+@pytest.mark.parametrize(
+    "model_type, family", [("llava_next", "llava"), ("qwen2_5_vl", "qwen_vl"), ("gemma3", "gemma3_vl")]
+)
+def test_paper_caption_prompt_reaches_the_chat_template(model_type, family):
+    from headpursuit.models.tiny_vlm import tiny_family_model_with_processor
+
+    lm = tiny_family_model_with_processor(model_type)
+    task = CaptioningTask(tokenizer=lm.tokenizer, n_rank=2, n_eval=2, prompt_preset="paper")
+    assert lm.family.name == family and CAPTION_PAPER[family] in task.prompt(lm)
+    prov = task.provenance()
+    assert prov["prompt_family"] == family and prov["instruction"] == CAPTION_PAPER[family]
+
+
+# --- the experiment files -------------------------------------------------------------------------
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def _sweep(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.hydra.sweeper.params)
+
+
+PAPER_RANKING = ("concept_restricted", 50, True, False, False)
+
+
+def _paper_ranking(cfg):
+    r = cfg.ranking
+    return (r.method, r.k, r.center, r.normalize_atoms, r.fold_norm_gain)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_fig10_alpha_files(offline):
+    cfg = _compose("experiment=paper_fig10_alpha" + ("_offline" if offline else ""))
+    assert cfg.model.name_or_path == ("tiny_vlm" if offline else "llava-hf/llava-v1.6-mistral-7b-hf")
+    t = cfg.task
+    assert (t.name, t.concept, t.positions, t.prompt_preset) == ("captioning", "colors", "image_mean", "paper")
+    assert t.source == ("fixture" if offline else "hub") and cfg.hydra.runtime.choices.ranking == "paper"
+    assert _paper_ranking(cfg) == PAPER_RANKING
+    assert cfg.intervention.k == (4 if offline else 32) and cfg.intervention.k_frac is None
+    assert _sweep(cfg) == {"intervention.alpha": "2,5,8" if offline else "2,3,4,5,6,7,8"}
+    if offline:
+        assert t.n_rank <= 4 and t.n_eval <= 4 and t.max_new_tokens <= 8
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_tab13_captioning_files(offline):
+    cfg = _compose("experiment=paper_tab13_captioning" + ("_offline" if offline else ""))
+    assert cfg.model.name_or_path == ("tiny_vlm" if offline else "llava-hf/llava-v1.6-mistral-7b-hf")
+    t, iv = cfg.task, cfg.intervention
+    assert (t.name, t.concept, t.positions, t.prompt_preset) == ("captioning", "colors", "image_mean", "paper")
+    assert t.source == ("fixture" if offline else "hub") and _paper_ranking(cfg) == PAPER_RANKING
+    assert iv.random_pool == "layer_counts" and iv.random_controls and iv.heads == "ranked"
+    assert list(iv.random_seeds) == ([0, 1] if offline else list(range(10)))
+    ks = "2,4" if offline else "8,16,32"
+    assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": ks, "intervention.alpha": "-1,5"}
+    # each job of the sweep composes (the command line's choices replace the file's)
+    job = _compose(
+        "experiment=paper_tab13_captioning" + ("_offline" if offline else ""),
+        "ranking=logit_lens_mean",
+        "intervention.alpha=5",
+    )
+    assert (
+        job.ranking.method == "logit_lens_mean" and job.intervention.alpha == 5 and job.task.positions == "image_mean"
+    )
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_fig2_qa_files(offline):
+    from omegaconf import OmegaConf
+
+    cfg = _compose("experiment=paper_fig2_qa" + ("_offline" if offline else ""))
+    t, iv = cfg.task, cfg.intervention
+    assert cfg.model.name_or_path == ("smollm2" if offline else "mistralai/Mistral-7B-Instruct-v0.2")
+    assert (t.name, t.positions, t.prompt_preset, list(t.rank_groups)) == (
+        "qa_countries",
+        "prompt_mean",
+        "paper",
+        ["concept", "control"],
+    )
+    assert _paper_ranking(cfg) == PAPER_RANKING
+    assert iv.random_pool == "layer_counts" and iv.alpha == -1.0 and iv.k_frac is None
+    if offline:
+        raw = OmegaConf.to_container(t, resolve=False)
+        assert t.source == "trivia_qa_file" and t.hub_rank_split is None
+        for key, name in (("data_path", "validation"), ("rank_data_path", "train")):
+            rel = raw[key].replace("${hydra:runtime.cwd}/", "")
+            assert rel == f"headpursuit/data/fixtures/trivia_qa_{name}_sample.jsonl" and (REPO / rel).is_file()
+        assert t.n_rank <= 10 and t.n_eval <= 10
+        assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": "3,6"}
+    else:
+        assert (t.source, t.hub_id, t.hub_split, t.hub_rank_split) == (
+            "hub",
+            "mandarjoshi/trivia_qa",
+            "validation",
+            "train",
+        )
+        assert t.rank_data_path is None and list(iv.random_seeds) == list(range(10))
+        assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": "8,16,32"}
+
+
+# --- end to end (tiny_vlm: loads the embedded SmolLM2) ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_tab13_captioning_offline_runs_end_to_end(tmp_path, tmp_path_factory):
+    from test_pipeline import run_job, shared_cache
+
+    r = run_job(tmp_path / "run", shared_cache(tmp_path_factory), experiment="paper_tab13_captioning_offline")
+    assert r["status"] == "complete" and r["ranking"] == "concept_restricted" and r["k"] == 2
+    assert r["config"]["task"]["prompt_preset"] == "paper"
+    for g in ("concept", "control"):
+        assert "cider" in r["baseline"][g] and "cider" in r["edited"][g]
+        assert "cider" in r["normalized"]["edited"][g]
+    assert r["random"]["pool"] == "layer_counts" and r["random"]["n_seeds"] == 2
+    prov = r["provenance"]["task"]
+    assert prov["prompt_preset"] == "paper" and prov["paper_caption_prompts"] == dict(CAPTION_PAPER)
+    if prov["prompt_family"] is not None:  # prompted in this run (not every generation from the cache)
+        assert prov["prompt_family"] == "llava" and prov["instruction"] == CAPTION_PAPER["llava"]
