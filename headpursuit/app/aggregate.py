@@ -39,7 +39,9 @@ import pandas as pd
 
 from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, running_state, write_text_atomic
 
-SETTING = ["model", "task", "ranking", "heads_mode"]
+# dataset: the classification dataset (task.dataset); rank_dataset: where a transfer run's heads
+# were ranked (rank_task). Both empty for the other tasks, so their tables are unchanged.
+SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
 # Keys of a results section that hold no per-group metrics.
 NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
@@ -96,6 +98,10 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "status": res.get("status"),
         "model": res.get("model") or (cfg.get("model") or {}).get("name_or_path"),
         "task": res.get("task") or (cfg.get("task") or {}).get("name"),
+        "dataset": res.get("dataset") or task_cfg.get("dataset"),
+        "rank_dataset": (res.get("transfer") or {}).get("source"),
+        # the toxicity classifier (every output says which one scored it)
+        "scorer": (res.get("baseline") or {}).get("scorer") if isinstance(res.get("baseline"), Mapping) else None,
         "ranking": res.get("ranking") or (cfg.get("ranking") or {}).get("method"),
         "heads_mode": res.get("heads_mode") or iv.get("heads", "ranked"),
         "k": res.get("k", iv.get("k")),
@@ -587,8 +593,13 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or args.dir)
-    cols = [c for c in ["run", "status", "model", "task", "ranking", "heads_mode", "k", "alpha"] if c in df]
-    headline = r"(baseline|edited|random|normalized\.edited)\.(concept|control)\.(accuracy|mean_toxicity|concept_rate)"
+    cols = [c for c in ["run", "status", "model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"] if c in df]
+    cols += [c for c in ["scorer", "k", "alpha"] if c in df and (c != "scorer" or df[c].notna().any())]
+    cols = [c for c in cols if c not in ("dataset", "rank_dataset") or df[c].notna().any()]
+    headline = (
+        r"(baseline|edited|random|normalized\.edited)\.(concept|control)\."
+        r"(accuracy|f1|exact_match|toxic_fraction|mean_toxicity|held_out_word_frequency|cider|concept_rate)"
+    )
     cols += [c for c in df.columns if re.fullmatch(headline, c)]
     print(to_markdown(df[cols]))
     not_complete = df[df["status"] != "complete"]

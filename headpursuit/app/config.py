@@ -10,20 +10,30 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, parse_heads
 from headpursuit.ranking import METHODS
-from headpursuit.tasks import known_tasks
+from headpursuit.tasks import known_tasks, task_factory
 from headpursuit.tasks.base import parse_batch_size
+from headpursuit.tasks.image_task import ImageTask
 
-__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k", "check_explicit_heads"]
+__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k", "check_explicit_heads", "check_rank_task"]
 
 LOGGER_MODES = ("online", "offline", "disabled")
 
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+
+
+def _on_gpu(device: Any) -> bool:
+    """Whether `device` (a config value: auto, cpu, cuda, cuda:N) is a GPU here."""
+    if str(device) == "auto":
+        return torch.cuda.is_available()
+    return str(device) != "cpu"
 
 
 def _is_int(x: Any) -> bool:
@@ -46,9 +56,17 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"task.positions={task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
     if "batch_size" in task:
         parse_batch_size(task["batch_size"], "task.batch_size")
+    check_rank_task(cfg.get("rank_task"))
     cbs = cfg.get("capture_batch_size", 8)
-    if not (_is_int(cbs) and cbs >= 1):
-        raise ConfigError(f"capture_batch_size must be an integer >= 1, got {cbs!r}")
+    if not (cbs == "auto" or (_is_int(cbs) and cbs >= 1)):
+        raise ConfigError(f"capture_batch_size must be an integer >= 1 or auto, got {cbs!r}")
+    factory = task_factory(task["name"])
+    image_task = isinstance(factory, type) and issubclass(factory, ImageTask)
+    if cbs == "auto" and image_task and _on_gpu(cfg.get("device", "auto")):
+        raise ConfigError(
+            f"capture_batch_size=auto does not model image tokens (task {task['name']}) on a GPU; "
+            "set capture_batch_size=8 (or device=cpu)"
+        )
 
     ranking = cfg["ranking"]
     if not isinstance(ranking.get("method"), str):
@@ -81,6 +99,12 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             f"intervention.batched_edits must be true (all edits in one batched pass) or false (one at a "
             f"time), got {iv.get('batched_edits')!r}"
         )
+    batch_alphas = iv.get("batch_alphas") or []
+    if not isinstance(batch_alphas, (list, tuple)) or not all(_is_number(a) for a in batch_alphas):
+        raise ConfigError(
+            f"intervention.batch_alphas must be a list of numbers (e.g. the sweep's alphas: "
+            f"intervention.batch_alphas=[-1,5]), got {batch_alphas!r}"
+        )
     if iv.get("random_pool", "all") not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
     seeds = iv.get("random_seeds") or []
@@ -102,6 +126,22 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"heartbeat_s must be a number of seconds >= 0 (0: no heartbeat thread), got {hb!r}")
     if not isinstance(cfg.get("deterministic", False), bool):
         raise ConfigError(f"deterministic must be true or false, got {cfg.get('deterministic')!r}")
+
+
+def check_rank_task(rank_task: Any) -> None:
+    """`rank_task` (the task the heads are ranked on in a transfer run): null, or a task config
+    with a known name and capture positions."""
+    if rank_task is None:
+        return
+    fix = "compose one from conf/task/ with +task@rank_task=<name> (e.g. +task@rank_task=cls_svhn), or rank_task=null"
+    if not isinstance(rank_task, Mapping):
+        raise ConfigError(f"rank_task must be null or a task config, got {rank_task!r}; {fix}")
+    if rank_task.get("name") not in known_tasks():
+        raise ConfigError(
+            f"rank_task.name={rank_task.get('name')!r} is not a known task (known: {', '.join(known_tasks())}); {fix}"
+        )
+    if rank_task.get("positions", "answer_concept") not in POSITIONS:
+        raise ConfigError(f"rank_task.positions={rank_task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
 
 
 def check_explicit_heads(explicit: Any, n_layers: int, n_heads: int) -> None:

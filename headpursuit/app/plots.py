@@ -4,6 +4,8 @@
 * `metric_vs_k`: an edited metric against k (integer ticks), one curve per alpha, with the
   random-head controls as error bars (median and IQR, or mean +- std) and the unedited baseline
   as a dashed line.
+* `matrix_heatmap`: a labelled matrix (rows x columns, e.g. the head-overlap Jaccard or transfer
+  matrix of `headpursuit.app.overlap`), each cell annotated with its value.
 """
 
 from __future__ import annotations
@@ -136,3 +138,44 @@ def integer_k_ticks(ax: Any, ks: Sequence[int]) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def matrix_heatmap(
+    matrix: Any,
+    path: str | os.PathLike,
+    *,
+    title: str | None = None,
+    label: str = "value",
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    digits: int = 2,
+) -> Path:
+    """Heat map of a DataFrame (its index as rows, its columns as columns; the index and column
+    names, if set, label the axes), each cell annotated with its value; NaN cells are left blank.
+    `vmax` None: max(1, the largest finite value)."""
+    values = matrix.to_numpy(dtype=float)
+    finite = values[np.isfinite(values)]
+    top = vmax if vmax is not None else max(1.0, float(finite.max()) if finite.size else 1.0)
+    n_rows, n_cols = values.shape
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * max(n_cols, 1) + 1.2, 1.2 + 0.7 * max(n_rows, 1)))
+    im = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=vmin, vmax=top, aspect="auto")
+    fig.colorbar(im, ax=ax, label=label)
+    for i in range(n_rows):
+        for j in range(n_cols):
+            v = values[i, j]
+            if math.isfinite(v):
+                dark = (v - vmin) / ((top - vmin) or 1.0) < 0.6
+                ax.text(
+                    j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8, color="white" if dark else "black"
+                )
+    ax.set_xticks(range(n_cols))
+    ax.set_xticklabels([str(c) for c in matrix.columns], rotation=45, ha="right")
+    ax.set_yticks(range(n_rows))
+    ax.set_yticklabels([str(r) for r in matrix.index])
+    if matrix.columns.name:
+        ax.set_xlabel(str(matrix.columns.name))
+    if matrix.index.name:
+        ax.set_ylabel(str(matrix.index.name))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

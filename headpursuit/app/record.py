@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.app.cache import RunCache, code_fingerprint
+from headpursuit.app.stages import transfer_info
 from headpursuit.app.tracking import environment
 from headpursuit.heads import Head, head_records
 from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
@@ -196,7 +197,7 @@ def batch_size_provenance(lm: LoadedModel, task: Task, config: Mapping[str, Any]
         "edit_rows": edit_rows,
         "auto_chosen": [dataclasses.asdict(c) for c in chosen_batch_sizes(lm)],
     }
-    if task_size == "auto" and lm.device.type != "cuda":
+    if "auto" in (task_size, config.get("capture_batch_size")) and lm.device.type != "cuda":
         out["auto_cpu_defaults"] = dict(CPU_BATCH_SIZES)
     return out
 
@@ -219,8 +220,14 @@ def record(
     model_loaded_in_process: bool,
     batch_sizes: Mapping[str, Any] | None = None,
     batched_edits: bool = False,
+    rank_task: Task | None = None,
 ) -> dict:
-    """The fields a complete run adds to results.json (after status, config_hash, config, run)."""
+    """The fields a complete run adds to results.json (after status, config_hash, config, run).
+
+    `rank_task`: the task the heads were ranked on when it is not `task` (a transfer run,
+    config `rank_task`); results then say ``transfer: {source, target}`` (`transfer_info`) and
+    carry its provenance as ``provenance.rank_task``; `dataset` is the evaluated task's dataset
+    (classification: task.dataset) or null."""
     iv, seed = config["intervention"], int(config["seed"])
     layout = lm.layout
     random = None
@@ -234,6 +241,8 @@ def record(
     return {
         "model": lm.name,
         "task": task.name,
+        "dataset": getattr(task, "dataset", None),
+        "transfer": transfer_info(config) if rank_task is not None else None,
         "ranking": config["ranking"]["method"],
         "k": k,
         "k_frac": iv.get("k_frac"),
@@ -252,6 +261,7 @@ def record(
                 "loaded_in_process": model_loaded_in_process,
             },
             "task": task.provenance(),
+            "rank_task": rank_task.provenance() if rank_task is not None else None,
             "environment": environment(),
             "seeds": {"seed": seed, "random_heads": list(iv["random_seeds"])},
             "code_fingerprint": code_fingerprint(),

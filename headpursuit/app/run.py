@@ -35,6 +35,7 @@ from headpursuit.app.preflight import PreflightError, preflight
 from headpursuit.app.record import batch_size_provenance, record
 from headpursuit.app.stages import (
     build_task_memo,
+    cache_other_alphas,
     capture_cached,
     concept_token_ids,
     evaluate_cached,
@@ -44,6 +45,7 @@ from headpursuit.app.stages import (
     random_control_sets,
     random_controls,
     rank_cached,
+    rank_task_config,
     ranking_samples_cached,
 )
 from headpursuit.app.tracking import (
@@ -63,6 +65,7 @@ from headpursuit.app.tracking import (
 )
 from headpursuit.determinism import set_deterministic
 from headpursuit.heads import Head, select_heads
+from headpursuit.tasks.loaders import fixture_path
 
 if TYPE_CHECKING:
     from headpursuit.models import LoadedModel
@@ -72,6 +75,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("headpursuit")
 
 HEATMAP_FILE = "head_scores_heatmap.png"
+
+
+def register_resolvers() -> None:
+    """``${hp.fixture:NAME}``: the absolute path of a file shipped in headpursuit/data/fixtures, so
+    that the offline experiments' data paths hold from any working directory."""
+    if not OmegaConf.has_resolver("hp.fixture"):
+        OmegaConf.register_new_resolver("hp.fixture", lambda name: str(fixture_path(str(name))))
+
+
+register_resolvers()
 
 
 def find_config_dir() -> str:
@@ -208,24 +221,27 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
         warn_model_notes(lm)
         L, H = lm.layout.n_layers, lm.layout.n_heads
         k = resolve_k(iv, L * H, lm.name)
+        # rank_task (a transfer run): heads ranked on its data and concept, evaluated on `task`
+        rank_cfg = rank_task_config(config)
         with timer("task"):
             task = build_task_memo(task_cfg, lm)
+            rank_task = build_task_memo(rank_cfg, lm) if config.get("rank_task") else task
         model_id = model_identity(config["model"], lm)
         with timer("ranking_samples"):
             samples = ranking_samples_cached(
-                cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking")}
+                cache, rank_task, lm, {"model": model_id, "task": task_identity(rank_cfg, "ranking")}
             )
         with timer("capture"):
             acts, acts_key = capture_cached(
                 cache,
                 lm,
                 samples,
-                task_cfg.get("positions", "answer_concept"),
-                concept_token_ids(task.concept),
+                rank_cfg.get("positions", "answer_concept"),
+                concept_token_ids(rank_task.concept),
                 cfg.capture_batch_size,
             )
         with timer("rank"):
-            scores = rank_cached(cache, acts, acts_key, lm, task.concept, config["ranking"], seed)
+            scores = rank_cached(cache, acts, acts_key, lm, rank_task.concept, config["ranking"], seed)
         heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed, explicit=iv.get("explicit") or ())
         # Drawn now, before any generation: a pool that cannot supply them fails the run at once.
         random_sets = random_control_sets(
@@ -236,15 +252,18 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
             pool=iv.get("random_pool", "all"),
         )
         heatmap = write_head_scores(
-            run_dir, scores, heads, lm, task, config["ranking"]["method"], plots=cfg.plots, timer=timer
+            run_dir, scores, heads, lm, rank_task, config["ranking"]["method"], plots=cfg.plots, timer=timer
         )
         eval_id, alpha = {"model": model_id, "task": task_identity(task_cfg, "eval")}, float(iv["alpha"])
         edit = {h: alpha for h in heads}
         batched = bool(iv.get("batched_edits", True)) and task.shares_edit_batches
         generated: dict[str, TaskOutputs] = {}
+        other_alphas = sorted({float(a) for a in iv.get("batch_alphas") or []} - {alpha}) if batched else []
         if batched:  # every evaluation not cached, in one pass; each is still cached on its own
             with timer("generate_edits"):
                 edits = [{}, edit, *random_control_edits(random_sets, alpha)]
+                for a in other_alphas:  # the sweep's other alphas: scored and cached below
+                    edits += [{h: a for h in heads}, *random_control_edits(random_sets, a)]
                 generated = generate_uncached(cache, lm, task, eval_id, edits, seed=seed)
         with timer("baseline"):
             baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed, generated=generated)
@@ -254,6 +273,9 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
             per_seed = random_controls(
                 cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed, generated=generated
             )
+        if other_alphas and generated:
+            with timer("other_alphas"):
+                cache_other_alphas(cache, lm, task, eval_id, heads, random_sets, other_alphas, seed, generated)
         res.update(
             record(
                 lm=lm,
@@ -272,6 +294,7 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
                 model_loaded_in_process=loaded_before,
                 batch_sizes=batch_size_provenance(lm, task, config, n_batched_edits=len(generated) if batched else 0),
                 batched_edits=batched,
+                rank_task=rank_task if config.get("rank_task") else None,
             )
         )
         track(tracker, res, heads, scores, heatmap)

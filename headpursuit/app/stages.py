@@ -46,6 +46,8 @@ __all__ = [
     "load_model_memo",
     "build_task_memo",
     "concept_token_ids",
+    "rank_task_config",
+    "transfer_info",
     "ranking_samples_cached",
     "capture_cached",
     "rank_cached",
@@ -84,15 +86,40 @@ def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tu
     return lm, False
 
 
+#: tasks kept by `build_task_memo`: a transfer run builds two (`rank_task` and `task`)
+TASK_MEMO_SIZE = 2
+
+
 def build_task_memo(task_cfg: Mapping[str, Any], lm: LoadedModel) -> Task:
-    """The task for `task_cfg` on `lm`, built once per process (its data loads are not free)."""
+    """The task for `task_cfg` on `lm`, built once per process (its data loads are not free); the
+    last `TASK_MEMO_SIZE` are kept."""
     key = stable_hash(dict(task_cfg), id(lm))
     if key not in _TASK_MEMO:
-        _TASK_MEMO.clear()
+        while len(_TASK_MEMO) >= TASK_MEMO_SIZE:
+            _TASK_MEMO.pop(next(iter(_TASK_MEMO)))  # the oldest (dicts keep insertion order)
         # `positions` says where to capture activations, not what the task is.
         args = {k: v for k, v in task_cfg.items() if k != "positions"}
         _TASK_MEMO[key] = build_task(args, lm)
     return _TASK_MEMO[key]
+
+
+def rank_task_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The task config whose ranking samples and concept rank the heads: `rank_task` when set (a
+    transfer run: heads from one task, evaluated on `task`), else `task`. Its ranking-sample,
+    activation and score cache keys are that task's (`task_identity(rank_task, "ranking")`)."""
+    return config.get("rank_task") or config["task"]
+
+
+def transfer_info(config: Mapping[str, Any]) -> dict | None:
+    """results.json `transfer`: {source, target} (each the task's `dataset`, else its `name`) of a
+    run with `rank_task`; None without one."""
+    if not config.get("rank_task"):
+        return None
+
+    def label(cfg: Mapping[str, Any]) -> str:
+        return str(cfg.get("dataset") or cfg.get("name"))
+
+    return {"source": label(config["rank_task"]), "target": label(config["task"])}
 
 
 def concept_token_ids(concept: Concept) -> list[int]:
@@ -123,7 +150,7 @@ def capture_cached(
     samples: Sequence[CaptureSample],
     positions: str,
     concept_ids: Sequence[int],
-    batch_size: int = 8,
+    batch_size: int | str = 8,
 ) -> tuple[HeadActivations, str]:
     """(activations, their cache key): capture_heads with its disk cache, under a lock so parallel
     jobs extract once. capture_heads says in `acts.meta["from_cache"]` whether it read the cache."""
@@ -285,3 +312,27 @@ def random_controls(
         )
         per_seed.append({"seed": s, "heads": [list(h) for h in heads], **result})
     return per_seed
+
+
+def cache_other_alphas(
+    cache: RunCache,
+    lm: LoadedModel,
+    task: Task,
+    ident: dict,
+    heads: Sequence[Head],
+    sets: Sequence[tuple[int, Sequence[Head]]],
+    alphas: Sequence[float],
+    seed: int,
+    generated: Mapping[str, TaskOutputs],
+) -> None:
+    """Score and cache, for each of `alphas`, the edited heads and every random set rescaled by it,
+    from outputs `generate_uncached` made in this job's batched pass (`intervention.batch_alphas`):
+    the sweep's job for that alpha then finds every evaluation in the cache."""
+    for a in alphas:
+        evaluate_cached(
+            cache, lm, task, ident, {h: a for h in heads}, label="other_alphas", seed=seed, generated=generated
+        )
+        for s, edit in zip([s for s, _ in sets], random_control_edits(sets, a)):
+            evaluate_cached(
+                cache, lm, task, ident, edit, label="other_alphas", desc=f"random{s}", seed=seed, generated=generated
+            )

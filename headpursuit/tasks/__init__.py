@@ -43,6 +43,7 @@ __all__ = [
     "parse_rank_groups",
     "register_task",
     "split_items",
+    "task_factory",
 ]
 
 _TASKS: dict[str, Any] = {}
@@ -55,6 +56,13 @@ def register_task(name: str, cls: type[Task] | Callable[[dict, Any], Task]) -> N
 
 def known_tasks() -> list[str]:
     return sorted(_TASKS)
+
+
+def task_factory(name: str) -> Any:
+    """What `register_task` registered under `name` (a Task subclass or a factory)."""
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(known_tasks())}")
+    return _TASKS[name]
 
 
 def _plain(cfg: Any) -> dict:

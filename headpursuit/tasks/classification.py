@@ -8,11 +8,25 @@ it as whole words (`headpursuit.metrics.text.alias_match`: "It is a Pickup truck
 classes, the *control* group every other image. Suppressing the concept heads should make the
 model stop naming concept classes (concept accuracy drops) while control accuracy holds.
 
+The paper's protocol (Head Pursuit, Section 5, Table 9; ``conf/task/cls_<dataset>.yaml``) is the
+task-conditioned case ``concept_classes: all``: every class is a concept class, the concept is
+all of the dataset's class names, and the whole (sampled) dataset is the *concept* group. The
+*control* group is then empty, on purpose: it is not filled with images of another dataset (that
+is what a transfer run, ``rank_task``, measures). An empty control group has no evaluation split
+and no metrics: results carry ``n.control = 0`` and no ``control`` entry. With ``prompt_preset:
+paper`` the instruction is the paper's template (`headpursuit.tasks.prompts.classification_prompt`)
+with the dataset's ``task_object`` (default: `CLASSIFICATION_OBJECTS` of ``dataset``) and every
+class name; ``exact_match`` (`exact_class_match`) is the paper's metric.
+
 Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
 
     name: classification
+    dataset: null              # the dataset's short name (mnist, svhn, gtsrb, eurosat, resisc45,
+                               #   dtd): recorded in results, picks the default task_object
     source: fixture            # fixture (synthetic shapes, offline) | hub | local
     fixture_label: shape       # fixture: the class is the shape (circle, square...) or the colour
+    fixture_file: null         # fixture: a file under headpursuit/data/fixtures/ in the dataset's
+                               #   hub schema (e.g. vision/mnist.parquet), read like source=local
     data_path: null            # local: an image folder (class sub-folders), a folder of .parquet,
                                #   or a .parquet/.jsonl/.json/.csv file with image + label columns
     hub_id: uoft-cs/cifar100   # hub (default CIFAR-100: image column img, label fine_label)
@@ -21,39 +35,70 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     image_column: img          # default: img for CIFAR-100, image otherwise
     label_column: fine_label   # default: fine_label for CIFAR-100, label otherwise
     class_names: null          # index -> name when the label column holds ints without names
+    class_names_from: data     # data: the label column's ClassLabel names first, class_names
+                               #   the fallback | config: class_names first
     concept_classes: null      # class names of the concept group (default: CIFAR-100 vehicles;
-                               #   fixture: circle, square, triangle / red, orange, yellow)
+                               #   fixture: circle, square, triangle / red, orange, yellow), or
+                               #   "all": every class (the paper; the control group is empty)
     concept: null              # Concept for ranking (default: the concept classes' names)
     aliases: {}                # extra accepted answers per class: {pickup_truck: [truck]}
     max_rows: null             # decode at most this many images per group
     instruction: null          # default depends on the data (see DEFAULT_INSTRUCTIONS)
     list_classes: false        # append "Choose one of: ..." with every class name
+    prompt_preset: ours        # ours: `instruction` | paper: the paper's template (Table 4)
+    task_object: null          # paper preset: the {object} (digit, traffic sign, texture, remote
+                               #   sensing scene); null: CLASSIFICATION_OBJECTS[dataset]
     system: null
     max_new_tokens: 12
     ranking_filter: none       # none | correct: keep ranking answers that name the true class
     # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
     #   see `headpursuit.tasks.image_task`
 
-Metrics per group: ``accuracy``, ``concept_rate`` (answers naming a concept class),
-``concept_count`` and ``empty_rate``. Results also carry the model's notes and
+Metrics per group: ``accuracy`` (alias match anywhere in the answer), ``exact_match`` (the
+paper's: the whole normalised answer is the class name or an alias, `exact_class_match`),
+``concept_rate`` (answers naming a concept class), ``concept_count`` and ``empty_rate``. Results also carry the model's notes and
 ``vision_random_init`` (true for `tiny_vlm`, whose image results are not real).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from headpursuit.metrics.text import alias_match
-from headpursuit.tasks.base import TaskOutputs, group_counts, parse_rank_groups
-from headpursuit.tasks.image_data import IMAGE_SOURCES, ImageItem, load_image_dataset, shape_items, to_pil
+from headpursuit.errors import ConfigError
+from headpursuit.metrics.text import alias_match, normalize_answer
+from headpursuit.tasks.base import GROUPS, TaskOutputs, group_counts, parse_rank_groups, split_items
+from headpursuit.tasks.image_data import (
+    IMAGE_SOURCES,
+    ImageItem,
+    fixture_path,
+    load_image_dataset,
+    shape_items,
+    to_pil,
+)
 from headpursuit.tasks.image_task import ImageTask
+from headpursuit.tasks.prompts import CLASSIFICATION_OBJECTS, check_preset, classification_prompt
 from headpursuit.tasks.sources import DataSpec
 
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
 
-__all__ = ["ImageClassificationTask", "CIFAR100_VEHICLES", "DEFAULT_INSTRUCTIONS", "class_aliases"]
+__all__ = [
+    "ALL_CLASSES",
+    "CLASS_NAME_SOURCES",
+    "ImageClassificationTask",
+    "CIFAR100_VEHICLES",
+    "DEFAULT_INSTRUCTIONS",
+    "class_aliases",
+    "exact_class_match",
+    "exact_match_rate",
+]
+
+#: `concept_classes` value for "every class of the dataset" (the paper's task-conditioned concept)
+ALL_CLASSES = "all"
+#: `class_names_from` values: the label column's ClassLabel names first, or the config's list first
+CLASS_NAME_SOURCES = ("data", "config")
 
 CIFAR100_ID = "uoft-cs/cifar100"
 # CIFAR-100's two vehicle superclasses (vehicles 1 and vehicles 2).
@@ -105,6 +150,29 @@ def class_aliases(name: str, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys([disp, str(name), plural, *extra]))
 
 
+def exact_class_match(prediction: str | None, aliases: Iterable[str] | str) -> bool:
+    """The paper's exact match: the whole answer, without surrounding blanks and one trailing
+    full stop, normalised (`normalize_answer`: case, punctuation, articles), equals a normalised
+    alias (class name, its display form, configured aliases). ``"Seven."`` matches ``7`` only if
+    ``seven`` is an alias; ``"It is a 7"`` never matches (`alias_match` would)."""
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    text = (prediction or "").strip()
+    if text.endswith("."):
+        text = text[:-1]
+    pred = normalize_answer(text)
+    return bool(pred) and any(pred == normalize_answer(a) for a in aliases)
+
+
+def exact_match_rate(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
+    """Fraction of predictions that `exact_class_match` their aliases (NaN when there are none)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"exact_match_rate: {len(predictions)} predictions but {len(references)} reference lists")
+    if not predictions:
+        return math.nan
+    return sum(exact_class_match(p, r) for p, r in zip(predictions, references)) / len(predictions)
+
+
 class ImageClassificationTask(ImageTask):
     name = "classification"
 
@@ -113,8 +181,10 @@ class ImageClassificationTask(ImageTask):
         *,
         concept: Any = None,
         tokenizer: Any = None,
+        dataset: str | None = None,
         source: str = "fixture",
         fixture_label: str = "shape",
+        fixture_file: str | None = None,
         data_path: str | None = None,
         hub_id: str = CIFAR100_ID,
         hub_config: str | None = None,
@@ -122,11 +192,14 @@ class ImageClassificationTask(ImageTask):
         image_column: str | None = None,
         label_column: str | None = None,
         class_names: Sequence[str] | None = None,
-        concept_classes: Sequence[str] | None = None,
+        class_names_from: str = "data",
+        concept_classes: Sequence[str] | str | None = None,
         aliases: Mapping[str, Sequence[str]] | None = None,
         max_rows: int | None = None,
         instruction: str | None = None,
         list_classes: bool = False,
+        prompt_preset: str = "ours",
+        task_object: str | None = None,
         system: str | None = None,
         max_new_tokens: int = 12,
         ranking_filter: str = "none",
@@ -138,18 +211,52 @@ class ImageClassificationTask(ImageTask):
     ):
         spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
         self._check_ranking_filter(ranking_filter)
+        self.prompt_preset = check_preset(self.name, prompt_preset)
+        if class_names_from not in CLASS_NAME_SOURCES:
+            raise ConfigError(
+                f"{self.name}: class_names_from must be 'data' (the label column's names first) or 'config' "
+                f"(task.class_names first), got {class_names_from!r}"
+            )
+        self.dataset = None if dataset is None else str(dataset)
         self.seed = int(seed)
         self.n_rank, self.n_eval = n_rank, n_eval
         self.rank_groups = parse_rank_groups(rank_groups)  # _load_data needs it before super().__init__
+        self.every_class_is_concept = concept_classes == ALL_CLASSES
+        if self.every_class_is_concept and "control" in (self.rank_groups or ()):
+            raise ConfigError(
+                f"{self.name}: task.rank_groups={list(self.rank_groups or ())} needs a control group, but "
+                "concept_classes=all makes every image a concept image; set task.rank_groups=null"
+            )
         spare: dict[str, list[ImageItem]] = {}
         extra_aliases = {str(k): list(v) for k, v in (aliases or {}).items()}
 
-        if source == "fixture":
+        if source == "fixture" and fixture_file:
+            if concept_classes is None:
+                raise ValueError(
+                    f"{self.name}: set concept_classes (class names, or all) for fixture_file={fixture_file!r}"
+                )
+            # A shipped file in the dataset's hub schema: read exactly as source=local reads it.
+            file_spec = DataSpec("local", str(fixture_path(fixture_file)), None, None, hub_split, max_rows)
+            columns = (image_column or "image", label_column or "label")
+            items, spare, all_names, data_source = self._load_data(
+                file_spec, columns, class_names, class_names_from, concept_classes, extra_aliases
+            )
+            concept_classes = list(all_names) if self.every_class_is_concept else list(concept_classes or [])
+            data_source.update(source="fixture", fixture_file=str(fixture_file))
+            default_instruction = DEFAULT_INSTRUCTIONS["data"]
+        elif source == "fixture":
+            if self.dataset is not None:
+                raise ValueError(
+                    f"{self.name}: task.dataset={self.dataset!r} has no shipped fixture (task.fixture_file is "
+                    "null); use task.source=hub, or task.source=local with task.data_path=/path/to/copy"
+                )
             if fixture_label not in FIXTURE_CONCEPT:
                 raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', got {fixture_label!r}")
-            concept_classes = list(concept_classes or FIXTURE_CONCEPT[fixture_label])
             items = shape_items(fixture_label)
             all_names = list(dict.fromkeys(_label(it) for it in items))
+            if self.every_class_is_concept:
+                concept_classes = list(all_names)
+            concept_classes = list(concept_classes or FIXTURE_CONCEPT[fixture_label])
             self._check_classes(concept_classes, all_names)
             for it in items:
                 it.aliases = class_aliases(_label(it), extra_aliases.get(_label(it), ()))
@@ -174,10 +281,10 @@ class ImageClassificationTask(ImageTask):
                         f"concept group) for data other than {CIFAR100_ID}"
                     )
                 concept_classes = CIFAR100_VEHICLES
-            concept_classes = list(concept_classes)
             items, spare, all_names, data_source = self._load_data(
-                spec, columns, class_names, concept_classes, extra_aliases
+                spec, columns, class_names, class_names_from, concept_classes, extra_aliases
             )
+            concept_classes = list(all_names) if self.every_class_is_concept else list(concept_classes)
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
 
         if concept is None:
@@ -185,7 +292,9 @@ class ImageClassificationTask(ImageTask):
             if tokenizer is not None:
                 from headpursuit.concepts import load_concept
 
-                concept = load_concept(concept, tokenizer, name="concept_classes")
+                # min_chars=1: a one-character class name ("7" of MNIST) is its own whole-word token;
+                # longer names still need a piece of >= 4 characters or the whole word (load_concept).
+                concept = load_concept(concept, tokenizer, name="concept_classes", min_chars=1)
         super().__init__(
             concept=concept,
             tokenizer=tokenizer,
@@ -201,9 +310,14 @@ class ImageClassificationTask(ImageTask):
         self.system = system
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
-        instr = (instruction if instruction is not None else default_instruction).strip()
-        if self.list_classes:
-            instr += " Choose one of: " + ", ".join(_display(n) for n in all_names) + "."
+        self.task_object = self._task_object(task_object)
+        if self.prompt_preset == "paper":
+            # The paper's template lists every class name itself: `list_classes` adds nothing.
+            instr = classification_prompt(str(self.task_object), [_display(n) for n in all_names])
+        else:
+            instr = (instruction if instruction is not None else default_instruction).strip()
+            if self.list_classes:
+                instr += " Choose one of: " + ", ".join(_display(n) for n in all_names) + "."
         self.instruction = instr
         data_source["n_items"] = group_counts(items)
         data_source["concept_classes"] = list(concept_classes)
@@ -213,6 +327,37 @@ class ImageClassificationTask(ImageTask):
             source=str(data_source.get("hub_id") or data_source.get("path") or data_source.get("fixture")),
             spare=spare,
         )
+
+    def _task_object(self, task_object: str | None) -> str | None:
+        """The paper prompt's {object}: `task_object`, else the paper's for `dataset`; the paper
+        preset needs one (a ConfigError naming both keys otherwise)."""
+        if task_object:
+            return str(task_object)
+        found = CLASSIFICATION_OBJECTS.get((self.dataset or "").lower())
+        if found is None and self.prompt_preset == "paper":
+            raise ConfigError(
+                f"{self.name}: prompt_preset=paper needs the task object of the paper's template; set "
+                f"task.task_object='digit' (or task.dataset to one of {', '.join(CLASSIFICATION_OBJECTS)})"
+            )
+        return found
+
+    def _split(self, items: Any, source: str, spare: Any = None, **kwargs: Any) -> None:
+        """As `Task._split`; with ``concept_classes: all`` only the concept group is split and the
+        control group is left empty in both splits (it has no items)."""
+        if not self.every_class_is_concept:
+            super()._split(items, source, spare, **kwargs)
+            return
+        self.splits = split_items(
+            items,
+            self.n_rank,
+            self.n_eval,
+            seed=self.seed,
+            groups=("concept",),
+            require_rank=("concept",),
+            source=source,
+        )
+        for split in self.splits.values():
+            split["control"] = []
 
     # --- data ----------------------------------------------------------------------------
     def _check_classes(self, concept_classes: Sequence[str], all_names: Sequence[str]) -> None:
@@ -227,15 +372,22 @@ class ImageClassificationTask(ImageTask):
         spec: DataSpec,
         columns: tuple[str, str],
         class_names: Sequence[str] | None,
-        concept_classes: Sequence[str],
+        class_names_from: str,
+        concept_classes: Sequence[str] | str,
         extra_aliases: Mapping[str, Sequence[str]],
     ) -> tuple[list[ImageItem], dict[str, list[ImageItem]], list[str], dict]:
         """The selected and spare items, every class name and the provenance; `columns` is
-        (image column, label column)."""
+        (image column, label column); ``concept_classes="all"``: every class."""
         image_column, label_column = columns
         ds, info = load_image_dataset(spec, required=columns)
         feature = ds.features.get(label_column)
-        names = list(getattr(feature, "names", None) or class_names or [])
+        data_names = list(getattr(feature, "names", None) or [])
+        config_names = list(class_names or [])
+        if class_names_from == "config" and config_names:
+            names, info["class_names_from"] = config_names, "config"
+        else:
+            names = data_names or config_names
+            info["class_names_from"] = "data" if data_names else ("config" if config_names else "labels")
         raw = ds.select_columns([label_column])[label_column]  # labels only: no image decoding
 
         def name_of(v: Any) -> str:
@@ -252,7 +404,9 @@ class ImageClassificationTask(ImageTask):
             )
 
         labels = [name_of(v) for v in raw]
-        all_names = names or sorted(set(labels))
+        all_names = [str(n) for n in names] or sorted(set(labels))
+        if concept_classes == ALL_CLASSES:
+            concept_classes = all_names
         self._check_classes(concept_classes, all_names)
         concept_set = set(concept_classes)
         groups = ["concept" if lab in concept_set else "control" for lab in labels]
@@ -286,17 +440,27 @@ class ImageClassificationTask(ImageTask):
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
         result = self._answer_scores(outputs)
+        for g in GROUPS:
+            go = outputs.groups[g]
+            result[g]["exact_match"] = float(exact_match_rate([o[0] for o in go.outputs], go.reference_lists()))
+        if self.every_class_is_concept:
+            result.pop("control")  # no control images: no metrics (n.control says 0)
         return self._finish(result, outputs)
 
     def provenance(self) -> dict:
         p = super().provenance()
         p.update(
             {
+                "dataset": self.dataset,
                 "concept_classes": list(self.concept_classes),
+                "every_class_is_concept": self.every_class_is_concept,
                 "n_classes": len(self.class_names),
                 "list_classes": self.list_classes,
+                "prompt_preset": self.prompt_preset,
+                "task_object": self.task_object,
                 "ranking_filter": self.ranking_filter,
-                "metric": "alias match of the class name (headpursuit.metrics.text.alias_match)",
+                "metric": "accuracy: alias match of the class name (headpursuit.metrics.text.alias_match); "
+                "exact_match: the whole answer is the class name or an alias (exact_class_match), the paper's",
             }
         )
         return p

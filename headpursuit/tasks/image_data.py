@@ -30,8 +30,10 @@ from headpursuit.synthetic import COLORS, PATTERNS, SHAPES, draw_pattern, draw_s
 from headpursuit.tasks.sources import DataSpec
 
 __all__ = [
+    "FIXTURES_DIR",
     "IMAGE_SOURCES",
     "ImageItem",
+    "fixture_path",
     "load_image_dataset",
     "pattern_items",
     "rows_needed",
@@ -43,6 +45,9 @@ __all__ = [
 
 #: the `source` values of the image tasks: the synthetic fixture, a hub dataset, a local folder/file
 IMAGE_SOURCES = ("fixture", "hub", "local")
+#: the shipped fixture files (`fixture_file` keys are relative to it), e.g. vision/mnist.parquet:
+#: tiny copies in a hub dataset's schema, images drawn by `headpursuit.synthetic` / PIL
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "data" / "fixtures"
 
 
 @dataclass
@@ -96,6 +101,19 @@ def pattern_items(*, size: int = 64) -> list[ImageItem]:
 # ------------------------------------------------------------------------------------------
 # Datasets
 # ------------------------------------------------------------------------------------------
+
+
+def fixture_path(name: str | Path) -> Path:
+    """A shipped fixture file by its path under `FIXTURES_DIR`; a FileNotFoundError naming the files
+    there when it is not one of them."""
+    path = FIXTURES_DIR / Path(name)
+    if not path.is_file():
+        shipped = sorted(str(p.relative_to(FIXTURES_DIR)) for p in FIXTURES_DIR.rglob("*") if p.is_file())
+        raise FileNotFoundError(
+            f"fixture_file={str(name)!r} is not a shipped fixture; shipped: {', '.join(shipped)} "
+            "(or use source=local with data_path=/path/to/file)"
+        )
+    return path
 
 
 def to_pil(value: Any, base_dir: str | Path | None = None) -> Image.Image:
