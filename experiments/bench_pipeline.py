@@ -15,6 +15,11 @@ capture, rank) are printed once.
 
     .venv/bin/python experiments/bench_pipeline.py            # 20 questions/group, 10 controls, 2 rounds
     .venv/bin/python experiments/bench_pipeline.py --quick    # 4 questions/group, 3 controls, 1 round
+    .venv/bin/python experiments/bench_pipeline.py --sweep    # a 3 k x 2 alpha sweep, 10 controls each
+
+`--sweep` times the shape of a whole sweep (k = K/2, K, 2K; alpha = -1 and 5): one edit at a time is
+6 jobs x (edited + controls) generate passes; batched is one pass per k holding both alphas' edits
+(what `intervention.batch_alphas=[-1,5]` does: the alpha-5 job then finds its evaluations cached).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch-size", default="16", help="task.batch_size (an integer or auto)")
     ap.add_argument("--baseline", action="store_true", help="evaluate the unedited model too (a fresh job)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--sweep", action="store_true", help="a 3 k x 2 alpha sweep (batched: one pass per k)")
     args = ap.parse_args()
     if args.quick:
         args.n_eval, args.n_rank, args.random, args.max_new_tokens, args.rounds = 4, 4, 3, 8, 1
@@ -99,14 +105,32 @@ def main() -> None:
         print(f"note: {torch.get_num_threads()} torch threads after the ranking stages; set back to {args.threads}")
         torch.set_num_threads(args.threads)
     L, H = lm.layout.n_layers, lm.layout.n_heads
-    heads = select_heads(scores, "ranked", args.k, L, H, seed)
-    sets = random_control_sets(heads, lm.layout, k=args.k, seeds=list(range(args.random)), pool="all")
-    edits = ([{}] if args.baseline else []) + [{h: alpha for h in heads}, *random_control_edits(sets, alpha)]
-    labels = (["baseline"] if args.baseline else []) + ["edited"] + [f"random{s}" for s, _ in sets]
+
+    def job_edits(k: int, alphas: list[float]) -> tuple[list[dict], list[str]]:
+        """The edits of one job of k heads: the ranked heads and every random set, per alpha."""
+        heads = select_heads(scores, "ranked", k, L, H, seed)
+        sets = random_control_sets(heads, lm.layout, k=k, seeds=list(range(args.random)), pool="all")
+        edits: list[dict] = [{}] if args.baseline else []
+        labels = ["baseline"] if args.baseline else []
+        for a in alphas:
+            edits += [{h: a for h in heads}, *random_control_edits(sets, a)]
+            labels += [f"k{k} a{a:g} edited"] + [f"k{k} a{a:g} random{s}" for s, _ in sets]
+        return edits, labels
+
+    # One job: one pass. The sweep: one pass per k holding both alphas (batch_alphas).
+    if args.sweep:
+        ks, alphas = [max(1, args.k // 2), args.k, 2 * args.k], [alpha, 5.0]
+        passes = [job_edits(k, alphas) for k in ks]
+        shape = f"{len(ks)} k ({', '.join(map(str, ks))}) x {len(alphas)} alpha sweep"
+    else:
+        passes = [job_edits(args.k, [alpha])]
+        shape = f"one job (k={args.k}, alpha={alpha:g})"
+    edits = [e for pass_edits, _ in passes for e in pass_edits]
+    labels = [lab for _, pass_labels in passes for lab in pass_labels]
     n_rows = len(edits) * sum(len(task.items("eval", g)) for g in ("concept", "control"))
     print(
-        f"{lm.name}, {len(edits)} edits ({', '.join(labels[:3])}, ...) x {n_rows // len(edits)} questions = "
-        f"{n_rows} generations of {args.max_new_tokens} tokens, task.batch_size={batch_size}, "
+        f"{lm.name}, {shape}: {len(edits)} edits ({', '.join(labels[:3])}, ...) x {n_rows // len(edits)} "
+        f"questions = {n_rows} generations of {args.max_new_tokens} tokens, task.batch_size={batch_size}, "
         f"{torch.get_num_threads()} threads, {load()}"
     )
     print("job stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in stage.items()))
@@ -117,13 +141,17 @@ def main() -> None:
         ]
 
     def batched() -> tuple[list[dict], float, float]:
-        generated, gen_wall, _ = timed(lambda: generate_uncached(cache, lm, task, ident, edits, seed=seed))
-        results, score_wall, _ = timed(
-            lambda: [
+        results, gen_wall, score_wall = [], 0.0, 0.0
+        for pass_edits, pass_labels in passes:
+            t = time.perf_counter()
+            generated = generate_uncached(cache, lm, task, ident, pass_edits, seed=seed)
+            wall, t = time.perf_counter() - t, time.perf_counter()
+            results += [
                 evaluate_cached(cache, lm, task, ident, e, label=lab, seed=seed, generated=generated)
-                for e, lab in zip(edits, labels)
+                for e, lab in zip(pass_edits, pass_labels)
             ]
-        )
+            swall = time.perf_counter() - t
+            gen_wall, score_wall = gen_wall + wall, score_wall + swall
         return results, gen_wall, score_wall
 
     seq_times, bat_times = [], []
@@ -143,7 +171,8 @@ def main() -> None:
     print(
         f"\nbest of {args.rounds}: sequential {seq_wall:.1f} s wall / {seq_cpu:.1f} s CPU, batched "
         f"{bat_wall:.1f} s wall / {bat_cpu:.1f} s CPU: {seq_wall / bat_wall:.2f}x faster (wall), "
-        f"{seq_cpu / bat_cpu:.2f}x (CPU); identical metrics for all {len(edits)} edits"
+        f"{seq_cpu / bat_cpu:.2f}x (CPU); identical metrics for all {len(edits)} edits; "
+        f"{len(edits)} generate passes vs {len(passes)}"
     )
 
 

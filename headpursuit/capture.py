@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from headpursuit.models.batching import auto_batch_size
 from headpursuit.models.handle import LoadedModel
 from headpursuit.models.inputs import (
     answer_token_ids,
@@ -353,13 +354,32 @@ def _image_bytes(image) -> bytes:
 # ------------------------------------------------------------------------------------------
 
 
+def _capture_batch_size(
+    lm: LoadedModel, items: Sequence[CaptureSample], batch_size: int | str, positions: str, concept_set
+) -> int:
+    """An integer batch size: `batch_size` itself, or what ``"auto"`` picks for these samples."""
+    if batch_size != "auto":
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"capture batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+        return batch_size
+    if lm.device.type == "cuda" and any(s.image is not None for s in items):
+        raise ValueError(
+            "capture batch_size='auto' does not model image tokens on CUDA; pass an integer "
+            "(capture_batch_size=8 in the pipeline config)"
+        )
+    longest = 1
+    if not any(s.image is not None for s in items):
+        longest = max(len(_prepare_text(lm, s, positions, concept_set).ids) for s in items)
+    return auto_batch_size(lm, "forward", prompt_len=longest, rows=len(items))
+
+
 def capture_heads(
     lm: LoadedModel,
     samples: Sequence[CaptureSample | str],
     *,
     positions: str = "last_prompt",
     layers: Sequence[int] | None = None,
-    batch_size: int = 8,
+    batch_size: int | str = 8,
     concept_token_ids=None,
     padding_side: str = "left",
     cache_dir: str | Path | None = None,
@@ -378,6 +398,10 @@ def capture_heads(
             included; padding and the answer excluded) or `image_mean` (mean over the image-patch
             tokens; every sample needs an image). Mean rows have position and target_token -1.
         layers: decoder layers to capture (default: all).
+        batch_size: samples per forward pass, or ``"auto"``: the largest forward batch that fits
+            the device at the longest sample's length (`headpursuit.models.batching.auto_batch_size`,
+            kind ``"forward"``; on CPU its fixed default). Text samples only on CUDA: the probe
+            runs dummy tokens and does not model image tokens.
         cache_dir: if set, results are stored there under a key of the model, inputs and
             options, and a rerun reads them instead of running the model. A corrupt cached file
             is set aside (`<name>.corrupt-<timestamp>`, with a warning) and recomputed.
@@ -410,6 +434,7 @@ def capture_heads(
     sidx: list[int] = []
     pos: list[int] = []
     tgt: list[int] = []
+    batch_size = _capture_batch_size(lm, items, batch_size, positions, concept_set)
     batches = range(0, len(items), batch_size)
     for start in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
         chunk = items[start : start + batch_size]

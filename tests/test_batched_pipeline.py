@@ -102,9 +102,18 @@ def test_config_checks_batched_edits_and_batch_sizes():
         ({"task": {"batch_size": 0}}, "task.batch_size"),
         ({"task": {"batch_size": "large"}}, "task.batch_size"),
         ({"capture_batch_size": 0}, "capture_batch_size"),
+        ({"capture_batch_size": "big"}, "capture_batch_size"),
     ]:
         with pytest.raises(ConfigError, match=key):
             validate_config(_cfg(**over))
+    validate_config(_cfg(capture_batch_size="auto"))
+
+
+def test_capture_batch_size_auto_on_gpu_rejects_image_tasks_before_loading():
+    image_cfg = _cfg(task={"name": "classification"}, capture_batch_size="auto")
+    validate_config({**image_cfg, "device": "cpu"})  # on CPU the fixed default is used
+    with pytest.raises(ConfigError, match="capture_batch_size=8"):
+        validate_config({**image_cfg, "device": "cuda"})
 
 
 @pytest.mark.slow
@@ -185,3 +194,27 @@ def test_batched_pipeline_writes_the_same_results(tmp_path):
     assert sorted(hits) == [False, False, True, True]
     assert partial["provenance"]["batch_sizes"]["batched_edits"] == 2
     assert len(list((tmp_path / "cache_partial" / "evals").glob("*.json"))) == n_evals
+
+
+@pytest.mark.slow
+def test_batch_alphas_cache_the_other_alpha_jobs_evaluations(tmp_path):
+    """A job with intervention.batch_alphas evaluates the other alphas in its batched pass: the
+    job for the other alpha then generates nothing, and its results equal a job run alone."""
+    k = "intervention.k=3"
+    alone = run_job(tmp_path / "alone", tmp_path / "cache_alone", k, "intervention.alpha=2")
+    shared_cache = tmp_path / "cache_shared"
+    first = run_job(tmp_path / "first", shared_cache, k, "intervention.alpha=-1", "intervention.batch_alphas=[-1,2]")
+    # baseline, 2 alphas x (edited + 2 random seeds)
+    assert len(list((shared_cache / "evals").glob("*.json"))) == 1 + 2 * 3
+    assert first["provenance"]["batch_sizes"]["batched_edits"] == 1 + 2 * 3
+    second = run_job(tmp_path / "second", shared_cache, k, "intervention.alpha=2", "intervention.batch_alphas=[-1,2]")
+    assert second["provenance"]["batch_sizes"]["batched_edits"] == 0  # nothing left to generate
+    assert _cache_flags(second) == {
+        "baseline_from_cache": True,
+        "edited_from_cache": True,
+        "random_from_cache": [True, True],
+    }
+    for section in SECTIONS:
+        assert second[section] == alone[section], section
+    with pytest.raises(ConfigError, match="intervention.batch_alphas"):
+        validate_config(_cfg(intervention={"batch_alphas": ["big"]}))

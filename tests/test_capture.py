@@ -91,6 +91,23 @@ def test_batched_equals_single(tiny_llama, side, positions):
     assert batched.target_token.tolist() == torch.cat([a.target_token for a in singles]).tolist()
 
 
+def test_auto_batch_size_equals_fixed_batches(tiny_llama):
+    from headpursuit.models.batching import CPU_BATCH_SIZES
+
+    samples = [CaptureSample(p, "Paris") for p in PROMPTS]
+    before = CAPTURE_STATS["forward_batches"]
+    auto = capture_heads(tiny_llama, samples, positions="answer", batch_size="auto", progress=False)
+    n_batches = CAPTURE_STATS["forward_batches"] - before
+    fixed = capture_heads(tiny_llama, samples, positions="answer", batch_size=1, progress=False)
+    # on CPU, auto is the fixed forward default: every sample here fits in one batch
+    assert n_batches == -(-len(samples) // CPU_BATCH_SIZES["forward"])
+    torch.testing.assert_close(auto.z, fixed.z, rtol=1e-5, atol=1e-5)
+    assert auto.sample_index.tolist() == fixed.sample_index.tolist()
+    for bad in (0, "big", 2.5, True):
+        with pytest.raises(ValueError, match="batch_size"):
+            capture_heads(tiny_llama, samples, batch_size=bad, progress=False)
+
+
 @pytest.mark.slow
 def test_batched_left_padding_smollm2(smollm2):
     prompts = [smollm2.format_prompt(q) for q in ("Hi", "What is the capital of a large country in Europe?")]

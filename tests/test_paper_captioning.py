@@ -196,9 +196,13 @@ def test_fig2_qa_files(offline):
     if offline:
         raw = OmegaConf.to_container(t, resolve=False)
         assert t.source == "trivia_qa_file" and t.hub_rank_split is None
+        import headpursuit.app.run  # noqa: F401  (registers the hp.fixture resolver)
+
+        resolved = OmegaConf.to_container(t, resolve=True)
         for key, name in (("data_path", "validation"), ("rank_data_path", "train")):
-            rel = raw[key].replace("${hydra:runtime.cwd}/", "")
-            assert rel == f"headpursuit/data/fixtures/trivia_qa_{name}_sample.jsonl" and (REPO / rel).is_file()
+            assert raw[key] == f"${{hp.fixture:trivia_qa_{name}_sample.jsonl}}"
+            rel = f"headpursuit/data/fixtures/trivia_qa_{name}_sample.jsonl"
+            assert resolved[key] == str((REPO / rel).resolve()) and (REPO / rel).is_file()
         assert t.n_rank <= 10 and t.n_eval <= 10
         assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": "3,6"}
     else:

@@ -316,8 +316,10 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
     }
     if experiment.endswith("_offline"):
         assert task.n_rank <= 6 and task.n_eval <= 6 and task.n_continuations <= 2 and task.max_new_tokens <= 8
-        # data_path is the shipped sample under the run's working directory (the repository root)
+        # data_path is the shipped sample (the hp.fixture resolver: from any working directory)
         from hydra.core.hydra_config import HydraConfig
+
+        import headpursuit.app.run  # noqa: F401  (registers the resolver)
 
         hydra_config, before = HydraConfig.instance(), HydraConfig.instance().cfg
         hydra_config.set_config(cfg)
