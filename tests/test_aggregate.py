@@ -277,3 +277,28 @@ def test_no_paper_table_without_normalized(sweep, tmp_path):
     # results.json written before the normalised section existed: the other tables as before
     A.aggregate(sweep, tmp_path / "o", plots=False)
     assert not (tmp_path / "o" / "paper_table.md").exists() and (tmp_path / "o" / "k_alpha.md").exists()
+
+
+def test_paper_table_keeps_classification_datasets_apart(tmp_path):
+    """Table 9 runs: one task (classification), one table per dataset, never averaged together;
+    transfer runs (heads from another dataset) stay out of the paper table."""
+    root = tmp_path / "tab9"
+    for i, (dataset, norm) in enumerate([("mnist", 0.12), ("svhn", 0.17)]):
+        _paper_run(root / str(i), "concept_restricted", 3, norm, (0.99, 0.9, 1.1))
+    _paper_run(root / "2", "concept_restricted", 3, 0.5)  # a transfer run: svhn heads on mnist
+    for i, dataset in enumerate(["mnist", "svhn", "mnist"]):
+        p = root / str(i) / "results.json"
+        res = A.read_json(p)
+        res.update(
+            task="classification", dataset=dataset, transfer={"source": "svhn", "target": "mnist"} if i == 2 else None
+        )
+        write_json_atomic(p, res)
+    df = A.aggregate(root, plots=False)
+    assert sorted(df["dataset"]) == ["mnist", "mnist", "svhn"]
+    assert df["rank_dataset"].tolist().count("svhn") == 1
+    long = pd.read_csv(root / "paper_table.csv")
+    somp = long[long.row == "SOMP (concept_restricted)"].set_index("dataset")["value"]
+    assert somp.to_dict() == {"mnist": 0.12, "svhn": 0.17}  # not (0.12 + 0.17 + 0.5) / 3
+    md = (root / "paper_table.md").read_text()
+    assert "## smollm2 | classification mnist | alpha=-1 | concept accuracy (normalised)" in md
+    assert "## smollm2 | classification svhn | alpha=-1" in md

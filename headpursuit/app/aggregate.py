@@ -320,8 +320,12 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
     VARIANT_COLS that differ between the runs of one method in one table are added to its labels.
     Several runs in one cell (e.g. two seeds of the run) are averaged; `n_runs` counts them.
     """
-    keys = ["model", "task", "alpha"]
+    keys = ["model", "task", "dataset", "alpha"]
     done = df[df["status"] == "complete"] if "status" in df else df
+    if "dataset" not in done:
+        done = done.assign(dataset=None)
+    if "rank_dataset" in done:  # transfer runs (heads from another dataset) are the overlap command's
+        done = done[done["rank_dataset"].isna()]
     if "heads_mode" in done:
         done = done[done["heads_mode"] == "ranked"]
     rows: list[dict] = []
@@ -400,7 +404,7 @@ def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     out: list[tuple[dict, pd.DataFrame]] = []
     if long.empty:
         return out
-    keys = ["model", "task", "alpha", "group", "metric"]
+    keys = ["model", "task", "dataset", "alpha", "group", "metric"]
     for key, g in long.groupby(keys, dropna=False, sort=True):
         g = g.sort_values(["order", "row", "k"])
         ks = sorted(g["k"].dropna().unique())
@@ -556,6 +560,10 @@ below 1 the edit lowered the metric. An empty cell: no run, or an unedited value
 """
 
 
+def _dataset_label(dataset: Any) -> str:
+    return "" if dataset is None or (isinstance(dataset, float) and math.isnan(dataset)) else f" {dataset}"
+
+
 def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataFrame]]:
     """paper_table.csv (long, numeric) and paper_table.md (one table per setting); [] if no run has
     normalised metrics (results.json from before they were recorded)."""
@@ -567,7 +575,8 @@ def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataF
     md = [PAPER_TABLE_INTRO]
     for setting, t in tables:
         md.append(
-            f"\n## {setting['model']} | {setting['task']} | alpha={_fmt(setting['alpha'], integral=True)} | "
+            f"\n## {setting['model']} | {setting['task']}{_dataset_label(setting.get('dataset'))} | "
+            f"alpha={_fmt(setting['alpha'], integral=True)} | "
             f"{setting['group']} {setting['metric']} (normalised)\n\n" + to_markdown(t)
         )
     write_text_atomic(out / "paper_table.md", "".join(md))
