@@ -739,6 +739,8 @@ PREFLIGHT_CASES = [
     (["task.source=jsonl", "task.data_path={schema}"], "task.data_path", ["task.source=fixture", "task.data_path=null"]),
     (["intervention.heads=explicit", "intervention.explicit=[[30,0]]"], "intervention.explicit", ["intervention.explicit=[[0,0],[29,8]]"]),
     (["device=cuda:99"], "device", ["device=cpu"]),
+    (["task.source=trivia_qa_file", "task.data_path=${{hp.fixture:trivia_qa_validation_sample.jsonl}}", "task.rank_data_path={tmp}/missing.jsonl"], "task.rank_data_path", ["task.rank_data_path=null"]),
+    (["+task@rank_task=qa_countries", "rank_task.concept=nope"], "task.concept", ["rank_task.concept=countries"]),
 ]  # fmt: skip
 
 

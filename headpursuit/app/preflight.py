@@ -54,17 +54,26 @@ RECORD_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 SHIPPED_DATA_FIX = "task.source=fixture task.data_path=null (the shipped data)"
 
 
+def shipped_data_fix(node: str = "task") -> str:
+    """The fix that always works for a task node's data: the shipped fixture."""
+    return SHIPPED_DATA_FIX.replace("task.", f"{node}.")
+
+
 def preflight(config: Mapping[str, Any]) -> None:
     """Every check of a resolved run config that needs no model weights: ConfigError naming the key
     (`device`), PreflightError for the job's input (`task.*`)."""
     check_device(config.get("device", "auto"))
-    task_cfg = config["task"]
-    check_data_file(task_cfg)
+    # the evaluated task, and the task a transfer run ranks on (rank_task)
+    tasks = [("task", config["task"])] + ([("rank_task", config["rank_task"])] if config.get("rank_task") else [])
+    for node, task_cfg in tasks:
+        for key in ("data_path", "rank_data_path"):
+            check_data_file(task_cfg, key=key, node=node)
     tokenizer = standalone_tokenizer(config["model"])
     if tokenizer is None:
         return
-    check_concept(task_cfg, tokenizer)
-    check_task_builds(task_cfg, tokenizer)
+    for node, task_cfg in tasks:
+        check_concept(task_cfg, tokenizer, node=node)
+        check_task_builds(task_cfg, tokenizer, node=node)
 
 
 def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
@@ -90,45 +99,50 @@ def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
         return None
 
 
-def check_data_file(task_cfg: Mapping[str, Any]) -> None:
-    """`task.data_path`, when set: exists, readable, not empty, and parses if it is a record file."""
-    raw = task_cfg.get("data_path")
+def check_data_file(task_cfg: Mapping[str, Any], *, key: str = "data_path", node: str = "task") -> None:
+    """`task.data_path` (or another file key, e.g. rank_data_path, of the config node `node`), when
+    set: exists, readable, not empty, and parses if it is a record file."""
+    raw = task_cfg.get(key)
     if raw in (None, ""):
         return
     path = Path(str(raw)).expanduser()
-    where = f"task.data_path={raw!r}"
+    where = f"{node}.{key}={raw!r}"
     if not path.exists():
-        raise PreflightError(
-            f"{where}: no such file or directory. Fix: task.data_path=<an existing file>, or {SHIPPED_DATA_FIX}"
-        )
+        # rank_data_path=null: the ranking questions come from the evaluation source's own split
+        fallback = shipped_data_fix(node) if key == "data_path" else f"{node}.{key}=null"
+        raise PreflightError(f"{where}: no such file or directory. Fix: {node}.{key}=<an existing file>, or {fallback}")
     if path.is_dir():
         return  # an image folder: the task reads it
     try:
         with open(path, "rb") as f:
             first = f.read(1)
     except OSError as exc:
-        raise PreflightError(f"{where}: cannot be read ({exc}). Fix: make it readable, or {SHIPPED_DATA_FIX}") from None
+        raise PreflightError(
+            f"{where}: cannot be read ({exc}). Fix: make it readable, or {shipped_data_fix(node)}"
+        ) from None
     if not first:
         raise PreflightError(
-            f"{where}: the file is empty (0 bytes). Fix: point it at a file with rows, or {SHIPPED_DATA_FIX}"
+            f"{where}: the file is empty (0 bytes). Fix: point it at a file with rows, or {shipped_data_fix(node)}"
         )
     if path.suffix.lower() in RECORD_SUFFIXES:
         try:
             rows = read_records(path)
         except (DataError, OSError, UnicodeDecodeError, ValueError) as exc:
-            raise PreflightError(f"{where}: malformed: {exc}. Fix: repair the file, or {SHIPPED_DATA_FIX}") from None
+            raise PreflightError(
+                f"{where}: malformed: {exc}. Fix: repair the file, or {shipped_data_fix(node)}"
+            ) from None
         if not rows:
             raise PreflightError(
-                f"{where}: the file has no rows. Fix: point it at a file with rows, or {SHIPPED_DATA_FIX}"
+                f"{where}: the file has no rows. Fix: point it at a file with rows, or {shipped_data_fix(node)}"
             )
 
 
-def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
+def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
     """`task.concept` (a name, a word-list file or a list of words) gives a non-empty concept."""
     concept = task_cfg.get("concept")
     if concept is None:
         return  # derived by the task (e.g. classification's class names)
-    where = f"task.concept={concept!r}"
+    where = f"{node}.concept={concept!r}"
     shipped = ", ".join(available_concepts())
     try:
         load_concept(list(concept) if isinstance(concept, (list, tuple)) else concept, tokenizer)
@@ -136,13 +150,13 @@ def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
         if str(exc).startswith("Unknown concept"):
             raise PreflightError(
                 f"{where} is neither a shipped concept ({shipped}) nor an existing word-list file. "
-                f"Fix: task.concept=countries (or another shipped name), or task.concept=/path/to/words.txt "
+                f"Fix: {node}.concept=countries (or another shipped name), or {node}.concept=/path/to/words.txt "
                 f"(one word per line)"
             ) from None
-        raise PreflightError(f"{where}: {exc} Fix (a shipped concept): task.concept=countries") from None
+        raise PreflightError(f"{where}: {exc} Fix (a shipped concept): {node}.concept=countries") from None
 
 
-def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
+def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
     """Build the task on the tokenizer alone: its source, data schema and splits are then checked."""
     args = {k: v for k, v in task_cfg.items() if k != "positions"}  # as `build_task_memo` passes them
     source = task_cfg.get("source")
@@ -156,23 +170,23 @@ def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any) -> None:
         raise PreflightError(str(exc)) from None
     except SplitError as exc:
         raise PreflightError(
-            f"task.n_rank / task.n_eval: {exc}. Fix: lower task.n_rank and task.n_eval "
+            f"{node}.n_rank / {node}.n_eval: {exc}. Fix: lower {node}.n_rank and {node}.n_eval "
             f"(now {task_cfg.get('n_rank')!r} and {task_cfg.get('n_eval')!r}), or give more data"
         ) from None
     except (DataError, FileNotFoundError, UnicodeDecodeError) as exc:
         raise PreflightError(
-            f"task.data_path={task_cfg.get('data_path')!r} (task.source={source!r}): {exc}. "
-            f"Fix: a file in the format task.source={source!r} reads, or {SHIPPED_DATA_FIX}"
+            f"{node}.data_path={task_cfg.get('data_path')!r} ({node}.source={source!r}): {exc}. "
+            f"Fix: a file in the format {node}.source={source!r} reads, or {shipped_data_fix(node)}"
         ) from None
     except ValueError as exc:
         msg = str(exc)
         if "unknown source" in msg:
             raise PreflightError(
-                f"task.source={source!r}: {msg}. Fix: task.source=fixture (the shipped data)"
+                f"{node}.source={source!r}: {msg}. Fix: {node}.source=fixture (the shipped data)"
             ) from None
         if "needs data_path" in msg:
             raise PreflightError(
-                f"task.data_path is null, but task.source={source!r} reads a file ({msg}). "
-                f"Fix: task.data_path=/path/to/file, or {SHIPPED_DATA_FIX}"
+                f"{node}.data_path is null, but {node}.source={source!r} reads a file ({msg}). "
+                f"Fix: {node}.data_path=/path/to/file, or {shipped_data_fix(node)}"
             ) from None
-        raise PreflightError(f"task (task.name={task_cfg.get('name')!r}): {msg}") from None
+        raise PreflightError(f"task ({node}.name={task_cfg.get('name')!r}): {msg}") from None
