@@ -57,6 +57,51 @@ def test_captioning_score_has_cider_per_group(tok):
 # --- concept word lists -------------------------------------------------------------------------------
 
 
+def test_hub_flickr30k_schema_with_load_dataset_mocked(tok, monkeypatch):
+    """task.source=hub reads `datasets.load_dataset(hub_id, hub_config, split=...)` rows in the
+    lmms-lab/flickr30k schema (image, caption: a list of 5, sentids, img_id, filename)."""
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    colours = ["red", "blue", "green", "yellow"]
+    rows = {"image": [], "caption": [], "sentids": [], "img_id": [], "filename": []}
+    for i in range(12):
+        coloured = i % 2 == 0
+        word = colours[i % 4] if coloured else "small"
+        rows["image"].append(Image.new("RGB", (16, 16), (10 * i, 0, 0)))
+        rows["caption"].append([f"A {word} dog runs.", f"A dog {i}.", "A dog.", "An animal.", "A pet outside."])
+        rows["sentids"].append([str(5 * i + j) for j in range(5)])
+        rows["img_id"].append(str(i))
+        rows["filename"].append(f"{1000 + i}.jpg")
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Sequence(datasets.Value("string")),
+            "sentids": datasets.Sequence(datasets.Value("string")),
+            "img_id": datasets.Value("string"),
+            "filename": datasets.Value("string"),
+        }
+    )
+    table = datasets.Dataset.from_dict(rows, features=features)
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        if path != "lmms-lab/flickr30k":
+            raise FileNotFoundError(path)
+        return table
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = CaptioningTask(source="hub", tokenizer=tok, concept="colors", n_rank=2, n_eval=3)
+    assert calls == [("lmms-lab/flickr30k", None, "test")]
+    concept_eval = task.items("eval", "concept")
+    assert len(concept_eval) == 3 and len(task.items("eval", "control")) == 3
+    # the concept group: images whose references name a colour (the even rows)
+    assert all(int(it.meta["row"]) % 2 == 0 for it in concept_eval + task.items("rank", "concept"))
+    assert all(len(it.captions) == 5 for it in concept_eval)
+    assert task.provenance()["data"]["hub_id"] == "lmms-lab/flickr30k"
+
+
 def test_quantity_concept_loads_by_name(tok):
     from headpursuit.concepts import available_concepts, load_concept
 
