@@ -2,7 +2,8 @@
 
 Loads the embedded SmolLM2 twice (CPU float32 = the reference, CUDA in `--dtype`) and compares:
 
-* capture: per-head z of 40 QA fixture questions teacher-forced with their answers (max abs diff);
+* capture: per-head z of 40 QA fixture questions teacher-forced with their answers (max abs diff),
+  and on the device ``batch_size="auto"`` vs 16;
 * ranking: `rank_heads` on the CUDA model's activations and weights vs the CPU's (same top-k
   heads, in order and as a set; max abs diff of the scores);
 * editing in generate: greedy answers with the CPU ranking's top-k heads flipped (same outputs);
@@ -102,6 +103,19 @@ def main() -> int:
     }
     dz = (acts["dev"].z.float().cpu() - acts["cpu"].z).abs()
     report["capture max |dz|"] = f"{dz.max().item():.3g} (max |z| {acts['cpu'].z.abs().max().item():.3g})"
+    auto_acts, _ = timed(
+        "capture_heads (batch auto)",
+        lambda: capture_heads(
+            lms["dev"],
+            samples,
+            positions="answer_concept",
+            concept_token_ids=concept.token_ids,
+            batch_size="auto",
+            progress=False,
+        ),
+        "dev",
+    )
+    report["capture batch auto vs 16 max |dz|"] = f"{(auto_acts.z - acts['dev'].z).abs().max().item():.3g}"
 
     print("ranking (concept_share)")
     scores = {
