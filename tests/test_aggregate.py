@@ -283,7 +283,7 @@ def test_paper_table_keeps_classification_datasets_apart(tmp_path):
     """Table 9 runs: one task (classification), one table per dataset, never averaged together;
     transfer runs (heads from another dataset) stay out of the paper table."""
     root = tmp_path / "tab9"
-    for i, (dataset, norm) in enumerate([("mnist", 0.12), ("svhn", 0.17)]):
+    for i, norm in enumerate([0.12, 0.17]):
         _paper_run(root / str(i), "concept_restricted", 3, norm, (0.99, 0.9, 1.1))
     _paper_run(root / "2", "concept_restricted", 3, 0.5)  # a transfer run: svhn heads on mnist
     for i, dataset in enumerate(["mnist", "svhn", "mnist"]):

@@ -602,7 +602,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or args.dir)
-    cols = [c for c in ["run", "status", "model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"] if c in df]
+    cols = [
+        c for c in ["run", "status", "model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"] if c in df
+    ]
     cols += [c for c in ["scorer", "k", "alpha"] if c in df and (c != "scorer" or df[c].notna().any())]
     cols = [c for c in cols if c not in ("dataset", "rank_dataset") or df[c].notna().any()]
     headline = (

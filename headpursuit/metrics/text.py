@@ -26,7 +26,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "token_f1",
     "exact_match_official",
     "mean_token_f1",
+    "exact_class_match",
+    "exact_match_rate",
 ]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -238,10 +240,36 @@ def exact_match_official(prediction: str | None, ground_truths: Iterable[str] | 
     return float(any(pred == official_normalize(t) for t in _as_answer_list(ground_truths)))
 
 
-def mean_token_f1(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
-    """Mean `token_f1` over questions (NaN when empty), as the official script's F1 / 100."""
+def _mean_score(
+    name: str, score: Callable[[str, Any], float], predictions: Sequence[str], references: Sequence[Any]
+) -> float:
+    """Mean of ``score(prediction, references)`` over paired items (NaN when there are none)."""
     if len(predictions) != len(references):
-        raise ValueError(f"mean_token_f1: {len(predictions)} predictions but {len(references)} reference lists")
+        raise ValueError(f"{name}: {len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
         return math.nan
-    return sum(token_f1(p, r) for p, r in zip(predictions, references)) / len(predictions)
+    return sum(float(score(p, r)) for p, r in zip(predictions, references)) / len(predictions)
+
+
+def mean_token_f1(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
+    """Mean `token_f1` over questions (NaN when empty), as the official script's F1 / 100."""
+    return _mean_score("mean_token_f1", token_f1, predictions, references)
+
+
+def exact_class_match(prediction: str | None, aliases: Iterable[str] | str) -> bool:
+    """The paper's classification exact match: the whole answer, without surrounding blanks and one
+    trailing full stop, normalised (`normalize_answer`: case, punctuation, articles), equals a
+    normalised alias (class name, its display form, configured aliases). ``"Seven."`` matches ``7``
+    only if ``seven`` is an alias; ``"It is a 7"`` never matches (`alias_match` would)."""
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    text = (prediction or "").strip()
+    if text.endswith("."):
+        text = text[:-1]
+    pred = normalize_answer(text)
+    return bool(pred) and any(pred == normalize_answer(a) for a in aliases)
+
+
+def exact_match_rate(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
+    """Fraction of predictions that `exact_class_match` their aliases (NaN when there are none)."""
+    return _mean_score("exact_match_rate", exact_class_match, predictions, references)

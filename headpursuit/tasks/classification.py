@@ -62,12 +62,11 @@ paper's: the whole normalised answer is the class name or an alias, `exact_class
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
-from headpursuit.metrics.text import alias_match, normalize_answer
+from headpursuit.metrics.text import alias_match, exact_class_match, exact_match_rate
 from headpursuit.tasks.base import GROUPS, TaskOutputs, group_counts, parse_rank_groups, split_items
 from headpursuit.tasks.image_data import (
     IMAGE_SOURCES,
@@ -148,29 +147,6 @@ def class_aliases(name: str, extra: Sequence[str] = ()) -> list[str]:
     words = disp.split()
     plural = " ".join(words[:-1] + [_plural(words[-1])]) if words else disp
     return list(dict.fromkeys([disp, str(name), plural, *extra]))
-
-
-def exact_class_match(prediction: str | None, aliases: Iterable[str] | str) -> bool:
-    """The paper's exact match: the whole answer, without surrounding blanks and one trailing
-    full stop, normalised (`normalize_answer`: case, punctuation, articles), equals a normalised
-    alias (class name, its display form, configured aliases). ``"Seven."`` matches ``7`` only if
-    ``seven`` is an alias; ``"It is a 7"`` never matches (`alias_match` would)."""
-    if isinstance(aliases, str):
-        aliases = [aliases]
-    text = (prediction or "").strip()
-    if text.endswith("."):
-        text = text[:-1]
-    pred = normalize_answer(text)
-    return bool(pred) and any(pred == normalize_answer(a) for a in aliases)
-
-
-def exact_match_rate(predictions: Sequence[str], references: Sequence[Iterable[str]]) -> float:
-    """Fraction of predictions that `exact_class_match` their aliases (NaN when there are none)."""
-    if len(predictions) != len(references):
-        raise ValueError(f"exact_match_rate: {len(predictions)} predictions but {len(references)} reference lists")
-    if not predictions:
-        return math.nan
-    return sum(exact_class_match(p, r) for p, r in zip(predictions, references)) / len(predictions)
 
 
 class ImageClassificationTask(ImageTask):
