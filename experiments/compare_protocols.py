@@ -50,6 +50,10 @@ FRACS = "0.01,0.02,0.04"
 GROUPS = ("concept", "control")
 
 
+# " (run from commit X)": set by --from-commit when the runs were made in a frozen worktree
+FROM_COMMIT = ""
+
+
 def set_n_eval(n: int) -> None:
     global N_EVAL
     N_EVAL = n
@@ -144,6 +148,9 @@ def summary(res: dict, metric: str) -> dict:
         out[f"base.{g}"] = base[g].get(metric)
         seeds = (res.get("random") or {}).get("per_seed") or []
         out[f"random.{g}"] = quartiles([ratio(s[g].get(metric), base[g].get(metric)) for s in seeds])
+    # the random sets that differ: with few heads per layer the layer-count draws repeat
+    out["n_sets"] = len(seeds)
+    out["n_distinct"] = len({tuple(map(tuple, s.get("heads") or [])) for s in seeds})
     out["spec"] = out["edited.control"] - out["edited.concept"]
     rc, rk = out["random.concept"][0], out["random.control"][0]
     out["spec_random"] = rk - rc
@@ -196,6 +203,11 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
         if name in ("paper", "ours"):
             cells = [
                 f"{iqr(rows[k]['random.concept'])} \\| {iqr(rows[k]['random.control'], rows[k].get('pool'))}"
+                + (
+                    f" ({rows[k]['n_distinct']} distinct of {rows[k]['n_sets']})"
+                    if rows[k].get("n_distinct", 0) < rows[k].get("n_sets", 0)
+                    else ""
+                )
                 if k in rows
                 else "n/a"
                 for k in ks
@@ -221,6 +233,8 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
             rel = r["spec"] - r["spec_random"] if not math.isnan(r["spec_random"]) else float("nan")
             cells.append(f"{fmt(r['spec'])} (vs random {fmt(rel)})" if not math.isnan(rel) else fmt(r["spec"]))
             verdict.setdefault(name, []).append(r["spec"])
+            if not math.isnan(rel):
+                verdict.setdefault(f"{name}_vs_random", []).append(rel)
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     heads = [
         f"{LABELS[n]}: " + "; ".join(f"k={k}: {r['heads']}" for k, r in sorted(by_sweep[n].items()))
@@ -231,12 +245,31 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", {n: sum(v) / len(v) for n, v in verdict.items() if v}
 
 
+def paper_shaped(model: str) -> str:
+    """The paper's table layout (rows SOMP / LL / Rand. median [q25, q75], columns k) of every run of
+    `model`, accuracy and F1 per group, from the aggregate's own `paper_table_long`."""
+    from headpursuit.app.aggregate import load_runs, paper_table_long, paper_tables, to_markdown
+
+    df = load_runs(OUT / model)
+    if df.empty:
+        return ""
+    parts = [
+        f"#### {model}: the paper's table layout (edited / unedited; Rand.: median [q25, q75] of the 10 sets)",
+        "",
+    ]
+    for setting, table in paper_tables(paper_table_long(df)):
+        if setting["metric"] in ("accuracy", "f1"):
+            parts += [f"{setting['group']} questions, {setting['metric']}:", "", to_markdown(table)]
+    return "\n".join(parts) + "\n"
+
+
 def section(seconds: dict[str, float]) -> str:
     parts = [
         START,
         "## The paper's protocol vs ours (issue 12)",
         "",
-        f"Made by `python experiments/compare_protocols.py` on {time.strftime('%Y-%m-%d')} "
+        f"Made by `python experiments/compare_protocols.py --n-eval {N_EVAL}`{FROM_COMMIT} on "
+        f"{time.strftime('%Y-%m-%d')} "
         f"({platform.machine()}, CPU only). Sweeps: `experiment=paper_qa_embedded` (ranking=paper and "
         "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
         f"`experiment=ours_qa_embedded`, {N_EVAL} evaluation questions per group, alpha = -1, "
@@ -257,12 +290,21 @@ def section(seconds: dict[str, float]) -> str:
         for model, v in verdicts.items():
             if "paper" in v and "ours" in v:
                 better = "the paper's" if v["paper"] > v["ours"] else "ours"
-                parts.append(
+                line = (
                     f"- {model}, {metric}: mean specificity over k: paper {v['paper']:.2f}, ours "
                     f"{v['ours']:.2f}, LL {v.get('paper_ll', float('nan')):.2f} -> **{better}** is more "
-                    f"specific by {abs(v['paper'] - v['ours']):.2f}."
+                    f"specific by {abs(v['paper'] - v['ours']):.2f}"
                 )
+                if "paper_vs_random" in v and "ours_vs_random" in v:
+                    pr, our = v["paper_vs_random"], v["ours_vs_random"]
+                    line += (
+                        f"; relative to their random sets: paper {pr:.2f}, ours {our:.2f} -> "
+                        f"**{'the paper' if pr > our else 'ours'}** by {abs(pr - our):.2f}"
+                    )
+                parts.append(line + ".")
         parts.append("")
+    for model in MODELS:
+        parts.append(paper_shaped(model))
     parts.append(END)
     return "\n".join(parts) + "\n"
 
@@ -282,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", choices=list(sweeps("smollm2")), action="append", help="run only these sweeps")
     ap.add_argument("--aggregate-only", action="store_true", help="rebuild the section from outputs/protocols")
     ap.add_argument("--n-eval", type=int, default=N_EVAL, help=f"evaluation questions per group (default {N_EVAL})")
+    ap.add_argument("--from-commit", default="", help="the commit the runs were made from (said in the page)")
     args = ap.parse_args(argv)
     set_n_eval(args.n_eval)
+    global FROM_COMMIT
+    FROM_COMMIT = f" (run from commit {args.from_commit})" if args.from_commit else ""
     timing_file = OUT / "wall_seconds.json"
     seconds = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     if not args.aggregate_only:
