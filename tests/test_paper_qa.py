@@ -115,15 +115,19 @@ def test_rank_file_split_is_disjoint_with_overlapping_files(tmp_path):
     overlap = [dict(r) for r in val[:6]]  # 3 concept + 3 control questions also in the evaluation file
     overlap[0] = {**overlap[0], "question": overlap[0]["question"].upper() + "  "}  # same once normalised
     rank_file = _write_jsonl(tmp_path / "train.jsonl", _rows(TRAIN) + overlap)
-    task = QATask(
-        concept=COUNTRIES,
-        source="trivia_qa_file",
-        data_path=str(VALIDATION),
-        rank_data_path=str(rank_file),
-        n_rank=20,
-        n_eval=25,
-        rank_groups=["concept", "control"],
-    )
+
+    def rank_file_task(**kw) -> QATask:
+        return QATask(
+            concept=COUNTRIES,
+            source="trivia_qa_file",
+            data_path=str(VALIDATION),
+            rank_data_path=str(rank_file),
+            n_rank=20,
+            n_eval=25,
+            **kw,
+        )
+
+    task = rank_file_task(rank_groups=["concept", "control"])
     rank, evaluated = task.items("rank"), task.items("eval")
     assert len(task.items("rank", "concept")) == len(task.items("rank", "control")) == 20
     assert len(task.items("eval", "concept")) == len(task.items("eval", "control")) == 25
@@ -136,14 +140,7 @@ def test_rank_file_split_is_disjoint_with_overlapping_files(tmp_path):
     assert data["rank_n_items"] == {"concept": 30, "control": 30}
     assert data["n_items"] == {"concept": 30, "control": 30}
     # rank_groups: the evaluation split is the same whichever groups rank
-    concept_only = QATask(
-        concept=COUNTRIES,
-        source="trivia_qa_file",
-        data_path=str(VALIDATION),
-        rank_data_path=str(rank_file),
-        n_rank=20,
-        n_eval=25,
-    )
+    concept_only = rank_file_task()
     assert [it.question for it in concept_only.items("eval")] == [it.question for it in evaluated]
     assert concept_only.items("rank", "control") == [] and len(concept_only.ranking_items()) == 20
     assert [it.question for it in concept_only.items("rank", "concept")] == [
