@@ -265,10 +265,10 @@ def test_fig2_qa_files(offline):
 
 
 @pytest.mark.slow
-def test_tab13_captioning_offline_runs_end_to_end(tmp_path, tmp_path_factory):
-    from test_pipeline import run_job, shared_cache
+def test_tab13_captioning_offline_runs_end_to_end(tmp_path):
+    from test_pipeline import run_job
 
-    r = run_job(tmp_path / "run", shared_cache(tmp_path_factory), experiment="paper_tab13_captioning_offline")
+    r = run_job(tmp_path / "run", tmp_path / "cache", experiment="paper_tab13_captioning_offline")
     assert r["status"] == "complete" and r["ranking"] == "concept_restricted" and r["k"] == 2
     assert r["config"]["task"]["prompt_preset"] == "paper"
     for g in ("concept", "control"):

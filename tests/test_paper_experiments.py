@@ -92,11 +92,13 @@ OFFLINE_RUNS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OFFLINE_RUNS)
-def test_offline_counterpart_runs_end_to_end(tmp_path, tmp_path_factory, name):
-    from test_pipeline import run_job, shared_cache
+def test_offline_counterpart_runs_end_to_end(tmp_path, name):
+    from test_pipeline import run_job
 
     cfg = _compose(f"experiment={name}")
-    res = run_job(tmp_path / "run", shared_cache(tmp_path_factory), experiment=name)
+    res = run_job(
+        tmp_path / "run", tmp_path / "cache", experiment=name
+    )  # its own cache: test_pipeline counts the shared one's files
     assert res["status"] == "complete"
     assert res["config"]["task"]["positions"] == cfg.task.positions
     assert res["provenance"]["task"].get("prompt_preset") == "paper"
