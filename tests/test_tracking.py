@@ -111,7 +111,7 @@ def test_wandb_offline_roundtrip(tmp_path):
     tr.log_metrics({"edited/concept/accuracy": 0.25, "baseline/concept/accuracy": 0.75, "bad": float("nan")})
     tr.log_table("head_scores", pd.DataFrame({"layer": [0], "head": [1], "score": [0.3], "top_tokens": [["France"]]}))
     tr.finish()
-    run = wandb_offline.read_wandb_run(tmp_path)
+    run = wandb_offline.wait_for_wandb_run(tmp_path, "edited/concept/accuracy")
     assert run["summary"]["edited/concept/accuracy"] == 0.25
     assert run["summary"]["baseline/concept/accuracy"] == 0.75
     assert run["run_id"] == tr.status["run_id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,3 +100,30 @@ def read_wandb_run(path: str | os.PathLike) -> dict:
             if not k.startswith("_"):
                 out["summary"].setdefault(k, v)
     return out
+
+
+def wait_for_wandb_run(path: str | os.PathLike, key: str, timeout_s: float = 60.0) -> dict:
+    """`read_wandb_run(path)` once `key` is in its summary, polling up to `timeout_s`.
+
+    In-process, `run.finish()` can return before the wandb-core service has written the last
+    records to the transaction log (seen on a loaded 2-core CI machine), so a test that reads the
+    file straight after finish() would race the writer. On timeout the AssertionError carries the
+    tail of the run's internal log.
+    """
+    deadline = time.monotonic() + timeout_s
+    run: dict = {}
+    while True:
+        try:
+            run = read_wandb_run(path)
+            if key in run["summary"]:
+                return run
+        except (FileNotFoundError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    logs = sorted(Path(path).glob("wandb/*run-*/logs/debug-internal.log"))
+    tail = logs[-1].read_text(errors="replace")[-3000:] if logs else "(no debug-internal.log)"
+    raise AssertionError(
+        f"{key!r} not in the W&B run under {path} after {timeout_s:.0f} s; read {run}; log tail:\n{tail}"
+    )
