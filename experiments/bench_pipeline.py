@@ -16,6 +16,11 @@ capture, rank) are printed once.
     .venv/bin/python experiments/bench_pipeline.py            # 20 questions/group, 10 controls, 2 rounds
     .venv/bin/python experiments/bench_pipeline.py --quick    # 4 questions/group, 3 controls, 1 round
     .venv/bin/python experiments/bench_pipeline.py --sweep    # a 3 k x 2 alpha sweep, 10 controls each
+    .venv/bin/python experiments/bench_pipeline.py --loops drop,generate   # also time model.generate
+
+Plain greedy generation runs the loop that drops finished rows from the batch
+(`headpursuit.models.greedy`); `--loops generate` times transformers' `model.generate` instead (every
+row stays in the batch until the last one ends), the path before that loop.
 
 `--sweep` times the shape of a whole sweep (k = K/2, K, 2K; alpha = -1 and 5): one edit at a time is
 6 jobs x (edited + controls) generate passes; batched is one pass per k holding both alphas' edits
@@ -46,6 +51,7 @@ from headpursuit.app.stages import (
     ranking_samples_cached,
 )
 from headpursuit.heads import select_heads
+from headpursuit.models import generation
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -73,6 +79,12 @@ def main() -> None:
     ap.add_argument("--baseline", action="store_true", help="evaluate the unedited model too (a fresh job)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sweep", action="store_true", help="a 3 k x 2 alpha sweep (batched: one pass per k)")
+    ap.add_argument(
+        "--loops",
+        default="drop",
+        help="greedy loops to time, comma-separated: drop (finished rows leave the batch, the default "
+        "path) and/or generate (transformers' model.generate, every row to the end)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.n_eval, args.n_rank, args.random, args.max_new_tokens, args.rounds = 4, 4, 3, 8, 1
@@ -154,26 +166,41 @@ def main() -> None:
             gen_wall, score_wall = gen_wall + wall, score_wall + swall
         return results, gen_wall, score_wall
 
-    seq_times, bat_times = [], []
+    loops = [x.strip() for x in args.loops.split(",") if x.strip()]
+    if not loops or set(loops) - {"drop", "generate"}:
+        raise SystemExit(f"--loops takes drop and/or generate, got {args.loops!r}")
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {(lp, p): [] for lp in loops for p in ("seq", "bat")}
+    ref_metrics = None
     for r in range(args.rounds):
-        ref, wall, cpu = timed(sequential)
-        seq_times.append((wall, cpu))
-        print(f"round {r}: sequential {wall:.1f} s wall, {cpu:.1f} s CPU, {load()}")
-        (out, gen_wall, score_wall), wall, cpu = timed(batched)
-        bat_times.append((wall, cpu))
+        for lp in loops:
+            generation.DROP_FINISHED_ROWS = lp == "drop"
+            ref, wall, cpu = timed(sequential)
+            times[lp, "seq"].append((wall, cpu))
+            print(f"round {r} [{lp}]: sequential {wall:.1f} s wall, {cpu:.1f} s CPU, {load()}")
+            (out, gen_wall, score_wall), wall, cpu = timed(batched)
+            times[lp, "bat"].append((wall, cpu))
+            print(
+                f"round {r} [{lp}]: batched    {wall:.1f} s wall (generate_edits {gen_wall:.1f} s, "
+                f"scoring {score_wall:.1f} s), {cpu:.1f} s CPU, {load()}"
+            )
+            assert out == ref, "batched edits changed the metrics"
+            ref_metrics = ref if ref_metrics is None else ref_metrics
+            assert ref == ref_metrics, "the greedy loops disagree on the metrics"
+    generation.DROP_FINISHED_ROWS = True
+
+    def best(lp: str, path: str) -> tuple[float, float]:
+        return min(t[0] for t in times[lp, path]), min(t[1] for t in times[lp, path])
+
+    print(f"\nbest of {args.rounds}; identical metrics for all {len(edits)} edits on every path")
+    for lp in loops:
+        (sw, sc), (bw, bc) = best(lp, "seq"), best(lp, "bat")
         print(
-            f"round {r}: batched    {wall:.1f} s wall (generate_edits {gen_wall:.1f} s, scoring {score_wall:.1f} s), "
-            f"{cpu:.1f} s CPU, {load()}"
+            f"[{lp}] sequential {sw:.1f} s wall / {sc:.1f} s CPU, batched {bw:.1f} s wall / {bc:.1f} s CPU: "
+            f"{sw / bw:.2f}x faster (wall), {sc / bc:.2f}x (CPU); {len(edits)} generate passes vs {len(passes)}"
         )
-        assert out == ref, "batched edits changed the metrics"
-    seq_wall, seq_cpu = min(t[0] for t in seq_times), min(t[1] for t in seq_times)
-    bat_wall, bat_cpu = min(t[0] for t in bat_times), min(t[1] for t in bat_times)
-    print(
-        f"\nbest of {args.rounds}: sequential {seq_wall:.1f} s wall / {seq_cpu:.1f} s CPU, batched "
-        f"{bat_wall:.1f} s wall / {bat_cpu:.1f} s CPU: {seq_wall / bat_wall:.2f}x faster (wall), "
-        f"{seq_cpu / bat_cpu:.2f}x (CPU); identical metrics for all {len(edits)} edits; "
-        f"{len(edits)} generate passes vs {len(passes)}"
-    )
+    if len(loops) == 2:
+        (gw, _), (dw, _) = best("generate", "seq"), best("drop", "bat")
+        print(f"batched with finished rows dropped vs one edit at a time with model.generate: {gw / dw:.2f}x (wall)")
 
 
 if __name__ == "__main__":

@@ -130,6 +130,19 @@ class _HeadScaler:
         self.per_feature = per_feature
         self.layer = layer
         self.placed: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # moved once, not per step
+        self.rows: torch.Tensor | None = None  # the original rows still in the batch (None: all)
+        self.selected: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # placed[rows], once per drop
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Only rows `index` of the current batch go on: finished rows left a greedy batch
+        (`headpursuit.models.greedy.greedy_decode` calls this on every hook that has it)."""
+        index = index.cpu()
+        self.rows = index if self.rows is None else self.rows[index]
+        self.selected = {}
+
+    def reset_rows(self) -> None:
+        """Every row again (the next batch starts whole)."""
+        self.rows, self.selected = None, {}
 
     def __call__(self, module: torch.nn.Module, args: tuple) -> tuple:
         x = args[0]
@@ -137,6 +150,10 @@ class _HeadScaler:
         if key not in self.placed:
             self.placed[key] = self.per_feature.to(device=x.device, dtype=x.dtype)
         f = self.placed[key]
+        if f.dim() == 2 and self.rows is not None:
+            if key not in self.selected:
+                self.selected[key] = f[self.rows.to(f.device)]
+            f = self.selected[key]
         if f.dim() == 2:
             if x.shape[0] != f.shape[0]:
                 raise ValueError(
@@ -160,7 +177,8 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, Scale]) -> Iterator[Loade
     A scale may also be a 1-D sequence (or tensor) with one factor per row of the batch: row r is
     edited by the r-th factor, so one batch carries several edits (1.0 leaves a row unedited). All
     per-row scales share one length, and every batch run inside the block must have that many rows
-    (a ValueError otherwise; `generate()` keeps its batch size, so the KV cache is fine).
+    (a ValueError otherwise). `generate()` keeps its batch size; the greedy loop of
+    `headpursuit.models.generation`, which drops finished rows, tells the hooks which rows go on.
     Keys are (layer, head) pairs of integers; scales must be finite.
     """
     by_layer, rows = _scales_by_layer(lm, scales)

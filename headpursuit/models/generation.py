@@ -4,6 +4,8 @@ Both pad on the left (so every prompt ends where generation starts), build their
 with `generation_config`, and return only the new text, special tokens dropped and stripped.
 `generate_step` is one text batch; `generate_rows` runs it over consecutive batches, optionally
 inside a context per batch (per-row head edits: `headpursuit.intervention.generate_with_edits`).
+Plain greedy text batches run `headpursuit.models.greedy.greedy_decode` (finished rows leave the
+batch); anything else runs `model.generate`.
 ``batch_size="auto"`` asks `headpursuit.models.batching` for the largest batch that fits.
 """
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from headpursuit.models.batching import auto_batch_size
+from headpursuit.models.greedy import greedy_decode, plain_greedy
 from headpursuit.models.inputs import encode, processor_inputs, to_model
 
 if TYPE_CHECKING:
@@ -25,7 +28,13 @@ if TYPE_CHECKING:
 
     from headpursuit.models.handle import LoadedModel
 
+# Plain greedy batches run `greedy_decode` (finished rows leave the batch). False: every batch runs
+# `model.generate` (the escape hatch for a model whose forward the loop does not drive, and the
+# reference arm of experiments/bench_pipeline.py --loops).
+DROP_FINISHED_ROWS = True
+
 __all__ = [
+    "DROP_FINISHED_ROWS",
     "generate_batch",
     "generate_rows",
     "generate_step",
@@ -147,6 +156,9 @@ def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig,
     enc = encode(lm, prompts, padding_side="left")
     # generate() derives position ids from the attention mask itself; pass only these two.
     enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    if DROP_FINISHED_ROWS and plain_greedy(gc):  # generate()'s tokens, finished rows dropped
+        new = greedy_decode(lm.model, enc["input_ids"], enc["attention_mask"], gc, streamer=streamer)
+        return _new_text(lm, new, 0)
     out = lm.model.generate(**enc, generation_config=gc, streamer=streamer)
     return _new_text(lm, out, enc["input_ids"].shape[1])
 

@@ -1,0 +1,175 @@
+"""Greedy decoding that drops finished rows from the batch (`greedy_decode`).
+
+`model.generate` keeps a row that has emitted EOS in the batch until every row has: it is fed pad
+tokens and costs a full row of compute at every remaining step. For the batched-edit pass (each
+prompt under each of 11 edits, hundreds of rows, most QA answers a few tokens long) that dominates
+on a CPU, where a step's cost grows with its rows. This loop runs the same greedy decoding, but
+after each step it keeps only the rows still going: their slice of the KV cache, their attention
+mask and positions, and, through `RowFollower.keep_rows`, their slice of any per-row state a
+hook on the model holds (the per-row head scales of `headpursuit.intervention`).
+
+Each kept row's computation is the one `generate` does (left padding, positions counted from the
+attention mask, the model's own causal / sliding-window masks, argmax on float32 logits, pad after
+EOS); `plain_greedy(gc)` says whether a generation config asks for nothing more (no logits
+processor, no stopping rule besides EOS and the length). Otherwise the caller uses `generate`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+
+from headpursuit.models.inputs import position_ids_from_mask
+
+if TYPE_CHECKING:
+    from transformers import GenerationConfig
+
+__all__ = ["RowFollower", "greedy_decode", "plain_greedy"]
+
+
+@runtime_checkable
+class RowFollower(Protocol):
+    """A forward (pre-)hook with per-row state that must shrink with the batch (the per-row scales
+    of `headpursuit.intervention.scale_heads`): `keep_rows(index)` is called with the positions, in
+    the current batch, of the rows that go on; `reset_rows()` when the decode ends (also on error),
+    so that the hook holds every row again."""
+
+    def keep_rows(self, index: torch.Tensor) -> None: ...
+
+    def reset_rows(self) -> None: ...
+
+
+# GenerationConfig fields that add a logits processor or a stopping rule when set; the value that
+# leaves them off. A config with any other value goes to `model.generate`.
+_NEUTRAL: dict[str, Any] = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "max_length": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "remove_invalid_values": (None, False),
+    "stop_strings": (None,),
+    "max_time": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "constraints": (None,),
+    "force_words_ids": (None,),
+    "assistant_model": (None,),
+    "prompt_lookup_num_tokens": (None,),
+    "cache_implementation": (None, "dynamic"),
+}
+
+
+def plain_greedy(gc: GenerationConfig) -> bool:
+    """Whether `gc` is plain greedy decoding (one beam, one sequence, no sampling, no logits
+    processor, stopping only at EOS or `max_new_tokens`): what `greedy_decode` reproduces."""
+    if gc.do_sample or (gc.num_beams or 1) != 1 or (gc.num_return_sequences or 1) != 1:
+        return False
+    if (getattr(gc, "num_beam_groups", None) or 1) != 1 or getattr(gc, "penalty_alpha", None):
+        return False
+    if not gc.max_new_tokens:
+        return False
+    return all(getattr(gc, name, None) in allowed for name, allowed in _NEUTRAL.items())
+
+
+def _eos_ids(gc: GenerationConfig) -> list[int]:
+    eos = gc.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def _row_followers(model: torch.nn.Module) -> list[RowFollower]:
+    """The hooks on `model`'s modules that hold per-row state (hooks do not change mid-decode)."""
+    found: list[RowFollower] = []
+    for module in model.modules():
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            found += [h for h in hooks.values() if isinstance(h, RowFollower)]
+    return found
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    gc: GenerationConfig,
+    *,
+    streamer: Any = None,
+) -> torch.Tensor:
+    """Greedy continuations of a left-padded batch, rows dropped as they finish.
+
+    Returns (rows, max_new_tokens) new token ids: each row's tokens up to and including its EOS,
+    then `gc.pad_token_id` (what `model.generate` returns after the prompt, padded to full length).
+    Whenever rows are dropped, every forward (pre-)hook on the model that is a `RowFollower` is told
+    (`keep_rows(index)`). `streamer` sees the prompt, then one put per step, then `end()`, as with
+    `generate`.
+    """
+    from transformers import DynamicCache
+
+    if not plain_greedy(gc):
+        raise ValueError("greedy_decode reproduces plain greedy decoding only; use model.generate for this config")
+    device = input_ids.device
+    n_rows = input_ids.shape[0]
+    steps = int(gc.max_new_tokens)
+    pad = int(gc.pad_token_id if gc.pad_token_id is not None else 0)
+    eos = torch.tensor(_eos_ids(gc), dtype=torch.long, device=device)
+    out = torch.full((n_rows, steps), pad, dtype=torch.long, device=device)
+    alive = torch.arange(n_rows, device=device)  # rows of `out` still being decoded
+    mask = attention_mask.long()
+    positions = position_ids_from_mask(mask)
+    followers = _row_followers(model)
+    config = model.config.get_text_config(decoder=True)
+    cache = DynamicCache(config=config)
+    # transformers 5 names the cache argument `cache`; 4.x called it `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    tokens, step_positions = input_ids, positions
+    try:
+        for step in range(steps):
+            logits = model(
+                input_ids=tokens,
+                attention_mask=mask,
+                position_ids=step_positions,
+                use_cache=True,
+                **{cache_arg: cache},
+                logits_to_keep=1,
+            ).logits[:, -1]
+            nxt = torch.argmax(logits.to(torch.float32), dim=-1)
+            out[alive, step] = nxt
+            if streamer is not None:
+                streamer.put(nxt.cpu())
+            if step + 1 == steps:
+                break
+            going = ~torch.isin(nxt, eos) if eos.numel() else torch.ones_like(nxt, dtype=torch.bool)
+            if not bool(going.any()):
+                break
+            last_positions = step_positions[:, -1:]
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(1)
+                alive, nxt, mask, last_positions = alive[keep], nxt[keep], mask[keep], last_positions[keep]
+                cache.batch_select_indices(keep)
+                for follower in followers:
+                    follower.keep_rows(keep)
+            tokens = nxt[:, None]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            step_positions = last_positions + 1
+        if streamer is not None:
+            streamer.end()
+    finally:
+        for follower in followers:
+            follower.reset_rows()
+    return out

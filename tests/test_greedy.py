@@ -1,0 +1,193 @@
+"""The greedy loop that drops finished rows (`headpursuit.models.greedy`): the same tokens as
+`model.generate`, with and without per-row head scales, on models with full and sliding-window
+attention. The reference is transformers' own `generate` on the same left-padded batch."""
+
+import itertools
+
+import pytest
+import torch
+
+from headpursuit.intervention import per_row_scales, scale_heads
+from headpursuit.models.generation import GenerationProgress, generate_batch, generation_config
+from headpursuit.models.greedy import greedy_decode, plain_greedy
+from headpursuit.models.inputs import encode
+
+# Mixed lengths (left padding differs by row); the last is longer than tiny_gemma3's 16-token
+# sliding window, so its sliding layers drop cache entries while rows leave the batch.
+PROMPTS = [
+    "The capital of France is",
+    "One, two, three,",
+    "Hi",
+    "A much longer prompt with quite a few more tokens in it than any of the others here, and more",
+    "Water boils at",
+    "Colours: red, green,",
+]
+NEW = 12
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def lm(request):
+    # Without conftest's o_proj bias: that model repeats one token, and rows must end at varied steps.
+    from headpursuit.models.tiny import tiny_text_model
+
+    return tiny_text_model(request.param)
+
+
+def _enc(lm, prompts):
+    enc = encode(lm, prompts, padding_side="left")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def _hf_new_tokens(lm, prompts, gc):
+    """transformers' generate on the same batch: the new tokens, padded with pad to gc.max_new_tokens."""
+    ids, mask = _enc(lm, prompts)
+    with torch.no_grad():
+        out = lm.model.generate(input_ids=ids, attention_mask=mask, generation_config=gc)[:, ids.shape[1] :]
+    full = torch.full((len(prompts), gc.max_new_tokens), gc.pad_token_id, dtype=torch.long)
+    full[:, : out.shape[1]] = out
+    return full
+
+
+def _eos_that_ends_rows_early(lm, prompts):
+    """A generation config whose EOS ids are tokens the model emits at different steps of different
+    rows (random tiny models never emit their real EOS), so rows finish one after another: the
+    one to three tokens (of those generated) that end the rows at the most distinct steps."""
+    gc = generation_config(lm, max_new_tokens=NEW)
+    gc.eos_token_id = None
+    free = _hf_new_tokens(lm, prompts, gc).tolist()
+    first = {}  # token -> the step of its first occurrence in each row (NEW: never)
+    for r, row in enumerate(free):
+        for step, tok in enumerate(row):
+            first.setdefault(tok, [NEW] * len(free))
+            first[tok][r] = min(first[tok][r], step)
+    best, best_score = None, -1
+    for n in (1, 2, 3):
+        for combo in itertools.combinations(sorted(first), n):
+            steps = [min(first[t][r] for t in combo) for r in range(len(free))]
+            score = len(set(steps))
+            if score > best_score:
+                best, best_score = combo, score
+    gc = generation_config(lm, max_new_tokens=NEW)
+    gc.eos_token_id = list(best)
+    return gc
+
+
+def _finish_steps(tokens, eos):
+    """The step at which each row emitted its first EOS (NEW when it never did)."""
+    hit = torch.isin(tokens, torch.tensor(eos))
+    return [int(row.nonzero()[0]) if row.any() else NEW for row in hit]
+
+
+def test_same_tokens_as_generate_with_rows_finishing_at_different_steps(lm):
+    gc = _eos_that_ends_rows_early(lm, PROMPTS)
+    ref = _hf_new_tokens(lm, PROMPTS, gc)
+    steps = _finish_steps(ref, gc.eos_token_id)
+    assert len(set(steps)) >= 3, steps  # the test really drops rows at several steps
+    ids, mask = _enc(lm, PROMPTS)
+    assert torch.equal(greedy_decode(lm.model, ids, mask, gc), ref)
+
+
+def test_same_tokens_as_generate_when_no_row_ends(lm):
+    gc = generation_config(lm, max_new_tokens=NEW)
+    gc.eos_token_id = None
+    ids, mask = _enc(lm, PROMPTS)
+    assert torch.equal(greedy_decode(lm.model, ids, mask, gc), _hf_new_tokens(lm, PROMPTS, gc))
+
+
+def test_per_row_scales_follow_their_rows_as_rows_leave(lm):
+    """Rows are (prompt, edit) pairs; each row's tokens equal generate() under that edit alone."""
+    gc = _eos_that_ends_rows_early(lm, PROMPTS)
+    edits = [{}, {(0, 1): -1.0, (1, 3): -1.0}, {(1, 0): 0.0, (0, 2): 3.0}]
+    ref = {}
+    for e, edit in enumerate(edits):
+        with scale_heads(lm, edit):
+            ref[e] = _hf_new_tokens(lm, PROMPTS, gc)
+    rows = [(i, e) for e in range(len(edits)) for i in range(len(PROMPTS))]
+    ids, mask = _enc(lm, [PROMPTS[i] for i, _ in rows])
+    with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
+        got = greedy_decode(lm.model, ids, mask, gc)
+        # The hooks hold every row again afterwards: a second batch in the same block works.
+        again = greedy_decode(lm.model, ids, mask, gc)
+    expected = torch.stack([ref[e][i] for i, e in rows])
+    assert len(set(_finish_steps(expected, gc.eos_token_id))) >= 3
+    assert torch.equal(got, expected)
+    assert torch.equal(again, expected)
+    assert sum(len(lm.o_proj(i)._forward_pre_hooks) for i in range(lm.layout.n_layers)) == 0
+
+
+def test_hooks_hold_every_row_again_after_an_error(lm):
+    ids, mask = _enc(lm, PROMPTS)
+    with scale_heads(lm, {(0, 1): [-1.0, 2.0, 0.0, -1.0, 2.0, 0.0]}):
+        gc = _eos_that_ends_rows_early(lm, PROMPTS)  # under the edit: rows do leave
+        scaler = next(iter(lm.o_proj(0)._forward_pre_hooks.values()))
+        seen = []
+
+        def fail_after_a_drop(module, args):
+            if scaler.rows is not None:  # rows have left the batch: interrupt the decode here
+                seen.append(len(scaler.rows))
+                raise RuntimeError("interrupted mid-decode")
+
+        handle = lm.o_proj(1).register_forward_pre_hook(fail_after_a_drop)
+        try:
+            with pytest.raises(RuntimeError, match="interrupted"):
+                greedy_decode(lm.model, ids, mask, gc)
+        finally:
+            handle.remove()
+        assert seen and seen[0] < len(PROMPTS)
+        assert scaler.rows is None
+        assert torch.equal(greedy_decode(lm.model, ids, mask, gc), _hf_new_tokens(lm, PROMPTS, gc))
+
+
+def test_configs_it_does_not_reproduce_go_to_generate(lm):
+    gc = generation_config(lm, max_new_tokens=NEW)
+    assert plain_greedy(gc)
+    for field, value in [("repetition_penalty", 1.5), ("no_repeat_ngram_size", 2), ("min_new_tokens", 3)]:
+        other = generation_config(lm, max_new_tokens=NEW)
+        setattr(other, field, value)
+        assert not plain_greedy(other), field
+    ids, mask = _enc(lm, PROMPTS)
+    other = generation_config(lm, max_new_tokens=NEW)
+    other.repetition_penalty = 1.5
+    with pytest.raises(ValueError, match="plain greedy"):
+        greedy_decode(lm.model, ids, mask, other)
+    # generate_batch honours a checkpoint's repetition penalty (it runs generate for that config).
+    saved = lm.model.generation_config.repetition_penalty
+    lm.model.generation_config.repetition_penalty = 1.5
+    try:
+        texts = generate_batch(lm, PROMPTS, max_new_tokens=NEW, batch_size=len(PROMPTS), progress=False)
+        ref = _hf_new_tokens(lm, PROMPTS, generation_config(lm, max_new_tokens=NEW))
+    finally:
+        lm.model.generation_config.repetition_penalty = saved
+    assert texts == [t.strip() for t in lm.tokenizer.batch_decode(ref, skip_special_tokens=True)]
+
+
+def test_progress_counts_every_step_once_per_batch(lm):
+    gc = _eos_that_ends_rows_early(lm, PROMPTS)
+    progress = GenerationProgress(len(PROMPTS), 3, NEW, "t", enabled=True)
+    try:
+        for start in (0, 3):
+            ids, mask = _enc(lm, PROMPTS[start : start + 3])
+            greedy_decode(lm.model, ids, mask, gc, streamer=progress.streamer())
+        assert progress.bar.n == 2 * NEW
+    finally:
+        progress.close()
+
+
+@pytest.mark.slow
+def test_smollm2_same_tokens_as_generate(smollm2):
+    """The real model with its real EOS: chat-formatted QA prompts end after a few tokens."""
+    lm = smollm2
+    prompts = [
+        lm.format_prompt(q)
+        for q in [
+            "What is the capital of France? Answer in one word.",
+            "Name a colour.",
+            "Which country is Tokyo in? Answer with the country only.",
+            "Write a long sentence about the sea.",
+        ]
+    ]
+    gc = generation_config(lm, max_new_tokens=24)
+    ref = _hf_new_tokens(lm, prompts, gc)
+    assert len(set(_finish_steps(ref, [gc.eos_token_id]))) >= 2
+    ids, mask = _enc(lm, prompts)
+    assert torch.equal(greedy_decode(lm.model, ids, mask, gc), ref)
