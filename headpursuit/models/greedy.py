@@ -96,7 +96,9 @@ def _row_followers(model: torch.nn.Module) -> list[RowFollower]:
     found: list[RowFollower] = []
     for module in model.modules():
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            found += [h for h in hooks.values() if isinstance(h, RowFollower)]
+            for hook in hooks.values():
+                if isinstance(hook, RowFollower):
+                    found.append(hook)
     return found
 
 
