@@ -140,6 +140,12 @@ class _HeadScaler:
         self.rows = index if self.rows is None else self.rows[index]
         self.selected = {}
 
+    def row_keys(self) -> torch.Tensor | None:
+        """Per-row factors (rows alike when equal), None when every row gets the same."""
+        if self.per_feature.dim() != 2:
+            return None
+        return self.per_feature if self.rows is None else self.per_feature[self.rows]
+
     def reset_rows(self) -> None:
         """Every row again (the next batch starts whole)."""
         self.rows, self.selected = None, {}

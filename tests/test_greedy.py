@@ -191,3 +191,77 @@ def test_smollm2_same_tokens_as_generate(smollm2):
     assert len(set(_finish_steps(ref, [gc.eos_token_id]))) >= 2
     ids, mask = _enc(lm, prompts)
     assert torch.equal(greedy_decode(lm.model, ids, mask, gc), ref)
+
+
+# --- a shared prompt prefix, run once per edit -------------------------------------------
+
+PREFIX = "System: you answer questions in a few words, and you never explain. User: "
+
+
+def _embed_calls(lm):
+    """Record the (rows, tokens) of every forward pass, at the token embedding."""
+    calls = []
+    handle = lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape)))
+    return calls, handle
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma3_text"])
+def lm_wide(request):
+    """Tiny models whose sliding window (gemma3) holds the whole sequence: the prefix can be shared."""
+    from headpursuit.models.tiny import tiny_text_model
+
+    extra = {"sliding_window": 256} if request.param == "gemma3_text" else {}
+    return tiny_text_model(request.param, **extra)
+
+
+def test_shared_prefix_runs_once_per_edit_and_gives_generates_tokens(lm_wide):
+    lm = lm_wide
+    prompts = [PREFIX + p for p in PROMPTS]
+    gc = _eos_that_ends_rows_early(lm, prompts)
+    edits = [{}, {(0, 1): -1.0, (1, 3): -1.0}, {(1, 0): 0.0, (0, 2): 3.0}]
+    ref = {}
+    for e, edit in enumerate(edits):
+        with scale_heads(lm, edit):
+            ref[e] = _hf_new_tokens(lm, prompts, gc)
+    rows = [(i, e) for i in range(len(prompts)) for e in range(len(edits))]  # prompt-major, edits mixed
+    ids, mask = _enc(lm, [prompts[i] for i, _ in rows])
+    calls, handle = _embed_calls(lm)
+    try:
+        with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
+            got = greedy_decode(lm.model, ids, mask, gc)
+    finally:
+        handle.remove()
+    n_prefix = len(lm.token_ids(PREFIX.rstrip())) - 1  # the tokenizer may merge the last one onward
+    assert calls[0][0] == len(edits) and calls[0][1] >= n_prefix  # one prefix row per edit
+    assert calls[1][0] == len(rows) and calls[1][1] < ids.shape[1]  # then each row's own tokens
+    expected = torch.stack([ref[e][i] for i, e in rows])
+    assert len(set(_finish_steps(expected, gc.eos_token_id))) >= 3
+    assert torch.equal(got, expected)
+
+
+def test_no_sharing_where_the_sliding_window_is_shorter_than_the_sequence(lm):
+    prompts = [PREFIX + p for p in PROMPTS]
+    gc = _eos_that_ends_rows_early(lm, prompts)
+    ids, mask = _enc(lm, prompts)
+    calls, handle = _embed_calls(lm)
+    try:
+        got = greedy_decode(lm.model, ids, mask, gc)
+    finally:
+        handle.remove()
+    window = getattr(lm.model.config, "sliding_window", None)
+    if window and ids.shape[1] + NEW > window:
+        assert calls[0] == tuple(ids.shape)  # the whole prompt in one pass
+    else:
+        assert calls[0][0] == 1  # no edits: the prefix once
+    assert torch.equal(got, _hf_new_tokens(lm, prompts, gc))
+
+
+def test_rows_without_a_common_prefix_run_as_one_batch(lm):
+    gc = generation_config(lm, max_new_tokens=4)
+    ids, mask = _enc(lm, PROMPTS)
+    calls, handle = _embed_calls(lm)
+    try:
+        greedy_decode(lm.model, ids, mask, gc)
+    finally:
+        handle.remove()
+    assert calls[0] == tuple(ids.shape)

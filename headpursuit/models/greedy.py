@@ -34,11 +34,14 @@ class RowFollower(Protocol):
     """A forward (pre-)hook with per-row state that must shrink with the batch (the per-row scales
     of `headpursuit.intervention.scale_heads`): `keep_rows(index)` is called with the positions, in
     the current batch, of the rows that go on; `reset_rows()` when the decode ends (also on error),
-    so that the hook holds every row again."""
+    so that the hook holds every row again. `row_keys()` is (rows, d) values that are equal for rows
+    the hook treats alike (None: it treats every row alike), so rows can share a prompt prefix."""
 
     def keep_rows(self, index: torch.Tensor) -> None: ...
 
     def reset_rows(self) -> None: ...
+
+    def row_keys(self) -> torch.Tensor | None: ...
 
 
 # GenerationConfig fields that add a logits processor or a stopping rule when set; the value that
@@ -102,6 +105,114 @@ def _row_followers(model: torch.nn.Module) -> list[RowFollower]:
     return found
 
 
+# A shared prompt prefix shorter than this is not worth a separate forward pass.
+MIN_SHARED_PREFIX = 4
+
+
+def _edit_groups(followers: list[RowFollower], n_rows: int, device: torch.device) -> torch.Tensor:
+    """(rows,) group ids: rows in one group are treated alike by every hook (the same head scales)."""
+    keys = [k for k in (f.row_keys() for f in followers) if k is not None]
+    if not keys:
+        return torch.zeros(n_rows, dtype=torch.long, device=device)
+    _, groups = torch.unique(torch.cat([k.float().cpu() for k in keys], dim=1), dim=0, return_inverse=True)
+    return groups.to(device)
+
+
+def _shared_prefix_length(input_ids: torch.Tensor, mask: torch.Tensor) -> int:
+    """How many leading real tokens every row of a left-padded batch has in common, leaving each
+    row at least one token of its own (0 when the padding is not all on the left)."""
+    n_rows, width = mask.shape
+    lengths = mask.sum(1)
+    if not bool((mask.flip(1).cumprod(1).sum(1) == lengths).all()):  # real tokens not all at the end
+        return 0
+    span = int(lengths.min()) - 1
+    if span <= 0:
+        return 0
+    first = input_ids.gather(1, (width - lengths)[:, None] + torch.arange(span, device=mask.device)[None])
+    differs = (first != first[:1]).any(0)
+    return int(differs.nonzero()[0]) if bool(differs.any()) else span
+
+
+def _prefix_sharing_is_exact(model: torch.nn.Module, total_length: int) -> bool:
+    """Whether moving the padding between the shared prefix and the rest leaves every row's attention
+    unchanged: masked keys add exact zeros under eager/SDPA attention, but a sliding window counts
+    cache slots, padding included, so the sequence must fit inside the window."""
+    config = model.config.get_text_config(decoder=True)
+    if getattr(config, "_attn_implementation", "eager") not in ("eager", "sdpa"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    return not window or total_length <= int(window)
+
+
+def _prefill(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    cache: Any,
+    cache_arg: str,
+    followers: list[RowFollower],
+    steps: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The prompt pass: (last-position logits, attention mask, position ids of the inputs).
+
+    Rows share a prompt prefix (a chat template's system turn, an instruction) and are edited by a
+    few distinct head edits: the prefix is run once per edit, its cache copied to that edit's rows,
+    and only each row's own tokens are run on top, left-padded after the prefix. The cache then reads
+    [prefix | padding | own tokens], the same keys at the same positions as [padding | prompt].
+    """
+    n_rows, width = input_ids.shape
+    shared = _shared_prefix_length(input_ids, mask)
+    groups = _edit_groups(followers, n_rows, input_ids.device) if shared >= MIN_SHARED_PREFIX else None
+    n_groups = int(groups.max()) + 1 if groups is not None else n_rows
+    if groups is None or n_groups == n_rows or not _prefix_sharing_is_exact(model, width + steps):
+        positions = position_ids_from_mask(mask)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_arg: cache},
+        )
+        return out.logits[:, -1], mask, positions
+    lengths = mask.sum(1)
+    own_width = int(lengths.max()) - shared  # the longest row's own tokens
+    first_of_group = torch.stack([(groups == g).nonzero()[0, 0] for g in range(n_groups)])
+    prefix = input_ids[first_of_group[0], width - int(lengths[first_of_group[0]]) :][:shared]
+    for follower in followers:
+        follower.keep_rows(first_of_group)
+    try:
+        model(
+            input_ids=prefix[None].expand(n_groups, -1),
+            attention_mask=torch.ones((n_groups, shared), dtype=mask.dtype, device=mask.device),
+            position_ids=torch.arange(shared, device=mask.device)[None].expand(n_groups, -1),
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_arg: cache},
+        )
+    finally:
+        for follower in followers:
+            follower.reset_rows()
+    cache.batch_select_indices(groups)  # each row gets its edit's prefix
+    # Each row's own tokens, left-padded to the longest: the tail of its prompt after the prefix.
+    own = input_ids[:, width - own_width :]
+    # A shorter row's window also holds the end of its prefix: masked, like padding.
+    own_mask = (torch.arange(own_width, device=mask.device)[None] >= (own_width - (lengths - shared))[:, None]).to(
+        mask.dtype
+    )
+    full_mask = torch.cat([mask.new_ones((n_rows, shared)), own_mask], dim=1)
+    positions = shared + position_ids_from_mask(own_mask)
+    out = model(
+        input_ids=own,
+        attention_mask=full_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_arg: cache},
+    )
+    return out.logits[:, -1], full_mask, positions
+
+
 @torch.no_grad()
 def greedy_decode(
     model: torch.nn.Module,
@@ -131,7 +242,6 @@ def greedy_decode(
     out = torch.full((n_rows, steps), pad, dtype=torch.long, device=device)
     alive = torch.arange(n_rows, device=device)  # rows of `out` still being decoded
     mask = attention_mask.long()
-    positions = position_ids_from_mask(mask)
     followers = _row_followers(model)
     config = model.config.get_text_config(decoder=True)
     cache = DynamicCache(config=config)
@@ -139,17 +249,19 @@ def greedy_decode(
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    tokens, step_positions = input_ids, positions
     try:
+        logits, mask, step_positions = _prefill(model, input_ids, mask, cache, cache_arg, followers, steps)
+        tokens = input_ids[:, -1:]  # the next step's inputs (set after each step)
         for step in range(steps):
-            logits = model(
-                input_ids=tokens,
-                attention_mask=mask,
-                position_ids=step_positions,
-                use_cache=True,
-                **{cache_arg: cache},
-                logits_to_keep=1,
-            ).logits[:, -1]
+            if step > 0:
+                logits = model(
+                    input_ids=tokens,
+                    attention_mask=mask,
+                    position_ids=step_positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_arg: cache},
+                ).logits[:, -1]
             nxt = torch.argmax(logits.to(torch.float32), dim=-1)
             out[alive, step] = nxt
             if streamer is not None:
