@@ -36,11 +36,15 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two workers (the CI machines have 2 cores), whole files per worker: a file's module fixtures
+# and its shared cache stay in one process. Serially: `$(PY) -m pytest -q`.
+PYTEST_WORKERS ?= -n 2 --dist loadfile
+
 test: venv lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-fast: venv
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow"
 
 bench: venv
 	$(PY) experiments/bench_somp.py
