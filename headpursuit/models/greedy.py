@@ -144,6 +144,21 @@ def _prefix_sharing_is_exact(model: torch.nn.Module, total_length: int) -> bool:
     return not window or total_length <= int(window)
 
 
+def _forward(
+    model: torch.nn.Module, cache: Any, cache_arg: str, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """One cached forward pass: the logits at the last position of each row."""
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_arg: cache},
+    )
+    return out.logits[:, -1]
+
+
 def _prefill(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -166,15 +181,7 @@ def _prefill(
     n_groups = int(groups.max()) + 1 if groups is not None else n_rows
     if groups is None or n_groups == n_rows or not _prefix_sharing_is_exact(model, width + steps):
         positions = position_ids_from_mask(mask)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: cache},
-        )
-        return out.logits[:, -1], mask, positions
+        return _forward(model, cache, cache_arg, input_ids, mask, positions), mask, positions
     lengths = mask.sum(1)
     own_width = int(lengths.max()) - shared  # the longest row's own tokens
     first_of_group = torch.stack([(groups == g).nonzero()[0, 0] for g in range(n_groups)])
@@ -182,13 +189,13 @@ def _prefill(
     for follower in followers:
         follower.keep_rows(first_of_group)
     try:
-        model(
-            input_ids=prefix[None].expand(n_groups, -1),
-            attention_mask=torch.ones((n_groups, shared), dtype=mask.dtype, device=mask.device),
-            position_ids=torch.arange(shared, device=mask.device)[None].expand(n_groups, -1),
-            use_cache=True,
-            logits_to_keep=1,
-            **{cache_arg: cache},
+        _forward(
+            model,
+            cache,
+            cache_arg,
+            prefix[None].expand(n_groups, -1),
+            torch.ones((n_groups, shared), dtype=mask.dtype, device=mask.device),
+            torch.arange(shared, device=mask.device)[None].expand(n_groups, -1),
         )
     finally:
         for follower in followers:
@@ -202,15 +209,7 @@ def _prefill(
     )
     full_mask = torch.cat([mask.new_ones((n_rows, shared)), own_mask], dim=1)
     positions = shared + position_ids_from_mask(own_mask)
-    out = model(
-        input_ids=own,
-        attention_mask=full_mask,
-        position_ids=positions,
-        use_cache=True,
-        logits_to_keep=1,
-        **{cache_arg: cache},
-    )
-    return out.logits[:, -1], full_mask, positions
+    return _forward(model, cache, cache_arg, own, full_mask, positions), full_mask, positions
 
 
 @torch.no_grad()
@@ -254,14 +253,7 @@ def greedy_decode(
         tokens = input_ids[:, -1:]  # the next step's inputs (set after each step)
         for step in range(steps):
             if step > 0:
-                logits = model(
-                    input_ids=tokens,
-                    attention_mask=mask,
-                    position_ids=step_positions,
-                    use_cache=True,
-                    logits_to_keep=1,
-                    **{cache_arg: cache},
-                ).logits[:, -1]
+                logits = _forward(model, cache, cache_arg, tokens, mask, step_positions)
             nxt = torch.argmax(logits.to(torch.float32), dim=-1)
             out[alive, step] = nxt
             if streamer is not None:
