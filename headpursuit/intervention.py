@@ -156,11 +156,11 @@ class _HeadScaler:
         if key not in self.placed:
             self.placed[key] = self.per_feature.to(device=x.device, dtype=x.dtype)
         f = self.placed[key]
-        if f.dim() == 2 and self.rows is not None:
-            if key not in self.selected:
-                self.selected[key] = f[self.rows.to(f.device)]
-            f = self.selected[key]
         if f.dim() == 2:
+            if self.rows is not None:  # rows have left the batch: theirs are the rows still in it
+                if key not in self.selected:
+                    self.selected[key] = f[self.rows.to(f.device)]
+                f = self.selected[key]
             if x.shape[0] != f.shape[0]:
                 raise ValueError(
                     f"scale_heads was given per-row scales for {f.shape[0]} rows but layer {self.layer} "
@@ -184,7 +184,7 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, Scale]) -> Iterator[Loade
     edited by the r-th factor, so one batch carries several edits (1.0 leaves a row unedited). All
     per-row scales share one length, and every batch run inside the block must have that many rows
     (a ValueError otherwise). `generate()` keeps its batch size; the greedy loop of
-    `headpursuit.models.generation`, which drops finished rows, tells the hooks which rows go on.
+    `headpursuit.models.greedy`, which drops finished rows, tells the hooks which rows go on.
     Keys are (layer, head) pairs of integers; scales must be finite.
     """
     by_layer, rows = _scales_by_layer(lm, scales)

@@ -2,6 +2,7 @@
 `model.generate`, with and without per-row head scales, on models with full and sliding-window
 attention. The reference is transformers' own `generate` on the same left-padded batch."""
 
+import contextlib
 import itertools
 
 import pytest
@@ -94,17 +95,25 @@ def test_same_tokens_as_generate_when_no_row_ends(lm):
     assert torch.equal(greedy_decode(lm.model, ids, mask, gc), _hf_new_tokens(lm, PROMPTS, gc))
 
 
+EDITS = [{}, {(0, 1): -1.0, (1, 3): -1.0}, {(1, 0): 0.0, (0, 2): 3.0}]
+
+
+def _generate_per_edit(lm, prompts, gc):
+    """{e: generate()'s new tokens of every prompt under EDITS[e] alone}: the per-row reference."""
+    ref = {}
+    for e, edit in enumerate(EDITS):
+        with scale_heads(lm, edit):
+            ref[e] = _hf_new_tokens(lm, prompts, gc)
+    return ref
+
+
 def test_per_row_scales_follow_their_rows_as_rows_leave(lm):
     """Rows are (prompt, edit) pairs; each row's tokens equal generate() under that edit alone."""
     gc = _eos_that_ends_rows_early(lm, PROMPTS)
-    edits = [{}, {(0, 1): -1.0, (1, 3): -1.0}, {(1, 0): 0.0, (0, 2): 3.0}]
-    ref = {}
-    for e, edit in enumerate(edits):
-        with scale_heads(lm, edit):
-            ref[e] = _hf_new_tokens(lm, PROMPTS, gc)
-    rows = [(i, e) for e in range(len(edits)) for i in range(len(PROMPTS))]
+    ref = _generate_per_edit(lm, PROMPTS, gc)
+    rows = [(i, e) for e in range(len(EDITS)) for i in range(len(PROMPTS))]
     ids, mask = _enc(lm, [PROMPTS[i] for i, _ in rows])
-    with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
+    with scale_heads(lm, per_row_scales([EDITS[e] for _, e in rows])):
         got = greedy_decode(lm.model, ids, mask, gc)
         # The hooks hold every row again afterwards: a second batch in the same block works.
         again = greedy_decode(lm.model, ids, mask, gc)
@@ -198,11 +207,15 @@ def test_smollm2_same_tokens_as_generate(smollm2):
 PREFIX = "System: you answer questions in a few words, and you never explain. User: "
 
 
+@contextlib.contextmanager
 def _embed_calls(lm):
-    """Record the (rows, tokens) of every forward pass, at the token embedding."""
+    """Within the block, record the (rows, tokens) of every forward pass, at the token embedding."""
     calls = []
     handle = lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: calls.append(tuple(a[0].shape)))
-    return calls, handle
+    try:
+        yield calls
+    finally:
+        handle.remove()
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3_text"])
@@ -218,21 +231,13 @@ def test_shared_prefix_runs_once_per_edit_and_gives_generates_tokens(lm_wide):
     lm = lm_wide
     prompts = [PREFIX + p for p in PROMPTS]
     gc = _eos_that_ends_rows_early(lm, prompts)
-    edits = [{}, {(0, 1): -1.0, (1, 3): -1.0}, {(1, 0): 0.0, (0, 2): 3.0}]
-    ref = {}
-    for e, edit in enumerate(edits):
-        with scale_heads(lm, edit):
-            ref[e] = _hf_new_tokens(lm, prompts, gc)
-    rows = [(i, e) for i in range(len(prompts)) for e in range(len(edits))]  # prompt-major, edits mixed
+    ref = _generate_per_edit(lm, prompts, gc)
+    rows = [(i, e) for i in range(len(prompts)) for e in range(len(EDITS))]  # prompt-major, edits mixed
     ids, mask = _enc(lm, [prompts[i] for i, _ in rows])
-    calls, handle = _embed_calls(lm)
-    try:
-        with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
-            got = greedy_decode(lm.model, ids, mask, gc)
-    finally:
-        handle.remove()
+    with _embed_calls(lm) as calls, scale_heads(lm, per_row_scales([EDITS[e] for _, e in rows])):
+        got = greedy_decode(lm.model, ids, mask, gc)
     n_prefix = len(lm.token_ids(PREFIX.rstrip())) - 1  # the tokenizer may merge the last one onward
-    assert calls[0][0] == len(edits) and calls[0][1] >= n_prefix  # one prefix row per edit
+    assert calls[0][0] == len(EDITS) and calls[0][1] >= n_prefix  # one prefix row per edit
     assert calls[1][0] == len(rows) and calls[1][1] < ids.shape[1]  # then each row's own tokens
     expected = torch.stack([ref[e][i] for i, e in rows])
     assert len(set(_finish_steps(expected, gc.eos_token_id))) >= 3
@@ -243,11 +248,8 @@ def test_no_sharing_where_the_sliding_window_is_shorter_than_the_sequence(lm):
     prompts = [PREFIX + p for p in PROMPTS]
     gc = _eos_that_ends_rows_early(lm, prompts)
     ids, mask = _enc(lm, prompts)
-    calls, handle = _embed_calls(lm)
-    try:
+    with _embed_calls(lm) as calls:
         got = greedy_decode(lm.model, ids, mask, gc)
-    finally:
-        handle.remove()
     window = getattr(lm.model.config, "sliding_window", None)
     if window and ids.shape[1] + NEW > window:
         assert calls[0] == tuple(ids.shape)  # the whole prompt in one pass
@@ -259,9 +261,6 @@ def test_no_sharing_where_the_sliding_window_is_shorter_than_the_sequence(lm):
 def test_rows_without_a_common_prefix_run_as_one_batch(lm):
     gc = generation_config(lm, max_new_tokens=4)
     ids, mask = _enc(lm, PROMPTS)
-    calls, handle = _embed_calls(lm)
-    try:
+    with _embed_calls(lm) as calls:
         greedy_decode(lm.model, ids, mask, gc)
-    finally:
-        handle.remove()
     assert calls[0] == tuple(ids.shape)
