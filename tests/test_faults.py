@@ -787,6 +787,26 @@ def test_ranking_k_above_the_concept_but_within_the_vocabulary_passes(monkeypatc
     assert "ranking.k=49153" in bad["error"]["message"] and "at most 49152" in bad["error"]["message"]
 
 
+def test_preflight_leaves_the_repeated_questions_warning_to_the_build_on_the_model(tmp_path, caplog):
+    from headpursuit.app.preflight import check_task_builds
+    from headpursuit.models.tiny import embedded_tokenizer
+    from headpursuit.tasks import build_task
+
+    rows = [{"question": f"Where is city {i}?", "answers": ["France"], "group": "concept"} for i in range(4)]
+    rows += [{"question": f"What is {i} + {i}?", "answers": [str(2 * i)], "group": "control"} for i in range(4)]
+    path = tmp_path / "repeats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:3]))
+    cfg = {"name": "qa_countries", "source": "jsonl", "data_path": str(path), "n_rank": 2, "n_eval": 2}
+    tok = embedded_tokenizer("smollm2")
+    with caplog.at_level(logging.WARNING):
+        check_task_builds(cfg, tok)  # the job's preflight: silent about it (a sweep would say it per job)
+        assert not [r for r in caplog.records if "repeated" in r.getMessage()]
+        task = build_task({**cfg, "tokenizer": tok})  # the build the run uses: says it once
+    assert [r.levelname for r in caplog.records if "dropped 3 repeated" in r.getMessage()] == ["WARNING"]
+    assert task.provenance()["data"]["duplicates_dropped"] == 3
+    assert logging.getLogger("headpursuit.tasks").level == logging.NOTSET  # restored
+
+
 TASK_FILES = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml"))
 
 

@@ -28,11 +28,12 @@ Checked before, by `validate_config` (neither model nor tokenizer), among the co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +214,26 @@ def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "t
         raise PreflightError(f"{where}: {exc} Fix (a shipped concept): {node}.concept=countries") from None
 
 
+@contextlib.contextmanager
+def tasks_log_quiet() -> Iterator[None]:
+    """The tasks' logged warnings (e.g. repeated questions dropped) held back, errors kept."""
+    logger = logging.getLogger("headpursuit.tasks")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
     """Build the task on the tokenizer alone: its source, data schema and splits are then checked."""
     args = {k: v for k, v in task_cfg.items() if k != "positions"}  # as `build_task_memo` passes them
     source = task_cfg.get("source")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the build on the model warns again, where it counts
+        # The build on the model warns again, where it counts: warnings and the tasks' logged ones.
+        with warnings.catch_warnings(), tasks_log_quiet():
+            warnings.simplefilter("ignore")
             build_task({**args, "tokenizer": tokenizer})
     except PreflightError:
         raise
