@@ -70,6 +70,7 @@ __all__ = [
     "resolve_concept",
     "clean_metrics",
     "group_counts",
+    "empty_outputs",
 ]
 
 GROUPS = ("concept", "control")
@@ -321,6 +322,15 @@ class TaskOutputs:
     desc: str
     groups: dict[str, GroupOutputs] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+
+def empty_outputs(outputs: TaskOutputs) -> dict[str, Any]:
+    """How many of the generations (every group, item and continuation) are empty after stripping
+    whitespace: ``{"n_empty", "n_outputs", "empty_fraction"}`` (the fraction None without outputs).
+    An edit that silences the model shows here, whatever the task's metrics make of it."""
+    texts = [o for go in outputs.groups.values() for outs in go.outputs for o in outs]
+    n_empty = sum(1 for o in texts if not o.strip())
+    return {"n_empty": n_empty, "n_outputs": len(texts), "empty_fraction": n_empty / len(texts) if texts else None}
 
 
 def group_counts(items: Iterable[Any]) -> dict[str, int]:
