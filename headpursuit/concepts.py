@@ -58,9 +58,10 @@ def available_concepts() -> list[str]:
 
 
 def read_word_list(path: str | Path) -> list[str]:
-    """One word or phrase per line; '#' starts a comment; blank lines ignored; order kept, dedup."""
+    """One word or phrase per line; '#' starts a comment; blank lines ignored; order kept, dedup.
+    UTF-8; a leading byte-order mark (some editors write one) is skipped, not read as a word."""
     words: list[str] = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             words.append(" ".join(line.split()))

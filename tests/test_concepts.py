@@ -82,6 +82,15 @@ def test_empty_concept_error(tok):
         load_concept("not_a_concept", tok)
 
 
+def test_word_list_with_a_byte_order_mark_reads_like_one_without(tok, tmp_path):
+    text = "sparrow\neagle\nparrot\n"
+    plain, bom = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # as Notepad and some exports write it
+    assert read_word_list(bom) == read_word_list(plain) == ["sparrow", "eagle", "parrot"]
+    assert torch.equal(load_concept(str(bom), tok).token_ids, load_concept(str(plain), tok).token_ids)
+
+
 def test_path_and_comments(tok, tmp_path):
     p = tmp_path / "birds.txt"
     p.write_text("# birds\nsparrow\n\neagle   # big\nEagle\nparrot\n", encoding="utf-8")

@@ -157,7 +157,7 @@ def test_deterministic_config_key_is_validated():
         "model": {"name_or_path": "smollm2"},
         "task": {"name": "qa_countries"},
         "ranking": {"method": "concept_share"},
-        "intervention": {"alpha": -1.0, "k": 2},
+        "intervention": {"alpha": -1.0, "k": 2, "random_seeds": [0, 1]},
         "deterministic": "yes",
     }
     with pytest.raises(ConfigError, match="deterministic must be true or false"):

@@ -13,6 +13,7 @@ shared ~/.cache/headpursuit is only ever read (the slow test copies it).
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from safetensors.torch import save_file
 from headpursuit.app import aggregate as A
 from headpursuit.app import run as R
 from headpursuit.app.cache import RunCache
+from headpursuit.app.config import validate_config
 from headpursuit.app.interrupts import JobInterrupted, signals_raise
 from headpursuit.app.tracking import (
     ERROR_FILE,
@@ -741,6 +744,18 @@ PREFLIGHT_CASES = [
     (["device=cuda:99"], "device", ["device=cpu"]),
     (["task.source=trivia_qa_file", "task.data_path=${{hp.fixture:trivia_qa_validation_sample.jsonl}}", "task.rank_data_path={tmp}/missing.jsonl"], "task.rank_data_path", ["task.rank_data_path=null"]),
     (["+task@rank_task=qa_countries", "rank_task.concept=nope"], "task.concept", ["rank_task.concept=countries"]),
+    # issue 19: each of these used to fail (or do nothing) only after the model had loaded
+    (["task.n_rank=0"], "task.n_rank", ["task.n_rank=8"]),
+    (["task.n_rank={{concept:0,control:5}}"], "task.n_rank", ["task.n_rank=8"]),
+    (["task.rank_groups=[concept,control]", "task.n_rank={{concept:5,control:0}}"], "task.n_rank", ["task.n_rank=8"]),
+    (["+task@rank_task=qa_countries", "rank_task.n_rank=0"], "rank_task.n_rank", ["rank_task.n_rank=8"]),
+    (["task.n_eval=0"], "task.n_eval", ["task.n_eval=8"]),
+    (["task.max_new_tokens=0"], "task.max_new_tokens", ["task.max_new_tokens=16"]),
+    (["ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
+    (["ranking=concept_restricted", "ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
+    (["ranking=paper", "ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
+    (["intervention.random_seeds=[]"], "intervention.random_seeds", ["intervention.random_controls=false"]),
+    (["intervention.random_seeds=[]"], "intervention.random_seeds", ["intervention.random_seeds=[0,1,2]"]),
 ]  # fmt: skip
 
 
@@ -761,6 +776,124 @@ def test_checks_run_before_the_model_loads_and_their_fix_works(monkeypatch, tmp_
     fixed = run_in_process(monkeypatch, tmp_path / "fixed", *args, *fix, cache)
     assert fixed["error"]["type"] == "ModelLoadReached", fixed["error"]
     assert fixed["error"]["stage"] == "load_model"
+
+
+def test_ranking_k_above_the_concept_but_within_the_vocabulary_passes(monkeypatch, tmp_path):
+    """concept_restricted caps k at the number of concept tokens (conf/ranking/paper.yaml): such a k
+    passes preflight; only one above the vocabulary (49152 tokens for SmolLM2) fails, naming it."""
+    ok = run_in_process(monkeypatch, tmp_path / "ok", "ranking=paper", "ranking.k=5000", "cache_dir=null")
+    assert ok["error"]["type"] == "ModelLoadReached", ok["error"]
+    bad = run_in_process(monkeypatch, tmp_path / "bad", "ranking=paper", "ranking.k=49153", "cache_dir=null")
+    assert "ranking.k=49153" in bad["error"]["message"] and "at most 49152" in bad["error"]["message"]
+
+
+def test_preflight_leaves_the_repeated_questions_warning_to_the_build_on_the_model(tmp_path, caplog):
+    from headpursuit.app.preflight import check_task_builds
+    from headpursuit.models.tiny import embedded_tokenizer
+    from headpursuit.tasks import build_task
+
+    rows = [{"question": f"Where is city {i}?", "answers": ["France"], "group": "concept"} for i in range(4)]
+    rows += [{"question": f"What is {i} + {i}?", "answers": [str(2 * i)], "group": "control"} for i in range(4)]
+    path = tmp_path / "repeats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:3]))
+    cfg = {"name": "qa_countries", "source": "jsonl", "data_path": str(path), "n_rank": 2, "n_eval": 2}
+    tok = embedded_tokenizer("smollm2")
+    with caplog.at_level(logging.WARNING):
+        check_task_builds(cfg, tok)  # the job's preflight: silent about it (a sweep would say it per job)
+        assert not [r for r in caplog.records if "repeated" in r.getMessage()]
+        task = build_task({**cfg, "tokenizer": tok})  # the build the run uses: says it once
+    assert [r.levelname for r in caplog.records if "dropped 3 repeated" in r.getMessage()] == ["WARNING"]
+    assert task.provenance()["data"]["duplicates_dropped"] == 3
+    assert logging.getLogger("headpursuit.tasks").level == logging.NOTSET  # restored
+
+
+TASK_FILES = sorted(p.stem for p in (REPO / "conf" / "task").glob("*.yaml"))
+
+
+def compose_config(*overrides: str) -> dict:
+    """The resolved run config of `overrides` as the app sees it, without running anything."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", "cache_dir=null", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("task", TASK_FILES)
+def test_every_task_file_checks_its_sizes_without_a_model(task):
+    """task.n_rank / n_eval / max_new_tokens (and toxicity's n_continuations) of every task file:
+    0 is refused by `validate_config`, which needs neither model nor tokenizer; the fix it names
+    passes."""
+    validate_config(compose_config(f"task={task}"))
+    keys = ["n_rank", "n_eval", "max_new_tokens"] + (["n_continuations"] if task == "toxicity" else [])
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"task\.{key}=0\b") as info:
+            validate_config(compose_config(f"task={task}", f"task.{key}=0"))
+        fix = re.search(r"Fix: (\S+)", str(info.value)).group(1)
+        validate_config(compose_config(f"task={task}", f"task.{key}=0", fix))
+
+
+def tree(folder: Path) -> list[str]:
+    """Every path under `folder` (files and folders), relative."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def read_only_file_system(monkeypatch, folder: Path) -> None:
+    """Creating a file directly in `folder` fails as on a read-only mount (EROFS), for root too,
+    who writes through permission bits."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == folder:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(folder))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "read-only file system", "below a file", "existing, read-only"])
+def test_unwritable_cache_dir_fails_before_the_model_loads_and_nothing_is_touched(monkeypatch, tmp_path, how):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("another job's file")
+    cache = shared / "cache" / "headpursuit"  # not made yet: its nearest existing parent is probed
+    if how == "existing, read-only":
+        cache.mkdir(parents=True)
+        (cache / "entry.json").write_text("{}")
+        read_only_file_system(monkeypatch, cache)
+    elif how == "read-only file system":
+        read_only_file_system(monkeypatch, shared)
+    elif how == "below a file":
+        cache = shared / "keep.txt" / "cache"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes through permission bits (the read-only file system case covers root)")
+        shared.chmod(0o555)
+    before = tree(shared)
+    try:
+        res = run_in_process(monkeypatch, tmp_path / "bad", f"cache_dir={cache}")
+        after = tree(shared)
+    finally:
+        shared.chmod(0o755)
+    msg = res["error"]["message"]
+    assert res["error"]["type"] == "ConfigError" and res["error"]["stage"] == "preflight", res["error"]
+    assert f"cache_dir={str(cache)!r}" in msg and "cache_dir=null" in msg, msg
+    assert after == before  # the probe made nothing and removed nothing
+    fixed = run_in_process(monkeypatch, tmp_path / "fixed", "cache_dir=null")
+    assert fixed["error"]["type"] == "ModelLoadReached", fixed["error"]
+
+
+def test_cache_dir_probe_leaves_the_folder_as_it_was(tmp_path):
+    from headpursuit.app.preflight import check_cache_dir
+
+    (tmp_path / "cache" / "evals").mkdir(parents=True)
+    (tmp_path / "cache" / "evals" / "x.json").write_text("{}")
+    before = tree(tmp_path)
+    check_cache_dir(tmp_path / "cache")  # exists and writable
+    check_cache_dir(tmp_path / "cache" / "new" / "deeper")  # to be made: its parent is probed, nothing made
+    check_cache_dir(None)  # no cache
+    assert tree(tmp_path) == before
 
 
 def test_empty_concept_message_advice_is_reachable():

@@ -385,3 +385,90 @@ def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
     assert proc.returncode != 0
     second = json.loads((tmp_path / "b" / "1" / "results.json").read_text())
     assert second["status"] == "failed" and "fail_fast" in second["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------
+# Empty outputs (issue 19): counted with each evaluation, flagged in results.json and the log
+# ------------------------------------------------------------------------------------------
+
+
+def test_empty_outputs_counts_every_generation():
+    from headpursuit.tasks import GroupOutputs, TaskOutputs
+    from headpursuit.tasks.base import empty_outputs
+
+    texts = {"concept": [["Paris", " "], ["", "\n"]], "control": [["x"], [""], ["  y "]]}
+    out = TaskOutputs("t", "eval", "d", {g: GroupOutputs([""] * len(o), [""] * len(o), o) for g, o in texts.items()})
+    flat = [t for outs in texts.values() for o in outs for t in o]
+    n_empty = len([t for t in flat if t.strip() == ""])  # " ", "", "\n", ""
+    assert empty_outputs(out) == {"n_empty": n_empty, "n_outputs": len(flat), "empty_fraction": n_empty / len(flat)}
+    assert empty_outputs(TaskOutputs("t", "eval", "d", {})) == {"n_empty": 0, "n_outputs": 0, "empty_fraction": None}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_silencing_edit_is_counted_the_same_computed_or_cached(tiny_llama, tmp_path, batched):
+    """alpha=1e30 on one head: the tiny model's answers come out empty. The count is part of the
+    cached evaluation, so a cache hit reports what the computation did."""
+    from headpursuit.app.stages import evaluate_cached, generate_uncached
+    from headpursuit.intervention import scale_heads
+    from headpursuit.tasks import QATask
+
+    task = QATask(concept=["France", "Japan"], tokenizer=tiny_llama.tokenizer, n_rank=1, n_eval=3, max_new_tokens=3)
+    edit, ident = {(0, 0): 1e30}, {"model": "tiny_llama", "task": "qa"}
+    with scale_heads(tiny_llama, edit):  # the reference: the edited model's own generations, counted here
+        answers = [o for go in task.generate(tiny_llama).groups.values() for outs in go.outputs for o in outs]
+    expected = {"n_empty": sum(not a.strip() for a in answers), "n_outputs": len(answers)}
+    assert expected["n_empty"] > len(answers) / 2  # the edit silences the model (else this proves little)
+
+    cache = RunCache(tmp_path)
+    generated = generate_uncached(cache, tiny_llama, task, ident, [{}, edit], seed=0) if batched else None
+    computed = evaluate_cached(cache, tiny_llama, task, ident, edit, label="edited", seed=0, generated=generated)
+    cached = evaluate_cached(cache, tiny_llama, task, ident, edit, label="edited", seed=0)
+    assert cache.hits["edited"] == [False, True]
+    for result in (computed, cached):
+        assert {k: result[k] for k in expected} == expected
+        assert result["empty_fraction"] == expected["n_empty"] / expected["n_outputs"]
+    assert cached == computed
+    baseline = evaluate_cached(cache, tiny_llama, task, ident, {}, label="baseline", seed=0, generated=generated)
+    assert baseline["empty_fraction"] <= 0.5
+
+
+def test_run_warnings_name_the_edit_and_the_fraction():
+    from headpursuit.app.record import EMPTY_WARNING_FRACTION, run_warnings
+
+    def result(n_empty, n=8):
+        return {"n_empty": n_empty, "n_outputs": n, "empty_fraction": n_empty / n}
+
+    heads = [(3, 1), (5, 2)]
+    per_seed = [{"seed": 0, "heads": [[0, 4], [7, 7]], **result(8)}, {"seed": 1, "heads": [[2, 2]], **result(4)}]
+    warnings = run_warnings(heads, 1e30, result(0), result(7), per_seed)
+    assert EMPTY_WARNING_FRACTION == 0.5  # exactly half is not flagged, more is
+    assert len(warnings) == 2, warnings
+    assert (
+        "3.1 5.2" in warnings[0] and "alpha=1e+30" in warnings[0] and "7 of 8" in warnings[0] and "88%" in warnings[0]
+    )
+    assert "seed 0" in warnings[1] and "0.4 7.7" in warnings[1] and "100%" in warnings[1]
+    assert run_warnings(heads, -1.0, result(0), result(4), []) == []
+    assert run_warnings(heads, -1.0, {"concept": {}}, {"concept": {}}, []) == []  # no counts: nothing to say
+    many = run_warnings([(0, h) for h in range(20)], 0.0, result(0), result(8), [])
+    assert "(+12 more)" in many[0]
+
+
+@pytest.mark.slow
+def test_an_edit_that_empties_the_outputs_is_flagged_in_results_and_console(tmp_path):
+    """intervention.alpha=1e30 on SmolLM2 (issue 19: every output empty, no word said): results.json
+    flags it and the console says so (a cache hit reports the same counts: the tiny-model test above)."""
+    overrides = ["intervention.alpha=1e30", "intervention.k=1", "intervention.random_seeds=[0]", "task.n_eval=2"]
+    first = run_cli(
+        "headpursuit", "experiment=smoke", *overrides, "logger=none",
+        f"hydra.run.dir={tmp_path / 'a'}", f"cache_dir={tmp_path / 'cache'}",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["edited"]["empty_fraction"] > 0.5 and res["edited"]["n_outputs"] == 4
+    assert res["baseline"]["empty_fraction"] <= 0.5
+    heads = " ".join(f"{h['layer']}.{h['head']}" for h in res["heads"])
+    assert any(heads in w and "alpha=1e+30" in w for w in res["warnings"]), res["warnings"]
+    per_seed = res["random"]["per_seed"]
+    assert len(res["warnings"]) == 1 + sum(r["empty_fraction"] > 0.5 for r in per_seed)
+    console = first.stdout + first.stderr
+    assert any("WARNING" in line and heads in line and "alpha=1e+30" in line for line in console.splitlines()), console

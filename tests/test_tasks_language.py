@@ -96,6 +96,12 @@ FIXTURE_ROWS = [
 ]
 
 
+def _copies(rows, n):
+    """`n` copies of `rows`, each copy's questions made distinct (" (copy i)"): repeated questions
+    are kept once by the tasks."""
+    return [{**r, "question": f"{r['question']} (copy {i})"} for i in range(n) for r in rows]
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
@@ -137,8 +143,8 @@ def test_trivia_qa_file_maps_like_fixture(tmp_path, fmt):
 
 
 def test_trivia_qa_task_source_equals_fixture_source(tmp_path):
-    tqa = _write_jsonl(tmp_path / "tqa.jsonl", TRIVIA_ROWS * 3)
-    fx = _write_jsonl(tmp_path / "fx.jsonl", FIXTURE_ROWS * 3)
+    tqa = _write_jsonl(tmp_path / "tqa.jsonl", _copies(TRIVIA_ROWS, 3))
+    fx = _write_jsonl(tmp_path / "fx.jsonl", _copies(FIXTURE_ROWS, 3))
     a = QATask(concept=COUNTRIES, source="trivia_qa_file", data_path=str(tqa), n_rank=2, n_eval=3)
     b = QATask(concept=COUNTRIES, source="jsonl", data_path=str(fx), n_rank=2, n_eval=3)
     for split in ("rank", "eval"):
@@ -422,7 +428,7 @@ def test_hub_sources_go_through_load_dataset(monkeypatch):
     def fake_load_dataset(path, name=None, split=None, streaming=False):
         calls.append((path, name, split))
         return {
-            "mandarjoshi/trivia_qa": TRIVIA_ROWS * 3,
+            "mandarjoshi/trivia_qa": _copies(TRIVIA_ROWS, 3),
             "allenai/real-toxicity-prompts": RTP_ROWS,
             "my/tet": [{"query": f"q{i}"} for i in range(4)],
         }[path]
@@ -534,3 +540,100 @@ def test_rank_groups_ranking_samples_on_tiny_model(tiny_llama):
     tox_both = ToxicityTask(**tox_kw, rank_groups=["concept", "control"])
     assert [it.prompt for it in tox_both.items("eval")] == [it.prompt for it in tox.items("eval")]
     assert [s.meta["group"] for s in tox_both.ranking_samples(tiny_llama)] == ["concept", "control"]
+
+
+# --- repeated questions and prompts (issue 19): kept once, never in both splits -----------------
+
+
+def _twice(rows, field):
+    """Each row, then a copy of it whose `field` differs only in case, punctuation and spacing."""
+    return [x for r in rows for x in (r, {**r, field: "  " + r[field].upper().replace("?", " ?!") + " "})]
+
+
+QA_ROWS = [
+    {"question": f"Which country has city number {i}?", "answers": ["France"], "group": "concept"} for i in range(8)
+]
+QA_ROWS += [{"question": f"What is {i} plus {i}?", "answers": [str(2 * i)], "group": "control"} for i in range(4)]
+
+
+def _split_questions(task, split):
+    return [normalize_answer(getattr(it, "question", None) or it.prompt) for it in task.items(split)]
+
+
+def test_repeated_questions_are_dropped_counted_and_never_in_both_splits(tmp_path, caplog):
+    # 8 concept questions each written twice (the copy as a control row, so it would count twice and
+    # could be ranked on as one and evaluated on as the other), 4 control questions written once
+    rows = _twice(QA_ROWS[:8], "question")
+    for r in rows[1::2]:
+        r["group"] = "control"
+    path = _write_jsonl(tmp_path / "repeats.jsonl", rows + QA_ROWS[8:])
+    with caplog.at_level("WARNING", logger="headpursuit.tasks"):
+        task = QATask(concept=COUNTRIES, source="jsonl", data_path=str(path), n_rank=4, n_eval=None)
+    assert task.provenance()["data"]["duplicates_dropped"] == 8
+    assert any("dropped 8 repeated" in r.getMessage() and "repeats.jsonl" in r.getMessage() for r in caplog.records)
+    assert task.provenance()["data"]["n_items"] == {"concept": 8, "control": 4}  # the first row of each kept
+    ranked, evaluated = _split_questions(task, "rank"), _split_questions(task, "eval")
+    assert len(ranked) == 4 and not set(ranked) & set(evaluated)
+    assert sorted(ranked + evaluated) == sorted(normalize_answer(r["question"]) for r in QA_ROWS)
+
+    # the same splits as from the file without the repeats
+    plain = QATask(
+        concept=COUNTRIES,
+        source="jsonl",
+        data_path=str(_write_jsonl(tmp_path / "plain.jsonl", QA_ROWS)),
+        n_rank=4,
+        n_eval=None,
+    )
+    assert plain.provenance()["data"]["duplicates_dropped"] == 0
+    for split in ("rank", "eval"):
+        assert _key(plain.items(split)) == _key(task.items(split))
+
+
+def test_repeated_ranking_questions_of_a_separate_source_are_counted(tmp_path):
+    val = _write_jsonl(tmp_path / "val.jsonl", _copies(TRIVIA_ROWS, 2))
+    train_rows = _copies(TRIVIA_ROWS, 5)[8:]  # copies 2..4: none in the evaluation file
+    train = _write_jsonl(tmp_path / "train.jsonl", train_rows + train_rows[:3] + _copies(TRIVIA_ROWS, 1))
+    task = QATask(
+        concept=COUNTRIES, source="trivia_qa_file", data_path=str(val), rank_data_path=str(train), n_rank=2, n_eval=None
+    )
+    data = task.provenance()["data"]
+    assert data["duplicates_dropped"] == 0 and data["rank_duplicates_dropped"] == 3
+    assert data["rank_overlap_dropped"] == 4  # copy 0, which the evaluation file holds too
+    assert not set(_split_questions(task, "rank")) & set(_split_questions(task, "eval"))
+
+
+def test_repeated_toxicity_prompts_are_dropped_and_counted(tmp_path, caplog):
+    rows = [{"prompt": f"You are such a number {i}", "group": "concept"} for i in range(6)]
+    rows += [{"prompt": f"The weather on day {i} is", "group": "control"} for i in range(4)]
+    path = _write_jsonl(tmp_path / "prompts.jsonl", _twice(rows[:6], "prompt") + rows[6:])
+    with caplog.at_level("WARNING", logger="headpursuit.tasks"):
+        task = ToxicityTask(concept=WordConcept(["jerk"]), source="jsonl", data_path=str(path), n_rank=3, n_eval=None)
+    assert task.provenance()["data"]["duplicates_dropped"] == 6
+    assert any("dropped 6 repeated" in r.getMessage() for r in caplog.records)
+    ranked, evaluated = _split_questions(task, "rank"), _split_questions(task, "eval")
+    assert len(ranked) == 3 and not set(ranked) & set(evaluated)
+    assert sorted(ranked + evaluated) == sorted(normalize_answer(r["prompt"]) for r in rows)
+
+
+def test_an_item_in_both_splits_is_refused():
+    from headpursuit.tasks.base import SplitOverlapError, check_disjoint
+
+    a, b, c = (loaders.QAItem(q, ["x"], "concept") for q in ("Where is A?", "Where is B?", "where is a"))
+    key = lambda it: loaders.question_key(it.question)  # noqa: E731
+    check_disjoint({"rank": {"concept": [a]}, "eval": {"concept": [b], "control": []}}, key, "data")
+    with pytest.raises(SplitOverlapError, match="1 item\\(s\\) are in both"):
+        check_disjoint({"rank": {"concept": [a]}, "eval": {"concept": [b], "control": [c]}}, key, "data")
+
+
+# --- a leading byte-order mark (issue 19) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_files_with_a_byte_order_mark_are_read_like_those_without(tmp_path, suffix):
+    text = "".join(json.dumps(r) + "\n" for r in FIXTURE_ROWS) if suffix == ".jsonl" else json.dumps(FIXTURE_ROWS)
+    plain, bom = tmp_path / f"plain{suffix}", tmp_path / f"bom{suffix}"
+    plain.write_text(text, encoding="utf-8")
+    bom.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert bom.read_bytes()[:3] == b"\xef\xbb\xbf"
+    assert [r for _, r in loaders.read_records(bom)] == [r for _, r in loaders.read_records(plain)] == FIXTURE_ROWS
+    assert _key(loaders.load_qa_fixture(bom)) == _key(loaders.load_qa_fixture(plain))

@@ -3,7 +3,7 @@ edit -> evaluate -> record.
 
     run.py        Hydra entry (`python -m headpursuit`, `headpursuit`): the stages in order
     config.py     validate_config / resolve_k: fail fast, naming the config key
-    preflight.py  preflight(): the checks that need no weights (device, data, concept), before the load
+    preflight.py  preflight(): the checks that need no weights (device, cache_dir, data, concept, ranking.k)
     interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
     cache.py      RunCache: a disk cache shared by the jobs of a sweep; cache keys
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)

@@ -17,10 +17,19 @@ from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, parse_heads
 from headpursuit.ranking import METHODS
 from headpursuit.tasks import known_tasks, task_factory
-from headpursuit.tasks.base import parse_batch_size
+from headpursuit.tasks.base import DEFAULT_RANK_GROUPS, GROUPS, parse_batch_size, parse_rank_groups
 from headpursuit.tasks.image_task import ImageTask
 
-__all__ = ["ConfigError", "LOGGER_MODES", "validate_config", "resolve_k", "check_explicit_heads", "check_rank_task"]
+__all__ = [
+    "ConfigError",
+    "LOGGER_MODES",
+    "validate_config",
+    "resolve_k",
+    "check_explicit_heads",
+    "check_rank_task",
+    "check_task_sizes",
+    "check_random_controls",
+]
 
 LOGGER_MODES = ("online", "offline", "disabled")
 
@@ -56,6 +65,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"task.positions={task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
     if "batch_size" in task:
         parse_batch_size(task["batch_size"], "task.batch_size")
+    check_task_sizes(task)
     check_rank_task(cfg.get("rank_task"))
     cbs = cfg.get("capture_batch_size", 8)
     if not (cbs == "auto" or (_is_int(cbs) and cbs >= 1)):
@@ -107,9 +117,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         )
     if iv.get("random_pool", "all") not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
-    seeds = iv.get("random_seeds") or []
-    if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
-        raise ConfigError(f"intervention.random_seeds must be a list of integers, got {seeds!r}")
+    check_random_controls(iv)
     logger = cfg.get("logger") or {}
     if logger.get("mode", "disabled") not in LOGGER_MODES:
         raise ConfigError(f"logger.mode={logger.get('mode')!r} is not one of {', '.join(LOGGER_MODES)}")
@@ -142,6 +150,85 @@ def check_rank_task(rank_task: Any) -> None:
         )
     if rank_task.get("positions", "answer_concept") not in POSITIONS:
         raise ConfigError(f"rank_task.positions={rank_task.get('positions')!r} is not one of {', '.join(POSITIONS)}")
+    check_task_sizes(rank_task, node="rank_task")
+
+
+#: what the fixes of `check_task_sizes` suggest: sizes every task's shipped data can supply
+SIZE_FIXES = {"n_rank": 8, "n_eval": 8, "max_new_tokens": 16, "n_continuations": 3}
+
+
+def check_task_sizes(task: Mapping[str, Any], node: str = "task") -> None:
+    """The sizes of a task node (`task` or `rank_task`) that would otherwise fail, or do nothing,
+    only after the model loads: `n_rank` (an int for the concept group, or ``{concept: ..,
+    control: ..}``; every group that ranks, `rank_groups`, needs at least one item), `n_eval` (an
+    int >= 1, null for all, or per group), `max_new_tokens` and `n_continuations` (>= 1)."""
+    fix = {key: f"{node}.{key}={n}" for key, n in SIZE_FIXES.items()}
+    if "n_rank" in task:
+        n_rank = task["n_rank"]
+        if isinstance(n_rank, Mapping):
+            ranked = parse_rank_groups(task.get("rank_groups")) or DEFAULT_RANK_GROUPS
+            _check_per_group(n_rank, f"{node}.n_rank", fix["n_rank"])
+            short = [g for g in ranked if not n_rank.get(g)]
+            if short:
+                raise ConfigError(
+                    f"{node}.n_rank={dict(n_rank)!r} gives no item to the group(s) {short}, which rank "
+                    f"({node}.rank_groups): the ranking would have nothing to read. "
+                    f"Fix: {fix['n_rank']} (the concept group), or {node}.n_rank={{concept:8,control:8}}"
+                )
+        elif not (_is_int(n_rank) and n_rank >= 1):
+            raise ConfigError(
+                f"{node}.n_rank={n_rank!r}: the ranking needs at least one item (an integer >= 1 for the "
+                f"concept group, or {{concept: .., control: ..}}). Fix: {fix['n_rank']}"
+            )
+    n_eval = task.get("n_eval")
+    if isinstance(n_eval, Mapping):
+        _check_per_group(n_eval, f"{node}.n_eval", fix["n_eval"], allow_null=True)
+    elif n_eval is not None and not (_is_int(n_eval) and n_eval >= 1):
+        raise ConfigError(
+            f"{node}.n_eval={n_eval!r}: evaluation needs at least one item per group (an integer >= 1, "
+            f"null for every item, or {{concept: .., control: ..}}). Fix: {fix['n_eval']}"
+        )
+    for key, what in (
+        ("max_new_tokens", "tokens generated per answer"),
+        ("n_continuations", "continuations per prompt"),
+    ):
+        if key in task and not (_is_int(task[key]) and task[key] >= 1):
+            raise ConfigError(
+                f"{node}.{key}={task[key]!r}: the number of {what} must be an integer >= 1 (with 0 "
+                f"nothing is generated). Fix: {fix[key]}"
+            )
+
+
+def _check_per_group(sizes: Mapping[str, Any], key: str, fix: str, *, allow_null: bool = False) -> None:
+    """A ``{group: size}`` mapping: known groups, sizes integers >= 0 (or null with `allow_null`)."""
+    unknown = sorted(set(sizes) - set(GROUPS))
+    bad = {g: v for g, v in sizes.items() if not ((_is_int(v) and v >= 0) or (allow_null and v is None))}
+    if unknown or bad:
+        raise ConfigError(
+            f"{key}={dict(sizes)!r}: per group it takes {' and '.join(GROUPS)} with integers >= 0"
+            f"{' (or null: every item)' if allow_null else ''}"
+            f"{f'; unknown group(s) {unknown}' if unknown else ''}. Fix: {fix}"
+        )
+
+
+def check_random_controls(iv: Mapping[str, Any]) -> None:
+    """`intervention.random_controls` (a bool) and `intervention.random_seeds` (integers; at least
+    one when the controls are on: an empty list would record a run without any control)."""
+    on = iv.get("random_controls", True)
+    if not isinstance(on, bool):
+        raise ConfigError(f"intervention.random_controls must be true or false, got {on!r}")
+    seeds = iv.get("random_seeds")
+    if not isinstance(seeds, (list, tuple)) or not all(_is_int(s) for s in seeds):
+        raise ConfigError(
+            f"intervention.random_seeds must be a list of integers ([] with intervention.random_controls=false), "
+            f"got {seeds!r}. Fix: intervention.random_seeds=[0,1,2]"
+        )
+    if on and not seeds:
+        raise ConfigError(
+            "intervention.random_seeds is empty while intervention.random_controls=true: the run would "
+            "have no random-head control to compare the edit with. Fix: intervention.random_seeds=[0,1,2], "
+            "or intervention.random_controls=false (no controls)"
+        )
 
 
 def check_explicit_heads(explicit: Any, n_layers: int, n_heads: int) -> None:

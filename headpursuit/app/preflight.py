@@ -7,19 +7,33 @@ before any GPU time, with a message naming the config key and a fix that works a
 What is checked (after `validate_config`, which needs no tokenizer either):
 
 * `device`: exists on this machine (`headpursuit.models.loading.check_device`);
+* `cache_dir`: the directory (or, not made yet, its nearest existing parent) takes a new file: a
+  probe file is created there and deleted again (`check_cache_dir`);
 * `task.data_path`: exists, is readable and not empty, and parses (`.jsonl` / `.json` / `.parquet`);
 * with the model's tokenizer (a few MB, loaded without the weights; for embedded and hub models,
   not for synthetic builders such as `tiny_vlm`, whose load takes seconds anyway):
-  `task.concept` (a shipped name or a word-list file whose words tokenise to something), and the
-  task built from its config: `task.source`, the data file's schema, the ranking / evaluation
-  split sizes. The task is built again, on the model, after the model loads.
+  * `ranking.k` (SOMP steps / top tokens): at most the vocabulary, the dictionary a ranking picks
+    from (`check_ranking_k`);
+  * `task.concept`: a shipped name or a word-list file whose words tokenise to something;
+  * the task built from its config: `task.source`, the data file's schema, the ranking /
+    evaluation split sizes. The task is built again, on the model, after the model loads.
+
+Checked before, by `validate_config` (neither model nor tokenizer), among the config values:
+
+* `task.n_rank` (and `rank_task.n_rank`): an int >= 1, or per group with every ranked group >= 1;
+* `task.n_eval`: an int >= 1, null (every item) or per group;
+* `task.max_new_tokens`, `task.n_continuations`: >= 1;
+* `intervention.random_seeds`: not empty while `intervention.random_controls` is true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +52,8 @@ __all__ = [
     "check_data_file",
     "check_concept",
     "check_task_builds",
+    "check_cache_dir",
+    "check_ranking_k",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +79,7 @@ def preflight(config: Mapping[str, Any]) -> None:
     """Every check of a resolved run config that needs no model weights: ConfigError naming the key
     (`device`), PreflightError for the job's input (`task.*`)."""
     check_device(config.get("device", "auto"))
+    check_cache_dir(config.get("cache_dir"))
     # the evaluated task, and the task a transfer run ranks on (rank_task)
     tasks = [("task", config["task"])] + ([("rank_task", config["rank_task"])] if config.get("rank_task") else [])
     for node, task_cfg in tasks:
@@ -71,6 +88,7 @@ def preflight(config: Mapping[str, Any]) -> None:
     tokenizer = standalone_tokenizer(config["model"])
     if tokenizer is None:
         return
+    check_ranking_k(config["ranking"], tokenizer, str(config["model"]["name_or_path"]))
     for node, task_cfg in tasks:
         check_concept(task_cfg, tokenizer, node=node)
         check_task_builds(task_cfg, tokenizer, node=node)
@@ -97,6 +115,46 @@ def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
             "preflight: no tokenizer for %s without its weights (%s); concept checks wait for the model", name, exc
         )
         return None
+
+
+def check_cache_dir(cache_dir: Any) -> None:
+    """`cache_dir` (null: no cache) can be written: the directory, or its nearest existing parent
+    when it is not made yet, takes a new file. A probe file is created there and deleted; nothing
+    else is created or removed."""
+    if cache_dir in (None, ""):
+        return
+    path = Path(str(cache_dir)).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    fix = "Fix: cache_dir=<a writable directory>, or cache_dir=null (no cache: every stage is computed)"
+    if existing is None or not existing.is_dir():
+        raise ConfigError(f"cache_dir={str(cache_dir)!r}: {existing or path} is not a directory. {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".headpursuit-write-probe-", dir=existing)
+    except OSError as exc:
+        made = "" if existing == path else f" (its nearest existing parent, where it would be made: {existing})"
+        raise ConfigError(f"cache_dir={str(cache_dir)!r} is not writable{made}: {exc.strerror or exc}. {fix}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_ranking_k(ranking_cfg: Mapping[str, Any], tokenizer: Any, model_name: str) -> None:
+    """`ranking.k` at most the vocabulary: SOMP picks its k atoms from the unembedding's rows (one
+    per token) and `logit_lens` takes the top k tokens; `rank_heads` refuses a larger k for every
+    method. (`concept_restricted` caps k at the number of concept tokens itself, with a warning.)
+    The tokenizer's length stands for the vocabulary; the unembedding may have a few padding rows
+    more, which `rank_heads` checks after the load."""
+    k = ranking_cfg.get("k")
+    vocab = len(tokenizer)
+    if isinstance(k, int) and k > vocab:
+        capped = (
+            " (concept_restricted caps k at the number of concept tokens, but not above the vocabulary)"
+            if ranking_cfg.get("method") == "concept_restricted"
+            else ""
+        )
+        raise ConfigError(
+            f"ranking.k={k} (SOMP steps) is larger than the vocabulary of {model_name} ({vocab} tokens), the "
+            f"dictionary the ranking picks from; at most {vocab}{capped}. Fix: ranking.k=10"
+        )
 
 
 def check_data_file(task_cfg: Mapping[str, Any], *, key: str = "data_path", node: str = "task") -> None:
@@ -156,13 +214,26 @@ def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "t
         raise PreflightError(f"{where}: {exc} Fix (a shipped concept): {node}.concept=countries") from None
 
 
+@contextlib.contextmanager
+def tasks_log_quiet() -> Iterator[None]:
+    """The tasks' logged warnings (e.g. repeated questions dropped) held back, errors kept."""
+    logger = logging.getLogger("headpursuit.tasks")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
     """Build the task on the tokenizer alone: its source, data schema and splits are then checked."""
     args = {k: v for k, v in task_cfg.items() if k != "positions"}  # as `build_task_memo` passes them
     source = task_cfg.get("source")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the build on the model warns again, where it counts
+        # The build on the model warns again, where it counts: warnings and the tasks' logged ones.
+        with warnings.catch_warnings(), tasks_log_quiet():
+            warnings.simplefilter("ignore")
             build_task({**args, "tokenizer": tokenizer})
     except PreflightError:
         raise

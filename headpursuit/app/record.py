@@ -5,6 +5,8 @@
 `summarize_seeds` reduces the random-head controls to mean / std / median / q25 / q75 per metric;
 `normalized_metrics` divides every metric by the unedited model's (the paper reports only such
 ratios): `normalized.edited.<group>.<metric>` and `normalized.random.<stat>.<group>.<metric>`.
+`run_warnings` lists what makes a result suspect (results.json `warnings`; the run logs each):
+an evaluation whose outputs are more than half empty (`EMPTY_WARNING_FRACTION`).
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ __all__ = [
     "normalize_to_baseline",
     "normalized_metrics",
     "metric_groups",
+    "run_warnings",
     "CACHE_FLAGS",
     "SEED_STATS",
     "STD_NOTE",
+    "EMPTY_WARNING_FRACTION",
 ]
 
 #: provenance.cache flag -> the RunCache label of the stage it reports
@@ -172,6 +176,41 @@ def normalized_metrics(baseline: Mapping[str, Any], edited: Mapping[str, Any], p
     return {"edited": normalize_to_baseline(edited, baseline), "random": random}
 
 
+#: above this share of empty outputs an evaluation is flagged (`run_warnings`)
+EMPTY_WARNING_FRACTION = 0.5
+
+
+def _heads_text(heads: Sequence[Sequence[int]], shown: int = 8) -> str:
+    """`[[3, 1], [5, 2]]` -> "3.1 5.2" (the first `shown`, then how many more)."""
+    text = " ".join(f"{a}.{b}" for a, b in list(heads)[:shown])
+    return text + (f" (+{len(heads) - shown} more)" if len(heads) > shown else "")
+
+
+def run_warnings(
+    heads: Sequence[Head], alpha: float, baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence
+) -> list[str]:
+    """results.json `warnings`: each evaluation (unedited, edited, every random control) whose
+    outputs are more than `EMPTY_WARNING_FRACTION` empty (`empty_fraction`, counted when the outputs
+    were scored), naming the edit and the fraction: its metrics then describe a silenced model."""
+    evaluations = [
+        ("the unedited model", baseline),
+        (f"the edited heads {_heads_text(heads)} x alpha={alpha:g}", edited),
+    ]
+    evaluations += [
+        (f"random control seed {r.get('seed')} (heads {_heads_text(r.get('heads') or [])} x alpha={alpha:g})", r)
+        for r in per_seed
+    ]
+    out = []
+    for what, result in evaluations:
+        fraction = result.get("empty_fraction")
+        if fraction is not None and fraction > EMPTY_WARNING_FRACTION:
+            out.append(
+                f"{what}: {result.get('n_empty')} of {result.get('n_outputs')} outputs ({fraction:.0%}) are empty; "
+                "its metrics describe a model that says nothing"
+            )
+    return out
+
+
 def cache_provenance(cache: RunCache) -> dict:
     """Where the cache lives and, per stage, whether it was read from it (from `cache.hits`)."""
     return {
@@ -254,6 +293,7 @@ def record(
         "edited": edited,
         "random": random,
         "normalized": normalized_metrics(baseline, edited, per_seed),
+        "warnings": run_warnings(heads, float(iv["alpha"]), baseline, edited, per_seed),
         "provenance": {
             "model": {
                 **lm.provenance,

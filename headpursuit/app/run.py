@@ -297,6 +297,8 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
                 rank_task=rank_task if config.get("rank_task") else None,
             )
         )
+        for warning in res["warnings"]:  # on the console too, not only in results.json
+            log.warning("%s: %s", run_dir.name, warning)
         track(tracker, res, heads, scores, heatmap)
         tracker.finish(0)
     except BaseException:

@@ -34,6 +34,7 @@ from headpursuit.intervention import scale_heads
 from headpursuit.models import load_model
 from headpursuit.ranking import rank_heads
 from headpursuit.tasks import build_task
+from headpursuit.tasks.base import empty_outputs
 
 if TYPE_CHECKING:
     from headpursuit.capture import HeadActivations
@@ -52,6 +53,7 @@ __all__ = [
     "capture_cached",
     "rank_cached",
     "evaluate_with_edits",
+    "score_outputs",
     "eval_key",
     "evaluate_cached",
     "generate_uncached",
@@ -207,7 +209,13 @@ def evaluate_with_edits(
     torch.manual_seed(seed)
     with scale_heads(lm, dict(scales)):
         outputs = task.generate(lm, desc=desc)
-    return task.score(outputs, fluency_model=lm)
+    return score_outputs(task, outputs, lm)
+
+
+def score_outputs(task: Task, outputs: TaskOutputs, lm: LoadedModel) -> dict:
+    """`task.score` (fluency under `lm`, unedited here) and the count of empty outputs
+    (`empty_outputs`); both are cached with the evaluation, so a cached result has them too."""
+    return {**task.score(outputs, fluency_model=lm), **empty_outputs(outputs)}
 
 
 def eval_key(ident: dict, scales: Mapping[Head, float], seed: int) -> str:
@@ -271,7 +279,7 @@ def evaluate_cached(
         if outputs is None:
             return evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed)
         torch.manual_seed(seed)  # the RNG state the one-at-a-time path scores under
-        return task.score(outputs, fluency_model=lm)
+        return score_outputs(task, outputs, lm)
 
     result, _ = cache.get_or_compute("evals", key, compute, label=label)
     return result

@@ -26,15 +26,21 @@ null (the default) or ``[concept]`` ranks on the concept group only, as always; 
 control]`` adds ``n_rank`` control items, drawn from the control items the evaluation split does
 not use, so the evaluation split is the same whichever is chosen. The paper ranks on TriviaQA
 training questions without saying whether only country questions; both choices are offered.
+
+A question (or prompt) is never in both splits. Tasks whose items are text say what makes two
+items the same (`Task.item_key`); `Task._drop_repeats` keeps the first of repeated items (with a
+logged warning; the count goes to the provenance, ``data.duplicates_dropped``), and `Task._split`
+checks the finished splits (`check_disjoint`, `SplitOverlapError`).
 """
 
 from __future__ import annotations
 
 import abc
 import inspect
+import logging
 import random
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -57,10 +63,14 @@ __all__ = [
     "TaskOutputs",
     "GroupOutputs",
     "SplitError",
+    "SplitOverlapError",
     "split_items",
+    "without_repeats",
+    "check_disjoint",
     "resolve_concept",
     "clean_metrics",
     "group_counts",
+    "empty_outputs",
 ]
 
 GROUPS = ("concept", "control")
@@ -69,8 +79,16 @@ DEFAULT_RANK_GROUPS = ("concept",)
 _RANK_GROUP_CHOICES = (("concept",), ("concept", "control"))
 
 
+log = logging.getLogger(__name__)
+
+
 class SplitError(ValueError):
     """A ranking or evaluation split came out empty (or data is missing for a group)."""
+
+
+class SplitOverlapError(RuntimeError):
+    """An item is in both the ranking and the evaluation split: a broken invariant, never bad input
+    (repeated items are dropped before the split)."""
 
 
 # ------------------------------------------------------------------------------------------
@@ -243,6 +261,32 @@ def split_items(
     return out
 
 
+def without_repeats(items: Iterable[Any], key: Callable[[Any], Any]) -> tuple[list, int]:
+    """`items` with only the first of those that share a `key` (order kept), and how many were
+    dropped."""
+    items = list(items)
+    seen: set = set()
+    kept = []
+    for it in items:
+        k = key(it)
+        if k not in seen:
+            seen.add(k)
+            kept.append(it)
+    return kept, len(items) - len(kept)
+
+
+def check_disjoint(splits: Mapping[str, Mapping[str, Sequence[Any]]], key: Callable[[Any], Any], source: str) -> None:
+    """Raise `SplitOverlapError` when an item of the ranking split (any group) has the `key` of one
+    in the evaluation split (any group): the ranking would have seen what is evaluated."""
+    ranked = {key(it) for items in splits.get("rank", {}).values() for it in items}
+    both = sorted({key(it) for items in splits.get("eval", {}).values() for it in items} & ranked)
+    if both:
+        raise SplitOverlapError(
+            f"{source}: {len(both)} item(s) are in both the ranking and the evaluation split (e.g. {both[0]!r}); "
+            "the two must never share an item"
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # Outputs and the Task base class
 # ------------------------------------------------------------------------------------------
@@ -278,6 +322,15 @@ class TaskOutputs:
     desc: str
     groups: dict[str, GroupOutputs] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+
+def empty_outputs(outputs: TaskOutputs) -> dict[str, Any]:
+    """How many of the generations (every group, item and continuation) are empty after stripping
+    whitespace: ``{"n_empty", "n_outputs", "empty_fraction"}`` (the fraction None without outputs).
+    An edit that silences the model shows here, whatever the task's metrics make of it."""
+    texts = [o for go in outputs.groups.values() for outs in go.outputs for o in outs]
+    n_empty = sum(1 for o in texts if not o.strip())
+    return {"n_empty": n_empty, "n_outputs": len(texts), "empty_fraction": n_empty / len(texts) if texts else None}
 
 
 def group_counts(items: Iterable[Any]) -> dict[str, int]:
@@ -364,6 +417,30 @@ class Task(abc.ABC):
             return ()
         return tuple(g for g in self.ranking_groups if g not in DEFAULT_RANK_GROUPS)
 
+    def item_key(self, item: Any) -> str | None:
+        """What makes two items the same question or prompt (text tasks: its normalised text);
+        None for items that are not compared (e.g. images)."""
+        return None
+
+    def _drop_repeats(self, items: Sequence[Any], source: str, *, count_as: str = "duplicates_dropped") -> list:
+        """`items` without repeats (the same `item_key` as an earlier item, whatever its group): a
+        question must not be ranked on and evaluated on at once, nor count twice. Logs a warning
+        naming the count and `source`, and records the count in `data_source[count_as]`."""
+        if not items or self.item_key(items[0]) is None:
+            return list(items)
+        kept, dropped = without_repeats(items, self.item_key)
+        self.data_source[count_as] = dropped
+        if dropped:
+            log.warning(
+                "%s: %s: dropped %d repeated item(s) (the same text as an earlier row, compared after "
+                "normalisation); %d left",
+                self.name,
+                source,
+                dropped,
+                len(kept),
+            )
+        return kept
+
     def _split(
         self,
         items: Sequence[Any],
@@ -373,7 +450,7 @@ class Task(abc.ABC):
         rank_items: Sequence[Any] | None = None,
     ) -> None:
         """`self.splits` from `items` (`rank_items`: ranking items from a separate source, see
-        `split_items`)."""
+        `split_items`); then no item may be in both splits (`check_disjoint`)."""
         self.splits = split_items(
             items,
             self.n_rank,
@@ -385,6 +462,8 @@ class Task(abc.ABC):
             rank_items=rank_items,
             source=source,
         )
+        if items and self.item_key(items[0]) is not None:
+            check_disjoint(self.splits, self.item_key, source)
 
     def ranking_items(self) -> list:
         """The ranking-split items of `ranking_groups`, concept group first; raises ValueError

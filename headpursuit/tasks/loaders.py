@@ -84,6 +84,11 @@ def fixture_path(name: str) -> Path:
 # ------------------------------------------------------------------------------------------
 
 
+#: how the text files (JSONL, JSON) are read: UTF-8, and a leading byte-order mark, which some
+#: editors and Windows tools write, is skipped instead of failing the first row's parse
+TEXT_ENCODING = "utf-8-sig"
+
+
 def _to_python(value: Any) -> Any:
     """numpy arrays / scalars from parquet -> plain lists / scalars (recursively)."""
     if isinstance(value, Mapping):
@@ -106,7 +111,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
     suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
     out: list[tuple[str, dict]] = []
     if suffix in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=TEXT_ENCODING) as f:
             for ln, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -119,7 +124,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict]]:
                 out.append((f"{path}:line {ln}", row))
         return out
     if suffix == ".json":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding=TEXT_ENCODING) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
@@ -239,9 +244,11 @@ def load_trivia_qa_file(path: str | Path, concept_words: Iterable[str]) -> list[
 
 
 def question_key(question: str) -> str:
-    """A question's text as compared across data sources: `normalize_answer` (lowercase, no
-    punctuation or articles, single spaces), so that copies differing only in such details match."""
-    return normalize_answer(question)
+    """A question's (or prompt's) text as compared within and across data sources:
+    `normalize_answer` (lowercase, no punctuation or articles, single spaces), so that copies
+    differing only in such details match; a text that normalises to nothing (punctuation only) is
+    compared as written, so that such texts are not all one."""
+    return normalize_answer(question) or " ".join(question.split())
 
 
 def without_questions_of(items: Iterable[QAItem], others: Iterable[QAItem]) -> tuple[list[QAItem], int]:

@@ -36,6 +36,8 @@ evaluation on disjoint data): ``hub_rank_split`` (source hub) or ``rank_data_pat
 trivia_qa_file). Then the ranking split comes only from that source and the evaluation split only
 from the main one; ranking questions whose normalised text (`loaders.question_key`) also occurs in
 the main source are dropped, and the provenance counts them (``data.rank_overlap_dropped``).
+A question repeated within a source is kept once (its first row), with a warning; the provenance
+counts the repeats (``data.duplicates_dropped``, ``data.rank_duplicates_dropped``).
 ``rank_groups`` holds as without it: control ranking questions come from the ranking source too.
 
 Metrics per group:
@@ -108,6 +110,7 @@ class QATask(AnswerTask):
         self.max_new_tokens = int(max_new_tokens)
         self.ranking_filter = ranking_filter
         items, label = self._load(spec)
+        items = self._drop_repeats(items, label)
         self.data_source["n_items"] = group_counts(items)
         rank_items = self._load_rank(spec, hub_rank_split, rank_data_path, items)
         if rank_items is not None:
@@ -176,11 +179,16 @@ class QATask(AnswerTask):
             self.data_source["rank_path"] = where
         else:
             return None
+        items = self._drop_repeats(items, where, count_as="rank_duplicates_dropped")
         kept, dropped = loaders.without_questions_of(items, eval_items)
         self.data_source.update(
             {"rank_source": where, "rank_n_items": group_counts(kept), "rank_overlap_dropped": dropped}
         )
         return kept
+
+    def item_key(self, item: QAItem) -> str:
+        """Two rows ask the same question when their `loaders.question_key`s agree."""
+        return loaders.question_key(item.question)
 
     # --- prompting ----------------------------------------------------------------------
     def user_text(self, question: str) -> str:

@@ -40,6 +40,8 @@ Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
     prompt_preset: ours           # ours | paper (the paper's Table 4 template, chat format)
 
 Sampling is reproducible: ``torch.manual_seed(seed + batch_index)`` before each prompt batch.
+A prompt repeated in the data (the same `loaders.question_key`) is kept once, with a warning;
+``data.duplicates_dropped`` counts the repeats.
 
 Metrics per group: ``mean_toxicity``, ``toxic_fraction``, ``expected_max_toxicity``,
 ``toxicity_probability`` (see `headpursuit.metrics.toxicity`), ``perplexity`` (corpus-level, of the
@@ -219,8 +221,10 @@ class ToxicityTask(Task):
         if not any(it.group == "control" for it in items) and control_fallback == "fixture":
             items += [it for it in loaders.load_prompt_fixture() if it.group == "control"]
             self.data_source["control"] = "fixture"
+        label = str(self.data_source.get("path") or self.data_source.get("hub_id", source))
+        items = self._drop_repeats(items, label)
         self.data_source["n_items"] = group_counts(items)
-        self._split(items, source=self.data_source.get("path") or self.data_source.get("hub_id", source))
+        self._split(items, source=label)
 
     def _paper_template(self, source: str, prompt_format: str) -> str:
         """The paper's template for `source` (TET's for TET sources, RTP's otherwise), after errors
@@ -281,6 +285,10 @@ class ToxicityTask(Task):
             self.data_source = spec.file_info(path)
             items = loaders.load_prompt_fixture(path)
         return spec.head(items)
+
+    def item_key(self, item: PromptItem) -> str:
+        """Two rows hold the same prompt when their `loaders.question_key`s agree."""
+        return loaders.question_key(item.prompt)
 
     # --- prompting ----------------------------------------------------------------------
     def format(self, lm: LoadedModel, prompt: str) -> str:
