@@ -304,14 +304,15 @@ def test_hub_split_identity_is_its_fingerprint_else_its_rows(tiny_llama, monkeyp
 def test_cli_rerun_after_the_data_file_changed_shows_the_new_questions(tmp_path):
     from test_pipeline import run_job
 
+    rows_a, rows_b = _rows(0, 8), _rows(8, 8)  # 4 ranking + 4 evaluation questions per group
     d, cache = tmp_path / "d.jsonl", tmp_path / "cache"
     args = (f"task.data_path={d}", "task.source=jsonl", "task.n_rank=4", "task.n_eval=4")
-    _write(d, ROWS_A)
+    _write(d, rows_a)
     a = run_job(tmp_path / "A", cache, *args)
-    _write(d, ROWS_B)
+    _write(d, rows_b)
     b = run_job(tmp_path / "B", cache, *args)
     shown = {e["prompt"] for e in b["baseline"]["examples"]}
-    assert shown and shown <= _questions(ROWS_B) and not shown & _questions(ROWS_A)
+    assert shown and shown <= _questions(rows_b) and not shown & _questions(rows_a)
     assert b["provenance"]["cache"]["baseline_from_cache"] is False
     assert (
         b["provenance"]["task"]["data"]["content"]["data_path"]
