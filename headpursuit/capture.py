@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from headpursuit.fingerprint import code_fingerprint
 from headpursuit.models.batching import auto_batch_size
 from headpursuit.models.handle import LoadedModel
 from headpursuit.models.inputs import (
@@ -313,11 +314,14 @@ def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids
 def cache_key(
     lm: LoadedModel, samples: Sequence[CaptureSample], positions: str, layers: Sequence[int], concept_token_ids
 ) -> str:
+    """The activation cache key: the model, the options, every sample's content and the code that
+    computes activations (`code_fingerprint`: a change to capture code never reads stale entries)."""
     h = hashlib.sha256()
     h.update(
         json.dumps(
             {
                 "v": CACHE_VERSION,
+                "code": code_fingerprint(),
                 "model": lm.name,
                 "source": lm.provenance.get("source"),
                 "layout": lm.layout.__dict__,

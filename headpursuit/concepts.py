@@ -81,6 +81,8 @@ class Concept:
     word_token_ids: word -> list of its first-token ids (usable words only).
     multi_token_words: usable words whose spaced form takes more than one token (only their first
         token is in ``token_ids``). unusable_words: words with no usable first token.
+    word_file: the word-list file the words were read from (a shipped list or the user's), None
+        for words given as a list; cache keys hold its content.
     """
 
     name: str
@@ -90,6 +92,7 @@ class Concept:
     multi_token_words: list[str] = field(default_factory=list)
     unusable_words: list[str] = field(default_factory=list)
     tokenizer_name: str = ""
+    word_file: str | None = None
 
     def __len__(self) -> int:
         return int(self.token_ids.numel())
@@ -252,26 +255,27 @@ def load_concept(
     if tokenizer is None:
         raise ValueError("load_concept needs a tokenizer (e.g. lm.tokenizer) to map words to token ids")
     src = name_or_path_or_list
+    word_file: Path | None = None
     if isinstance(src, (str, Path)):
         key = str(src).strip()
         shipped = concept_dir() / f"{_ALIASES.get(key.lower(), key.lower())}.txt"
         if isinstance(src, str) and "/" not in key and not key.endswith(".txt") and shipped.exists():
-            words = read_word_list(shipped)
+            word_file = shipped
             cname = name or shipped.stem
         elif Path(key).expanduser().is_file():
-            path = Path(key).expanduser()
-            words = read_word_list(path)
-            cname = name or path.stem
+            word_file = Path(key).expanduser()
+            cname = name or word_file.stem
         else:
             raise ValueError(
                 f"Unknown concept {key!r}: not a shipped concept ({', '.join(available_concepts())}) and "
                 f"not an existing word-list file. Fix: use one of those names, a path to a text file with "
                 f"one word per line, or a list of words."
             )
+        words = read_word_list(word_file)
     else:
         words = [str(w) for w in src]
         cname = name or "custom"
-    return build_concept(
+    concept = build_concept(
         words,
         tokenizer,
         cname,
@@ -279,3 +283,5 @@ def load_concept(
         min_prefix_chars=min_prefix_chars,
         single_token_only=single_token_only,
     )
+    concept.word_file = None if word_file is None else str(word_file)
+    return concept

@@ -20,7 +20,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "headpursuit"
 
 # Bottom to top. A module's layer is that of the longest prefix listed here.
 LAYERS: list[tuple[str, ...]] = [
-    ("headpursuit._version", "headpursuit.errors", "headpursuit.synthetic", "headpursuit.determinism"),
+    (
+        "headpursuit._version",
+        "headpursuit.errors",
+        "headpursuit.synthetic",
+        "headpursuit.determinism",
+        "headpursuit.fingerprint",
+    ),
     ("headpursuit.models",),
     (
         "headpursuit.concepts",

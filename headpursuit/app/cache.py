@@ -6,6 +6,10 @@ is the empty edit). Nothing in it depends on k or alpha unless the key says so, 
 sweep extracts and ranks once. Parallel jobs take a file lock per entry: one computes, the others
 wait and read. The cache also records, per stage label, whether each lookup was a hit; the run's
 record reports those flags.
+
+Every key holds the code fingerprint (`headpursuit.fingerprint`) and, for the data a task read,
+its content (`task_identity`): a data file edited in place, or changed code, is a cache miss;
+the same file at another path is a hit.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.fingerprint import code_fingerprint
+
 if TYPE_CHECKING:
     from headpursuit.models import LoadedModel
 
@@ -31,50 +37,10 @@ log = logging.getLogger(__name__)
 #: bump to invalidate every cache entry (e.g. after a change in the shell that alters results)
 CACHE_VERSION = 1
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-# The parts of the application shell that record results but do not produce them: left out of the
-# fingerprint. The stages (how an evaluation is run under an edit) and the cache keys do produce
-# them, so app/stages.py and app/cache.py stay in.
-SHELL_DIR = "app"
-SHELL_FILES = {"__main__.py"}
-SHELL_RESULT_CODE = {"stages.py", "cache.py"}
-
 
 def stable_hash(*parts: Any, n: int = 20) -> str:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def _produces_results(path: Path) -> bool:
-    rel = path.relative_to(PACKAGE_ROOT)
-    if rel.parts[0] == SHELL_DIR:
-        return rel.name in SHELL_RESULT_CODE
-    return not (len(rel.parts) == 1 and rel.name in SHELL_FILES)
-
-
-_FINGERPRINT: str | None = None
-
-
-def code_fingerprint() -> str:
-    """Hash of the package's code and data that produce results (not the app/ shell).
-
-    Part of every cache key: a changed task, metric, capture or ranking never reads stale entries.
-    """
-    global _FINGERPRINT
-    if _FINGERPRINT is None:
-        h = hashlib.sha256()
-        files = sorted(
-            p
-            for p in PACKAGE_ROOT.rglob("*")
-            if p.is_file()
-            and "__pycache__" not in p.parts
-            and p.suffix in (".py", ".txt", ".jsonl", ".json", ".csv")
-            and _produces_results(p)
-        )
-        for p in files:
-            h.update(str(p.relative_to(PACKAGE_ROOT)).encode() + b"\0" + p.read_bytes() + b"\1")
-        _FINGERPRINT = h.hexdigest()[:16]
-    return _FINGERPRINT
 
 
 def model_identity(model_cfg: Mapping[str, Any], lm: LoadedModel) -> dict:
@@ -96,10 +62,15 @@ _NOT_RANKING_KEYS = {"n_eval", "n_examples", "positions"}
 _NOT_EVAL_KEYS = {"n_examples", "positions", "rank_groups"}  # rank_groups never changes the eval split
 
 
-def task_identity(task_cfg: Mapping[str, Any], purpose: str) -> dict:
-    """The task config keys that determine the `purpose` ("ranking" or "eval") split's outputs."""
+def task_identity(task_cfg: Mapping[str, Any], purpose: str, data: Mapping[str, str]) -> dict:
+    """What determines the `purpose` ("ranking" or "eval") split's outputs: the task config keys
+    that do, with the value of each key that names input data replaced by that data's content
+    (`data`: the built task's `Task.data_identity()`, e.g. {"data_path": <sha256 of the file>}),
+    so the key holds no path."""
     drop = _NOT_RANKING_KEYS if purpose == "ranking" else _NOT_EVAL_KEYS
-    return {k: v for k, v in task_cfg.items() if k not in drop}
+    ident = {k: v for k, v in task_cfg.items() if k not in drop}
+    ident.update(data)
+    return ident
 
 
 class RunCache:

@@ -229,7 +229,10 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
         model_id = model_identity(config["model"], lm)
         with timer("ranking_samples"):
             samples = ranking_samples_cached(
-                cache, rank_task, lm, {"model": model_id, "task": task_identity(rank_cfg, "ranking")}
+                cache,
+                rank_task,
+                lm,
+                {"model": model_id, "task": task_identity(rank_cfg, "ranking", rank_task.data_identity())},
             )
         with timer("capture"):
             acts, acts_key = capture_cached(
@@ -254,7 +257,8 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
         heatmap = write_head_scores(
             run_dir, scores, heads, lm, rank_task, config["ranking"]["method"], plots=cfg.plots, timer=timer
         )
-        eval_id, alpha = {"model": model_id, "task": task_identity(task_cfg, "eval")}, float(iv["alpha"])
+        eval_id = {"model": model_id, "task": task_identity(task_cfg, "eval", task.data_identity())}
+        alpha = float(iv["alpha"])
         edit = {h: alpha for h in heads}
         batched = bool(iv.get("batched_edits", True)) and task.shares_edit_batches
         generated: dict[str, TaskOutputs] = {}

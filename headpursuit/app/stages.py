@@ -108,7 +108,8 @@ def build_task_memo(task_cfg: Mapping[str, Any], lm: LoadedModel) -> Task:
 def rank_task_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     """The task config whose ranking samples and concept rank the heads: `rank_task` when set (a
     transfer run: heads from one task, evaluated on `task`), else `task`. Its ranking-sample,
-    activation and score cache keys are that task's (`task_identity(rank_task, "ranking")`)."""
+    activation and score cache keys are that task's (`task_identity(rank_task, "ranking", its
+    data_identity())`)."""
     return config.get("rank_task") or config["task"]
 
 

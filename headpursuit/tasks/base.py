@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from headpursuit.errors import ConfigError
+from headpursuit.fingerprint import content_digest
 from headpursuit.intervention import Head, scale_heads
 
 if TYPE_CHECKING:
@@ -375,6 +376,9 @@ class Task(abc.ABC):
                 stacklevel=3,
             )
         self._concept = resolve_concept(concept, tokenizer)
+        #: the word-list file the concept was read from (None: words given as a list); subclasses
+        #: may rebuild the concept from part of its words, this stays the file read
+        self.concept_file: str | None = getattr(self._concept, "word_file", None)
         self.n_rank = n_rank
         self.n_eval = n_eval
         self.rank_groups = parse_rank_groups(rank_groups)
@@ -525,8 +529,21 @@ class Task(abc.ABC):
             "n_rank": {g: len(v) for g, v in self.splits.get("rank", {}).items()},
             "rank_groups": list(self.ranking_groups),
             "n_eval": {g: len(v) for g, v in self.splits.get("eval", {}).items()},
-            "data": dict(self.data_source),
+            "data": {**self.data_source, "content": self.data_identity()},
         }
+
+    def data_identity(self) -> dict[str, str]:
+        """The content of the input data the task read, keyed by the config key that named it:
+        ``data_path`` / ``rank_data_path`` / ``fixture_file`` (a file's or folder's sha256; the
+        shipped file read when data_path is null), ``hub_split`` / ``hub_rank_split``
+        (`loaders.split_identity`), ``concept`` (its word-list file's sha256), and ``images`` (an
+        image task's decoded images). A run's cache keys hold these in place of the keys' values
+        (`app.cache.task_identity`): no paths, so an edited file is a miss and the same file
+        elsewhere a hit."""
+        content = dict(self.data_source.get("content") or {})
+        if self.concept_file is not None:
+            content["concept"] = content_digest(self.concept_file)
+        return content
 
     # --- helpers for subclasses -------------------------------------------------------------
     def _group_desc(self, desc: str, group: str) -> str:

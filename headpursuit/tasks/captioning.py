@@ -164,7 +164,7 @@ class CaptioningTask(ImageTask):
             image = to_pil(row[image_column], info.get("base_dir"))
             return ImageItem(image=image, captions=caps[r], group=groups[r], meta={"id": f"row{r}", "row": r})
 
-        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of)
+        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of, info["content"])
         info.update({"image_column": image_column, "captions_column": captions_column})
         return items, spare, info
 

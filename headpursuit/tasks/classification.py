@@ -218,7 +218,9 @@ class ImageClassificationTask(ImageTask):
                 file_spec, columns, class_names, class_names_from, concept_classes, extra_aliases
             )
             concept_classes = list(all_names) if self.every_class_is_concept else list(concept_classes or [])
-            data_source.update(source="fixture", fixture_file=str(fixture_file))
+            # the shipped file was read in place of data_path: its content stands for fixture_file
+            content = {"fixture_file": data_source["content"].pop("data_path")}
+            data_source.update(source="fixture", fixture_file=str(fixture_file), content=content)
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
         elif source == "fixture":
             if self.dataset is not None:
@@ -397,7 +399,7 @@ class ImageClassificationTask(ImageTask):
                 meta={"id": f"row{r}:{lab}", "row": r},
             )
 
-        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of)
+        items, spare = self._decode_rows(ds, groups, spec.max_rows, item_of, info["content"])
         info.update({"image_column": image_column, "label_column": label_column})
         return items, spare, all_names, info
 

@@ -17,6 +17,7 @@ Only the rows a task needs are decoded (labels/captions are read first, images l
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +27,9 @@ from typing import Any
 
 from PIL import Image
 
+from headpursuit.fingerprint import content_digest
 from headpursuit.synthetic import COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape, shape_captions
+from headpursuit.tasks.loaders import split_identity
 from headpursuit.tasks.sources import DataSpec
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "IMAGE_SOURCES",
     "ImageItem",
     "fixture_path",
+    "images_digest",
     "load_image_dataset",
     "pattern_items",
     "rows_needed",
@@ -140,6 +144,14 @@ def to_pil(value: Any, base_dir: str | Path | None = None) -> Image.Image:
     return img.convert("RGB")
 
 
+def images_digest(items: Iterable[ImageItem]) -> str:
+    """sha256 of the items' decoded images (mode, size and pixels), in order."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.image.mode}:{it.image.size}\0".encode() + it.image.tobytes() + b"\1")
+    return h.hexdigest()
+
+
 def load_image_dataset(spec: DataSpec, *, required: Sequence[str] = ()) -> tuple[Any, dict]:
     """A `datasets.Dataset` from the hub (split `spec.hub_split`) or a local folder/file, and a
     provenance dict.
@@ -161,7 +173,13 @@ def load_image_dataset(spec: DataSpec, *, required: Sequence[str] = ()) -> tuple
                 f"{type(e).__name__}: {e}. Hub datasets need network access (or a populated HF "
                 "cache); offline, use source=fixture or a local copy (source=local, data_path=...)."
             ) from e
-        info: dict[str, Any] = {"source": "hub", "hub_id": hub_id, "hub_config": hub_config, "split": split}
+        info: dict[str, Any] = {
+            "source": "hub",
+            "hub_id": hub_id,
+            "hub_config": hub_config,
+            "split": split,
+            "content": {"hub_split": split_identity(ds)},
+        }
     elif spec.source == "local":
         if not spec.data_path:
             raise ValueError("source 'local' needs data_path (an image folder or a file)")
@@ -187,7 +205,7 @@ def load_image_dataset(spec: DataSpec, *, required: Sequence[str] = ()) -> tuple
             ds = datasets.load_dataset(builder, data_files=str(p), split="train")
             kind = builder
             base_dir = p.parent
-        info = {"source": "local", "path": str(p), "format": kind}
+        info = {"source": "local", "path": str(p), "format": kind, "content": {"data_path": content_digest(p)}}
     else:
         raise ValueError(f"unknown image data source {spec.source!r}; use fixture, hub or local")
     missing = [c for c in required if c not in ds.column_names]

@@ -26,7 +26,7 @@ from headpursuit.models.generation import generate_with_images
 from headpursuit.models.inputs import image_prompt
 from headpursuit.tasks.answer_task import AnswerTask
 from headpursuit.tasks.base import GROUPS, GroupOutputs, TaskOutputs
-from headpursuit.tasks.image_data import ImageItem, rows_needed, select_rows, spare_rows
+from headpursuit.tasks.image_data import ImageItem, images_digest, rows_needed, select_rows, spare_rows
 
 if TYPE_CHECKING:
     from headpursuit.intervention import Head
@@ -84,13 +84,16 @@ class ImageTask(AnswerTask):
         groups: Sequence[str],
         max_rows: int | None,
         item_of: Callable[[int, Mapping], ImageItem],
+        content: dict[str, str],
     ) -> tuple[list[ImageItem], dict[str, list[ImageItem]]]:
         """The dataset rows the splits need, decoded (`item_of(row index, row)`), and the spare
         ranking-only items of the extra rank groups (`Task.extra_rank_groups`).
 
         `groups` is every row's group, read without decoding an image; rows in group
         `NO_GROUP` are skipped. The spare rows are decoded on top of the selected ones, so that
-        the split of the selected rows does not depend on them.
+        the split of the selected rows does not depend on them. `content` (the provenance's, see
+        `Task.data_identity`) gets ``images``: the decoded images' digest, since a table may name
+        image files by path, which its own digest does not cover.
         """
         need = {g: rows_needed(self.n_rank, self.n_eval, g, max_rows) for g in GROUPS}
         need[NO_GROUP] = 0
@@ -103,6 +106,7 @@ class ImageTask(AnswerTask):
         sub = ds.select(every)
         decoded = {r: item_of(r, sub[k]) for k, r in enumerate(every)}
         spare = {g: [decoded[r] for r in extra[g]] for g in extra}
+        content["images"] = images_digest(decoded[r] for r in every)
         return [decoded[r] for r in rows], spare
 
     # --- generation --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ Hub loading goes through `datasets.load_dataset` and only happens when a config 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ __all__ = [
     "tet_rows_to_items",
     "load_rtp_file",
     "load_tet_file",
+    "HubRows",
     "load_hub_rows",
+    "split_identity",
 ]
 
 
@@ -260,6 +263,29 @@ def without_questions_of(items: Iterable[QAItem], others: Iterable[QAItem]) -> t
     return kept, len(items) - len(kept)
 
 
+@dataclass(frozen=True)
+class HubRows:
+    """The rows read from a hub split, as ``(where, row)`` pairs, and the split's `split_identity`."""
+
+    rows: list[tuple[str, dict]]
+    identity: str
+
+
+def split_identity(ds: Any, rows: Iterable[tuple[str, Mapping]] | None = None) -> str:
+    """What a loaded dataset split holds, for cache keys: ``datasets:<fingerprint>`` (the fingerprint
+    `datasets` gives a split it loaded; another revision of the dataset has another one), else
+    ``rows:<sha256>`` of `rows` read from it (e.g. a streamed split, which has no fingerprint)."""
+    fingerprint = getattr(ds, "_fingerprint", None)
+    if isinstance(fingerprint, str) and fingerprint:
+        return f"datasets:{fingerprint}"
+    if rows is None:
+        raise ValueError(f"a {type(ds).__name__} has no fingerprint: pass the rows read from it to identify it")
+    h = hashlib.sha256()
+    for _, row in rows:
+        h.update(json.dumps(row, sort_keys=True, default=str).encode() + b"\n")
+    return f"rows:{h.hexdigest()}"
+
+
 def load_hub_rows(
     hub_id: str,
     *,
@@ -267,8 +293,9 @@ def load_hub_rows(
     hub_split: str = "train",
     max_rows: int | None = None,
     streaming: bool = False,
-) -> list[tuple[str, dict]]:
-    """Rows of a hub dataset via `datasets.load_dataset` (needs network or a local HF cache)."""
+) -> HubRows:
+    """Rows of a hub dataset via `datasets.load_dataset` (needs network or a local HF cache), with
+    the split's identity."""
     import datasets
 
     try:
@@ -285,7 +312,7 @@ def load_hub_rows(
         if max_rows is not None and i >= max_rows:
             break
         out.append((f"{hub_id}[{hub_split}]:row {i}", dict(row)))
-    return out
+    return HubRows(out, split_identity(ds, out))
 
 
 def load_trivia_qa_hub(
@@ -295,8 +322,8 @@ def load_trivia_qa_hub(
     hub_split: str = "validation",
     max_rows: int | None = None,
 ) -> list[QAItem]:
-    rows = load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
-    return trivia_qa_rows_to_items(rows, concept_words)
+    hub = load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
+    return trivia_qa_rows_to_items(hub.rows, concept_words)
 
 
 # ------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
+from headpursuit.fingerprint import content_digest
 from headpursuit.intervention import generate_with_edits
 from headpursuit.metrics.text import alias_match
 from headpursuit.models.generation import generate_batch
@@ -121,8 +122,9 @@ class QATask(AnswerTask):
         """The items (at most `max_rows`) and a label naming where they came from."""
         words = list(getattr(self.concept, "words", []) or [])
         if spec.source == "hub":  # max_rows applies while reading
-            items = loaders.trivia_qa_rows_to_items(spec.hub_rows(), words)
-            self.data_source = spec.hub_info()
+            hub = spec.hub_rows()
+            items = loaders.trivia_qa_rows_to_items(hub.rows, words)
+            self.data_source = spec.hub_info(hub)
             return items, f"{spec.hub_id}/{spec.hub_config}[{spec.hub_split}]"
         if spec.source == "trivia_qa_file":
             path: str | Path = spec.require_path(self.name)
@@ -169,14 +171,16 @@ class QATask(AnswerTask):
         occurs in `eval_items`; records the source and the dropped count in `data_source`."""
         words = list(getattr(self.concept, "words", []) or [])
         if hub_rank_split:
-            rank_spec = replace(spec, hub_split=hub_rank_split)
-            items = loaders.trivia_qa_rows_to_items(rank_spec.hub_rows(), words)
+            hub = replace(spec, hub_split=hub_rank_split).hub_rows()
+            items = loaders.trivia_qa_rows_to_items(hub.rows, words)
             where = f"{spec.hub_id}/{spec.hub_config}[{hub_rank_split}]"
             self.data_source["hub_rank_split"] = hub_rank_split
+            self.data_source["content"]["hub_rank_split"] = hub.identity
         elif rank_data_path:
             items = spec.head(loaders.load_trivia_qa_file(rank_data_path, words))
             where = str(rank_data_path)
             self.data_source["rank_path"] = where
+            self.data_source["content"]["rank_data_path"] = content_digest(rank_data_path)
         else:
             return None
         items = self._drop_repeats(items, where, count_as="rank_duplicates_dropped")

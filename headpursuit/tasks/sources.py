@@ -4,6 +4,10 @@ Every task reads its items from a shipped fixture, a local file or a hub dataset
 those keys together so that a task passes one value to its loaders, and says the same things about
 them (the path a file source needs, the provenance of a file or a hub split, the row cap) in one
 place.
+
+The provenance holds what was read under ``content``: the config key that named the data ->
+the data's content (a file's sha256, a hub split's `loaders.split_identity`); the run's cache keys
+use it in place of the path (`Task.data_identity`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from headpursuit.fingerprint import content_digest
 from headpursuit.tasks.base import GROUPS
-from headpursuit.tasks.loaders import load_hub_rows
+from headpursuit.tasks.loaders import HubRows, load_hub_rows
 
 __all__ = ["DataSpec"]
 
@@ -44,19 +49,21 @@ class DataSpec:
         return self.data_path
 
     def file_info(self, path: Any) -> dict[str, Any]:
-        """Provenance of items read from a file."""
-        return {"source": self.source, "path": str(path)}
+        """Provenance of items read from the file `path` (`data_path`, or the shipped file read in
+        its place), with its content."""
+        return {"source": self.source, "path": str(path), "content": {"data_path": content_digest(path)}}
 
-    def hub_info(self) -> dict[str, Any]:
-        """Provenance of items read from a hub dataset split."""
+    def hub_info(self, hub: HubRows) -> dict[str, Any]:
+        """Provenance of items read from the hub dataset split `hub` (`hub_rows()`), with its identity."""
         return {
             "source": self.source,
             "hub_id": self.hub_id,
             "hub_config": self.hub_config,
             "hub_split": self.hub_split,
+            "content": {"hub_split": hub.identity},
         }
 
-    def hub_rows(self) -> list[tuple[str, dict]]:
+    def hub_rows(self) -> HubRows:
         """The rows of the hub split (at most `max_rows`), as `loaders.load_hub_rows` reads them."""
         if not self.hub_id:
             raise ValueError(f"source {self.source!r} needs hub_id")

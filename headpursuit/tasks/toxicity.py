@@ -272,8 +272,9 @@ class ToxicityTask(Task):
 
     def _load(self, spec: DataSpec, rows_to_items: Mapping[str, RowsToItems]) -> list[PromptItem]:
         if spec.source in ("rtp", "tet"):  # max_rows applies while reading
-            self.data_source = spec.hub_info()
-            return rows_to_items[spec.source](spec.hub_rows())
+            hub = spec.hub_rows()
+            self.data_source = spec.hub_info(hub)
+            return rows_to_items[spec.source](hub.rows)
         if spec.source in ("rtp_file", "tet_file"):
             path = spec.require_path(self.name)
             self.data_source = spec.file_info(path)
