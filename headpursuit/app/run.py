@@ -399,6 +399,11 @@ def main(cfg: DictConfig) -> dict | None:
     except RunDirBusy as busy:  # raised before anything was written: results.json untouched
         print(f"headpursuit: {busy}", file=sys.stderr)
         raise SystemExit(EXIT_BUSY) from None
+    except OSError as exc:  # the lock file could not be made (run_job reports its own errors)
+        if disk_full(exc) is None:
+            raise
+        report_disk_full(run_dir, cfg, exc, "start")
+        raise SystemExit(EXIT_DISK_FULL) from None
 
 
 def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:

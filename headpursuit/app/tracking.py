@@ -293,10 +293,12 @@ class RunDirLock:
             ) from None
         except (ImportError, OSError) as exc:  # no flock here (Windows, some network file systems)
             log.warning("%s: no lock on the run directory (%s); nothing stops a second process there", self.path, exc)
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n")
-        f.flush()
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n"
+        try:  # unbuffered (nothing left to flush at close); "a+" appends, at 0 after the truncation
+            os.ftruncate(f.fileno(), 0)
+            os.write(f.fileno(), record.encode())
+        except OSError as exc:  # the record is advisory (a full disk is reported at the run's first write)
+            log.debug("%s: holder not recorded (%s)", self.path, exc)
         self._file = f
         return self
 
