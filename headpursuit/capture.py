@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headpursuit.fingerprint import code_fingerprint
-from headpursuit.models.batching import auto_batch_size
+from headpursuit.models.batching import auto_batch_size, length_batches
 from headpursuit.models.handle import LoadedModel
 from headpursuit.models.inputs import (
     answer_token_ids,
@@ -130,10 +130,13 @@ class HeadActivations:
             "target_token": self.target_token.contiguous(),
             "layers": torch.tensor(self.layers, dtype=torch.long),
         }
-        save_file(
-            tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str), "version": str(CACHE_VERSION)}
-        )
-        os.replace(tmp, path)
+        try:
+            save_file(
+                tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str), "version": str(CACHE_VERSION)}
+            )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file behind
         return path
 
     @classmethod
@@ -358,23 +361,31 @@ def _image_bytes(image) -> bytes:
 # ------------------------------------------------------------------------------------------
 
 
-def _capture_batch_size(
-    lm: LoadedModel, items: Sequence[CaptureSample], batch_size: int | str, positions: str, concept_set
-) -> int:
-    """An integer batch size: `batch_size` itself, or what ``"auto"`` picks for these samples."""
-    if batch_size != "auto":
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"capture batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
-        return batch_size
-    if lm.device.type == "cuda" and any(s.image is not None for s in items):
-        raise ValueError(
-            "capture batch_size='auto' does not model image tokens on CUDA; pass an integer "
-            "(capture_batch_size=8 in the pipeline config)"
+def _capture_batches(lm: LoadedModel, items: Sequence[CaptureSample], batch_size: int | str) -> list[list[int]]:
+    """The samples' indices, batch by batch, `batch_size` samples each or, for ``"auto"``, as many
+    as fit the device (`auto_batch_size`, kind ``"forward"``).
+
+    Text samples: batches of similar token length (`length_batches`), so one long sample pads only
+    its own batch, and with ``"auto"`` each batch is as large as fits at its own longest sample; a
+    sample's activations do not depend on its batch mates (padding masked, positions counted from
+    the mask). Samples with images: consecutive batches (their length is known only after the
+    processor expands them)."""
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"capture batch_size must be an integer >= 1 or 'auto', got {batch_size!r}")
+    if any(s.image is not None for s in items):
+        if batch_size == "auto" and lm.device.type == "cuda":
+            raise ValueError(
+                "capture batch_size='auto' does not model image tokens on CUDA; pass an integer "
+                "(capture_batch_size=8 in the pipeline config)"
+            )
+        size = (
+            batch_size if isinstance(batch_size, int) else auto_batch_size(lm, "forward", prompt_len=1, rows=len(items))
         )
-    longest = 1
-    if not any(s.image is not None for s in items):
-        longest = max(len(_prepare_text(lm, s, positions, concept_set).ids) for s in items)
-    return auto_batch_size(lm, "forward", prompt_len=longest, rows=len(items))
+        return [list(range(start, min(start + size, len(items)))) for start in range(0, len(items), size)]
+    lengths = [len(teacher_forced_ids(lm, s.prompt, s.answer).ids) for s in items]
+    if isinstance(batch_size, int):
+        return length_batches(lengths, batch_size)
+    return length_batches(lengths, lambda longest: auto_batch_size(lm, "forward", prompt_len=longest, rows=len(items)))
 
 
 def capture_heads(
@@ -403,9 +414,10 @@ def capture_heads(
             tokens; every sample needs an image). Mean rows have position and target_token -1.
         layers: decoder layers to capture (default: all).
         batch_size: samples per forward pass, or ``"auto"``: the largest forward batch that fits
-            the device at the longest sample's length (`headpursuit.models.batching.auto_batch_size`,
+            the device at the batch's longest sample (`headpursuit.models.batching.auto_batch_size`,
             kind ``"forward"``; on CPU its fixed default). Text samples only on CUDA: the probe
-            runs dummy tokens and does not model image tokens.
+            runs dummy tokens and does not model image tokens. Text samples are batched by length
+            (longest first); the rows come back in sample order.
         cache_dir: if set, results are stored there under a key of the model, inputs and
             options, and a rerun reads them instead of running the model. A corrupt cached file
             is set aside (`<name>.corrupt-<timestamp>`, with a warning) and recomputed.
@@ -434,14 +446,11 @@ def capture_heads(
             return cached
 
     H, dh = lm.layout.n_heads, lm.layout.head_dim
-    zs: list[torch.Tensor] = []
-    sidx: list[int] = []
-    pos: list[int] = []
-    tgt: list[int] = []
-    batch_size = _capture_batch_size(lm, items, batch_size, positions, concept_set)
-    batches = range(0, len(items), batch_size)
-    for start in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
-        chunk = items[start : start + batch_size]
+    # Per sample, in input order: its rows of z (n_kept, L, H, dh), kept positions and their targets.
+    per_sample: list[tuple[torch.Tensor, list[int], list[int]]] = [(torch.empty(0), [], [])] * len(items)
+    batches = _capture_batches(lm, items, batch_size)
+    for batch in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
+        chunk = [items[i] for i in batch]
         if any(s.image is not None for s in chunk):
             inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
         else:
@@ -457,11 +466,14 @@ def capture_heads(
             lm.model(**inputs, use_cache=False)
         CAPTURE_STATS["forward_batches"] += 1
         rows = torch.stack([store[layer] for layer in layers], dim=1)  # (r, L, H*dh)
-        zs.append(rows.float().cpu().view(rows.shape[0], len(layers), H, dh))
-        for i, p in enumerate(prepared):
-            sidx += [start + i] * len(p.keep)
-            pos += p.keep
-            tgt += p.targets
+        z = rows.float().cpu().view(rows.shape[0], len(layers), H, dh)
+        # `reduce` gives the batch's samples in its order, len(keep) rows each (one for a mean row).
+        for i, p, z_i in zip(batch, prepared, z.split([len(p.keep) for p in prepared])):
+            per_sample[i] = (z_i, p.keep, p.targets)
+    zs = [z_i for z_i, _, _ in per_sample]
+    sidx = [i for i, (_, keep, _) in enumerate(per_sample) for _ in keep]
+    pos = [k for _, keep, _ in per_sample for k in keep]
+    tgt = [t for _, _, targets in per_sample for t in targets]
     acts = HeadActivations(
         z=torch.cat(zs),
         layers=layers,

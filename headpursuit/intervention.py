@@ -240,7 +240,8 @@ def generate_with_edits(
 
     The rows are (prompt, edit) pairs, prompt-major (all edits of prompt 0, then of prompt 1, ...),
     cut into batches of `batch_size` rows (``"auto"``: the largest that fits the device, see
-    `headpursuit.models.batching`); each batch runs under `scale_heads` with per-row scales. The
+    `headpursuit.models.batching`) of similar prompt length, a prompt's edits adjacent
+    (`generate_rows`); each batch runs under `scale_heads` with per-row scales. The
     decoding is `generate_batch`'s (same config, same padding, same decoding of the new text), so
     each output equals the one-edit-at-a-time path's up to floating-point summation order. With
     ``batch_size = len(edits) * b`` a batch holds the very prompts of that path's batch at size b
@@ -256,8 +257,8 @@ def generate_with_edits(
     rows = [(i, e) for i in range(len(prompts)) for e in range(len(edits))]
     gc = generation_config(lm, max_new_tokens=max_new_tokens)
 
-    def edit_rows(span: range):
-        return scale_heads(lm, per_row_scales([edits[rows[r][1]] for r in span]))
+    def edit_rows(batch: list[int]):
+        return scale_heads(lm, per_row_scales([edits[rows[r][1]] for r in batch]))
 
     texts = generate_rows(
         lm,

@@ -151,9 +151,11 @@ def test_cli(sweep, tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def _paper_run(d: Path, ranking: str, k: int, norm: float, rand=None, *, preset="paper", positions="prompt_mean"):
+def _paper_run(d: Path, ranking: str, k: int, norm: float, rand=None, *, preset=None, positions="prompt_mean"):
     """A results.json as a run of the paper protocol writes it: baseline concept accuracy 0.8, the
-    edited value `norm * 0.8`, random controls (median, q25, q75) normalised `rand`."""
+    edited value `norm * 0.8`, random controls (median, q25, q75) normalised `rand`. The ranking
+    config file (`preset`): `ranking=paper` for concept_restricted, else the method's own."""
+    preset = preset or ("paper" if ranking == "concept_restricted" else ranking)
     d.mkdir(parents=True)
     b = 0.8
     res = {
@@ -209,19 +211,20 @@ def paper_sweep(tmp_path):
 
 def test_normalized_columns_in_runs_and_tables(paper_sweep):
     df = A.aggregate(paper_sweep, plots=False)
-    row = df[(df.ranking == "concept_restricted") & (df.k == 3)].iloc[0]
+    paper = "paper's scoring: concept_restricted"
+    row = df[(df.ranking == paper) & (df.k == 3)].iloc[0]
     assert row["normalized.edited.concept.accuracy"] == 0.83
     assert row["normalized.random.median.concept.accuracy"] == 1.02
     assert row["normalized.random.q25.concept.accuracy"] == 0.94
     assert row["random.q75.concept.accuracy"] == pytest.approx(1.13 * 0.8)
     assert pd.isna(row["normalized.edited.concept.zero"])  # baseline 0 -> null -> NaN
     assert row["positions"] == "prompt_mean" and row["rank_groups"] == "concept+control"
-    assert row["ranking_preset"] == "paper"
+    assert row["ranking_preset"] == "paper" and row["ranking_method"] == "concept_restricted"
     # the q25/q75/mean sub-sections are statistics, not metric groups
     assert ("concept", "accuracy") in A.metric_names(df, "normalized.edited")
     assert not [g for g, _ in A.metric_names(df, "random") if g in A.STAT_KEYS]
     vr = pd.read_csv(paper_sweep / "vs_random.csv")
-    r = vr[(vr.ranking == "concept_restricted") & (vr.k == 5) & (vr.metric == "accuracy")].iloc[0]
+    r = vr[(vr.ranking == paper) & (vr.k == 5) & (vr.metric == "accuracy")].iloc[0]
     assert (r.edited_normalized, r.random_median_normalized, r.random_q25_normalized) == (0.67, 1.0, 0.89)
     assert r.random_q75 == pytest.approx(1.05 * 0.8) and r.random_median == pytest.approx(0.8)
     kn = pd.read_csv(paper_sweep / "k_alpha_normalized.csv")
@@ -229,7 +232,7 @@ def test_normalized_columns_in_runs_and_tables(paper_sweep):
     assert acc.loc[5, "alpha=-1"] == 0.79 and "unedited" not in kn.columns
     mt = pd.read_csv(paper_sweep / "methods.csv")
     m = mt[(mt.k == 3) & (mt.metric == "accuracy")].iloc[0]
-    assert (m["normalized.concept_restricted"], m["normalized.logit_lens_mean"]) == (0.83, 0.91)
+    assert (m[f"normalized.{paper}"], m["normalized.logit_lens_mean"]) == (0.83, 0.91)
 
 
 def test_paper_table(paper_sweep):
@@ -237,8 +240,9 @@ def test_paper_table(paper_sweep):
     long = pd.read_csv(paper_sweep / "paper_table.csv")
     acc = long[(long.group == "concept") & (long.metric == "accuracy")]
     rows = sorted(acc.row.unique())
-    somp, ll = "SOMP (concept_restricted)", "LL (logit_lens_mean)"
-    rand = "Rand. median [q25, q75] (concept_restricted, pool=layer_counts)"
+    # ranking=paper: the paper's scoring, named as such (not a plain concept_restricted run)
+    somp, ll = "SOMP (paper's scoring: concept_restricted)", "LL (logit_lens_mean)"
+    rand = "Rand. median [q25, q75] (paper's scoring: concept_restricted, pool=layer_counts)"
     assert rows == sorted([somp, ll, rand])  # the LL runs' random controls are not a row
     cell = acc[(acc.row == rand) & (acc.k == 5)].iloc[0]
     assert (cell.value, cell.q25, cell.q75, cell.n_runs) == (1.0, 0.89, 1.05, 1)
@@ -263,12 +267,12 @@ def test_paper_table_labels_runs_that_differ(tmp_path):
     _paper_run(root / "2", "concept_restricted", 3, 0.6, preset="concept_restricted")
     A.aggregate(root, plots=False)
     rows = set(pd.read_csv(root / "paper_table.csv").row)
-    # concept_restricted ran with two presets: its labels say which; concept_share ran once
+    # concept_restricted ran with two presets: the paper's scoring and the plain method
     assert rows == {
-        "SOMP (concept_restricted) [ranking_preset=paper]",
-        "SOMP (concept_restricted) [ranking_preset=concept_restricted]",
+        "SOMP (paper's scoring: concept_restricted)",
+        "SOMP (concept_restricted)",
         "SOMP (concept_share)",
-        "Rand. median [q25, q75] (concept_restricted, ranking_preset=paper, pool=layer_counts)",
+        "Rand. median [q25, q75] (paper's scoring: concept_restricted, pool=layer_counts)",
         "Rand. median [q25, q75] (concept_share, pool=layer_counts)",
     }
 
@@ -297,8 +301,81 @@ def test_paper_table_keeps_classification_datasets_apart(tmp_path):
     assert sorted(df["dataset"]) == ["mnist", "mnist", "svhn"]
     assert df["rank_dataset"].tolist().count("svhn") == 1
     long = pd.read_csv(root / "paper_table.csv")
-    somp = long[long.row == "SOMP (concept_restricted)"].set_index("dataset")["value"]
+    somp = long[long.row == "SOMP (paper's scoring: concept_restricted)"].set_index("dataset")["value"]
     assert somp.to_dict() == {"mnist": 0.12, "svhn": 0.17}  # not (0.12 + 0.17 + 0.5) / 3
     md = (root / "paper_table.md").read_text()
     assert "## smollm2 | classification mnist | alpha=-1 | concept accuracy (normalised)" in md
     assert "## smollm2 | classification svhn | alpha=-1" in md
+
+
+def test_heatmap_legend_says_what_the_red_boxes_are():
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from headpursuit.app import plots
+
+    table = pd.DataFrame({"layer": [0, 0, 1, 2], "head": [0, 1, 3, 2], "score": [0.1, 0.9, 0.5, 0.3]})
+    fig = plots.score_heatmap_figure(table, 3, 4, highlight=[(0, 1), (2, 2)])
+    try:
+        ax = fig.axes[0]
+        boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+        assert sorted(b.get_xy() for b in boxes) == [(0.5, -0.5), (1.5, 1.5)]  # (head - 0.5, layer - 0.5)
+        legend = ax.get_legend()
+        assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["edited heads (k=2)"]
+        (handle,) = legend.legend_handles
+        assert handle.get_edgecolor() == boxes[0].get_edgecolor() and not handle.get_fill()
+    finally:
+        plt.close(fig)
+    plain = plots.score_heatmap_figure(table, 3, 4)
+    assert plain.axes[0].get_legend() is None  # nothing outlined, nothing to explain
+    plt.close(plain)
+
+
+def test_runs_without_a_dataset_show_no_nan_and_the_paper_preset_has_its_own_label(tmp_path, monkeypatch):
+    """A QA sweep has no dataset and no rank dataset: no `dataset=nan` in table titles, plot titles
+    or file names. ranking=paper and ranking=concept_restricted (one method, two presets) are two
+    settings, each named, never averaged together."""
+    from headpursuit.app import plots
+
+    root = tmp_path / "qa"
+    for i, (k, preset, acc) in enumerate([(1, "paper", 0.2), (3, "paper", 0.1), (1, None, 0.6), (3, None, 0.5)]):
+        _fake_run(root / str(i), k, -1.0, acc, ranking="concept_restricted")
+        if preset:
+            p = root / str(i) / "results.json"
+            write_json_atomic(p, {**A.read_json(p), "run": {"choices": {"ranking": preset}}})
+    titles: list[str] = []
+    for name in ("score_heatmap", "metric_vs_k"):
+        real = getattr(plots, name)
+
+        def spy(*a, _real=real, **kw):
+            titles.append(kw["title"])
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(plots, name, spy)
+    A.aggregate(root)
+    paper = "paper's scoring: concept_restricted"
+    files = [p.name for p in (root / "plots").glob("*.png")]
+    shown = "\n".join(
+        [
+            *files,
+            *titles,
+            (root / "k_alpha.md").read_text(),
+            (root / "k_alpha_normalized.md").read_text() if (root / "k_alpha_normalized.md").exists() else "",
+        ]
+    )
+    assert "nan" not in shown.lower(), shown
+    assert (
+        "## concept accuracy (model=smollm2, task=qa_countries, ranking=concept_restricted, heads_mode=ranked)" in shown
+    )
+    assert f"## concept accuracy (model=smollm2, task=qa_countries, ranking={paper}, heads_mode=ranked)" in shown
+    assert "metric_vs_k__smollm2__qa_countries__concept_restricted__ranked__concept.accuracy.png" in files
+    assert "heatmap__smollm2__qa_countries__paper-s-scoring-concept_restricted.png" in files
+    assert f"smollm2 | qa_countries | {paper} | ranked" in titles
+    t = pd.read_csv(root / "k_alpha.csv")
+    acc = t[(t.group == "concept") & (t.metric == "accuracy")].set_index(["ranking", "k"])["alpha=-1"]
+    assert acc.to_dict() == {
+        (paper, 1): 0.2,
+        (paper, 3): 0.1,
+        ("concept_restricted", 1): 0.6,
+        ("concept_restricted", 3): 0.5,
+    }

@@ -190,3 +190,62 @@ def test_pad_batch_positions():
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     with pytest.raises(ValueError):
         pad_batch([[1], []], 0)
+
+
+def _embed_widths(lm):
+    """A recorder of the padded width of every forward pass, at the token embedding."""
+    widths: list[int] = []
+    handle = lm.model.get_input_embeddings().register_forward_pre_hook(lambda m, a: widths.append(a[0].shape[1]))
+    return widths, handle
+
+
+@pytest.mark.parametrize("positions", ["answer", "prompt_mean"])
+def test_batches_are_formed_by_length_and_rows_come_back_in_input_order(tiny_llama, positions):
+    lm = tiny_llama
+    long = "A long question " + "with one clause after another, " * 12
+    samples = [
+        CaptureSample(p, answer=a)
+        for p, a in [("Hi", " yes"), (long, " Paris, France."), ("Water boils at", " one hundred"), (long + "?", " no")]
+    ]
+    lengths = [len(lm.token_ids(s.prompt)) + len(lm.token_ids(s.answer, special=False)) for s in samples]
+    by_length = sorted(range(len(samples)), key=lambda i: -lengths[i])
+    widths, handle = _embed_widths(lm)
+    try:
+        acts = capture_heads(lm, samples, positions=positions, batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    # Two batches: the two long samples, then the two short ones (not long + short twice).
+    assert widths == [lengths[by_length[0]], lengths[by_length[2]]]
+    # The reference: the samples handed over longest first (the very same batches), rows then put
+    # back in input order by hand: identical, bit for bit.
+    ref = capture_heads(lm, [samples[i] for i in by_length], positions=positions, batch_size=2, progress=False)
+    rows = [ref.sample_index == by_length.index(i) for i in range(len(samples))]
+    assert acts.sample_index.tolist() == [i for i, r in enumerate(rows) for _ in range(int(r.sum()))]
+    assert torch.equal(acts.z, torch.cat([ref.z[r] for r in rows]))
+    assert torch.equal(acts.position, torch.cat([ref.position[r] for r in rows]))
+    assert torch.equal(acts.target_token, torch.cat([ref.target_token[r] for r in rows]))
+    # And the same activations as consecutive batches in input order (padding changes no row).
+    unsorted = torch.cat(
+        [capture_heads(lm, samples[s : s + 2], positions=positions, batch_size=2, progress=False).z for s in (0, 2)]
+    )
+    torch.testing.assert_close(acts.z, unsorted, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_capture_batches_are_as_large_as_fits_their_own_longest_sample(tiny_llama, monkeypatch):
+    import headpursuit.capture as C
+
+    long = "A long question " + "with one clause after another, " * 12
+    samples = [CaptureSample(p) for p in ("Hi", long, "Water boils at", "Red, green,", long + "?")]
+    monkeypatch.setattr(
+        C, "auto_batch_size", lambda lm, kind, *, prompt_len, rows: min(rows, 1 if prompt_len > 30 else 8)
+    )
+    widths, handle = _embed_widths(tiny_llama)
+    try:
+        acts = capture_heads(tiny_llama, samples, batch_size="auto", progress=False)
+    finally:
+        handle.remove()
+    lengths = sorted((len(tiny_llama.token_ids(s.prompt)) for s in samples), reverse=True)
+    assert widths == [lengths[0], lengths[1], lengths[2]]  # the two long ones alone, then the rest together
+    ref = capture_heads(tiny_llama, samples, batch_size=1, progress=False)
+    assert acts.sample_index.tolist() == ref.sample_index.tolist() == list(range(len(samples)))
+    torch.testing.assert_close(acts.z, ref.z, rtol=1e-5, atol=1e-5)

@@ -45,10 +45,14 @@ from headpursuit.app.tracking import (
     ERROR_FILE,
     FAIL_FAST_FILE,
     HEARTBEAT_FILE,
+    LOCK_FILE,
     RESULTS_FILE,
     FailFastFlag,
     Heartbeat,
+    RunDirBusy,
+    RunDirLock,
     Timer,
+    disk_full,
     launch_id,
     read_json,
     running_state,
@@ -907,6 +911,166 @@ def test_empty_concept_message_advice_is_reachable():
         build_concept(["x", "q"], tok)
     assert "lower min_chars." not in str(info.value)
     assert len(build_concept(["x", "q"], tok, min_chars=1)) > 0
+
+
+# ------------------------------------------------------------------------------------------
+# A full disk, a run directory in use, the libraries' log lines (issue 19)
+# ------------------------------------------------------------------------------------------
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_is_found_in_the_exception_chain():
+    assert disk_full(RuntimeError("x")) is None
+    full = OSError(errno.ENOSPC, "No space left on device")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("capture failed") from exc
+    except RuntimeError as outer:
+        assert disk_full(outer) is full
+    assert disk_full(OSError(errno.EDQUOT, "Disk quota exceeded")) is not None
+    # safetensors writes in Rust: its error is no OSError, its message says it
+    rust = Exception(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    )
+    assert disk_full(rust) is rust
+
+
+def test_full_disk_ends_the_run_with_one_message_and_keeps_complete_results(monkeypatch, tmp_path, capfd):
+    """The disk fills at the first write of the run (results.json, status running) and the record of
+    the failure (error.txt) fails too: one message naming the file, the stage and the fix; no
+    traceback; the complete results.json of an earlier launch (another config) byte for byte."""
+    run_dir = tmp_path / "run"
+    write_json_atomic(run_dir / RESULTS_FILE, {"status": "complete", "config_hash": "earlier", "k": 1})
+    before = (run_dir / RESULTS_FILE).read_bytes()
+    monkeypatch.setattr(os, "fsync", _no_space)  # write_text_atomic: the temp file written, then its fsync fails
+    monkeypatch.setattr(sys, "argv", ["headpursuit", *SMOKE, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'c'}"])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as info:
+        R.main()
+    assert info.value.code == R.EXIT_DISK_FULL != 0
+    out = capfd.readouterr()
+    said = out.out + out.err
+    assert "Traceback" not in said and said.count("No space left on device") == 1, said
+    message = next(line for line in out.err.splitlines() if "No space left" in line)
+    assert f"writing {run_dir / RESULTS_FILE}" in message and "(stage: after preflight)" in message
+    assert "cache_dir=" in message and "hydra.run.dir=" in message and "Free space" in message
+    assert (run_dir / RESULTS_FILE).read_bytes() == before
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]  # no partial files left behind
+    assert logging.raiseExceptions  # the job's setting is restored
+
+
+def test_full_disk_in_a_cache_write_stops_the_run_and_names_the_entry(tmp_path, caplog):
+    class Unwritable:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __reduce__(self):
+            raise self.exc
+
+    cache = RunCache(tmp_path)
+    with pytest.raises(OSError) as info:
+        cache.get_or_compute(
+            "evals", "k1", lambda: Unwritable(OSError(errno.ENOSPC, "No space left on device")), "pickle"
+        )
+    assert info.value.filename == str(tmp_path / "evals" / "k1.pkl")
+    assert not [p for p in (tmp_path / "evals").iterdir() if p.suffix != ".lock"]  # no partial entry
+    # any other write error: a warning, the value is returned uncached (as before)
+    value, hit = cache.get_or_compute("evals", "k2", lambda: Unwritable(TypeError("cannot pickle")), "pickle")
+    assert isinstance(value, Unwritable) and not hit and "could not write cache entry" in caplog.text
+
+
+HOLD_LOCK = """
+import sys
+from headpursuit.app.tracking import RunDirLock
+with RunDirLock(sys.argv[1]):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes stdin (or kills this process)
+"""
+
+
+def _hold_lock(run_dir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run_dir)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_a_run_directory_says_who_holds_it_and_exits(monkeypatch, tmp_path, capfd):
+    run_dir = tmp_path / "run"
+    write_json_atomic(run_dir / RESULTS_FILE, {"status": "running", "config_hash": "first"})
+    before = (run_dir / RESULTS_FILE).read_bytes()
+    holder = _hold_lock(run_dir)
+    try:
+        with pytest.raises(
+            RunDirBusy, match=rf"in use by process {holder.pid}@{re.escape(socket.gethostname())} since 20"
+        ):
+            with RunDirLock(run_dir):
+                pass
+        # the app: one line, exit 75, nothing written into the directory
+        monkeypatch.setattr(
+            sys, "argv", ["headpursuit", *SMOKE, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'c'}"]
+        )
+        capfd.readouterr()
+        with pytest.raises(SystemExit) as info:
+            R.main()
+        assert info.value.code == R.EXIT_BUSY
+        err = capfd.readouterr().err
+        assert f"process {holder.pid}@" in err and "hydra.run.dir=" in err and "Traceback" not in err, err
+        assert (run_dir / RESULTS_FILE).read_bytes() == before and not (run_dir / ERROR_FILE).exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+        holder.wait()
+    # The kernel released the dead process's lock: its file blocks nothing.
+    assert str(holder.pid) in (run_dir / LOCK_FILE).read_text()
+    with RunDirLock(run_dir):
+        assert str(os.getpid()) in (run_dir / LOCK_FILE).read_text()
+    with RunDirLock(run_dir):  # released at the end of the block: the next job (a resume) takes it
+        pass
+
+
+HF_LOGS = """
+import logging.config, sys
+# The root logger as Hydra's default job_logging sets it up: a console handler on stdout.
+logging.config.dictConfig({
+    "version": 1,
+    "formatters": {"simple": {"format": "[%(name)s][%(levelname)s] - %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "simple", "stream": "ext://sys.stdout"}},
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "disable_existing_loggers": False,
+})
+from headpursuit.app.run import route_library_logs
+# As in a run: the libraries are first imported after the routing (by the model load, the task).
+assert "huggingface_hub" not in sys.modules and "datasets" not in sys.modules
+route_library_logs()
+import datasets, huggingface_hub, transformers
+logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+logging.getLogger("datasets.load").warning("datasets says this once")
+logging.getLogger("transformers.modeling_utils").warning("transformers says this once")
+"""
+
+
+def test_library_log_lines_print_once_through_the_root_handler():
+    """huggingface_hub and datasets add a stderr handler when first imported and propagate to the
+    root: every hub retry printed twice when the import came after the routing (as in a run)."""
+    proc = subprocess.run([sys.executable, "-c", HF_LOGS], cwd=REPO, env=cli_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for line, logger in [
+        ("Retrying in 1s [Retry 1/5].", "huggingface_hub.utils._http"),
+        ("datasets says this once", "datasets.load"),
+        ("transformers says this once", "transformers.modeling_utils"),
+    ]:
+        assert (proc.stdout + proc.stderr).count(line) == 1, (proc.stdout, proc.stderr)
+        assert f"[{logger}][WARNING] - {line}" in proc.stdout  # through the root's (Hydra's) handler
 
 
 # ------------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_configs_it_does_not_reproduce_go_to_generate(lm):
 
 def test_progress_counts_every_step_once_per_batch(lm):
     gc = _eos_that_ends_rows_early(lm, PROMPTS)
-    progress = GenerationProgress(len(PROMPTS), 3, NEW, "t", enabled=True)
+    progress = GenerationProgress(2, NEW, "t", enabled=True)
     try:
         for start in (0, 3):
             ids, mask = _enc(lm, PROMPTS[start : start + 3])
@@ -264,3 +264,86 @@ def test_rows_without_a_common_prefix_run_as_one_batch(lm):
     with _embed_calls(lm) as calls:
         greedy_decode(lm.model, ids, mask, gc)
     assert calls[0] == tuple(ids.shape)
+
+
+# --- batches of similar length ---------------------------------------------------------------
+
+# Very different lengths in an order that mixes them: consecutive batches of two would pad each
+# short prompt to a long one.
+MIXED = [
+    "Hi there",
+    "A long prompt " + "with many more words in it, " * 12,
+    "Water boils at",
+    "Another long prompt, " + "one clause after another and another, " * 10,
+    "Red, green,",
+    "The capital of France is",
+]
+
+
+def _prefill_widths(calls):
+    """The padded width of each batch's prompt pass (decode steps feed one token per row)."""
+    return [tokens for _, tokens in calls if tokens > 1]
+
+
+def test_greedy_batches_are_formed_by_length_and_outputs_come_back_in_input_order(lm):
+    gc = generation_config(lm, max_new_tokens=NEW)
+    # The reference: transformers' generate on consecutive batches of two, in input order.
+    ref = []
+    for start in range(0, len(MIXED), 2):
+        new = _hf_new_tokens(lm, MIXED[start : start + 2], gc)
+        ref += [t.strip() for t in lm.tokenizer.batch_decode(new, skip_special_tokens=True)]
+    with _embed_calls(lm) as calls:
+        out = generate_batch(lm, MIXED, max_new_tokens=NEW, batch_size=2, progress=False)
+    assert out == ref
+    lengths = sorted((len(lm.token_ids(p)) for p in MIXED), reverse=True)
+    assert _prefill_widths(calls) == [max(lengths[s : s + 2]) for s in range(0, len(lengths), 2)]
+    assert _prefill_widths(calls) != [max(len(lm.token_ids(p)) for p in MIXED[s : s + 2]) for s in (0, 2, 4)]
+
+
+def test_batched_edits_keep_a_prompts_edits_together_in_length_batches(lm):
+    from headpursuit.intervention import generate_with_edits
+
+    edits = [{}, {(0, 0): -1.0, (1, 1): 0.0}, {(1, 0): 2.0}]
+    # A batch of len(edits) rows holds one prompt's edits: as wide as that prompt, each one.
+    with _embed_calls(lm) as calls:
+        out = generate_with_edits(lm, MIXED, edits, max_new_tokens=NEW, batch_size=len(edits), progress=False)
+    assert sorted(_prefill_widths(calls), reverse=True) == _prefill_widths(calls)
+    assert sorted(_prefill_widths(calls)) == sorted(len(lm.token_ids(p)) for p in MIXED)
+    for e, edit in enumerate(edits):
+        with scale_heads(lm, edit):
+            assert out[e] == generate_batch(lm, MIXED, max_new_tokens=NEW, batch_size=1, progress=False)
+
+
+def test_sampled_batches_stay_in_input_order(lm):
+    """Seeded sampling draws per batch: regrouping rows would change every seeded sample, so
+    sampled batches are consecutive prompts, as before."""
+    with _embed_calls(lm) as calls:
+        a = generate_batch(lm, MIXED, max_new_tokens=4, batch_size=2, do_sample=True, seed=3, progress=False)
+    widths = [max(len(lm.token_ids(p)) for p in MIXED[s : s + 2]) for s in (0, 2, 4)]
+    assert _prefill_widths(calls) == widths
+    assert a == generate_batch(lm, MIXED, max_new_tokens=4, batch_size=2, do_sample=True, seed=3, progress=False)
+
+
+def test_auto_batches_are_as_large_as_fits_their_own_longest_prompt(lm, monkeypatch):
+    """batch_size="auto": each length batch is sized at its own longest prompt, so one long prompt
+    no longer shrinks every batch (the device is asked per batch: here, 1 row fits above 30 tokens)."""
+    from headpursuit.models import generation
+
+    asked: list[int] = []
+
+    def fits(lm_, kind, *, prompt_len, rows, **kwargs):
+        asked.append(prompt_len)
+        return min(rows, 1 if prompt_len > 30 else 4)
+
+    monkeypatch.setattr(generation, "auto_batch_size", fits)
+    with _embed_calls(lm) as calls:
+        out = generate_batch(lm, MIXED, max_new_tokens=NEW, batch_size="auto", progress=False)
+    lengths = sorted((len(lm.token_ids(p)) for p in MIXED), reverse=True)
+    assert lengths[1] > 30 >= lengths[2]  # two long prompts, four short ones
+    assert [(rows, tokens) for rows, tokens in calls if tokens > 1] == [
+        (1, lengths[0]),
+        (1, lengths[1]),
+        (4, lengths[2]),
+    ]
+    assert asked == lengths[:3]
+    assert out == generate_batch(lm, MIXED, max_new_tokens=NEW, batch_size=1, progress=False)

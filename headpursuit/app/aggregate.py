@@ -4,7 +4,9 @@
 
 Writes into DIR (or --out):
 
-* `runs.csv` -- one row per run: model, task, ranking, k, alpha, heads mode, status, the edited
+* `runs.csv` -- one row per run: model, task, ranking (its label: the method, or for a ranking
+  config file not named after its method the file too, `paper's scoring: concept_restricted`;
+  `ranking_method` the method alone), k, alpha, heads mode, status, the edited
   heads, and every metric as `baseline.<group>.<metric>`, `edited.<group>.<metric>`,
   `random.<group>.<metric>` (mean over seeds), `random.<stat>.<group>.<metric>` (stat = std,
   median, q25, q75), and normalised to the unedited model as `normalized.edited.<group>.<metric>`
@@ -22,6 +24,8 @@ Writes into DIR (or --out):
   the SOMP runs), columns k; one table per model / task / alpha / group / metric;
 * `plots/heatmap__*.png` (layers x heads scores, from each setting's head_scores.csv) and
   `plots/metric_vs_k__*.png` (edited metric vs k per alpha, random-head bands).
+
+Titles and file names name only the settings that have a value (a QA run has no dataset).
 """
 
 from __future__ import annotations
@@ -51,7 +55,10 @@ STAT_KEYS = ("mean", "std", "median", "q25", "q75")
 SOMP_METHODS = ("concept_restricted", "concept_share")
 LL_METHODS = ("logit_lens_mean", "logit_lens")
 # Run settings a paper-table row is labelled with when they differ between runs of one table.
-VARIANT_COLS = ["ranking_preset", "positions", "rank_groups"]
+VARIANT_COLS = ["positions", "rank_groups"]
+# What a ranking config file (the Hydra choice `ranking=...`) that is not named after its method
+# stands for in labels; another such file is labelled `ranking=<file>`.
+PRESET_LABELS = {"paper": "paper's scoring"}
 
 
 # ------------------------------------------------------------------------------------------
@@ -83,6 +90,26 @@ def _metrics(prefix: str, node: Any, out: dict) -> None:
                 out[f"{prefix}.{g}.{name}"] = float("nan") if v is None else float(v)
 
 
+def ranking_label(method: Any, preset: Any) -> str:
+    """The name a run's ranking goes by in every table, plot title and file name: its method, or,
+    when the ranking config file chosen is not the method's own, the file too: `ranking=paper`
+    (concept_restricted, centred, raw rows, 50 steps) is "paper's scoring: concept_restricted", apart
+    from a plain `ranking=concept_restricted` run."""
+    if _missing(preset) or preset == method:
+        return str(method)
+    return f"{PRESET_LABELS.get(str(preset), f'ranking={preset}')}: {method}"
+
+
+def _missing(value: Any) -> bool:
+    """An empty setting (None / NaN): a run without a dataset, a run that is no transfer."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def present(setting: Mapping[str, Any]) -> dict[str, Any]:
+    """The setting's keys that have a value: what titles and file names show (no `dataset=nan`)."""
+    return {k: v for k, v in setting.items() if not _missing(v)}
+
+
 def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | None = None) -> dict:
     """One flat row from a results.json dict."""
     cfg = res.get("config") or {}
@@ -91,6 +118,7 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
     prov = res.get("provenance") or {}
     task_cfg = cfg.get("task") or {}
     rank_groups = task_cfg.get("rank_groups")
+    method = res.get("ranking") or (cfg.get("ranking") or {}).get("method")
     row: dict[str, Any] = {
         "run": str(path.parent.relative_to(root))
         if path is not None and root is not None
@@ -102,7 +130,9 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "rank_dataset": (res.get("transfer") or {}).get("source"),
         # the toxicity classifier (every output says which one scored it)
         "scorer": (res.get("baseline") or {}).get("scorer") if isinstance(res.get("baseline"), Mapping) else None,
-        "ranking": res.get("ranking") or (cfg.get("ranking") or {}).get("method"),
+        # the label (method, and the config file when it is not the method's own); the method alone
+        "ranking": ranking_label(method, choices.get("ranking")),
+        "ranking_method": method,
         "heads_mode": res.get("heads_mode") or iv.get("heads", "ranked"),
         "k": res.get("k", iv.get("k")),
         "k_frac": res.get("k_frac", iv.get("k_frac")),
@@ -297,13 +327,15 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
-def method_label(method: str) -> str:
-    """The paper's row name of a ranking method: `SOMP (concept_restricted)`, `LL (logit_lens_mean)`."""
+def method_label(method: str, label: str | None = None) -> str:
+    """The paper's row name of a ranking method: `SOMP (concept_restricted)`, `LL (logit_lens_mean)`;
+    `label` (`ranking_label`, default: the method) goes in the parentheses."""
+    label = label or str(method)
     if method in SOMP_METHODS:
-        return f"SOMP ({method})"
+        return f"SOMP ({label})"
     if method in LL_METHODS:
-        return f"LL ({method})"
-    return str(method)
+        return f"LL ({label})"
+    return label
 
 
 def _row_order(method: str) -> int:
@@ -338,7 +370,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                 for m, gm_runs in g.groupby("ranking", dropna=False)
             }
             for _, r in g.iterrows():
-                method = str(r["ranking"])
+                method, label = str(r.get("ranking_method", r["ranking"])), str(r["ranking"])
                 variant = ", ".join(f"{c}={r[c]}" for c in varying[r["ranking"]])
                 base = {**dict(zip(keys, key)), "group": group, "metric": metric, "k": r["k"]}
                 base["n_heads_total"] = r.get("n_heads_total")
@@ -346,7 +378,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                     {
                         **base,
                         "order": _row_order(method),
-                        "row": method_label(method) + (f" [{variant}]" if variant else ""),
+                        "row": method_label(method, label) + (f" [{variant}]" if variant else ""),
                         "method": method,
                         "value": r.get(f"normalized.edited.{gm}", float("nan")),
                         "q25": float("nan"),
@@ -355,7 +387,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                 )
                 median = r.get(f"normalized.random.median.{gm}", float("nan"))
                 if method in SOMP_METHODS and pd.notna(median):
-                    where = ", ".join(x for x in (method, variant, f"pool={r.get('random_pool')}") if x)
+                    where = ", ".join(x for x in (label, variant, f"pool={r.get('random_pool')}") if x)
                     rows.append(
                         {
                             **base,
@@ -434,8 +466,12 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
     done = df[df["status"] == "complete"] if "status" in df else df
     if done.empty:
         return made
-    # One heat map per (model, task, ranking): the scores do not depend on k or alpha.
-    for key, g in done.groupby(["model", "task", "ranking"], dropna=False, sort=True):
+    # One heat map per (model, task, dataset, ranking): the scores do not depend on k or alpha. A
+    # transfer run's scores are its rank dataset's.
+    scored = done.assign(scored_on=done["rank_dataset"].fillna(done["dataset"]))
+    heatmap_keys = ["model", "task", "scored_on", "ranking"]
+    for key, g in scored.groupby(heatmap_keys, dropna=False, sort=True):
+        shown = present(dict(zip(heatmap_keys, key))).values()
         for run in g["run"]:
             csv = root / run / HEAD_SCORES_FILE
             if not csv.exists():
@@ -448,8 +484,8 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
                     table,
                     layout.get("n_layers"),
                     layout.get("n_heads"),
-                    pdir / f"heatmap__{_slug(*key)}.png",
-                    title=" | ".join(map(str, key)),
+                    pdir / f"heatmap__{_slug(*shown)}.png",
+                    title=" | ".join(map(str, shown)),
                 )
             )
             break
@@ -459,8 +495,9 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
         for group, metric in metric_names(g):
             if g[f"edited.{group}.{metric}"].isna().all():
                 continue
-            path = pdir / f"metric_vs_k__{_slug(*key)}__{group}.{metric}.png"
-            made.append(plots.metric_vs_k(g, metric, path, group=group, title=" | ".join(map(str, key))))
+            shown = present(dict(zip(SETTING, key))).values()
+            path = pdir / f"metric_vs_k__{_slug(*shown)}__{group}.{metric}.png"
+            made.append(plots.metric_vs_k(g, metric, path, group=group, title=" | ".join(map(str, shown))))
     return made
 
 
@@ -500,7 +537,7 @@ def aggregate(
     ]
     long = []
     for setting, group, metric, t in tables:
-        head = ", ".join(f"{k}={v}" for k, v in setting.items())
+        head = ", ".join(f"{k}={v}" for k, v in present(setting).items())
         md.append(
             f"\n## {group} {metric} ({head})\n\nedited {group} {metric} by k (rows) and alpha "
             "(columns); `unedited` is the model without edits.\n\n" + to_markdown(t)
@@ -512,7 +549,7 @@ def aggregate(
 
     norm_md, norm_long = ["# Normalised results (edited / unedited)\n"], []
     for setting, group, metric, t in k_alpha_tables(df, "normalized.edited"):
-        head = ", ".join(f"{k}={v}" for k, v in setting.items())
+        head = ", ".join(f"{k}={v}" for k, v in present(setting).items())
         norm_md.append(
             f"\n## {group} {metric}, normalised ({head})\n\nedited / unedited {group} {metric} by k (rows) and "
             "alpha (columns); 1 = no change.\n\n" + to_markdown(t)
@@ -555,13 +592,15 @@ PAPER_TABLE_INTRO = """# Paper-shaped tables: metric normalised to the unedited 
 Rows: `SOMP (<method>)` the top-k heads of a SOMP ranking, `LL (<method>)` the top-k heads of the
 logit-lens baseline, `Rand. median [q25, q75] (<method>, pool=<pool>)` the random head sets of that
 SOMP run (median and 25th / 75th percentiles over the seeds, each seed normalised first; the
-paper's control is pool=layer_counts). Columns: k heads edited (share of all heads). 1 = no change;
+paper's control is pool=layer_counts). `paper's scoring: concept_restricted` is a run of
+`ranking=paper` (concept-restricted SOMP, centred, raw rows, 50 steps), apart from a plain
+`ranking=concept_restricted` run. Columns: k heads edited (share of all heads). 1 = no change;
 below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0.
 """
 
 
 def _dataset_label(dataset: Any) -> str:
-    return "" if dataset is None or (isinstance(dataset, float) and math.isnan(dataset)) else f" {dataset}"
+    return "" if _missing(dataset) else f" {dataset}"
 
 
 def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataFrame]]:

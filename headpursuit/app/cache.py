@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from headpursuit.app.tracking import disk_full
 from headpursuit.fingerprint import code_fingerprint
 
 if TYPE_CHECKING:
@@ -176,5 +177,9 @@ class RunCache:
                     pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
             os.replace(tmp, path)
         except Exception as exc:
-            log.warning("could not write cache entry %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
+            if disk_full(exc) is not None:  # every later write fails alike: the run stops, naming the file
+                if isinstance(exc, OSError) and exc.filename is None:
+                    exc.filename = str(path)
+                raise
+            log.warning("could not write cache entry %s: %s", path, exc)

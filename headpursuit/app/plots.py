@@ -1,6 +1,6 @@
 """Figures (matplotlib, Agg backend: no display needed).
 
-* `score_heatmap`: layers x heads map of head scores, selected heads outlined.
+* `score_heatmap`: layers x heads map of head scores, the edited heads outlined (with a legend).
 * `metric_vs_k`: an edited metric against k (integer ticks), one curve per alpha, with the
   random-head controls as error bars (median and IQR, or mean +- std) and the unedited baseline
   as a dashed line.
@@ -44,6 +44,49 @@ def score_grid(table: Any, n_layers: int | None = None, n_heads: int | None = No
     return grid
 
 
+#: how the edited heads are outlined on a score heat map (the boxes and their legend entry)
+EDITED_COLOR, EDITED_LW = "red", 1.5
+
+
+def score_heatmap_figure(
+    table: Any,
+    n_layers: int | None = None,
+    n_heads: int | None = None,
+    *,
+    title: str | None = None,
+    highlight: Iterable[Sequence[int]] | None = None,
+) -> Any:
+    """The heat map's figure: head scores (rows: layers, columns: heads), the `highlight` heads
+    outlined, with a legend entry that says what the outlines are."""
+    grid = score_grid(table, n_layers, n_heads)
+    L, H = grid.shape
+    fig, ax = plt.subplots(figsize=(min(16, 1.5 + 0.35 * H + 2), min(14, 1.5 + 0.22 * L + 1)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower")
+    fig.colorbar(im, ax=ax, label="score")
+    edited = [(int(lh[0]), int(lh[1])) for lh in highlight or []]
+    for layer, head in edited:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor=EDITED_COLOR, lw=EDITED_LW))
+    if edited:
+        from matplotlib.patches import Patch
+
+        # Below the axes: a legend inside would cover scores.
+        ax.legend(
+            handles=[Patch(fill=False, edgecolor=EDITED_COLOR, lw=EDITED_LW, label=f"edited heads (k={len(edited)})")],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            fontsize=8,
+            frameon=False,
+        )
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    step_h, step_l = max(1, math.ceil(H / 16)), max(1, math.ceil(L / 16))
+    ax.set_xticks(range(0, H, step_h))
+    ax.set_yticks(range(0, L, step_l))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return fig
+
+
 def score_heatmap(
     table: Any,
     n_layers: int | None = None,
@@ -53,23 +96,8 @@ def score_heatmap(
     title: str | None = None,
     highlight: Iterable[Sequence[int]] | None = None,
 ) -> Path:
-    """Heat map of head scores (rows: layers, columns: heads); `highlight` heads are outlined."""
-    grid = score_grid(table, n_layers, n_heads)
-    L, H = grid.shape
-    fig, ax = plt.subplots(figsize=(min(16, 1.5 + 0.35 * H + 2), min(14, 1.5 + 0.22 * L + 1)))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower")
-    fig.colorbar(im, ax=ax, label="score")
-    for lh in highlight or []:
-        layer, head = int(lh[0]), int(lh[1])
-        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", lw=1.5))
-    ax.set_xlabel("head")
-    ax.set_ylabel("layer")
-    step_h, step_l = max(1, math.ceil(H / 16)), max(1, math.ceil(L / 16))
-    ax.set_xticks(range(0, H, step_h))
-    ax.set_yticks(range(0, L, step_l))
-    if title:
-        ax.set_title(title, fontsize=9)
-    return _save(fig, path)
+    """`score_heatmap_figure` written to `path` (PNG)."""
+    return _save(score_heatmap_figure(table, n_layers, n_heads, title=title, highlight=highlight), path)
 
 
 def metric_vs_k(

@@ -7,7 +7,10 @@
 
 Failures: results.json says `status: failed` (error.txt: the traceback); SIGTERM / SIGINT record
 `status: interrupted` with the stage and exit 128 + the signal number; a heartbeat file shows a
-killed job as stale (`aggregate`). A complete results.json is never overwritten by either.
+killed job as stale (`aggregate`). A complete results.json is never overwritten by either. A full
+disk (ENOSPC / EDQUOT, anywhere) ends the job, and a sweep, with one message naming the file, the
+stage and the fix. A job holds `run_dir/.lock` (flock) while it runs: a second process on the same
+directory says which process holds it and exits 75 without writing there.
 
 The configs live in `conf/` at the repository top level (see `find_config_dir`). Results go to
 Hydra's output directory (`HydraConfig.get().runtime.output_dir`); the job never changes directory.
@@ -15,6 +18,7 @@ Hydra's output directory (`HydraConfig.get().runtime.output_dir`); the job never
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -53,11 +57,14 @@ from headpursuit.app.tracking import (
     RESULTS_FILE,
     FailFastFlag,
     Heartbeat,
+    RunDirBusy,
+    RunDirLock,
     Timer,
     Tracker,
     clear_error,
     completed_results,
     config_hash,
+    disk_full,
     flatten_metrics,
     write_csv_atomic,
     write_error,
@@ -166,17 +173,32 @@ def track(
         tracker.log_image("head_scores_heatmap", heatmap)
 
 
+#: libraries that give their root logger a stderr handler of their own when first imported
+LIBRARY_LOGGERS = ("huggingface_hub", "transformers", "datasets")
+
+
 def route_library_logs() -> None:
-    """Send huggingface_hub's log records through the root handlers only (Hydra's console and job
-    log file): the library adds a stderr handler of its own and also propagates to the root, so
-    each of its warnings (e.g. every hub retry) printed twice."""
+    """Send the Hugging Face libraries' log records through the root handlers only (Hydra's console
+    and the job log file).
+
+    Each library adds a stderr handler to its root logger when its logging module is first
+    imported; huggingface_hub and datasets also propagate to the root, so each of their warnings
+    (every hub retry) printed twice, and transformers' never reached the job log. The libraries are
+    imported here, before their handlers are removed: a library first imported later (the model
+    load imports huggingface_hub) would add its handler after this call and print every line again.
+    """
     if not logging.getLogger().handlers:
-        return  # nothing configured the root logger: the library's own handler is the only one
-    hub = logging.getLogger("huggingface_hub")
-    for h in list(hub.handlers):
-        if type(h) is logging.StreamHandler and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
-            hub.removeHandler(h)
-    hub.propagate = True
+        return  # nothing configured the root logger: the libraries' own handlers are the only ones
+    for name in LIBRARY_LOGGERS:
+        try:
+            importlib.import_module(f"{name}.utils.logging")  # runs the library's own logging setup
+        except ImportError:
+            continue  # not installed: nothing of it to route
+        library = logging.getLogger(name)
+        for h in list(library.handlers):
+            if type(h) is logging.StreamHandler:  # the library's console handler (not a file or a user's subclass)
+                library.removeHandler(h)
+        library.propagate = True
 
 
 def warn_model_notes(lm: LoadedModel) -> None:
@@ -320,13 +342,54 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
     return res
 
 
+#: exit status of a job whose run directory another live process holds (EX_TEMPFAIL: try again later)
+EXIT_BUSY = 75
+#: exit status of a job stopped by a full disk
+EXIT_DISK_FULL = 1
+
+
+def record_failure(
+    run_dir: Path, exc: BaseException, res: dict, *, status: str = "failed", stage: str | None = None
+) -> BaseException | None:
+    """`write_error`, or as much of it as a full disk lets through: returns the disk-full error that
+    stopped the record (None when it was written). Each file is replaced only by a complete new
+    version (`write_text_atomic`), so a record cut short leaves what was there intact."""
+    try:
+        write_error(run_dir, exc, res, status=status, stage=stage)
+    except Exception as err:
+        if (full := disk_full(err)) is None:
+            raise
+        return full
+    return None
+
+
 def record_interrupt(run_dir: Path, exc: JobInterrupted, res: dict) -> None:
     """results.json `status: interrupted` + error.txt, and a short message (no traceback)."""
     with signals_ignored():  # a second Ctrl-C does not cut the record short
-        write_error(run_dir, exc, res, status="interrupted", stage=exc.stage)
+        full = record_failure(run_dir, exc, res, status="interrupted", stage=exc.stage)
+    recorded = (
+        f"recorded as status=interrupted in {run_dir / RESULTS_FILE}"
+        if full is None
+        else f"not recorded (no space left on the device: {full})"
+    )
     print(
-        f"headpursuit: {run_dir}: {exc}; recorded as status=interrupted in {run_dir / RESULTS_FILE}. "
-        "Rerun the same command to run it again (complete jobs are skipped).",
+        f"headpursuit: {run_dir}: {exc}; {recorded}. Rerun the same command to run it again (complete jobs are skipped).",
+        file=sys.stderr,
+    )
+
+
+def report_disk_full(run_dir: Path, cfg: DictConfig, full: BaseException, stage: str | None) -> None:
+    """The one message of a run stopped by a full disk (or a spent quota): which file, which stage,
+    the fix."""
+    reason = full.strerror if isinstance(full, OSError) and full.strerror else "No space left on device"
+    path = getattr(full, "filename", None)
+    what = f" writing {path}" if path else f" ({type(full).__name__}: {full})"
+    print(
+        f"headpursuit: {run_dir}: {reason}{what} (stage: {stage or 'start'}). Files already written are "
+        "intact (each is replaced only by a complete new version). Free space on that file system, or move "
+        f"the writes to a disk with room: cache_dir=/path/with/room (now {cfg.get('cache_dir')}) for the "
+        f"caches, hydra.run.dir=... (hydra.sweep.dir=... with -m; now {run_dir}) for the results; then "
+        "rerun the same command (complete jobs are skipped).",
         file=sys.stderr,
     )
 
@@ -336,11 +399,29 @@ def main(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     route_library_logs()
     run_dir = Path(hc.runtime.output_dir)
+    try:
+        with RunDirLock(run_dir):  # one process per run directory, for the job's whole duration
+            return run_job(cfg, hc, run_dir)
+    except RunDirBusy as busy:  # raised before anything was written: results.json untouched
+        print(f"headpursuit: {busy}", file=sys.stderr)
+        raise SystemExit(EXIT_BUSY) from None
+    except OSError as exc:  # the lock file could not be made (run_job reports its own errors)
+        if disk_full(exc) is None:
+            raise
+        report_disk_full(run_dir, cfg, exc, "start")
+        raise SystemExit(EXIT_DISK_FULL) from None
+
+
+def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:
+    """One job in its (locked) run directory: `execute`, and what a failure or a signal records."""
     multirun = hc.mode == RunMode.MULTIRUN
     # Keyed by this launch: a rerun into the same sweep dir is not skipped by an old failure.
     fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.get("fail_fast") else None
     res: dict = {"status": "running"}
     timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
+    # A log line the job log cannot take (a full disk) prints no traceback of its own: a full disk
+    # is reported once, below.
+    raise_log_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         with signals_raise(lambda: timer.stage):
             return execute(cfg, run_dir, res, timer, fail_fast)
@@ -349,7 +430,12 @@ def main(cfg: DictConfig) -> dict | None:
         # SystemExit passes Hydra's error report: the process exits 130 (SIGINT) / 143 (SIGTERM).
         raise SystemExit(exc.exit_code) from None
     except Exception as exc:
-        write_error(run_dir, exc, res, stage=timer.stage_of_failure())
+        stage = timer.stage_of_failure()
+        full = record_failure(run_dir, exc, res, stage=stage)
+        if (full := disk_full(exc) or full) is not None:
+            # Every later write (other jobs of a sweep included) would fail alike: stop, one message.
+            report_disk_full(run_dir, cfg, full, stage)
+            raise SystemExit(EXIT_DISK_FULL) from None
         log.error("%s failed: %s: %s (see %s/error.txt)", run_dir, type(exc).__name__, exc, run_dir)
         if fail_fast is not None:
             fail_fast.trip()
@@ -360,6 +446,8 @@ def main(cfg: DictConfig) -> dict | None:
         if not multirun or fail_fast is not None or config_error:
             raise
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        logging.raiseExceptions = raise_log_errors
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Timer records the seconds of each stage for the record's provenance.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -71,6 +72,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write() names no file: say which one (e.g. a full disk)
+            exc.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink(missing_ok=True)
@@ -240,6 +245,91 @@ class FailFastFlag:
 
     def trip(self) -> None:
         write_text_atomic(self.path, self.launch + "\n")
+
+
+# ------------------------------------------------------------------------------------------
+# One process per run directory: the lock
+# ------------------------------------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunDirLock:
+    """An exclusive, non-blocking `fcntl.flock` on `run_dir/.lock` for the duration of a job, the
+    file holding {pid, host, started} of the holder. A second process on the same directory gets
+    `RunDirBusy` naming the holder, before it writes anything there.
+
+    The kernel releases a flock when its process dies, however it dies, so a lock file left by a
+    killed job blocks nothing (the file stays; only the lock matters). Where the file system has no
+    flock (some network file systems), the job goes on unguarded, with a warning."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._file: Any = None
+
+    def holder(self) -> str:
+        """'pid@host since <time>' of the process named in the lock file (what it wrote)."""
+        info = read_json(self.path) or {}
+        since = info.get("started")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else "?"
+        return f"process {info.get('pid', '?')}@{info.get('host', '?')} since {when}"
+
+    def __enter__(self) -> RunDirLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")  # not "w": the holder's record stays readable
+        try:
+            import fcntl
+
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise RunDirBusy(
+                f"{self.path.parent} is in use by {self.holder()} (lock {self.path}). Wait for that job to "
+                "end, or give this one another directory (hydra.run.dir=... / hydra.sweep.dir=...)."
+            ) from None
+        except (ImportError, OSError) as exc:  # no flock here (Windows, some network file systems)
+            log.warning("%s: no lock on the run directory (%s); nothing stops a second process there", self.path, exc)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}) + "\n"
+        try:  # unbuffered (nothing left to flush at close); "a+" appends, at 0 after the truncation
+            os.ftruncate(f.fileno(), 0)
+            os.write(f.fileno(), record.encode())
+        except OSError as exc:  # the record is advisory (a full disk is reported at the run's first write)
+            log.debug("%s: holder not recorded (%s)", self.path, exc)
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()  # closing releases the lock
+            self._file = None
+
+
+# ------------------------------------------------------------------------------------------
+# A full disk
+# ------------------------------------------------------------------------------------------
+
+#: what a write reports when the device is full or the user's quota is spent
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# Libraries that write through their own I/O (safetensors, in Rust) say it in their message only.
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def disk_full(exc: BaseException | None) -> BaseException | None:
+    """The exception in `exc`'s chain (itself, its cause, its context) that says the disk is full
+    (ENOSPC) or the quota is spent (EDQUOT), else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        if any(text in str(exc) for text in DISK_FULL_TEXT):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -618,6 +708,10 @@ __all__ = [
     "FAIL_FAST_FILE",
     "Heartbeat",
     "HEARTBEAT_FILE",
+    "LOCK_FILE",
+    "RunDirBusy",
+    "RunDirLock",
+    "disk_full",
     "running_state",
     "environment",
     "flatten_metrics",

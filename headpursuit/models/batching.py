@@ -9,6 +9,9 @@
 
 Kinds: ``"generate"`` (greedy/sampled generation, KV cache) and ``"forward"`` (one teacher-forced
 pass: capture, scoring); any other kind needs its own `probe`.
+
+`length_batches` cuts rows into batches of similar token length (longest first), so one long
+prompt pads only the batch it sits in; callers put the results back in input order.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import copy
 import gc as garbage
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +38,7 @@ __all__ = [
     "chosen_batch_sizes",
     "forget_batch_sizes",
     "largest_fitting",
+    "length_batches",
     "length_bucket",
     "start_estimate",
 ]
@@ -61,6 +65,26 @@ class ChosenBatchSize:
 
 
 _CHOSEN: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, ChosenBatchSize]] = weakref.WeakKeyDictionary()
+
+
+def length_batches(lengths: Sequence[int], size: int | Callable[[int], int]) -> list[list[int]]:
+    """Row indices in batches cut from the rows sorted by length, longest first (an out-of-memory
+    error shows up in the first batch); rows of equal length keep their input order (a stable
+    sort), so rows that belong together (a prompt's edits) stay adjacent. Each batch is padded only
+    to its own longest row, not to the longest of all.
+
+    `size`: rows per batch, or a function of a batch's longest row (in tokens) giving its rows (with
+    ``batch_size="auto"``: one long prompt gets a batch that fits it, the short ones larger ones)."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        rows = int(size(int(lengths[order[start]])) if callable(size) else size)
+        if rows < 1:
+            raise ValueError(f"batch size must be >= 1, got {rows}")
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
 
 
 def length_bucket(n: int) -> int:

@@ -2,11 +2,14 @@
 
 Both pad on the left (so every prompt ends where generation starts), build their decoding settings
 with `generation_config`, and return only the new text, special tokens dropped and stripped.
-`generate_step` is one text batch; `generate_rows` runs it over consecutive batches, optionally
-inside a context per batch (per-row head edits: `headpursuit.intervention.generate_with_edits`).
+`generate_step` is one text batch; `generate_rows` runs it over batches, optionally inside a context
+per batch (per-row head edits: `headpursuit.intervention.generate_with_edits`), and returns the
+texts in input order. Greedy batches hold prompts of similar token length (one long prompt pads
+only its own batch); sampled batches are consecutive, so seeded samples stay what they were.
 Plain greedy text batches run `headpursuit.models.greedy.greedy_decode` (finished rows leave the
 batch); anything else runs `model.generate`.
-``batch_size="auto"`` asks `headpursuit.models.batching` for the largest batch that fits.
+``batch_size="auto"`` asks `headpursuit.models.batching` for the largest batch that fits (a greedy
+batch: at its own longest prompt).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from headpursuit.models.batching import auto_batch_size
+from headpursuit.models.batching import auto_batch_size, length_batches
 from headpursuit.models.greedy import greedy_decode, plain_greedy
 from headpursuit.models.inputs import encode, processor_inputs, to_model
 
@@ -41,6 +44,7 @@ __all__ = [
     "generate_with_images",
     "generation_config",
     "resolve_batch_size",
+    "row_batches",
 ]
 
 
@@ -89,13 +93,13 @@ class GenerationProgress:
     max_new_tokens; `streamer()` is handed to `generate`, which calls it once for the prompt and once
     per new token; a batch that stops early (every row ended) jumps to its full share at `end()`."""
 
-    def __init__(self, n_prompts: int, batch_size: int, max_new_tokens: int, desc: str, enabled: bool):
+    def __init__(self, n_batches: int, max_new_tokens: int, desc: str, enabled: bool):
         self.steps = max(1, int(max_new_tokens))
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
 
-            total = math.ceil(n_prompts / batch_size) * self.steps
+            total = n_batches * self.steps
             self.bar = tqdm(total=total or None, desc=desc, unit="step", leave=False)
         self.done_in_batch = 0
 
@@ -164,10 +168,16 @@ def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig,
 
 
 def resolve_batch_size(
-    lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig, batch_size: int | Literal["auto"]
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    gc: GenerationConfig,
+    batch_size: int | Literal["auto"],
+    *,
+    prompt_len: int | None = None,
 ) -> int:
-    """`batch_size` itself, or for ``"auto"`` the largest generate batch that fits the device at the
-    longest prompt and `gc.max_new_tokens` (probed with that generation, remembered per shape)."""
+    """`batch_size` itself, or for ``"auto"`` the largest generate batch that fits the device at
+    `prompt_len` tokens (default: the longest of `prompts`) and `gc.max_new_tokens` (probed with
+    that generation, remembered per shape)."""
     if batch_size != "auto":
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
@@ -176,13 +186,33 @@ def resolve_batch_size(
     rows = auto_batch_size(
         lm,
         "generate",
-        prompt_len=max(len(lm.token_ids(p)) for p in set(prompts)),
+        prompt_len=prompt_len if prompt_len is not None else max(len(lm.token_ids(p)) for p in set(prompts)),
         new_tokens=int(gc.max_new_tokens or 0),
         rows=len(prompts) * n_ret,
         generation_config=gc,
     )
     # The probe counts output rows; with several sequences per prompt a batch holds fewer prompts.
     return max(1, rows // n_ret)
+
+
+def row_batches(
+    lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig, batch_size: int | Literal["auto"]
+) -> list[list[int]]:
+    """The prompts' indices, batch by batch. Greedy: batches of similar token length
+    (`length_batches`), so one long prompt pads only its own batch, and with ``"auto"`` each batch
+    is as large as fits at its own longest prompt; a row's greedy tokens do not depend on its batch
+    mates (left padding, positions counted from the mask). Sampled: consecutive batches in input
+    order, because a seeded batch draws its random numbers for the rows it holds, so regrouping the
+    rows would change every seeded sample."""
+    if gc.do_sample:
+        size = resolve_batch_size(lm, prompts, gc, batch_size)
+        return [list(range(start, min(start + size, len(prompts)))) for start in range(0, len(prompts), size)]
+    lengths = {p: len(lm.token_ids(p)) for p in set(prompts)}
+
+    def size_at(longest: int) -> int:
+        return resolve_batch_size(lm, prompts, gc, batch_size, prompt_len=longest)
+
+    return length_batches([lengths[p] for p in prompts], size_at)
 
 
 @torch.no_grad()
@@ -193,34 +223,38 @@ def generate_rows(
     *,
     batch_size: int | Literal["auto"] = 8,
     seed: int | None = None,
-    around_batch: Callable[[range], AbstractContextManager[Any]] | None = None,
+    around_batch: Callable[[list[int]], AbstractContextManager[Any]] | None = None,
     desc: str = "generate",
     progress: bool = True,
 ) -> list[str]:
-    """`generate_step` over consecutive batches of `batch_size` prompts (in eval mode): the flat list
-    of new texts, in the order of `prompts` (a prompt's sequences adjacent).
+    """`generate_step` over batches of `batch_size` prompts (in eval mode): the flat list of new
+    texts, in the order of `prompts` (a prompt's sequences adjacent).
 
+    Greedy batches hold prompts of similar length (`row_batches`); sampled batches are consecutive.
     With a `seed` and ``gc.do_sample``, ``torch.manual_seed(seed + b)`` is called before batch b.
-    `around_batch(span)`, when given, is entered around the batch of ``prompts[span]`` (e.g.
-    `scale_heads` with per-row scales: one edit per row).
+    `around_batch(rows)`, when given, is entered around the batch of ``[prompts[r] for r in rows]``
+    (rows: input indices, in the batch's order; e.g. `scale_heads` with per-row scales: one edit
+    per row).
     """
     prompts = list(prompts)
     if not prompts:
         return []
-    size = resolve_batch_size(lm, prompts, gc, batch_size)
-    texts: list[str] = []
+    batches = row_batches(lm, prompts, gc, batch_size)
+    n_ret = max(1, int(gc.num_return_sequences or 1))
+    texts: list[list[str]] = [[] for _ in prompts]
     with _eval_mode(lm.model):
-        bar = GenerationProgress(len(prompts), size, int(gc.max_new_tokens or 1), desc, progress)
+        bar = GenerationProgress(len(batches), int(gc.max_new_tokens or 1), desc, progress)
         try:
-            for b, start in enumerate(range(0, len(prompts), size)):
-                span = range(start, min(start + size, len(prompts)))
+            for b, rows in enumerate(batches):
                 if gc.do_sample and seed is not None:
                     torch.manual_seed(int(seed) + b)
-                with around_batch(span) if around_batch is not None else nullcontext():
-                    texts += generate_step(lm, prompts[span.start : span.stop], gc, bar.streamer())
+                with around_batch(rows) if around_batch is not None else nullcontext():
+                    new = generate_step(lm, [prompts[r] for r in rows], gc, bar.streamer())
+                for j, r in enumerate(rows):
+                    texts[r] = new[j * n_ret : (j + 1) * n_ret]
         finally:
             bar.close()
-    return texts
+    return [t for row in texts for t in row]
 
 
 @torch.no_grad()
@@ -241,8 +275,9 @@ def generate_batch(
 ) -> list[str] | list[list[str]]:
     """Batched generation with left padding; returns only the new text (special tokens dropped).
 
-    Greedy by default. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is
-    called before batch b, so results are reproducible for a given batch size. Returns one string
+    Greedy by default; greedy batches hold prompts of similar token length, the outputs come back in
+    input order. With ``do_sample=True`` and a `seed`, ``torch.manual_seed(seed + b)`` is called
+    before batch b of consecutive prompts, so results are reproducible for a given batch size. Returns one string
     per prompt when ``num_return_sequences == 1``, else one list of strings per prompt.
     ``batch_size="auto"``: the largest batch that fits the device (`headpursuit.models.batching`).
     """
@@ -287,7 +322,7 @@ def generate_with_images(
     gc = generation_config(lm, max_new_tokens=max_new_tokens)
     outputs: list[str] = []
     with _eval_mode(lm.model):
-        bar = GenerationProgress(len(prompts), batch_size, max_new_tokens, desc, progress)
+        bar = GenerationProgress(math.ceil(len(prompts) / batch_size), max_new_tokens, desc, progress)
         try:
             for start in range(0, len(prompts), batch_size):
                 enc = to_model(
