@@ -3,6 +3,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from devices import CPU
 
 # Nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +25,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def device() -> torch.device:
-    """The device tests should put models and tensors on: CUDA when available, else the CPU."""
+    """The device of the tests that run on the GPU on purpose: CUDA when available, else the CPU.
+    Every other test pins the CPU (tests/devices.py says how and why)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -32,7 +34,7 @@ def device() -> torch.device:
 def smollm2():
     from headpursuit import load_model
 
-    return load_model("smollm2", dtype="float32", device="cpu")
+    return load_model("smollm2", **CPU)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +56,7 @@ def tiny_vlm():
     """SmolLM2 + a random tiny vision tower (LLaVA-style); one load per test session."""
     from headpursuit.models import load_model
 
-    return load_model("tiny_vlm", dtype="float32", device="cpu")
+    return load_model("tiny_vlm", **CPU)
 
 
 @contextmanager

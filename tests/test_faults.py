@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from devices import CPU_OVERRIDES
 from safetensors.torch import save_file
 
 from headpursuit.app import aggregate as A
@@ -488,7 +489,8 @@ def test_real_smollm2_cache_survives_device_errors_and_is_rebuilt_when_truncated
 # questions per group, 8 new tokens) and share one cache per module.
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = ["experiment=smoke", "logger=none"]
+# On the CPU in float32 (tests/devices.py): the reruns compare results with the first run's.
+SMOKE = ["experiment=smoke", "logger=none", *CPU_OVERRIDES]
 
 
 def cli_env(**extra: str) -> dict:

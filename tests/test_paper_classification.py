@@ -416,6 +416,7 @@ def test_overlap_k_choice_and_zero_baseline(tmp_path, capsys):
 @pytest.mark.slow
 def test_offline_transfer_sweep_feeds_the_overlap_command(tmp_path):
     import pandas as pd
+    from devices import CPU_OVERRIDES
     from test_pipeline import run_cli
 
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
@@ -423,6 +424,7 @@ def test_offline_transfer_sweep_feeds_the_overlap_command(tmp_path):
         "headpursuit",
         "-m",
         "experiment=paper_fig4_overlap_offline",
+        *CPU_OVERRIDES,
         "task=cls_mnist,cls_svhn",
         "task@rank_task=cls_mnist,cls_svhn",
         "task.n_rank=3",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from devices import CPU_OVERRIDES
 
 from headpursuit.app.cache import RunCache
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
@@ -23,7 +24,8 @@ from headpursuit.app.tracking import completed_results, write_json_atomic
 from headpursuit.heads import check_heads, parse_heads, random_control_heads, random_heads, select_heads
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = ["experiment=smoke", "intervention.k=2,4", "intervention.alpha=-1,0", "logger=none"]
+# On the CPU (tests/devices.py): the sweeps compare results.json across launchers and reruns.
+SWEEP = ["experiment=smoke", "intervention.k=2,4", "intervention.alpha=-1,0", "logger=none", *CPU_OVERRIDES]
 
 
 def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -46,11 +48,17 @@ def run_cli(*args: str, timeout: int = 900, env: dict | None = None) -> subproce
 
 
 def run_job(run_dir: Path, cache: Path, *overrides: str, experiment: str = "smoke") -> dict:
-    """One offline `python -m headpursuit` job into `run_dir` (no W&B unless an override sets the
-    logger); asserts it exited 0 and returns its results.json."""
+    """One offline `python -m headpursuit` job into `run_dir` on the CPU in float32 (tests/devices.py;
+    no W&B unless an override sets the logger); asserts it exited 0 and returns its results.json."""
     logger = [] if any(o.startswith("logger") for o in overrides) else ["logger=none"]
     proc = run_cli(
-        "headpursuit", f"experiment={experiment}", *overrides, *logger, f"hydra.run.dir={run_dir}", f"cache_dir={cache}"
+        "headpursuit",
+        f"experiment={experiment}",
+        *CPU_OVERRIDES,
+        *overrides,
+        *logger,
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={cache}",
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads((run_dir / "results.json").read_text())
