@@ -14,14 +14,20 @@ Writes into DIR (or --out):
   `k_alpha_normalized.csv` / `.md` the same for the normalised metrics (edited / unedited);
 * `vs_random.csv` / `vs_random.md` -- the ranking method against random heads at the same k and
   alpha: baseline, edited, random mean +- std, median and quartiles, raw and normalised, per group
-  and metric;
+  and metric, and `random_relaxed` (see below);
 * `methods.csv` / `methods.md` -- when the runs hold several ranking methods: each method's edited
   value (raw and normalised) side by side with random heads and the unedited model;
 * `paper_table.csv` / `paper_table.md` -- the paper's table shape, normalised to the unedited
   model: rows SOMP (per ranking method) / LL / "Rand. median [q25, q75]" (the random controls of
-  the SOMP runs), columns k; one table per model / task / alpha / group / metric;
+  the SOMP runs), columns k; one table per model / task / alpha / group / metric; a `*` after a
+  random cell (column `relaxed` in the CSV) marks random sets that borrowed heads from neighbouring
+  layers (`random_relaxed`);
 * `plots/heatmap__*.png` (layers x heads scores, from each setting's head_scores.csv) and
   `plots/metric_vs_k__*.png` (edited metric vs k per alpha, random-head bands).
+
+`random_relaxed` (runs.csv, vs_random, methods): the layers for which a run's `layer_counts` random
+sets borrowed heads from the nearest layers (results.json `random.relaxed_layers`), as
+`layer:heads short` pairs, e.g. "0:1"; empty when none did (or the results predate the record).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, 
 SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
 # Keys of a results section that hold no per-group metrics.
-NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
+NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads", "relaxed_layers")
 # Keys of a results section that hold one statistic over the random seeds: {stat: {group: {metric}}}.
 STAT_KEYS = ("mean", "std", "median", "q25", "q75")
 # Ranking methods by the paper's row names: SOMP scores, the logit-lens (LL) baseline.
@@ -83,6 +89,15 @@ def _metrics(prefix: str, node: Any, out: dict) -> None:
                 out[f"{prefix}.{g}.{name}"] = float("nan") if v is None else float(v)
 
 
+def relaxed_label(random: Any) -> str:
+    """`random_relaxed` of a run: "<layer>:<heads short> ..." from results.json
+    `random.relaxed_layers`; "" when no random set borrowed (or the run has no such record)."""
+    relaxed = (random or {}).get("relaxed_layers") if isinstance(random, Mapping) else None
+    if not isinstance(relaxed, Mapping):
+        return ""
+    return " ".join(f"{layer}:{(entry or {}).get('short')}" for layer, entry in relaxed.items())
+
+
 def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | None = None) -> dict:
     """One flat row from a results.json dict."""
     cfg = res.get("config") or {}
@@ -109,6 +124,7 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "alpha": res.get("alpha", iv.get("alpha")),
         "seed": cfg.get("seed"),
         "random_pool": (res.get("random") or {}).get("pool", iv.get("random_pool", "all")),
+        "random_relaxed": relaxed_label(res.get("random")),
         "positions": task_cfg.get("positions"),
         "rank_groups": "+".join(map(str, rank_groups)) if isinstance(rank_groups, list) else rank_groups,
         "experiment": choices.get("experiment"),
@@ -277,6 +293,7 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
                     "edited_minus_baseline": e - b,
                     "random_minus_baseline": rm - b,
                     **extra,
+                    "random_relaxed": r.get("random_relaxed", ""),
                 }
             )
     return pd.DataFrame(rows)
@@ -288,13 +305,22 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["model", "task", "heads_mode", "k", "alpha", "group", "metric"]
     wide = vr.pivot_table(index=keys, columns="ranking", values="edited", aggfunc="mean")
-    extra = vr.groupby(keys).agg(unedited=("baseline", "mean"), random_heads=("random_mean", "mean"))
+    extra = vr.groupby(keys).agg(
+        unedited=("baseline", "mean"),
+        random_heads=("random_mean", "mean"),
+        random_relaxed=("random_relaxed", _any_relaxed),
+    )
     table = extra.join(wide)
     if vr["edited_normalized"].notna().any():
         norm = vr.pivot_table(index=keys, columns="ranking", values="edited_normalized", aggfunc="mean")
         norm.columns = [f"normalized.{c}" for c in norm.columns]
         table = table.join(norm)
     return table.reset_index()
+
+
+def _any_relaxed(labels: pd.Series) -> bool:
+    """Whether any run of a cell has relaxed random sets (a non-empty `random_relaxed`)."""
+    return bool(labels.fillna("").astype(str).str.len().gt(0).any())
 
 
 def method_label(method: str) -> str:
@@ -351,6 +377,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                         "value": r.get(f"normalized.edited.{gm}", float("nan")),
                         "q25": float("nan"),
                         "q75": float("nan"),
+                        "relaxed": False,
                     }
                 )
                 median = r.get(f"normalized.random.median.{gm}", float("nan"))
@@ -365,6 +392,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                             "value": median,
                             "q25": r.get(f"normalized.random.q25.{gm}", float("nan")),
                             "q75": r.get(f"normalized.random.q75.{gm}", float("nan")),
+                            "relaxed": bool(r.get("random_relaxed")) and pd.notna(r.get("random_relaxed")),
                         }
                     )
     if not rows:
@@ -375,6 +403,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
         value=("value", "mean"),
         q25=("q25", "mean"),
         q75=("q75", "mean"),
+        relaxed=("relaxed", "any"),
         n_runs=("value", "size"),
         n_heads_total=("n_heads_total", "first"),
     )
@@ -390,17 +419,27 @@ def _k_label(k: Any, n_total: Any) -> str:
     return f"k={float(k):g}"
 
 
-def _cell(value: Any, q25: Any, q75: Any, digits: int = 2) -> str:
+#: the mark after a paper-table cell whose random sets borrowed heads, and its footnote
+RELAXED_MARK = "*"
+RELAXED_NOTE = (
+    "\\* random sets relaxed: the layer-count control borrowed heads from neighbouring layers "
+    "(a layer held more edited heads than other heads; results.json `random.relaxed_layers`)\n"
+)
+
+
+def _cell(value: Any, q25: Any, q75: Any, digits: int = 2, relaxed: bool = False) -> str:
     if pd.isna(value):
         return ""
+    mark = RELAXED_MARK if relaxed else ""
     if pd.isna(q25) and pd.isna(q75):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]"
+        return f"{value:.{digits}f}{mark}"
+    return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]{mark}"
 
 
 def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """[(setting, table)]: per model / task / alpha / group / metric, rows as in
-    `paper_table_long`, one column per k, cells "0.83" or "1.02 [0.94, 1.13]" (median [q25, q75])."""
+    `paper_table_long`, one column per k, cells "0.83" or "1.02 [0.94, 1.13]" (median [q25, q75]),
+    a trailing RELAXED_MARK when the cell's random sets borrowed heads from neighbouring layers."""
     out: list[tuple[dict, pd.DataFrame]] = []
     if long.empty:
         return out
@@ -411,7 +450,11 @@ def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         labels = {k: _k_label(k, g.loc[g["k"] == k, "n_heads_total"].iloc[0]) for k in ks}
         table_rows = []
         for row, rg in g.groupby(["order", "row"], sort=True):
-            cells = {labels[r.k]: _cell(r.value, r.q25, r.q75) for r in rg.itertuples(index=False) if r.k in labels}
+            cells = {
+                labels[r.k]: _cell(r.value, r.q25, r.q75, relaxed=bool(r.relaxed))
+                for r in rg.itertuples(index=False)
+                if r.k in labels
+            }
             table_rows.append({"row": row[1], **{labels[k]: cells.get(labels[k], "") for k in ks}})
         out.append((dict(zip(keys, key)), pd.DataFrame(table_rows)))
     return out
@@ -556,12 +599,18 @@ Rows: `SOMP (<method>)` the top-k heads of a SOMP ranking, `LL (<method>)` the t
 logit-lens baseline, `Rand. median [q25, q75] (<method>, pool=<pool>)` the random head sets of that
 SOMP run (median and 25th / 75th percentiles over the seeds, each seed normalised first; the
 paper's control is pool=layer_counts). Columns: k heads edited (share of all heads). 1 = no change;
-below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0.
+below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0. A `*` after a
+random cell: its sets borrowed heads from neighbouring layers (see the note under that table).
 """
 
 
 def _dataset_label(dataset: Any) -> str:
     return "" if dataset is None or (isinstance(dataset, float) and math.isnan(dataset)) else f" {dataset}"
+
+
+def _has_relaxed_cell(table: pd.DataFrame) -> bool:
+    cells = table.drop(columns="row").astype(str)
+    return bool(cells.apply(lambda c: c.str.endswith(RELAXED_MARK)).any().any())
 
 
 def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataFrame]]:
@@ -579,6 +628,8 @@ def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataF
             f"alpha={_fmt(setting['alpha'], integral=True)} | "
             f"{setting['group']} {setting['metric']} (normalised)\n\n" + to_markdown(t)
         )
+        if _has_relaxed_cell(t):
+            md.append("\n" + RELAXED_NOTE)
     write_text_atomic(out / "paper_table.md", "".join(md))
     return tables
 
