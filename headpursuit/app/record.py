@@ -244,7 +244,7 @@ def record(
     edited: dict,
     per_seed: list[dict],
     samples: Sequence[CaptureSample],
-    random_sets: Sequence[ControlDraw] = (),
+    random_sets: Sequence[ControlDraw],
     acts: HeadActivations,
     cache: RunCache,
     timings: Mapping[str, float],
@@ -264,15 +264,13 @@ def record(
     layout = lm.layout
     random = None
     if per_seed:
-        draws = {draw.seed: draw for draw in random_sets}
+        draws = {draw.seed: draw for draw in random_sets}  # a seed's draw is fixed by the seed
         random = {
             **summarize_seeds(per_seed),
             "seeds": list(iv["random_seeds"]),
             "pool": iv.get("random_pool", "all"),
             "relaxed_layers": relaxed_layers(random_sets),
-            "per_seed": [
-                {**r, "relaxed": relaxation(draws[r["seed"]]) if r["seed"] in draws else {}} for r in per_seed
-            ],
+            "per_seed": [{**r, "relaxed": relaxation(draws[r["seed"]])} for r in per_seed],
         }
     return {
         "model": lm.name,
