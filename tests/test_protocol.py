@@ -392,9 +392,11 @@ def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_pa
     edited = [(h["layer"], h["head"]) for h in r["heads"]]
     rnd = r["random"]
     assert rnd["pool"] == "layer_counts" and rnd["n_seeds"] == 3 and len(rnd["per_seed"]) == 3
+    assert rnd["relaxed_layers"] == {}  # 3 heads never fill more than half of a layer of 9
     for draw in rnd["per_seed"]:
         heads = [tuple(h) for h in draw["heads"]]
         assert Counter(a for a, _ in heads) == Counter(a for a, _ in edited) and not set(heads) & set(edited)
+        assert draw["relaxed"] == {}
     # the existing keys, and beside them the quartiles
     for key in ("std", "median", "q25", "q75"):
         assert "accuracy" in rnd[key]["concept"], key
