@@ -318,9 +318,14 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _is_relaxed(label: Any) -> bool:
+    """Whether a run's random sets borrowed heads (its `random_relaxed` label is not empty)."""
+    return isinstance(label, str) and bool(label)
+
+
 def _any_relaxed(labels: pd.Series) -> bool:
-    """Whether any run of a cell has relaxed random sets (a non-empty `random_relaxed`)."""
-    return bool(labels.fillna("").astype(str).str.len().gt(0).any())
+    """Whether any run of a cell has relaxed random sets."""
+    return any(_is_relaxed(x) for x in labels)
 
 
 def method_label(method: str) -> str:
@@ -392,7 +397,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                             "value": median,
                             "q25": r.get(f"normalized.random.q25.{gm}", float("nan")),
                             "q75": r.get(f"normalized.random.q75.{gm}", float("nan")),
-                            "relaxed": bool(r.get("random_relaxed")) and pd.notna(r.get("random_relaxed")),
+                            "relaxed": _is_relaxed(r.get("random_relaxed")),
                         }
                     )
     if not rows:
