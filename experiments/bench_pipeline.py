@@ -126,7 +126,7 @@ def main() -> None:
         labels = ["baseline"] if args.baseline else []
         for a in alphas:
             edits += [{h: a for h in heads}, *random_control_edits(sets, a)]
-            labels += [f"k{k} a{a:g} edited"] + [f"k{k} a{a:g} random{s}" for s, _ in sets]
+            labels += [f"k{k} a{a:g} edited"] + [f"k{k} a{a:g} random{draw.seed}" for draw in sets]
         return edits, labels
 
     # One job: one pass. The sweep: one pass per k holding both alphas (batch_alphas).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
@@ -25,8 +26,10 @@ __all__ = [
     "parse_heads",
     "check_heads",
     "random_heads",
-    "layer_count_heads",
-    "random_control_heads",
+    "ControlDraw",
+    "check_layer_counts_k",
+    "layer_count_draw",
+    "random_control_draw",
     "select_heads",
     "head_records",
 ]
@@ -83,43 +86,121 @@ def random_heads(
     return sorted(random.Random(f"heads:{seed}").sample(pool, k))
 
 
-def layer_count_heads(selected: Sequence[Head], n_heads: int, seed: int) -> list[Head]:
-    """A random head set with exactly the per-layer counts of `selected`, disjoint from it (the
-    paper's random control), sorted by (layer, head).
+@dataclass(frozen=True)
+class ControlDraw:
+    """One random-head control set: its seed, its heads (sorted by (layer, head)) and, when a
+    `layer_counts` set had to borrow, ``borrowed = {short layer: {source layer: n heads}}`` (empty
+    when every layer supplied its own count)."""
 
-    Layer by layer (ascending), as many heads as `selected` has there are drawn uniformly from that
-    layer's other heads; one seeded, platform-stable generator serves every layer of a draw.
+    seed: int
+    heads: list[Head]
+    borrowed: dict[int, dict[int, int]] = field(default_factory=dict)
+
+    @property
+    def shortfall(self) -> dict[int, int]:
+        """{short layer: heads it could not supply itself} (what was borrowed for it)."""
+        return {layer: sum(src.values()) for layer, src in self.borrowed.items()}
+
+
+def check_layer_counts_k(k: int, n_total: int) -> None:
+    """ConfigError naming intervention.k unless the model's `n_total` heads hold k heads outside k
+    edited ones (2k <= n_total), which a layer_counts random set needs."""
+    if 2 * k > n_total:
+        raise ConfigError(
+            f"intervention.k={k}: a layer_counts random set needs {k} heads outside the edited ones, but the "
+            f"model has only {n_total} heads; lower intervention.k to at most {n_total // 2} or use "
+            "intervention.random_pool=all"
+        )
+
+
+def _layer_count_error(layer: int, need: int, free: int, n_heads: int) -> ConfigError:
+    return ConfigError(
+        f"intervention.random_pool=layer_counts: layer {layer} holds {need} edited heads, so a "
+        f"disjoint random set needs {need} other heads there, but only {free} of its "
+        f"{n_heads} heads remain; use intervention.random_strict=false (borrow the missing heads from "
+        "the nearest layers), intervention.random_pool=all (or same_layers) or lower intervention.k"
+    )
+
+
+def _nearest_heads(
+    layer: int, n: int, n_layers: int, n_heads: int, unavailable: set[Head], rng: random.Random
+) -> list[Head]:
+    """n heads from the layers nearest `layer`: distance 1 (layer-1 and layer+1, one pool), then 2,
+    ...; uniform within a distance; none of `unavailable`."""
+    got: list[Head] = []
+    for d in range(1, n_layers):
+        ring = [
+            (src, h)
+            for src in (layer - d, layer + d)
+            if 0 <= src < n_layers
+            for h in range(n_heads)
+            if (src, h) not in unavailable
+        ]
+        got += rng.sample(ring, min(n - len(got), len(ring)))
+        if len(got) == n:
+            break
+    return got
+
+
+def layer_count_draw(
+    selected: Sequence[Head], n_layers: int, n_heads: int, seed: int, *, strict: bool = False
+) -> ControlDraw:
+    """A random head set with the per-layer counts of `selected`, disjoint from it (the paper's
+    random control), sorted by (layer, head).
+
+    One seeded, platform-stable generator serves the whole draw:
+
+    1. Layer by layer (ascending), every layer with at least as many other heads as edited ones
+       gets that many drawn uniformly from them. Layers that can are drawn exactly as if the short
+       ones were not in `selected` (so a set that needs no borrowing is today's draw).
+    2. A short layer (more edited heads than other heads: more than half of its heads edited)
+       takes all of its other heads, and is recorded in `borrowed`.
+    3. Short layers in ascending order then borrow what they lack from the nearest layers: the
+       heads of the layers at distance 1 (L-1 and L+1 as one pool, so neither side is preferred),
+       then distance 2, ..., drawn uniformly from each pool; never an edited head, never one already
+       in the set.
+
+    `strict=True` (config `intervention.random_strict`) raises the ConfigError of a short layer
+    instead. ConfigError naming intervention.k when the model has fewer than 2k heads (no k heads
+    disjoint from the k edited ones).
     """
     chosen = {(int(a), int(b)) for a, b in selected}
     counts = Counter(layer for layer, _ in chosen)
+    free = {layer: [(layer, h) for h in range(n_heads) if (layer, h) not in chosen] for layer in counts}
+    short = sorted(layer for layer in counts if counts[layer] > len(free[layer]))
+    if short and strict:
+        layer = short[0]
+        raise _layer_count_error(layer, counts[layer], len(free[layer]), n_heads)
+    check_layer_counts_k(len(chosen), n_layers * n_heads)
     # A string seed hashes the same on every platform and Python version.
     rng = random.Random(f"layer_counts:{seed}")
     out: list[Head] = []
     for layer in sorted(counts):
-        pool = [(layer, h) for h in range(n_heads) if (layer, h) not in chosen]
-        need = counts[layer]
-        if need > len(pool):
-            raise ConfigError(
-                f"intervention.random_pool=layer_counts: layer {layer} holds {need} edited heads, so a "
-                f"disjoint random set needs {need} other heads there, but only {len(pool)} of its "
-                f"{n_heads} heads remain; use intervention.random_pool=all (or same_layers) or lower "
-                "intervention.k"
-            )
-        out += rng.sample(pool, need)
-    return sorted(out)
+        if layer not in short:
+            out += rng.sample(free[layer], counts[layer])
+    taken = set(out).union(*(free[layer] for layer in short))  # a short layer keeps all its other heads
+    borrowed: dict[int, dict[int, int]] = {}
+    for layer in short:
+        got = _nearest_heads(layer, counts[layer] - len(free[layer]), n_layers, n_heads, chosen | taken, rng)
+        taken.update(got)
+        borrowed[layer] = dict(sorted(Counter(src for src, _ in got).items()))
+    return ControlDraw(int(seed), sorted(taken), borrowed)
 
 
-def random_control_heads(
-    edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int, pool: str = "all"
-) -> list[Head]:
+def random_control_draw(
+    edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int, pool: str = "all", *, strict: bool = False
+) -> ControlDraw:
     """The random-head control for one seed: k heads from `all` heads; or (`same_layers`) k heads
     from the edited heads' layers without the edited heads themselves; or (`layer_counts`, the
-    paper's) the edited set's per-layer counts, disjoint from it (k is then len(edited))."""
+    paper's) the edited set's per-layer counts, disjoint from it (k is then len(edited); short
+    layers borrow from the nearest ones unless `strict`, see `layer_count_draw`)."""
     if pool == "layer_counts":
-        return layer_count_heads(edited, n_heads, seed)
+        return layer_count_draw(edited, n_layers, n_heads, seed, strict=strict)
     if pool == "same_layers":
-        return random_heads(n_layers, n_heads, k, seed, exclude=edited, layers={a for a, _ in edited})
-    return random_heads(n_layers, n_heads, k, seed)
+        return ControlDraw(
+            int(seed), random_heads(n_layers, n_heads, k, seed, exclude=edited, layers={a for a, _ in edited})
+        )
+    return ControlDraw(int(seed), random_heads(n_layers, n_heads, k, seed))
 
 
 def select_heads(

@@ -151,10 +151,13 @@ def test_cli(sweep, tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
-def _paper_run(d: Path, ranking: str, k: int, norm: float, rand=None, *, preset=None, positions="prompt_mean"):
+def _paper_run(
+    d: Path, ranking: str, k: int, norm: float, rand=None, *, preset=None, positions="prompt_mean", relaxed=None
+):
     """A results.json as a run of the paper protocol writes it: baseline concept accuracy 0.8, the
     edited value `norm * 0.8`, random controls (median, q25, q75) normalised `rand`. The ranking
-    config file (`preset`): `ranking=paper` for concept_restricted, else the method's own."""
+    config file (`preset`): `ranking=paper` for concept_restricted, else the method's own; `relaxed`: its
+    `random.relaxed_layers` (the key is absent when None, as in results.json of before)."""
     preset = preset or ("paper" if ranking == "concept_restricted" else ranking)
     d.mkdir(parents=True)
     b = 0.8
@@ -193,6 +196,8 @@ def _paper_run(d: Path, ranking: str, k: int, norm: float, rand=None, *, preset=
             "seeds": list(range(10)),
             "pool": "layer_counts",
         }
+        if relaxed is not None:
+            res["random"]["relaxed_layers"] = relaxed
         stats = {"median": med, "q25": q25, "q75": q75, "mean": med, "std": 0.1 / b}
         res["normalized"]["random"] = {s: {"concept": {"accuracy": v}} for s, v in stats.items()}
         res["normalized"]["random"]["n_seeds"] = 10
@@ -379,3 +384,49 @@ def test_runs_without_a_dataset_show_no_nan_and_the_paper_preset_has_its_own_lab
         ("concept_restricted", 1): 0.6,
         ("concept_restricted", 3): 0.5,
     }
+
+
+def test_relaxed_random_sets_are_marked(tmp_path):
+    """(Plain ranking=concept_restricted runs, so rows are named by the method.) A run whose layer_counts sets borrowed heads: its random cells carry `*` and the table a
+    footnote; runs.csv, vs_random and methods say which layers; the other cells stay unmarked."""
+    root = tmp_path / "relaxed"
+    borrowed = {"0": {"short": 1, "n_sets": 10, "from": {"1": 10}}, "7": {"short": 2, "n_sets": 10, "from": {"6": 20}}}
+    _paper_run(root / "0", "concept_restricted", 3, 0.83, (1.02, 0.94, 1.13), relaxed={}, preset="concept_restricted")
+    _paper_run(
+        root / "1", "concept_restricted", 5, 0.67, (1.0, 0.89, 1.05), relaxed=borrowed, preset="concept_restricted"
+    )
+    _paper_run(root / "2", "logit_lens_mean", 3, 0.91, (0.99, 0.9, 1.1), relaxed=borrowed)
+    _paper_run(root / "3", "logit_lens_mean", 5, 0.79, (0.98, 0.9, 1.1))  # results.json from before
+    df = A.aggregate(root, plots=False).set_index(["ranking", "k"])
+    assert df.loc[("concept_restricted", 5), "random_relaxed"] == "0:1 7:2"
+    assert df.loc[("concept_restricted", 3), "random_relaxed"] == ""
+    assert df.loc[("logit_lens_mean", 5), "random_relaxed"] == ""
+    md = (root / "paper_table.md").read_text()
+    rand = "Rand. median [q25, q75] (concept_restricted, pool=layer_counts)"
+    assert f"| {rand} | 1.02 [0.94, 1.13] | 1.00 [0.89, 1.05]* |" in md
+    assert "| SOMP (concept_restricted) | 0.83 | 0.67 |" in md  # edited cells are never marked
+    table = md[md.index("concept accuracy (normalised)") :]
+    assert table.count(A.RELAXED_NOTE) == 1 and A.RELAXED_NOTE.startswith("\\* random sets relaxed")
+    long = pd.read_csv(root / "paper_table.csv")
+    marked = long[long.relaxed]
+    assert marked[["row", "k"]].values.tolist() == [[rand, 5]]
+    vr = pd.read_csv(root / "vs_random.csv", keep_default_na=False)
+    got = vr[vr.metric == "accuracy"].set_index(["ranking", "k"])["random_relaxed"].to_dict()
+    assert got == {
+        ("concept_restricted", 3): "",
+        ("concept_restricted", 5): "0:1 7:2",
+        ("logit_lens_mean", 3): "0:1 7:2",
+        ("logit_lens_mean", 5): "",
+    }
+    mt = pd.read_csv(root / "methods.csv").set_index(["k", "metric"])
+    # each k has one run with relaxed sets among its methods
+    assert mt.loc[(3, "accuracy"), "random_relaxed"].item() is True
+    assert mt.loc[(5, "accuracy"), "random_relaxed"].item() is True
+
+
+def test_no_relaxed_note_without_relaxed_sets(paper_sweep):
+    A.aggregate(paper_sweep, plots=False)
+    md = (paper_sweep / "paper_table.md").read_text()
+    assert A.RELAXED_NOTE not in md and "]*" not in md
+    assert not pd.read_csv(paper_sweep / "paper_table.csv").relaxed.any()
+    assert not pd.read_csv(paper_sweep / "methods.csv").random_relaxed.any()

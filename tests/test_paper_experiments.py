@@ -5,11 +5,14 @@ with the same protocol (task, ranking, positions, random pool, prompt preset) on
 this machine has; docs/paper.md lists each one with its command. The offline counterparts without
 an end-to-end test of their own elsewhere (tests/test_paper_toxicity.py runs paper_tab2,
 tests/test_paper_captioning.py paper_tab13, tests/test_paper_classification.py the paper_fig4 sweep)
-run here, one job each.
+run here, one job each; paper_fig2_qa_offline runs its whole sweep (both rankings, every k), with
+fewer evaluation questions and random sets.
 """
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -83,7 +86,6 @@ def test_each_paper_experiment_has_an_offline_counterpart_with_its_protocol(name
 
 
 OFFLINE_RUNS = [
-    "paper_fig2_qa_offline",
     "paper_tab7_toxicity_tet_offline",
     "paper_tab9_classification_offline",
     "paper_fig10_alpha_offline",
@@ -109,3 +111,60 @@ def test_offline_counterpart_runs_end_to_end(tmp_path, name):
         assert len(res["random"]["per_seed"]) == len(cfg.intervention.random_seeds)
     if cfg.model.name_or_path == "tiny_vlm":  # random vision weights: every output says so
         assert any("random" in note.lower() for note in res["provenance"]["model"]["notes"])
+
+
+def assert_relaxation_recorded(res: dict, n_heads: int) -> None:
+    """A layer_counts run's random sets have k heads disjoint from the edited ones, and borrowed
+    heads for exactly the layers holding more edited heads than other heads, as many as each lacks
+    (recorded per set and for the run)."""
+    edited = [(h["layer"], h["head"]) for h in res["heads"]]
+    counts = Counter(layer for layer, _ in edited)
+    short = {str(layer): 2 * c - n_heads for layer, c in counts.items() if 2 * c > n_heads}
+    rnd = res["random"]
+    assert {layer: e["short"] for layer, e in rnd["relaxed_layers"].items()} == short
+    for layer, e in rnd["relaxed_layers"].items():
+        assert e["n_sets"] == len(rnd["per_seed"]) and sum(e["from"].values()) == short[layer] * e["n_sets"]
+    for draw in rnd["per_seed"]:
+        heads = {tuple(h) for h in draw["heads"]}
+        assert len(heads) == len(edited) and not heads & set(edited)
+        assert {layer: e["short"] for layer, e in draw["relaxed"].items()} == short
+        assert all(sum(e["from"].values()) == e["short"] for e in draw["relaxed"].values())
+
+
+@pytest.mark.slow
+def test_fig2_qa_offline_sweep_completes_with_relaxed_controls(tmp_path):
+    """`python -m headpursuit -m experiment=paper_fig2_qa_offline`, every job of its sweep (2
+    rankings x k = 3, 6), with 4 evaluation questions per group and 2 random sets: the ranking
+    questions are the file's, so the rankings are the full sweep's, and ranking=paper at k=6 puts 5
+    heads in layer 0 of SmolLM2 (9 heads a layer): its controls borrow, and every job completes."""
+    from test_pipeline import run_cli
+
+    name, sweep = "paper_fig2_qa_offline", tmp_path / "sweep"
+    cfg = _compose(f"experiment={name}")
+    proc = run_cli(
+        "headpursuit",
+        "-m",
+        f"experiment={name}",
+        "task.n_eval=4",
+        "intervention.random_seeds=[0,1]",
+        "plots=false",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    jobs = {(r["run"]["choices"]["ranking"], r["k"]) for r in results}
+    ks = [int(k) for k in str(cfg.hydra.sweeper.params["intervention.k"]).split(",")]
+    assert jobs == {(ranking, k) for ranking in ("paper", "logit_lens_mean") for k in ks}
+    relaxed = []
+    for r in results:
+        assert r["status"] == "complete"
+        assert r["config"]["task"]["positions"] == cfg.task.positions
+        assert r["provenance"]["task"].get("prompt_preset") == "paper"
+        assert len(r["heads"]) == r["k"] and r["normalized"]["edited"]
+        assert r["random"]["pool"] == "layer_counts" and len(r["random"]["per_seed"]) == 2
+        assert_relaxation_recorded(r, n_heads=r["provenance"]["model"]["layout"]["n_heads"])
+        if r["random"]["relaxed_layers"]:
+            relaxed.append((r["run"]["choices"]["ranking"], r["k"]))
+    assert ("paper", 6) in relaxed  # the job that failed before issue 19

@@ -21,7 +21,7 @@ from headpursuit.app.cache import RunCache
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
 from headpursuit.app.record import summarize_seeds
 from headpursuit.app.tracking import completed_results, write_json_atomic
-from headpursuit.heads import check_heads, parse_heads, random_control_heads, random_heads, select_heads
+from headpursuit.heads import check_heads, parse_heads, random_control_draw, random_heads, select_heads
 
 REPO = Path(__file__).resolve().parents[1]
 # On the CPU (tests/devices.py): the sweeps compare results.json across launchers and reruns.
@@ -275,6 +275,8 @@ def test_validate_config_names_the_key():
         ({"heads": "explicit", "explicit": ["x"]}, "intervention.explicit"),
         ({"random_seeds": ["a"]}, "intervention.random_seeds"),
         ({"random_pool": "nearby"}, "intervention.random_pool"),
+        ({"random_strict": "yes"}, "intervention.random_strict"),
+        ({"random_strict": 1}, "intervention.random_strict"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             validate_config(_cfg(**iv))
@@ -338,14 +340,16 @@ def test_summarize_seeds_median_resists_one_collapsed_draw():
 def test_random_control_pools():
     edited = [(15, 3), (26, 1), (29, 2)]
     for seed in range(20):
-        hs = random_control_heads(edited, 30, 9, 3, seed, pool="same_layers")
+        draw = random_control_draw(edited, 30, 9, 3, seed, pool="same_layers")
+        hs = draw.heads
+        assert draw.seed == seed and draw.borrowed == {}
         assert len(set(hs)) == 3 and hs == sorted(hs)
         assert {a for a, _ in hs} <= {15, 26, 29} and not set(hs) & set(edited)
     # the default pool is the plain uniform draw (earlier sweeps' random heads are unchanged)
-    assert random_control_heads(edited, 30, 9, 6, 0) == random_heads(30, 9, 6, 0)
-    assert random_control_heads(edited, 30, 9, 6, 4, pool="all") == random_heads(30, 9, 6, 4)
+    assert random_control_draw(edited, 30, 9, 6, 0).heads == random_heads(30, 9, 6, 0)
+    assert random_control_draw(edited, 30, 9, 6, 4, pool="all").heads == random_heads(30, 9, 6, 4)
     with pytest.raises(ConfigError, match="same_layers"):
-        random_control_heads([(0, 0), (0, 1)], 30, 9, 8, 0, pool="same_layers")  # 7 heads left in layer 0
+        random_control_draw([(0, 0), (0, 1)], 30, 9, 8, 0, pool="same_layers")  # 7 heads left in layer 0
 
 
 def test_run_cache_computes_once(tmp_path):

@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 
 from headpursuit.app.config import ConfigError, validate_config
-from headpursuit.app.record import normalize_to_baseline, normalized_metrics, percentile, summarize_seeds
+from headpursuit.app.record import (
+    normalize_to_baseline,
+    normalized_metrics,
+    percentile,
+    relaxation,
+    relaxed_layers,
+    summarize_seeds,
+)
 from headpursuit.app.tracking import to_jsonable
-from headpursuit.heads import RANDOM_POOLS, layer_count_heads, random_control_heads
+from headpursuit.heads import RANDOM_POOLS, ControlDraw, layer_count_draw, random_control_draw
 
 REPO = Path(__file__).resolve().parents[1]
 # SmolLM2's layout: 30 layers x 9 heads.
@@ -30,37 +37,174 @@ SELECTED = [(0, 1), (0, 3), (5, 2), (12, 4), (29, 0), (29, 8), (29, 5)]
 # ------------------------------------------------------------------------------------------
 
 
+def old_layer_count_heads(selected, n_heads, seed):
+    """The layer_counts draw before issue 19 (no borrowing), as it was: the reference for every set
+    that needs none."""
+    chosen = {(int(a), int(b)) for a, b in selected}
+    counts = Counter(layer for layer, _ in chosen)
+    rng = random.Random(f"layer_counts:{seed}")
+    out = []
+    for layer in sorted(counts):
+        pool = [(layer, h) for h in range(n_heads) if (layer, h) not in chosen]
+        out += rng.sample(pool, counts[layer])
+    return sorted(out)
+
+
+def short_layers(selected, n_heads):
+    """{layer: heads it lacks}: layers holding more edited heads than other heads."""
+    counts = Counter(a for a, _ in selected)
+    return {layer: c - (n_heads - c) for layer, c in counts.items() if c > n_heads - c}
+
+
 def test_layer_counts_sets_match_the_selected_layers_and_are_disjoint():
     assert "layer_counts" in RANDOM_POOLS
-    sets = [random_control_heads(SELECTED, L, H, len(SELECTED), s, pool="layer_counts") for s in range(10)]
-    for hs in sets:
-        assert Counter(a for a, _ in hs) == Counter(a for a, _ in SELECTED)
+    sets = [random_control_draw(SELECTED, L, H, len(SELECTED), s, pool="layer_counts") for s in range(10)]
+    for draw in sets:
+        hs = draw.heads
+        assert Counter(a for a, _ in hs) == Counter(a for a, _ in SELECTED) and draw.borrowed == {}
         assert not set(hs) & set(SELECTED)
         assert len(set(hs)) == len(SELECTED) and hs == sorted(hs)
         assert all(0 <= h < H for _, h in hs)
     # 10 seeds, 10 different sets; the same seed gives the same set (string-seeded generator)
-    assert len({tuple(hs) for hs in sets}) == 10
-    assert sets == [layer_count_heads(SELECTED, H, s) for s in range(10)]
-    assert layer_count_heads(list(reversed(SELECTED)), H, 3) == sets[3]  # order of the input is irrelevant
+    assert len({tuple(d.heads) for d in sets}) == 10
+    assert sets == [layer_count_draw(SELECTED, L, H, s) for s in range(10)]
+    assert layer_count_draw(list(reversed(SELECTED)), L, H, 3) == sets[3]  # order of the input is irrelevant
+
+
+def test_layer_counts_without_a_short_layer_is_the_old_draw():
+    """Sets that need no borrowing are exactly the draws of before (strict or not)."""
+    rng = random.Random("selections")
+    n_checked = 0
+    for _ in range(200):
+        selected = rng.sample([(a, b) for a in range(L) for b in range(H)], rng.randint(1, 40))
+        if short_layers(selected, H):
+            continue
+        n_checked += 1
+        for seed in (0, 1, 7):
+            old = old_layer_count_heads(selected, H, seed)
+            assert layer_count_draw(selected, L, H, seed) == ControlDraw(seed, old, {})
+            assert layer_count_draw(selected, L, H, seed, strict=True).heads == old
+    assert n_checked > 100
 
 
 def test_layer_counts_fills_a_layer_to_its_last_free_heads():
     # 4 of layer 7's 9 heads are edited: the 5 others can supply 4, and every draw uses 4 of them.
     selected = [(7, 0), (7, 2), (7, 4), (7, 6)]
     for s in range(10):
-        hs = layer_count_heads(selected, H, s)
+        draw = layer_count_draw(selected, L, H, s)
+        hs = draw.heads
         assert len(hs) == 4 and {a for a, _ in hs} == {7} and set(hs) <= {(7, h) for h in (1, 3, 5, 7, 8)}
+        assert draw.borrowed == {}
 
 
-def test_layer_counts_error_names_the_layer_and_a_fix():
+def test_layer_counts_borrows_for_a_short_layer_by_hand():
+    # SmolLM2's case: 5 of layer 0's 9 heads edited, so its 4 others and 1 head of layer 1 (the only
+    # layer at distance 1) make the set; layer 12 is drawn as before.
+    selected = [(0, h) for h in range(5)] + [(12, 4)]
+    for s in range(10):
+        draw = layer_count_draw(selected, L, H, s)
+        assert draw.borrowed == {0: {1: 1}} and draw.shortfall == {0: 1}
+        assert {(0, h) for h in range(5, 9)} <= set(draw.heads)
+        assert Counter(a for a, _ in draw.heads) == {0: 4, 1: 1, 12: 1}
+        # the layer that can supply its count gets the old draw of the edited heads outside the short layer
+        assert [h for h in draw.heads if h[0] == 12] == old_layer_count_heads([(12, 4)], H, s)
+    # layers 0 (5 edited, 1 short) and 1 (6 edited, 3 short): layer 1's other heads are all in the
+    # set, so both borrow from layer 2
+    two = [(0, h) for h in range(5)] + [(1, h) for h in range(6)]
+    draw = layer_count_draw(two, L, H, 0)
+    assert draw.borrowed == {0: {2: 1}, 1: {2: 3}}
+    assert Counter(a for a, _ in draw.heads) == {0: 4, 1: 3, 2: 4}
+    # all of layer 10 edited: its 9 come from layers 9 and 11, one pool (neither side preferred)
+    sources = Counter()
+    for s in range(20):
+        draw = layer_count_draw([(10, h) for h in range(H)], L, H, s)
+        assert set(draw.borrowed) == {10} and sum(draw.borrowed[10].values()) == H
+        assert {a for a, _ in draw.heads} <= {9, 11} and len(draw.heads) == H
+        sources.update(draw.borrowed[10])
+    assert sources[9] > 40 and sources[11] > 40  # 180 heads over 20 draws, from both sides
+
+
+@pytest.mark.parametrize("n_selected", [12, 30, 60, 100, 135])
+def test_layer_counts_relaxed_sets_against_the_rules(n_selected):
+    """Random edited sets that crowd a few layers: each draw has k heads, disjoint from the edited
+    ones; every layer keeps at least its count (the short ones all their other heads); the layers
+    that can are drawn as before; each short layer borrowed exactly what it lacks, from the nearest
+    layers (nothing free is left nearer than its farthest source); the same seed, the same draw."""
+    rng = random.Random(f"crowded{n_selected}")
+    n_relaxed = 0
+    for trial in range(15):
+        # concentrate the edited heads in a few layers so that some are short
+        layers = rng.sample(range(L), max(2, n_selected // 6))
+        pool = [(a, b) for a in layers for b in range(H)]
+        selected = rng.sample(pool, min(n_selected, len(pool)))
+        if len(selected) < n_selected:
+            rest = [(a, b) for a in range(L) for b in range(H) if (a, b) not in set(selected)]
+            selected += rng.sample(rest, n_selected - len(selected))
+        short = short_layers(selected, H)
+        counts = Counter(a for a, _ in selected)
+        for seed in (trial, trial + 100):
+            draw = layer_count_draw(selected, L, H, seed)
+            assert draw == layer_count_draw(selected, L, H, seed)
+            hs = draw.heads
+            assert len(hs) == len(set(hs)) == len(selected) and hs == sorted(hs)
+            assert not set(hs) & set(selected)
+            got = Counter(a for a, _ in hs)
+            for layer, c in counts.items():
+                assert got[layer] >= (H - c if layer in short else c)
+            assert draw.shortfall == short
+            n_relaxed += bool(short)
+            # the layers that can supply their count: the old draw of the edited heads outside short layers
+            fine = [h for h in selected if h[0] not in short]
+            assert set(old_layer_count_heads(fine, H, seed)) <= set(hs)
+            borrowed_from = Counter()
+            for layer, src in draw.borrowed.items():
+                farthest = max(abs(s - layer) for s in src)
+                nearer = [(a, b) for a in range(L) if 0 < abs(a - layer) < farthest for b in range(H)]
+                assert all(h in set(hs) or h in set(selected) for h in nearer), (layer, src)
+                borrowed_from.update(src)
+            # heads beyond the old draw and the short layers' own heads are exactly the borrowed ones
+            extra = Counter(a for a, _ in set(hs) - set(old_layer_count_heads(fine, H, seed)) if a not in short)
+            assert extra == borrowed_from
+    if n_selected >= 30:
+        assert n_relaxed > 0
+
+
+def test_layer_counts_strict_keeps_the_error_naming_the_layer_and_fixes():
     selected = [(3, h) for h in range(5)] + [(10, 0)]  # 5 edited in layer 3: only 4 heads remain there
     with pytest.raises(ConfigError) as err:
-        random_control_heads(selected, L, H, len(selected), 0, pool="layer_counts")
+        random_control_draw(selected, L, H, len(selected), 0, pool="layer_counts", strict=True)
     msg = str(err.value)
     assert "layer 3" in msg and "needs 5" in msg and "only 4" in msg
     assert "intervention.random_pool=all" in msg and "intervention.k" in msg
-    # the fix it names works
-    assert len(random_control_heads(selected, L, H, len(selected), 0, pool="all")) == len(selected)
+    assert "intervention.random_strict=false" in msg
+    # the fixes it names work
+    assert len(random_control_draw(selected, L, H, len(selected), 0, pool="all").heads) == len(selected)
+    relaxed = random_control_draw(selected, L, H, len(selected), 0, pool="layer_counts", strict=False)
+    assert relaxed.borrowed == {3: {2: 1}} or relaxed.borrowed == {3: {4: 1}}
+
+
+def test_layer_counts_needs_k_heads_outside_the_edited_ones():
+    # 2 layers x 4 heads: 5 edited heads leave 3, fewer than the 5 a disjoint set needs
+    selected = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    with pytest.raises(ConfigError, match=r"intervention\.k=5.*at most 4"):
+        layer_count_draw(selected, 2, 4, 0)
+    draw = layer_count_draw(selected[:4], 2, 4, 0)  # 4 of 8: every other head
+    assert set(draw.heads) == {(0, 3), (1, 1), (1, 2), (1, 3)} and draw.borrowed == {0: {1: 2}}
+
+
+def test_relaxation_records_by_hand():
+    draws = [
+        ControlDraw(0, [(0, 5), (0, 6), (0, 7), (0, 8), (1, 2)], {0: {1: 1}}),
+        ControlDraw(1, [(0, 5), (0, 6), (0, 7), (1, 4), (2, 0)], {0: {1: 1, 2: 1}}),
+        ControlDraw(2, [(3, 1)], {}),
+    ]
+    assert relaxation(draws[0]) == {"0": {"short": 1, "from": {"1": 1}}}
+    assert relaxation(draws[1]) == {"0": {"short": 2, "from": {"1": 1, "2": 1}}}
+    assert relaxation(draws[2]) == {}
+    assert relaxed_layers(draws) == {"0": {"short": 2, "n_sets": 2, "from": {"1": 2, "2": 1}}}
+    assert relaxed_layers(draws[2:]) == {}
+    # JSON-ready: string keys, plain ints
+    assert json.loads(json.dumps(relaxed_layers(draws))) == relaxed_layers(draws)
 
 
 def test_validate_config_accepts_layer_counts():
@@ -71,6 +215,13 @@ def test_validate_config_accepts_layer_counts():
         "intervention": {"k": 6, "alpha": -1.0, "random_seeds": [0, 1], "random_pool": "layer_counts"},
         "seed": 0,
     }
+    validate_config(cfg)
+    cfg["intervention"]["random_strict"] = True
+    validate_config(cfg)
+    cfg["intervention"]["k"] = 136  # 272 > 270 heads: no disjoint set of 136, before any model loads
+    with pytest.raises(ConfigError, match=r"intervention\.k=136.*at most 135"):
+        validate_config(cfg)
+    cfg["intervention"]["k"] = 135
     validate_config(cfg)
     cfg["intervention"]["random_pool"] = "layer_count"
     with pytest.raises(ConfigError, match="layer_counts"):
@@ -241,9 +392,11 @@ def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_pa
     edited = [(h["layer"], h["head"]) for h in r["heads"]]
     rnd = r["random"]
     assert rnd["pool"] == "layer_counts" and rnd["n_seeds"] == 3 and len(rnd["per_seed"]) == 3
+    assert rnd["relaxed_layers"] == {}  # 3 heads never fill more than half of a layer of 9
     for draw in rnd["per_seed"]:
         heads = [tuple(h) for h in draw["heads"]]
         assert Counter(a for a, _ in heads) == Counter(a for a, _ in edited) and not set(heads) & set(edited)
+        assert draw["relaxed"] == {}
     # the existing keys, and beside them the quartiles
     for key in ("std", "median", "q25", "q75"):
         assert "accuracy" in rnd[key]["concept"], key

@@ -68,6 +68,7 @@ def test_flatten_metrics():
             "std": {"concept": {"accuracy": 0.05}},
             "per_seed": [{"concept": {"accuracy": 0.7}}],
             "n_seeds": 1,
+            "relaxed_layers": {"0": {"short": 1, "n_sets": 1, "from": {"1": 1}}},  # a record, not a metric
         },
     }
     flat = T.flatten_metrics(res)

@@ -16,16 +16,22 @@ Writes into DIR (or --out):
   `k_alpha_normalized.csv` / `.md` the same for the normalised metrics (edited / unedited);
 * `vs_random.csv` / `vs_random.md` -- the ranking method against random heads at the same k and
   alpha: baseline, edited, random mean +- std, median and quartiles, raw and normalised, per group
-  and metric;
+  and metric, and `random_relaxed` (see below);
 * `methods.csv` / `methods.md` -- when the runs hold several ranking methods: each method's edited
   value (raw and normalised) side by side with random heads and the unedited model;
 * `paper_table.csv` / `paper_table.md` -- the paper's table shape, normalised to the unedited
   model: rows SOMP (per ranking method) / LL / "Rand. median [q25, q75]" (the random controls of
-  the SOMP runs), columns k; one table per model / task / alpha / group / metric;
+  the SOMP runs), columns k; one table per model / task / alpha / group / metric; a `*` after a
+  random cell (column `relaxed` in the CSV) marks random sets that borrowed heads from neighbouring
+  layers (`random_relaxed`);
 * `plots/heatmap__*.png` (layers x heads scores, from each setting's head_scores.csv) and
   `plots/metric_vs_k__*.png` (edited metric vs k per alpha, random-head bands).
 
 Titles and file names name only the settings that have a value (a QA run has no dataset).
+
+`random_relaxed` (runs.csv, vs_random, methods): the layers for which a run's `layer_counts` random
+sets borrowed heads from the nearest layers (results.json `random.relaxed_layers`), as
+`layer:heads short` pairs, e.g. "0:1"; empty when none did (or the results predate the record).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, 
 SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"]
 SECTIONS = ("baseline", "edited", "random")
 # Keys of a results section that hold no per-group metrics.
-NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads")
+NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads", "relaxed_layers")
 # Keys of a results section that hold one statistic over the random seeds: {stat: {group: {metric}}}.
 STAT_KEYS = ("mean", "std", "median", "q25", "q75")
 # Ranking methods by the paper's row names: SOMP scores, the logit-lens (LL) baseline.
@@ -110,6 +116,15 @@ def present(setting: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in setting.items() if not _missing(v)}
 
 
+def relaxed_label(random: Any) -> str:
+    """`random_relaxed` of a run: "<layer>:<heads short> ..." from results.json
+    `random.relaxed_layers`; "" when no random set borrowed (or the run has no such record)."""
+    relaxed = (random or {}).get("relaxed_layers") if isinstance(random, Mapping) else None
+    if not isinstance(relaxed, Mapping):
+        return ""
+    return " ".join(f"{layer}:{(entry or {}).get('short')}" for layer, entry in relaxed.items())
+
+
 def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | None = None) -> dict:
     """One flat row from a results.json dict."""
     cfg = res.get("config") or {}
@@ -139,6 +154,7 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
         "alpha": res.get("alpha", iv.get("alpha")),
         "seed": cfg.get("seed"),
         "random_pool": (res.get("random") or {}).get("pool", iv.get("random_pool", "all")),
+        "random_relaxed": relaxed_label(res.get("random")),
         "positions": task_cfg.get("positions"),
         "rank_groups": "+".join(map(str, rank_groups)) if isinstance(rank_groups, list) else rank_groups,
         "experiment": choices.get("experiment"),
@@ -307,6 +323,7 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
                     "edited_minus_baseline": e - b,
                     "random_minus_baseline": rm - b,
                     **extra,
+                    "random_relaxed": r.get("random_relaxed", ""),
                 }
             )
     return pd.DataFrame(rows)
@@ -318,13 +335,27 @@ def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     keys = ["model", "task", "heads_mode", "k", "alpha", "group", "metric"]
     wide = vr.pivot_table(index=keys, columns="ranking", values="edited", aggfunc="mean")
-    extra = vr.groupby(keys).agg(unedited=("baseline", "mean"), random_heads=("random_mean", "mean"))
+    extra = vr.groupby(keys).agg(
+        unedited=("baseline", "mean"),
+        random_heads=("random_mean", "mean"),
+        random_relaxed=("random_relaxed", _any_relaxed),
+    )
     table = extra.join(wide)
     if vr["edited_normalized"].notna().any():
         norm = vr.pivot_table(index=keys, columns="ranking", values="edited_normalized", aggfunc="mean")
         norm.columns = [f"normalized.{c}" for c in norm.columns]
         table = table.join(norm)
     return table.reset_index()
+
+
+def _is_relaxed(label: Any) -> bool:
+    """Whether a run's random sets borrowed heads (its `random_relaxed` label is not empty)."""
+    return isinstance(label, str) and bool(label)
+
+
+def _any_relaxed(labels: pd.Series) -> bool:
+    """Whether any run of a cell has relaxed random sets."""
+    return any(_is_relaxed(x) for x in labels)
 
 
 def method_label(method: str, label: str | None = None) -> str:
@@ -383,6 +414,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                         "value": r.get(f"normalized.edited.{gm}", float("nan")),
                         "q25": float("nan"),
                         "q75": float("nan"),
+                        "relaxed": False,
                     }
                 )
                 median = r.get(f"normalized.random.median.{gm}", float("nan"))
@@ -397,6 +429,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                             "value": median,
                             "q25": r.get(f"normalized.random.q25.{gm}", float("nan")),
                             "q75": r.get(f"normalized.random.q75.{gm}", float("nan")),
+                            "relaxed": _is_relaxed(r.get("random_relaxed")),
                         }
                     )
     if not rows:
@@ -407,6 +440,7 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
         value=("value", "mean"),
         q25=("q25", "mean"),
         q75=("q75", "mean"),
+        relaxed=("relaxed", "any"),
         n_runs=("value", "size"),
         n_heads_total=("n_heads_total", "first"),
     )
@@ -422,17 +456,27 @@ def _k_label(k: Any, n_total: Any) -> str:
     return f"k={float(k):g}"
 
 
-def _cell(value: Any, q25: Any, q75: Any, digits: int = 2) -> str:
+#: the mark after a paper-table cell whose random sets borrowed heads, and its footnote
+RELAXED_MARK = "*"
+RELAXED_NOTE = (
+    "\\* random sets relaxed: the layer-count control borrowed heads from neighbouring layers "
+    "(a layer held more edited heads than other heads; results.json `random.relaxed_layers`)\n"
+)
+
+
+def _cell(value: Any, q25: Any, q75: Any, digits: int = 2, relaxed: bool = False) -> str:
     if pd.isna(value):
         return ""
+    mark = RELAXED_MARK if relaxed else ""
     if pd.isna(q25) and pd.isna(q75):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]"
+        return f"{value:.{digits}f}{mark}"
+    return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]{mark}"
 
 
 def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """[(setting, table)]: per model / task / alpha / group / metric, rows as in
-    `paper_table_long`, one column per k, cells "0.83" or "1.02 [0.94, 1.13]" (median [q25, q75])."""
+    `paper_table_long`, one column per k, cells "0.83" or "1.02 [0.94, 1.13]" (median [q25, q75]),
+    a trailing RELAXED_MARK when the cell's random sets borrowed heads from neighbouring layers."""
     out: list[tuple[dict, pd.DataFrame]] = []
     if long.empty:
         return out
@@ -443,7 +487,11 @@ def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         labels = {k: _k_label(k, g.loc[g["k"] == k, "n_heads_total"].iloc[0]) for k in ks}
         table_rows = []
         for row, rg in g.groupby(["order", "row"], sort=True):
-            cells = {labels[r.k]: _cell(r.value, r.q25, r.q75) for r in rg.itertuples(index=False) if r.k in labels}
+            cells = {
+                labels[r.k]: _cell(r.value, r.q25, r.q75, relaxed=bool(r.relaxed))
+                for r in rg.itertuples(index=False)
+                if r.k in labels
+            }
             table_rows.append({"row": row[1], **{labels[k]: cells.get(labels[k], "") for k in ks}})
         out.append((dict(zip(keys, key)), pd.DataFrame(table_rows)))
     return out
@@ -595,12 +643,18 @@ SOMP run (median and 25th / 75th percentiles over the seeds, each seed normalise
 paper's control is pool=layer_counts). `paper's scoring: concept_restricted` is a run of
 `ranking=paper` (concept-restricted SOMP, centred, raw rows, 50 steps), apart from a plain
 `ranking=concept_restricted` run. Columns: k heads edited (share of all heads). 1 = no change;
-below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0.
+below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0. A `*` after a
+random cell: its sets borrowed heads from neighbouring layers (see the note under that table).
 """
 
 
 def _dataset_label(dataset: Any) -> str:
     return "" if _missing(dataset) else f" {dataset}"
+
+
+def _has_relaxed_cell(table: pd.DataFrame) -> bool:
+    cells = table.drop(columns="row").astype(str)
+    return bool(cells.apply(lambda c: c.str.endswith(RELAXED_MARK)).any().any())
 
 
 def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataFrame]]:
@@ -618,6 +672,8 @@ def write_paper_tables(df: pd.DataFrame, out: Path) -> list[tuple[dict, pd.DataF
             f"alpha={_fmt(setting['alpha'], integral=True)} | "
             f"{setting['group']} {setting['metric']} (normalised)\n\n" + to_markdown(t)
         )
+        if _has_relaxed_cell(t):
+            md.append("\n" + RELAXED_NOTE)
     write_text_atomic(out / "paper_table.md", "".join(md))
     return tables
 

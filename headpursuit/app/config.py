@@ -14,7 +14,7 @@ import torch
 
 from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
-from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, parse_heads
+from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, check_layer_counts_k, parse_heads
 from headpursuit.ranking import METHODS
 from headpursuit.tasks import known_tasks, task_factory
 from headpursuit.tasks.base import DEFAULT_RANK_GROUPS, GROUPS, parse_batch_size, parse_rank_groups
@@ -118,6 +118,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     if iv.get("random_pool", "all") not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.get('random_pool')!r} is not one of {', '.join(RANDOM_POOLS)}")
     check_random_controls(iv)
+    if not isinstance(iv.get("random_strict", False), bool):
+        raise ConfigError(
+            f"intervention.random_strict must be true (a layer short of heads for random_pool=layer_counts "
+            f"fails the run) or false (it borrows from the nearest layers), got {iv.get('random_strict')!r}"
+        )
     logger = cfg.get("logger") or {}
     if logger.get("mode", "disabled") not in LOGGER_MODES:
         raise ConfigError(f"logger.mode={logger.get('mode')!r} is not one of {', '.join(LOGGER_MODES)}")
@@ -126,7 +131,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     # The layout declared in the model config lets k be checked before a (slow) model load.
     n_layers, n_heads = model.get("n_layers"), model.get("n_heads")
     if _is_int(n_layers) and _is_int(n_heads):
-        resolve_k(iv, n_layers * n_heads, model_name=model["name_or_path"])
+        k = resolve_k(iv, n_layers * n_heads, model_name=model["name_or_path"])
+        if iv.get("random_controls", True) and iv.get("random_pool", "all") == "layer_counts":
+            check_layer_counts_k(k, n_layers * n_heads)
         if mode == "explicit":
             check_explicit_heads(iv["explicit"], n_layers, n_heads)
     hb = cfg.get("heartbeat_s", 30)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from headpursuit.app.cache import RunCache, code_fingerprint
 from headpursuit.app.stages import transfer_info
 from headpursuit.app.tracking import environment
-from headpursuit.heads import Head, head_records
+from headpursuit.heads import ControlDraw, Head, head_records
 from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ __all__ = [
     "record",
     "batch_size_provenance",
     "summarize_seeds",
+    "relaxation",
+    "relaxed_layers",
     "seed_stats",
     "percentile",
     "normalize_to_baseline",
@@ -61,7 +63,7 @@ def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         g: dict(v)
         for g, v in result.items()
         if isinstance(v, Mapping)
-        and g not in ("n", "examples", "fluency_info")
+        and g not in ("n", "examples", "fluency_info", "relaxed")
         and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
     }
 
@@ -211,6 +213,34 @@ def run_warnings(
     return out
 
 
+def relaxation(draw: ControlDraw) -> dict[str, dict[str, Any]]:
+    """results.json `random.per_seed[i].relaxed`: {"<short layer>": {"short": n heads, "from":
+    {"<layer>": n heads}}}, the heads a layer_counts set borrowed from the nearest layers for a layer
+    that could not supply its count (`heads.layer_count_draw`); {} when it borrowed none."""
+    return {
+        str(layer): {"short": sum(src.values()), "from": {str(s): n for s, n in src.items()}}
+        for layer, src in draw.borrowed.items()
+    }
+
+
+def relaxed_layers(draws: Sequence[ControlDraw]) -> dict[str, dict[str, Any]]:
+    """results.json `random.relaxed_layers`, over a run's random sets: {"<short layer>": {"short":
+    heads a set lacked there (the same for every set: it depends on the edited heads alone),
+    "n_sets": sets that borrowed for it, "from": {"<layer>": heads borrowed from it, all sets}}};
+    {} when no set borrowed."""
+    out: dict[int, dict[str, Any]] = {}
+    for draw in draws:
+        for layer, src in draw.borrowed.items():
+            entry = out.setdefault(layer, {"short": 0, "n_sets": 0, "from": {}})
+            entry["short"] = max(entry["short"], sum(src.values()))
+            entry["n_sets"] += 1
+            for s, n in src.items():
+                entry["from"][s] = entry["from"].get(s, 0) + n
+    return {
+        str(layer): {**e, "from": {str(s): n for s, n in sorted(e["from"].items())}} for layer, e in sorted(out.items())
+    }
+
+
 def cache_provenance(cache: RunCache) -> dict:
     """Where the cache lives and, per stage, whether it was read from it (from `cache.hits`)."""
     return {
@@ -253,6 +283,7 @@ def record(
     edited: dict,
     per_seed: list[dict],
     samples: Sequence[CaptureSample],
+    random_sets: Sequence[ControlDraw],
     acts: HeadActivations,
     cache: RunCache,
     timings: Mapping[str, float],
@@ -266,16 +297,19 @@ def record(
     `rank_task`: the task the heads were ranked on when it is not `task` (a transfer run,
     config `rank_task`); results then say ``transfer: {source, target}`` (`transfer_info`) and
     carry its provenance as ``provenance.rank_task``; `dataset` is the evaluated task's dataset
-    (classification: task.dataset) or null."""
+    (classification: task.dataset) or null. `random_sets`: the draws behind `per_seed` (one per
+    seed): each seed's `relaxed` and the run's `random.relaxed_layers` say what they borrowed."""
     iv, seed = config["intervention"], int(config["seed"])
     layout = lm.layout
     random = None
     if per_seed:
+        draws = {draw.seed: draw for draw in random_sets}  # a seed's draw is fixed by the seed
         random = {
             **summarize_seeds(per_seed),
             "seeds": list(iv["random_seeds"]),
             "pool": iv.get("random_pool", "all"),
-            "per_seed": per_seed,
+            "relaxed_layers": relaxed_layers(random_sets),
+            "per_seed": [{**r, "relaxed": relaxation(draws[r["seed"]])} for r in per_seed],
         }
     return {
         "model": lm.name,

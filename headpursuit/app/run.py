@@ -275,6 +275,7 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
             k=k,
             seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
             pool=iv.get("random_pool", "all"),
+            strict=bool(iv.get("random_strict", False)),
         )
         heatmap = write_head_scores(
             run_dir, scores, heads, lm, rank_task, config["ranking"]["method"], plots=cfg.plots, timer=timer
@@ -313,6 +314,7 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
                 baseline=baseline,
                 edited=edited,
                 per_seed=per_seed,
+                random_sets=random_sets,
                 samples=samples,
                 acts=acts,
                 cache=cache,

@@ -29,7 +29,7 @@ import torch
 
 from headpursuit.app.cache import CACHE_VERSION, RunCache, code_fingerprint, stable_hash
 from headpursuit.capture import CaptureSample, cache_key, capture_heads
-from headpursuit.heads import Head, random_control_heads
+from headpursuit.heads import ControlDraw, Head, random_control_draw
 from headpursuit.intervention import scale_heads
 from headpursuit.models import load_model
 from headpursuit.ranking import rank_heads
@@ -287,17 +287,19 @@ def evaluate_cached(
 
 
 def random_control_sets(
-    edited: Sequence[Head], layout: AttentionLayout, *, k: int, seeds: Sequence[int], pool: str
-) -> list[tuple[int, list[Head]]]:
-    """[(seed, heads)]: the random-head set of each seed (drawn from `pool`, see
-    `random_control_heads`). Cheap: drawn before any evaluation so a pool that cannot supply the
-    heads fails the run at once."""
-    return [(int(s), random_control_heads(edited, layout.n_layers, layout.n_heads, k, s, pool=pool)) for s in seeds]
+    edited: Sequence[Head], layout: AttentionLayout, *, k: int, seeds: Sequence[int], pool: str, strict: bool = False
+) -> list[ControlDraw]:
+    """The random-head set of each seed (drawn from `pool`, see `random_control_draw`; `strict`:
+    `intervention.random_strict`). Cheap: drawn before any evaluation so a pool that cannot supply
+    the heads fails the run at once."""
+    return [
+        random_control_draw(edited, layout.n_layers, layout.n_heads, k, int(s), pool=pool, strict=strict) for s in seeds
+    ]
 
 
-def random_control_edits(sets: Sequence[tuple[int, Sequence[Head]]], alpha: float) -> list[dict[Head, float]]:
+def random_control_edits(sets: Sequence[ControlDraw], alpha: float) -> list[dict[Head, float]]:
     """The edit of each random-head set: its heads rescaled by alpha."""
-    return [{h: alpha for h in heads} for _, heads in sets]
+    return [{h: alpha for h in draw.heads} for draw in sets]
 
 
 def random_controls(
@@ -305,21 +307,21 @@ def random_controls(
     lm: LoadedModel,
     task: Task,
     ident: dict,
-    sets: Sequence[tuple[int, Sequence[Head]]],
+    sets: Sequence[ControlDraw],
     *,
     alpha: float,
     seed: int,
     generated: Mapping[str, TaskOutputs] | None = None,
 ) -> list[dict]:
-    """The random-head controls: per (seed, heads) of `sets`, the heads rescaled by alpha and
-    evaluated like the edited heads (scored from `generated` where it has them).
-    [{seed, heads, <evaluation>}, ...]."""
+    """The random-head controls: per set of `sets`, its heads rescaled by alpha and evaluated like
+    the edited heads (scored from `generated` where it has them). [{seed, heads, <evaluation>}, ...]
+    (`record` adds each set's borrowed heads)."""
     per_seed = []
-    for (s, heads), edit in zip(sets, random_control_edits(sets, alpha)):
+    for draw, edit in zip(sets, random_control_edits(sets, alpha)):
         result = evaluate_cached(
-            cache, lm, task, ident, edit, label="random", desc=f"random{s}", seed=seed, generated=generated
+            cache, lm, task, ident, edit, label="random", desc=f"random{draw.seed}", seed=seed, generated=generated
         )
-        per_seed.append({"seed": s, "heads": [list(h) for h in heads], **result})
+        per_seed.append({"seed": draw.seed, "heads": [list(h) for h in draw.heads], **result})
     return per_seed
 
 
@@ -329,7 +331,7 @@ def cache_other_alphas(
     task: Task,
     ident: dict,
     heads: Sequence[Head],
-    sets: Sequence[tuple[int, Sequence[Head]]],
+    sets: Sequence[ControlDraw],
     alphas: Sequence[float],
     seed: int,
     generated: Mapping[str, TaskOutputs],
@@ -341,7 +343,7 @@ def cache_other_alphas(
         evaluate_cached(
             cache, lm, task, ident, {h: a for h in heads}, label="other_alphas", seed=seed, generated=generated
         )
-        for s, edit in zip([s for s, _ in sets], random_control_edits(sets, a)):
+        for s, edit in zip([draw.seed for draw in sets], random_control_edits(sets, a)):
             evaluate_cached(
                 cache, lm, task, ident, edit, label="other_alphas", desc=f"random{s}", seed=seed, generated=generated
             )

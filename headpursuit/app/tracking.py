@@ -514,7 +514,7 @@ def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: s
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, Mapping):
             for k, v in node.items():
-                if k in ("examples", "per_seed", "heads", "n", "from_cache", "seeds"):
+                if k in ("examples", "per_seed", "heads", "n", "from_cache", "seeds", "relaxed_layers"):
                     continue
                 walk(f"{prefix}{sep}{k}", v)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):
