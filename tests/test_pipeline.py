@@ -90,7 +90,7 @@ def shared_cache(tmp_path_factory) -> Path:
 def basic_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("basic")
     sweep, cache = root / "sweep", shared_cache(tmp_path_factory)
-    cached_before = bool(list(cache.glob("acts/acts-*.safetensors")))
+    cached_before = bool(list(cache.glob("acts/*.safetensors")))
     t0 = time.perf_counter()
     proc = run_cli("headpursuit", "-m", *SWEEP, f"hydra.sweep.dir={sweep}", f"cache_dir={cache}")
     seconds = time.perf_counter() - t0
@@ -106,7 +106,7 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
     assert sorted(res) == [(2, -1.0), (2, 0.0), (4, -1.0), (4, 0.0)]
     assert all(r["status"] == "complete" for r in res.values())
     # One activation file, one score table, one set of ranking answers for the whole sweep.
-    assert len(list((cache / "acts").glob("acts-*.safetensors"))) == 1
+    assert len(list((cache / "acts").glob("*.safetensors"))) == 1
     assert len(list((cache / "scores").glob("*.pkl"))) == 1
     assert len(list((cache / "samples").glob("*.pkl"))) == 1
     # The first job extracts (unless an earlier test filled the shared cache); the others read.
@@ -202,7 +202,7 @@ def test_submitit_local_sweep_matches_basic(basic_sweep, tmp_path):
                 assert b[key][section][g] == a[key][section][g], (key, section, g)
         assert b[key]["random"]["concept"] == a[key]["random"]["concept"]
     # Parallel jobs still extract once: the others wait on the cache lock, then read.
-    assert len(list((cache / "acts").glob("acts-*.safetensors"))) == 1
+    assert len(list((cache / "acts").glob("*.safetensors"))) == 1
     hits = sorted(r["provenance"]["cache"]["activations_from_cache"] for r in b.values())
     assert hits == [False, True, True, True]
 

@@ -78,7 +78,7 @@ def test_prompt_mean_is_cached_under_its_own_key(tiny_llama, tmp_path):
     last = capture_heads(tiny_llama, PROMPTS, positions="last_prompt", cache_dir=tmp_path, progress=False)
     assert not first.meta["from_cache"] and again.meta["from_cache"] and not last.meta["from_cache"]
     torch.testing.assert_close(first.z, again.z)
-    assert len(list(tmp_path.glob("acts-*.safetensors"))) == 2
+    assert len(list(tmp_path.glob("acts/*.safetensors"))) == 2
 
 
 def test_image_mean_needs_images(tiny_llama):
