@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "headpursuit.determinism",
         "headpursuit.fingerprint",
     ),
-    ("headpursuit.models",),
+    ("headpursuit.models", "headpursuit.store"),
     (
         "headpursuit.concepts",
         "headpursuit.capture",
