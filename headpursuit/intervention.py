@@ -24,6 +24,7 @@ from headpursuit.models.generation import generate_rows, generation_config
 if TYPE_CHECKING:
     import numpy as np
 
+#: an attention head: (layer, head index within the layer); the one definition, imported everywhere
 Head = tuple[int, int]
 # One factor for every row of the batch, or one per row (a 1-D sequence or tensor of length batch).
 Scale = Union[float, Sequence[float], torch.Tensor, "np.ndarray"]
