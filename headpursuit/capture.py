@@ -203,7 +203,10 @@ def o_proj_inputs(
 
 
 @dataclass
-class _Prepared:
+class PreparedSample:
+    """One sample as the forward pass sees it: its token ids (unpadded), where its prompt ends and
+    the positions whose rows are kept."""
+
     ids: list[int]
     prompt_len: int
     keep: list[int]  # positions to record (MEAN_ROW_POSITION for a mean row)
@@ -265,7 +268,7 @@ def image_token_id(lm: LoadedModel) -> int:
     return int(token_id)
 
 
-def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> _Prepared:
+def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> PreparedSample:
     if mode == "image_mean":
         raise ValueError(
             f"positions='image_mean' needs samples with images; the sample with prompt "
@@ -279,7 +282,9 @@ def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids
             "positions='last_prompt'."
         )
     keep, targets = _positions_for(tf.ids, tf.prompt_len, mode, concept_ids)
-    return _Prepared(tf.ids, tf.prompt_len, keep, targets, _mean_span(tf.ids, tf.prompt_len, mode, None, sample.prompt))
+    return PreparedSample(
+        tf.ids, tf.prompt_len, keep, targets, _mean_span(tf.ids, tf.prompt_len, mode, None, sample.prompt)
+    )
 
 
 def activation_key(
@@ -432,7 +437,7 @@ def _capture(
     for batch in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
         chunk = [items[i] for i in batch]
         if any(s.image is not None for s in chunk):
-            inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
+            inputs, prepared, offsets = prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
         else:
             prepared = [_prepare_text(lm, s, positions, concept_set) for s in chunk]
             inputs = pad_batch([p.ids for p in prepared], lm.pad_token_id, padding_side, device=lm.device)
@@ -474,7 +479,7 @@ def _capture(
 
 
 def _gather(
-    prepared: Sequence[_Prepared], offsets: Sequence[int], device: torch.device
+    prepared: Sequence[PreparedSample], offsets: Sequence[int], device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(batch, tokens, d) -> (rows, d): the kept positions of every sample, in sample order."""
     b_idx = torch.tensor([i for i, p in enumerate(prepared) for _ in p.keep], device=device)
@@ -483,7 +488,7 @@ def _gather(
 
 
 def _span_mean(
-    prepared: Sequence[_Prepared], offsets: Sequence[int], n_tokens: int, device: torch.device
+    prepared: Sequence[PreparedSample], offsets: Sequence[int], n_tokens: int, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(batch, tokens, d) -> (batch, d): each sample's mean over its span, in float32 (a masked
     sum over the padded batch's tokens divided by the span's length)."""
@@ -494,9 +499,9 @@ def _span_mean(
     return lambda x: torch.bmm(mask, x.float()).squeeze(1) / count
 
 
-def _prepare_vlm_batch(
+def prepare_vlm_batch(
     lm: LoadedModel, chunk: Sequence[CaptureSample], positions: str, concept_set: set[int] | None, padding_side: str
-) -> tuple[dict[str, Any], list[_Prepared], list[int]]:
+) -> tuple[dict[str, Any], list[PreparedSample], list[int]]:
     """Inputs for samples with images: the processor expands the image placeholders.
 
     One processor call on the chunk's *prompts* (with their images) gives the prompt tokens in
@@ -510,7 +515,8 @@ def _prepare_vlm_batch(
     Position ids: models with 1-D RoPE get explicit `position_ids` counting only real tokens, so
     left padding shifts nothing (LLaVA otherwise derives positions from `cache_position`). Models
     that build multimodal 3-D positions themselves from the attention mask (Qwen2-VL M-RoPE) get
-    none. Returns (inputs, prepared, offsets) like the text path.
+    none. Returns (inputs, prepared, offsets) like the text path: the model inputs, each sample's
+    `PreparedSample`, and where each sample's tokens start in its padded row.
     """
     if lm.processor is None:
         raise ValueError(f"{lm.name} has no processor, so it cannot take images.")
@@ -550,7 +556,7 @@ def _prepare_vlm_batch(
         ids = row["input_ids"]
         keep, targets = _positions_for(ids, len(prompt_ids), positions, concept_set)
         span = _mean_span(ids, len(prompt_ids), positions, image_id, s.prompt)
-        prepared.append(_Prepared(ids, len(prompt_ids), keep, targets, span))
+        prepared.append(PreparedSample(ids, len(prompt_ids), keep, targets, span))
         rows.append(row)
     T = max(len(p.ids) for p in prepared)
     inputs: dict[str, Any] = {}
