@@ -110,7 +110,7 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None], *, durable: bool = False) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], *, durable: bool = False) -> Path:
     """`write(temp)` to a temp file in `path`'s directory, then `os.replace` it onto `path`
     (`durable`: fsync first, so the new content survives a crash of the machine).
 

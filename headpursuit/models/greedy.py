@@ -98,7 +98,11 @@ def _eos_ids(gc: GenerationConfig) -> list[int]:
 
 def _row_followers(model: torch.nn.Module) -> list[RowFollower]:
     """The live hooks on `model`'s modules that hold per-row state (hooks do not change mid-decode)."""
-    return [hook for hook in live_hooks(model) if isinstance(hook, RowFollower)]
+    found: list[RowFollower] = []
+    for hook in live_hooks(model):
+        if isinstance(hook, RowFollower):
+            found.append(hook)
+    return found
 
 
 # A shared prompt prefix shorter than this is not worth a separate forward pass.
