@@ -10,16 +10,17 @@ per sample holding the mean of `z` over a span of its tokens (`prompt_mean`: the
 as the paper averages TriviaQA prompts; `image_mean`: the image-patch tokens of a VLM prompt). The
 means are taken inside the forward hook (a masked sum over tokens divided by the count), so no
 per-token rows are ever stored for them.
+
+Caching: this room computes activations, the store (`headpursuit.store`) keeps them. With
+`cache_dir` (a folder or a `Store`) `capture_heads` reads and writes the entry
+``<cache>/acts/<activation_key>.safetensors`` through the store, in the `ACTIVATIONS` format.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-import os
 import shlex
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from headpursuit.fingerprint import code_fingerprint
 from headpursuit.models.batching import auto_batch_size, length_batches
 from headpursuit.models.handle import LoadedModel
 from headpursuit.models.inputs import (
@@ -40,23 +40,20 @@ from headpursuit.models.inputs import (
     teacher_forced_ids,
     to_model,
 )
+from headpursuit.store import CacheError, Codec, Store, entry_key, write_atomic
 
 POSITIONS = ("last_prompt", "answer", "answer_concept", "all", "prompt_mean", "image_mean")
 #: positions whose one row per sample is a mean over a span of the sample's tokens
 MEAN_POSITIONS = ("prompt_mean", "image_mean")
 #: `position` and `target_token` of a mean row: it stands for a span, not one token
 MEAN_ROW_POSITION = -1
-CACHE_VERSION = 1
-
-log = logging.getLogger(__name__)
+#: the layout of an activation file (`HeadActivations.save`), written into its metadata
+FILE_VERSION = 1
+#: the store's kind for activation entries
+ACTS = "acts"
 
 # Counts real forward passes made by `capture_heads` (tests assert cache hits with it).
-CAPTURE_STATS = {"forward_batches": 0, "cache_hits": 0}
-
-
-class CacheError(RuntimeError):
-    """A cached activation file could not be read (`HeadActivations.load`); `capture_heads` sets
-    such a file aside and recomputes it instead of raising this."""
+CAPTURE_STATS = {"forward_batches": 0}
 
 
 @dataclass
@@ -117,12 +114,12 @@ class HeadActivations:
         return self.z[:, self.layers.index(layer)]
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + rename): an interrupted save never leaves a bad cache."""
+        """Write atomically (temp file + rename): an interrupted save never leaves a bad file."""
+        return write_atomic(path, self._write_safetensors)
+
+    def _write_safetensors(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tensors = {
             "z": self.z.contiguous(),
             "sample_index": self.sample_index.contiguous(),
@@ -130,14 +127,8 @@ class HeadActivations:
             "target_token": self.target_token.contiguous(),
             "layers": torch.tensor(self.layers, dtype=torch.long),
         }
-        try:
-            save_file(
-                tensors, str(tmp), metadata={"meta": json.dumps(self.meta, default=str), "version": str(CACHE_VERSION)}
-            )
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a failed save (a full disk) leaves no partial file behind
-        return path
+        meta = {"meta": json.dumps(self.meta, default=str), "version": str(FILE_VERSION)}
+        save_file(tensors, str(path), metadata=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> HeadActivations:
@@ -169,33 +160,10 @@ class HeadActivations:
             ) from exc
 
 
-def set_aside(path: Path) -> Path:
-    """Rename a corrupt cache file to `<name>.corrupt-<timestamp>` next to it: never read again,
-    kept for a look at what went wrong."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        n += 1
-    os.replace(path, aside)
-    return aside
-
-
-def read_cached(path: Path) -> HeadActivations | None:
-    """The activations cached at `path`; None when there are none, or when the file is corrupt:
-    it is then set aside (with a warning) so that the caller recomputes and rewrites it."""
-    if not path.exists():
-        return None
-    try:
-        return HeadActivations.load(path)
-    except CacheError as exc:
-        try:
-            where = f"moved it to {set_aside(path)}"
-        except OSError as move_error:  # e.g. a read-only cache: the save after it will say so
-            where = f"could not move it aside: {move_error}"
-        log.warning("Activation cache file %s is corrupt (%s); %s and recomputing it.", path, exc.__cause__, where)
-        return None
+#: the store's format of activation entries (safetensors, `HeadActivations.save` / `load`)
+ACTIVATIONS = Codec(
+    "activations", "safetensors", lambda acts, path: acts._write_safetensors(path), HeadActivations.load
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,7 +203,10 @@ def o_proj_inputs(
 
 
 @dataclass
-class _Prepared:
+class PreparedSample:
+    """One sample as the forward pass sees it: its token ids (unpadded), where its prompt ends and
+    the positions whose rows are kept."""
+
     ids: list[int]
     prompt_len: int
     keep: list[int]  # positions to record (MEAN_ROW_POSITION for a mean row)
@@ -297,7 +268,7 @@ def image_token_id(lm: LoadedModel) -> int:
     return int(token_id)
 
 
-def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> _Prepared:
+def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids) -> PreparedSample:
     if mode == "image_mean":
         raise ValueError(
             f"positions='image_mean' needs samples with images; the sample with prompt "
@@ -311,42 +282,41 @@ def _prepare_text(lm: LoadedModel, sample: CaptureSample, mode: str, concept_ids
             "positions='last_prompt'."
         )
     keep, targets = _positions_for(tf.ids, tf.prompt_len, mode, concept_ids)
-    return _Prepared(tf.ids, tf.prompt_len, keep, targets, _mean_span(tf.ids, tf.prompt_len, mode, None, sample.prompt))
+    return PreparedSample(
+        tf.ids, tf.prompt_len, keep, targets, _mean_span(tf.ids, tf.prompt_len, mode, None, sample.prompt)
+    )
 
 
-def cache_key(
+def activation_key(
     lm: LoadedModel, samples: Sequence[CaptureSample], positions: str, layers: Sequence[int], concept_token_ids
 ) -> str:
-    """The activation cache key: the model, the options, every sample's content and the code that
-    computes activations (`code_fingerprint`: a change to capture code never reads stale entries)."""
-    h = hashlib.sha256()
-    h.update(
-        json.dumps(
-            {
-                "v": CACHE_VERSION,
-                "code": code_fingerprint(),
-                "model": lm.name,
-                "source": lm.provenance.get("source"),
-                "layout": lm.layout.__dict__,
-                "dtype": str(lm.dtype),
-                "positions": positions,
-                "layers": list(layers),
-                "concept": sorted(int(i) for i in concept_token_ids) if concept_token_ids is not None else None,
-                "random_init": lm.provenance.get("random_init"),
-                "seed": lm.provenance.get("seed"),
-            },
-            sort_keys=True,
-        ).encode()
-    )
+    """The store key of the activations of `samples` (`entry_key`, kind `ACTS`): the model, the
+    options and every sample's content (`samples_digest`); the store's key adds the code."""
+    model = {
+        "model": lm.name,
+        "source": lm.provenance.get("source"),
+        "layout": lm.layout.__dict__,
+        "dtype": str(lm.dtype),
+        "random_init": lm.provenance.get("random_init"),
+        "seed": lm.provenance.get("seed"),
+    }
     # Random-initialised models differ per instance: key on their weights too.
     if lm.provenance.get("random_init") or lm.provenance.get("vision_random_init"):
-        h.update(lm.output_weight(0).detach().float().cpu().numpy().tobytes()[:4096])
+        weights = lm.output_weight(0).detach().float().cpu().numpy().tobytes()[:4096]
+        model["weights"] = hashlib.sha256(weights).hexdigest()
+    concept = sorted(int(i) for i in concept_token_ids) if concept_token_ids is not None else None
+    return entry_key(ACTS, model, positions, list(layers), concept, samples_digest(samples))
+
+
+def samples_digest(samples: Sequence[CaptureSample]) -> str:
+    """sha256 (hex) of the samples' content: prompts, answers and images' pixels, in order."""
+    h = hashlib.sha256()
     for s in samples:
         h.update(s.prompt.encode())
         h.update(b"\x00" + (s.answer or "").encode() + b"\x01")
         if s.image is not None:
             h.update(_image_bytes(s.image))
-    return h.hexdigest()[:20]
+    return h.hexdigest()
 
 
 def _image_bytes(image) -> bytes:
@@ -397,7 +367,7 @@ def capture_heads(
     batch_size: int | str = 8,
     concept_token_ids=None,
     padding_side: str = "left",
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | Store | None = None,
     progress: bool = True,
 ) -> HeadActivations:
     """Run the model over `samples` and record every chosen layer's per-head `z` at `positions`.
@@ -418,9 +388,11 @@ def capture_heads(
             kind ``"forward"``; on CPU its fixed default). Text samples only on CUDA: the probe
             runs dummy tokens and does not model image tokens. Text samples are batched by length
             (longest first); the rows come back in sample order.
-        cache_dir: if set, results are stored there under a key of the model, inputs and
-            options, and a rerun reads them instead of running the model. A corrupt cached file
-            is set aside (`<name>.corrupt-<timestamp>`, with a warning) and recomputed.
+        cache_dir: a folder or a `headpursuit.store.Store`: the activations are stored there
+            (``acts/<activation_key>.safetensors``: the model, the inputs' content, the options
+            and the code), and a rerun reads them instead of running the model (``meta["from_cache"]``
+            says which). A corrupt cached file is set aside (`<name>.corrupt-<timestamp>`, with a
+            warning) and recomputed.
     """
     if positions not in POSITIONS:
         raise ValueError(f"Unknown positions {positions!r}; choose one of {', '.join(POSITIONS)}")
@@ -435,16 +407,29 @@ def capture_heads(
         raise ValueError(f"layers {bad} out of range for {lm.name} ({lm.layout.n_layers} layers)")
     concept_set = set(int(i) for i in concept_token_ids) if concept_token_ids is not None else None
 
-    path = None
-    if cache_dir is not None:
-        key = cache_key(lm, items, positions, layers, concept_token_ids)
-        path = Path(cache_dir) / f"acts-{key}.safetensors"
-        cached = read_cached(path)
-        if cached is not None:
-            CAPTURE_STATS["cache_hits"] += 1
-            cached.meta["from_cache"] = True
-            return cached
+    def compute() -> HeadActivations:
+        return _capture(lm, items, positions, layers, batch_size, concept_set, padding_side, progress)
 
+    if cache_dir is None:
+        return compute()
+    store = cache_dir if isinstance(cache_dir, Store) else Store(cache_dir)
+    key = activation_key(lm, items, positions, layers, concept_token_ids)
+    acts, hit = store.get_or_compute(ACTS, key, compute, fmt=ACTIVATIONS)
+    acts.meta["from_cache"] = hit
+    return acts
+
+
+def _capture(
+    lm: LoadedModel,
+    items: Sequence[CaptureSample],
+    positions: str,
+    layers: list[int],
+    batch_size: int | str,
+    concept_set: set[int] | None,
+    padding_side: str,
+    progress: bool,
+) -> HeadActivations:
+    """The forward passes of `capture_heads` (arguments checked there)."""
     H, dh = lm.layout.n_heads, lm.layout.head_dim
     # Per sample, in input order: its rows of z (n_kept, L, H, dh), kept positions and their targets.
     per_sample: list[tuple[torch.Tensor, list[int], list[int]]] = [(torch.empty(0), [], [])] * len(items)
@@ -452,7 +437,7 @@ def capture_heads(
     for batch in tqdm(batches, desc=f"capture {lm.name}", disable=not progress, unit="batch"):
         chunk = [items[i] for i in batch]
         if any(s.image is not None for s in chunk):
-            inputs, prepared, offsets = _prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
+            inputs, prepared, offsets = prepare_vlm_batch(lm, chunk, positions, concept_set, padding_side)
         else:
             prepared = [_prepare_text(lm, s, positions, concept_set) for s in chunk]
             inputs = pad_batch([p.ids for p in prepared], lm.pad_token_id, padding_side, device=lm.device)
@@ -490,13 +475,11 @@ def capture_heads(
             "from_cache": False,
         },
     )
-    if path is not None:
-        acts.save(path)
     return acts
 
 
 def _gather(
-    prepared: Sequence[_Prepared], offsets: Sequence[int], device: torch.device
+    prepared: Sequence[PreparedSample], offsets: Sequence[int], device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(batch, tokens, d) -> (rows, d): the kept positions of every sample, in sample order."""
     b_idx = torch.tensor([i for i, p in enumerate(prepared) for _ in p.keep], device=device)
@@ -505,7 +488,7 @@ def _gather(
 
 
 def _span_mean(
-    prepared: Sequence[_Prepared], offsets: Sequence[int], n_tokens: int, device: torch.device
+    prepared: Sequence[PreparedSample], offsets: Sequence[int], n_tokens: int, device: torch.device
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """(batch, tokens, d) -> (batch, d): each sample's mean over its span, in float32 (a masked
     sum over the padded batch's tokens divided by the span's length)."""
@@ -516,9 +499,9 @@ def _span_mean(
     return lambda x: torch.bmm(mask, x.float()).squeeze(1) / count
 
 
-def _prepare_vlm_batch(
+def prepare_vlm_batch(
     lm: LoadedModel, chunk: Sequence[CaptureSample], positions: str, concept_set: set[int] | None, padding_side: str
-) -> tuple[dict[str, Any], list[_Prepared], list[int]]:
+) -> tuple[dict[str, Any], list[PreparedSample], list[int]]:
     """Inputs for samples with images: the processor expands the image placeholders.
 
     One processor call on the chunk's *prompts* (with their images) gives the prompt tokens in
@@ -532,7 +515,8 @@ def _prepare_vlm_batch(
     Position ids: models with 1-D RoPE get explicit `position_ids` counting only real tokens, so
     left padding shifts nothing (LLaVA otherwise derives positions from `cache_position`). Models
     that build multimodal 3-D positions themselves from the attention mask (Qwen2-VL M-RoPE) get
-    none. Returns (inputs, prepared, offsets) like the text path.
+    none. Returns (inputs, prepared, offsets) like the text path: the model inputs, each sample's
+    `PreparedSample`, and where each sample's tokens start in its padded row.
     """
     if lm.processor is None:
         raise ValueError(f"{lm.name} has no processor, so it cannot take images.")
@@ -572,7 +556,7 @@ def _prepare_vlm_batch(
         ids = row["input_ids"]
         keep, targets = _positions_for(ids, len(prompt_ids), positions, concept_set)
         span = _mean_span(ids, len(prompt_ids), positions, image_id, s.prompt)
-        prepared.append(_Prepared(ids, len(prompt_ids), keep, targets, span))
+        prepared.append(PreparedSample(ids, len(prompt_ids), keep, targets, span))
         rows.append(row)
     T = max(len(p.ids) for p in prepared)
     inputs: dict[str, Any] = {}

@@ -1,6 +1,6 @@
 """Which heads to edit: parse and check head lists, draw random heads, pick the top-k of a ranking.
 
-A head is `(layer, head)`. Everything here takes plain arguments (no config dicts); the messages
+A head is `(layer, head)` (`Head`, defined by the intervention room that edits it). Everything here takes plain arguments (no config dicts); the messages
 name the config keys a user sets, because these are the checks a run's configuration goes through.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
+from headpursuit.intervention import Head
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -34,7 +35,6 @@ __all__ = [
     "head_records",
 ]
 
-Head = tuple[int, int]
 #: how the edited heads are chosen: top-k of the ranking, k random heads, or a given list
 HEAD_MODES = ("ranked", "random", "explicit")
 #: where the random-head controls are drawn from: every head (ours), the edited heads' layers

@@ -20,15 +20,17 @@ import torch
 
 from headpursuit.models import LoadedModel
 from headpursuit.models.generation import generate_rows, generation_config
+from headpursuit.models.hooks import add_pre_hook, live_hooks
 
 if TYPE_CHECKING:
     import numpy as np
 
+#: an attention head: (layer, head index within the layer); the one definition, imported everywhere
 Head = tuple[int, int]
 # One factor for every row of the batch, or one per row (a 1-D sequence or tensor of length batch).
 Scale = Union[float, Sequence[float], torch.Tensor, "np.ndarray"]
 
-__all__ = ["Head", "Scale", "generate_with_edits", "per_row_scales", "scale_heads", "uniform_scales"]
+__all__ = ["Head", "Scale", "edits_active", "generate_with_edits", "per_row_scales", "scale_heads", "uniform_scales"]
 
 
 def _head_index(value: object, what: str, key: object) -> int:
@@ -197,11 +199,16 @@ def scale_heads(lm: LoadedModel, scales: Mapping[Head, Scale]) -> Iterator[Loade
                 continue
             per_feature = factor.repeat_interleave(dh, dim=-1)
             hook = _HeadScaler(per_feature, layer)
-            handles.append(lm.o_proj(layer).register_forward_pre_hook(hook))
+            handles.append(add_pre_hook(lm.o_proj(layer), hook))
         yield lm
     finally:
         for handle in handles:
             handle.remove()
+
+
+def edits_active(lm: LoadedModel) -> bool:
+    """Whether a `scale_heads` edit is on `lm` now (inside its block): some head is rescaled."""
+    return any(isinstance(hook, _HeadScaler) for hook in live_hooks(lm.model))
 
 
 def uniform_scales(heads: Iterable[Head], alpha: float) -> dict[Head, float]:

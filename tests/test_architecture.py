@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "headpursuit.determinism",
         "headpursuit.fingerprint",
     ),
-    ("headpursuit.models",),
+    ("headpursuit.models", "headpursuit.store"),
     (
         "headpursuit.concepts",
         "headpursuit.capture",
@@ -132,6 +132,58 @@ def test_no_private_names_imported_across_modules():
                     if a.name.startswith("_") and not a.name.startswith("__")
                 ]
     assert not bad, bad
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def private_imports(path: Path) -> list[str]:
+    """`from <module> import _name` lines of `path`: a private name taken from another module."""
+    return [
+        f"{path.name}:{node.lineno}: from {node.module} import {a.name}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        for a in node.names
+        if a.name.startswith("_") and not a.name.startswith("__")
+    ]
+
+
+def test_no_test_imports_a_private_name():
+    """A test takes the package's public names, and shares its helpers through a helper module's
+    public names (e.g. tests/vlm_samples.py), never another file's `_private` ones."""
+    bad = [line for path in sorted(TESTS.glob("*.py")) for line in private_imports(path)]
+    assert not bad, bad
+
+
+# torch's hook dicts are private: the library asks `headpursuit.models.hooks.live_hooks` instead
+TORCH_PRIVATE_HOOKS = {"_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks"}
+
+
+def private_hook_reads(path: Path) -> list[str]:
+    """`x._forward_pre_hooks` (and torch's other hook dicts) read in `path`."""
+    return [
+        f"{path.name}:{node.lineno}: .{node.attr}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Attribute) and node.attr in TORCH_PRIVATE_HOOKS
+    ]
+
+
+def test_the_library_never_reads_torch_private_hooks():
+    bad = [line for path in package_modules().values() for line in private_hook_reads(path)]
+    assert not bad, bad
+
+
+def test_the_checkers_see_a_private_import_and_a_private_hook_read(tmp_path):
+    f = tmp_path / "test_x.py"
+    f.write_text(
+        "from headpursuit.capture import _thing, public\nfrom test_y import _helper\n"
+        "n = len(lm.o_proj(0)._forward_pre_hooks)\n"
+    )
+    assert private_imports(f) == [
+        "test_x.py:1: from headpursuit.capture import _thing",
+        "test_x.py:2: from test_y import _helper",
+    ]
+    assert private_hook_reads(f) == ["test_x.py:3: ._forward_pre_hooks"]
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

@@ -178,7 +178,14 @@ def test_code_fingerprint_follows_result_producing_files_only(package_copy):
         finally:
             path.write_bytes(original)
 
-    for rel in ("somp.py", "tasks/qa.py", "data/fixtures/vision/mnist.parquet", "app/stages.py", "app/cache.py"):
+    for rel in (
+        "somp/algorithm.py",
+        "tasks/qa.py",
+        "data/fixtures/vision/mnist.parquet",
+        "app/stages.py",
+        "app/cache.py",
+        "store.py",
+    ):
         assert edited(rel) != base, rel
     for rel in ("app/run.py", "app/record.py", "__main__.py"):
         assert edited(rel) == base, rel
@@ -187,9 +194,11 @@ def test_code_fingerprint_follows_result_producing_files_only(package_copy):
 
 @pytest.fixture
 def changed_code(package_copy, monkeypatch):
-    """`code_fingerprint()` as it would be after an edit to somp.py: the fingerprint of a copy of the
+    """`code_fingerprint()` as it would be after an edit to somp/algorithm.py: the fingerprint of a copy of the
     package with that edit (restored, and recomputed, after the test)."""
-    (package_copy / "somp.py").write_text((package_copy / "somp.py").read_text() + "\n# edited\n")
+    (package_copy / "somp" / "algorithm.py").write_text(
+        (package_copy / "somp" / "algorithm.py").read_text() + "\n# edited\n"
+    )
     before = fingerprint.code_fingerprint()
     monkeypatch.setattr(fingerprint, "PACKAGE_ROOT", package_copy)
     fingerprint.code_fingerprint.cache_clear()

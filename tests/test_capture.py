@@ -4,13 +4,16 @@ import pytest
 import torch
 
 from headpursuit.capture import (
+    ACTIVATIONS,
     CAPTURE_STATS,
     CacheError,
     CaptureSample,
     HeadActivations,
+    activation_key,
     capture_heads,
 )
 from headpursuit.models.inputs import pad_batch
+from headpursuit.store import Store
 
 PROMPTS = [
     "The Eiffel Tower is in",
@@ -165,9 +168,32 @@ def test_cache_served_from_disk(tiny_llama, tmp_path):
     assert CAPTURE_STATS["forward_batches"] == before + 3
 
 
+def test_a_folder_and_a_store_at_it_share_one_entry(tiny_llama, tmp_path):
+    """`cache_dir` given as a folder becomes a store: the same entry (``acts/<activation_key>``) as a
+    `Store` at that folder, so the library and the app (`RunCache`, a Store) read each other's."""
+    from headpursuit.app.cache import RunCache
+
+    before = CAPTURE_STATS["forward_batches"]
+    a = capture_heads(tiny_llama, PROMPTS, cache_dir=tmp_path, progress=False)
+    key = activation_key(
+        tiny_llama, [CaptureSample(p) for p in PROMPTS], "last_prompt", range(tiny_llama.layout.n_layers), None
+    )
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("acts/*.safetensors")] == [
+        f"acts/{key}.safetensors"
+    ]
+    assert Store(tmp_path).has("acts", key, ACTIVATIONS)
+    cache = RunCache(tmp_path)
+    b = capture_heads(tiny_llama, PROMPTS, cache_dir=cache, progress=False)
+    assert CAPTURE_STATS["forward_batches"] == before + 1 and b.meta["from_cache"] and cache.hits == {"acts": [True]}
+    torch.testing.assert_close(a.z, b.z)
+    off = RunCache(None)  # no cache: computed, the miss recorded
+    capture_heads(tiny_llama, PROMPTS, cache_dir=off, progress=False)
+    assert off.hits == {"acts": [False]} and CAPTURE_STATS["forward_batches"] == before + 2
+
+
 def test_corrupt_cache_is_a_clear_error(tiny_llama, tmp_path):
     capture_heads(tiny_llama, PROMPTS[:1], cache_dir=tmp_path, progress=False)
-    (f,) = list(tmp_path.glob("acts-*.safetensors"))
+    (f,) = list(tmp_path.glob("acts/*.safetensors"))
     f.write_bytes(b"not a safetensors file")
     with pytest.raises(CacheError, match="Delete it"):
         HeadActivations.load(f)  # capture_heads sets it aside and recomputes (tests/test_faults.py)

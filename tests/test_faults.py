@@ -389,18 +389,18 @@ def write_foreign_safetensors(path: Path) -> None:
 def test_corrupt_activation_file_is_set_aside_and_recomputed(tiny_llama, tmp_path, caplog, how):
     clean = capture_heads(tiny_llama, PROMPTS, positions="all", progress=False)
     capture_heads(tiny_llama, PROMPTS, positions="all", cache_dir=tmp_path, progress=False)
-    (path,) = tmp_path.glob("acts-*.safetensors")
+    (path,) = tmp_path.glob("acts/*.safetensors")
     write_foreign_safetensors(path) if how == "foreign_safetensors" else corrupt(path, how)
     bad = path.read_bytes()
     before = CAPTURE_STATS["forward_batches"]
-    with caplog.at_level(logging.WARNING, logger="headpursuit.capture"):
+    with caplog.at_level(logging.WARNING, logger="headpursuit.store"):
         again = capture_heads(tiny_llama, PROMPTS, positions="all", cache_dir=tmp_path, progress=False)
     assert "is corrupt" in caplog.text and "recomputing" in caplog.text and path.name in caplog.text
     assert again.meta["from_cache"] is False and CAPTURE_STATS["forward_batches"] > before
     torch.testing.assert_close(again.z, clean.z)
     assert again.position.tolist() == clean.position.tolist()
     # Moved aside next to it, not deleted; the cache holds a good file again.
-    (aside,) = tmp_path.glob(path.name + ".corrupt-*")
+    (aside,) = path.parent.glob(path.name + ".corrupt-*")
     assert aside.read_bytes() == bad and f"moved it to {aside}" in caplog.text
     hit = capture_heads(tiny_llama, PROMPTS, positions="all", cache_dir=tmp_path, progress=False)
     assert hit.meta["from_cache"] is True
@@ -411,7 +411,7 @@ def test_cache_error_advice_works_as_written(tiny_llama, tmp_path):
     """HeadActivations.load on a corrupt file raises CacheError; both fixes it names work."""
     cache = tmp_path / "my cache"  # a space: the rm command must quote the path
     clean = capture_heads(tiny_llama, PROMPTS, cache_dir=cache, progress=False)
-    (path,) = cache.glob("acts-*.safetensors")
+    (path,) = cache.glob("acts/*.safetensors")
     corrupt(path, "truncated")
     with pytest.raises(CacheError) as info:
         HeadActivations.load(path)
@@ -688,12 +688,15 @@ def test_corrupt_cache_entry_is_warned_and_recomputed(tmp_path, caplog, kind, fm
     assert not hit
     path = tmp_path / kind / ("k.pkl" if fmt == "pickle" else "k.json")
     good = path.read_bytes()
-    path.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"")
-    with caplog.at_level(logging.WARNING, logger="headpursuit.app.cache"):
+    bad = good[: len(good) // 2] if damage == "truncated" else b""
+    path.write_bytes(bad)
+    with caplog.at_level(logging.WARNING, logger="headpursuit.store"):
         again, hit = RunCache(tmp_path).get_or_compute(kind, "k", lambda: value, fmt=fmt)
     assert not hit and "unreadable" in caplog.text and str(path) in caplog.text
     assert again["rows"] == value["rows"] and again["x"] == 0.25 and math.isnan(again["nan"])
     assert path.read_bytes() == good  # rewritten whole
+    (aside,) = path.parent.glob(path.name + ".corrupt-*")  # the bad entry kept beside it, as activations are
+    assert aside.read_bytes() == bad and f"moved it to {aside}" in caplog.text
     third, hit = RunCache(tmp_path).get_or_compute(kind, "k", lambda: pytest.fail("recomputed"), fmt=fmt)
     assert hit and third["rows"] == value["rows"]
     if fmt == "pickle":

@@ -11,6 +11,7 @@ import torch
 from headpursuit.intervention import per_row_scales, scale_heads
 from headpursuit.models.generation import GenerationProgress, generate_batch, generation_config
 from headpursuit.models.greedy import greedy_decode, plain_greedy
+from headpursuit.models.hooks import live_hooks
 from headpursuit.models.inputs import encode
 
 # Mixed lengths (left padding differs by row); the last is longer than tiny_gemma3's 16-token
@@ -128,7 +129,7 @@ def test_hooks_hold_every_row_again_after_an_error(lm):
     ids, mask = _enc(lm, PROMPTS)
     with scale_heads(lm, {(0, 1): [-1.0, 2.0, 0.0, -1.0, 2.0, 0.0]}):
         gc = _eos_that_ends_rows_early(lm, PROMPTS)  # under the edit: rows do leave
-        scaler = next(iter(lm.o_proj(0)._forward_pre_hooks.values()))
+        (scaler,) = live_hooks(lm.o_proj(0))
         seen = []
 
         def fail_after_a_drop(module, args):

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from headpursuit.intervention import scale_heads, uniform_scales
+from headpursuit.intervention import edits_active, scale_heads, uniform_scales
+from headpursuit.models.hooks import add_pre_hook, live_hooks
+from headpursuit.tasks.toxicity import hooks_active
 
 PROMPTS = ["The capital of France is", "One, two, three,"]
 
@@ -105,6 +107,31 @@ def test_restored_after_exception(lm):
             raise RuntimeError("boom")
     assert _hooks(lm) == 0
     torch.testing.assert_close(_logits(lm), base)
+
+
+def test_edits_active_while_an_edit_is_on_and_only_then(lm):
+    """The public record of live edits agrees with torch's own hook dicts (read here only, as an
+    independent check): on inside `scale_heads`, nested blocks included, off after it, after an
+    error too; a hook that is not an edit is not one."""
+    assert not edits_active(lm) and not hooks_active(lm) and live_hooks(lm.model) == []
+    other = add_pre_hook(lm.o_proj(0), lambda module, args: None)  # e.g. a capture: not an edit
+    try:
+        assert not edits_active(lm) and len(live_hooks(lm.model)) == 1 and _hooks(lm) == 1
+        with scale_heads(lm, {(0, 0): -1.0}):
+            assert edits_active(lm) and hooks_active(lm) and _hooks(lm) == 2
+            with pytest.raises(RuntimeError, match="boom"):
+                with scale_heads(lm, {(1, 1): 0.0}):
+                    assert len(live_hooks(lm.model)) == 3 == _hooks(lm)
+                    raise RuntimeError("boom")
+            assert edits_active(lm) and len(live_hooks(lm.model)) == 2 == _hooks(lm)
+        assert not edits_active(lm) and _hooks(lm) == 1
+        with scale_heads(lm, {(0, 0): 1.0}):  # every factor 1: no hook, so no edit
+            assert not edits_active(lm)
+    finally:
+        other.remove()
+    other.remove()  # a second remove is harmless
+    assert live_hooks(lm.model) == [] and _hooks(lm) == 0
+    assert not hooks_active(lambda prompts, texts: 0.0)  # a fluency function is no model
 
 
 def test_bad_heads_are_clear_errors(lm):

@@ -8,14 +8,15 @@ import dataclasses
 
 import pytest
 import torch
+from vlm_samples import shape_samples
 
 from headpursuit.capture import (
     MEAN_ROW_POSITION,
     POSITIONS,
     CaptureSample,
-    _prepare_vlm_batch,
     capture_heads,
     image_token_id,
+    prepare_vlm_batch,
 )
 from headpursuit.models.inputs import teacher_forced_ids
 
@@ -78,7 +79,7 @@ def test_prompt_mean_is_cached_under_its_own_key(tiny_llama, tmp_path):
     last = capture_heads(tiny_llama, PROMPTS, positions="last_prompt", cache_dir=tmp_path, progress=False)
     assert not first.meta["from_cache"] and again.meta["from_cache"] and not last.meta["from_cache"]
     torch.testing.assert_close(first.z, again.z)
-    assert len(list(tmp_path.glob("acts-*.safetensors"))) == 2
+    assert len(list(tmp_path.glob("acts/*.safetensors"))) == 2
 
 
 def test_image_mean_needs_images(tiny_llama):
@@ -102,10 +103,8 @@ def test_prompt_mean_equals_mean_of_all_rows_smollm2(smollm2, side):
 
 
 def _vlm_samples(lm):
-    """test_vlm's three image samples, the last one without an answer."""
-    from test_vlm import _samples
-
-    samples = _samples(lm)
+    """The VLM tests' three image samples (`vlm_samples.shape_samples`), the last one without an answer."""
+    samples = shape_samples(lm)
     samples[2] = dataclasses.replace(samples[2], answer=None)
     return samples
 
@@ -119,7 +118,7 @@ def tiny_llava():
 
 def _vlm_spans(lm, samples):
     """Per sample: (prompt positions, image-token positions) in processed-token space."""
-    _, prepared, _ = _prepare_vlm_batch(lm, samples, "last_prompt", None, "left")
+    _, prepared, _ = prepare_vlm_batch(lm, samples, "last_prompt", None, "left")
     image_id = image_token_id(lm)
     return [(list(range(p.prompt_len)), [t for t in range(p.prompt_len) if p.ids[t] == image_id]) for p in prepared]
 

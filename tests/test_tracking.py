@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import pandas as pd
@@ -22,7 +23,7 @@ def test_atomic_json_write_and_interrupted_write(tmp_path, monkeypatch):
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         T.write_json_atomic(p, {"status": "running"})
     monkeypatch.undo()

@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from vlm_samples import shape_samples
 
-from headpursuit.capture import CaptureSample, _prepare_vlm_batch, capture_heads, o_proj_inputs
+from headpursuit.capture import CaptureSample, capture_heads, o_proj_inputs, prepare_vlm_batch
 from headpursuit.intervention import scale_heads
 from headpursuit.models.inputs import image_prompt, processor_inputs, to_model
 from headpursuit.models.tiny_vlm import TINY_VLM_CONFIGS, VISION_NOTE, tiny_family_model
-from headpursuit.synthetic import draw_pattern, draw_shape
+from headpursuit.synthetic import draw_shape
 
 VISION_PREFIXES = (
     "model.vision_tower",
@@ -16,16 +17,6 @@ VISION_PREFIXES = (
     "model.vision_model",
     "model.connector",
 )
-
-
-def _samples(lm):
-    short = image_prompt(lm, "What shape?")
-    long = image_prompt(lm, "What shape is shown in this image? Answer with one word.")
-    return [
-        CaptureSample(short, "A red circle.", draw_shape("circle", "red")),
-        CaptureSample(long, "It is a blue square on white", draw_shape("square", "blue")),
-        CaptureSample(short, "Stripes", draw_pattern("vertical stripes")),
-    ]
 
 
 def _module_names(lm):
@@ -73,8 +64,8 @@ def test_tiny_vlm_provenance_and_layout(tiny_vlm):
 @pytest.mark.slow
 def test_contributions_sum_with_image(tiny_vlm):
     lm = tiny_vlm
-    samples = _samples(lm)[:2]
-    inputs, prepared, _ = _prepare_vlm_batch(lm, samples, "answer", None, "left")
+    samples = shape_samples(lm)[:2]
+    inputs, prepared, _ = prepare_vlm_batch(lm, samples, "answer", None, "left")
     assert (inputs["input_ids"] == lm.model.config.image_token_id).sum() == 2 * 16
     H, dh = lm.layout.n_heads, lm.layout.head_dim
     layers = (0, 17, lm.layout.n_layers - 1)
@@ -125,7 +116,7 @@ def test_capture_and_edit_hook_only_language_o_proj(tiny_vlm):
 
     torch.nn.Module.register_forward_pre_hook = spy
     try:
-        capture_heads(lm, _samples(lm)[:1], positions="answer", progress=False)
+        capture_heads(lm, shape_samples(lm)[:1], positions="answer", progress=False)
     finally:
         torch.nn.Module.register_forward_pre_hook = orig
     assert seen == o_proj_names
@@ -135,7 +126,7 @@ def test_capture_and_edit_hook_only_language_o_proj(tiny_vlm):
 @pytest.mark.slow
 def test_vision_outputs_identical_under_scale_heads(tiny_vlm):
     lm = tiny_vlm
-    inputs, _, _ = _prepare_vlm_batch(lm, _samples(lm)[:2], "answer", None, "left")
+    inputs, _, _ = prepare_vlm_batch(lm, shape_samples(lm)[:2], "answer", None, "left")
     rec = {}
 
     def record(name):
@@ -189,7 +180,7 @@ def test_scale_heads_inside_generate_with_images(tiny_vlm):
 @pytest.mark.slow
 def test_batched_image_capture_equals_one_at_a_time(tiny_vlm):
     lm = tiny_vlm
-    samples = _samples(lm)
+    samples = shape_samples(lm)
     layers = [0, 14, 29]
     one = [capture_heads(lm, [s], positions="answer", layers=layers, progress=False) for s in samples]
     for side in ("left", "right"):
@@ -205,8 +196,8 @@ def test_batched_image_capture_equals_one_at_a_time(tiny_vlm):
 @pytest.mark.slow
 def test_answer_boundary_in_processed_token_space(tiny_vlm):
     lm = tiny_vlm
-    samples = _samples(lm)
-    inputs, prepared, offsets = _prepare_vlm_batch(lm, samples, "answer", None, "left")
+    samples = shape_samples(lm)
+    inputs, prepared, offsets = prepare_vlm_batch(lm, samples, "answer", None, "left")
     image_id = lm.model.config.image_token_id
     for i, (s, p) in enumerate(zip(samples, prepared)):
         prompt_only = processor_inputs(lm, [s.prompt], [s.image])["input_ids"][0].tolist()
@@ -231,7 +222,7 @@ def test_answer_concept_positions_with_images(tiny_vlm):
     from headpursuit.concepts import load_concept
 
     colors = load_concept("colors", lm.tokenizer)
-    samples = _samples(lm)
+    samples = shape_samples(lm)
     acts = capture_heads(
         lm, samples, positions="answer_concept", layers=[0], concept_token_ids=colors.token_ids.tolist(), progress=False
     )
@@ -239,14 +230,14 @@ def test_answer_concept_positions_with_images(tiny_vlm):
     # "A red circle." -> red; "It is a blue square on white" -> blue, white; "Stripes" -> fallback
     assert words[:3] == ["red", "blue", "white"]
     assert acts.sample_index.tolist() == [0, 1, 1, 2]
-    last = _prepare_vlm_batch(lm, samples[2:], "last_prompt", None, "left")[1][0]
+    last = prepare_vlm_batch(lm, samples[2:], "last_prompt", None, "left")[1][0]
     assert acts.position[-1].item() == last.prompt_len - 1
 
 
 @pytest.mark.slow
 def test_mixed_text_and_image_batch_is_refused(tiny_vlm):
     lm = tiny_vlm
-    s = _samples(lm)
+    s = shape_samples(lm)
     with pytest.raises(ValueError, match="mixes samples with and without images"):
         capture_heads(lm, [s[0], CaptureSample(lm.format_prompt("Hi"), "Hello")], progress=False)
     with pytest.raises(ValueError, match="image placeholder"):
@@ -340,7 +331,7 @@ def test_family_image_capture_batching_and_editing(model_type):
         torch.testing.assert_close(batched.z, torch.cat([o.z for o in one]), rtol=1e-4, atol=1e-4)
         assert batched.target_token.tolist() == [t for s in samples for t in lm.token_ids(s.answer, special=False)]
     # M-RoPE models compute their own 3-D positions; the others get explicit 1-D ones
-    inputs, _, _ = _prepare_vlm_batch(lm, samples, "answer", None, "left")
+    inputs, _, _ = prepare_vlm_batch(lm, samples, "answer", None, "left")
     assert ("position_ids" in inputs) == (model_type not in ("qwen2_vl", "qwen2_5_vl"))
     # editing inside generate with images; the vision side never carries our hooks
     before = _hooks(lm)

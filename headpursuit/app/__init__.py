@@ -5,10 +5,15 @@ edit -> evaluate -> record.
     config.py     validate_config / resolve_k: fail fast, naming the config key
     preflight.py  preflight(): the checks that need no weights (device, cache_dir, data, concept, ranking.k)
     interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
-    cache.py      RunCache: a disk cache shared by the jobs of a sweep; cache keys
+    cache.py      RunCache: the library's store plus the per-stage hits; the identities keys hold
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)
     record.py     record(): the results.json dict
-    tracking.py   atomic results files, resume records, the fail-fast flag, heartbeat, provenance, W&B
+    tracking.py   results.json / error records and resume; re-exports the rooms below
+    files.py      atomic writes, read_json, the run-dir lock, a full disk
+    liveness.py   heartbeat, running_state, the fail-fast flag
+    tracker.py    the W&B mirror and flatten_metrics
+    environment.py versions, git, host (provenance)
+    timer.py      the seconds and the name of each stage
     aggregate.py  `python -m headpursuit.app.aggregate DIR`: a sweep's results -> tables + plots
     plots.py      score heat maps, metric-vs-k curves
 

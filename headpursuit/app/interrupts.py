@@ -2,7 +2,7 @@
 it stopped (results.json `status: interrupted`, error.txt) and exits with a short message.
 
 SLURM sends SIGTERM before it kills a job at its time limit (or on preemption); Ctrl-C sends
-SIGINT. SIGKILL cannot be caught: the heartbeat (`tracking.Heartbeat`) shows such a run as stale.
+SIGINT. SIGKILL cannot be caught: the heartbeat (`liveness.Heartbeat`) shows such a run as stale.
 
     with signals_raise(lambda: timer.stage):
         run()                     # a signal raises JobInterrupted(signal, stage) here

@@ -37,6 +37,7 @@ import pandas as pd
 
 from headpursuit.app.aggregate import find_results
 from headpursuit.app.tracking import HEAD_SCORES_FILE, read_json, write_csv_atomic
+from headpursuit.intervention import Head
 
 __all__ = [
     "DATASET_ORDER",
@@ -51,7 +52,6 @@ __all__ = [
     "main",
 ]
 
-Head = tuple[int, int]
 #: the paper's six classification datasets, in the order the matrices list them (others follow, sorted)
 DATASET_ORDER = ("mnist", "svhn", "gtsrb", "eurosat", "resisc45", "dtd")
 

@@ -34,7 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
+from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full, write_csv_atomic, write_json_atomic
 from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
+from headpursuit.app.liveness import FailFastFlag, Heartbeat
 from headpursuit.app.preflight import PreflightError, preflight
 from headpursuit.app.record import batch_size_provenance, record
 from headpursuit.app.stages import (
@@ -52,23 +54,15 @@ from headpursuit.app.stages import (
     rank_task_config,
     ranking_samples_cached,
 )
+from headpursuit.app.timer import Timer
+from headpursuit.app.tracker import Tracker, flatten_metrics
 from headpursuit.app.tracking import (
     HEAD_SCORES_FILE,
     RESULTS_FILE,
-    FailFastFlag,
-    Heartbeat,
-    RunDirBusy,
-    RunDirLock,
-    Timer,
-    Tracker,
     clear_error,
     completed_results,
     config_hash,
-    disk_full,
-    flatten_metrics,
-    write_csv_atomic,
     write_error,
-    write_json_atomic,
 )
 from headpursuit.determinism import set_deterministic
 from headpursuit.heads import Head, select_heads

@@ -27,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headpursuit.app.cache import CACHE_VERSION, RunCache, code_fingerprint, stable_hash
-from headpursuit.capture import CaptureSample, cache_key, capture_heads
+from headpursuit.app.cache import RunCache, stable_hash
+from headpursuit.capture import CaptureSample, activation_key, capture_heads
 from headpursuit.heads import ControlDraw, Head, random_control_draw
 from headpursuit.intervention import scale_heads
 from headpursuit.models import load_model
 from headpursuit.ranking import rank_heads
+from headpursuit.store import entry_key
 from headpursuit.tasks import build_task
 from headpursuit.tasks.base import empty_outputs
 
@@ -132,7 +133,7 @@ def concept_token_ids(concept: Concept) -> list[int]:
 
 def ranking_samples_cached(cache: RunCache, task: Task, lm: LoadedModel, ident: dict) -> list[CaptureSample]:
     """The task's ranking samples (prompts + the model's own greedy answers), cached."""
-    key = stable_hash("ranking_samples", CACHE_VERSION, ident, code_fingerprint())
+    key = entry_key("samples", ident)
 
     def compute() -> list[dict]:
         # Plain dicts: the pickle does not depend on the CaptureSample class staying the same.
@@ -155,22 +156,19 @@ def capture_cached(
     concept_ids: Sequence[int],
     batch_size: int | str = 8,
 ) -> tuple[HeadActivations, str]:
-    """(activations, their cache key): capture_heads with its disk cache, under a lock so parallel
-    jobs extract once. capture_heads says in `acts.meta["from_cache"]` whether it read the cache."""
+    """(activations, their key): capture_heads with the run's cache as its store (one lock per
+    entry, so parallel jobs extract once; the hit recorded under "acts")."""
     layers = list(range(lm.layout.n_layers))
-    key = cache_key(lm, samples, positions, layers, concept_ids)
-    with cache.lock("acts", key):
-        acts = capture_heads(
-            lm,
-            samples,
-            positions=positions,
-            batch_size=batch_size,
-            concept_token_ids=concept_ids,
-            cache_dir=cache.dir("acts"),
-            progress=False,
-        )
-    cache.note_hit("acts", bool(acts.meta.get("from_cache")))
-    return acts, key
+    acts = capture_heads(
+        lm,
+        samples,
+        positions=positions,
+        batch_size=batch_size,
+        concept_token_ids=concept_ids,
+        cache_dir=cache,
+        progress=False,
+    )
+    return acts, activation_key(lm, samples, positions, layers, concept_ids)
 
 
 def rank_cached(
@@ -185,17 +183,7 @@ def rank_cached(
     """rank_heads, cached on (activations, concept, ranking config, seed, code)."""
     kwargs = dict(ranking_cfg)
     method = kwargs.pop("method")
-    key = stable_hash(
-        "scores",
-        CACHE_VERSION,
-        acts_key,
-        concept.name,
-        concept_token_ids(concept),
-        method,
-        kwargs,
-        seed,
-        code_fingerprint(),
-    )
+    key = entry_key("scores", acts_key, concept.name, concept_token_ids(concept), method, kwargs, seed)
     scores, _ = cache.get_or_compute(
         "scores", key, lambda: rank_heads(acts, lm, concept, method=method, seed=seed, **kwargs), fmt="pickle"
     )
@@ -222,14 +210,7 @@ def score_outputs(task: Task, outputs: TaskOutputs, lm: LoadedModel) -> dict:
 def eval_key(ident: dict, scales: Mapping[Head, float], seed: int) -> str:
     """The cache key of one evaluation: (model, task config, the exact edit, seed, code)."""
     edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
-    return stable_hash("eval", CACHE_VERSION, ident, edit, seed, code_fingerprint())
-
-
-def _is_cached(cache: RunCache, key: str) -> bool:
-    """Whether the evaluation `key` has an entry: `RunCache` stores it as ``<root>/evals/<key>.json``
-    (an unreadable entry is recomputed by `evaluate_cached` on its own)."""
-    evals = cache.dir("evals")
-    return evals is not None and (evals / f"{key}.json").is_file()
+    return entry_key("evals", ident, edit, seed)
 
 
 def generate_uncached(
@@ -249,7 +230,8 @@ def generate_uncached(
     todo: dict[str, dict[Head, float]] = {}
     for edit in edits:
         key = eval_key(ident, edit, seed)
-        if key not in todo and not _is_cached(cache, key):
+        # an unreadable entry counts as cached here: `evaluate_cached` recomputes it on its own
+        if key not in todo and not cache.has("evals", key):
             todo[key] = dict(edit)
     if not todo:
         return {}

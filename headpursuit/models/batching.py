@@ -36,7 +36,6 @@ __all__ = [
     "ChosenBatchSize",
     "auto_batch_size",
     "chosen_batch_sizes",
-    "forget_batch_sizes",
     "largest_fitting",
     "length_batches",
     "length_bucket",
@@ -95,11 +94,6 @@ def length_bucket(n: int) -> int:
 def chosen_batch_sizes(lm: LoadedModel) -> list[ChosenBatchSize]:
     """The batch sizes probed for this model in this process (for results provenance)."""
     return list(_CHOSEN.get(lm.model, {}).values())
-
-
-def forget_batch_sizes(lm: LoadedModel) -> None:
-    """Drop this model's remembered choices (e.g. after other work took device memory)."""
-    _CHOSEN.pop(lm.model, None)
 
 
 def _is_oom(exc: BaseException) -> bool:

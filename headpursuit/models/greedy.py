@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from headpursuit.models.hooks import live_hooks
 from headpursuit.models.inputs import position_ids_from_mask
 
 if TYPE_CHECKING:
@@ -31,8 +32,9 @@ __all__ = ["RowFollower", "greedy_decode", "plain_greedy"]
 
 @runtime_checkable
 class RowFollower(Protocol):
-    """A forward (pre-)hook with per-row state that must shrink with the batch (the per-row scales
-    of `headpursuit.intervention.scale_heads`): `keep_rows(index)` is called with the positions, in
+    """A forward pre-hook with per-row state that must shrink with the batch (the per-row scales
+    of `headpursuit.intervention.scale_heads`), registered through
+    `headpursuit.models.hooks.add_pre_hook` so that the loop finds it: `keep_rows(index)` is called with the positions, in
     the current batch, of the rows that go on; `reset_rows()` when the decode ends (also on error),
     so that the hook holds every row again. `row_keys()` is (rows, d) values that are equal for rows
     the hook treats alike (None: it treats every row alike), so rows can share a prompt prefix."""
@@ -95,13 +97,11 @@ def _eos_ids(gc: GenerationConfig) -> list[int]:
 
 
 def _row_followers(model: torch.nn.Module) -> list[RowFollower]:
-    """The hooks on `model`'s modules that hold per-row state (hooks do not change mid-decode)."""
+    """The live hooks on `model`'s modules that hold per-row state (hooks do not change mid-decode)."""
     found: list[RowFollower] = []
-    for module in model.modules():
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for hook in hooks.values():
-                if isinstance(hook, RowFollower):
-                    found.append(hook)
+    for hook in live_hooks(model):
+        if isinstance(hook, RowFollower):
+            found.append(hook)
     return found
 
 

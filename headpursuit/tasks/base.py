@@ -69,7 +69,6 @@ __all__ = [
     "without_repeats",
     "check_disjoint",
     "resolve_concept",
-    "clean_metrics",
     "group_counts",
     "empty_outputs",
 ]
@@ -338,11 +337,6 @@ def group_counts(items: Iterable[Any]) -> dict[str, int]:
     """How many of `items` each group has (for a task's data provenance)."""
     items = list(items)
     return {g: sum(it.group == g for it in items) for g in GROUPS}
-
-
-def clean_metrics(d: Mapping[str, Any]) -> dict[str, float]:
-    """Plain floats (NaN stays NaN) for results.json."""
-    return {k: float(v) for k, v in d.items()}
 
 
 class Task(abc.ABC):

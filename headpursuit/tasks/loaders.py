@@ -44,7 +44,6 @@ __all__ = [
     "load_qa_fixture",
     "trivia_qa_rows_to_items",
     "load_trivia_qa_file",
-    "load_trivia_qa_hub",
     "question_key",
     "without_questions_of",
     "load_prompt_fixture",
@@ -313,17 +312,6 @@ def load_hub_rows(
             break
         out.append((f"{hub_id}[{hub_split}]:row {i}", dict(row)))
     return HubRows(out, split_identity(ds, out))
-
-
-def load_trivia_qa_hub(
-    concept_words: Iterable[str],
-    hub_id: str = "mandarjoshi/trivia_qa",
-    hub_config: str | None = "rc.nocontext",
-    hub_split: str = "validation",
-    max_rows: int | None = None,
-) -> list[QAItem]:
-    hub = load_hub_rows(hub_id, hub_config=hub_config, hub_split=hub_split, max_rows=max_rows)
-    return trivia_qa_rows_to_items(hub.rows, concept_words)
 
 
 # ------------------------------------------------------------------------------------------

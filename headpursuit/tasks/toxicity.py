@@ -88,6 +88,7 @@ from functools import partial
 from typing import Any
 
 from headpursuit.concepts import build_concept
+from headpursuit.intervention import edits_active
 from headpursuit.metrics.fluency import perplexity
 from headpursuit.metrics.lexical import split_words, word_frequency
 from headpursuit.metrics.text import concept_rate, empty_rate
@@ -114,13 +115,11 @@ _TET_SOURCES = ("tet", "tet_file")
 
 
 def hooks_active(lm: FluencyModel) -> bool:
-    """True when some attention output projection of `lm` has a forward pre-hook (an edit).
+    """True when a head edit (`scale_heads`) is on `lm` now (`intervention.edits_active`).
 
     False for anything that is not a model (e.g. a fluency scorer function).
     """
-    if not isinstance(lm, LoadedModel):
-        return False
-    return any(len(lm.o_proj(i)._forward_pre_hooks) > 0 for i in range(lm.layout.n_layers))
+    return isinstance(lm, LoadedModel) and edits_active(lm)
 
 
 class ToxicityTask(Task):

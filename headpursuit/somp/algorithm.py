@@ -8,8 +8,8 @@ Two entry points:
   layers' ``W_O``; each head's signal ``c = W_O[:, h*dh:(h+1)*dh] @ z`` is never materialised
   for all heads at once.
 
-:func:`somp_reference` is the plain textbook loop (per head, d_model space, ``R D^T`` recomputed
-and ``torch.linalg.lstsq`` solved at every step). It is slow and exists only as the independent
+:func:`headpursuit.somp.reference.somp_reference` is the plain textbook loop (per head, d_model
+space, ``R D^T`` recomputed and ``torch.linalg.lstsq`` solved at every step), the independent
 reference for tests and benchmarks.
 
 The method is the SOMP ranking of Head Pursuit (Basile et al., NeurIPS 2025, arXiv:2510.21518);
@@ -38,35 +38,26 @@ explained variance and coefficients are computed from float64 small quantities.
 from __future__ import annotations
 
 import operator
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from headpursuit.somp.dictionary import (
+    DEPENDENT_TOL,
+    atom_norms,
+    dictionary_rows,
+    selection_weights,
+)
+from headpursuit.somp.dictionary import normalize_atoms as unit_rows  # somp's parameter shadows the name
+from headpursuit.somp.kernels import Tiler, correlations, mm_nt
+from headpursuit.somp.memory import default_memory_budget
+
 if TYPE_CHECKING:
     from headpursuit.capture import HeadActivations
 
-__all__ = [
-    "SOMPResult",
-    "somp",
-    "somp_heads",
-    "somp_reference",
-    "normalize_atoms",
-    "head_dictionary",
-    "dictionary_rows",
-    "atom_norms",
-    "selection_weights",
-    "HeadSignals",
-    "default_memory_budget",
-    "available_memory",
-]
-
-# An atom whose squared distance to the span of the already selected atoms is below this (for
-# unit atoms) is treated as linearly dependent and never selected: selecting it would explain
-# nothing and make the least-squares problem singular.
-_DEPENDENT_TOL = 1e-6
+__all__ = ["HeadSignals", "SOMPResult", "somp", "somp_heads"]
 
 
 @dataclass
@@ -108,171 +99,11 @@ class SOMPResult:
 # helpers
 
 
-def normalize_atoms(atoms: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows scaled to unit norm (norms accumulated in float64). Returns (atoms, usable) where
-    ``usable`` is False for all-zero (or non-finite) rows, which are set to zero and must never be
-    selected."""
-    if atoms.dim() != 2:
-        raise ValueError(f"atoms must be 2-D (n_atoms, dim); got shape {tuple(atoms.shape)}")
-    dtype = dtype or (atoms.dtype if atoms.dtype in (torch.float32, torch.float64) else torch.float32)
-    a = atoms.detach()
-    norms = torch.linalg.vector_norm(a, dim=1, dtype=torch.float64)
-    usable = torch.isfinite(norms) & (norms > 0)
-    scale = torch.where(usable, 1.0 / torch.where(usable, norms, torch.ones_like(norms)), torch.zeros_like(norms))
-    out = a.to(dtype) * scale.to(dtype)[:, None]
-    if not bool(usable.all()):
-        out[~usable] = 0.0
-    return out, usable
-
-
-# the parameter ``normalize_atoms`` of somp/somp_heads shadows the function inside them
-_unit_rows = normalize_atoms
-
-
 def _raw_atom_coefficients(coef: torch.Tensor, idx: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """Coefficients on the unit atoms -> on the raw atoms (divided by each selected atom's norm)."""
     n = norms.to(device=coef.device, dtype=torch.float64)[idx.clamp_min(0)]
     scale = torch.where(idx >= 0, 1.0 / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
     return (coef.to(torch.float64) * scale.unsqueeze(-2)).to(coef.dtype)
-
-
-def dictionary_rows(
-    unembedding: torch.Tensor,
-    norm_gain: torch.Tensor | None = None,
-    token_ids: torch.Tensor | Sequence[int] | None = None,
-    *,
-    fold_norm_gain: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The raw (not normalised) dictionary rows from an unembedding matrix (vocab, d_model):
-    restricted to ``token_ids`` when given, the final norm's gain folded in (``U * gamma``, float64)
-    when ``fold_norm_gain`` and a gain is given. Returns (rows, token_ids as long tensor or None)."""
-    U = unembedding.detach()
-    if U.dim() != 2:
-        raise ValueError(f"unembedding must be (vocab, d_model); got shape {tuple(U.shape)}")
-    ids = None
-    if token_ids is not None:
-        ids = torch.as_tensor(token_ids, dtype=torch.long).flatten().cpu()
-        if ids.numel() == 0:
-            raise ValueError("token_ids is empty: give at least one token id (or None for the full vocabulary)")
-        if int(ids.min()) < 0 or int(ids.max()) >= U.shape[0]:
-            raise ValueError(
-                f"token_ids must lie in [0, {U.shape[0]}) (the unembedding's vocabulary); "
-                f"got range [{int(ids.min())}, {int(ids.max())}]"
-            )
-        U = U[ids.to(U.device)]
-    if fold_norm_gain and norm_gain is not None:
-        g = norm_gain.detach().to(device=U.device, dtype=torch.float64).flatten()
-        if g.numel() != U.shape[1]:
-            raise ValueError(f"final norm gain has {g.numel()} entries but the unembedding has d_model={U.shape[1]}")
-        U = U.to(torch.float64) * g[None, :]
-    return U, ids
-
-
-def head_dictionary(
-    unembedding: torch.Tensor,
-    norm_gain: torch.Tensor | None = None,
-    token_ids: torch.Tensor | Sequence[int] | None = None,
-    *,
-    fold_norm_gain: bool = True,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The SOMP dictionary from an unembedding matrix (vocab, d_model): the final norm's gain folded
-    in (``U * gamma``) when ``fold_norm_gain`` and a gain is given, restricted to ``token_ids``
-    when given, rows normalised. Returns (atoms, usable, token_ids as long tensor or None)."""
-    U, ids = dictionary_rows(unembedding, norm_gain, token_ids, fold_norm_gain=fold_norm_gain)
-    atoms, usable = normalize_atoms(U, dtype)
-    return atoms, usable, ids
-
-
-def atom_norms(rows: torch.Tensor) -> torch.Tensor:
-    """float64 (n_atoms,) Euclidean norms of dictionary rows, accumulated in float64 as
-    :func:`normalize_atoms` does (0 for non-finite rows, which are never selected)."""
-    norms = torch.linalg.vector_norm(rows.detach(), dim=1, dtype=torch.float64)
-    return torch.where(torch.isfinite(norms), norms, torch.zeros_like(norms))
-
-
-_ONEDNN: bool | None = None
-
-
-def _onednn_ok() -> bool:
-    """Whether oneDNN's dense fp32 GEMM (``torch.ops.mkldnn._linear_pointwise``, the kernel
-    inductor uses for CPU linears) is available and agrees with torch.mm. On AVX-512 CPUs it is
-    2-3x faster than the default BLAS for our shapes; set HEADPURSUIT_NO_ONEDNN=1 to disable."""
-    global _ONEDNN
-    if _ONEDNN is None:
-        _ONEDNN = False
-        if os.environ.get("HEADPURSUIT_NO_ONEDNN", "") in ("", "0"):
-            try:
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(37, 70, generator=g)
-                y = torch.randn(101, 70, generator=g)
-                out = torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], "")
-                _ONEDNN = bool(torch.allclose(out, x @ y.T, rtol=1e-5, atol=1e-4))
-            except Exception:
-                _ONEDNN = False
-    return _ONEDNN
-
-
-def _mm_nt(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x @ y.T for 2-D x (m, k), y (n, k) -> (m, n), contiguous."""
-    if (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and y.dtype == torch.float32
-        and x.shape[0] * y.shape[0] >= 1 << 16
-        and _onednn_ok()
-    ):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), y.contiguous(), None, "none", [], "")
-    return x @ y.T
-
-
-def available_memory(device: torch.device | None = None) -> int | None:
-    """Bytes that can be allocated now on ``device``: free memory of a CUDA device
-    (``torch.cuda.mem_get_info``), else the RAM the OS reports available (psutil when installed,
-    else ``os.sysconf``); None when it cannot be told."""
-    if device is not None and device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
-        return None
-
-
-def default_memory_budget(device: torch.device | None = None) -> int:
-    """Bytes of working memory for one batch of heads, derived from the free memory of ``device``:
-    on a GPU 50% of its free memory, on the CPU 30% of the available RAM capped at 6 GiB (at least
-    256 MiB; 2 GiB when the free memory cannot be told). HEADPURSUIT_SOMP_BUDGET (bytes) overrides."""
-    env = os.environ.get("HEADPURSUIT_SOMP_BUDGET")
-    if env:
-        return int(float(env))
-    avail = available_memory(device)
-    if device is not None and device.type == "cuda" and avail is not None:
-        return int(0.5 * avail)
-    if avail is None:
-        return 2 << 30
-    return int(max(256 << 20, min(6 << 30, 0.3 * avail)))
-
-
-def selection_weights(
-    norms: torch.Tensor, aggregation: str, variant: str, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor | None:
-    """Per-atom factors that turn the selection scores of unit atoms into those of the raw atoms
-    (``normalize_atoms=False``): ``||D_j||`` for "l1", ``||D_j||^2`` for "l2". None for "ormp",
-    whose score (the correlation with the normalised part of the atom orthogonal to the selection)
-    does not depend on the atoms' norms. The fit on the support never does: least squares on
-    ``D_S`` and on ``diag(s) D_S`` give the same residual."""
-    if variant == "ormp":
-        return None
-    w = norms.to(torch.float64)
-    if aggregation == "l2":
-        w = w * w
-    return w.to(device=device, dtype=dtype)
 
 
 def _check_k(k: int, n_atoms: int) -> int:
@@ -312,21 +143,10 @@ class _DenseSignals:
         hb = Hc.shape[0]
         V = D.shape[0]
         X = Hc.reshape(hb * self.n, self.dim)
-        C = _correlations(X, D, chunk).view(hb, self.n, V)
+        C = correlations(X, D, chunk).view(hb, self.n, V)
         H64 = Hb.to(torch.float64)
         energy = (H64 * H64).sum(dim=(1, 2))
         return C, energy, _DenseCols(H64)
-
-
-def _correlations(X: torch.Tensor, D: torch.Tensor, chunk: int | None) -> torch.Tensor:
-    """X @ D.T (rows, V), optionally computed over chunks of the vocabulary."""
-    V = D.shape[0]
-    if chunk is None or chunk >= V:
-        return _mm_nt(X, D)
-    out = torch.empty(X.shape[0], V, dtype=X.dtype, device=X.device)
-    for v0 in range(0, V, chunk):
-        out[:, v0 : v0 + chunk] = _mm_nt(X, D[v0 : v0 + chunk])
-    return out
 
 
 class _DenseCols:
@@ -410,7 +230,7 @@ class HeadSignals:
         Wc = Wb.to(device=dev, dtype=self.dtype)
         if self._route(V) == "direct":
             Hb = torch.matmul(Zc, Wc.transpose(1, 2))  # (hb, n, d)
-            C = _correlations(Hb.reshape(hb * self.n, self.dim), D, chunk).view(hb, self.n, V)
+            C = correlations(Hb.reshape(hb * self.n, self.dim), D, chunk).view(hb, self.n, V)
             del Hb
         else:
             # P = D W_h for all heads of the batch as one GEMM: (v, d) @ (d, hb*dh) per block of
@@ -421,7 +241,7 @@ class HeadSignals:
             for v0 in range(0, V, atoms):
                 v1 = min(V, v0 + atoms)
                 # (hb, dh, v), made contiguous once so that bmm does not copy it for every block of rows
-                P = _mm_nt(D[v0:v1], WcatT).view(-1, hb, self.dh).permute(1, 2, 0).contiguous()
+                P = mm_nt(D[v0:v1], WcatT).view(-1, hb, self.dh).permute(1, 2, 0).contiguous()
                 for r0 in range(0, self.n, rows):
                     r1 = min(self.n, r0 + rows)
                     C[:, r0:r1, v0:v1] = torch.bmm(Zc[:, r0:r1], P)
@@ -449,98 +269,6 @@ class _HeadCols:
 
 # ----------------------------------------------------------------------------------------------
 # the core
-
-
-# Elementwise work (residual update + score) is done tile by tile so that each tile of C is read
-# from memory once per step and stays in cache between the update and the reduction.
-_TILE_BYTES = 2 << 20
-
-
-def _tile_plan(nw: int, n: int, V: int, elt: int) -> tuple[int, int]:
-    per_head = n * V * elt
-    if per_head <= _TILE_BYTES:
-        return max(1, _TILE_BYTES // per_head), V
-    vv = max(256, (_TILE_BYTES // (n * elt)) // 256 * 256)
-    return 1, min(V, vv)
-
-
-class _Tiler:
-    """Runs the per-step elementwise work (residual update + score) tile by tile.
-
-    On CPU the tiles are shared among ``torch.get_num_threads()`` Python worker threads that each
-    run single-threaded torch ops: many small parallel regions would otherwise pay an OpenMP
-    barrier per op (very costly on a busy machine), and each worker keeps its tile in cache
-    between the update and the reduction."""
-
-    def __init__(self, n: int, V: int, dtype, device, aggregation: str):
-        self.n, self.V, self.aggregation = n, V, aggregation
-        self.on_gpu = device.type != "cpu"
-        self.workers = 1 if self.on_gpu else max(1, torch.get_num_threads())
-        self.dtype, self.device = dtype, device
-        self.ones = torch.ones(1, 1, n, dtype=dtype, device=device)
-        self._bufs: dict[int, torch.Tensor] = {}
-        self._pool = None
-
-    def close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def _buf(self, w: int, hh: int, vv: int) -> torch.Tensor:
-        b = self._bufs.get(w)
-        if b is None or b.shape[0] < hh or b.shape[2] < vv:
-            b = torch.empty(hh, self.n, vv, dtype=self.dtype, device=self.device)
-            self._bufs[w] = b
-        return b
-
-    def _run_tiles(self, w: int, tiles, C, a, b, score, in_worker: bool = False):
-        # Only a pool worker goes single-threaded (the caller restores the count after the pool):
-        # setting it on the calling thread would leave the whole process on one thread afterwards.
-        if in_worker:
-            torch.set_num_threads(1)
-        for h0, h1, v0, v1 in tiles:
-            Ct = C[h0:h1, :, v0:v1]
-            if a is not None:
-                Ct.baddbmm_(a[h0:h1], b[h0:h1, :, v0:v1], alpha=-1.0)
-            bt = self._buf(w, h1 - h0, v1 - v0)[: h1 - h0, :, : v1 - v0]
-            if self.aggregation == "l1":
-                torch.abs(Ct, out=bt)
-            else:
-                torch.mul(Ct, Ct, out=bt)
-            ones = self.ones.expand(h1 - h0, 1, self.n)
-            if v0 == 0 and v1 == self.V:
-                torch.bmm(ones, bt, out=score[h0:h1].unsqueeze(1))
-            else:
-                score[h0:h1, v0:v1] = torch.bmm(ones, bt).squeeze(1)
-
-    def __call__(self, C, a, b, score):
-        """C <- C - a b^T per head (skipped when a is None); score[h, j] = sum_i |C[h, i, j]|
-        (squares for "l2")."""
-        nw, n, V = C.shape
-        if self.on_gpu:
-            self._run_tiles(0, [(0, nw, 0, V)], C, a, b, score)
-            return
-        hh, vv = _tile_plan(nw, n, V, C.element_size())
-        tiles = [(h0, min(nw, h0 + hh), v0, min(V, v0 + vv)) for h0 in range(0, nw, hh) for v0 in range(0, V, vv)]
-        workers = min(self.workers, len(tiles))
-        if workers <= 1:
-            self._run_tiles(0, tiles, C, a, b, score)
-            return
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="somp-tiles")
-        per = -(-len(tiles) // workers)
-        prev = torch.get_num_threads()
-        try:
-            futs = [
-                self._pool.submit(self._run_tiles, w, tiles[w * per : (w + 1) * per], C, a, b, score, True)
-                for w in range(workers)
-            ]
-            for f in futs:
-                f.result()
-        finally:
-            torch.set_num_threads(prev)
 
 
 def _keep_rows_(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -596,7 +324,7 @@ def _somp_batch(
     explained = torch.zeros(hb, dtype=f64, device=dev)
     steps_done = torch.zeros(hb, dtype=torch.long, device=dev)
     score = torch.empty(hb, V, dtype=cdt, device=dev)
-    tiler = _Tiler(n, V, cdt, dev, aggregation)
+    tiler = Tiler(n, V, cdt, dev, aggregation)
     try:
         tiler(C, None, None, score)
         state = _BatchState(C, E, cols, score, rows, active, exhausted, Bq, L, A, S, proj2, excl, explained,
@@ -660,7 +388,7 @@ def _somp_steps(state: _BatchState, D, k, tol, variant, tiler):
         # ---- selection
         if variant == "ormp" and t > 0:
             # correlation with the *normalised* component of each atom orthogonal to the selection
-            denom = (1.0 - proj2).clamp_min(_DEPENDENT_TOL)
+            denom = (1.0 - proj2).clamp_min(DEPENDENT_TOL)
             score.div_(denom if aggregation == "l2" else denom.sqrt_())
         if atom_weight is not None:
             # raw (not normalised) atoms: sum_i |<R_i, D_j>| = ||D_j|| sum_i |<R_i, D_j / ||D_j||>|
@@ -673,7 +401,7 @@ def _somp_steps(state: _BatchState, D, k, tol, variant, tiler):
         j = torch.where(active, j, torch.zeros_like(j))
         # ---- Gram rows of the unique selected atoms (one matmul)
         uniq, inv = torch.unique(j, return_inverse=True)  # stopped heads carry j=0 (zeroed below)
-        G = _mm_nt(D[uniq], D)  # (U, V)
+        G = mm_nt(D[uniq], D)  # (U, V)
         g = G if uniq.numel() == nw and bool((inv == torch.arange(nw, device=dev)).all()) else G[inv]
         del G
         # ---- float64 Cholesky row: p = L[:t,:t]^{-1} G_S,j ; nrm = sqrt(G_jj - |p|^2)
@@ -710,7 +438,7 @@ def _somp_steps(state: _BatchState, D, k, tol, variant, tiler):
         ev_out[rows, t:] = ev_t[:, None]
         proj2.addcmul_(b, b)
         excl[torch.arange(nw, device=dev), j] |= active
-        excl |= proj2 > (1.0 - _DEPENDENT_TOL)
+        excl |= proj2 > (1.0 - DEPENDENT_TOL)
         # a residual at rounding level has nothing left to explain: stop (indices -1 from here)
         active = active & (E - explained > exhausted * E)
         if tol is not None:
@@ -865,7 +593,7 @@ def somp(
     if H.shape[0] == 0 or H.shape[1] == 0:
         raise ValueError(f"signals are empty (shape {tuple(signals.shape)}): need at least one head and one sample")
     cdt = _compute_dtype(H, dtype)
-    D, usable = _unit_rows(atoms.to(H.device), cdt)
+    D, usable = unit_rows(atoms.to(H.device), cdt)
     blocked = ~usable.to(H.device)
     if atom_mask is not None:
         m = torch.as_tensor(atom_mask, dtype=torch.bool, device=H.device)
@@ -980,7 +708,7 @@ def somp_heads(
     dev = W_O.device
     cdt = _compute_dtype(W_O, dtype)
     rows, ids = dictionary_rows(dictionary.to(dev), norm_gain, token_ids, fold_norm_gain=fold_norm_gain)
-    D, usable = _unit_rows(rows, cdt)
+    D, usable = unit_rows(rows, cdt)
     norms = None if normalize_atoms else atom_norms(rows)
     del rows  # a float64 copy of the dictionary when the gain is folded: not kept through the batches
     k = _check_k(k, int(usable.sum()))
@@ -1010,71 +738,3 @@ def somp_heads(
         "normalize_atoms": bool(normalize_atoms),
     }
     return SOMPResult(idx, coef.to(torch.float32), ev, energy, head_ids, meta)
-
-
-# ----------------------------------------------------------------------------------------------
-# the plain reference
-
-
-def somp_reference(
-    signals: torch.Tensor,
-    atoms: torch.Tensor,
-    k: int,
-    *,
-    aggregation: str = "l1",
-    atom_mask: torch.Tensor | None = None,
-    variant: str = "omp",
-    normalized: bool = False,
-) -> SOMPResult:
-    """Textbook SOMP, one head at a time in the signals' space: at every step recompute
-    ``R D^T``, pick the atom, refit all coefficients with ``torch.linalg.lstsq``, recompute R.
-    Computes in the signals' dtype (pass float64 for a high-precision reference). Slow; for
-    tests and benchmarks only. ``normalized=True`` skips normalising atoms that already have unit
-    norm (saves one pass over a large dictionary per call)."""
-    squeeze = signals.dim() == 2
-    H = signals.unsqueeze(0) if squeeze else signals
-    dt = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float32
-    H = H.to(dt)
-    dev = H.device
-    if normalized:
-        D, usable = atoms.to(device=dev, dtype=dt), torch.ones(atoms.shape[0], dtype=torch.bool, device=dev)
-    else:
-        D, usable = normalize_atoms(atoms.to(dev), dt)
-    allowed = usable.clone()
-    if atom_mask is not None:
-        allowed &= torch.as_tensor(atom_mask, dtype=torch.bool).to(dev)
-    nh, n, _ = H.shape
-    # every tensor on the signals' device (a CPU mask on CUDA signals fails in masked_fill)
-    idx = torch.full((nh, k), -1, dtype=torch.long, device=dev)
-    coef = torch.zeros(nh, n, k, dtype=dt, device=dev)
-    ev = torch.zeros(nh, k, dtype=torch.float64, device=dev)
-    energy = (H.double() ** 2).sum(dim=(1, 2))
-    for h in range(nh):
-        X = H[h]
-        e = float((X.double() ** 2).sum())
-        if e == 0:
-            continue
-        R = X
-        S: list[int] = []
-        for t in range(k):
-            corr = R @ D.T
-            score = corr.abs().sum(0) if aggregation == "l1" else (corr * corr).sum(0)
-            if variant == "ormp" and S:
-                Q = torch.linalg.qr(D[S].T).Q  # (dim, t) orthonormal basis of the selection
-                perp = 1.0 - ((D @ Q) ** 2).sum(1)
-                perp = perp.clamp_min(_DEPENDENT_TOL)
-                score = score / (perp if aggregation == "l2" else perp.sqrt())
-            score = score.masked_fill(~allowed, float("-inf"))
-            if S:
-                score[S] = float("-inf")
-            j = int(score.argmax())
-            S.append(j)
-            DS = D[S]  # (t+1, dim)
-            W = torch.linalg.lstsq(DS.T, X.T).solution  # (t+1, n)
-            R = X - W.T @ DS
-            idx[h, t] = j
-            ev[h, t] = 1.0 - float((R.double() ** 2).sum()) / e
-        coef[h] = W.T
-    if squeeze:
-        return SOMPResult(idx[0], coef[0], ev[0], energy[0])
-    return SOMPResult(idx, coef, ev, energy)
