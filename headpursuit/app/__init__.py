@@ -7,8 +7,9 @@ edit -> evaluate -> record.
     interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
     cache.py      RunCache: a disk cache shared by the jobs of a sweep; cache keys
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)
-    record.py     record(): the results.json dict
-    tracking.py   atomic results files, resume records, the fail-fast flag, heartbeat, provenance, W&B
+    results.py    RunRecord: results.json as one type (schema version, writer, reader), resume, error records
+    record.py     record(): what a run measured (the record's outcome), from the stages' outputs
+    tracking.py   atomic files, the fail-fast flag, heartbeat, provenance, W&B
     aggregate.py  `python -m headpursuit.app.aggregate DIR`: a sweep's results -> tables + plots
     plots.py      score heat maps, metric-vs-k curves
 

@@ -1,4 +1,6 @@
-"""Recording a run: `results.json` + `head_scores.csv` (atomic) and Weights & Biases (optional).
+"""Recording a run: atomic files (`results.json`, `head_scores.csv`) and Weights & Biases (optional).
+The results record itself (its type, writer and reader, the resume check, the error record) is
+`headpursuit.app.results`.
 
 Local files are the record of truth; W&B only mirrors them. W&B failing (not installed, no
 network, a broken service) never fails a run: the error is logged as a warning and written into
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -39,13 +39,28 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
-HEAD_SCORES_FILE = "head_scores.csv"
-ERROR_FILE = "error.txt"
-RESULTS_VERSION = 1
+#: The results record's names, moved to `headpursuit.app.results` (its files, schema version, the
+#: resume check, the error record); still importable from here (`__getattr__` below: results.py
+#: imports this module's atomic writes, so this one cannot import it at the top).
+RESULTS_NAMES = (
+    "RESULTS_FILE",
+    "HEAD_SCORES_FILE",
+    "ERROR_FILE",
+    "RESULTS_VERSION",
+    "VOLATILE_KEYS",
+    "config_hash",
+    "completed_results",
+    "write_error",
+    "clear_error",
+)
 
-# Config keys that do not change a run's results: left out of the config hash used for resume.
-VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots", "heartbeat_s")
+
+def __getattr__(name: str) -> Any:
+    if name in RESULTS_NAMES:
+        from headpursuit.app import results
+
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -143,70 +158,6 @@ def read_json(path: str | os.PathLike) -> dict | None:
         return obj if isinstance(obj, dict) else None
     except (OSError, ValueError):
         return None
-
-
-# ------------------------------------------------------------------------------------------
-# Resume
-# ------------------------------------------------------------------------------------------
-
-
-def config_hash(config: Mapping[str, Any], ignore: tuple[str, ...] = VOLATILE_KEYS) -> str:
-    """A stable hash of a resolved config, without the keys that do not change results."""
-    body = {k: v for k, v in config.items() if k not in ignore and k != "hydra"}
-    text = json.dumps(to_jsonable(body), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def completed_results(run_dir: str | os.PathLike, cfg_hash: str) -> dict | None:
-    """results.json of `run_dir` if it says status=complete for the same config hash, else None."""
-    res = read_json(Path(run_dir) / RESULTS_FILE)
-    if res and res.get("status") == "complete" and res.get("config_hash") == cfg_hash:
-        return res
-    return None
-
-
-def write_error(
-    run_dir: str | os.PathLike,
-    exc: BaseException,
-    results: dict | None = None,
-    *,
-    status: str = "failed",
-    stage: str | None = None,
-) -> dict:
-    """error.txt (traceback) + results.json with `status` (failed, interrupted) and whatever was
-    computed; `stage` is the stage the run was in.
-
-    A results.json that says status=complete is never replaced: a failure or a skip of a later
-    launch into the same directory (e.g. a rerun with another config) writes error.txt only, which
-    says that the complete results were kept.
-    """
-    run_dir = Path(run_dir)
-    kept = read_json(run_dir / RESULTS_FILE) or {}
-    keep = kept.get("status") == "complete"
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    head = f"status: {status}" + (f" (stage: {stage})" if stage else "") + "\n"
-    if keep:
-        head += (
-            f"results.json was kept: it says status=complete (config_hash {kept.get('config_hash')}); "
-            f"a failure never overwrites complete results. This {status} run had config_hash "
-            f"{(results or {}).get('config_hash')}.\n"
-        )
-    write_text_atomic(run_dir / ERROR_FILE, head + "\n" + tb)
-    results = dict(results or {})
-    results["status"] = status
-    results["error"] = {"type": type(exc).__name__, "message": str(exc), "file": ERROR_FILE, "stage": stage}
-    if keep:
-        log.warning(
-            "%s: results.json (status=complete) kept; the %s run is described in %s", run_dir, status, ERROR_FILE
-        )
-    else:
-        write_json_atomic(run_dir / RESULTS_FILE, results)
-    return results
-
-
-def clear_error(run_dir: str | os.PathLike) -> None:
-    """Remove the error.txt of an earlier attempt once the run is complete."""
-    (Path(run_dir) / ERROR_FILE).unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------
@@ -403,6 +354,8 @@ def running_state(run_dir: str | os.PathLike, res: Mapping[str, Any], *, stale_a
     Stale: its process is gone (same host), or its last heartbeat (results.json's time for runs
     without one) is older than `stale_after` seconds (default: STALE_INTERVALS heartbeat
     intervals, at least STALE_MIN_S)."""
+    from headpursuit.app.results import RESULTS_FILE
+
     run_dir = Path(run_dir)
     info = res.get("heartbeat") or {}
     beat = read_json(run_dir / HEARTBEAT_FILE) or {}
@@ -691,18 +644,11 @@ class Timer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
 
 
-__all__ = [
-    "RESULTS_FILE",
-    "HEAD_SCORES_FILE",
-    "ERROR_FILE",
+__all__ = [  # and RESULTS_NAMES, through __getattr__
     "write_text_atomic",
     "write_json_atomic",
     "write_csv_atomic",
     "read_json",
-    "config_hash",
-    "completed_results",
-    "write_error",
-    "clear_error",
     "launch_id",
     "FailFastFlag",
     "FAIL_FAST_FILE",
