@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from reproduce_embedded import run_sweep  # noqa: E402
 
+from headpursuit.app.results import RESULTS_FILE, Outcome, ResultsError, RunRecord  # noqa: E402
+
 OUT = ROOT / "outputs" / "protocols"
 DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- protocols:start -->", "<!-- protocols:end -->"
@@ -91,10 +93,10 @@ def uniform_fallback(model: str, k_fracs: list[float]) -> list[str]:
 def undrawable_k_fracs(sweep_dir: Path) -> list[float]:
     """k_frac of the runs that failed because the layer-count random sets cannot be drawn."""
     out = []
-    for res in runs(sweep_dir):
-        msg = json.dumps(res.get("error") or "")
-        if res.get("status") == "failed" and "random_pool" in msg and "layer" in msg:
-            out.append(float(res["config"]["intervention"]["k_frac"]))
+    for rec in runs(sweep_dir):
+        msg = (rec.error.message or "") if rec.error is not None else ""
+        if rec.status == "failed" and "random_pool" in msg and "layer" in msg:
+            out.append(float(rec.config_at("intervention", "k_frac")))
     return sorted(out)
 
 
@@ -111,15 +113,18 @@ LABELS = {
 # ------------------------------------------------------------------------------------------
 
 
-def runs(sweep_dir: Path) -> list[dict]:
+def runs(sweep_dir: Path) -> list[RunRecord]:
     out = []
-    for p in sorted(sweep_dir.rglob("results.json")):
+    for p in sorted(sweep_dir.rglob(RESULTS_FILE)):
         try:
-            res = json.loads(p.read_text())
-        except ValueError:
+            rec = RunRecord.read(p)
+        except ResultsError as exc:
+            rec = None
+            print(f"  {exc}")
+        if rec is None:
             print(f"  unreadable: {p}")
             continue
-        out.append(res)
+        out.append(rec)
     return out
 
 
@@ -139,22 +144,22 @@ def quartiles(vals: list[float]) -> tuple[float, float, float]:
     return q[1], q[0], q[2]
 
 
-def summary(res: dict, metric: str) -> dict:
+def summary(outcome: Outcome, metric: str) -> dict:
     """Normalised edited values and the random sets' median [q25, q75] per group, plus specificity."""
-    base = res["baseline"]
-    out: dict = {"k": res["k"], "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res["heads"])}
+    base = outcome.baseline
+    seeds = outcome.random.per_seed if outcome.random is not None else []
+    out: dict = {"k": outcome.edit.k, "heads": " ".join(f"{a}.{b}" for a, b in outcome.edit.pairs)}
     for g in GROUPS:
-        out[f"edited.{g}"] = ratio(res["edited"][g].get(metric), base[g].get(metric))
-        out[f"base.{g}"] = base[g].get(metric)
-        seeds = (res.get("random") or {}).get("per_seed") or []
-        out[f"random.{g}"] = quartiles([ratio(s[g].get(metric), base[g].get(metric)) for s in seeds])
+        out[f"edited.{g}"] = ratio(outcome.edited.metric(g, metric), base.metric(g, metric))
+        out[f"base.{g}"] = base.metric(g, metric)
+        out[f"random.{g}"] = quartiles([ratio(s.result.metric(g, metric), base.metric(g, metric)) for s in seeds])
     # the random sets that differ: with few heads per layer the layer-count draws repeat
     out["n_sets"] = len(seeds)
-    out["n_distinct"] = len({tuple(map(tuple, s.get("heads") or [])) for s in seeds})
+    out["n_distinct"] = len({tuple(s.heads) for s in seeds})
     out["spec"] = out["edited.control"] - out["edited.concept"]
     rc, rk = out["random.concept"][0], out["random.control"][0]
     out["spec_random"] = rk - rc
-    out["n_eval"] = (res.get("baseline") or {}).get("n")
+    out["n_eval"] = base.n
     return out
 
 
@@ -174,7 +179,11 @@ def iqr(t: tuple[float, float, float], pool: str | None = None) -> str:
 
 def model_section(model: str, metric: str) -> tuple[str, dict]:
     by_sweep = {
-        name: {r["k"]: summary(r, metric) for r in runs(OUT / model / name) if r.get("status") == "complete"}
+        name: {
+            r.outcome.edit.k: summary(r.outcome, metric)
+            for r in runs(OUT / model / name)
+            if r.status == "complete" and r.outcome is not None
+        }
         for name in [*sweeps(model), "paper_uniform"]
     }
     # Where the paper's layer-count control could not be drawn, its uniform-control rerun stands in

@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from headpursuit.app.aggregate import load_runs  # noqa: E402
+from headpursuit.app.results import RESULTS_FILE, RunRecord  # noqa: E402
 
 METHODS = ["concept_share", "concept_restricted", "logit_lens"]
 ALPHAS = [-1, 0, 2]
@@ -273,8 +274,6 @@ def copy_plots(sweep: Path, docs: Path, model: str) -> str:
 
 def random_controls(sweep: Path, df: pd.DataFrame) -> str:
     """Per-seed random-head controls at the headline setting: every head vs the edited heads' layers."""
-    import json
-
     d = df[(df.sweep == sweep.name) & (df.status == "complete")]
     if d.empty:
         return "_no control runs_\n"
@@ -291,24 +290,29 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
     ]
     per_seed_lines = []
     for _, r in d.sort_values("random_pool").iterrows():
-        res = json.loads((ROOT / sweep / r.run / "results.json").read_text())
-        ps = res["random"]["per_seed"]
-        cacc = [p["concept"]["accuracy"] for p in ps]
-        broken = [p for p in ps if p["concept"]["accuracy"] == 0 and p["control"]["accuracy"] == 0]
-        med = res["random"].get("median", {})
+        rec = RunRecord.read(ROOT / sweep / r.run / RESULTS_FILE)
+        random = rec.outcome.random if rec is not None and rec.outcome is not None else None
+        if random is None:
+            continue
+        ps = random.per_seed
+        cacc = [p.result.metric("concept", "accuracy") for p in ps]
+        broken = [
+            p for p in ps if p.result.metric("concept", "accuracy") == 0 and p.result.metric("control", "accuracy") == 0
+        ]
+        med = random.stats.median
         lines.append(
             f"| {r.random_pool} | {len(ps)} | {pm(r['random.concept.accuracy'], r['random.std.concept.accuracy'])}"
             f" | {pm(med.get('concept', {}).get('accuracy'))} | {min(cacc):.2f} - {max(cacc):.2f} | "
             f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
             f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
-            + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p['heads']) for p in broken)})" if broken else "")
+            + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p.heads) for p in broken)})" if broken else "")
             + " |"
         )
         per_seed_lines.append(
             f"- `{r.random_pool}`: "
             + "; ".join(
-                f"seed {p['seed']} [{' '.join(f'{a}.{b}' for a, b in p['heads'])}] "
-                f"{p['concept']['accuracy']:.2f}/{p['control']['accuracy']:.2f}"
+                f"seed {p.seed} [{' '.join(f'{a}.{b}' for a, b in p.heads)}] "
+                f"{p.result.metric('concept', 'accuracy'):.2f}/{p.result.metric('control', 'accuracy'):.2f}"
                 for p in ps
             )
         )

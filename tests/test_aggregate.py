@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from headpursuit.app import aggregate as A
-from headpursuit.app.tracking import write_json_atomic
+from headpursuit.app.tracking import read_json, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -297,7 +297,7 @@ def test_paper_table_keeps_classification_datasets_apart(tmp_path):
     _paper_run(root / "2", "concept_restricted", 3, 0.5)  # a transfer run: svhn heads on mnist
     for i, dataset in enumerate(["mnist", "svhn", "mnist"]):
         p = root / str(i) / "results.json"
-        res = A.read_json(p)
+        res = read_json(p)
         res.update(
             task="classification", dataset=dataset, transfer={"source": "svhn", "target": "mnist"} if i == 2 else None
         )
@@ -347,7 +347,7 @@ def test_runs_without_a_dataset_show_no_nan_and_the_paper_preset_has_its_own_lab
         _fake_run(root / str(i), k, -1.0, acc, ranking="concept_restricted")
         if preset:
             p = root / str(i) / "results.json"
-            write_json_atomic(p, {**A.read_json(p), "run": {"choices": {"ranking": preset}}})
+            write_json_atomic(p, {**read_json(p), "run": {"choices": {"ranking": preset}}})
     titles: list[str] = []
     for name in ("score_heatmap", "metric_vs_k"):
         real = getattr(plots, name)

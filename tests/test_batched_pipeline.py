@@ -14,6 +14,7 @@ import pytest
 from test_pipeline import run_job
 
 from headpursuit.app.config import ConfigError, validate_config
+from headpursuit.app.results import Provenance, RunRecord
 from headpursuit.intervention import scale_heads
 from headpursuit.tasks import QATask, ToxicityTask
 from headpursuit.tasks.base import parse_batch_size
@@ -152,9 +153,17 @@ def _copy_without_evals(src: Path, dst: Path, keep: int = 0) -> list[Path]:
 EVAL_FLAGS = ("baseline_from_cache", "edited_from_cache", "random_from_cache")
 
 
-def _cache_flags(r: dict) -> dict:
+def _provenance(res: dict) -> Provenance:
+    """A run's provenance, its results.json read through the record type."""
+    outcome = RunRecord.from_json(res).outcome
+    assert outcome is not None
+    return outcome.provenance
+
+
+def _cache_flags(res: dict) -> dict:
     """The evaluations' cache flags (the ranking's differ: the later runs read it from the copy)."""
-    return {k: r["provenance"]["cache"][k] for k in EVAL_FLAGS}
+    cache = _provenance(res).cache
+    return {flag: getattr(cache, flag) for flag in EVAL_FLAGS}
 
 
 @pytest.mark.slow
@@ -166,22 +175,21 @@ def test_batched_pipeline_writes_the_same_results(tmp_path):
 
     _copy_without_evals(seq_cache, tmp_path / "cache_batched")
     batched = run_job(tmp_path / "batched", tmp_path / "cache_batched", *overrides)
-    for section in SECTIONS:
+    for section in SECTIONS:  # the files' sections, as written
         assert batched[section] == seq[section], section
-    assert [s["heads"] for s in batched["random"]["per_seed"]] == [s["heads"] for s in seq["random"]["per_seed"]]
     assert _cache_flags(batched) == _cache_flags(seq)
     assert _cache_flags(batched) == {
         "baseline_from_cache": False,
         "edited_from_cache": False,
         "random_from_cache": [False, False],
     }
-    assert batched["provenance"]["cache"]["scores_from_cache"] is True  # only the evaluations ran again
-    prov_seq, prov_batched = seq["provenance"], batched["provenance"]
-    assert prov_seq["batched_edits"] is False and prov_batched["batched_edits"] is True
-    assert prov_batched["batch_sizes"]["task"] == 16 and prov_batched["batch_sizes"]["capture"] == 8
-    assert prov_batched["batch_sizes"]["batched_edits"] == 4 and prov_batched["batch_sizes"]["edit_rows"] == 64
-    assert prov_seq["batch_sizes"]["batched_edits"] == 0 and prov_seq["batch_sizes"]["edit_rows"] is None
-    assert "generate_edits" in prov_batched["timings"] and "generate_edits" not in prov_seq["timings"]
+    prov_seq, prov_batched = _provenance(seq), _provenance(batched)
+    assert prov_batched.cache.scores_from_cache is True  # only the evaluations ran again
+    assert prov_seq.batched_edits is False and prov_batched.batched_edits is True
+    assert prov_batched.batch_sizes["task"] == 16 and prov_batched.batch_sizes["capture"] == 8
+    assert prov_batched.batch_sizes["batched_edits"] == 4 and prov_batched.batch_sizes["edit_rows"] == 64
+    assert prov_seq.batch_sizes["batched_edits"] == 0 and prov_seq.batch_sizes["edit_rows"] is None
+    assert "generate_edits" in prov_batched.timings and "generate_edits" not in prov_seq.timings
 
     # Half the evaluations cached: only the others are generated, each hit recorded as the
     # sequential path records it, and the results are the same again.
@@ -192,7 +200,7 @@ def test_batched_pipeline_writes_the_same_results(tmp_path):
     flags = _cache_flags(partial)
     hits = [flags["baseline_from_cache"], flags["edited_from_cache"], *flags["random_from_cache"]]
     assert sorted(hits) == [False, False, True, True]
-    assert partial["provenance"]["batch_sizes"]["batched_edits"] == 2
+    assert _provenance(partial).batch_sizes["batched_edits"] == 2
     assert len(list((tmp_path / "cache_partial" / "evals").glob("*.json"))) == n_evals
 
 
@@ -206,9 +214,9 @@ def test_batch_alphas_cache_the_other_alpha_jobs_evaluations(tmp_path):
     first = run_job(tmp_path / "first", shared_cache, k, "intervention.alpha=-1", "intervention.batch_alphas=[-1,2]")
     # baseline, 2 alphas x (edited + 2 random seeds)
     assert len(list((shared_cache / "evals").glob("*.json"))) == 1 + 2 * 3
-    assert first["provenance"]["batch_sizes"]["batched_edits"] == 1 + 2 * 3
+    assert _provenance(first).batch_sizes["batched_edits"] == 1 + 2 * 3
     second = run_job(tmp_path / "second", shared_cache, k, "intervention.alpha=2", "intervention.batch_alphas=[-1,2]")
-    assert second["provenance"]["batch_sizes"]["batched_edits"] == 0  # nothing left to generate
+    assert _provenance(second).batch_sizes["batched_edits"] == 0  # nothing left to generate
     assert _cache_flags(second) == {
         "baseline_from_cache": True,
         "edited_from_cache": True,

@@ -42,6 +42,7 @@ from headpursuit.app import run as R
 from headpursuit.app.cache import RunCache
 from headpursuit.app.config import validate_config
 from headpursuit.app.interrupts import JobInterrupted, signals_raise
+from headpursuit.app.results import ErrorInfo, RunRecord
 from headpursuit.app.tracking import (
     ERROR_FILE,
     FAIL_FAST_FILE,
@@ -517,8 +518,11 @@ def run_cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     )
 
 
-def results(run_dir: Path) -> dict:
-    return json.loads((run_dir / RESULTS_FILE).read_text())
+def results(run_dir: Path) -> RunRecord:
+    """The run's results.json, read through the record type."""
+    rec = RunRecord.read(run_dir / RESULTS_FILE)
+    assert rec is not None, f"no readable {RESULTS_FILE} in {run_dir}"
+    return rec
 
 
 # ------------------------------------------------------------------------------------------
@@ -531,15 +535,16 @@ def test_write_error_never_replaces_complete_results(tmp_path):
     write_json_atomic(tmp_path / RESULTS_FILE, complete)
     before = (tmp_path / RESULTS_FILE).read_bytes()
     for status in ("failed", "interrupted"):
-        out = write_error(tmp_path, RuntimeError("later launch"), {"config_hash": "bbb"}, status=status, stage="x")
-        assert out["status"] == status and out["error"]["stage"] == "x"
+        later = RunRecord(status="running", config_hash="bbb")
+        out = write_error(tmp_path, RuntimeError("later launch"), later, status=status, stage="x")
+        assert out.status == status and out.error is not None and out.error.stage == "x"
         assert (tmp_path / RESULTS_FILE).read_bytes() == before
         text = (tmp_path / ERROR_FILE).read_text()
         assert "results.json was kept" in text and "later launch" in text and "bbb" in text
     # a failed one is replaced (the rerun records its own failure)
     write_json_atomic(tmp_path / RESULTS_FILE, {"status": "failed"})
-    write_error(tmp_path, RuntimeError("again"), {"config_hash": "c"})
-    assert results(tmp_path)["error"]["message"] == "again"
+    write_error(tmp_path, RuntimeError("again"), RunRecord(status="running", config_hash="c"))
+    assert results(tmp_path).error == ErrorInfo(type="RuntimeError", message="again", file=ERROR_FILE, stage=None)
 
 
 def test_fail_fast_flag_is_scoped_to_one_launch(tmp_path):
@@ -712,9 +717,9 @@ class ModelLoadReached(RuntimeError):
     """Raised by the patched loader: the run got past every check to the model load."""
 
 
-def run_in_process(monkeypatch, run_dir: Path, *overrides: str) -> dict:
+def run_in_process(monkeypatch, run_dir: Path, *overrides: str) -> RunRecord:
     """The Hydra app in this process with the model loader patched to raise ModelLoadReached;
-    returns results.json."""
+    returns its record (results.json)."""
 
     def no_load(*a, **k):
         raise ModelLoadReached("model load reached")
@@ -774,26 +779,26 @@ def test_checks_run_before_the_model_loads_and_their_fix_works(monkeypatch, tmp_
     args = [o.format(tmp=tmp_path, **files) for o in overrides]
     cache = f"cache_dir={tmp_path / 'cache'}"
     res = run_in_process(monkeypatch, tmp_path / "bad", *args, cache)
-    msg = res["error"]["message"]
+    msg = res.error.message
     # ConfigError, or its PreflightError for a job's input (a multirun records it and goes on)
-    assert res["status"] == "failed" and res["error"]["type"] in ("ConfigError", "PreflightError"), res["error"]
+    assert res.status == "failed" and res.error.type in ("ConfigError", "PreflightError"), res.error
     assert key in msg, msg
     for override in fix:
         assert override in msg, msg  # the fix, as written in the message
     assert "Traceback" in (tmp_path / "bad" / ERROR_FILE).read_text()
     # The fix as written, after the bad overrides: every check passes, the model load is reached.
     fixed = run_in_process(monkeypatch, tmp_path / "fixed", *args, *fix, cache)
-    assert fixed["error"]["type"] == "ModelLoadReached", fixed["error"]
-    assert fixed["error"]["stage"] == "load_model"
+    assert fixed.error.type == "ModelLoadReached", fixed.error
+    assert fixed.error.stage == "load_model"
 
 
 def test_ranking_k_above_the_concept_but_within_the_vocabulary_passes(monkeypatch, tmp_path):
     """concept_restricted caps k at the number of concept tokens (conf/ranking/paper.yaml): such a k
     passes preflight; only one above the vocabulary (49152 tokens for SmolLM2) fails, naming it."""
     ok = run_in_process(monkeypatch, tmp_path / "ok", "ranking=paper", "ranking.k=5000", "cache_dir=null")
-    assert ok["error"]["type"] == "ModelLoadReached", ok["error"]
+    assert ok.error.type == "ModelLoadReached", ok.error
     bad = run_in_process(monkeypatch, tmp_path / "bad", "ranking=paper", "ranking.k=49153", "cache_dir=null")
-    assert "ranking.k=49153" in bad["error"]["message"] and "at most 49152" in bad["error"]["message"]
+    assert "ranking.k=49153" in bad.error.message and "at most 49152" in bad.error.message
 
 
 def test_preflight_leaves_the_repeated_questions_warning_to_the_build_on_the_model(tmp_path, caplog):
@@ -885,12 +890,12 @@ def test_unwritable_cache_dir_fails_before_the_model_loads_and_nothing_is_touche
         after = tree(shared)
     finally:
         shared.chmod(0o755)
-    msg = res["error"]["message"]
-    assert res["error"]["type"] == "ConfigError" and res["error"]["stage"] == "preflight", res["error"]
+    msg = res.error.message
+    assert res.error.type == "ConfigError" and res.error.stage == "preflight", res.error
     assert f"cache_dir={str(cache)!r}" in msg and "cache_dir=null" in msg, msg
     assert after == before  # the probe made nothing and removed nothing
     fixed = run_in_process(monkeypatch, tmp_path / "fixed", "cache_dir=null")
-    assert fixed["error"]["type"] == "ModelLoadReached", fixed["error"]
+    assert fixed.error.type == "ModelLoadReached", fixed.error
 
 
 def test_cache_dir_probe_leaves_the_folder_as_it_was(tmp_path):
@@ -1099,7 +1104,7 @@ def test_fail_fast_rerun_keeps_complete_jobs_and_runs_what_is_missing(shared):
     first = run_cli("-m", *common, "intervention.k=3,0", "fail_fast=true")
     assert first.returncode != 0
     job0 = results(sweep / "0")
-    assert job0["status"] == "complete" and results(sweep / "1")["status"] == "failed"
+    assert job0.status == "complete" and results(sweep / "1").status == "failed"
     complete0 = (sweep / "0" / RESULTS_FILE).read_bytes()
     assert (sweep / FAIL_FAST_FILE).exists()
 
@@ -1108,7 +1113,7 @@ def test_fail_fast_rerun_keeps_complete_jobs_and_runs_what_is_missing(shared):
     assert second.returncode == 0, second.stderr[-3000:]
     assert (sweep / "0" / RESULTS_FILE).read_bytes() == complete0
     job1 = results(sweep / "1")
-    assert job1["status"] == "complete" and job1["k"] == 1
+    assert job1.status == "complete" and job1.outcome is not None and job1.outcome.edit.k == 1
     assert not (sweep / "1" / ERROR_FILE).exists()  # the earlier failure's error.txt is gone
     complete1 = (sweep / "1" / RESULTS_FILE).read_bytes()
 
@@ -1169,11 +1174,11 @@ def test_signal_mid_run_records_interrupted_with_the_stage(tmp_path, sig):
     proc, out, err = _interrupt_mid_run(run_dir, tmp_path / "cache", sig)
     assert proc.returncode == 128 + sig, err[-3000:]
     res = results(run_dir)
-    assert res["status"] == "interrupted", res.get("error")
-    stage = res["error"]["stage"]
-    assert stage and stage != "start", res["error"]
+    assert res.status == "interrupted", res.error
+    stage = res.error.stage
+    assert stage and stage != "start", res.error
     name = signal.Signals(sig).name
-    assert name in res["error"]["message"] and stage in res["error"]["message"]
+    assert name in res.error.message and stage in res.error.message
     text = (run_dir / ERROR_FILE).read_text()
     assert "status: interrupted" in text and stage in text
     assert f"interrupted by {name}" in err and "Traceback" not in err, err[-3000:]
@@ -1181,7 +1186,7 @@ def test_signal_mid_run_records_interrupted_with_the_stage(tmp_path, sig):
     # the rerun completes
     again = run_cli(*SMOKE, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert results(run_dir)["status"] == "complete" and not (run_dir / ERROR_FILE).exists()
+    assert results(run_dir).status == "complete" and not (run_dir / ERROR_FILE).exists()
 
 
 @pytest.mark.slow
@@ -1191,7 +1196,7 @@ def test_corrupt_app_cache_files_are_recomputed_with_identical_results(shared):
     run_a = root / "corrupt_a"
     first = run_cli(*SMOKE, f"hydra.run.dir={run_a}", f"cache_dir={cache}")
     assert first.returncode == 0, first.stderr[-3000:]
-    before = results(run_a)
+    before = read_json(run_a / RESULTS_FILE)  # the file's content: identical, raw
     damaged = []
     for i, path in enumerate(sorted(p for kind in ("samples", "scores", "evals") for p in (cache / kind).glob("*.*"))):
         if path.suffix in (".pkl", ".json"):
@@ -1205,10 +1210,11 @@ def test_corrupt_app_cache_files_are_recomputed_with_identical_results(shared):
     log = second.stdout + second.stderr
     for path in damaged:
         assert str(path) in log and "unreadable" in log
-    after = results(run_b)
+    after = read_json(run_b / RESULTS_FILE)
+    assert before is not None and after is not None
     for section in ("heads", "baseline", "edited", "random", "normalized"):
         assert after[section] == before[section], section
-    assert after["provenance"]["cache"]["ranking_samples_from_cache"] is False
+    assert results(run_b).outcome.provenance.cache.ranking_samples_from_cache is False
 
 
 # ---- progress bars count generation steps, not batches (issue 14, item 6) -------------------

@@ -20,7 +20,8 @@ from devices import CPU_OVERRIDES
 from headpursuit.app.cache import RunCache
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
 from headpursuit.app.record import summarize_seeds
-from headpursuit.app.tracking import completed_results, write_json_atomic
+from headpursuit.app.results import RESULTS_VERSION, RunRecord, completed_results, write_record
+from headpursuit.app.tracking import to_jsonable, write_json_atomic
 from headpursuit.heads import check_heads, parse_heads, random_control_draw, random_heads, select_heads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,11 +65,27 @@ def run_job(run_dir: Path, cache: Path, *overrides: str, experiment: str = "smok
     return json.loads((run_dir / "results.json").read_text())
 
 
-def _results(sweep_dir: Path) -> dict[tuple, dict]:
+def read_record(path: Path) -> RunRecord:
+    """results.json read through the record type, checked to hold every key of the file: nothing
+    the job wrote is lost to a reader (NaN read back is written as null again)."""
+    rec = RunRecord.read(path)
+    assert rec is not None, f"no readable {path}"
+    assert to_jsonable(rec.to_json()) == json.loads(path.read_text())
+    return rec
+
+
+def run_record(run_dir: Path, cache: Path, *overrides: str, experiment: str = "smoke") -> RunRecord:
+    """`run_job`, its results.json read through the record type (`read_record`)."""
+    run_job(run_dir, cache, *overrides, experiment=experiment)
+    return read_record(run_dir / "results.json")
+
+
+def _results(sweep_dir: Path) -> dict[tuple, RunRecord]:
     out = {}
     for p in sorted(sweep_dir.glob("*/results.json")):
-        r = json.loads(p.read_text())
-        out[(r["k"], r["alpha"])] = r
+        r = read_record(p)
+        assert r.outcome is not None, p
+        out[(r.outcome.edit.k, r.outcome.edit.alpha)] = r
     return out
 
 
@@ -113,7 +130,8 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
     sweep, cache, before = basic_sweep
     res = _results(sweep)
     assert sorted(res) == [(2, -1.0), (2, 0.0), (4, -1.0), (4, 0.0)]
-    assert all(r["status"] == "complete" for r in res.values())
+    assert all(r.status == "complete" and r.results_version == RESULTS_VERSION for r in res.values())
+    out = {key: r.outcome for key, r in res.items()}
     # One activation file, one score table, one set of ranking answers for the whole sweep.
     # At most one new entry of each kind, and one in all that the jobs used (an earlier test on this
     # worker may have made it already).
@@ -121,35 +139,34 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
     assert all(len(names) <= 1 for names in added.values()), added
     cached_before = not added["acts"]
     # The first job extracts (unless an earlier test made the same entry); the others read.
-    hits = [r["provenance"]["cache"]["activations_from_cache"] for r in res.values()]
+    hits = [o.provenance.cache.activations_from_cache for o in out.values()]
     assert sorted(hits) == ([True] * 4 if cached_before else [False, True, True, True])
-    base_hits = sum(r["provenance"]["cache"]["baseline_from_cache"] for r in res.values())
+    base_hits = sum(bool(o.provenance.cache.baseline_from_cache) for o in out.values())
     assert base_hits == (4 if cached_before else 3)
     # The k=2 heads are the first two of the k=4 heads, and all runs share the baseline.
-    assert [h for h in res[(4, -1.0)]["heads"][:2]] == res[(2, -1.0)]["heads"]
-    assert len({json.dumps(r["baseline"], sort_keys=True) for r in res.values()}) == 1
-    for r in res.values():
-        for section in ("baseline", "edited", "random"):
-            assert 0.0 <= r[section]["concept"]["accuracy"] <= 1.0
-        assert r["random"]["n_seeds"] == 2 and len(r["random"]["per_seed"]) == 2
-        assert "accuracy" in r["random"]["std"]["concept"] and "accuracy" in r["random"]["median"]["concept"]
-        assert r["random"]["pool"] == "all"
-        assert (Path(r["run"]["dir"]) / "head_scores.csv").exists()
-        prov = r["provenance"]
-        assert prov["model"]["quantisation"] and prov["environment"]["versions"]["torch"]
-        assert prov["environment"]["versions"]["transformers"]
+    assert out[(4, -1.0)].edit.heads[:2] == out[(2, -1.0)].edit.heads
+    assert len({json.dumps(o.baseline.to_json(), sort_keys=True) for o in out.values()}) == 1
+    for key, o in out.items():
+        for groups in (o.baseline.groups, o.edited.groups, o.random.stats.mean):
+            assert 0.0 <= groups["concept"]["accuracy"] <= 1.0
+        assert o.random.stats.n_seeds == 2 and len(o.random.per_seed) == 2
+        assert "accuracy" in o.random.stats.std["concept"] and "accuracy" in o.random.stats.median["concept"]
+        assert o.random.pool == "all"
+        assert (Path(res[key].run.dir) / "head_scores.csv").exists()
+        assert o.provenance.model.details["quantisation"] and o.provenance.environment["versions"]["torch"]
+        assert o.provenance.environment["versions"]["transformers"]
 
 
 @pytest.mark.slow
 def test_layer_matched_random_controls(basic_sweep, tmp_path):
     _, cache, _ = basic_sweep  # ranking and baseline come from the shared cache
-    r = run_job(
+    r = run_record(
         tmp_path / "run", cache, "intervention.k=3", "intervention.alpha=-1", "intervention.random_pool=same_layers"
-    )
-    edited = {(h["layer"], h["head"]) for h in r["heads"]}
-    assert r["random"]["pool"] == "same_layers" and len(r["random"]["per_seed"]) == 2
-    for draw in r["random"]["per_seed"]:
-        heads = {tuple(h) for h in draw["heads"]}
+    ).outcome
+    edited = set(r.edit.pairs)
+    assert r.random.pool == "same_layers" and len(r.random.per_seed) == 2
+    for draw in r.random.per_seed:
+        heads = set(draw.heads)
         assert len(heads) == 3 and not heads & edited
         assert {a for a, _ in heads} <= {a for a, _ in edited}
 
@@ -206,15 +223,16 @@ def test_submitit_local_sweep_matches_basic(basic_sweep, tmp_path):
     a, b = _results(sweep), _results(sub_sweep)
     assert sorted(a) == sorted(b) and len(b) == 4, _submitit_logs(sub_sweep)
     for key in a:
-        assert b[key]["status"] == "complete"
-        assert b[key]["heads"] == a[key]["heads"]
-        for section in ("baseline", "edited"):
-            for g in ("concept", "control"):
-                assert b[key][section][g] == a[key][section][g], (key, section, g)
-        assert b[key]["random"]["concept"] == a[key]["random"]["concept"]
+        assert b[key].status == "complete"
+        ours, theirs = b[key].outcome, a[key].outcome
+        assert ours.edit.heads == theirs.edit.heads
+        for g in ("concept", "control"):
+            assert ours.baseline.groups[g] == theirs.baseline.groups[g], (key, "baseline", g)
+            assert ours.edited.groups[g] == theirs.edited.groups[g], (key, "edited", g)
+        assert ours.random.stats.mean["concept"] == theirs.random.stats.mean["concept"]
     # Parallel jobs still extract once: the others wait on the cache lock, then read.
     assert len(list((cache / "acts").glob("*.safetensors"))) == 1
-    hits = sorted(r["provenance"]["cache"]["activations_from_cache"] for r in b.values())
+    hits = sorted(r.outcome.provenance.cache.activations_from_cache for r in b.values())
     assert hits == [False, True, True, True]
 
 
@@ -243,8 +261,8 @@ def test_config_errors_fail_fast(override, key, tmp_path):
     assert key in out, out[-2000:]
     assert time.perf_counter() - t0 < 90  # before any model load or generation
     if override.startswith("intervention"):
-        res = json.loads((tmp_path / "run" / "results.json").read_text())
-        assert res["status"] == "failed" and key in res["error"]["message"]
+        res = read_record(tmp_path / "run" / "results.json")
+        assert res.status == "failed" and key in res.error.message and res.outcome is None
         assert (tmp_path / "run" / "error.txt").exists()
 
 
@@ -378,11 +396,14 @@ def test_run_cache_computes_once(tmp_path):
 
 
 def test_completed_results_needs_same_config(tmp_path):
-    write_json_atomic(tmp_path / "results.json", {"status": "complete", "config_hash": "abc"})
-    assert completed_results(tmp_path, "abc") is not None
+    write_record(tmp_path, RunRecord(status="complete", config_hash="abc"))
+    done = completed_results(tmp_path, "abc")
+    assert done is not None and (done.status, done.config_hash) == ("complete", "abc")
     assert completed_results(tmp_path, "other") is None
-    write_json_atomic(tmp_path / "results.json", {"status": "failed", "config_hash": "abc"})
+    write_record(tmp_path, RunRecord(status="failed", config_hash="abc"))
     assert completed_results(tmp_path, "abc") is None
+    write_json_atomic(tmp_path / "results.json", {"status": "complete", "config_hash": "abc"})  # version 1
+    assert completed_results(tmp_path, "abc") is not None
     (tmp_path / "results.json").write_text('{"status": "complete", "config_ha')  # truncated
     assert completed_results(tmp_path, "abc") is None
 
@@ -400,13 +421,13 @@ def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path):
     proc = run_cli("headpursuit", "-m", *bad, f"hydra.sweep.dir={tmp_path / 'a'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for job in ("0", "1"):
-        res = json.loads((tmp_path / "a" / job / "results.json").read_text())
-        assert res["status"] == "failed" and "missing" in res["error"]["message"]
+        res = read_record(tmp_path / "a" / job / "results.json")
+        assert res.status == "failed" and "missing" in res.error.message
         assert "Traceback" in (tmp_path / "a" / job / "error.txt").read_text()
     proc = run_cli("headpursuit", "-m", *bad, "fail_fast=true", f"hydra.sweep.dir={tmp_path / 'b'}")
     assert proc.returncode != 0
-    second = json.loads((tmp_path / "b" / "1" / "results.json").read_text())
-    assert second["status"] == "failed" and "fail_fast" in second["error"]["message"]
+    second = read_record(tmp_path / "b" / "1" / "results.json")
+    assert second.status == "failed" and "fail_fast" in second.error.message
 
 
 # ------------------------------------------------------------------------------------------
@@ -485,12 +506,12 @@ def test_an_edit_that_empties_the_outputs_is_flagged_in_results_and_console(tmp_
         f"hydra.run.dir={tmp_path / 'a'}", f"cache_dir={tmp_path / 'cache'}",
     )  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
-    res = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert res["edited"]["empty_fraction"] > 0.5 and res["edited"]["n_outputs"] == 4
-    assert res["baseline"]["empty_fraction"] <= 0.5
-    heads = " ".join(f"{h['layer']}.{h['head']}" for h in res["heads"])
-    assert any(heads in w and "alpha=1e+30" in w for w in res["warnings"]), res["warnings"]
-    per_seed = res["random"]["per_seed"]
-    assert len(res["warnings"]) == 1 + sum(r["empty_fraction"] > 0.5 for r in per_seed)
+    res = read_record(tmp_path / "a" / "results.json").outcome
+    assert res.edited.empty_fraction > 0.5 and res.edited.n_outputs == 4
+    assert res.baseline.empty_fraction <= 0.5
+    heads = " ".join(f"{a}.{b}" for a, b in res.edit.pairs)
+    assert any(heads in w and "alpha=1e+30" in w for w in res.warnings), res.warnings
+    per_seed = res.random.per_seed
+    assert len(res.warnings) == 1 + sum(r.result.empty_fraction > 0.5 for r in per_seed)
     console = first.stdout + first.stderr
     assert any("WARNING" in line and heads in line and "alpha=1e+30" in line for line in console.splitlines()), console

@@ -378,9 +378,9 @@ def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
 
 @pytest.mark.slow
 def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_path_factory):
-    from test_pipeline import run_job, shared_cache
+    from test_pipeline import run_record, shared_cache
 
-    r = run_job(
+    rec = run_record(
         tmp_path / "run",
         shared_cache(tmp_path_factory),
         "intervention.k=3",
@@ -388,35 +388,34 @@ def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_pa
         "intervention.random_pool=layer_counts",
         "intervention.random_seeds=[0,1,2]",
     )
-    assert r["status"] == "complete"
-    edited = [(h["layer"], h["head"]) for h in r["heads"]]
-    rnd = r["random"]
-    assert rnd["pool"] == "layer_counts" and rnd["n_seeds"] == 3 and len(rnd["per_seed"]) == 3
-    assert rnd["relaxed_layers"] == {}  # 3 heads never fill more than half of a layer of 9
-    for draw in rnd["per_seed"]:
-        heads = [tuple(h) for h in draw["heads"]]
-        assert Counter(a for a, _ in heads) == Counter(a for a, _ in edited) and not set(heads) & set(edited)
-        assert draw["relaxed"] == {}
+    assert rec.status == "complete"
+    r = rec.outcome
+    edited = r.edit.pairs
+    rnd = r.random
+    assert rnd.pool == "layer_counts" and rnd.stats.n_seeds == 3 and len(rnd.per_seed) == 3
+    assert rnd.relaxed_layers == {}  # 3 heads never fill more than half of a layer of 9
+    for draw in rnd.per_seed:
+        assert Counter(a for a, _ in draw.heads) == Counter(a for a, _ in edited) and not set(draw.heads) & set(edited)
+        assert draw.relaxed == {}
     # the existing keys, and beside them the quartiles
-    for key in ("std", "median", "q25", "q75"):
-        assert "accuracy" in rnd[key]["concept"], key
-    accs = [d["concept"]["accuracy"] for d in rnd["per_seed"]]
-    assert rnd["concept"]["accuracy"] == pytest.approx(sum(accs) / 3)
+    for stat in ("std", "median", "q25", "q75"):
+        assert "accuracy" in rnd.stats.stat(stat)["concept"], stat
+    accs = [d.result.groups["concept"]["accuracy"] for d in rnd.per_seed]
+    assert rnd.stats.mean["concept"]["accuracy"] == pytest.approx(sum(accs) / 3)
     q1, _, q3 = statistics.quantiles(accs, n=4, method="inclusive")
-    assert rnd["q25"]["concept"]["accuracy"] == pytest.approx(q1) and rnd["q75"]["concept"][
-        "accuracy"
-    ] == pytest.approx(q3)
-    norm = r["normalized"]
+    assert rnd.stats.q25["concept"]["accuracy"] == pytest.approx(q1)
+    assert rnd.stats.q75["concept"]["accuracy"] == pytest.approx(q3)
+    norm = r.normalized
     for g in ("concept", "control"):
-        b, e = r["baseline"][g]["accuracy"], r["edited"][g]["accuracy"]
-        got = norm["edited"][g]["accuracy"]
-        assert got is None if b == 0 else got == pytest.approx(e / b)
+        b, e = r.baseline.groups[g]["accuracy"], r.edited.groups[g]["accuracy"]
+        got = norm.edited[g]["accuracy"]
+        assert math.isnan(got) if b == 0 else got == pytest.approx(e / b)  # undefined over 0 (null in the file)
         for stat in ("median", "q25", "q75", "mean", "std"):
-            assert "accuracy" in norm["random"][stat][g], (stat, g)
-    b = r["baseline"]["concept"]["accuracy"]
+            assert "accuracy" in norm.random.stat(stat)[g], (stat, g)
+    b = r.baseline.groups["concept"]["accuracy"]
     if b:
         med = statistics.median(a / b for a in accs)
-        assert norm["random"]["median"]["concept"]["accuracy"] == pytest.approx(med)
+        assert norm.random.median["concept"]["accuracy"] == pytest.approx(med)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 import wandb_offline
 
 from headpursuit.app import tracking as T
+from headpursuit.app.results import RunRecord
 
 
 def test_atomic_json_write_and_interrupted_write(tmp_path, monkeypatch):
@@ -46,10 +47,11 @@ def test_csv_and_error_record(tmp_path):
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
-        res = T.write_error(tmp_path, exc, {"config_hash": "h"})
-    assert res["status"] == "failed"
+        res = T.write_error(tmp_path, exc, RunRecord(status="running", config_hash="h"))
+    assert res.status == "failed"
     assert "boom" in (tmp_path / "error.txt").read_text()
-    assert json.loads((tmp_path / "results.json").read_text())["error"]["message"] == "boom"
+    back = RunRecord.read(tmp_path / "results.json")
+    assert back is not None and back.error is not None and back.error.message == "boom"
     assert T.completed_results(tmp_path, "h") is None
 
 

@@ -7,8 +7,9 @@ edit -> evaluate -> record.
     interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
     cache.py      RunCache: the library's store plus the per-stage hits; the identities keys hold
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)
-    record.py     record(): the results.json dict
-    tracking.py   results.json / error records and resume; re-exports the rooms below
+    results.py    RunRecord: results.json as one type (schema version, writer, reader), resume, error records
+    record.py     record(): what a run measured (the record's outcome), from the stages' outputs
+    tracking.py   the facade: every name the rooms below (and results.py) export still imports from it
     files.py      atomic writes, read_json, the run-dir lock, a full disk
     liveness.py   heartbeat, running_state, the fail-fast flag
     tracker.py    the W&B mirror and flatten_metrics

@@ -47,16 +47,26 @@ from typing import Any
 
 import pandas as pd
 
-from headpursuit.app.tracking import HEAD_SCORES_FILE, RESULTS_FILE, read_json, running_state, write_text_atomic
+from headpursuit.app.files import write_text_atomic
+from headpursuit.app.liveness import running_state
+from headpursuit.app.results import (
+    HEAD_SCORES_FILE,
+    RESULTS_FILE,
+    Edit,
+    Groups,
+    Outcome,
+    RandomControls,
+    ResultsError,
+    RunRecord,
+    SeedStats,
+)
 
 # dataset: the classification dataset (task.dataset); rank_dataset: where a transfer run's heads
 # were ranked (rank_task). Both empty for the other tasks, so their tables are unchanged.
 SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"]
-SECTIONS = ("baseline", "edited", "random")
-# Keys of a results section that hold no per-group metrics.
-NOT_METRIC_GROUPS = ("n", "examples", "per_seed", "seeds", "n_seeds", "heads", "relaxed_layers")
-# Keys of a results section that hold one statistic over the random seeds: {stat: {group: {metric}}}.
-STAT_KEYS = ("mean", "std", "median", "q25", "q75")
+# The statistics over the random seeds, as column prefixes: random.<stat>.<group>.<metric> (the
+# mean is random.<group>.<metric>) and normalized.random.<stat>.<group>.<metric>.
+STAT_KEYS = SeedStats.STATS
 # Ranking methods by the paper's row names: SOMP scores, the logit-lens (LL) baseline.
 SOMP_METHODS = ("concept_restricted", "concept_share")
 LL_METHODS = ("logit_lens_mean", "logit_lens")
@@ -80,20 +90,34 @@ def find_results(root: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.rglob(RESULTS_FILE) if ".submitit" not in p.parts)
 
 
-def _metrics(prefix: str, node: Any, out: dict) -> None:
-    if not isinstance(node, Mapping):
-        return
-    for g, metrics in node.items():
-        if g in STAT_KEYS:
-            _metrics(f"{prefix}.{g}", metrics, out)
-            continue
-        if g in NOT_METRIC_GROUPS or not isinstance(metrics, Mapping):
-            continue
-        for name, v in metrics.items():
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, (int, float)) or v is None:
-                out[f"{prefix}.{g}.{name}"] = float("nan") if v is None else float(v)
+def _metric_columns(prefix: str, groups: Groups, out: dict) -> None:
+    """`<prefix>.<group>.<metric>` columns of `out` from {group: {metric: value}} (NaN: undefined)."""
+    for group, metrics in groups.items():
+        for name, value in metrics.items():
+            out[f"{prefix}.{group}.{name}"] = value
+
+
+def _stat_columns(prefix: str, stats: SeedStats, out: dict, *, mean: str) -> None:
+    """Each statistic over the random seeds as `<prefix>.<stat>.<group>.<metric>` columns, the mean
+    as `<prefix>.<mean>...` (`random.<group>.<metric>`: mean="")."""
+    for stat in STAT_KEYS:
+        name = mean if stat == "mean" else stat
+        _metric_columns(f"{prefix}.{name}" if name else prefix, stats.stat(stat), out)
+
+
+def metric_columns(outcome: Outcome) -> dict[str, float]:
+    """Every metric of a run as its runs.csv column: `baseline.`, `edited.`, `random.` (the mean
+    over seeds), `random.<stat>.`, `normalized.edited.` and `normalized.random.<stat>.`."""
+    out: dict[str, float] = {}
+    _metric_columns("baseline", outcome.baseline.groups, out)
+    _metric_columns("edited", outcome.edited.groups, out)
+    if outcome.random is not None:
+        _stat_columns("random", outcome.random.stats, out, mean="")
+    if outcome.normalized is not None:
+        _metric_columns("normalized.edited", outcome.normalized.edited, out)
+        if outcome.normalized.random is not None:
+            _stat_columns("normalized.random", outcome.normalized.random, out, mean="mean")
+    return out
 
 
 def ranking_label(method: Any, preset: Any) -> str:
@@ -116,62 +140,70 @@ def present(setting: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in setting.items() if not _missing(v)}
 
 
-def relaxed_label(random: Any) -> str:
+def relaxed_label(random: RandomControls | None) -> str:
     """`random_relaxed` of a run: "<layer>:<heads short> ..." from results.json
     `random.relaxed_layers`; "" when no random set borrowed (or the run has no such record)."""
-    relaxed = (random or {}).get("relaxed_layers") if isinstance(random, Mapping) else None
-    if not isinstance(relaxed, Mapping):
+    if random is None or not random.relaxed_layers:
         return ""
-    return " ".join(f"{layer}:{(entry or {}).get('short')}" for layer, entry in relaxed.items())
+    return " ".join(f"{layer}:{b.short}" for layer, b in random.relaxed_layers.items())
 
 
-def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | None = None) -> dict:
-    """One flat row from a results.json dict."""
-    cfg = res.get("config") or {}
-    iv = cfg.get("intervention") or {}
-    choices = (res.get("run") or {}).get("choices") or {}
-    prov = res.get("provenance") or {}
-    task_cfg = cfg.get("task") or {}
-    rank_groups = task_cfg.get("rank_groups")
-    method = res.get("ranking") or (cfg.get("ranking") or {}).get("method")
+def _run_label(path: Path | None, root: Path | None) -> str | None:
+    if path is None:
+        return None
+    return str(path.parent.relative_to(root)) if root is not None else str(path.parent)
+
+
+# Runs of before `intervention.random_pool` existed drew their random heads from all heads.
+LEGACY_RANDOM_POOL = "all"
+
+
+def result_row(rec: RunRecord, path: Path | None = None, root: Path | None = None) -> dict:
+    """One flat row from a run's record. A run without an outcome (failed, interrupted, running)
+    shows its setting from its config."""
+    out = rec.outcome
+    edit = out.edit if out is not None else Edit()
+    prov = out.provenance if out is not None else None
+    choices = rec.run.choices if rec.run is not None else {}
+    rank_groups = rec.config_at("task", "rank_groups")
+    method = (out.ranking if out is not None else None) or rec.config_at("ranking", "method")
+    config_k = rec.config_at("intervention", "k")
+    config_pool = rec.config_at("intervention", "random_pool")
     row: dict[str, Any] = {
-        "run": str(path.parent.relative_to(root))
-        if path is not None and root is not None
-        else (str(path.parent) if path is not None else None),
-        "status": res.get("status"),
-        "model": res.get("model") or (cfg.get("model") or {}).get("name_or_path"),
-        "task": res.get("task") or (cfg.get("task") or {}).get("name"),
-        "dataset": res.get("dataset") or task_cfg.get("dataset"),
-        "rank_dataset": (res.get("transfer") or {}).get("source"),
+        "run": _run_label(path, root),
+        "status": rec.status,
+        "model": (out.model if out is not None else None) or rec.config_at("model", "name_or_path"),
+        "task": (out.task if out is not None else None) or rec.config_at("task", "name"),
+        "dataset": (out.dataset if out is not None else None) or rec.config_at("task", "dataset"),
+        "rank_dataset": out.transfer.source if out is not None and out.transfer is not None else None,
         # the toxicity classifier (every output says which one scored it)
-        "scorer": (res.get("baseline") or {}).get("scorer") if isinstance(res.get("baseline"), Mapping) else None,
+        "scorer": out.baseline.extra.get("scorer") if out is not None else None,
         # the label (method, and the config file when it is not the method's own); the method alone
         "ranking": ranking_label(method, choices.get("ranking")),
         "ranking_method": method,
-        "heads_mode": res.get("heads_mode") or iv.get("heads", "ranked"),
-        "k": res.get("k", iv.get("k")),
-        "k_frac": res.get("k_frac", iv.get("k_frac")),
-        "alpha": res.get("alpha", iv.get("alpha")),
-        "seed": cfg.get("seed"),
-        "random_pool": (res.get("random") or {}).get("pool", iv.get("random_pool", "all")),
-        "random_relaxed": relaxed_label(res.get("random")),
-        "positions": task_cfg.get("positions"),
+        "heads_mode": edit.heads_mode or rec.config_at("intervention", "heads"),
+        "k": edit.k if out is not None else config_k,
+        "k_frac": edit.k_frac if out is not None else rec.config_at("intervention", "k_frac"),
+        "alpha": edit.alpha if out is not None else rec.config_at("intervention", "alpha"),
+        "seed": rec.config_at("seed"),
+        "random_pool": (out.random.pool if out is not None and out.random is not None else None)
+        or config_pool
+        or LEGACY_RANDOM_POOL,
+        "random_relaxed": relaxed_label(out.random if out is not None else None),
+        "positions": rec.config_at("task", "positions"),
         "rank_groups": "+".join(map(str, rank_groups)) if isinstance(rank_groups, list) else rank_groups,
         "experiment": choices.get("experiment"),
         # the ranking config file chosen (e.g. paper vs concept_restricted: one method, two presets)
         "ranking_preset": choices.get("ranking"),
-        "n_heads_total": res.get("n_heads_total"),
-        "heads": " ".join(f"{h['layer']}.{h['head']}" for h in res.get("heads") or []),
-        "error": (res.get("error") or {}).get("message"),
-        "stage": (res.get("error") or {}).get("stage"),
-        "activations_from_cache": (prov.get("cache") or {}).get("activations_from_cache"),
-        "seconds": sum((prov.get("timings") or {}).values()) or None,
+        "n_heads_total": edit.n_heads_total,
+        "heads": " ".join(f"{h.layer}.{h.head}" for h in edit.heads),
+        "error": rec.error.message if rec.error is not None else None,
+        "stage": rec.error.stage if rec.error is not None else None,
+        "activations_from_cache": prov.cache.activations_from_cache if prov is not None else None,
+        "seconds": (sum(prov.timings.values()) or None) if prov is not None else None,
     }
-    for s in SECTIONS:
-        _metrics(s, res.get(s), row)
-    normalized = res.get("normalized") or {}
-    _metrics("normalized.edited", normalized.get("edited"), row)
-    _metrics("normalized.random", normalized.get("random"), row)
+    if out is not None:
+        row.update(metric_columns(out))
     return row
 
 
@@ -180,27 +212,32 @@ def result_row(res: Mapping[str, Any], path: Path | None = None, root: Path | No
 NOT_COMPLETE = ("failed", "interrupted", "stale", "running", "unreadable")
 
 
-def run_status(res: Mapping[str, Any], path: Path, stale_after: float | None = None) -> str:
+def run_status(rec: RunRecord, path: Path, stale_after: float | None = None) -> str:
     """The status a results.json says, with "running" checked against its heartbeat (`stale`)."""
-    status = str(res.get("status"))
-    return running_state(path.parent, res, stale_after=stale_after) if status == "running" else status
+    if rec.status != "running":
+        return rec.status
+    return running_state(path.parent, rec.to_json(), stale_after=stale_after)
 
 
 def load_runs(root: str | os.PathLike, *, stale_after: float | None = None) -> pd.DataFrame:
     """One row per results.json under `root` (sorted by setting, k, alpha). A file that does not
-    parse is a row with status=unreadable and its path in `error`, never dropped; a "running" job
-    whose heartbeat stopped is status=stale (see `tracking.running_state`)."""
+    parse (or is not a record this version reads: a newer schema) is a row with status=unreadable
+    and its path in `error`, never dropped; a "running" job whose heartbeat stopped is status=stale
+    (see `tracking.running_state`). Records of every version (`results.RESULTS_VERSION`) are read."""
     root = Path(root)
     rows = []
     for p in find_results(root):
         base = root if root.is_dir() else p.parent.parent
-        res = read_json(p)
-        if res is None:
-            row = result_row({}, p, base)
-            row.update(status="unreadable", error=f"unreadable {RESULTS_FILE}: {p}")
+        try:
+            rec, why = RunRecord.read(p), f"unreadable {RESULTS_FILE}: {p}"
+        except ResultsError as exc:
+            rec, why = None, f"unreadable: {exc}"
+        if rec is None:
+            row = result_row(RunRecord(status="unreadable"), p, base)
+            row.update(status="unreadable", error=why)
         else:
-            row = result_row(res, p, base)
-            row["status"] = run_status(res, p, stale_after)
+            row = result_row(rec, p, base)
+            row["status"] = run_status(rec, p, stale_after)
             if row["status"] == "stale":
                 row["error"] = f"status=running but no live process (heartbeat stopped): {p.parent}"
         rows.append(row)
@@ -525,8 +562,9 @@ def make_plots(df: pd.DataFrame, root: Path, out: Path) -> list[Path]:
             if not csv.exists():
                 continue
             table = pd.read_csv(csv)
-            res = read_json(root / run / RESULTS_FILE) or {}
-            layout = ((res.get("provenance") or {}).get("model") or {}).get("layout") or {}
+            rec = RunRecord.read(root / run / RESULTS_FILE)
+            outcome = rec.outcome if rec is not None else None
+            layout = (outcome.provenance.model.layout if outcome is not None else None) or {}
             made.append(
                 plots.score_heatmap(
                     table,

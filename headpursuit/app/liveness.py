@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from headpursuit.app.files import read_json, write_text_atomic
+from headpursuit.app.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,6 @@ def running_state(run_dir: str | os.PathLike, res: Mapping[str, Any], *, stale_a
     Stale: its process is gone (same host), or its last heartbeat (results.json's time for runs
     without one) is older than `stale_after` seconds (default: STALE_INTERVALS heartbeat
     intervals, at least STALE_MIN_S)."""
-    # the results file's name is the results record's (imported here: that module re-exports this one)
-    from headpursuit.app.tracking import RESULTS_FILE
-
     run_dir = Path(run_dir)
     info = res.get("heartbeat") or {}
     beat = read_json(run_dir / HEARTBEAT_FILE) or {}

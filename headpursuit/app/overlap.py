@@ -28,7 +28,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ from typing import Any
 import pandas as pd
 
 from headpursuit.app.aggregate import find_results
-from headpursuit.app.tracking import HEAD_SCORES_FILE, read_json, write_csv_atomic
+from headpursuit.app.files import write_csv_atomic
+from headpursuit.app.results import HEAD_SCORES_FILE, Evaluation, ResultsError, RunRecord
 from headpursuit.intervention import Head
 
 __all__ = [
@@ -68,42 +69,48 @@ class OverlapRun:
     source: str  # the dataset the heads were ranked on
     target: str  # the dataset the run was evaluated on
     heads: list[Head]  # the edited heads (the run's top-k)
-    baseline: dict = field(default_factory=dict)
-    edited: dict = field(default_factory=dict)
+    baseline: Evaluation = field(default_factory=Evaluation)
+    edited: Evaluation = field(default_factory=Evaluation)
 
     @property
     def setting(self) -> tuple[str, str, float]:
         return (self.model, self.ranking, self.alpha)
 
 
-def _dataset_of(cfg: Mapping[str, Any] | None, fallback: str | None = None) -> str | None:
-    cfg = cfg or {}
-    return cfg.get("dataset") or fallback or cfg.get("name")
+def _dataset_of(rec: RunRecord, task_key: str) -> str | None:
+    """The dataset of the run's `task` or `rank_task` config (its `dataset`, else its `name`)."""
+    return rec.config_at(task_key, "dataset") or rec.config_at(task_key, "name")
 
 
 def load_overlap_runs(root: str | os.PathLike) -> list[OverlapRun]:
-    """Every complete run under `root` with edited heads (sorted by run path)."""
+    """Every complete run under `root` with edited heads (sorted by run path); a results.json this
+    version cannot read (a newer schema) is left out, with a message."""
     runs = []
     for p in find_results(root):
-        res = read_json(p)
-        if not res or res.get("status") != "complete" or not res.get("heads"):
+        try:
+            rec = RunRecord.read(p)
+        except ResultsError as exc:
+            print(f"overlap: left out: {exc}", file=sys.stderr)
             continue
-        cfg = res.get("config") or {}
-        target = _dataset_of(cfg.get("task"), res.get("dataset")) or str(res.get("task"))
-        transfer = res.get("transfer") or {}
-        source = transfer.get("source") or (_dataset_of(cfg.get("rank_task")) if cfg.get("rank_task") else target)
+        if rec is None or rec.status != "complete" or rec.outcome is None or not rec.outcome.edit.heads:
+            continue
+        out = rec.outcome
+        target = rec.config_at("task", "dataset") or out.dataset or rec.config_at("task", "name") or str(out.task)
+        transfer = out.transfer
+        ranked_elsewhere = _dataset_of(rec, "rank_task") if rec.config_at("rank_task") else None
+        source = (transfer.source if transfer is not None else None) or ranked_elsewhere or target
         runs.append(
             OverlapRun(
                 path=p.parent,
-                model=str(res.get("model")),
-                ranking=str(res.get("ranking")),
-                alpha=float(res.get("alpha", float("nan"))),
-                k=int(res["k"]),
+                model=str(out.model),
+                ranking=str(out.ranking),
+                alpha=float("nan") if out.edit.alpha is None else out.edit.alpha,
+                k=int(out.edit.k if out.edit.k is not None else len(out.edit.heads)),
                 source=str(source),
-                target=str(transfer.get("target") or target),
-                heads=[(int(h["layer"]), int(h["head"])) for h in res["heads"]],
-                baseline=res.get("baseline") or {},
-                edited=res.get("edited") or {},
+                target=str((transfer.target if transfer is not None else None) or target),
+                heads=out.edit.pairs,
+                baseline=out.baseline,
+                edited=out.edited,
             )
         )
     return runs
@@ -149,13 +156,10 @@ def jaccard_matrix(runs: Sequence[OverlapRun], k: int) -> pd.DataFrame:
     return m
 
 
-def normalized_value(result: Mapping[str, Any], baseline: Mapping[str, Any], group: str, metric: str) -> float:
+def normalized_value(result: Evaluation, baseline: Evaluation, group: str, metric: str) -> float:
     """edited / unedited for one metric (NaN where either is missing or not finite, or unedited is 0),
     as results.json `normalized` has it."""
-    try:
-        x, b = float(result[group][metric]), float(baseline[group][metric])
-    except (KeyError, TypeError, ValueError):
-        return float("nan")
+    x, b = result.metric(group, metric), baseline.metric(group, metric)
     return x / b if math.isfinite(b) and b != 0.0 and math.isfinite(x) else float("nan")
 
 

@@ -1,12 +1,15 @@
-"""The results.json record of a run: what was edited, the three evaluations and their provenance.
+"""What a run measured, built from the stages' outputs: the `Outcome` of its results record
+(`app.results`): what was edited, the three evaluations, the summaries and their provenance.
 
-    res.update(record(lm=lm, task=task, config=config, k=k, heads=heads, scores=scores, ...))
+    rec.outcome = record(lm=lm, task=task, config=config, k=k, heads=heads, scores=scores, ...)
 
-`summarize_seeds` reduces the random-head controls to mean / std / median / q25 / q75 per metric;
-`normalized_metrics` divides every metric by the unedited model's (the paper reports only such
-ratios): `normalized.edited.<group>.<metric>` and `normalized.random.<stat>.<group>.<metric>`.
+`seed_summary` reduces the random-head controls to mean / std / median / q25 / q75 per metric;
+`normalized` divides every metric by the unedited model's (the paper reports only such ratios):
+`normalized.edited.<group>.<metric>` and `normalized.random.<stat>.<group>.<metric>`.
 `run_warnings` lists what makes a result suspect (results.json `warnings`; the run logs each):
 an evaluation whose outputs are more than half empty (`EMPTY_WARNING_FRACTION`).
+`summarize_seeds`, `normalized_metrics`, `relaxation` and `relaxed_layers` give the same parts as
+results.json writes them (NaN where undefined).
 """
 
 from __future__ import annotations
@@ -18,8 +21,25 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.app.cache import RunCache, code_fingerprint
+from headpursuit.app.environment import environment
+from headpursuit.app.files import to_jsonable
+from headpursuit.app.results import (
+    Borrowed,
+    CacheProvenance,
+    Edit,
+    EditedHead,
+    Evaluation,
+    ModelProvenance,
+    Normalized,
+    Outcome,
+    Provenance,
+    RandomControl,
+    RandomControls,
+    SeedStats,
+    Transfer,
+    is_metric_group,
+)
 from headpursuit.app.stages import transfer_info
-from headpursuit.app.tracking import environment
 from headpursuit.heads import ControlDraw, Head, head_records
 from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
 
@@ -32,12 +52,18 @@ if TYPE_CHECKING:
 __all__ = [
     "record",
     "batch_size_provenance",
+    "cache_provenance",
+    "evaluation",
+    "seed_summary",
     "summarize_seeds",
+    "relaxation_of",
     "relaxation",
+    "relaxed_layers_of",
     "relaxed_layers",
     "seed_stats",
     "percentile",
     "normalize_to_baseline",
+    "normalized",
     "normalized_metrics",
     "metric_groups",
     "run_warnings",
@@ -57,15 +83,13 @@ CACHE_FLAGS = {
 }
 
 
+#: keys of an evaluation result (or a random set's) that hold no metric group
+NOT_METRIC_GROUPS = (*Evaluation.KEYS, *RandomControl.KEYS, "fluency_info")
+
+
 def metric_groups(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """The per-group metric dicts of an evaluation result (drops n, examples, ...)."""
-    return {
-        g: dict(v)
-        for g, v in result.items()
-        if isinstance(v, Mapping)
-        and g not in ("n", "examples", "fluency_info", "relaxed")
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values())
-    }
+    return {g: dict(v) for g, v in result.items() if is_metric_group(g, v, NOT_METRIC_GROUPS)}
 
 
 #: the statistics of the random-head controls, per group and metric
@@ -124,24 +148,26 @@ def seed_stats(per_seed: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dic
     return out
 
 
-def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
-    """{group: {metric: mean}, "std": {..}, "median": {..}, "q25": {..}, "q75": {..}, "n_seeds": n}.
+def seed_summary(per_seed: Sequence[Mapping[str, Any]]) -> SeedStats:
+    """Mean, std, median, q25 and q75 of every metric over the random sets (see `seed_stats`).
 
     The median and the quartiles (see `percentile`) are reported next to the mean because on small
     models a single draw that hits a load-bearing head (layer 0/1) can break every answer and drag
-    the mean down on its own; the paper reports median and interquartile range.
-
-    NaN values (e.g. an undefined metric) are left out of a metric's mean/std; a metric NaN for
-    every seed stays NaN. The std is the sample standard deviation (n-1): with one seed it is
-    undefined, NaN (null in results.json), and `std_note` says so.
+    the mean down on its own; the paper reports median and interquartile range. With one set the
+    std is undefined, NaN (null in results.json), and `std_note` says so.
     """
     stats = seed_stats(per_seed)
-    out: dict[str, Any] = {"std": stats["std"], "median": stats["median"], "n_seeds": len(per_seed)}
-    if len(per_seed) < 2:
-        out["std_note"] = STD_NOTE
-    out.update(stats["mean"])
-    out["q25"], out["q75"] = stats["q25"], stats["q75"]
-    return out
+    return SeedStats(
+        **{stat: stats[stat] for stat in SEED_STATS},
+        n_seeds=len(per_seed),
+        std_note=STD_NOTE if len(per_seed) < 2 else None,
+    )
+
+
+def summarize_seeds(per_seed: Sequence[Mapping[str, Any]]) -> dict:
+    """`seed_summary` as results.json's `random` writes it: {group: {metric: mean}, "std": {..},
+    "median": {..}, "q25": {..}, "q75": {..}, "n_seeds": n} (and `std_note` with one set)."""
+    return seed_summary(per_seed).to_json(means_at_top=True)
 
 
 def normalize_to_baseline(result: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -159,23 +185,21 @@ def normalize_to_baseline(result: Mapping[str, Any], baseline: Mapping[str, Any]
     return out
 
 
+def normalized(baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence[Mapping]) -> Normalized:
+    """Every metric over the unedited model's (the paper's reporting): the edited heads', and the
+    random sets' statistics (None without random sets). Each random set is normalised by the
+    baseline first, then summarised."""
+    random = seed_summary([normalize_to_baseline(r, baseline) for r in per_seed]) if per_seed else None
+    return Normalized(edited=normalize_to_baseline(edited, baseline), random=random)
+
+
 def normalized_metrics(baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence[Mapping]) -> dict:
-    """results.json `normalized`: every metric over the unedited model's (the paper's reporting).
+    """`normalized` as results.json writes it:
 
     {"edited": {group: {metric: edited / baseline}},
      "random": {stat: {group: {metric}}} | None, with stat in SEED_STATS and "n_seeds"}
-
-    Each random seed is normalised by the baseline first, then summarised.
     """
-    random = None
-    if per_seed:
-        random = {
-            **seed_stats([normalize_to_baseline(r, baseline) for r in per_seed]),
-            "n_seeds": len(per_seed),
-        }
-        if len(per_seed) < 2:
-            random["std_note"] = STD_NOTE
-    return {"edited": normalize_to_baseline(edited, baseline), "random": random}
+    return normalized(baseline, edited, per_seed).to_json()
 
 
 #: above this share of empty outputs an evaluation is flagged (`run_warnings`)
@@ -213,41 +237,57 @@ def run_warnings(
     return out
 
 
-def relaxation(draw: ControlDraw) -> dict[str, dict[str, Any]]:
-    """results.json `random.per_seed[i].relaxed`: {"<short layer>": {"short": n heads, "from":
-    {"<layer>": n heads}}}, the heads a layer_counts set borrowed from the nearest layers for a layer
-    that could not supply its count (`heads.layer_count_draw`); {} when it borrowed none."""
+def relaxation_of(draw: ControlDraw) -> dict[int, Borrowed]:
+    """What a layer_counts set borrowed from the nearest layers, by the short layer
+    (`heads.layer_count_draw`); {} when it borrowed none."""
+    return {layer: Borrowed(short=sum(src.values()), sources=dict(src)) for layer, src in draw.borrowed.items()}
+
+
+def relaxed_layers_of(draws: Sequence[ControlDraw]) -> dict[int, Borrowed]:
+    """Over a run's random sets, by short layer: the heads a set lacked there (the same for every
+    set: it depends on the edited heads alone), the sets that borrowed for it (`n_sets`) and the
+    heads borrowed from each layer, all sets together; {} when no set borrowed."""
+    short: dict[int, int] = {}
+    n_sets: dict[int, int] = {}
+    sources: dict[int, dict[int, int]] = {}
+    for draw in draws:
+        for layer, src in draw.borrowed.items():
+            short[layer] = max(short.get(layer, 0), sum(src.values()))
+            n_sets[layer] = n_sets.get(layer, 0) + 1
+            into = sources.setdefault(layer, {})
+            for s, n in src.items():
+                into[s] = into.get(s, 0) + n
     return {
-        str(layer): {"short": sum(src.values()), "from": {str(s): n for s, n in src.items()}}
-        for layer, src in draw.borrowed.items()
+        layer: Borrowed(short=short[layer], sources=dict(sorted(sources[layer].items())), n_sets=n_sets[layer])
+        for layer in sorted(short)
     }
+
+
+def relaxation(draw: ControlDraw) -> dict[str, dict[str, Any]]:
+    """`relaxation_of` as results.json `random.per_seed[i].relaxed` writes it: {"<short layer>":
+    {"short": n heads, "from": {"<layer>": n heads}}}."""
+    return {str(layer): b.to_json() for layer, b in relaxation_of(draw).items()}
 
 
 def relaxed_layers(draws: Sequence[ControlDraw]) -> dict[str, dict[str, Any]]:
-    """results.json `random.relaxed_layers`, over a run's random sets: {"<short layer>": {"short":
-    heads a set lacked there (the same for every set: it depends on the edited heads alone),
-    "n_sets": sets that borrowed for it, "from": {"<layer>": heads borrowed from it, all sets}}};
-    {} when no set borrowed."""
-    out: dict[int, dict[str, Any]] = {}
-    for draw in draws:
-        for layer, src in draw.borrowed.items():
-            entry = out.setdefault(layer, {"short": 0, "n_sets": 0, "from": {}})
-            entry["short"] = max(entry["short"], sum(src.values()))
-            entry["n_sets"] += 1
-            for s, n in src.items():
-                entry["from"][s] = entry["from"].get(s, 0) + n
-    return {
-        str(layer): {**e, "from": {str(s): n for s, n in sorted(e["from"].items())}} for layer, e in sorted(out.items())
-    }
+    """`relaxed_layers_of` as results.json `random.relaxed_layers` writes it: {"<short layer>":
+    {"short": .., "n_sets": .., "from": {"<layer>": ..}}}."""
+    return {str(layer): b.to_json() for layer, b in relaxed_layers_of(draws).items()}
 
 
-def cache_provenance(cache: RunCache) -> dict:
+def cache_provenance(cache: RunCache) -> CacheProvenance:
     """Where the cache lives and, per stage, whether it was read from it (from `cache.hits`)."""
-    return {
-        "dir": str(cache.root) if cache.enabled else None,
+    return CacheProvenance(
+        dir=str(cache.root) if cache.enabled else None,
         **{flag: cache.hit(label) for flag, label in CACHE_FLAGS.items()},
-        "random_from_cache": list(cache.hits.get("random", [])),
-    }
+        random_from_cache=list(cache.hits.get("random", [])),
+    )
+
+
+def evaluation(result: Mapping[str, Any]) -> Evaluation:
+    """An evaluation result (`stages.evaluate_cached`) as the record holds it: its JSON form (what
+    a reader of results.json gets back), typed."""
+    return Evaluation.from_json(to_jsonable(result))
 
 
 def batch_size_provenance(lm: LoadedModel, task: Task, config: Mapping[str, Any], *, n_batched_edits: int = 0) -> dict:
@@ -291,60 +331,72 @@ def record(
     batch_sizes: Mapping[str, Any] | None = None,
     batched_edits: bool = False,
     rank_task: Task | None = None,
-) -> dict:
-    """The fields a complete run adds to results.json (after status, config_hash, config, run).
+) -> Outcome:
+    """The one builder of what a complete run measured (`RunRecord.outcome`), from the stages'
+    outputs.
 
     `rank_task`: the task the heads were ranked on when it is not `task` (a transfer run,
     config `rank_task`); results then say ``transfer: {source, target}`` (`transfer_info`) and
     carry its provenance as ``provenance.rank_task``; `dataset` is the evaluated task's dataset
     (classification: task.dataset) or null. `random_sets`: the draws behind `per_seed` (one per
-    seed): each seed's `relaxed` and the run's `random.relaxed_layers` say what they borrowed."""
+    seed): each seed's `relaxed` and the run's `random.relaxed_layers` say what they borrowed.
+    Free-form parts (task and model provenance, environment) are held in their JSON form."""
     iv, seed = config["intervention"], int(config["seed"])
     layout = lm.layout
     random = None
     if per_seed:
         draws = {draw.seed: draw for draw in random_sets}  # a seed's draw is fixed by the seed
-        random = {
-            **summarize_seeds(per_seed),
-            "seeds": list(iv["random_seeds"]),
-            "pool": iv.get("random_pool", "all"),
-            "relaxed_layers": relaxed_layers(random_sets),
-            "per_seed": [{**r, "relaxed": relaxation(draws[r["seed"]])} for r in per_seed],
-        }
-    return {
-        "model": lm.name,
-        "task": task.name,
-        "dataset": getattr(task, "dataset", None),
-        "transfer": transfer_info(config) if rank_task is not None else None,
-        "ranking": config["ranking"]["method"],
-        "k": k,
-        "k_frac": iv.get("k_frac"),
-        "alpha": float(iv["alpha"]),
-        "heads_mode": iv.get("heads", "ranked"),
-        "n_heads_total": layout.n_layers * layout.n_heads,
-        "heads": head_records(heads, scores.table),
-        "baseline": baseline,
-        "edited": edited,
-        "random": random,
-        "normalized": normalized_metrics(baseline, edited, per_seed),
-        "warnings": run_warnings(heads, float(iv["alpha"]), baseline, edited, per_seed),
-        "provenance": {
-            "model": {
-                **lm.provenance,
-                "layout": dataclasses.asdict(layout),
-                "loaded_in_process": model_loaded_in_process,
-            },
-            "task": task.provenance(),
-            "rank_task": rank_task.provenance() if rank_task is not None else None,
-            "environment": environment(),
-            "seeds": {"seed": seed, "random_heads": list(iv["random_seeds"])},
-            "code_fingerprint": code_fingerprint(),
-            "n_ranking_samples": len(samples),
-            "n_activation_rows": int(acts.n_rows),
-            "cache": cache_provenance(cache),
-            "timings": dict(timings),
-            "batch_sizes": dict(batch_sizes or {}),
-            "batched_edits": bool(batched_edits),
-        },
-        "status": "complete",
-    }
+        random = RandomControls(
+            stats=seed_summary(per_seed),
+            seeds=[int(s) for s in iv["random_seeds"]],
+            pool=iv["random_pool"],
+            relaxed_layers=relaxed_layers_of(random_sets),
+            per_seed=[
+                RandomControl(
+                    seed=int(r["seed"]),
+                    heads=[(int(a), int(b)) for a, b in r["heads"]],
+                    result=evaluation({key: v for key, v in r.items() if key not in RandomControl.KEYS}),
+                    relaxed=relaxation_of(draws[r["seed"]]),
+                )
+                for r in per_seed
+            ],
+        )
+    transfer = transfer_info(config) if rank_task is not None else None
+    return Outcome(
+        model=lm.name,
+        task=task.name,
+        dataset=getattr(task, "dataset", None),
+        transfer=None if transfer is None else Transfer(**transfer),
+        ranking=config["ranking"]["method"],
+        edit=Edit(
+            k=k,
+            k_frac=None if iv["k_frac"] is None else float(iv["k_frac"]),
+            alpha=float(iv["alpha"]),
+            heads_mode=iv["heads"],
+            n_heads_total=layout.n_layers * layout.n_heads,
+            heads=[EditedHead.from_json(h) for h in head_records(heads, scores.table)],
+        ),
+        baseline=evaluation(baseline),
+        edited=evaluation(edited),
+        random=random,
+        normalized=normalized(baseline, edited, per_seed),
+        warnings=run_warnings(heads, float(iv["alpha"]), baseline, edited, per_seed),
+        provenance=Provenance(
+            model=ModelProvenance(
+                details=to_jsonable(lm.provenance),
+                layout=dataclasses.asdict(layout),
+                loaded_in_process=model_loaded_in_process,
+            ),
+            task=to_jsonable(task.provenance()),
+            rank_task=to_jsonable(rank_task.provenance()) if rank_task is not None else None,
+            environment=to_jsonable(environment()),
+            seeds={"seed": seed, "random_heads": list(iv["random_seeds"])},
+            code_fingerprint=code_fingerprint(),
+            n_ranking_samples=len(samples),
+            n_activation_rows=int(acts.n_rows),
+            cache=cache_provenance(cache),
+            timings={stage: float(seconds) for stage, seconds in timings.items()},
+            batch_sizes=to_jsonable(dict(batch_sizes or {})),
+            batched_edits=bool(batched_edits),
+        ),
+    )

@@ -34,11 +34,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import ConfigError, resolve_k, validate_config
-from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full, write_csv_atomic, write_json_atomic
+from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full, write_csv_atomic
 from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
 from headpursuit.app.liveness import FailFastFlag, Heartbeat
 from headpursuit.app.preflight import PreflightError, preflight
 from headpursuit.app.record import batch_size_provenance, record
+from headpursuit.app.results import (
+    HEAD_SCORES_FILE,
+    RESULTS_FILE,
+    HeartbeatInfo,
+    RunInfo,
+    RunRecord,
+    clear_error,
+    completed_results,
+    config_hash,
+    write_error,
+    write_record,
+)
 from headpursuit.app.stages import (
     build_task_memo,
     cache_other_alphas,
@@ -56,14 +68,6 @@ from headpursuit.app.stages import (
 )
 from headpursuit.app.timer import Timer
 from headpursuit.app.tracker import Tracker, flatten_metrics
-from headpursuit.app.tracking import (
-    HEAD_SCORES_FILE,
-    RESULTS_FILE,
-    clear_error,
-    completed_results,
-    config_hash,
-    write_error,
-)
 from headpursuit.determinism import set_deterministic
 from headpursuit.heads import Head, select_heads
 from headpursuit.tasks.loaders import fixture_path
@@ -101,19 +105,19 @@ def find_config_dir() -> str:
     )
 
 
-def run_info(hc: Any, run_dir: Path) -> dict:
+def run_info(hc: Any, run_dir: Path) -> RunInfo:
     """Where and how Hydra ran this job (results.json `run`)."""
     try:
         job_num = int(hc.job.num)
     except Exception:  # single runs have no job number
         job_num = None
-    return {
-        "dir": str(run_dir),
-        "mode": hc.mode.name.lower(),
-        "job_num": job_num,
-        "overrides": list(hc.overrides.task),
-        "choices": dict(hc.runtime.choices),
-    }
+    return RunInfo(
+        dir=str(run_dir),
+        mode=hc.mode.name.lower(),
+        job_num=job_num,
+        overrides=list(hc.overrides.task),
+        choices=dict(hc.runtime.choices),
+    )
 
 
 def start_tracker(config: Mapping[str, Any], run_dir: Path, hc: Any) -> Tracker:
@@ -156,12 +160,12 @@ def write_head_scores(
         )
 
 
-def track(
-    tracker: Tracker, res: Mapping[str, Any], heads: Sequence[Head], scores: HeadScores, heatmap: Path | None
-) -> None:
+def track(tracker: Tracker, rec: RunRecord, scores: HeadScores, heatmap: Path | None) -> None:
     """Mirror the record to W&B: metrics, k/alpha/heads, the score table and the heat map."""
-    tracker.log_metrics(flatten_metrics(res))
-    tracker.log_summary({"k": res["k"], "alpha": res["alpha"], "heads": [f"{a}.{b}" for a, b in heads]})
+    tracker.log_metrics(flatten_metrics(rec.to_json()))
+    if rec.outcome is not None:
+        edit = rec.outcome.edit
+        tracker.log_summary({"k": edit.k, "alpha": edit.alpha, "heads": [f"{h.layer}.{h.head}" for h in edit.heads]})
     tracker.log_table("head_scores", scores.table)
     if heatmap is not None:
         tracker.log_image("head_scores_heatmap", heatmap)
@@ -202,12 +206,16 @@ def warn_model_notes(lm: LoadedModel) -> None:
         log.warning("%s: %s", lm.name, note)
 
 
-def execute(cfg: DictConfig, run_dir: Path, res: dict, timer: Timer, fail_fast: FailFastFlag | None = None) -> dict:
+def execute(
+    cfg: DictConfig, run_dir: Path, rec: RunRecord, timer: Timer, fail_fast: FailFastFlag | None = None
+) -> RunRecord:
+    """The job, filling in `rec` (what a failure records) as it goes; returns the complete record
+    (or the one of an earlier run with the same config, resume=true)."""
     hc = HydraConfig.get()
     config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    res.update(status="running", config_hash=config_hash(config), config=config, run=run_info(hc, run_dir))
+    rec.status, rec.config_hash, rec.config, rec.run = "running", config_hash(config), config, run_info(hc, run_dir)
     validate_config(config)  # fail fast, naming the key
-    if cfg.resume and (done := completed_results(run_dir, res["config_hash"])):
+    if cfg.resume and (done := completed_results(run_dir, rec.config_hash)):
         log.info("%s: complete with the same config; skipping (resume=false to rerun)", run_dir)
         return done
     # After the resume check: a complete job of this launch is skipped as complete, not as aborted.
@@ -219,13 +227,15 @@ def execute(cfg: DictConfig, run_dir: Path, res: dict, timer: Timer, fail_fast: 
     with timer("preflight"):
         preflight(config)  # data, concept, device: before any weight is read
     heartbeat = Heartbeat(run_dir, float(cfg.get("heartbeat_s", 30)), lambda: timer.stage)
-    res["heartbeat"] = heartbeat.info()
-    write_json_atomic(run_dir / RESULTS_FILE, res)
+    rec.heartbeat = HeartbeatInfo.from_json(heartbeat.info())
+    write_record(run_dir, rec)
     with heartbeat:
-        return run_stages(cfg, config, run_dir, res, timer, hc)
+        return run_stages(cfg, config, run_dir, rec, timer, hc)
 
 
-def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict, timer: Timer, hc: Any) -> dict:
+def run_stages(
+    cfg: DictConfig, config: dict[str, Any], run_dir: Path, rec: RunRecord, timer: Timer, hc: Any
+) -> RunRecord:
     iv, task_cfg, seed, cache = config["intervention"], config["task"], int(cfg.seed), RunCache(cfg.cache_dir)
     random.seed(seed)
     if cfg.get("deterministic"):
@@ -297,45 +307,44 @@ def run_stages(cfg: DictConfig, config: dict[str, Any], run_dir: Path, res: dict
         if other_alphas and generated:
             with timer("other_alphas"):
                 cache_other_alphas(cache, lm, task, eval_id, heads, random_sets, other_alphas, seed, generated)
-        res.update(
-            record(
-                lm=lm,
-                task=task,
-                config=config,
-                k=k,
-                heads=heads,
-                scores=scores,
-                baseline=baseline,
-                edited=edited,
-                per_seed=per_seed,
-                random_sets=random_sets,
-                samples=samples,
-                acts=acts,
-                cache=cache,
-                timings=timer.seconds,
-                model_loaded_in_process=loaded_before,
-                batch_sizes=batch_size_provenance(lm, task, config, n_batched_edits=len(generated) if batched else 0),
-                batched_edits=batched,
-                rank_task=rank_task if config.get("rank_task") else None,
-            )
+        outcome = record(
+            lm=lm,
+            task=task,
+            config=config,
+            k=k,
+            heads=heads,
+            scores=scores,
+            baseline=baseline,
+            edited=edited,
+            per_seed=per_seed,
+            random_sets=random_sets,
+            samples=samples,
+            acts=acts,
+            cache=cache,
+            timings=timer.seconds,
+            model_loaded_in_process=loaded_before,
+            batch_sizes=batch_size_provenance(lm, task, config, n_batched_edits=len(generated) if batched else 0),
+            batched_edits=batched,
+            rank_task=rank_task if config.get("rank_task") else None,
         )
-        for warning in res["warnings"]:  # on the console too, not only in results.json
+        rec.outcome, rec.status = outcome, "complete"
+        for warning in outcome.warnings or ():  # on the console too, not only in results.json
             log.warning("%s: %s", run_dir.name, warning)
-        track(tracker, res, heads, scores, heatmap)
+        track(tracker, rec, scores, heatmap)
         tracker.finish(0)
     except BaseException:
         tracker.finish(1)
-        res["tracking"] = tracker.status
+        rec.tracking = tracker.status
         raise
-    res["tracking"] = tracker.status
-    write_json_atomic(run_dir / RESULTS_FILE, res)
+    rec.tracking = tracker.status
+    write_record(run_dir, rec)
     clear_error(run_dir)  # an error.txt of an earlier attempt no longer describes this run
     log.info(
         "%s: %s",
         run_dir,
-        {k: round(v, 3) for k, v in flatten_metrics(res).items() if "/std/" not in k and k.count("/") == 2},
+        {k: round(v, 3) for k, v in flatten_metrics(rec.to_json()).items() if "/std/" not in k and k.count("/") == 2},
     )
-    return res
+    return rec
 
 
 #: exit status of a job whose run directory another live process holds (EX_TEMPFAIL: try again later)
@@ -345,13 +354,13 @@ EXIT_DISK_FULL = 1
 
 
 def record_failure(
-    run_dir: Path, exc: BaseException, res: dict, *, status: str = "failed", stage: str | None = None
+    run_dir: Path, exc: BaseException, rec: RunRecord, *, status: str = "failed", stage: str | None = None
 ) -> BaseException | None:
     """`write_error`, or as much of it as a full disk lets through: returns the disk-full error that
     stopped the record (None when it was written). Each file is replaced only by a complete new
     version (`write_text_atomic`), so a record cut short leaves what was there intact."""
     try:
-        write_error(run_dir, exc, res, status=status, stage=stage)
+        write_error(run_dir, exc, rec, status=status, stage=stage)
     except Exception as err:
         if (full := disk_full(err)) is None:
             raise
@@ -359,10 +368,10 @@ def record_failure(
     return None
 
 
-def record_interrupt(run_dir: Path, exc: JobInterrupted, res: dict) -> None:
+def record_interrupt(run_dir: Path, exc: JobInterrupted, rec: RunRecord) -> None:
     """results.json `status: interrupted` + error.txt, and a short message (no traceback)."""
     with signals_ignored():  # a second Ctrl-C does not cut the record short
-        full = record_failure(run_dir, exc, res, status="interrupted", stage=exc.stage)
+        full = record_failure(run_dir, exc, rec, status="interrupted", stage=exc.stage)
     recorded = (
         f"recorded as status=interrupted in {run_dir / RESULTS_FILE}"
         if full is None
@@ -413,21 +422,21 @@ def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:
     multirun = hc.mode == RunMode.MULTIRUN
     # Keyed by this launch: a rerun into the same sweep dir is not skipped by an old failure.
     fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.get("fail_fast") else None
-    res: dict = {"status": "running"}
+    rec = RunRecord(status="running")  # what a failure records: filled in as the job goes
     timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
     # A log line the job log cannot take (a full disk) prints no traceback of its own: a full disk
     # is reported once, below.
     raise_log_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         with signals_raise(lambda: timer.stage):
-            return execute(cfg, run_dir, res, timer, fail_fast)
+            return execute(cfg, run_dir, rec, timer, fail_fast).to_json()
     except JobInterrupted as exc:
-        record_interrupt(run_dir, exc, res)
+        record_interrupt(run_dir, exc, rec)
         # SystemExit passes Hydra's error report: the process exits 130 (SIGINT) / 143 (SIGTERM).
         raise SystemExit(exc.exit_code) from None
     except Exception as exc:
         stage = timer.stage_of_failure()
-        full = record_failure(run_dir, exc, res, stage=stage)
+        full = record_failure(run_dir, exc, rec, stage=stage)
         if (full := disk_full(exc) or full) is not None:
             # Every later write (other jobs of a sweep included) would fail alike: stop, one message.
             report_disk_full(run_dir, cfg, full, stage)
