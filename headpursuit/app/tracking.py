@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from headpursuit.app.result_neutral import RESULT_NEUTRAL_KEYS
+
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
@@ -45,7 +47,7 @@ ERROR_FILE = "error.txt"
 RESULTS_VERSION = 1
 
 # Config keys that do not change a run's results: left out of the config hash used for resume.
-VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots", "heartbeat_s")
+VOLATILE_KEYS = RESULT_NEUTRAL_KEYS  # the one list (headpursuit.app.result_neutral)
 
 
 # ------------------------------------------------------------------------------------------
