@@ -33,11 +33,13 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from headpursuit.app.cache import RunCache
+from headpursuit.app.schema import ModelConfig
 from headpursuit.app.stages import (
     build_task_memo,
     capture_cached,
@@ -52,6 +54,8 @@ from headpursuit.app.stages import (
 )
 from headpursuit.heads import select_heads
 from headpursuit.models import generation
+from headpursuit.ranking import RankingConfig
+from headpursuit.tasks import QAConfig
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -74,7 +78,7 @@ def main() -> None:
     ap.add_argument("--n-rank", type=int, default=10)
     ap.add_argument("--random", type=int, default=10, help="random-head controls")
     ap.add_argument("--k", type=int, default=6)
-    ap.add_argument("--max-new-tokens", type=int, default=16, help="conf/task/qa_countries.yaml's value")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="QAConfig's default")
     ap.add_argument("--batch-size", default="16", help="task.batch_size (an integer or auto)")
     ap.add_argument("--baseline", action="store_true", help="evaluate the unedited model too (a fresh job)")
     ap.add_argument("--rounds", type=int, default=2)
@@ -93,24 +97,20 @@ def main() -> None:
     cache, seed, alpha = RunCache(None), 0, -1.0  # no cache: every evaluation generates
     stage: dict[str, float] = {}
     t0 = time.perf_counter()
-    lm, _ = load_model_memo({"name_or_path": "smollm2"}, "cpu", "float32")
+    lm, _ = load_model_memo(ModelConfig(name_or_path="smollm2"), "cpu", "float32")
     stage["load_model"] = time.perf_counter() - t0
     batch_size: int | str = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    task_cfg = {
-        "name": "qa_countries",
-        "n_rank": args.n_rank,
-        "n_eval": args.n_eval,
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": batch_size,
-    }
+    task_cfg = QAConfig(
+        n_rank=args.n_rank, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens, batch_size=batch_size
+    )
     (task, stage["task"], _) = timed(lambda: build_task_memo(task_cfg, lm))
-    ident = {"bench": task_cfg}
+    ident = {"bench": asdict(task_cfg)}
     samples, stage["ranking_samples"], _ = timed(lambda: ranking_samples_cached(cache, task, lm, ident))
     (acts, acts_key), stage["capture"], _ = timed(
         lambda: capture_cached(cache, lm, samples, "answer_concept", concept_token_ids(task.concept))
     )
     scores, stage["rank"], _ = timed(
-        lambda: rank_cached(cache, acts, acts_key, lm, task.concept, {"method": "concept_restricted"}, seed)
+        lambda: rank_cached(cache, acts, acts_key, lm, task.concept, RankingConfig(method="concept_restricted"), seed)
     )
     if torch.get_num_threads() != args.threads:
         # Seen after the rank stage: the thread count it leaves must not slow the evaluation timed below.

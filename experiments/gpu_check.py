@@ -119,7 +119,8 @@ def main() -> int:
 
     print("ranking (concept_share)")
     scores = {
-        d: timed("rank_heads", lambda d=d: rank_heads(acts[d], lms[d], concept, k=args.k), d)[0] for d in ("cpu", "dev")
+        d: timed("rank_heads", lambda d=d: rank_heads(acts[d], lms[d], concept, somp_steps=args.k), d)[0]
+        for d in ("cpu", "dev")
     }
     top = {d: scores[d].top(args.k) for d in scores}
     report["ranking same top-k in order"] = top["cpu"] == top["dev"]

@@ -122,7 +122,7 @@ def main() -> None:
     # concept_share exactly as the pipeline computes it (same ranking samples, positions, k).
     cids = concept_token_ids(task.concept)
     acts = capture_heads(lm, rank_samples, positions="answer_concept", concept_token_ids=cids, progress=False)
-    cs = rank_heads(acts, lm, task.concept, method="concept_share", k=10)
+    cs = rank_heads(acts, lm, task.concept, method="concept_share", somp_steps=10)
     ranked = [(int(a), int(b)) for a, b in cs.top(len(cs.table))]
     heads = ranked[: args.heads] if args.heads else None
 

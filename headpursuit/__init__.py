@@ -4,7 +4,7 @@ import headpursuit as hp
 lm = hp.load_model("smollm2")
 concept = hp.load_concept("countries", lm.tokenizer)
 acts = hp.capture_heads(lm, samples, positions="answer_concept", concept_token_ids=concept.token_ids)
-scores = hp.rank_heads(acts, lm, concept, method="concept_share", k=10)
+scores = hp.rank_heads(acts, lm, concept, method="concept_share", somp_steps=10)
 with hp.scale_heads(lm, {h: -1.0 for h in scores.top(6)}):
     ...
 effects = hp.head_effects(lm, {"concept": samples, "control": other}, alpha=-1.0)  # causal check

@@ -5,6 +5,9 @@ import pytest
 import torch
 from devices import CPU
 
+# The run config's schemas and resolvers (Hydra's ConfigStore): every test that composes conf/ needs them.
+import headpursuit.app.schema  # noqa: F401
+
 # Nothing in the tests may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -16,7 +16,7 @@ from test_pipeline import run_job
 from headpursuit.app.config import ConfigError, validate_config
 from headpursuit.app.results import Provenance, RunRecord
 from headpursuit.intervention import scale_heads
-from headpursuit.tasks import QATask, ToxicityTask
+from headpursuit.tasks import QAConfig, QATask, ToxicityConfig, ToxicityTask
 from headpursuit.tasks.base import parse_batch_size
 
 # Three edits of the tiny model and the unedited one: several heads, several layers, several alphas.
@@ -36,7 +36,7 @@ def _texts(outputs):
 
 
 def _qa(lm, **kw):
-    return QATask(concept=["France", "Japan", "Italy"], tokenizer=lm.tokenizer, n_rank=2, n_eval=5, **kw)
+    return QATask(QAConfig(concept=["France", "Japan", "Italy"], n_rank=2, n_eval=5, **kw), lm.tokenizer)
 
 
 @pytest.mark.parametrize("batch_size", [2, 3, 16])
@@ -57,7 +57,7 @@ def test_answer_task_generate_many_equals_one_edit_at_a_time(tiny_llama, batch_s
 
 def test_generate_many_of_sampling_task_is_one_edit_at_a_time(tiny_llama):
     task = ToxicityTask(
-        concept="toxic", tokenizer=tiny_llama.tokenizer, max_new_tokens=4, batch_size=4, n_rank=2, n_eval=3
+        ToxicityConfig(concept="toxic", max_new_tokens=4, batch_size=4, n_rank=2, n_eval=3), tiny_llama.tokenizer
     )
     assert not task.shares_edit_batches  # sampled draws depend on the batch: never shared
     edits = EDITS[:3]
@@ -99,7 +99,7 @@ def test_config_checks_batched_edits_and_batch_sizes():
     validate_config(_cfg(task={"batch_size": "auto"}))
     validate_config(_cfg(intervention={"batched_edits": False}))
     for over, key in [
-        ({"intervention": {"batched_edits": "yes"}}, "intervention.batched_edits"),
+        ({"intervention": {"batched_edits": "sometimes"}}, "intervention.batched_edits"),  # a bool
         ({"task": {"batch_size": 0}}, "task.batch_size"),
         ({"task": {"batch_size": "large"}}, "task.batch_size"),
         ({"capture_batch_size": 0}, "capture_batch_size"),

@@ -26,6 +26,7 @@ from headpursuit.app.stages import (
     ranking_samples_cached,
 )
 from headpursuit.fingerprint import content_digest, fingerprint_of
+from headpursuit.ranking import RankingConfig
 from headpursuit.tasks import build_task
 from headpursuit.tasks.loaders import fixture_path, read_records
 
@@ -74,7 +75,7 @@ def _stages(cache: RunCache, lm, task_cfg: dict) -> dict:
         cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking", task.data_identity())}
     )
     acts, acts_key = capture_cached(cache, lm, samples, "last_prompt", concept_token_ids(task.concept))
-    scores = rank_cached(cache, acts, acts_key, lm, task.concept, {"method": "concept_share", "k": 2}, seed=0)
+    scores = rank_cached(cache, acts, acts_key, lm, task.concept, RankingConfig(somp_steps=2), seed=0)
     eval_id = {"model": model_id, "task": task_identity(task_cfg, "eval", task.data_identity())}
     evaluation = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=0)
     hits = {label: cache.hit(label) for label in ("samples", "acts", "scores", "baseline")}

@@ -81,10 +81,10 @@ def _same_table(a, b, atol=1e-6):
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_rank_heads_on_device_equals_cpu(device, method):
     z, W, U, gain = _problem()
-    cpu = rank_heads(z, _weights(W, U, gain, "cpu"), CONCEPT, method=method, k=4)
+    cpu = rank_heads(z, _weights(W, U, gain, "cpu"), CONCEPT, method=method, somp_steps=4)
     # activations on the CPU, model on the device: z is moved there batch by batch
-    mixed = rank_heads(z, _weights(W, U, gain, device), CONCEPT, method=method, k=4)
-    on_dev = rank_heads(z.to(device), _weights(W, U, gain, device), CONCEPT, method=method, k=4)
+    mixed = rank_heads(z, _weights(W, U, gain, device), CONCEPT, method=method, somp_steps=4)
+    on_dev = rank_heads(z.to(device), _weights(W, U, gain, device), CONCEPT, method=method, somp_steps=4)
     for scores in (mixed, on_dev):
         _same_table(scores, cpu)
         assert scores.meta["device"] == str(torch.device(device))
@@ -93,8 +93,8 @@ def test_rank_heads_on_device_equals_cpu(device, method):
 
 def test_explain_head_on_device(device):
     z, W, U, gain = _problem()
-    cpu = explain_head(z, _weights(W, U, gain, "cpu"), 1, 2, k=4)
-    dev = explain_head(z, _weights(W, U, gain, device), 1, 2, k=4)
+    cpu = explain_head(z, _weights(W, U, gain, "cpu"), 1, 2, somp_steps=4)
+    dev = explain_head(z, _weights(W, U, gain, device), 1, 2, somp_steps=4)
     assert cpu["token_id"].tolist() == dev["token_id"].tolist()
     assert (cpu["explained_variance"] - dev["explained_variance"]).abs().max() < 1e-6
 
@@ -158,8 +158,8 @@ def test_deterministic_config_key_is_validated():
         "task": {"name": "qa_countries"},
         "ranking": {"method": "concept_share"},
         "intervention": {"alpha": -1.0, "k": 2, "random_seeds": [0, 1]},
-        "deterministic": "yes",
+        "deterministic": "sometimes",
     }
-    with pytest.raises(ConfigError, match="deterministic must be true or false"):
+    with pytest.raises(ConfigError, match="deterministic: .*could not be converted to Boolean"):
         validate_config(cfg)
-    validate_config({**cfg, "deterministic": True})
+    assert validate_config({**cfg, "deterministic": True}).deterministic is True

@@ -765,9 +765,9 @@ PREFLIGHT_CASES = [
     (["+task@rank_task=qa_countries", "rank_task.n_rank=0"], "rank_task.n_rank", ["rank_task.n_rank=8"]),
     (["task.n_eval=0"], "task.n_eval", ["task.n_eval=8"]),
     (["task.max_new_tokens=0"], "task.max_new_tokens", ["task.max_new_tokens=16"]),
-    (["ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
-    (["ranking=concept_restricted", "ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
-    (["ranking=paper", "ranking.k=100000"], "ranking.k", ["ranking.k=10"]),
+    (["ranking.somp_steps=100000"], "ranking.somp_steps", ["ranking.somp_steps=10"]),
+    (["ranking=concept_restricted", "ranking.somp_steps=100000"], "ranking.somp_steps", ["ranking.somp_steps=10"]),
+    (["ranking=paper", "ranking.somp_steps=100000"], "ranking.somp_steps", ["ranking.somp_steps=10"]),
     (["intervention.random_seeds=[]"], "intervention.random_seeds", ["intervention.random_controls=false"]),
     (["intervention.random_seeds=[]"], "intervention.random_seeds", ["intervention.random_seeds=[0,1,2]"]),
 ]  # fmt: skip
@@ -792,13 +792,14 @@ def test_checks_run_before_the_model_loads_and_their_fix_works(monkeypatch, tmp_
     assert fixed.error.stage == "load_model"
 
 
-def test_ranking_k_above_the_concept_but_within_the_vocabulary_passes(monkeypatch, tmp_path):
-    """concept_restricted caps k at the number of concept tokens (conf/ranking/paper.yaml): such a k
-    passes preflight; only one above the vocabulary (49152 tokens for SmolLM2) fails, naming it."""
-    ok = run_in_process(monkeypatch, tmp_path / "ok", "ranking=paper", "ranking.k=5000", "cache_dir=null")
+def test_somp_steps_above_the_concept_but_within_the_vocabulary_pass(monkeypatch, tmp_path):
+    """concept_restricted caps the SOMP steps at the number of concept tokens (conf/ranking/paper.yaml):
+    such a value passes preflight; only one above the vocabulary (49152 tokens for SmolLM2) fails,
+    naming it."""
+    ok = run_in_process(monkeypatch, tmp_path / "ok", "ranking=paper", "ranking.somp_steps=5000", "cache_dir=null")
     assert ok.error.type == "ModelLoadReached", ok.error
-    bad = run_in_process(monkeypatch, tmp_path / "bad", "ranking=paper", "ranking.k=49153", "cache_dir=null")
-    assert "ranking.k=49153" in bad.error.message and "at most 49152" in bad.error.message
+    bad = run_in_process(monkeypatch, tmp_path / "bad", "ranking=paper", "ranking.somp_steps=49153", "cache_dir=null")
+    assert "ranking.somp_steps=49153" in bad.error.message and "at most 49152" in bad.error.message
 
 
 def test_preflight_leaves_the_repeated_questions_warning_to_the_build_on_the_model(tmp_path, caplog):
@@ -815,7 +816,7 @@ def test_preflight_leaves_the_repeated_questions_warning_to_the_build_on_the_mod
     with caplog.at_level(logging.WARNING):
         check_task_builds(cfg, tok)  # the job's preflight: silent about it (a sweep would say it per job)
         assert not [r for r in caplog.records if "repeated" in r.getMessage()]
-        task = build_task({**cfg, "tokenizer": tok})  # the build the run uses: says it once
+        task = build_task(cfg, tokenizer=tok)  # the build the run uses: says it once
     assert [r.levelname for r in caplog.records if "dropped 3 repeated" in r.getMessage()] == ["WARNING"]
     assert task.provenance()["data"]["duplicates_dropped"] == 3
     assert logging.getLogger("headpursuit.tasks").level == logging.NOTSET  # restored

@@ -8,7 +8,7 @@ import pytest
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.metrics.cider import cider_d
 from headpursuit.tasks.base import GroupOutputs, TaskOutputs
-from headpursuit.tasks.captioning import DEFAULT_INSTRUCTION, CaptioningTask
+from headpursuit.tasks.captioning import DEFAULT_INSTRUCTION, CaptioningConfig, CaptioningTask
 from headpursuit.tasks.prompts import CAPTION_PAPER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_caption_quality_reports_cider_d():
 
 
 def test_captioning_score_has_cider_per_group(tok):
-    task = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=3)
+    task = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=3), tok)
     caps = {"concept": ["a red circle", "a blue square", "green"], "control": ["stripes", "", "a checkerboard"]}
     groups = {}
     for g, texts in caps.items():
@@ -92,7 +92,7 @@ def test_hub_flickr30k_schema_with_load_dataset_mocked(tok, monkeypatch):
         return table
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    task = CaptioningTask(source="hub", tokenizer=tok, concept="colors", n_rank=2, n_eval=3)
+    task = CaptioningTask(CaptioningConfig(source="hub", concept="colors", n_rank=2, n_eval=3), tok)
     assert calls == [("lmms-lab/flickr30k", None, "test")]
     concept_eval = task.items("eval", "concept")
     assert len(concept_eval) == 3 and len(task.items("eval", "control")) == 3
@@ -112,7 +112,9 @@ def test_quantity_concept_loads_by_name(tok):
     assert q.count_in_text("Two dogs and a group of several children.") == 3
     assert load_concept("quantities", tok).words == q.words
     # as a task concept (task.concept=quantity)
-    task = CaptioningTask(tokenizer=tok, concept="quantity", source="fixture", n_rank=1, n_eval=1, rank_groups=None)
+    task = CaptioningTask(
+        CaptioningConfig(concept="quantity", source="fixture", n_rank=1, n_eval=1, rank_groups=None), tok
+    )
     assert task.concept.name == "quantity"
 
 
@@ -126,28 +128,30 @@ def test_single_token_only_keeps_multi_token_words_out_of_the_dictionary(tok):
     for w in full.multi_token_words:
         assert w not in single.word_token_ids and w in single.unusable_words
         assert single.count_in_text(f"it was {w}") == 1  # still counted in captions
-    task = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, single_token_only=True)
+    task = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2, single_token_only=True), tok)
     assert task.provenance()["single_token_only"] is True
-    assert set(task.concept.token_id_set) <= set(CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2).concept.token_id_set)
+    assert set(task.concept.token_id_set) <= set(
+        CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2), tok).concept.token_id_set
+    )
 
 
 # --- the paper's caption prompts ------------------------------------------------------------------
 
 
 def test_paper_caption_prompt_per_family(tok):
-    paper = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, prompt_preset="paper")
+    paper = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2, prompt_preset="paper"), tok)
     assert paper.instruction_for("llava") == "Provide a one-sentence caption for the provided image."
     assert paper.instruction_for("gemma3_vl") == (
         "Provide a short, single-line description of this image. Respond only with the description."
     )
     assert paper.instruction_for("qwen_vl") == "Provide a short, single-line description of this image."
     assert paper.instruction_for("idefics") == CAPTION_PAPER["llava"]  # a family the paper did not use
-    ours = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2)
+    ours = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2), tok)
     assert ours.instruction_for("qwen_vl") == DEFAULT_INSTRUCTION and ours.provenance()["prompt_preset"] == "ours"
-    mine = CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, instruction="Caption it.")
+    mine = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2, instruction="Caption it."), tok)
     assert mine.instruction_for("llava") == "Caption it."
     with pytest.raises(ValueError, match="prompt_preset"):
-        CaptioningTask(tokenizer=tok, n_rank=2, n_eval=2, prompt_preset="Paper")
+        CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2, prompt_preset="Paper"), tok)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +161,7 @@ def test_paper_caption_prompt_reaches_the_chat_template(model_type, family):
     from headpursuit.models.tiny_vlm import tiny_family_model_with_processor
 
     lm = tiny_family_model_with_processor(model_type)
-    task = CaptioningTask(tokenizer=lm.tokenizer, n_rank=2, n_eval=2, prompt_preset="paper")
+    task = CaptioningTask(CaptioningConfig(n_rank=2, n_eval=2, prompt_preset="paper"), lm.tokenizer)
     assert lm.family.name == family and CAPTION_PAPER[family] in task.prompt(lm)
     prov = task.provenance()
     assert prov["prompt_family"] == family and prov["instruction"] == CAPTION_PAPER[family]
@@ -184,7 +188,7 @@ PAPER_RANKING = ("concept_restricted", 50, True, False, False)
 
 def _paper_ranking(cfg):
     r = cfg.ranking
-    return (r.method, r.k, r.center, r.normalize_atoms, r.fold_norm_gain)
+    return (r.method, r.somp_steps, r.center, r.normalize_atoms, r.fold_norm_gain)
 
 
 @pytest.mark.parametrize("offline", [False, True])

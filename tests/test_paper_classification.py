@@ -53,8 +53,7 @@ def _task_cfg(*overrides: str, key: str = "task") -> dict:
 def _build(cfg: dict, tok):
     from headpursuit.tasks import build_task
 
-    args = {k: v for k, v in cfg.items() if k != "positions"}  # as the app passes them
-    return build_task({**args, "tokenizer": tok})
+    return build_task(cfg, tokenizer=tok)  # as the app builds it (on the model's tokenizer)
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,7 +249,7 @@ def _app_config(**extra) -> dict:
     return {
         "model": {"name_or_path": "tiny_vlm"},
         "task": {"name": "classification", "dataset": "mnist", "positions": "image_mean"},
-        "ranking": {"method": "concept_restricted", "k": 10},
+        "ranking": {"method": "concept_restricted", "somp_steps": 10},
         "intervention": {"k": 4, "alpha": -1.0, "random_seeds": [0]},
         "seed": 0,
         **extra,
@@ -259,11 +258,11 @@ def _app_config(**extra) -> dict:
 
 def test_rank_task_config_validation_and_transfer_info():
     cfg = _app_config(rank_task={"name": "classification", "dataset": "svhn", "positions": "image_mean"})
-    validate_config(cfg)
-    assert rank_task_config(cfg)["dataset"] == "svhn" and transfer_info(cfg) == {"source": "svhn", "target": "mnist"}
+    conf = validate_config(cfg)
+    assert rank_task_config(conf).dataset == "svhn" and transfer_info(cfg) == {"source": "svhn", "target": "mnist"}
     plain = _app_config(rank_task=None)
-    validate_config(plain)
-    assert rank_task_config(plain) is plain["task"] and transfer_info(plain) is None
+    conf = validate_config(plain)
+    assert rank_task_config(conf) is conf.task and transfer_info(plain) is None
     for bad, match in (("cls_svhn", "rank_task must be null"), ({"name": "nope"}, "rank_task.name"),
                        ({"name": "classification", "positions": "x"}, "rank_task.positions")):  # fmt: skip
         with pytest.raises(ConfigError, match=match):

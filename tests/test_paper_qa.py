@@ -6,7 +6,7 @@ import json
 import pytest
 
 from headpursuit.errors import ConfigError
-from headpursuit.tasks import QATask, loaders
+from headpursuit.tasks import QAConfig, QATask, loaders
 from headpursuit.tasks.loaders import fixture_path, question_key
 from headpursuit.tasks.prompts import QA_PAPER
 
@@ -58,7 +58,7 @@ def _questions(items):
 
 
 def test_paper_prompt_is_the_papers_template_verbatim():
-    task = QATask(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="paper")
+    task = QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="paper"))
     q = "Which country is Tokyo the capital of?"
     expected = (
         "Answer the following question in 1-3 words only. Do not provide any additional explanation "
@@ -70,7 +70,7 @@ def test_paper_prompt_is_the_papers_template_verbatim():
     prov = task.provenance()
     assert prov["prompt_preset"] == "paper" and prov["prompt_template"] == QA_PAPER and prov["instruction"] == ""
     # a system message still goes through the chat template
-    sys_task = QATask(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="paper", system="Be brief.")
+    sys_task = QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="paper", system="Be brief."))
     assert sys_task.format(RecordingLM(), q) == f"<sys>Be brief.</sys><user>{expected}</user>"
 
 
@@ -78,17 +78,17 @@ def test_ours_prompt_is_unchanged(tiny_llama):
     from headpursuit.tasks.qa import DEFAULT_INSTRUCTION
 
     q = "The Eiffel Tower is in which country?"
-    default = QATask(concept=COUNTRIES, n_rank=2, n_eval=2)
-    ours = QATask(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="ours")
+    default = QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2))
+    ours = QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="ours"))
     # what the task fed the model before prompt_preset existed
     before = tiny_llama.format_prompt(f"{q} {DEFAULT_INSTRUCTION}")
     assert default.format(tiny_llama, q) == ours.format(tiny_llama, q) == before
     assert ours.provenance()["prompt_preset"] == "ours"
     assert ours.provenance()["prompt_template"] == "{question} " + DEFAULT_INSTRUCTION
-    bare = QATask(concept=COUNTRIES, n_rank=2, n_eval=2, instruction=None)
+    bare = QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2, instruction=None))
     assert bare.format(tiny_llama, q) == tiny_llama.format_prompt(q)
     with pytest.raises(ValueError, match="prompt_preset"):
-        QATask(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="papers")
+        QATask(QAConfig(concept=COUNTRIES, n_rank=2, n_eval=2, prompt_preset="papers"))
 
 
 # --- the shipped TriviaQA-schema samples -------------------------------------------------------------
@@ -118,13 +118,15 @@ def test_rank_file_split_is_disjoint_with_overlapping_files(tmp_path):
 
     def rank_file_task(**kw) -> QATask:
         return QATask(
-            concept=COUNTRIES,
-            source="trivia_qa_file",
-            data_path=str(VALIDATION),
-            rank_data_path=str(rank_file),
-            n_rank=20,
-            n_eval=25,
-            **kw,
+            QAConfig(
+                concept=COUNTRIES,
+                source="trivia_qa_file",
+                data_path=str(VALIDATION),
+                rank_data_path=str(rank_file),
+                n_rank=20,
+                n_eval=25,
+                **kw,
+            )
         )
 
     task = rank_file_task(rank_groups=["concept", "control"])
@@ -151,13 +153,13 @@ def test_rank_file_split_is_disjoint_with_overlapping_files(tmp_path):
 def test_rank_file_needs_its_source_and_a_separate_file(tmp_path):
     for source in ("fixture", "hub", "jsonl"):
         with pytest.raises(ConfigError, match=r"task\.rank_data_path .*task\.source=trivia_qa_file"):
-            QATask(concept=COUNTRIES, source=source, data_path=str(VALIDATION), rank_data_path=str(TRAIN))
+            QATask(QAConfig(concept=COUNTRIES, source=source, data_path=str(VALIDATION), rank_data_path=str(TRAIN)))
     with pytest.raises(ConfigError, match=r"task\.hub_rank_split .*task\.source=hub"):
-        QATask(concept=COUNTRIES, source="trivia_qa_file", data_path=str(VALIDATION), hub_rank_split="train")
+        QATask(QAConfig(concept=COUNTRIES, source="trivia_qa_file", data_path=str(VALIDATION), hub_rank_split="train"))
     with pytest.raises(ConfigError, match="hub_rank_split=null"):
-        QATask(concept=COUNTRIES, source="hub", hub_split="validation", hub_rank_split="validation")
+        QATask(QAConfig(concept=COUNTRIES, source="hub", hub_split="validation", hub_rank_split="validation"))
     with pytest.raises(ConfigError, match="rank_data_path=null"):
-        QATask(concept=COUNTRIES, source="trivia_qa_file", data_path=str(TRAIN), rank_data_path=str(TRAIN))
+        QATask(QAConfig(concept=COUNTRIES, source="trivia_qa_file", data_path=str(TRAIN), rank_data_path=str(TRAIN)))
 
 
 def test_without_questions_of_counts_what_it_drops():
@@ -187,14 +189,16 @@ def test_hub_rank_split_reads_train_for_ranking_and_validation_for_evaluation(mo
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     task = QATask(
-        concept=COUNTRIES,
-        source="hub",
-        hub_split="validation",
-        hub_rank_split="train",
-        n_rank=10,
-        n_eval=12,
-        rank_groups=["concept", "control"],
-        prompt_preset="paper",
+        QAConfig(
+            concept=COUNTRIES,
+            source="hub",
+            hub_split="validation",
+            hub_rank_split="train",
+            n_rank=10,
+            n_eval=12,
+            rank_groups=["concept", "control"],
+            prompt_preset="paper",
+        )
     )
     assert sorted(c[2] for c in calls) == ["train", "validation"]
     rank, evaluated = task.items("rank"), task.items("eval")
@@ -209,6 +213,6 @@ def test_hub_rank_split_reads_train_for_ranking_and_validation_for_evaluation(mo
     assert task.provenance()["prompt_preset"] == "paper"
     # without hub_rank_split: one split (validation) divided in two, as before
     calls.clear()
-    one = QATask(concept=COUNTRIES, source="hub", n_rank=10, n_eval=12)
+    one = QATask(QAConfig(concept=COUNTRIES, source="hub", n_rank=10, n_eval=12))
     assert [c[2] for c in calls] == ["validation"] and "rank_overlap_dropped" not in one.provenance()["data"]
     assert all("[validation]" in it.meta["where"] for it in one.items("rank") + one.items("eval"))

@@ -12,7 +12,7 @@ import pytest
 from headpursuit.concepts import build_concept, concept_dir, load_concept, read_word_list
 from headpursuit.metrics.lexical import split_words
 from headpursuit.metrics.toxicity import ROBERTA_TOXICITY_MODEL
-from headpursuit.tasks import ToxicityTask, build_task, loaders
+from headpursuit.tasks import ToxicityConfig, ToxicityTask, build_task, loaders
 from headpursuit.tasks.base import GroupOutputs, TaskOutputs
 from headpursuit.tasks.prompts import RTP_PAPER, TET_PAPER
 
@@ -38,8 +38,8 @@ class FakeScorer:
 
 
 def _task(tokenizer, **kw) -> ToxicityTask:
-    args = {"concept": "toxicity", "tokenizer": tokenizer, "n_rank": 2, "n_eval": 3, "scorer": FakeScorer()}
-    return ToxicityTask(**{**args, **kw})
+    args = {"concept": "toxicity", "n_rank": 2, "n_eval": 3, "scorer": FakeScorer()}
+    return ToxicityTask(ToxicityConfig(**{**args, **kw}), tokenizer)
 
 
 def _outputs(concept_conts: list[list[str]], control_conts: list[list[str]]) -> TaskOutputs:
@@ -164,7 +164,9 @@ def test_prompt_presets_exact_text(tokenizer):
 
 
 def test_paper_preset_goes_through_the_models_chat_template(tiny_llama):
-    task = ToxicityTask(concept="toxicity", tokenizer=tiny_llama.tokenizer, prompt_preset="paper", n_rank=1, n_eval=1)
+    task = ToxicityTask(
+        ToxicityConfig(concept="toxicity", prompt_preset="paper", n_rank=1, n_eval=1), tiny_llama.tokenizer
+    )
     prompt = "He called me a"
     assert task.format(tiny_llama, prompt) == tiny_llama.format_prompt(RTP_PAPER.format(prompt=prompt))
 
@@ -184,12 +186,11 @@ def test_roberta_offline_fails_before_any_generation(tokenizer, tmp_path, monkey
     cfg = {
         "name": "toxicity",
         "concept": "toxicity",
-        "tokenizer": tokenizer,
         "scorer": "roberta",
         "scorer_kwargs": {"cache_dir": str(tmp_path / "empty_hf_cache")},
     }
     with pytest.raises(RuntimeError) as e:
-        build_task(cfg)
+        build_task(cfg, tokenizer=tokenizer)
     msg = str(e.value)
     assert ROBERTA_TOXICITY_MODEL in msg and f"hf download {ROBERTA_TOXICITY_MODEL}" in msg
     assert "task.scorer=profanity_check" in msg and "task.scorer_kwargs" in msg
@@ -307,7 +308,8 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
     assert cfg.hydra.runtime.choices.ranking == "paper" and cfg.ranking.method == "concept_restricted"
     task = cfg.task
     assert task.name == "toxicity" and task.source == source and task.scorer == scorer
-    assert task.prompt_preset == "paper" and task.held_out_fraction == 0.5 and task.held_out_seed == cfg.seed
+    assert task.prompt_preset == "paper" and task.held_out_fraction == 0.5
+    assert task.held_out_seed is None and task.seed == cfg.seed  # null: the held-out split follows the task's seed
     iv = cfg.intervention
     assert iv.alpha == -1.0 and iv.random_pool == "layer_counts" and iv.heads == "ranked" and iv.random_controls
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
@@ -330,7 +332,7 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
         sample = loaders.fixture_path(f"{source[:3]}_sample.jsonl")
         assert args["data_path"].endswith(f"headpursuit/data/fixtures/{sample.name}")
         # it builds the task (on the tokenizer alone, as the run's preflight does)
-        built = build_task({**args, "data_path": str(sample), "tokenizer": tokenizer})
+        built = build_task({**args, "data_path": str(sample)}, tokenizer=tokenizer)
         assert built.held_out_words and built.prompt_template in (RTP_PAPER, TET_PAPER)
     else:
         assert list(iv.random_seeds) == list(range(10)) and iv.k == 8 and iv.k_frac is None

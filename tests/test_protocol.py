@@ -211,7 +211,7 @@ def test_validate_config_accepts_layer_counts():
     cfg = {
         "model": {"name_or_path": "smollm2", "n_layers": L, "n_heads": H},
         "task": {"name": "qa_countries", "positions": "answer_concept"},
-        "ranking": {"method": "concept_share", "k": 10},
+        "ranking": {"method": "concept_share", "somp_steps": 10},
         "intervention": {"k": 6, "alpha": -1.0, "random_seeds": [0, 1], "random_pool": "layer_counts"},
         "seed": 0,
     }
@@ -354,7 +354,12 @@ def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == sweep
     if experiment.startswith("paper_"):
         assert cfg.hydra.runtime.choices.ranking == "paper"
-        assert (cfg.ranking.k, cfg.ranking.center, cfg.ranking.normalize_atoms, cfg.ranking.fold_norm_gain) == (
+        assert (
+            cfg.ranking.somp_steps,
+            cfg.ranking.center,
+            cfg.ranking.normalize_atoms,
+            cfg.ranking.fold_norm_gain,
+        ) == (
             50,
             True,
             False,

@@ -50,7 +50,7 @@ def planted():
 @pytest.mark.parametrize("method", ["concept_share", "concept_restricted", "logit_lens"])
 def test_planted_head_ranks_first(planted, method):
     acts, weights = planted
-    scores = rank_heads(acts, weights, CONCEPT, method=method, k=4)
+    scores = rank_heads(acts, weights, CONCEPT, method=method, somp_steps=4)
     assert scores.top(1) == [TARGET]
     t = scores.table
     assert list(t.columns) == ["layer", "head", "score", "rank", "top_tokens", "explained_variance"]
@@ -71,8 +71,8 @@ def test_planted_head_ranks_first(planted, method):
 
 def test_norm_gain_folding_matters_for_the_planted_head(planted):
     acts, weights = planted
-    on = rank_heads(acts, weights, CONCEPT, method="concept_share", k=4)
-    off = rank_heads(acts, weights, CONCEPT, method="concept_share", k=4, fold_norm_gain=False)
+    on = rank_heads(acts, weights, CONCEPT, method="concept_share", somp_steps=4)
+    off = rank_heads(acts, weights, CONCEPT, method="concept_share", somp_steps=4, fold_norm_gain=False)
     assert on.meta["fold_norm_gain"] and not off.meta["fold_norm_gain"]
     assert on.score_of(*TARGET) > off.score_of(*TARGET) - 1e-9
     assert on.score_of(*TARGET) == pytest.approx(1.0, abs=1e-4)
@@ -92,21 +92,21 @@ def test_ties_are_deterministic(planted):
     acts, weights = planted
     z = acts.z.clone()
     z[:] = 0  # every head scores 0
-    s = rank_heads(z, weights, CONCEPT, method="concept_share", k=2)
+    s = rank_heads(z, weights, CONCEPT, method="concept_share", somp_steps=2)
     assert s.top(6) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     assert (s.table["score"] == 0).all()
 
 
 def test_csv_round_trip(planted, tmp_path):
     acts, weights = planted
-    s = rank_heads(acts, weights, CONCEPT, method="concept_share", k=4)
+    s = rank_heads(acts, weights, CONCEPT, method="concept_share", somp_steps=4)
     p = s.to_csv(tmp_path / "sub" / "head_scores.csv")
     back = HeadScores.from_csv(p)
     assert back.method == "concept_share"
-    assert back.meta["k"] == 4
+    assert back.meta["somp_steps"] == 4
     pd.testing.assert_frame_equal(back.table, s.table, check_dtype=False)
     assert back.top(3) == s.top(3)
-    ll = rank_heads(acts, weights, CONCEPT, method="logit_lens", k=3)
+    ll = rank_heads(acts, weights, CONCEPT, method="logit_lens", somp_steps=3)
     back = HeadScores.from_csv(ll.to_csv(tmp_path / "ll.csv"))
     assert back.table["explained_variance"].isna().all()
     assert back.top(6) == ll.top(6)
@@ -114,7 +114,7 @@ def test_csv_round_trip(planted, tmp_path):
 
 def test_explain_head(planted):
     acts, weights = planted
-    df = explain_head(acts, weights, TARGET[0], TARGET[1], k=6)
+    df = explain_head(acts, weights, TARGET[0], TARGET[1], somp_steps=6)
     assert list(df.columns) == ["step", "token_id", "token", "explained_variance", "gain"]
     assert set(df["token_id"].iloc[:4]) == {12, 13, 15, 17}
     assert df["explained_variance"].iloc[3] == pytest.approx(1.0, abs=1e-4)
@@ -130,10 +130,10 @@ def test_errors(planted):
     acts, weights = planted
     with pytest.raises(ValueError, match="unknown ranking method"):
         rank_heads(acts, weights, CONCEPT, method="best")
-    with pytest.raises(ValueError, match="k must be >= 1"):
-        rank_heads(acts, weights, CONCEPT, k=0)
+    with pytest.raises(ValueError, match="somp_steps must be >= 1"):
+        rank_heads(acts, weights, CONCEPT, somp_steps=0)
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
-        rank_heads(acts, weights, CONCEPT, k=301)
+        rank_heads(acts, weights, CONCEPT, somp_steps=301)
     with pytest.raises(ValueError, match="empty"):
         rank_heads(acts.z[:0], weights, CONCEPT)
     with pytest.raises(ValueError, match="heads x head_dim"):
@@ -151,8 +151,8 @@ def test_errors(planted):
 def test_concept_restricted_caps_k(planted):
     acts, weights = planted
     with pytest.warns(UserWarning, match="concept tokens"):
-        s = rank_heads(acts, weights, [12, 13, 15], method="concept_restricted", k=5)
-    assert s.meta["k_used"] == 3
+        s = rank_heads(acts, weights, [12, 13, 15], method="concept_restricted", somp_steps=5)
+    assert s.meta["somp_steps_used"] == 3
 
 
 def test_loaded_model_path():
@@ -166,10 +166,10 @@ def test_loaded_model_path():
         lm, [CaptureSample("Q: Where is Paris?\nA:", answer=" France")], positions="answer", progress=False
     )
     concept = load_concept("countries", lm.tokenizer)
-    s = rank_heads(acts, lm, concept, method="concept_share", k=3)
+    s = rank_heads(acts, lm, concept, method="concept_share", somp_steps=3)
     assert len(s.table) == lm.layout.n_total_heads
     assert s.meta["concept"] == "countries"
-    df = explain_head(acts, lm, 0, 1, k=3)
+    df = explain_head(acts, lm, 0, 1, somp_steps=3)
     assert len(df) == 3 and df["explained_variance"].is_monotonic_increasing
-    s2 = rank_heads(acts, lm, "countries", method="logit_lens", k=5)
+    s2 = rank_heads(acts, lm, "countries", method="logit_lens", somp_steps=5)
     assert s2.table["score"].between(0, 1).all()

@@ -3,11 +3,11 @@ against plain references written here; the options' defaults leave today's resul
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from headpursuit.capture import capture_heads
 from headpursuit.concepts import load_concept
@@ -15,6 +15,20 @@ from headpursuit.ranking import HeadWeights, rank_heads
 from headpursuit.somp import somp, somp_heads
 
 RANKING_CONF = Path(__file__).resolve().parents[1] / "conf" / "ranking"
+
+
+def ranking_options(name: str) -> dict:
+    """The options of conf/ranking/<name>.yaml as the Hydra shell passes them to rank_heads: the
+    file composed against its schema, checked by validate_config."""
+    from hydra import compose, initialize_config_dir
+
+    from headpursuit.app.config import ranking_config, validate_config
+
+    with initialize_config_dir(config_dir=str(RANKING_CONF.parent), version_base="1.3"):
+        cfg = compose("config", overrides=[f"ranking={name}", "logger=none", "cache_dir=null"])
+    return asdict(ranking_config(validate_config(cfg)))
+
+
 PAPER = dict(method="concept_restricted", center=True, normalize_atoms=False, fold_norm_gain=False)
 PROMPTS = [
     "Q: Where is Paris?\nA:",
@@ -68,7 +82,7 @@ def check_against_reference(acts, lm, concept, k: int) -> None:
     w = HeadWeights.from_model(lm, acts.layers)
     ids = concept.token_ids.unique()
     ref_scores, ref_supports = paper_reference(acts.z, w.W_O, w.unembedding, ids, k)
-    scores = rank_heads(acts, lm, concept, k=k, **PAPER)
+    scores = rank_heads(acts, lm, concept, somp_steps=k, **PAPER)
     assert scores.meta["center"] and not scores.meta["normalize_atoms"] and not scores.meta["fold_norm_gain"]
     assert torch.allclose(by_head(scores), ref_scores, rtol=0, atol=1e-6)
     # the same atoms, in the same order
@@ -122,9 +136,7 @@ def test_planted_concept_head_ranks_first_under_the_paper_preset(tiny):
     W_O = w.W_O.clone()
     W_O[target[0]][:, target[1] * dh : (target[1] + 1) * dh] = rows.T @ mix
     weights = HeadWeights(W_O, w.unembedding, w.norm_gain, w.tokenizer, w.name)
-    cfg = yaml.safe_load((RANKING_CONF / "paper.yaml").read_text())
-    method = cfg.pop("method")
-    scores = rank_heads(acts, weights, concept, method=method, **cfg)
+    scores = rank_heads(acts, weights, concept, **ranking_options("paper"))
     assert scores.top(1) == [target]
     best = scores.table.iloc[0]
     assert best["score"] == pytest.approx(1.0, abs=1e-9)
@@ -134,15 +146,14 @@ def test_planted_concept_head_ranks_first_under_the_paper_preset(tiny):
 
 
 def test_paper_preset_is_the_papers_scoring():
-    cfg = yaml.safe_load((RANKING_CONF / "paper.yaml").read_text())
-    assert cfg == dict(PAPER, k=50, aggregation="l1")
+    assert ranking_options("paper") == dict(PAPER, somp_steps=50, aggregation="l1")
 
 
 def test_concept_restricted_clamps_k_with_raw_rows(tiny):
     lm, acts, _ = tiny
     with pytest.warns(UserWarning, match="concept tokens"):
-        s = rank_heads(acts, lm, [12, 13, 15], k=50, **PAPER)
-    assert s.meta["k_used"] == 3
+        s = rank_heads(acts, lm, [12, 13, 15], somp_steps=50, **PAPER)
+    assert s.meta["somp_steps_used"] == 3
 
 
 # ------------------------------------------------------------------------------------------
@@ -212,9 +223,9 @@ def test_logit_lens_mean_is_the_mean_concept_logit(tiny, fold):
 @pytest.mark.parametrize("method", ["concept_share", "concept_restricted", "logit_lens"])
 def test_explicit_defaults_are_todays_behaviour(tiny, method):
     lm, acts, concept = tiny
-    today = rank_heads(acts, lm, concept, method=method, k=6)
+    today = rank_heads(acts, lm, concept, method=method, somp_steps=6)
     explicit = rank_heads(
-        acts, lm, concept, method=method, k=6, center=False, normalize_atoms=True, fold_norm_gain=True
+        acts, lm, concept, method=method, somp_steps=6, center=False, normalize_atoms=True, fold_norm_gain=True
     )
     assert today.table.equals(explicit.table)
     assert today.meta["center"] is False and today.meta["normalize_atoms"] is True
@@ -232,27 +243,15 @@ def test_explicit_somp_defaults_are_bit_identical(tiny):
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("conf", sorted(p.name for p in RANKING_CONF.glob("*.yaml")))
+@pytest.mark.parametrize("conf", sorted(p.stem for p in RANKING_CONF.glob("*.yaml")))
 def test_every_ranking_config_runs_and_validates(tiny, conf):
-    """What the Hydra shell does with conf/ranking/<conf>: validate it, then pass its keys to rank_heads."""
-    from headpursuit.app.config import validate_config
-
+    """What the Hydra shell does with conf/ranking/<conf>: compose and validate it, then pass its
+    options to rank_heads."""
     lm, acts, concept = tiny
-    cfg = yaml.safe_load((RANKING_CONF / conf).read_text())
-    assert {"center", "normalize_atoms", "fold_norm_gain"} <= set(cfg)
-    validate_config(
-        {
-            "model": {"name_or_path": "smollm2"},
-            "task": {"name": "qa_countries", "positions": "last_prompt"},
-            "ranking": cfg,
-            "intervention": {"k": 6, "alpha": -1.0, "random_seeds": [0]},
-        }
-    )
-    kwargs = dict(cfg)
-    method = kwargs.pop("method")
-    s = rank_heads(acts, lm, concept, method=method, **kwargs)
+    options = ranking_options(conf)
+    s = rank_heads(acts, lm, concept, **options)
     assert len(s.table) == lm.layout.n_total_heads
-    assert s.meta["center"] == cfg["center"] and s.meta["normalize_atoms"] == cfg["normalize_atoms"]
+    assert s.meta["center"] == options["center"] and s.meta["normalize_atoms"] == options["normalize_atoms"]
 
 
 def test_explain_head_with_the_papers_options(tiny):
@@ -261,7 +260,7 @@ def test_explain_head_with_the_papers_options(tiny):
 
     lm, acts, _ = tiny
     w = HeadWeights.from_model(lm, acts.layers)
-    df = explain_head(acts, lm, 1, 2, k=4, center=True, normalize_atoms=False, fold_norm_gain=False)
+    df = explain_head(acts, lm, 1, 2, somp_steps=4, center=True, normalize_atoms=False, fold_norm_gain=False)
     all_ids, dh = torch.arange(w.unembedding.shape[0]), lm.layout.head_dim
     W_head = w.W_O[1:2, :, 2 * dh : 3 * dh]  # head (1, 2) alone, as head 0 of a one-layer model
     _, ref_supports = paper_reference(acts.z[:, 1:2, 2:3], W_head, w.unembedding, all_ids, 4)

@@ -6,12 +6,15 @@ import warnings
 
 import pytest
 
+from headpursuit.errors import ConfigError
 from headpursuit.metrics.text import normalize_answer
 from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import (
     DataError,
+    QAConfig,
     QATask,
     SplitError,
+    ToxicityConfig,
     ToxicityTask,
     build_task,
     known_tasks,
@@ -145,8 +148,8 @@ def test_trivia_qa_file_maps_like_fixture(tmp_path, fmt):
 def test_trivia_qa_task_source_equals_fixture_source(tmp_path):
     tqa = _write_jsonl(tmp_path / "tqa.jsonl", _copies(TRIVIA_ROWS, 3))
     fx = _write_jsonl(tmp_path / "fx.jsonl", _copies(FIXTURE_ROWS, 3))
-    a = QATask(concept=COUNTRIES, source="trivia_qa_file", data_path=str(tqa), n_rank=2, n_eval=3)
-    b = QATask(concept=COUNTRIES, source="jsonl", data_path=str(fx), n_rank=2, n_eval=3)
+    a = QATask(QAConfig(concept=COUNTRIES, source="trivia_qa_file", data_path=str(tqa), n_rank=2, n_eval=3))
+    b = QATask(QAConfig(concept=COUNTRIES, source="jsonl", data_path=str(fx), n_rank=2, n_eval=3))
     for split in ("rank", "eval"):
         for g in ("concept", "control"):
             assert _key(a.items(split, g)) == _key(b.items(split, g))
@@ -216,7 +219,9 @@ def test_tet_file_schema_and_task_control_fallback(tmp_path):
     assert len(items) == 6 and all(it.group == "concept" for it in items)
     with pytest.raises(DataError, match="'prompt_text'"):
         loaders.load_tet_file(path, prompt_column="prompt_text")
-    task = ToxicityTask(concept=WordConcept(["idiot"]), source="tet_file", data_path=str(path), n_rank=2, n_eval=3)
+    task = ToxicityTask(
+        ToxicityConfig(concept=WordConcept(["idiot"]), source="tet_file", data_path=str(path), n_rank=2, n_eval=3)
+    )
     assert task.prompt_format == "chat"
     assert task.data_source["control"] == "fixture"
     assert len(task.items("eval", "control")) == 3
@@ -226,7 +231,9 @@ def test_tet_file_schema_and_task_control_fallback(tmp_path):
 
 def test_rtp_task_source(tmp_path):
     path = _write_jsonl(tmp_path / "rtp.jsonl", RTP_ROWS)
-    task = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp_file", data_path=str(path), n_rank=1, n_eval=1)
+    task = ToxicityTask(
+        ToxicityConfig(concept=WordConcept(["jerk"]), source="rtp_file", data_path=str(path), n_rank=1, n_eval=1)
+    )
     assert task.prompt_format == "raw"
     assert task.items("eval", "control")[0].prompt == "The weather today is"
 
@@ -272,8 +279,13 @@ def test_build_task_registry():
     register_task("my_qa", MyTask)
     assert "my_qa" in known_tasks()
     assert isinstance(build_task({"name": "my_qa", "concept": COUNTRIES}), MyTask)
-    with pytest.warns(UserWarning, match="unknown config keys"):
+    # a key the task's config dataclass does not have is refused, named, with the keys it has
+    with pytest.raises(
+        ConfigError, match=r"task\.bogus_key is not a key of task 'qa_countries' \(QAConfig\).*max_new_tokens"
+    ):
         build_task({"name": "qa_countries", "concept": COUNTRIES, "bogus_key": 1})
+    with pytest.raises(ConfigError, match=r"task\.tokenizer .*build_task\(cfg, tokenizer=\.\.\.\)"):
+        build_task({"name": "qa_countries", "concept": COUNTRIES, "tokenizer": None})
 
 
 def test_build_task_from_omegaconf_with_lm(tiny_llama):
@@ -321,7 +333,7 @@ def test_generate_batch_greedy_matches_unbatched_and_sampling_is_seeded(tiny_lla
 
 
 def test_qa_task_on_tiny_model(tiny_llama):
-    task = QATask(concept=COUNTRIES, n_rank=3, n_eval=4, max_new_tokens=4, batch_size=4)
+    task = QATask(QAConfig(concept=COUNTRIES, n_rank=3, n_eval=4, max_new_tokens=4, batch_size=4))
     res = task.evaluate(tiny_llama, desc="tiny")
     assert set(res) >= {"concept", "control", "n", "examples"}
     for g in ("concept", "control"):
@@ -339,7 +351,7 @@ def test_qa_task_on_tiny_model(tiny_llama):
 
 def _toxic_task(lm, **kw):
     """A toxicity task with the "toxic" concept on `lm`'s tokenizer: 4 new tokens, batches of 4."""
-    return ToxicityTask(concept="toxic", tokenizer=lm.tokenizer, max_new_tokens=4, batch_size=4, **kw)
+    return ToxicityTask(ToxicityConfig(concept="toxic", max_new_tokens=4, batch_size=4, **kw), lm.tokenizer)
 
 
 def test_toxicity_task_on_tiny_model(tiny_llama):
@@ -394,7 +406,7 @@ def test_toxicity_fluency_uses_unedited_model(tiny_llama):
 def test_qa_smollm2_baseline_and_scaled(smollm2):
     from headpursuit.intervention import scale_heads
 
-    task = QATask(concept="countries", tokenizer=smollm2.tokenizer, n_rank=0, n_eval=10, batch_size=10)
+    task = QATask(QAConfig(concept="countries", n_rank=0, n_eval=10, batch_size=10), smollm2.tokenizer)
     base = task.evaluate(smollm2, desc="baseline")
     edits = {(0, h): 0.0 for h in range(smollm2.layout.n_heads)}
     with scale_heads(smollm2, edits):
@@ -409,12 +421,8 @@ def test_qa_smollm2_baseline_and_scaled(smollm2):
 @pytest.mark.slow
 def test_qa_smollm2_concept_accuracy_above_0_6(smollm2):
     task = QATask(
-        concept="countries",
-        tokenizer=smollm2.tokenizer,
-        n_rank=0,
-        n_eval={"concept": 30, "control": 1},
-        batch_size=15,
-        seed=0,
+        QAConfig(concept="countries", n_rank=0, n_eval={"concept": 30, "control": 1}, batch_size=15, seed=0),
+        smollm2.tokenizer,
     )
     res = task.evaluate(smollm2, desc="baseline")
     assert res["concept"]["accuracy"] > 0.6, res
@@ -434,13 +442,13 @@ def test_hub_sources_go_through_load_dataset(monkeypatch):
         }[path]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    qa = QATask(concept=COUNTRIES, source="hub", n_rank=1, n_eval=2)
+    qa = QATask(QAConfig(concept=COUNTRIES, source="hub", n_rank=1, n_eval=2))
     assert calls[-1] == ("mandarjoshi/trivia_qa", "rc.nocontext", "validation")
     assert {it.group for it in qa.items("eval")} == {"concept", "control"}
-    tox = ToxicityTask(concept=WordConcept(["jerk"]), source="rtp", n_rank=1, n_eval=1)
+    tox = ToxicityTask(ToxicityConfig(concept=WordConcept(["jerk"]), source="rtp", n_rank=1, n_eval=1))
     assert calls[-1] == ("allenai/real-toxicity-prompts", None, "train")
     assert tox.provenance()["data"]["hub_id"] == "allenai/real-toxicity-prompts"
-    tet = ToxicityTask(concept=WordConcept(["jerk"]), source="tet", hub_id="my/tet", n_rank=1, n_eval=2)
+    tet = ToxicityTask(ToxicityConfig(concept=WordConcept(["jerk"]), source="tet", hub_id="my/tet", n_rank=1, n_eval=2))
     assert calls[-1][0] == "my/tet" and tet.prompt_format == "chat"
 
     def offline(*a, **k):
@@ -448,7 +456,7 @@ def test_hub_sources_go_through_load_dataset(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="source: fixture"):
-        QATask(concept=COUNTRIES, source="hub")
+        QATask(QAConfig(concept=COUNTRIES, source="hub"))
 
 
 # --- rank_groups: which groups' ranking-split items feed the ranking --------------------------------
@@ -461,9 +469,9 @@ def _questions(items):
 def test_rank_groups_split_keeps_eval_and_adds_control_ranking_items():
     from headpursuit.errors import ConfigError
 
-    default = QATask(concept=COUNTRIES, n_rank=10, n_eval=20)
-    concept_only = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept"])
-    both = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept", "control"])
+    default = QATask(QAConfig(concept=COUNTRIES, n_rank=10, n_eval=20))
+    concept_only = QATask(QAConfig(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept"]))
+    both = QATask(QAConfig(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["concept", "control"]))
     # [concept] is today's rule exactly; the evaluation split never depends on rank_groups
     for task in (concept_only, both):
         for g in ("concept", "control"):
@@ -480,11 +488,11 @@ def test_rank_groups_split_keeps_eval_and_adds_control_ranking_items():
     assert both.provenance()["rank_groups"] == ["concept", "control"]
     assert both.provenance()["n_rank"] == {"concept": 10, "control": 10}
     # the order in the config does not matter
-    swapped = QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["control", "concept"])
+    swapped = QATask(QAConfig(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=["control", "concept"]))
     assert _questions(swapped.ranking_items()) == _questions(both.ranking_items())
     for bad in (["control"], ["concept", "concept"], ["concept", "other"], "concept", [], 3):
         with pytest.raises(ConfigError, match="task.rank_groups"):
-            QATask(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=bad)
+            QATask(QAConfig(concept=COUNTRIES, n_rank=10, n_eval=20, rank_groups=bad))
 
 
 def test_rank_groups_through_build_task_and_split_items():
@@ -514,14 +522,14 @@ def test_rank_groups_through_build_task_and_split_items():
 def test_rank_groups_with_a_per_group_n_rank():
     # An explicit {group: n} n_rank splits as it always did; rank_groups only picks what ranks.
     mapping = {"concept": 4, "control": 2}
-    default = QATask(concept=COUNTRIES, n_rank=mapping, n_eval=5)
-    both = QATask(concept=COUNTRIES, n_rank=mapping, n_eval=5, rank_groups=["concept", "control"])
+    default = QATask(QAConfig(concept=COUNTRIES, n_rank=mapping, n_eval=5))
+    both = QATask(QAConfig(concept=COUNTRIES, n_rank=mapping, n_eval=5, rank_groups=["concept", "control"]))
     for s in ("rank", "eval"):
         for g in ("concept", "control"):
             assert _questions(both.items(s, g)) == _questions(default.items(s, g))
     assert len(default.ranking_items()) == 4 and len(both.ranking_items()) == 6
     none_for_control = QATask(
-        concept=COUNTRIES, n_rank={"concept": 4, "control": 0}, n_eval=5, rank_groups=["concept", "control"]
+        QAConfig(concept=COUNTRIES, n_rank={"concept": 4, "control": 0}, n_eval=5, rank_groups=["concept", "control"])
     )
     with pytest.raises(ValueError, match="control ranking split is empty"):
         none_for_control.ranking_items()
@@ -529,15 +537,15 @@ def test_rank_groups_with_a_per_group_n_rank():
 
 def test_rank_groups_ranking_samples_on_tiny_model(tiny_llama):
     kw = dict(concept=COUNTRIES, n_rank=2, n_eval=3, max_new_tokens=3, batch_size=4)
-    today = QATask(**kw).ranking_samples(tiny_llama)
-    concept_only = QATask(**kw, rank_groups=["concept"]).ranking_samples(tiny_llama)
-    both = QATask(**kw, rank_groups=["concept", "control"]).ranking_samples(tiny_llama)
+    today = QATask(QAConfig(**kw)).ranking_samples(tiny_llama)
+    concept_only = QATask(QAConfig(**kw, rank_groups=["concept"])).ranking_samples(tiny_llama)
+    both = QATask(QAConfig(**kw, rank_groups=["concept", "control"])).ranking_samples(tiny_llama)
     assert [(s.prompt, s.answer) for s in concept_only] == [(s.prompt, s.answer) for s in today]
     assert [(s.prompt, s.answer) for s in both[:2]] == [(s.prompt, s.answer) for s in today]
     assert [s.meta["group"] for s in both] == ["concept", "concept", "control", "control"]
     tox_kw = dict(concept=WordConcept(["jerk"]), n_rank=1, n_eval=2, max_new_tokens=3, n_continuations=1, fluency=False)
-    tox = ToxicityTask(**tox_kw)
-    tox_both = ToxicityTask(**tox_kw, rank_groups=["concept", "control"])
+    tox = ToxicityTask(ToxicityConfig(**tox_kw))
+    tox_both = ToxicityTask(ToxicityConfig(**tox_kw, rank_groups=["concept", "control"]))
     assert [it.prompt for it in tox_both.items("eval")] == [it.prompt for it in tox.items("eval")]
     assert [s.meta["group"] for s in tox_both.ranking_samples(tiny_llama)] == ["concept", "control"]
 
@@ -568,7 +576,7 @@ def test_repeated_questions_are_dropped_counted_and_never_in_both_splits(tmp_pat
         r["group"] = "control"
     path = _write_jsonl(tmp_path / "repeats.jsonl", rows + QA_ROWS[8:])
     with caplog.at_level("WARNING", logger="headpursuit.tasks"):
-        task = QATask(concept=COUNTRIES, source="jsonl", data_path=str(path), n_rank=4, n_eval=None)
+        task = QATask(QAConfig(concept=COUNTRIES, source="jsonl", data_path=str(path), n_rank=4, n_eval=None))
     assert task.provenance()["data"]["duplicates_dropped"] == 8
     assert any("dropped 8 repeated" in r.getMessage() and "repeats.jsonl" in r.getMessage() for r in caplog.records)
     assert task.provenance()["data"]["n_items"] == {"concept": 8, "control": 4}  # the first row of each kept
@@ -578,11 +586,13 @@ def test_repeated_questions_are_dropped_counted_and_never_in_both_splits(tmp_pat
 
     # the same splits as from the file without the repeats
     plain = QATask(
-        concept=COUNTRIES,
-        source="jsonl",
-        data_path=str(_write_jsonl(tmp_path / "plain.jsonl", QA_ROWS)),
-        n_rank=4,
-        n_eval=None,
+        QAConfig(
+            concept=COUNTRIES,
+            source="jsonl",
+            data_path=str(_write_jsonl(tmp_path / "plain.jsonl", QA_ROWS)),
+            n_rank=4,
+            n_eval=None,
+        )
     )
     assert plain.provenance()["data"]["duplicates_dropped"] == 0
     for split in ("rank", "eval"):
@@ -594,7 +604,14 @@ def test_repeated_ranking_questions_of_a_separate_source_are_counted(tmp_path):
     train_rows = _copies(TRIVIA_ROWS, 5)[8:]  # copies 2..4: none in the evaluation file
     train = _write_jsonl(tmp_path / "train.jsonl", train_rows + train_rows[:3] + _copies(TRIVIA_ROWS, 1))
     task = QATask(
-        concept=COUNTRIES, source="trivia_qa_file", data_path=str(val), rank_data_path=str(train), n_rank=2, n_eval=None
+        QAConfig(
+            concept=COUNTRIES,
+            source="trivia_qa_file",
+            data_path=str(val),
+            rank_data_path=str(train),
+            n_rank=2,
+            n_eval=None,
+        )
     )
     data = task.provenance()["data"]
     assert data["duplicates_dropped"] == 0 and data["rank_duplicates_dropped"] == 3
@@ -607,7 +624,9 @@ def test_repeated_toxicity_prompts_are_dropped_and_counted(tmp_path, caplog):
     rows += [{"prompt": f"The weather on day {i} is", "group": "control"} for i in range(4)]
     path = _write_jsonl(tmp_path / "prompts.jsonl", _twice(rows[:6], "prompt") + rows[6:])
     with caplog.at_level("WARNING", logger="headpursuit.tasks"):
-        task = ToxicityTask(concept=WordConcept(["jerk"]), source="jsonl", data_path=str(path), n_rank=3, n_eval=None)
+        task = ToxicityTask(
+            ToxicityConfig(concept=WordConcept(["jerk"]), source="jsonl", data_path=str(path), n_rank=3, n_eval=None)
+        )
     assert task.provenance()["data"]["duplicates_dropped"] == 6
     assert any("dropped 6 repeated" in r.getMessage() for r in caplog.records)
     ranked, evaluated = _split_questions(task, "rank"), _split_questions(task, "eval")

@@ -9,6 +9,7 @@ import torch
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.models.tiny_vlm import VISION_NOTE
 from headpursuit.synthetic import COLORS, PATTERNS, SHAPES, draw_pattern, draw_shape
+from headpursuit.tasks import CaptioningConfig, ClassificationConfig
 from headpursuit.tasks.image_data import pattern_items, shape_items
 
 
@@ -87,14 +88,14 @@ def test_caption_quality():
 def test_classification_fixture_groups(tok):
     from headpursuit.tasks.classification import ImageClassificationTask
 
-    task = ImageClassificationTask(tokenizer=tok, n_rank=2, n_eval=3)
+    task = ImageClassificationTask(ClassificationConfig(n_rank=2, n_eval=3), tok)
     assert task.concept_classes == ["circle", "square", "triangle"]
     for it in task.items("eval"):
         assert it.group == ("concept" if it.label in task.concept_classes else "control")
     assert len(task.items("rank", "concept")) == 2 and not task.items("rank", "control")
     assert {w.lower() for w in task.concept.words} == {"circle", "square", "triangle"}
     with pytest.raises(ValueError, match="not classes of the data"):
-        ImageClassificationTask(tokenizer=tok, concept_classes=["rocket"])
+        ImageClassificationTask(ClassificationConfig(concept_classes=["rocket"]), tok)
 
 
 def _cifar_like_parquet(datasets, path, names, specs):
@@ -108,10 +109,9 @@ def _cifar_like_parquet(datasets, path, names, specs):
     return path
 
 
-def _cifar_like_config(tok, path, concept_classes):
+def _cifar_like_config(path, concept_classes):
     """Classification task keys for the parquet `_cifar_like_parquet` wrote at `path`."""
     return dict(
-        tokenizer=tok,
         source="local",
         data_path=str(path),
         image_column="img",
@@ -136,10 +136,13 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     ]
     path = _cifar_like_parquet(datasets, tmp_path / "cifar_like.parquet", names, specs)
     task = ImageClassificationTask(
-        **_cifar_like_config(tok, path, ["bicycle", "bus", "pickup_truck"]),
-        aliases={"pickup_truck": ["truck"]},
-        n_rank=1,
-        n_eval=2,
+        ClassificationConfig(
+            **_cifar_like_config(path, ["bicycle", "bus", "pickup_truck"]),
+            aliases={"pickup_truck": ["truck"]},
+            n_rank=1,
+            n_eval=2,
+        ),
+        tok,
     )
     assert task.class_names == names  # from the ClassLabel feature, as for the hub dataset
     items = task.items("eval") + task.items("rank")
@@ -150,7 +153,9 @@ def test_local_parquet_in_cifar_schema_loads_like_the_hub(tok, tmp_path):
     assert all(it.image.size == (64, 64) and it.image.mode == "RGB" for it in items)
     assert task.data_source["format"] == "parquet"
     with pytest.raises(ValueError, match="available columns"):
-        ImageClassificationTask(**{**_cifar_like_config(tok, path, ["bus"]), "image_column": "image"})
+        ImageClassificationTask(
+            ClassificationConfig(**{**_cifar_like_config(path, ["bus"]), "image_column": "image"}), tok
+        )
 
 
 def test_local_image_folder_and_caption_file(tok, tmp_path):
@@ -165,12 +170,10 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
         for c in ("red", "blue"):
             draw_shape(s, c).save(tmp_path / "folder" / s / f"{c}.png")
     task = ImageClassificationTask(
-        tokenizer=tok,
-        source="local",
-        data_path=str(tmp_path / "folder"),
-        concept_classes=["circle"],
-        n_rank=0,
-        n_eval=2,
+        ClassificationConfig(
+            source="local", data_path=str(tmp_path / "folder"), concept_classes=["circle"], n_rank=0, n_eval=2
+        ),
+        tok,
     )
     assert task.data_source["format"] == "imagefolder"
     assert sorted(it.label for it in task.items("eval")) == ["circle", "circle", "square", "square"]
@@ -184,12 +187,14 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
         rows.append({"file": f"{name}.png", "caption": caps})
     (tmp_path / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     cap = CaptioningTask(
-        tokenizer=tok,
-        source="local",
-        data_path=str(tmp_path / "captions.jsonl"),
-        image_column="file",
-        n_rank={"concept": 1, "control": 0},
-        n_eval=1,
+        CaptioningConfig(
+            source="local",
+            data_path=str(tmp_path / "captions.jsonl"),
+            image_column="file",
+            n_rank={"concept": 1, "control": 0},
+            n_eval=1,
+        ),
+        tok,
     )
     assert [len(cap.items("eval", g)) for g in ("concept", "control")] == [1, 1]
     assert cap.items("eval", "concept")[0].image.size == (64, 64)
@@ -207,11 +212,13 @@ def test_local_image_folder_and_caption_file(tok, tmp_path):
     )
     flickr.to_parquet(str(tmp_path / "flickr_like.parquet"))
     cap = CaptioningTask(
-        tokenizer=tok,
-        source="local",
-        data_path=str(tmp_path / "flickr_like.parquet"),
-        n_rank={"concept": 1, "control": 0},
-        n_eval=1,
+        CaptioningConfig(
+            source="local",
+            data_path=str(tmp_path / "flickr_like.parquet"),
+            n_rank={"concept": 1, "control": 0},
+            n_eval=1,
+        ),
+        tok,
     )
     assert cap.data_source["n_items"] == {"concept": 2, "control": 1}
     assert cap.items("eval", "control")[0].captions == PATTERNS["grid"]
@@ -234,7 +241,7 @@ def _run_end_to_end(lm, task, metric_keys):
         lm, samples, positions="answer_concept", concept_token_ids=task.concept.token_ids.tolist(), progress=False
     )
     assert acts.z.shape[1:] == (30, 9, 64)
-    scores = rank_heads(acts, lm, task.concept, method="concept_share", k=3)
+    scores = rank_heads(acts, lm, task.concept, method="concept_share", somp_steps=3)
     heads = scores.top(3)
     baseline = task.evaluate(lm, desc="baseline")
     with scale_heads(lm, uniform_scales(heads, -1.0)):
@@ -291,7 +298,7 @@ def test_image_task_without_processor_is_refused(tok):
     from headpursuit.tasks.classification import ImageClassificationTask
 
     lm = tiny_text_model("llama")
-    task = ImageClassificationTask(tokenizer=tok, n_rank=1, n_eval=1)
+    task = ImageClassificationTask(ClassificationConfig(n_rank=1, n_eval=1), tok)
     with pytest.raises(ValueError, match="no processor"):
         task.evaluate(lm)
 
@@ -322,8 +329,8 @@ def test_rank_groups_on_fixture_and_local_image_data(tok, tmp_path):
     from headpursuit.tasks.classification import ImageClassificationTask
 
     for cls in (ImageClassificationTask, CaptioningTask):
-        default = cls(tokenizer=tok, n_rank=2, n_eval=3)
-        both = cls(tokenizer=tok, n_rank=2, n_eval=3, rank_groups=["concept", "control"])
+        default = cls(cls.config_class(n_rank=2, n_eval=3), tok)
+        both = cls(cls.config_class(n_rank=2, n_eval=3, rank_groups=["concept", "control"]), tok)
         for g in ("concept", "control"):
             assert _ids(both.items("eval", g)) == _ids(default.items("eval", g))
         assert _ids(both.ranking_items()[:2]) == _ids(default.ranking_items())
@@ -337,10 +344,10 @@ def test_rank_groups_on_fixture_and_local_image_data(tok, tmp_path):
         for (s, c), k in zip([("cross", "red"), ("hexagon", "blue"), ("diamond", "purple")] * 3, [0, 3, 4] * 3)
     ]
     path = _cifar_like_parquet(datasets, tmp_path / "cifar_like.parquet", names, specs)
-    kw = dict(**_cifar_like_config(tok, path, ["bicycle", "bus"]), n_rank=1, n_eval=2)
-    default = ImageClassificationTask(**kw)
-    both = ImageClassificationTask(**kw, rank_groups=["concept", "control"])
-    capped = ImageClassificationTask(**kw, rank_groups=["concept", "control"], max_rows=3)
+    kw = dict(**_cifar_like_config(path, ["bicycle", "bus"]), n_rank=1, n_eval=2)
+    default = ImageClassificationTask(ClassificationConfig(**kw), tok)
+    both = ImageClassificationTask(ClassificationConfig(**kw, rank_groups=["concept", "control"]), tok)
+    capped = ImageClassificationTask(ClassificationConfig(**kw, rank_groups=["concept", "control"], max_rows=3), tok)
     for task in (both, capped):
         for g in ("concept", "control"):
             assert _ids(task.items("eval", g)) == _ids(default.items("eval", g))
@@ -352,4 +359,4 @@ def test_rank_groups_on_fixture_and_local_image_data(tok, tmp_path):
     with pytest.raises(SplitError, match="ranking split of group 'control' is empty.*lower n_eval"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # max_rows=2 also leaves the concept group one eval image
-            ImageClassificationTask(**kw, rank_groups=["concept", "control"], max_rows=2)
+            ImageClassificationTask(ClassificationConfig(**kw, rank_groups=["concept", "control"], max_rows=2), tok)

@@ -2,8 +2,10 @@
 edit -> evaluate -> record.
 
     run.py        Hydra entry (`python -m headpursuit`, `headpursuit`): the stages in order
-    config.py     validate_config / resolve_k: fail fast, naming the config key
-    preflight.py  preflight(): the checks that need no weights (device, cache_dir, data, concept, ranking.k)
+    schema.py     the run config's dataclasses (every key, its type, its one default) in Hydra's ConfigStore
+    result_neutral.py  the config keys that do not change results (resume hash, W&B run name)
+    config.py     validate_config -> the typed AppConfig / resolve_k: fail fast, naming the config key
+    preflight.py  preflight(): the checks that need no weights (device, cache_dir, data, concept, ranking.somp_steps)
     interrupts.py SIGTERM / SIGINT -> JobInterrupted(signal, stage): recorded as status=interrupted
     cache.py      RunCache: the library's store plus the per-stage hits; the identities keys hold
     stages.py     the cached stages (model, task, ranking samples, capture, rank, evaluate)

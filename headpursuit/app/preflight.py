@@ -2,7 +2,7 @@
 would fail on a missing data file, an unknown concept or an unavailable device fails in seconds,
 before any GPU time, with a message naming the config key and a fix that works as written.
 
-    preflight(config)       # raises PreflightError("task.data_path='x.jsonl': no such file. Fix: ...")
+    preflight(conf)         # conf = validate_config(cfg); raises PreflightError("task.data_path='x.jsonl': no such file. Fix: ...")
 
 What is checked (after `validate_config`, which needs no tokenizer either):
 
@@ -12,8 +12,8 @@ What is checked (after `validate_config`, which needs no tokenizer either):
 * `task.data_path`: exists, is readable and not empty, and parses (`.jsonl` / `.json` / `.parquet`);
 * with the model's tokenizer (a few MB, loaded without the weights; for embedded and hub models,
   not for synthetic builders such as `tiny_vlm`, whose load takes seconds anyway):
-  * `ranking.k` (SOMP steps / top tokens): at most the vocabulary, the dictionary a ranking picks
-    from (`check_ranking_k`);
+  * `ranking.somp_steps` (SOMP steps / top tokens): at most the vocabulary, the dictionary a ranking
+    picks from (`check_somp_steps`);
   * `task.concept`: a shipped name or a word-list file whose words tokenise to something;
   * the task built from its config: `task.source`, the data file's schema, the ranking /
     evaluation split sizes. The task is built again, on the model, after the model loads.
@@ -37,12 +37,14 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from headpursuit.app.schema import AppConfig, ModelConfig
 from headpursuit.concepts import available_concepts, load_concept
 from headpursuit.errors import ConfigError
 from headpursuit.models.embedded import EMBEDDED
 from headpursuit.models.loading import BUILDERS, check_device
 from headpursuit.models.tiny import embedded_tokenizer
-from headpursuit.tasks import DataError, SplitError, build_task
+from headpursuit.ranking import RankingConfig
+from headpursuit.tasks import DataError, SplitError, TaskConfig, build_task, task_config
 from headpursuit.tasks.loaders import read_records
 
 __all__ = [
@@ -53,7 +55,7 @@ __all__ = [
     "check_concept",
     "check_task_builds",
     "check_cache_dir",
-    "check_ranking_k",
+    "check_somp_steps",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,29 +77,29 @@ def shipped_data_fix(node: str = "task") -> str:
     return SHIPPED_DATA_FIX.replace("task.", f"{node}.")
 
 
-def preflight(config: Mapping[str, Any]) -> None:
-    """Every check of a resolved run config that needs no model weights: ConfigError naming the key
-    (`device`), PreflightError for the job's input (`task.*`)."""
-    check_device(config.get("device", "auto"))
-    check_cache_dir(config.get("cache_dir"))
+def preflight(conf: AppConfig) -> None:
+    """Every check of a validated run config (`validate_config`) that needs no model weights:
+    ConfigError naming the key (`device`), PreflightError for the job's input (`task.*`)."""
+    check_device(conf.device)
+    check_cache_dir(conf.cache_dir)
     # the evaluated task, and the task a transfer run ranks on (rank_task)
-    tasks = [("task", config["task"])] + ([("rank_task", config["rank_task"])] if config.get("rank_task") else [])
+    tasks = [("task", conf.task)] + ([("rank_task", conf.rank_task)] if conf.rank_task is not None else [])
     for node, task_cfg in tasks:
         for key in ("data_path", "rank_data_path"):
             check_data_file(task_cfg, key=key, node=node)
-    tokenizer = standalone_tokenizer(config["model"])
+    tokenizer = standalone_tokenizer(conf.model)
     if tokenizer is None:
         return
-    check_ranking_k(config["ranking"], tokenizer, str(config["model"]["name_or_path"]))
+    check_somp_steps(conf.ranking, tokenizer, conf.model.name_or_path)
     for node, task_cfg in tasks:
         check_concept(task_cfg, tokenizer, node=node)
         check_task_builds(task_cfg, tokenizer, node=node)
 
 
-def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
+def standalone_tokenizer(model_cfg: ModelConfig) -> Any:
     """The model's tokenizer, without its weights; None when it cannot be had that way (a
     synthetic builder, or a hub model whose tokenizer is not reachable: its load reports that)."""
-    name = str(model_cfg["name_or_path"])
+    name = model_cfg.name_or_path
     if name in BUILDERS:
         return None
     try:
@@ -107,8 +109,8 @@ def standalone_tokenizer(model_cfg: Mapping[str, Any]) -> Any:
 
         return AutoTokenizer.from_pretrained(
             name,
-            revision=model_cfg.get("revision"),
-            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
+            revision=model_cfg.revision,
+            trust_remote_code=model_cfg.trust_remote_code,
         )
     except Exception as exc:  # the model load itself says what is wrong
         log.info(
@@ -137,30 +139,31 @@ def check_cache_dir(cache_dir: Any) -> None:
     os.unlink(probe)
 
 
-def check_ranking_k(ranking_cfg: Mapping[str, Any], tokenizer: Any, model_name: str) -> None:
-    """`ranking.k` at most the vocabulary: SOMP picks its k atoms from the unembedding's rows (one
-    per token) and `logit_lens` takes the top k tokens; `rank_heads` refuses a larger k for every
-    method. (`concept_restricted` caps k at the number of concept tokens itself, with a warning.)
-    The tokenizer's length stands for the vocabulary; the unembedding may have a few padding rows
-    more, which `rank_heads` checks after the load."""
-    k = ranking_cfg.get("k")
+def check_somp_steps(ranking_cfg: RankingConfig, tokenizer: Any, model_name: str) -> None:
+    """`ranking.somp_steps` at most the vocabulary: SOMP picks its atoms from the unembedding's rows
+    (one per token) and `logit_lens` takes that many top tokens; `rank_heads` refuses more for every
+    method. (`concept_restricted` caps the steps at the number of concept tokens itself, with a
+    warning.) The tokenizer's length stands for the vocabulary; the unembedding may have a few
+    padding rows more, which `rank_heads` checks after the load."""
+    steps = ranking_cfg.somp_steps
     vocab = len(tokenizer)
-    if isinstance(k, int) and k > vocab:
+    if steps > vocab:
         capped = (
-            " (concept_restricted caps k at the number of concept tokens, but not above the vocabulary)"
-            if ranking_cfg.get("method") == "concept_restricted"
+            " (concept_restricted caps the steps at the number of concept tokens, but not above the vocabulary)"
+            if ranking_cfg.method == "concept_restricted"
             else ""
         )
         raise ConfigError(
-            f"ranking.k={k} (SOMP steps) is larger than the vocabulary of {model_name} ({vocab} tokens), the "
-            f"dictionary the ranking picks from; at most {vocab}{capped}. Fix: ranking.k=10"
+            f"ranking.somp_steps={steps} (SOMP steps) is larger than the vocabulary of {model_name} ({vocab} "
+            f"tokens), the dictionary the ranking picks from; at most {vocab}{capped}. Fix: ranking.somp_steps="
+            f"{RankingConfig.somp_steps}"
         )
 
 
-def check_data_file(task_cfg: Mapping[str, Any], *, key: str = "data_path", node: str = "task") -> None:
+def check_data_file(task_cfg: TaskConfig, *, key: str = "data_path", node: str = "task") -> None:
     """`task.data_path` (or another file key, e.g. rank_data_path, of the config node `node`), when
-    set: exists, readable, not empty, and parses if it is a record file."""
-    raw = task_cfg.get(key)
+    the task kind has it and it is set: exists, readable, not empty, and parses if it is a record file."""
+    raw = getattr(task_cfg, key, None)
     if raw in (None, ""):
         return
     path = Path(str(raw)).expanduser()
@@ -195,9 +198,9 @@ def check_data_file(task_cfg: Mapping[str, Any], *, key: str = "data_path", node
             )
 
 
-def check_concept(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
+def check_concept(task_cfg: TaskConfig, tokenizer: Any, *, node: str = "task") -> None:
     """`task.concept` (a name, a word-list file or a list of words) gives a non-empty concept."""
-    concept = task_cfg.get("concept")
+    concept = task_cfg.concept
     if concept is None:
         return  # derived by the task (e.g. classification's class names)
     where = f"{node}.concept={concept!r}"
@@ -226,15 +229,15 @@ def tasks_log_quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
+def check_task_builds(task_cfg: TaskConfig | Mapping[str, Any], tokenizer: Any, *, node: str = "task") -> None:
     """Build the task on the tokenizer alone: its source, data schema and splits are then checked."""
-    args = {k: v for k, v in task_cfg.items() if k != "positions"}  # as `build_task_memo` passes them
-    source = task_cfg.get("source")
+    task_cfg = task_config(task_cfg, node=node)
+    source = getattr(task_cfg, "source", None)
     try:
         # The build on the model warns again, where it counts: warnings and the tasks' logged ones.
         with warnings.catch_warnings(), tasks_log_quiet():
             warnings.simplefilter("ignore")
-            build_task({**args, "tokenizer": tokenizer})
+            build_task(task_cfg, tokenizer=tokenizer)
     except PreflightError:
         raise
     except ConfigError as exc:  # e.g. task.rank_groups: already names the key
@@ -242,11 +245,11 @@ def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str 
     except SplitError as exc:
         raise PreflightError(
             f"{node}.n_rank / {node}.n_eval: {exc}. Fix: lower {node}.n_rank and {node}.n_eval "
-            f"(now {task_cfg.get('n_rank')!r} and {task_cfg.get('n_eval')!r}), or give more data"
+            f"(now {task_cfg.n_rank!r} and {task_cfg.n_eval!r}), or give more data"
         ) from None
     except (DataError, FileNotFoundError, UnicodeDecodeError) as exc:
         raise PreflightError(
-            f"{node}.data_path={task_cfg.get('data_path')!r} ({node}.source={source!r}): {exc}. "
+            f"{node}.data_path={getattr(task_cfg, 'data_path', None)!r} ({node}.source={source!r}): {exc}. "
             f"Fix: a file in the format {node}.source={source!r} reads, or {shipped_data_fix(node)}"
         ) from None
     except ValueError as exc:
@@ -260,4 +263,4 @@ def check_task_builds(task_cfg: Mapping[str, Any], tokenizer: Any, *, node: str 
                 f"{node}.data_path is null, but {node}.source={source!r} reads a file ({msg}). "
                 f"Fix: {node}.data_path=/path/to/file, or {shipped_data_fix(node)}"
             ) from None
-        raise PreflightError(f"task ({node}.name={task_cfg.get('name')!r}): {msg}") from None
+        raise PreflightError(f"task ({node}.name={task_cfg.name!r}): {msg}") from None

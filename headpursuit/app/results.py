@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from headpursuit.app.files import read_json, to_jsonable, write_json_atomic, write_text_atomic
+from headpursuit.app.result_neutral import RESULT_NEUTRAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ RESULTS_VERSION = 2
 STATUSES = ("running", "complete", "failed", "interrupted")
 
 # Config keys that do not change a run's results: left out of the config hash used for resume.
-VOLATILE_KEYS = ("logger", "cache_dir", "resume", "fail_fast", "plots", "heartbeat_s")
+VOLATILE_KEYS = RESULT_NEUTRAL_KEYS  # the one list (headpursuit.app.result_neutral)
 
 #: {group: {metric: value}}: one evaluation's metrics per item group (concept, control); NaN where
 #: undefined (null in the file)

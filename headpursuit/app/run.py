@@ -33,7 +33,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from headpursuit.app.cache import RunCache, model_identity, task_identity
-from headpursuit.app.config import ConfigError, resolve_k, validate_config
+from headpursuit.app.config import ConfigError, ranking_config, resolve_k, validate_config
 from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full, write_csv_atomic
 from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
 from headpursuit.app.liveness import FailFastFlag, Heartbeat
@@ -51,6 +51,7 @@ from headpursuit.app.results import (
     write_error,
     write_record,
 )
+from headpursuit.app.schema import RENAMED_KEYS, AppConfig
 from headpursuit.app.stages import (
     build_task_memo,
     cache_other_alphas,
@@ -70,7 +71,6 @@ from headpursuit.app.timer import Timer
 from headpursuit.app.tracker import Tracker, flatten_metrics
 from headpursuit.determinism import set_deterministic
 from headpursuit.heads import Head, select_heads
-from headpursuit.tasks.loaders import fixture_path
 
 if TYPE_CHECKING:
     from headpursuit.models import LoadedModel
@@ -80,16 +80,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("headpursuit")
 
 HEATMAP_FILE = "head_scores_heatmap.png"
-
-
-def register_resolvers() -> None:
-    """``${hp.fixture:NAME}``: the absolute path of a file shipped in headpursuit/data/fixtures, so
-    that the offline experiments' data paths hold from any working directory."""
-    if not OmegaConf.has_resolver("hp.fixture"):
-        OmegaConf.register_new_resolver("hp.fixture", lambda name: str(fixture_path(str(name))))
-
-
-register_resolvers()
 
 
 def find_config_dir() -> str:
@@ -120,13 +110,14 @@ def run_info(hc: Any, run_dir: Path) -> RunInfo:
     )
 
 
-def start_tracker(config: Mapping[str, Any], run_dir: Path, hc: Any) -> Tracker:
-    """A W&B run named after the job's overrides, grouped by sweep (logger.group if set)."""
-    tracker = Tracker(config.get("logger"), run_dir)
+def start_tracker(config: Mapping[str, Any], conf: AppConfig, run_dir: Path, hc: Any) -> Tracker:
+    """A W&B run named after the job's overrides, grouped by sweep (logger.group if set); `config`
+    is what it records."""
+    tracker = Tracker(config["logger"], run_dir)
     sweep = f"{hc.runtime.choices.get('experiment') or 'sweep'}-{Path(hc.sweep.dir).name}"
     tracker.start(
         config,
-        group=(config.get("logger") or {}).get("group") or (sweep if hc.mode == RunMode.MULTIRUN else None),
+        group=conf.logger.group or (sweep if hc.mode == RunMode.MULTIRUN else None),
         name=hc.job.override_dirname or "default",
     )
     return tracker
@@ -206,16 +197,27 @@ def warn_model_notes(lm: LoadedModel) -> None:
         log.warning("%s: %s", lm.name, note)
 
 
+def recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config as results.json, the resume hash and W&B hold it: without the keys
+    kept in the schema only to name their new names (`RENAMED_KEYS`, null unless set)."""
+    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    for old in RENAMED_KEYS:
+        group, key = old.split(".")
+        if isinstance(config.get(group), dict) and config[group].get(key) is None:
+            config[group].pop(key, None)
+    return config
+
+
 def execute(
     cfg: DictConfig, run_dir: Path, rec: RunRecord, timer: Timer, fail_fast: FailFastFlag | None = None
 ) -> RunRecord:
     """The job, filling in `rec` (what a failure records) as it goes; returns the complete record
     (or the one of an earlier run with the same config, resume=true)."""
     hc = HydraConfig.get()
-    config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
+    config = recorded_config(cfg)
     rec.status, rec.config_hash, rec.config, rec.run = "running", config_hash(config), config, run_info(hc, run_dir)
-    validate_config(config)  # fail fast, naming the key
-    if cfg.resume and (done := completed_results(run_dir, rec.config_hash)):
+    conf = validate_config(cfg)  # fail fast, naming the key; the typed config
+    if conf.resume and (done := completed_results(run_dir, rec.config_hash)):
         log.info("%s: complete with the same config; skipping (resume=false to rerun)", run_dir)
         return done
     # After the resume check: a complete job of this launch is skipped as complete, not as aborted.
@@ -225,71 +227,75 @@ def execute(
             "rerun the sweep after the fix: it runs what is missing"
         )
     with timer("preflight"):
-        preflight(config)  # data, concept, device: before any weight is read
-    heartbeat = Heartbeat(run_dir, float(cfg.get("heartbeat_s", 30)), lambda: timer.stage)
+        preflight(conf)  # data, concept, device: before any weight is read
+    heartbeat = Heartbeat(run_dir, float(conf.heartbeat_s), lambda: timer.stage)
     rec.heartbeat = HeartbeatInfo.from_json(heartbeat.info())
     write_record(run_dir, rec)
     with heartbeat:
-        return run_stages(cfg, config, run_dir, rec, timer, hc)
+        return run_stages(conf, config, run_dir, rec, timer, hc)
 
 
 def run_stages(
-    cfg: DictConfig, config: dict[str, Any], run_dir: Path, rec: RunRecord, timer: Timer, hc: Any
+    conf: AppConfig, config: dict[str, Any], run_dir: Path, rec: RunRecord, timer: Timer, hc: Any
 ) -> RunRecord:
-    iv, task_cfg, seed, cache = config["intervention"], config["task"], int(cfg.seed), RunCache(cfg.cache_dir)
+    """The stages of a validated run: `conf` (typed) says what to do, `config` (its resolved dict)
+    is what the record, the cache keys and W&B hold."""
+    iv, seed, cache = conf.intervention, conf.seed, RunCache(conf.cache_dir)
     random.seed(seed)
-    if cfg.get("deterministic"):
+    if conf.deterministic:
         set_deterministic(True)
-    tracker = start_tracker(config, run_dir, hc)
+    tracker = start_tracker(config, conf, run_dir, hc)
     try:
         with timer("load_model"):
-            lm, loaded_before = load_model_memo(config["model"], cfg.device, cfg.dtype)
+            lm, loaded_before = load_model_memo(conf.model, conf.device, conf.dtype)
         warn_model_notes(lm)
         L, H = lm.layout.n_layers, lm.layout.n_heads
         k = resolve_k(iv, L * H, lm.name)
         # rank_task (a transfer run): heads ranked on its data and concept, evaluated on `task`
-        rank_cfg = rank_task_config(config)
+        rank_cfg = rank_task_config(conf)
+        rank_config_dict = config["rank_task"] if conf.rank_task is not None else config["task"]
         with timer("task"):
-            task = build_task_memo(task_cfg, lm)
-            rank_task = build_task_memo(rank_cfg, lm) if config.get("rank_task") else task
+            task = build_task_memo(conf.task, lm)
+            rank_task = build_task_memo(rank_cfg, lm) if conf.rank_task is not None else task
         model_id = model_identity(config["model"], lm)
         with timer("ranking_samples"):
             samples = ranking_samples_cached(
                 cache,
                 rank_task,
                 lm,
-                {"model": model_id, "task": task_identity(rank_cfg, "ranking", rank_task.data_identity())},
+                {"model": model_id, "task": task_identity(rank_config_dict, "ranking", rank_task.data_identity())},
             )
         with timer("capture"):
             acts, acts_key = capture_cached(
                 cache,
                 lm,
                 samples,
-                rank_cfg.get("positions", "answer_concept"),
+                rank_cfg.positions,
                 concept_token_ids(rank_task.concept),
-                cfg.capture_batch_size,
+                conf.capture_batch_size,
             )
+        ranking = ranking_config(conf)
         with timer("rank"):
-            scores = rank_cached(cache, acts, acts_key, lm, rank_task.concept, config["ranking"], seed)
-        heads = select_heads(scores, iv.get("heads", "ranked"), k, L, H, seed, explicit=iv.get("explicit") or ())
+            scores = rank_cached(cache, acts, acts_key, lm, rank_task.concept, ranking, seed)
+        heads = select_heads(scores, iv.heads, k, L, H, seed, explicit=iv.explicit)
         # Drawn now, before any generation: a pool that cannot supply them fails the run at once.
         random_sets = random_control_sets(
             heads,
             lm.layout,
             k=k,
-            seeds=iv["random_seeds"] if iv.get("random_controls", True) else [],
-            pool=iv.get("random_pool", "all"),
-            strict=bool(iv.get("random_strict", False)),
+            seeds=iv.random_seeds if iv.random_controls else [],
+            pool=iv.random_pool,
+            strict=iv.random_strict,
         )
         heatmap = write_head_scores(
-            run_dir, scores, heads, lm, rank_task, config["ranking"]["method"], plots=cfg.plots, timer=timer
+            run_dir, scores, heads, lm, rank_task, ranking.method, plots=conf.plots, timer=timer
         )
-        eval_id = {"model": model_id, "task": task_identity(task_cfg, "eval", task.data_identity())}
-        alpha = float(iv["alpha"])
+        eval_id = {"model": model_id, "task": task_identity(config["task"], "eval", task.data_identity())}
+        alpha = float(iv.alpha)
         edit = {h: alpha for h in heads}
-        batched = bool(iv.get("batched_edits", True)) and task.shares_edit_batches
+        batched = iv.batched_edits and task.shares_edit_batches
         generated: dict[str, TaskOutputs] = {}
-        other_alphas = sorted({float(a) for a in iv.get("batch_alphas") or []} - {alpha}) if batched else []
+        other_alphas = sorted({float(a) for a in iv.batch_alphas} - {alpha}) if batched else []
         if batched:  # every evaluation not cached, in one pass; each is still cached on its own
             with timer("generate_edits"):
                 edits = [{}, edit, *random_control_edits(random_sets, alpha)]
@@ -325,7 +331,7 @@ def run_stages(
             model_loaded_in_process=loaded_before,
             batch_sizes=batch_size_provenance(lm, task, config, n_batched_edits=len(generated) if batched else 0),
             batched_edits=batched,
-            rank_task=rank_task if config.get("rank_task") else None,
+            rank_task=rank_task if conf.rank_task is not None else None,
         )
         rec.outcome, rec.status = outcome, "complete"
         for warning in outcome.warnings or ():  # on the console too, not only in results.json
@@ -392,7 +398,7 @@ def report_disk_full(run_dir: Path, cfg: DictConfig, full: BaseException, stage:
     print(
         f"headpursuit: {run_dir}: {reason}{what} (stage: {stage or 'start'}). Files already written are "
         "intact (each is replaced only by a complete new version). Free space on that file system, or move "
-        f"the writes to a disk with room: cache_dir=/path/with/room (now {cfg.get('cache_dir')}) for the "
+        f"the writes to a disk with room: cache_dir=/path/with/room (now {cfg.cache_dir}) for the "
         f"caches, hydra.run.dir=... (hydra.sweep.dir=... with -m; now {run_dir}) for the results; then "
         "rerun the same command (complete jobs are skipped).",
         file=sys.stderr,
@@ -421,7 +427,7 @@ def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:
     """One job in its (locked) run directory: `execute`, and what a failure or a signal records."""
     multirun = hc.mode == RunMode.MULTIRUN
     # Keyed by this launch: a rerun into the same sweep dir is not skipped by an old failure.
-    fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.get("fail_fast") else None
+    fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.fail_fast else None
     rec = RunRecord(status="running")  # what a failure records: filled in as the job goes
     timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
     # A log line the job log cannot take (a full disk) prints no traceback of its own: a full disk

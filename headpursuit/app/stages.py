@@ -1,10 +1,10 @@
 """The stages of a run, each behind the sweep's disk cache (see `headpursuit.app.cache`).
 
-    lm, loaded_before = load_model_memo(model_cfg, device, dtype)     # once per process
-    task = build_task_memo(task_cfg, lm)
+    lm, loaded_before = load_model_memo(conf.model, device, dtype)    # once per process
+    task = build_task_memo(conf.task, lm)
     samples = ranking_samples_cached(cache, task, lm, ident)           # the model's greedy answers
     acts, acts_key = capture_cached(cache, lm, samples, positions, concept_token_ids(task.concept))
-    scores = rank_cached(cache, acts, acts_key, lm, task.concept, ranking_cfg, seed)
+    scores = rank_cached(cache, acts, acts_key, lm, task.concept, ranking_config(conf), seed)
     result = evaluate_cached(cache, lm, task, ident, {head: alpha}, label="edited", seed=seed)
     sets = random_control_sets(heads, lm.layout, k=k, seeds=[0, 1], pool="layer_counts")  # before any eval
     per_seed = random_controls(cache, lm, task, ident, sets, alpha=alpha, seed=seed)
@@ -23,6 +23,7 @@ Every cached stage records whether it was served from the cache in `cache.hits` 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,12 +33,13 @@ from headpursuit.capture import CaptureSample, activation_key, capture_heads
 from headpursuit.heads import ControlDraw, Head, random_control_draw
 from headpursuit.intervention import scale_heads
 from headpursuit.models import load_model
-from headpursuit.ranking import rank_heads
+from headpursuit.ranking import RankingConfig, rank_heads
 from headpursuit.store import entry_key
-from headpursuit.tasks import build_task
+from headpursuit.tasks import TaskConfig, build_task, task_config
 from headpursuit.tasks.base import empty_outputs
 
 if TYPE_CHECKING:
+    from headpursuit.app.schema import AppConfig, ModelConfig
     from headpursuit.capture import HeadActivations
     from headpursuit.concepts import Concept
     from headpursuit.models import AttentionLayout, LoadedModel
@@ -67,23 +69,23 @@ _MODEL_MEMO: dict[str, LoadedModel] = {}
 _TASK_MEMO: dict[str, Task] = {}
 
 
-def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tuple[LoadedModel, bool]:
+def load_model_memo(model_cfg: ModelConfig, device: str, dtype: str) -> tuple[LoadedModel, bool]:
     """(model, loaded earlier in this process): the jobs of a basic-launcher sweep share one load.
 
     Only the last model is kept (a sweep over models does not pile them up in memory).
     """
-    key = stable_hash(dict(model_cfg), device, dtype)
+    key = stable_hash(asdict(model_cfg), device, dtype)
     if key in _MODEL_MEMO:
         return _MODEL_MEMO[key], True
     _MODEL_MEMO.clear()
     _TASK_MEMO.clear()
     lm = load_model(
-        model_cfg["name_or_path"],
+        model_cfg.name_or_path,
         dtype=dtype,
         device=device,
-        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-        revision=model_cfg.get("revision"),
-        **dict(model_cfg.get("kwargs") or {}),
+        trust_remote_code=model_cfg.trust_remote_code,
+        revision=model_cfg.revision,
+        **model_cfg.kwargs,
     )
     _MODEL_MEMO[key] = lm
     return lm, False
@@ -93,35 +95,34 @@ def load_model_memo(model_cfg: Mapping[str, Any], device: str, dtype: str) -> tu
 TASK_MEMO_SIZE = 2
 
 
-def build_task_memo(task_cfg: Mapping[str, Any], lm: LoadedModel) -> Task:
+def build_task_memo(task_cfg: TaskConfig, lm: LoadedModel) -> Task:
     """The task for `task_cfg` on `lm`, built once per process (its data loads are not free); the
     last `TASK_MEMO_SIZE` are kept."""
-    key = stable_hash(dict(task_cfg), id(lm))
+    key = stable_hash(asdict(task_cfg), id(lm))
     if key not in _TASK_MEMO:
         while len(_TASK_MEMO) >= TASK_MEMO_SIZE:
             _TASK_MEMO.pop(next(iter(_TASK_MEMO)))  # the oldest (dicts keep insertion order)
-        # `positions` says where to capture activations, not what the task is.
-        args = {k: v for k, v in task_cfg.items() if k != "positions"}
-        _TASK_MEMO[key] = build_task(args, lm)
+        _TASK_MEMO[key] = build_task(task_cfg, lm)
     return _TASK_MEMO[key]
 
 
-def rank_task_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+def rank_task_config(conf: AppConfig) -> TaskConfig:
     """The task config whose ranking samples and concept rank the heads: `rank_task` when set (a
     transfer run: heads from one task, evaluated on `task`), else `task`. Its ranking-sample,
     activation and score cache keys are that task's (`task_identity(rank_task, "ranking", its
     data_identity())`)."""
-    return config.get("rank_task") or config["task"]
+    return conf.rank_task if conf.rank_task is not None else conf.task
 
 
 def transfer_info(config: Mapping[str, Any]) -> dict | None:
     """results.json `transfer`: {source, target} (each the task's `dataset`, else its `name`) of a
-    run with `rank_task`; None without one."""
-    if not config.get("rank_task"):
+    run with `rank_task`; None without one. `config`: the resolved run config (a dict)."""
+    if config["rank_task"] is None:
         return None
 
-    def label(cfg: Mapping[str, Any]) -> str:
-        return str(cfg.get("dataset") or cfg.get("name"))
+    def label(node: Mapping[str, Any]) -> str:
+        task = task_config(node)
+        return str(getattr(task, "dataset", None) or task.name)  # only image classification has a dataset
 
     return {"source": label(config["rank_task"]), "target": label(config["task"])}
 
@@ -177,11 +178,11 @@ def rank_cached(
     acts_key: str,
     lm: LoadedModel,
     concept: Concept,
-    ranking_cfg: Mapping[str, Any],
+    ranking_cfg: RankingConfig,
     seed: int,
 ) -> HeadScores:
     """rank_heads, cached on (activations, concept, ranking config, seed, code)."""
-    kwargs = dict(ranking_cfg)
+    kwargs = asdict(ranking_cfg)
     method = kwargs.pop("method")
     key = entry_key("scores", acts_key, concept.name, concept_token_ids(concept), method, kwargs, seed)
     scores, _ = cache.get_or_compute(

@@ -1,4 +1,4 @@
-"""What a ranking reads, checked once: the captured ``z``, the model's weights, the concept, k.
+"""What a ranking reads, checked once: the captured ``z``, the model's weights, the concept, the steps.
 
 The weights come from a :class:`~headpursuit.models.LoadedModel`, a :class:`HeadWeights`, or a
 mapping with exactly the keys of HeadWeights (``W_O``, ``unembedding``, optional ``norm_gain``,
@@ -27,7 +27,7 @@ __all__ = [
     "head_weights",
     "captured_z",
     "concept_token_ids",
-    "validated_k",
+    "validated_steps",
     "decode_tokens",
     "format_tokens",
 ]
@@ -179,19 +179,19 @@ def concept_token_ids(concept: ConceptSpec, tokenizer: Any, vocab: int) -> tuple
     return ids, name
 
 
-def validated_k(k: Any, vocab: int) -> int:
-    """k (SOMP steps or top tokens) as an int in [1, vocab]."""
+def validated_steps(k: Any, vocab: int, name: str = "somp_steps") -> int:
+    """`k` (SOMP steps, or logit_lens' top tokens) as an int in [1, vocab]; errors name it `name`."""
     if isinstance(k, bool) or not isinstance(k, int):
         try:
             if float(k) != int(k):
                 raise ValueError
             k = int(k)
         except (TypeError, ValueError):
-            raise ValueError(f"k must be a positive integer (SOMP steps / top tokens); got {k!r}") from None
+            raise ValueError(f"{name} must be a positive integer (SOMP steps / top tokens); got {k!r}") from None
     if k <= 0:
-        raise ValueError(f"k must be >= 1 (SOMP steps / top tokens); got {k}")
+        raise ValueError(f"{name} must be >= 1 (SOMP steps / top tokens); got {k}")
     if k > vocab:
-        raise ValueError(f"k={k} exceeds the vocabulary size {vocab}; use a smaller k")
+        raise ValueError(f"{name}={k} exceeds the vocabulary size {vocab}; use a smaller {name}")
     return k
 
 

@@ -1,6 +1,6 @@
 """The ranking methods, one small function each, registered by name in :data:`METHODS`.
 
-A method gets the validated :class:`RankingInputs`, the number of steps ``k`` and the caller's
+A method gets the validated :class:`RankingInputs`, the number of steps ``somp_steps`` and the caller's
 options, and returns a :class:`MethodResult` (one value per head, heads flattened layer-major).
 Every method receives every option of :func:`~headpursuit.ranking.rank_heads` (so one ranking
 config serves all methods) and ignores those that are not its own. A new method is one function
@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from headpursuit.ranking.inputs import HeadWeights, format_tokens, validated_k
+from headpursuit.ranking.inputs import HeadWeights, format_tokens, validated_steps
 from headpursuit.somp import (
     HeadSignals,
     SOMPResult,
@@ -36,13 +36,13 @@ __all__ = [
     "concept_restricted",
     "logit_lens",
     "logit_lens_mean",
-    "random_control",
+    "random_scores",
 ]
 
 
 @dataclass(frozen=True)
 class RankingInputs:
-    """Everything a method needs, checked by rank_heads (shapes agree, k and the concept are valid).
+    """Everything a method needs, checked by rank_heads (shapes agree, the steps and the concept are valid).
 
     z: float32 (rows, layers, heads, head_dim), on the device it was captured on (the methods move
     it to the weights' device as they go). layers: the captured layer numbers.
@@ -88,7 +88,7 @@ class MethodResult(NamedTuple):
 
 
 class RankingMethod(Protocol):
-    def __call__(self, inputs: RankingInputs, k: int, **opts: Any) -> MethodResult: ...
+    def __call__(self, inputs: RankingInputs, somp_steps: int, **opts: Any) -> MethodResult: ...
 
 
 # name -> method, in the order error messages list them
@@ -116,13 +116,13 @@ def seeded_random_scores(n: int, seed: int) -> torch.Tensor:
 # SOMP over the unembedding
 
 
-def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_options: dict) -> SOMPResult:
+def _somp(inputs: RankingInputs, somp_steps: int, token_ids: torch.Tensor | None, somp_options: dict) -> SOMPResult:
     gain = inputs.norm_gain
     return somp_heads(
         inputs.z,
         inputs.weights.W_O,
         inputs.weights.unembedding,
-        k,
+        somp_steps,
         token_ids=token_ids,
         norm_gain=gain,
         fold_norm_gain=gain is not None,
@@ -134,36 +134,41 @@ def _somp(inputs: RankingInputs, k: int, token_ids: torch.Tensor | None, somp_op
     )
 
 
-def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor, k_used: int) -> MethodResult:
+def _somp_method_result(inputs: RankingInputs, res: SOMPResult, score: torch.Tensor, steps_used: int) -> MethodResult:
     tok, n_top = inputs.weights.tokenizer, inputs.n_top_tokens
     tops = [format_tokens(tok, row) for row in res.indices[:, :n_top].cpu().tolist()]  # one transfer
-    return MethodResult(score, tops, res.explained_variance[:, -1], {"k_used": k_used, "somp": res.meta})
+    return MethodResult(score, tops, res.explained_variance[:, -1], {"somp_steps_used": steps_used, "somp": res.meta})
 
 
-def concept_share(inputs: RankingInputs, k: int, *, lens_top: int | None = None, **somp_options: Any) -> MethodResult:
-    """SOMP over the full vocabulary for k steps per head; the score is the sum of the
+def concept_share(
+    inputs: RankingInputs, somp_steps: int, *, lens_top: int | None = None, **somp_options: Any
+) -> MethodResult:
+    """SOMP over the full vocabulary for `somp_steps` steps per head; the score is the sum of the
     explained-variance gains of the steps whose atom is a concept token.
 
     somp_options go to :func:`~headpursuit.somp.somp_heads`; lens_top (a logit_lens option) is unused."""
-    res = _somp(inputs, k, None, somp_options)
+    res = _somp(inputs, somp_steps, None, somp_options)
     hit = inputs.concept_mask[res.indices.clamp_min(0)] & (res.indices >= 0)
-    return _somp_method_result(inputs, res, (res.gains * hit).sum(dim=1), k)
+    return _somp_method_result(inputs, res, (res.gains * hit).sum(dim=1), somp_steps)
 
 
 def concept_restricted(
-    inputs: RankingInputs, k: int, *, lens_top: int | None = None, **somp_options: Any
+    inputs: RankingInputs, somp_steps: int, *, lens_top: int | None = None, **somp_options: Any
 ) -> MethodResult:
     """SOMP with the dictionary restricted to the concept's tokens; the score is the explained
-    variance after k steps (k is capped at the number of concept tokens, with a warning).
+    variance after `somp_steps` steps (capped at the number of concept tokens, with a warning).
 
     somp_options go to :func:`~headpursuit.somp.somp_heads`; lens_top (a logit_lens option) is unused."""
     n_concept = int(inputs.concept_ids.numel())
-    if k > n_concept:
+    if somp_steps > n_concept:
         # stacklevel 3: the warning points at the caller of rank_heads
-        warnings.warn(f"concept_restricted: k={k} > {n_concept} concept tokens; using k={n_concept}", stacklevel=3)
-        k = n_concept
-    res = _somp(inputs, k, inputs.concept_ids, somp_options)
-    return _somp_method_result(inputs, res, res.explained_variance[:, -1], k)
+        warnings.warn(
+            f"concept_restricted: somp_steps={somp_steps} > {n_concept} concept tokens; using somp_steps={n_concept}",
+            stacklevel=3,
+        )
+        somp_steps = n_concept
+    res = _somp(inputs, somp_steps, inputs.concept_ids, somp_options)
+    return _somp_method_result(inputs, res, res.explained_variance[:, -1], somp_steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,7 +207,7 @@ def _most_frequent(ids: torch.Tensor, n: int) -> list[int]:
 
 def logit_lens(
     inputs: RankingInputs,
-    k: int,
+    somp_steps: int,
     *,
     lens_top: int | None = None,
     memory_budget: int | None = None,
@@ -210,9 +215,10 @@ def logit_lens(
     **_unused: Any,
 ) -> MethodResult:
     """Per row, the top ``lens_top`` tokens (by value) of ``D c`` with unit-norm atoms ``D``; the
-    score is the fraction of them in the concept, averaged over rows. ``lens_top`` defaults to k.
+    score is the fraction of them in the concept, averaged over rows. ``lens_top`` defaults to
+    `somp_steps` (here: the top tokens per row).
     The top_tokens cell shows the most frequent top-1 tokens over the rows."""
-    lens_top = validated_k(lens_top if lens_top is not None else k, inputs.vocab)
+    lens_top = validated_steps(lens_top if lens_top is not None else somp_steps, inputs.vocab, "lens_top")
     gain = inputs.norm_gain
     D, _, _ = head_dictionary(inputs.weights.unembedding, gain, None, fold_norm_gain=gain is not None)
     top = _lens_top_tokens(inputs.z, inputs.weights.W_O, D, lens_top, memory_budget, chunk_size)
@@ -222,12 +228,12 @@ def logit_lens(
     return MethodResult(score, tops, _no_explained_variance(inputs.n_heads_total), {"lens_top": lens_top})
 
 
-def logit_lens_mean(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResult:
+def logit_lens_mean(inputs: RankingInputs, somp_steps: int, **_unused: Any) -> MethodResult:
     """The paper's logit-lens baseline: per head, the mean over rows and concept tokens of the
     logit the logit lens assigns, ``D[concept] c_h`` with the RAW unembedding rows (the logit is
     what the paper defines; ``normalize_atoms`` does not apply), the final norm's gain folded in
     when ``fold_norm_gain``. ``center`` does not apply either (a centred signal has mean logit 0);
-    k is unused. The mean over rows is taken first (everything is linear), in float64. The
+    somp_steps is unused. The mean over rows is taken first (everything is linear), in float64. The
     top_tokens cell shows the concept tokens with the highest mean logit for the head."""
     gain = inputs.norm_gain
     rows, _ = dictionary_rows(inputs.weights.unembedding, gain, inputs.concept_ids, fold_norm_gain=gain is not None)
@@ -249,8 +255,9 @@ def logit_lens_mean(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResu
     return MethodResult(logits.mean(dim=1), tops, _no_explained_variance(inputs.n_heads_total), {})
 
 
-def random_control(inputs: RankingInputs, k: int, **_unused: Any) -> MethodResult:
-    """Seeded random scores (the control)."""
+def random_scores(inputs: RankingInputs, somp_steps: int, **_unused: Any) -> MethodResult:
+    """Seeded random scores: the ranking baseline of method "random" (not the random-head controls
+    of an edit, `headpursuit.heads.random_control_draw`)."""
     n = inputs.n_heads_total
     return MethodResult(seeded_random_scores(n, inputs.seed), [""] * n, _no_explained_variance(n), {})
 
@@ -259,4 +266,4 @@ register_method("concept_share", concept_share)
 register_method("concept_restricted", concept_restricted)
 register_method("logit_lens", logit_lens)
 register_method("logit_lens_mean", logit_lens_mean)
-register_method("random", random_control)
+register_method("random", random_scores)

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from headpursuit.concepts import Concept
+from headpursuit.ranking.config import RankingConfig
 from headpursuit.ranking.inputs import (
     ConceptSpec,
     WeightsSource,
@@ -16,7 +17,7 @@ from headpursuit.ranking.inputs import (
     concept_token_ids,
     decode_tokens,
     head_weights,
-    validated_k,
+    validated_steps,
 )
 from headpursuit.ranking.methods import METHODS, RankingInputs, seeded_random_scores
 from headpursuit.ranking.scores import HeadScores, score_table
@@ -48,14 +49,14 @@ def rank_heads(
     activations: HeadActivations | torch.Tensor,
     lm_or_weights: WeightsSource | None,
     concept: ConceptSpec,
-    method: str = "concept_share",
-    k: int = 10,
+    method: str = RankingConfig.method,
+    somp_steps: int = RankingConfig.somp_steps,
     *,
     seed: int = 0,
-    fold_norm_gain: bool = True,
-    center: bool = False,
-    normalize_atoms: bool = True,
-    aggregation: str = "l1",
+    fold_norm_gain: bool = RankingConfig.fold_norm_gain,
+    center: bool = RankingConfig.center,
+    normalize_atoms: bool = RankingConfig.normalize_atoms,
+    aggregation: str = RankingConfig.aggregation,
     top_tokens: int = 5,
     lens_top: int | None = None,
     **somp_kwargs: Any,
@@ -68,18 +69,22 @@ def rank_heads(
         d_model), optional ``norm_gain`` (d_model,), ``tokenizer`` and ``name``. May be None for
         ``method="random"``.
     concept: a Concept, token ids, or a concept name / word list (needs a tokenizer).
-    k: SOMP steps (concept_share, concept_restricted) or the default ``lens_top`` (logit_lens).
+    method, somp_steps, fold_norm_gain, center, normalize_atoms, aggregation: the fields of
+        `RankingConfig`, with its defaults (``**asdict(config)`` passes one).
+    somp_steps: SOMP steps (concept_share, concept_restricted) or the default ``lens_top`` (logit_lens).
     fold_norm_gain: fold the final norm's gain into the unembedding (D * gamma) before normalising.
     center: (SOMP methods) remove each head's mean over rows before pursuit; the explained variance
         is then that of the centred signal, 1 - ||R||^2 / ||H - mean||^2.
     normalize_atoms: (SOMP methods) unit-norm dictionary rows (default) or the raw rows, whose norms
         then weight the atom choice argmax_j sum_i |<R_i, D_j>|.
-    The paper's scoring is ``method="concept_restricted", k=50, center=True, normalize_atoms=False,
+    The paper's scoring is ``method="concept_restricted", somp_steps=50, center=True, normalize_atoms=False,
     fold_norm_gain=False`` (conf/ranking/paper.yaml; docs/protocol.md says which choice is whose).
     aggregation: SOMP atom choice, "l1" (default) or "l2". top_tokens: how many selected atoms to
     decode into the ``top_tokens`` column. somp_kwargs go to :func:`somp_heads` (tol,
     memory_budget, chunk_size, variant, ...).
     """
+    if "k" in somp_kwargs:  # it would reach somp_heads as an unknown option
+        raise TypeError("rank_heads: the keyword k is now somp_steps (the number of SOMP steps)")
     if method not in METHODS:
         raise ValueError(f"unknown ranking method {method!r}; choose one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
@@ -98,14 +103,14 @@ def rank_heads(
             f"W_O has {w.W_O.shape[2]} input columns but the activations have {Hn} heads x head_dim {dh} = {Hn * dh}; "
             "capture and weights must come from the same model"
         )
-    k = validated_k(k, vocab)
+    somp_steps = validated_steps(somp_steps, vocab)
     ids, cname = concept_token_ids(concept, w.tokenizer, vocab)
     cmask = torch.zeros(vocab, dtype=torch.bool, device=w.device)
     cmask[ids.to(w.device)] = True
     gain = w.norm_gain if fold_norm_gain else None
     meta: dict[str, Any] = {
         "method": method,
-        "k": k,
+        "somp_steps": somp_steps,
         "aggregation": aggregation,
         "fold_norm_gain": bool(fold_norm_gain and gain is not None),
         "center": bool(center),
@@ -134,7 +139,7 @@ def rank_heads(
         center=bool(center),
         normalize_atoms=bool(normalize_atoms),
     )
-    result = METHODS[method](inputs, k, lens_top=lens_top, **somp_kwargs)
+    result = METHODS[method](inputs, somp_steps, lens_top=lens_top, **somp_kwargs)
     meta.update(result.meta)
     meta["seconds"] = round(time.perf_counter() - t0, 3)
     table = score_table(layers, Hn, result.score, result.top_tokens, result.explained_variance)
@@ -146,17 +151,17 @@ def explain_head(
     lm_or_weights: WeightsSource,
     layer: int,
     head: int,
-    k: int = 10,
+    somp_steps: int = RankingConfig.somp_steps,
     *,
-    fold_norm_gain: bool = True,
-    aggregation: str = "l1",
-    center: bool = False,
-    normalize_atoms: bool = True,
+    fold_norm_gain: bool = RankingConfig.fold_norm_gain,
+    aggregation: str = RankingConfig.aggregation,
+    center: bool = RankingConfig.center,
+    normalize_atoms: bool = RankingConfig.normalize_atoms,
 ) -> pd.DataFrame:
-    """The tokens one head writes over the captured rows: full-vocabulary SOMP for k steps
-    (``center`` / ``normalize_atoms`` as in :func:`rank_heads`).
+    """The tokens one head writes over the captured rows: full-vocabulary SOMP for `somp_steps`
+    steps (``center`` / ``normalize_atoms`` as in :func:`rank_heads`).
 
-    Returns a DataFrame with step (1..k), token_id, token, explained_variance, gain.
+    Returns a DataFrame with step (1..somp_steps), token_id, token, explained_variance, gain.
     """
     z, layers, _ = captured_z(activations)
     if layer not in layers:
@@ -166,7 +171,7 @@ def explain_head(
         raise ValueError(f"head {head} out of range: the model has {Hn} heads per layer")
     w = head_weights(lm_or_weights, [layer])
     vocab = w.unembedding.shape[0]
-    k = validated_k(k, vocab)
+    k = validated_steps(somp_steps, vocab)
     if w.W_O.shape[2] != Hn * dh:
         raise ValueError(f"W_O has {w.W_O.shape[2]} columns but the activations have {Hn}x{dh}")
     Wh = w.W_O[0][:, head * dh : (head + 1) * dh]  # (d, dh)

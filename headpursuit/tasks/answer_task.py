@@ -36,10 +36,11 @@ class AnswerTask(Task):
 
     shares_edit_batches = True
 
-    instruction: str = ""
-    system: str | None = None
-    max_new_tokens: int = 16
-    ranking_filter: str = "none"
+    # set by each subclass's __init__ from its config
+    instruction: str
+    system: str | None
+    max_new_tokens: int
+    ranking_filter: str
     #: the accepted `ranking_filter` values ("none" keeps every ranking answer)
     ranking_filters: tuple[str, ...] = ("none", "correct")
 

@@ -36,7 +36,6 @@ checks the finished splits (`check_disjoint`, `SplitOverlapError`).
 from __future__ import annotations
 
 import abc
-import inspect
 import logging
 import random
 import warnings
@@ -58,6 +57,7 @@ __all__ = [
     "GROUPS",
     "DEFAULT_RANK_GROUPS",
     "BatchSize",
+    "TaskConfig",
     "parse_batch_size",
     "parse_rank_groups",
     "Task",
@@ -339,6 +339,42 @@ def group_counts(items: Iterable[Any]) -> dict[str, int]:
     return {g: sum(it.group == g for it in items) for g in GROUPS}
 
 
+@dataclass(kw_only=True)
+class TaskConfig:
+    """The keys every task shares: a run config's ``task`` node, with the keys of its task kind
+    (each kind subclasses this: `QAConfig`, `ToxicityConfig`, `ClassificationConfig`,
+    `CaptioningConfig`). The defaults here are the only ones: the Hydra configs in ``conf/task/``
+    hold only what differs. ``build_task({...})`` builds the kind's config from a dict and refuses
+    a key it does not have."""
+
+    #: the registered task (`known_tasks()`): which Task class reads this config
+    name: str = "task"
+    #: a shipped concept name (headpursuit/data/concepts), a word-list file, a list of words, or a
+    #: `Concept`; the ranking's dictionary and the concept metrics
+    concept: Any = None
+    #: ranking items: an int for the concept group (and for each other group of `rank_groups`), or
+    #: ``{concept: n, control: n}``
+    n_rank: Any = 30
+    #: evaluation items per group: an int, None (every item the ranking split leaves), or
+    #: ``{concept: n, control: n}``
+    n_eval: Any = 50
+    #: which groups' ranking-split items feed the ranking: None or ``[concept]`` (the concept group);
+    #: ``[concept, control]`` also ranks on n_rank control items, taken from those the evaluation
+    #: split does not use (the evaluation split is the same either way)
+    rank_groups: list[str] | None = None
+    #: seeds the ranking/evaluation split (and a task's sampling)
+    seed: int = 0
+    #: rows per generate batch: an int >= 1, or "auto" (the largest that fits the device; text tasks)
+    batch_size: Any = 8
+    #: generations per group copied into the results as examples
+    n_examples: int = 3
+    #: where a pipeline captures the ranking activations (`capture_heads` positions: last_prompt |
+    #: answer | answer_concept | all | prompt_mean | image_mean); ours: answer_concept, the positions
+    #: predicting a concept token in the model's own answer; the paper: prompt_mean / image_mean. The
+    #: task itself does not read it.
+    positions: str = "answer_concept"
+
+
 class Task(abc.ABC):
     """A task: data split into ranking/evaluation sets, prompts, generation and metrics.
 
@@ -350,53 +386,26 @@ class Task(abc.ABC):
     #: whether `generate_many` runs several edits in the same batches (True) or one at a time
     shares_edit_batches: bool = False
 
-    def __init__(
-        self,
-        *,
-        concept: Any,
-        tokenizer: Any = None,
-        n_rank: Any = 30,
-        n_eval: Any = 50,
-        rank_groups: Any = None,
-        seed: int = 0,
-        batch_size: BatchSize = 8,
-        n_examples: int = 3,
-        **unknown: Any,
-    ):
-        if unknown:
-            warnings.warn(
-                f"task {self.name!r}: ignoring unknown config keys {sorted(unknown)}; "
-                f"known: {sorted(self.config_keys())}",
-                stacklevel=3,
-            )
-        self._concept = resolve_concept(concept, tokenizer)
+    #: the config dataclass of this task kind (`build_task` builds it from a dict)
+    config_class: type[TaskConfig] = TaskConfig
+
+    def __init__(self, config: TaskConfig, tokenizer: Any = None, *, concept: Any = None):
+        """`config`: this task's settings (its `config_class`); `tokenizer` turns a concept name or
+        word list into token ids (``build_task(config, lm)`` passes the model's); `concept`: the
+        concept a subclass derived itself (e.g. from class names), in place of `config.concept`."""
+        self.config = config
+        self._concept = resolve_concept(config.concept if concept is None else concept, tokenizer)
         #: the word-list file the concept was read from (None: words given as a list); subclasses
         #: may rebuild the concept from part of its words, this stays the file read
         self.concept_file: str | None = getattr(self._concept, "word_file", None)
-        self.n_rank = n_rank
-        self.n_eval = n_eval
-        self.rank_groups = parse_rank_groups(rank_groups)
-        self.seed = int(seed)
-        self.batch_size: BatchSize = parse_batch_size(batch_size)
-        self.n_examples = int(n_examples)
+        self.n_rank = config.n_rank
+        self.n_eval = config.n_eval
+        self.rank_groups = parse_rank_groups(config.rank_groups)
+        self.seed = int(config.seed)
+        self.batch_size: BatchSize = parse_batch_size(config.batch_size)
+        self.n_examples = int(config.n_examples)
         self.splits: dict[str, dict[str, list]] = {}
         self.data_source: dict = {}
-
-    # --- construction -------------------------------------------------------------------
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        """The config keys the task accepts (unknown ones produce a warning naming them): the
-        keyword parameters of its constructor and those of `Task`."""
-        params = inspect.signature(cls.__init__).parameters.values()
-        return {p.name for p in params if p.kind is p.KEYWORD_ONLY} | _BASE_KEYS
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], lm: LoadedModel | None = None) -> Task:
-        cfg = dict(cfg)
-        cfg.pop("name", None)
-        if lm is not None and "tokenizer" not in cfg:
-            cfg["tokenizer"] = lm.tokenizer
-        return cls(**cfg)
 
     @property
     def concept(self) -> Any:
@@ -574,6 +583,3 @@ class Task(abc.ABC):
     def __repr__(self) -> str:
         sizes = {s: {g: len(v) for g, v in d.items()} for s, d in self.splits.items()}
         return f"{type(self).__name__}(concept={getattr(self.concept, 'name', None)!r}, splits={sizes})"
-
-
-_BASE_KEYS = {"concept", "tokenizer", "n_rank", "n_eval", "rank_groups", "seed", "batch_size", "n_examples"}

@@ -8,30 +8,9 @@ group when one of its reference captions contains a concept word, else to the *c
 Suppressing the concept heads should remove concept words from the concept group's captions while
 caption quality (against the references) drops as little as possible.
 
-Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
+Config: `CaptioningConfig` (a Hydra ``task`` node holds the same keys)::
 
-    name: captioning
-    concept: colors            # Concept name (headpursuit/data/concepts) or a word list
-    single_token_only: false   # true: only words that are one token give dictionary (ranking) ids;
-                               #   all still count in captions (the paper's Gemma 3 sentiments)
-    source: fixture            # fixture (synthetic shapes + patterns, offline) | hub | local
-    data_path: null            # local: a folder of .parquet / an image folder with metadata, or a
-                               #   .parquet/.jsonl/.json/.csv file with image + captions columns
-    hub_id: lmms-lab/flickr30k # hub: Flickr30k as parquet (image, caption = list of 5; split
-                               #   test); the whole split is downloaded (~4.4 GB). COCO: any
-                               #   parquet copy with an image column and a list-of-captions column
-    hub_config: null
-    hub_split: test
-    image_column: image
-    captions_column: caption   # a list of reference captions per image (or one string)
-    max_rows: null             # decode at most this many images per group
-    prompt_preset: ours        # ours: `instruction` | paper: the paper's per-family caption prompt
-    instruction: "Describe this image in one sentence."   # ours only
-    system: null
-    max_new_tokens: 30
-    ranking_filter: none       # none | concept: keep only ranking captions with a concept word
-    # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
-    #   see `headpursuit.tasks.image_task`
+    task = CaptioningTask(CaptioningConfig(concept="quantity", n_rank=8, n_eval=10), lm.tokenizer)
 
 Metrics per group (`headpursuit.metrics.captions`): ``concept_rate`` (captions with at least one
 concept word), ``concept_count`` (mean concept words per caption, the paper's keyword count),
@@ -44,11 +23,12 @@ the paper's quality metric), ``bleu`` (corpus BLEU-4 against all references, sac
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.captions import caption_quality, metric_signatures
 from headpursuit.metrics.text import concept_rate, empty_rate
-from headpursuit.tasks.base import GROUPS, TaskOutputs, group_counts
+from headpursuit.tasks.base import GROUPS, TaskConfig, TaskOutputs, group_counts
 from headpursuit.tasks.image_data import (
     IMAGE_SOURCES,
     ImageItem,
@@ -64,7 +44,7 @@ from headpursuit.tasks.sources import DataSpec
 if TYPE_CHECKING:
     from headpursuit.models.handle import LoadedModel
 
-__all__ = ["CaptioningTask", "DEFAULT_INSTRUCTION"]
+__all__ = ["CaptioningConfig", "CaptioningTask", "DEFAULT_INSTRUCTION"]
 
 DEFAULT_INSTRUCTION = "Describe this image in one sentence."
 
@@ -88,50 +68,69 @@ def single_token_concept(concept: Any, tokenizer: Any) -> Any:
     return load_concept(words, tokenizer, single_token_only=True)
 
 
+@dataclass(kw_only=True)
+class CaptioningConfig(TaskConfig):
+    """Image captioning's keys (the `TaskConfig` keys with its defaults, and its own)."""
+
+    name: str = "captioning"
+    #: colors (the default), quantity, sentiment, numbers or any word list (the paper's three are
+    #: colours, sentiments and quantity)
+    concept: Any = "colors"
+    #: true: only single-token words feed the ranking dictionary; every word still counts in the
+    #: captions (the paper's Gemma 3 sentiments)
+    single_token_only: bool = False
+    #: fixture (synthetic shapes and patterns, offline) | hub | local
+    source: str = "fixture"
+    #: source local: a folder of .parquet / an image folder with metadata, or a
+    #: .parquet/.jsonl/.json/.csv file with image + captions columns
+    data_path: str | None = None
+    #: source hub: Flickr30k as parquet (image, caption = a list of 5; split test; the whole split is
+    #: downloaded, ~4.4 GB). COCO: any parquet copy with an image and a list-of-captions column
+    hub_id: str = "lmms-lab/flickr30k"
+    hub_config: str | None = None
+    hub_split: str = "test"
+    image_column: str = "image"
+    #: a list of reference captions per image (or one string)
+    captions_column: str = "caption"
+    #: decode at most this many images per group
+    max_rows: int | None = None
+    n_rank: Any = 8
+    n_eval: Any = 10
+    #: ours: `instruction` | paper: the paper's caption prompt for the model's family (Table 4)
+    prompt_preset: str = "ours"
+    #: ours: the caption request (null or "": the default)
+    instruction: str | None = DEFAULT_INSTRUCTION
+    system: str | None = None
+    max_new_tokens: int = 30
+    #: none | concept: keep only the ranking captions with a concept word
+    ranking_filter: str = "none"
+    #: rows per generate batch (an integer: auto does not model image tokens)
+    batch_size: Any = 8
+
+
 class CaptioningTask(ImageTask):
     name = "captioning"
+    config_class = CaptioningConfig
     ranking_filters = ("none", "concept")
 
-    def __init__(
-        self,
-        *,
-        concept: Any = "colors",
-        single_token_only: bool = False,
-        source: str = "fixture",
-        data_path: str | None = None,
-        hub_id: str = "lmms-lab/flickr30k",
-        hub_config: str | None = None,
-        hub_split: str = "test",
-        image_column: str = "image",
-        captions_column: str = "caption",
-        max_rows: int | None = None,
-        prompt_preset: str = "ours",
-        instruction: str | None = DEFAULT_INSTRUCTION,
-        system: str | None = None,
-        max_new_tokens: int = 30,
-        ranking_filter: str = "none",
-        n_rank: Any = 8,
-        n_eval: Any = 10,
-        **base: Any,  # the other `Task` keys (tokenizer, rank_groups, seed, batch_size, n_examples)
-    ):
-        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
-        self._check_ranking_filter(ranking_filter)
-        self.prompt_preset = check_preset(self.name, prompt_preset)
-        self.single_token_only = bool(single_token_only)
-        if self.single_token_only:
-            concept = single_token_concept(concept, base.get("tokenizer"))
-        if n_rank is None:
-            n_rank = 8  # concept images (an int n_rank is for the concept group)
-        super().__init__(concept=concept, n_rank=n_rank, n_eval=n_eval, **base)
+    def __init__(self, config: CaptioningConfig, tokenizer: Any = None):
+        c = config
+        spec = DataSpec(c.source, c.data_path, c.hub_id, c.hub_config, c.hub_split, c.max_rows)
+        spec = spec.checked(self.name, IMAGE_SOURCES)
+        self._check_ranking_filter(c.ranking_filter)
+        self.prompt_preset = check_preset(self.name, c.prompt_preset)
+        self.single_token_only = bool(c.single_token_only)
+        concept = single_token_concept(c.concept, tokenizer) if self.single_token_only else None
+        super().__init__(c, tokenizer, concept=concept)
         # paper: set per model family when prompting (`prompt`); ours: the configured instruction
-        self.instruction = "" if self.prompt_preset == "paper" else (instruction or DEFAULT_INSTRUCTION).strip()
+        self.instruction = "" if self.prompt_preset == "paper" else (c.instruction or DEFAULT_INSTRUCTION).strip()
         self.prompt_family: str | None = None
-        self.system = system
-        self.max_new_tokens = int(max_new_tokens)
-        self.ranking_filter = ranking_filter
+        self.system = c.system
+        self.max_new_tokens = int(c.max_new_tokens)
+        self.ranking_filter = c.ranking_filter
 
         spare: dict[str, list[ImageItem]] = {}
-        if source == "fixture":
+        if c.source == "fixture":
             items = shape_items("shape") + pattern_items()
             for it in items:
                 it.group = self._group_of(it.captions)
@@ -143,7 +142,7 @@ class CaptioningTask(ImageTask):
             }
             label = "fixture"
         else:
-            items, spare, data_source = self._load_data(spec, image_column, captions_column)
+            items, spare, data_source = self._load_data(spec, c.image_column, c.captions_column)
             label = str(data_source.get("hub_id") or data_source.get("path"))
         data_source["n_items"] = group_counts(items)
         data_source["grouping"] = "concept iff a reference caption contains a concept word"

@@ -18,41 +18,9 @@ paper`` the instruction is the paper's template (`headpursuit.tasks.prompts.clas
 with the dataset's ``task_object`` (default: `CLASSIFICATION_OBJECTS` of ``dataset``) and every
 class name; ``exact_match`` (`exact_class_match`) is the paper's metric.
 
-Config (keyword arguments; a Hydra ``task`` node passes the same keys)::
+Config: `ClassificationConfig` (a Hydra ``task`` node holds the same keys)::
 
-    name: classification
-    dataset: null              # the dataset's short name (mnist, svhn, gtsrb, eurosat, resisc45,
-                               #   dtd): recorded in results, picks the default task_object
-    source: fixture            # fixture (synthetic shapes, offline) | hub | local
-    fixture_label: shape       # fixture: the class is the shape (circle, square...) or the colour
-    fixture_file: null         # fixture: a file under headpursuit/data/fixtures/ in the dataset's
-                               #   hub schema (e.g. vision/mnist.parquet), read like source=local
-    data_path: null            # local: an image folder (class sub-folders), a folder of .parquet,
-                               #   or a .parquet/.jsonl/.json/.csv file with image + label columns
-    hub_id: uoft-cs/cifar100   # hub (default CIFAR-100: image column img, label fine_label)
-    hub_config: null
-    hub_split: test
-    image_column: img          # default: img for CIFAR-100, image otherwise
-    label_column: fine_label   # default: fine_label for CIFAR-100, label otherwise
-    class_names: null          # index -> name when the label column holds ints without names
-    class_names_from: data     # data: the label column's ClassLabel names first, class_names
-                               #   the fallback | config: class_names first
-    concept_classes: null      # class names of the concept group (default: CIFAR-100 vehicles;
-                               #   fixture: circle, square, triangle / red, orange, yellow), or
-                               #   "all": every class (the paper; the control group is empty)
-    concept: null              # Concept for ranking (default: the concept classes' names)
-    aliases: {}                # extra accepted answers per class: {pickup_truck: [truck]}
-    max_rows: null             # decode at most this many images per group
-    instruction: null          # default depends on the data (see DEFAULT_INSTRUCTIONS)
-    list_classes: false        # append "Choose one of: ..." with every class name
-    prompt_preset: ours        # ours: `instruction` | paper: the paper's template (Table 4)
-    task_object: null          # paper preset: the {object} (digit, traffic sign, texture, remote
-                               #   sensing scene); null: CLASSIFICATION_OBJECTS[dataset]
-    system: null
-    max_new_tokens: 12
-    ranking_filter: none       # none | correct: keep ranking answers that name the true class
-    # + the keys every image task shares (n_rank, n_eval, rank_groups, seed, batch_size):
-    #   see `headpursuit.tasks.image_task`
+    task = ImageClassificationTask(ClassificationConfig(n_rank=8, n_eval=10), lm.tokenizer)
 
 Metrics per group: ``accuracy`` (alias match anywhere in the answer), ``exact_match`` (the
 paper's: the whole normalised answer is the class name or an alias, `exact_class_match`),
@@ -63,11 +31,12 @@ paper's: the whole normalised answer is the class name or an alias, `exact_class
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
 from headpursuit.metrics.text import alias_match, exact_class_match, exact_match_rate
-from headpursuit.tasks.base import GROUPS, TaskOutputs, group_counts, parse_rank_groups, split_items
+from headpursuit.tasks.base import GROUPS, TaskConfig, TaskOutputs, group_counts, parse_rank_groups, split_items
 from headpursuit.tasks.image_data import (
     IMAGE_SOURCES,
     ImageItem,
@@ -86,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_CLASSES",
     "CLASS_NAME_SOURCES",
+    "ClassificationConfig",
     "ImageClassificationTask",
     "CIFAR100_VEHICLES",
     "DEFAULT_INSTRUCTIONS",
@@ -149,54 +119,89 @@ def class_aliases(name: str, extra: Sequence[str] = ()) -> list[str]:
     return list(dict.fromkeys([disp, str(name), plural, *extra]))
 
 
+@dataclass(kw_only=True)
+class ClassificationConfig(TaskConfig):
+    """Image classification's keys (the `TaskConfig` keys with its defaults, and its own). The
+    ``conf/task/cls_<dataset>.yaml`` files set the paper's datasets (Table 9)."""
+
+    name: str = "classification"
+    #: null: the concept classes' names (one-character names such as MNIST's "7" count too)
+    concept: Any = None
+    #: the dataset's short name (mnist, svhn, gtsrb, eurosat, resisc45, dtd): recorded in the
+    #: results, picks the default task_object
+    dataset: str | None = None
+    #: fixture (synthetic shapes, offline; or fixture_file) | hub | local
+    source: str = "fixture"
+    #: source fixture: the class is the shape (circle, square, ...) or the colour: shape | color
+    fixture_label: str = "shape"
+    #: source fixture: a file under headpursuit/data/fixtures/ in the dataset's hub schema (e.g.
+    #: vision/mnist.parquet), read as source=local reads it, instead of the synthetic shapes
+    fixture_file: str | None = None
+    #: source local: an image folder (class sub-folders), a folder of .parquet, or a
+    #: .parquet/.jsonl/.json/.csv file with image + label columns
+    data_path: str | None = None
+    #: source hub (default CIFAR-100: image column img, label fine_label)
+    hub_id: str = CIFAR100_ID
+    hub_config: str | None = None
+    hub_split: str = "test"
+    #: null: img for CIFAR-100, image otherwise
+    image_column: str | None = None
+    #: null: fine_label for CIFAR-100, label otherwise
+    label_column: str | None = None
+    #: index -> name when the label column holds ints without names
+    class_names: list[str] | None = None
+    #: data: the label column's ClassLabel names first, class_names the fallback | config:
+    #: class_names first
+    class_names_from: str = "data"
+    #: the class names of the concept group; null: CIFAR-100's vehicles (hub) / circle, square,
+    #: triangle (fixture); all: every class (the paper: the control group is then empty)
+    concept_classes: Any = None
+    #: extra accepted answers per class: {pickup_truck: [truck]}
+    aliases: dict[str, Any] = field(default_factory=dict)
+    #: decode at most this many images per group
+    max_rows: int | None = None
+    n_rank: Any = 8
+    n_eval: Any = 10
+    #: ours: `instruction` (+ list_classes) | paper: the paper's template (Table 4) with task_object
+    #: and every class name
+    prompt_preset: str = "ours"
+    #: paper: its {object} (digit, traffic sign, texture, remote sensing scene); null: the paper's
+    #: for `dataset`
+    task_object: str | None = None
+    #: ours: the question asked; null: one per data source (`DEFAULT_INSTRUCTIONS`)
+    instruction: str | None = None
+    #: ours: append "Choose one of: ..." with every class name
+    list_classes: bool = False
+    system: str | None = None
+    max_new_tokens: int = 12
+    #: none | correct: keep only the ranking answers that name the true class
+    ranking_filter: str = "none"
+    #: rows per generate batch (an integer: auto does not model image tokens)
+    batch_size: Any = 8
+
+
 class ImageClassificationTask(ImageTask):
     name = "classification"
+    config_class = ClassificationConfig
 
-    def __init__(
-        self,
-        *,
-        concept: Any = None,
-        tokenizer: Any = None,
-        dataset: str | None = None,
-        source: str = "fixture",
-        fixture_label: str = "shape",
-        fixture_file: str | None = None,
-        data_path: str | None = None,
-        hub_id: str = CIFAR100_ID,
-        hub_config: str | None = None,
-        hub_split: str = "test",
-        image_column: str | None = None,
-        label_column: str | None = None,
-        class_names: Sequence[str] | None = None,
-        class_names_from: str = "data",
-        concept_classes: Sequence[str] | str | None = None,
-        aliases: Mapping[str, Sequence[str]] | None = None,
-        max_rows: int | None = None,
-        instruction: str | None = None,
-        list_classes: bool = False,
-        prompt_preset: str = "ours",
-        task_object: str | None = None,
-        system: str | None = None,
-        max_new_tokens: int = 12,
-        ranking_filter: str = "none",
-        n_rank: Any = 8,
-        n_eval: Any = 10,
-        rank_groups: Any = None,
-        seed: int = 0,
-        **base: Any,  # the other `Task` keys (batch_size, n_examples)
-    ):
-        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, IMAGE_SOURCES)
-        self._check_ranking_filter(ranking_filter)
-        self.prompt_preset = check_preset(self.name, prompt_preset)
-        if class_names_from not in CLASS_NAME_SOURCES:
+    def __init__(self, config: ClassificationConfig, tokenizer: Any = None):
+        c = config
+        self.config = c
+        concept, concept_classes = c.concept, c.concept_classes  # both derived below when null
+        spec = DataSpec(c.source, c.data_path, c.hub_id, c.hub_config, c.hub_split, c.max_rows)
+        spec = spec.checked(self.name, IMAGE_SOURCES)
+        self._check_ranking_filter(c.ranking_filter)
+        self.prompt_preset = check_preset(self.name, c.prompt_preset)
+        if c.class_names_from not in CLASS_NAME_SOURCES:
             raise ConfigError(
                 f"{self.name}: class_names_from must be 'data' (the label column's names first) or 'config' "
-                f"(task.class_names first), got {class_names_from!r}"
+                f"(task.class_names first), got {c.class_names_from!r}"
             )
-        self.dataset = None if dataset is None else str(dataset)
-        self.seed = int(seed)
-        self.n_rank, self.n_eval = n_rank, n_eval
-        self.rank_groups = parse_rank_groups(rank_groups)  # _load_data needs it before super().__init__
+        self.dataset = None if c.dataset is None else str(c.dataset)
+        # _load_data needs these before super().__init__ (which sets them again, alike)
+        self.seed = int(c.seed)
+        self.n_rank, self.n_eval = c.n_rank, c.n_eval
+        self.rank_groups = parse_rank_groups(c.rank_groups)
         self.every_class_is_concept = concept_classes == ALL_CLASSES
         if self.every_class_is_concept and "control" in (self.rank_groups or ()):
             raise ConfigError(
@@ -204,37 +209,37 @@ class ImageClassificationTask(ImageTask):
                 "concept_classes=all makes every image a concept image; set task.rank_groups=null"
             )
         spare: dict[str, list[ImageItem]] = {}
-        extra_aliases = {str(k): list(v) for k, v in (aliases or {}).items()}
+        extra_aliases = {str(k): list(v) for k, v in (c.aliases or {}).items()}
 
-        if source == "fixture" and fixture_file:
+        if c.source == "fixture" and c.fixture_file:
             if concept_classes is None:
                 raise ValueError(
-                    f"{self.name}: set concept_classes (class names, or all) for fixture_file={fixture_file!r}"
+                    f"{self.name}: set concept_classes (class names, or all) for fixture_file={c.fixture_file!r}"
                 )
             # A shipped file in the dataset's hub schema: read exactly as source=local reads it.
-            file_spec = DataSpec("local", str(fixture_path(fixture_file)), None, None, hub_split, max_rows)
-            columns = (image_column or "image", label_column or "label")
+            file_spec = DataSpec("local", str(fixture_path(c.fixture_file)), None, None, c.hub_split, c.max_rows)
+            columns = (c.image_column or "image", c.label_column or "label")
             items, spare, all_names, data_source = self._load_data(
-                file_spec, columns, class_names, class_names_from, concept_classes, extra_aliases
+                file_spec, columns, c.class_names, c.class_names_from, concept_classes, extra_aliases
             )
             concept_classes = list(all_names) if self.every_class_is_concept else list(concept_classes or [])
             # the shipped file was read in place of data_path: its content stands for fixture_file
             content = {"fixture_file": data_source["content"].pop("data_path")}
-            data_source.update(source="fixture", fixture_file=str(fixture_file), content=content)
+            data_source.update(source="fixture", fixture_file=str(c.fixture_file), content=content)
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
-        elif source == "fixture":
+        elif c.source == "fixture":
             if self.dataset is not None:
                 raise ValueError(
                     f"{self.name}: task.dataset={self.dataset!r} has no shipped fixture (task.fixture_file is "
                     "null); use task.source=hub, or task.source=local with task.data_path=/path/to/copy"
                 )
-            if fixture_label not in FIXTURE_CONCEPT:
-                raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', got {fixture_label!r}")
-            items = shape_items(fixture_label)
+            if c.fixture_label not in FIXTURE_CONCEPT:
+                raise ValueError(f"{self.name}: fixture_label must be 'shape' or 'color', got {c.fixture_label!r}")
+            items = shape_items(c.fixture_label)
             all_names = list(dict.fromkeys(_label(it) for it in items))
             if self.every_class_is_concept:
                 concept_classes = list(all_names)
-            concept_classes = list(concept_classes or FIXTURE_CONCEPT[fixture_label])
+            concept_classes = list(concept_classes or FIXTURE_CONCEPT[c.fixture_label])
             self._check_classes(concept_classes, all_names)
             for it in items:
                 it.aliases = class_aliases(_label(it), extra_aliases.get(_label(it), ()))
@@ -242,15 +247,15 @@ class ImageClassificationTask(ImageTask):
             items = spec.head_per_group(items)
             data_source = {
                 "source": "fixture",
-                "fixture": f"synthetic shapes (label: {fixture_label})",
+                "fixture": f"synthetic shapes (label: {c.fixture_label})",
                 "synthetic": True,
             }
-            default_instruction = DEFAULT_INSTRUCTIONS[fixture_label]
+            default_instruction = DEFAULT_INSTRUCTIONS[c.fixture_label]
         else:
-            is_cifar = source == "hub" and hub_id == CIFAR100_ID
+            is_cifar = c.source == "hub" and c.hub_id == CIFAR100_ID
             columns = (
-                image_column or ("img" if is_cifar else "image"),
-                label_column or ("fine_label" if is_cifar else "label"),
+                c.image_column or ("img" if is_cifar else "image"),
+                c.label_column or ("fine_label" if is_cifar else "label"),
             )
             if concept_classes is None:
                 if not is_cifar:
@@ -260,40 +265,32 @@ class ImageClassificationTask(ImageTask):
                     )
                 concept_classes = CIFAR100_VEHICLES
             items, spare, all_names, data_source = self._load_data(
-                spec, columns, class_names, class_names_from, concept_classes, extra_aliases
+                spec, columns, c.class_names, c.class_names_from, concept_classes, extra_aliases
             )
             concept_classes = list(all_names) if self.every_class_is_concept else list(concept_classes)
             default_instruction = DEFAULT_INSTRUCTIONS["data"]
 
         if concept is None:
-            concept = [_display(c) for c in concept_classes]
+            concept = [_display(name) for name in concept_classes]
             if tokenizer is not None:
                 from headpursuit.concepts import load_concept
 
                 # min_chars=1: a one-character class name ("7" of MNIST) is its own whole-word token;
                 # longer names still need a piece of >= 4 characters or the whole word (load_concept).
                 concept = load_concept(concept, tokenizer, name="concept_classes", min_chars=1)
-        super().__init__(
-            concept=concept,
-            tokenizer=tokenizer,
-            n_rank=n_rank,
-            n_eval=n_eval,
-            rank_groups=rank_groups,
-            seed=seed,
-            **base,
-        )
+        super().__init__(c, tokenizer, concept=concept)
         self.concept_classes = concept_classes
         self.class_names = all_names
-        self.list_classes = bool(list_classes)
-        self.system = system
-        self.max_new_tokens = int(max_new_tokens)
-        self.ranking_filter = ranking_filter
-        self.task_object = self._task_object(task_object)
+        self.list_classes = bool(c.list_classes)
+        self.system = c.system
+        self.max_new_tokens = int(c.max_new_tokens)
+        self.ranking_filter = c.ranking_filter
+        self.task_object = self._task_object(c.task_object)
         if self.prompt_preset == "paper":
             # The paper's template lists every class name itself: `list_classes` adds nothing.
             instr = classification_prompt(str(self.task_object), [_display(n) for n in all_names])
         else:
-            instr = (instruction if instruction is not None else default_instruction).strip()
+            instr = (c.instruction if c.instruction is not None else default_instruction).strip()
             if self.list_classes:
                 instr += " Choose one of: " + ", ".join(_display(n) for n in all_names) + "."
         self.instruction = instr

@@ -4,14 +4,8 @@ greedy generation through the model's processor, and the model's notes on every 
 With `tiny_vlm` the notes say "vision tower and projector are RANDOM-INITIALISED: image results
 are not real"; `model_notes` is what carries that into results.
 
-Config keys every image task shares (with their defaults; each task documents its own)::
-
-    n_rank: 8                  # concept images for ranking (int or {concept: .., control: ..})
-    n_eval: 10                 # per group
-    rank_groups: null          # null / [concept]: rank on concept images; [concept, control]: also
-                               #   n_rank control images (beyond those evaluation uses)
-    seed: 0
-    batch_size: 8
+Each image task's config (`ClassificationConfig`, `CaptioningConfig`) holds its keys and their
+defaults; `batch_size` must be an integer (the "auto" probe knows nothing of image tokens).
 """
 
 from __future__ import annotations
@@ -25,7 +19,7 @@ from headpursuit.intervention import per_row_scales, scale_heads
 from headpursuit.models.generation import generate_with_images
 from headpursuit.models.inputs import image_prompt
 from headpursuit.tasks.answer_task import AnswerTask
-from headpursuit.tasks.base import GROUPS, GroupOutputs, TaskOutputs
+from headpursuit.tasks.base import GROUPS, GroupOutputs, TaskConfig, TaskOutputs
 from headpursuit.tasks.image_data import ImageItem, images_digest, rows_needed, select_rows, spare_rows
 
 if TYPE_CHECKING:
@@ -66,8 +60,8 @@ class ImageTask(AnswerTask):
     that is "vision tower and projector are RANDOM-INITIALISED: image results are not real".
     """
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
+    def __init__(self, config: TaskConfig, tokenizer: Any = None, *, concept: Any = None):
+        super().__init__(config, tokenizer, concept=concept)
         if self.batch_size == "auto":
             # The "auto" probe runs text-only batches: it knows nothing of the image tokens.
             raise ConfigError(

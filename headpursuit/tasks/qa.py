@@ -1,31 +1,8 @@
 """Question answering with a concept-valued answer (the paper's TriviaQA / country-names task).
 
-Config (all keyword arguments; a Hydra ``task`` node passes the same keys)::
+Config: `QAConfig` (a Hydra ``task`` node holds the same keys)::
 
-    name: qa_countries
-    concept: countries            # Concept name (headpursuit/data/concepts) or a word list
-    source: fixture               # fixture | jsonl | hub | trivia_qa_file
-    data_path: null               # fixture-format JSONL (source fixture/jsonl) or a TriviaQA-schema
-                                  #   file (source trivia_qa_file); null = the shipped fixture
-    hub_id: mandarjoshi/trivia_qa # source hub
-    hub_config: rc.nocontext
-    hub_split: validation         # source hub: the evaluation split (all of it when hub_rank_split is null)
-    hub_rank_split: null          # source hub: ranking questions from this split (the paper: train);
-                                  #   null = rank and evaluate on parts of hub_split
-    rank_data_path: null          # source trivia_qa_file: a second TriviaQA-schema file whose rows
-                                  #   feed only the ranking split (e.g. a train-split copy)
-    max_rows: null                # read at most this many rows (hub / files; each source)
-    n_rank: 30                    # per ranked group (int or {concept: .., control: ..})
-    n_eval: 50
-    rank_groups: null             # null / [concept]: rank on concept questions; [concept, control]:
-                                  #   also n_rank control questions (from those eval does not use)
-    seed: 0
-    prompt_preset: ours           # ours: question + instruction | paper: the paper's TriviaQA template
-    instruction: "Give only the short answer, no explanation."  # ours: appended; null/"" = none
-    system: null                  # optional system message for chat templates
-    max_new_tokens: 24
-    batch_size: 16
-    ranking_filter: none          # none | correct: keep only ranking answers that alias-match
+    task = QATask(QAConfig(n_rank=30, n_eval=50), lm.tokenizer)
 
 Prompt: ``lm.format_prompt(question + " " + instruction)`` (``prompt_preset: ours``) or
 ``lm.format_prompt(QA_PAPER.format(question=question))`` (``paper``: the paper's Table 4 template,
@@ -50,7 +27,7 @@ standard TriviaQA token F1, the paper's metric), ``concept_rate``
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +38,7 @@ from headpursuit.metrics.text import alias_match
 from headpursuit.models.generation import generate_batch
 from headpursuit.tasks import loaders
 from headpursuit.tasks.answer_task import AnswerTask
-from headpursuit.tasks.base import BatchSize, GroupOutputs, TaskOutputs, group_counts
+from headpursuit.tasks.base import GroupOutputs, TaskConfig, TaskOutputs, group_counts
 from headpursuit.tasks.loaders import QAItem
 from headpursuit.tasks.prompts import QA_PAPER, check_preset
 from headpursuit.tasks.sources import DataSpec
@@ -70,50 +47,73 @@ if TYPE_CHECKING:
     from headpursuit.intervention import Head
     from headpursuit.models.handle import LoadedModel
 
-__all__ = ["QATask", "DEFAULT_INSTRUCTION"]
+__all__ = ["QAConfig", "QATask", "DEFAULT_INSTRUCTION"]
 
 DEFAULT_INSTRUCTION = "Give only the short answer, no explanation."
 
 _SOURCES = ("fixture", "jsonl", "hub", "trivia_qa_file")
 
 
+@dataclass(kw_only=True)
+class QAConfig(TaskConfig):
+    """Question answering's keys (the `TaskConfig` keys with QA's defaults, and its own)."""
+
+    name: str = "qa_countries"
+    concept: Any = "countries"
+    #: fixture (the shipped hand-written questions) | jsonl (a file in the fixture's format) | hub
+    #: (a TriviaQA copy on the hub) | trivia_qa_file (a file in TriviaQA's schema)
+    source: str = "fixture"
+    #: the file of source jsonl / trivia_qa_file (null: the shipped fixture)
+    data_path: str | None = None
+    hub_id: str = "mandarjoshi/trivia_qa"
+    hub_config: str | None = "rc.nocontext"
+    #: source hub: the evaluation split (all of it when hub_rank_split is set)
+    hub_split: str = "validation"
+    #: source hub: ranking questions from this split (the paper: heads from TriviaQA train
+    #: questions, evaluation on disjoint data); null: rank and evaluate on parts of hub_split
+    hub_rank_split: str | None = None
+    #: source trivia_qa_file: a second TriviaQA-schema file read for ranking only
+    rank_data_path: str | None = None
+    #: read at most this many rows (per source)
+    max_rows: int | None = None
+    n_rank: Any = 40
+    n_eval: Any = 40
+    #: ours: the question + `instruction` | paper: the paper's TriviaQA template (Table 4)
+    prompt_preset: str = "ours"
+    #: ours: appended to each question (null or "": none)
+    instruction: str | None = DEFAULT_INSTRUCTION
+    #: a system message for chat templates (null: none)
+    system: str | None = None
+    #: tokens generated per answer (greedy)
+    max_new_tokens: int = 16
+    #: rows per generate batch, or auto (the largest that fits the device; CPU: 64)
+    batch_size: Any = 16
+    #: none | correct: keep only the ranking answers that match an alias
+    ranking_filter: str = "none"
+
+
 class QATask(AnswerTask):
     name = "qa_countries"
+    config_class = QAConfig
 
-    def __init__(
-        self,
-        *,
-        concept: Any = "countries",
-        source: str = "fixture",
-        data_path: str | None = None,
-        hub_id: str = "mandarjoshi/trivia_qa",
-        hub_config: str | None = "rc.nocontext",
-        hub_split: str = "validation",
-        hub_rank_split: str | None = None,
-        rank_data_path: str | None = None,
-        max_rows: int | None = None,
-        prompt_preset: str = "ours",
-        instruction: str | None = DEFAULT_INSTRUCTION,
-        system: str | None = None,
-        max_new_tokens: int = 24,
-        ranking_filter: str = "none",
-        batch_size: BatchSize = 16,
-        **base: Any,  # the other `Task` keys (tokenizer, n_rank, n_eval, rank_groups, seed, ...)
-    ):
-        super().__init__(concept=concept, batch_size=batch_size, **base)
-        spec = DataSpec(source, data_path, hub_id, hub_config, hub_split, max_rows).checked(self.name, _SOURCES)
-        self._check_ranking_filter(ranking_filter)
-        self._check_rank_source(spec, hub_rank_split, rank_data_path)
-        self.prompt_preset = check_preset(self.name, prompt_preset)
+    def __init__(self, config: QAConfig, tokenizer: Any = None):
+        super().__init__(config, tokenizer)
+        c = config
+        spec = DataSpec(c.source, c.data_path, c.hub_id, c.hub_config, c.hub_split, c.max_rows).checked(
+            self.name, _SOURCES
+        )
+        self._check_ranking_filter(c.ranking_filter)
+        self._check_rank_source(spec, c.hub_rank_split, c.rank_data_path)
+        self.prompt_preset = check_preset(self.name, c.prompt_preset)
         # the paper's template is the whole user message: no instruction appended
-        self.instruction = "" if prompt_preset == "paper" else (instruction or "").strip()
-        self.system = system
-        self.max_new_tokens = int(max_new_tokens)
-        self.ranking_filter = ranking_filter
+        self.instruction = "" if c.prompt_preset == "paper" else (c.instruction or "").strip()
+        self.system = c.system
+        self.max_new_tokens = int(c.max_new_tokens)
+        self.ranking_filter = c.ranking_filter
         items, label = self._load(spec)
         items = self._drop_repeats(items, label)
         self.data_source["n_items"] = group_counts(items)
-        rank_items = self._load_rank(spec, hub_rank_split, rank_data_path, items)
+        rank_items = self._load_rank(spec, c.hub_rank_split, c.rank_data_path, items)
         if rank_items is not None:
             label = f"{label} (ranking: {self.data_source['rank_source']})"
         self._split(items, source=label, rank_items=rank_items)

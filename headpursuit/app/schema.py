@@ -1,0 +1,243 @@
+"""The run config's schema: one typed dataclass per config group, registered in Hydra's ConfigStore.
+
+Every key of a run config and its only default live here (the groups only the app reads: model,
+intervention, logger and the top level) or in the library's config dataclasses (what the library
+builds: `headpursuit.tasks.QAConfig` and the other task kinds, `headpursuit.ranking.RankingConfig`).
+The YAML files of ``conf/`` start from their group's schema and hold only what differs::
+
+    # conf/task/toxicity.yaml                  # conf/ranking/paper.yaml
+    defaults: [toxicity_schema, _self_]        defaults: [ranking_schema, _self_]
+                                               method: concept_restricted
+                                               somp_steps: 50 ...
+
+Composition checks every key against its schema (Hydra's "structured configs" with the "schema"
+pattern): a key that does not exist (``intervention.kk=3``) or a value of the wrong type
+(``intervention.k=abc``) fails before anything runs, with an OmegaConf error naming the key.
+Keys whose type is a union (``task.n_rank``: an int or ``{concept: .., control: ..}``;
+``task.n_eval``; ``task.batch_size`` and ``capture_batch_size``: an int or ``auto``) are `Any`
+here (OmegaConf has no unions) and checked by `headpursuit.app.config.validate_config`, as are the
+values a type does not pin down (ranges, choices).
+
+`RESULT_NEUTRAL_KEYS` (`headpursuit.app.result_neutral`): the top-level keys that do not change a
+run's results, the one list that the resume hash (`config_hash`) and the W&B run name (Hydra's
+``override_dirname``, through the ``${hp.result_neutral_keys:}`` resolver in conf/config.yaml,
+`override_dirname_excludes`) leave out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from headpursuit.app.result_neutral import LAUNCHER_GROUP, RESULT_NEUTRAL_KEYS
+from headpursuit.ranking import RankingConfig
+from headpursuit.tasks import CaptioningConfig, ClassificationConfig, QAConfig, TaskConfig, ToxicityConfig
+from headpursuit.tasks.loaders import fixture_path
+
+__all__ = [
+    "AppConfig",
+    "InterventionConfig",
+    "LoggerConfig",
+    "ModelConfig",
+    "RankingSchema",
+    "RENAMED_KEYS",
+    "RESULT_NEUTRAL_KEYS",
+    "TASK_SCHEMAS",
+    "override_dirname_excludes",
+    "register_configs",
+]
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The model (``model/``): what `load_model` reads, and its layout for the checks before it."""
+
+    #: a registry name (embedded: smollm2, gemma3-270m; builders: tiny_vlm), a hub id or a directory
+    name_or_path: str = MISSING
+    #: a hub revision (branch, tag or commit); null: the default branch
+    revision: str | None = None
+    trust_remote_code: bool = False
+    #: extra keyword arguments of the model's from_pretrained
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the attention layout, declared so that intervention.k is checked before the load (and again
+    #: after it); null: known only once the model has loaded
+    n_layers: int | None = None
+    n_heads: int | None = None
+
+
+@dataclass(kw_only=True)
+class RankingSchema(RankingConfig):
+    """`RankingConfig` (the ``ranking/`` group), and the key it renamed: a run that sets
+    ``ranking.k`` stops before anything loads, naming ``ranking.somp_steps``."""
+
+    #: renamed ranking.somp_steps (the number of SOMP steps; intervention.k stays the number of
+    #: heads edited). Null always: set, it fails the run with that message (`RENAMED_KEYS`).
+    k: Any = None
+
+
+#: old key -> (new key, what it is), for keys kept in the schema only to say where they went (null
+#: unless set)
+RENAMED_KEYS = {
+    "ranking.k": ("ranking.somp_steps", "the number of SOMP steps; intervention.k stays the number of heads edited")
+}
+
+
+@dataclass(kw_only=True)
+class InterventionConfig:
+    """Which heads are rescaled, by how much, and the random-head controls (``intervention/``)."""
+
+    #: the number of heads edited
+    k: int = 6
+    #: if set, k = round(k_frac * the model's heads), at least 1; overrides k
+    k_frac: float | None = None
+    #: the factor on the heads' outputs: -1 flips (suppresses), 0 ablates, > 1 enhances
+    alpha: float = -1.0
+    #: ranked (the top k by score) | random (seeded by `seed`) | explicit (the heads in `explicit`)
+    heads: str = "ranked"
+    #: heads=explicit: [[layer, head], ...] or ["layer.head", ...]
+    explicit: list[Any] = field(default_factory=list)
+    #: also evaluate a random head set per seed, same alpha (mean, std, median, q25, q75)
+    random_controls: bool = True
+    #: one random set per seed; the paper uses 10 (experiment=paper_*: [0, ..., 9]); [] needs
+    #: random_controls: false
+    random_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    #: all (k of any head; ours) | same_layers (k from the edited heads' layers, edited heads
+    #: excluded; ours) | layer_counts (the edited set's per-layer counts, disjoint from it; the paper's)
+    random_pool: str = "all"
+    #: layer_counts, when a layer holds more edited heads than other heads (SmolLM2: 5 of its 9):
+    #: false takes the missing heads from the nearest layers (distance 1, 2, ...; both sides alike;
+    #: recorded in results.json random.relaxed_layers and per_seed[*].relaxed, marked * in the
+    #: tables); true fails the run instead
+    random_strict: bool = False
+    #: true: the edited model, every random control (and the baseline when not cached) generate in
+    #: one batched pass over the same prompts (rows = (prompt, edit) pairs; greedy tasks only, the
+    #: same tokens as one at a time); false: one generate pass per edit. Sampling tasks (toxicity)
+    #: always go one edit at a time
+    batched_edits: bool = True
+    #: alphas of the same sweep evaluated in this job's batched pass too (same heads and random sets),
+    #: each cached under its own key, so the sweep's other alpha jobs read them from the cache:
+    #: ``-m intervention.alpha=-1,5 intervention.batch_alphas=[-1,5]``. [] : only this job's alpha.
+    #: Needs batched_edits and a greedy task
+    batch_alphas: list[float] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class LoggerConfig:
+    """The experiment tracker (``logger/``): none, or Weights & Biases."""
+
+    #: none (results.json / head_scores.csv only) | wandb
+    backend: str = "none"
+    #: online | offline (sync later: ``wandb sync <run dir>/wandb/offline-run-*``) | disabled
+    mode: str = "disabled"
+    project: str = "headpursuit"
+    entity: str | None = None
+    #: null: the sweep (experiment name + sweep dir name); single runs: none
+    group: str | None = None
+    job_type: str = "steer"
+    tags: list[str] = field(default_factory=list)
+    #: log the head-score table
+    log_table: bool = True
+    #: log the heat map
+    log_plots: bool = True
+    #: seconds W&B may take to start
+    init_timeout: float = 90
+
+
+@dataclass(kw_only=True)
+class AppConfig:
+    """A run: the groups, and the top-level keys (conf/config.yaml)."""
+
+    model: ModelConfig = MISSING
+    #: a task kind's config (`TASK_SCHEMAS`: each task YAML names its schema)
+    task: Any = MISSING
+    ranking: RankingSchema = MISSING
+    intervention: InterventionConfig = MISSING
+    #: the logger group (conf/config.yaml: wandb); without one (a config built in code): no tracker
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    #: transfer (the paper's Figure 4): rank the heads on another task's ranking data and concept,
+    #: evaluate them on `task`; null: rank on `task` itself. Composed from conf/task/:
+    #: ``task=cls_mnist +task@rank_task=cls_svhn`` (heads from SVHN, scored on MNIST)
+    rank_task: Any = None
+    #: auto: cuda when available, else cpu
+    device: str = "auto"
+    #: auto: bfloat16 on GPU, float32 on CPU; or float32 / bfloat16 / float16
+    dtype: str = "auto"
+    #: seeds the task split (every task's `seed` follows it), the random heads and ranking baseline,
+    #: torch/numpy/random
+    seed: int = 0
+    #: true: torch's deterministic algorithms (and cuDNN/cuBLAS settings) for capture, ranking and
+    #: generation (headpursuit.set_deterministic). Slower on GPU; on CPU it changes little. Ranking is
+    #: float32 with (score, layer, head) tie-breaking and random head sets are string-seeded either way
+    deterministic: bool = False
+    #: the activation, ranking-answer, head-score and evaluation cache shared by every job of a sweep
+    #: (keys: model + samples + positions + ranking config + code fingerprint); null: no cache.
+    #: conf/config.yaml sets <working dir>/outputs/cache
+    cache_dir: str | None = None
+    #: a run whose results.json says status=complete with the same config is skipped on rerun
+    resume: bool = True
+    #: in a multirun a failed job writes error.txt and the sweep goes on; true raises instead and
+    #: the remaining jobs of this launch skip themselves (a rerun after a fix runs what is missing).
+    #: A complete results.json is never overwritten by a failure or a skip
+    fail_fast: bool = False
+    #: seconds between heartbeats (run_dir/.heartbeat) while a job runs; `aggregate` reports a
+    #: "running" job whose heartbeat stopped as stale (killed: SIGKILL, node failure). 0: none
+    heartbeat_s: float = 30
+    #: write the layers x heads score heat map next to results.json
+    plots: bool = True
+    #: capture batch size (ranking forward passes), or auto: the largest that fits the device (text
+    #: tasks on GPU; headpursuit.models.batching.auto_batch_size, kind "forward"; CPU: 32)
+    capture_batch_size: Any = 8
+
+
+#: schema name -> task config dataclass: conf/task/<file>.yaml starts with ``defaults: [<name>, _self_]``
+TASK_SCHEMAS: dict[str, type[TaskConfig]] = {
+    "qa_schema": QAConfig,
+    "toxicity_schema": ToxicityConfig,
+    "classification_schema": ClassificationConfig,
+    "captioning_schema": CaptioningConfig,
+}
+
+#: the neutral keys that are groups: an override may name one of their keys (``logger.mode=online``)
+_NEUTRAL_GROUPS: dict[str, type] = {"logger": LoggerConfig}
+
+
+def override_dirname_excludes() -> list[str]:
+    """Hydra's ``override_dirname.exclude_keys`` (it compares whole override keys): every key of
+    `RESULT_NEUTRAL_KEYS`, each key of the neutral groups (``logger.mode``), the launcher."""
+    keys = list(RESULT_NEUTRAL_KEYS)
+    for group, schema in _NEUTRAL_GROUPS.items():
+        keys += [f"{group}.{f.name}" for f in fields(schema)]
+    return [*keys, LAUNCHER_GROUP]
+
+
+def task_schema(config_class: type[TaskConfig]) -> DictConfig:
+    """A task kind's schema node: its dataclass, with `seed` following the run's top-level seed."""
+    node = OmegaConf.structured(config_class)
+    node.seed = "${seed}"
+    return node
+
+
+def register_configs() -> None:
+    """Store the schemas in Hydra's ConfigStore (the primary config's and each group's) and register
+    the resolvers conf/ uses: ``${hp.result_neutral_keys:}`` (`override_dirname_excludes`) and
+    ``${hp.fixture:NAME}`` (the absolute path of a file shipped in headpursuit/data/fixtures, so that
+    the offline experiments' data paths hold from any working directory). Idempotent; runs when this
+    module is imported (the app's entry point imports it; so must a caller of Hydra's compose API)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=AppConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="ranking", name="ranking_schema", node=RankingSchema)
+    cs.store(group="intervention", name="intervention_schema", node=InterventionConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for name, config_class in TASK_SCHEMAS.items():
+        cs.store(group="task", name=name, node=task_schema(config_class))
+    if not OmegaConf.has_resolver("hp.result_neutral_keys"):
+        OmegaConf.register_new_resolver("hp.result_neutral_keys", override_dirname_excludes)
+    if not OmegaConf.has_resolver("hp.fixture"):
+        OmegaConf.register_new_resolver("hp.fixture", lambda name: str(fixture_path(str(name))))
+
+
+register_configs()
