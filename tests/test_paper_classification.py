@@ -199,14 +199,22 @@ def test_hub_loading_class_name_fallback_and_override(tok, monkeypatch):
 
 
 def test_fixture_files_and_refusals(tok):
-    for dataset in ("mnist", "svhn", "dtd"):
-        task = _build(_task_cfg(f"task=cls_{dataset}", "task.source=fixture", "task.n_rank=2", "task.n_eval=4"), tok)
+    """Every dataset has a shipped tiny copy in its hub schema (data=offline reads it): its rows,
+    labels and ClassLabel names are those the config lists; a dataset without one is refused."""
+    datasets = pytest.importorskip("datasets")
+    from headpursuit.tasks.loaders import fixture_path
+
+    for dataset, (_, _, n_names) in DATASETS.items():
+        cfg = _task_cfg(f"task=cls_{dataset}", "task.source=fixture", "task.n_rank=2", "task.n_eval=4")
+        table = datasets.Dataset.from_parquet(str(fixture_path(cfg["fixture_file"])))
+        assert table.features["label"].names == cfg["class_names"] and len(cfg["class_names"]) == n_names
+        task = _build(cfg, tok)
         assert task.data_source["source"] == "fixture" and task.data_source["format"] == "parquet"
         assert len(task.items("eval", "concept")) == 4 and all(
             it.label in task.class_names for it in task.items("eval")
         )
     with pytest.raises(ValueError, match="no shipped fixture"):
-        _build(_task_cfg("task=cls_gtsrb", "task.source=fixture"), tok)
+        _build(_task_cfg("task=cls_gtsrb", "task.source=fixture", "task.fixture_file=null"), tok)
     with pytest.raises(ConfigError, match="task.rank_groups=null"):
         _build(_task_cfg("task=cls_mnist", "task.source=fixture", "task.n_rank=2", "task.n_eval=4",
                          "task.rank_groups=[concept,control]"), tok)  # fmt: skip
