@@ -5,15 +5,16 @@
     .venv/bin/python experiments/compare_protocols.py --aggregate-only
 
 For each embedded model (SmolLM2-135M-Instruct, Gemma-3-270M) and QA countries, through the real
-pipeline (`python -m headpursuit -m experiment=...`, one multirun each):
+pipeline (`python -m headpursuit -m protocol=...`, one multirun each):
 
-  * paper:      experiment=paper_qa_embedded, ranking=paper (SOMP restricted to the concept tokens,
+  * paper:      protocol=paper, ranking=paper (SOMP restricted to the concept tokens,
                 k=50 steps, centred, raw rows), task.positions=prompt_mean, ranking questions of both
                 groups (task.rank_groups=[concept,control]), 10 random sets with the edited set's
-                per-layer counts (random_pool=layer_counts);
+                per-layer counts (random_pool=layer_counts), with our prompt (task.prompt_preset=ours,
+                as these sweeps were first run; the paper's prompt is protocol=paper's own);
   * paper LL:   the same with ranking=logit_lens_mean (the paper's logit-lens baseline);
   * paper, concept-only ranking questions: task.rank_groups=[concept] (the paper does not say);
-  * ours:       experiment=ours_qa_embedded: concept_share (full-vocabulary SOMP) at answer_concept
+  * ours:       protocol=paper_controls: concept_share (full-vocabulary SOMP) at answer_concept
                 positions, same k list and random protocol;
 
 k = 1%, 2%, 4% of the heads, alpha = -1, at least 100 evaluation questions per group. Every metric
@@ -62,24 +63,20 @@ def set_n_eval(n: int) -> None:
 
 
 def sweeps(model: str) -> dict[str, list[str]]:
-    """name -> Hydra overrides of one multirun (k_frac is swept by the experiment files)."""
+    """name -> Hydra overrides of one multirun (k_frac replaces the protocols' own k axis)."""
     common = [f"model={model}", f"task.n_eval={N_EVAL}", f"intervention.k_frac={FRACS}", "task.batch_size=64"]
+    paper = ["protocol=paper", "task.prompt_preset=ours"]  # our prompt, as docs/results.md's runs
     return {
-        "paper": ["experiment=paper_qa_embedded", "ranking=paper", *common],
-        "paper_ll": [
-            "experiment=paper_qa_embedded",
-            "ranking=logit_lens_mean",
-            *common,
-            "intervention.random_controls=false",
-        ],
+        "paper": [*paper, "ranking=paper", *common],
+        "paper_ll": [*paper, "ranking=logit_lens_mean", *common, "intervention.random_controls=false"],
         "paper_concept_only": [
-            "experiment=paper_qa_embedded",
+            *paper,
             "ranking=paper",
             *common,
             "task.rank_groups=[concept]",
             "intervention.random_controls=false",
         ],
-        "ours": ["experiment=ours_qa_embedded", *common],
+        "ours": ["protocol=paper_controls", *common],
     }
 
 
@@ -279,9 +276,9 @@ def section(seconds: dict[str, float]) -> str:
         "",
         f"Made by `python experiments/compare_protocols.py --n-eval {N_EVAL}`{FROM_COMMIT} on "
         f"{time.strftime('%Y-%m-%d')} "
-        f"({platform.machine()}, CPU only). Sweeps: `experiment=paper_qa_embedded` (ranking=paper and "
+        f"({platform.machine()}, CPU only). Sweeps: `protocol=paper task.prompt_preset=ours` (ranking=paper and "
         "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
-        f"`experiment=ours_qa_embedded`, {N_EVAL} evaluation questions per group, alpha = -1, "
+        f"`protocol=paper_controls`, k_frac = {FRACS}, {N_EVAL} evaluation questions per group, alpha = -1, "
         "10 random head sets per run with the edited set's per-layer counts (disjoint from it); where a "
         "layer holds more than half of its heads in the edited set no such set exists, and the run is "
         "repeated with 10 uniform random sets, marked (uniform). "

@@ -191,36 +191,44 @@ def _paper_ranking(cfg):
     return (r.method, r.somp_steps, r.center, r.normalize_atoms, r.fold_norm_gain)
 
 
+PAPER_K_FRACS = "0.0078125,0.015625,0.03125"  # 8, 16, 32 of 1024 heads
+
+
+def _data(offline: bool) -> str:
+    return "data=offline" if offline else "data=hub"
+
+
 @pytest.mark.parametrize("offline", [False, True])
 def test_fig10_alpha_files(offline):
-    cfg = _compose("experiment=paper_fig10_alpha" + ("_offline" if offline else ""))
+    cfg = _compose("experiment=paper_fig10_alpha", _data(offline))
     assert cfg.model.name_or_path == ("tiny_vlm" if offline else "llava-hf/llava-v1.6-mistral-7b-hf")
     t = cfg.task
     assert (t.name, t.concept, t.positions, t.prompt_preset) == ("captioning", "colors", "image_mean", "paper")
     assert t.source == ("fixture" if offline else "hub") and cfg.hydra.runtime.choices.ranking == "paper"
     assert _paper_ranking(cfg) == PAPER_RANKING
-    assert cfg.intervention.k == (4 if offline else 32) and cfg.intervention.k_frac is None
-    assert _sweep(cfg) == {"intervention.alpha": "2,5,8" if offline else "2,3,4,5,6,7,8"}
+    assert cfg.intervention.k_frac == 32 / 1024 and cfg.intervention.random_controls is False
+    assert _sweep(cfg) == {"ranking": "paper", "intervention.k_frac": "0.03125", "intervention.alpha": "2,3,4,5,6,7,8"}
     if offline:
         assert t.n_rank <= 4 and t.n_eval <= 4 and t.max_new_tokens <= 8
 
 
 @pytest.mark.parametrize("offline", [False, True])
 def test_tab13_captioning_files(offline):
-    cfg = _compose("experiment=paper_tab13_captioning" + ("_offline" if offline else ""))
+    cfg = _compose("experiment=paper_tab13_captioning", _data(offline))
     assert cfg.model.name_or_path == ("tiny_vlm" if offline else "llava-hf/llava-v1.6-mistral-7b-hf")
     t, iv = cfg.task, cfg.intervention
     assert (t.name, t.concept, t.positions, t.prompt_preset) == ("captioning", "colors", "image_mean", "paper")
     assert t.source == ("fixture" if offline else "hub") and _paper_ranking(cfg) == PAPER_RANKING
     assert iv.random_pool == "layer_counts" and iv.random_controls and iv.heads == "ranked"
-    assert list(iv.random_seeds) == ([0, 1] if offline else list(range(10)))
-    ks = "2,4" if offline else "8,16,32"
-    assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": ks, "intervention.alpha": "-1,5"}
+    assert list(iv.random_seeds) == list(range(10))
+    assert _sweep(cfg) == {
+        "ranking": "paper,logit_lens_mean",
+        "intervention.k_frac": PAPER_K_FRACS,
+        "intervention.alpha": "-1,5",
+    }
     # each job of the sweep composes (the command line's choices replace the file's)
     job = _compose(
-        "experiment=paper_tab13_captioning" + ("_offline" if offline else ""),
-        "ranking=logit_lens_mean",
-        "intervention.alpha=5",
+        "experiment=paper_tab13_captioning", _data(offline), "ranking=logit_lens_mean", "intervention.alpha=5"
     )
     assert (
         job.ranking.method == "logit_lens_mean" and job.intervention.alpha == 5 and job.task.positions == "image_mean"
@@ -231,7 +239,7 @@ def test_tab13_captioning_files(offline):
 def test_fig2_qa_files(offline):
     from omegaconf import OmegaConf
 
-    cfg = _compose("experiment=paper_fig2_qa" + ("_offline" if offline else ""))
+    cfg = _compose("experiment=paper_fig2_qa", _data(offline))
     t, iv = cfg.task, cfg.intervention
     assert cfg.model.name_or_path == ("smollm2" if offline else "mistralai/Mistral-7B-Instruct-v0.2")
     assert (t.name, t.positions, t.prompt_preset, list(t.rank_groups)) == (
@@ -241,7 +249,9 @@ def test_fig2_qa_files(offline):
         ["concept", "control"],
     )
     assert _paper_ranking(cfg) == PAPER_RANKING
-    assert iv.random_pool == "layer_counts" and iv.alpha == -1.0 and iv.k_frac is None
+    assert iv.random_pool == "layer_counts" and iv.alpha == -1.0 and iv.k_frac == 8 / 1024
+    assert list(iv.random_seeds) == list(range(10))
+    assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k_frac": PAPER_K_FRACS}
     if offline:
         raw = OmegaConf.to_container(t, resolve=False)
         assert t.source == "trivia_qa_file" and t.hub_rank_split is None
@@ -253,7 +263,6 @@ def test_fig2_qa_files(offline):
             rel = f"headpursuit/data/fixtures/trivia_qa_{name}_sample.jsonl"
             assert resolved[key] == str((REPO / rel).resolve()) and (REPO / rel).is_file()
         assert t.n_rank <= 10 and t.n_eval <= 10
-        assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": "3,6"}
     else:
         assert (t.source, t.hub_id, t.hub_split, t.hub_rank_split) == (
             "hub",
@@ -261,8 +270,7 @@ def test_fig2_qa_files(offline):
             "validation",
             "train",
         )
-        assert t.rank_data_path is None and list(iv.random_seeds) == list(range(10))
-        assert _sweep(cfg) == {"ranking": "paper,logit_lens_mean", "intervention.k": "8,16,32"}
+        assert t.rank_data_path is None
 
 
 # --- end to end (tiny_vlm: loads the embedded SmolLM2) ----------------------------------------------
@@ -272,8 +280,11 @@ def test_fig2_qa_files(offline):
 def test_tab13_captioning_offline_runs_end_to_end(tmp_path):
     from test_pipeline import run_job
 
-    r = run_job(tmp_path / "run", tmp_path / "cache", experiment="paper_tab13_captioning_offline")
-    assert r["status"] == "complete" and r["ranking"] == "concept_restricted" and r["k"] == 2
+    r = run_job(
+        tmp_path / "run", tmp_path / "cache", "data=offline", "intervention.random_seeds=[0,1]", "plots=false",
+        experiment="paper_tab13_captioning",
+    )  # fmt: skip
+    assert r["status"] == "complete" and r["ranking"] == "concept_restricted" and r["k"] == 2  # 8/1024 of 270
     assert r["config"]["task"]["prompt_preset"] == "paper"
     for g in ("concept", "control"):
         assert "cider" in r["baseline"][g] and "cider" in r["edited"][g]

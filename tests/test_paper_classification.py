@@ -198,14 +198,22 @@ def test_hub_loading_class_name_fallback_and_override(tok, monkeypatch):
 
 
 def test_fixture_files_and_refusals(tok):
-    for dataset in ("mnist", "svhn", "dtd"):
-        task = _build(_task_cfg(f"task=cls_{dataset}", "task.source=fixture", "task.n_rank=2", "task.n_eval=4"), tok)
+    """Every dataset has a shipped tiny copy in its hub schema (data=offline reads it): its rows,
+    labels and ClassLabel names are those the config lists; a dataset without one is refused."""
+    datasets = pytest.importorskip("datasets")
+    from headpursuit.tasks.loaders import fixture_path
+
+    for dataset, (_, _, n_names) in DATASETS.items():
+        cfg = _task_cfg(f"task=cls_{dataset}", "task.source=fixture", "task.n_rank=2", "task.n_eval=4")
+        table = datasets.Dataset.from_parquet(str(fixture_path(cfg["fixture_file"])))
+        assert table.features["label"].names == cfg["class_names"] and len(cfg["class_names"]) == n_names
+        task = _build(cfg, tok)
         assert task.data_source["source"] == "fixture" and task.data_source["format"] == "parquet"
         assert len(task.items("eval", "concept")) == 4 and all(
             it.label in task.class_names for it in task.items("eval")
         )
     with pytest.raises(ValueError, match="no shipped fixture"):
-        _build(_task_cfg("task=cls_gtsrb", "task.source=fixture"), tok)
+        _build(_task_cfg("task=cls_gtsrb", "task.source=fixture", "task.fixture_file=null"), tok)
     with pytest.raises(ConfigError, match="task.rank_groups=null"):
         _build(_task_cfg("task=cls_mnist", "task.source=fixture", "task.n_rank=2", "task.n_eval=4",
                          "task.rank_groups=[concept,control]"), tok)  # fmt: skip
@@ -277,44 +285,47 @@ def test_rank_task_composes_from_the_command_line():
     assert _compose("task=cls_mnist").rank_task is None
 
 
+PAPER_K_FRACS = "0.0078125,0.015625,0.03125"  # 8, 16, 32 of 1024 heads
+SIX = "cls_mnist,cls_svhn,cls_gtsrb,cls_eurosat,cls_resisc45,cls_dtd"
+
+
 @pytest.mark.parametrize(
-    "experiment, model, sweep",
+    "experiment, data, model, sweep",
     [
-        ("paper_tab9_classification", "llava-hf/llava-v1.6-mistral-7b-hf", {"ranking": "paper,logit_lens_mean", "intervention.k": "8,16,32"}),
-        ("paper_tab9_classification_offline", "tiny_vlm", {"ranking": "paper,logit_lens_mean", "intervention.k": "2,4"}),
-        ("paper_fig4_overlap", "llava-hf/llava-v1.6-mistral-7b-hf", {}),
-        ("paper_fig4_overlap_offline", "tiny_vlm", {}),
+        ("paper_tab9_classification", "hub", "llava-hf/llava-v1.6-mistral-7b-hf", {"ranking": "paper,logit_lens_mean", "intervention.k_frac": PAPER_K_FRACS}),
+        ("paper_tab9_classification", "offline", "tiny_vlm", {"ranking": "paper,logit_lens_mean", "intervention.k_frac": PAPER_K_FRACS}),
+        ("paper_fig4_overlap", "hub", "llava-hf/llava-v1.6-mistral-7b-hf", {"ranking": "paper", "intervention.k_frac": "0.03125"}),
+        ("paper_fig4_overlap", "offline", "tiny_vlm", {"ranking": "paper", "intervention.k_frac": "0.03125"}),
     ],
 )  # fmt: skip
-def test_classification_experiment_files_compose(experiment, model, sweep):
+def test_classification_experiment_files_compose(experiment, data, model, sweep):
     from omegaconf import OmegaConf
 
-    cfg = _compose(f"experiment={experiment}")
+    cfg = _compose(f"experiment={experiment}", f"data={data}")
     assert cfg.model.name_or_path == model and cfg.ranking.method == "concept_restricted"
     assert (
         cfg.task.prompt_preset == "paper" and cfg.task.positions == "image_mean" and cfg.task.concept_classes == "all"
     )
     assert cfg.intervention.alpha == -1.0
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
-    datasets = params["task"].split(",")
-    assert all(d.startswith("cls_") for d in datasets)
-    assert len(datasets) == (6 if model != "tiny_vlm" else 3)
+    assert params["task"] == SIX  # the six datasets, offline too (their shipped copies)
     for key, value in sweep.items():
         assert params[key] == value
+    source = "hub" if data == "hub" else "fixture"
     if "fig4" in experiment:
         assert params["task@rank_task"] == params["task"] and cfg.rank_task.positions == "image_mean"
-        assert cfg.intervention.random_controls is False
-        assert cfg.intervention.k == (32 if model != "tiny_vlm" else 4)
-        job = _compose(f"experiment={experiment}", "task=cls_dtd", "task@rank_task=cls_svhn")
+        assert cfg.intervention.random_controls is False and cfg.intervention.k_frac == 0.03125  # 32 of 1024
+        job = _compose(f"experiment={experiment}", f"data={data}", "task=cls_dtd", "task@rank_task=cls_svhn")
         assert (job.task.dataset, job.rank_task.dataset) == ("dtd", "svhn")
+        # the source dataset is read from the same data as the target (the hub, or its shipped copy)
+        assert (job.task.source, job.rank_task.source) == (source, source)
+        assert job.rank_task.n_rank == job.task.n_rank and job.rank_task.fixture_file == "vision/svhn.parquet"
     else:
-        assert cfg.rank_task is None and list(cfg.intervention.random_seeds) == list(
-            range(10 if model != "tiny_vlm" else 2)
-        )
+        assert cfg.rank_task is None and list(cfg.intervention.random_seeds) == list(range(10))
         assert cfg.intervention.random_pool == "layer_counts"
-        assert _compose(f"experiment={experiment}", "task=cls_gtsrb").task.dataset == "gtsrb"
-    if model == "tiny_vlm":
-        assert cfg.task.source == "fixture"
+        job = _compose(f"experiment={experiment}", f"data={data}", "task=cls_gtsrb")
+        assert job.task.dataset == "gtsrb" and job.task.source == source
+    assert cfg.task.source == source
 
 
 # ------------------------------------------------------------------------------------------
@@ -422,8 +433,11 @@ def test_offline_transfer_sweep_feeds_the_overlap_command(tmp_path):
     proc = run_cli(
         "headpursuit",
         "-m",
-        "experiment=paper_fig4_overlap_offline",
+        "experiment=paper_fig4_overlap",
+        "data=offline",
         *CPU_OVERRIDES,
+        "logger=none",
+        "plots=false",
         "task=cls_mnist,cls_svhn",
         "task@rank_task=cls_mnist,cls_svhn",
         "task.n_rank=3",

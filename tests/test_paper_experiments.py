@@ -1,16 +1,22 @@
-"""One experiment per paper table or figure (docs/paper.md), each with an offline counterpart.
+"""One experiment per paper table or figure (docs/paper.md), and its offline run.
 
-Every `conf/experiment/paper_*.yaml` that targets the paper's models has a `<name>_offline.yaml`
-with the same protocol (task, ranking, positions, random pool, prompt preset) on a model and data
-this machine has; docs/paper.md lists each one with its command. The offline counterparts without
-an end-to-end test of their own elsewhere (tests/test_paper_toxicity.py runs paper_tab2,
-tests/test_paper_captioning.py paper_tab13, tests/test_paper_classification.py the paper_fig4 sweep)
-run here, one job each; paper_fig2_qa_offline runs its whole sweep (both rankings, every k), with
-fewer evaluation questions and random sets.
+A paper experiment is one override-only file, `conf/experiment/paper_*.yaml`, that chooses the
+paper's protocol (`protocol=paper`) and the paper's models and datasets (`data=hub`); its offline
+run is the same file with `data=offline` (a stand-in model, the shipped samples in the hub schemas,
+CPU-sized counts), which changes where model and data come from and nothing of the protocol.
+docs/paper.md lists both commands for each. Every job of every experiment's sweep, on the hub and
+offline, composes to a config that `validate_config` accepts; the offline jobs also pass the checks
+a run makes before its model loads (data files, concept, the task built on the tokenizer).
+
+The offline runs without an end-to-end test of their own elsewhere (tests/test_paper_toxicity.py
+runs paper_tab2, tests/test_paper_captioning.py paper_tab13, tests/test_paper_classification.py the
+paper_fig4 sweep) run here, one shortened job each (2 random sets, not the protocol's 10);
+paper_fig2_qa's offline run goes through its whole sweep (both rankings, every k).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from pathlib import Path
@@ -18,44 +24,70 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from headpursuit.app.config import validate_config
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "conf" / "experiment"
-# paper_qa_embedded is itself offline (issue 12's comparison); paper_qa_mistral points at paper_fig2_qa.
-NOT_PAPER_TARGETS = {"paper_qa_embedded", "paper_qa_mistral"}
-PAPER_TARGETS = sorted(
-    p.stem
-    for p in EXPERIMENTS.glob("paper_*.yaml")
-    if not p.stem.endswith("_offline") and p.stem not in NOT_PAPER_TARGETS
-)
+PAPER_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS.glob("paper_*.yaml"))
+ALL_EXPERIMENTS = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
 OFFLINE_MODELS = {"smollm2", "gemma3_270m", "tiny_vlm"}
+# a shortened offline job: 2 random sets instead of the protocol's 10
+SHORT = ("intervention.random_seeds=[0,1]", "plots=false")
 
 
-def _compose(*overrides: str):
+def _compose(*overrides: str, hydra: bool = True):
     from hydra import compose, initialize_config_dir
 
     import headpursuit.app.run  # noqa: F401  (registers the hp.fixture resolver)
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def _resolved(*overrides: str) -> dict:
+    """A job's resolved run config, as the app sees it (no run directory: cache_dir=null)."""
+    return OmegaConf.to_container(_compose("cache_dir=null", *overrides, hydra=False), resolve=True)
+
+
+def _sweep_axes(cfg) -> list[list[str]]:
+    """The composed config's sweep (`hydra.sweeper.params`): per axis, its overrides."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.params else {}
+    return [[f"{key}={value}" for value in str(values).split(",")] for key, values in params.items()]
+
+
+def _every_job(axes: list[list[str]]) -> list[list[str]]:
+    """The overrides of every job of the sweep."""
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def _covering_jobs(axes: list[list[str]]) -> list[list[str]]:
+    """As few jobs as hold every value of every axis (job i takes value i of each axis, cycling)."""
+    return [[axis[i % len(axis)] for axis in axes] for i in range(max(map(len, axes), default=1))]
 
 
 def _protocol(cfg) -> dict:
-    """What must agree between a paper experiment and its offline counterpart."""
+    """What `data` must leave as it is: the protocol of the run."""
     t, iv = cfg.task, cfg.intervention
     return {
-        "task": t.name,
+        "task": cfg.hydra.runtime.choices.task,
+        "protocol": cfg.hydra.runtime.choices.protocol,
         "ranking": cfg.hydra.runtime.choices.ranking,
         "method": cfg.ranking.method,
         "positions": t.positions,
         "prompt_preset": t.get("prompt_preset"),
-        "random_pool": iv.random_pool if iv.random_controls else None,
+        "rank_groups": OmegaConf.to_container(t.rank_groups) if t.get("rank_groups") else None,
+        "held_out_fraction": t.get("held_out_fraction"),
+        "k_frac": iv.k_frac,
         "alpha": iv.alpha,
-        "sweeps_rankings": "ranking" in (cfg.hydra.sweeper.params or {}),
+        "random_controls": iv.random_controls,
+        "random_pool": iv.random_pool,
+        "random_seeds": list(iv.random_seeds),
+        "sweep": OmegaConf.to_container(cfg.hydra.sweeper.params),
     }
 
 
 def test_the_paper_experiments_are_all_there():
-    assert PAPER_TARGETS == [
+    assert PAPER_EXPERIMENTS == [
         "paper_fig10_alpha",
         "paper_fig2_qa",
         "paper_fig4_overlap",
@@ -65,50 +97,93 @@ def test_the_paper_experiments_are_all_there():
         "paper_tab9_classification",
     ]
     doc = (REPO / "docs" / "paper.md").read_text()
-    for name in PAPER_TARGETS:
-        assert f"experiment={name} " in doc and f"experiment={name}_offline" in doc, name
+    for name in PAPER_EXPERIMENTS:
+        hub = f"python -m headpursuit -m experiment={name}"
+        assert f"`{hub}`" in doc and f"`{hub} data=offline`" in doc, name
 
 
-@pytest.mark.parametrize("name", PAPER_TARGETS)
-def test_each_paper_experiment_has_an_offline_counterpart_with_its_protocol(name):
-    paper, offline = _compose(f"experiment={name}"), _compose(f"experiment={name}_offline")
+@pytest.mark.parametrize("name", PAPER_EXPERIMENTS)
+def test_data_offline_keeps_the_protocol_and_swaps_model_and_data(name):
+    paper, offline = _compose(f"experiment={name}"), _compose(f"experiment={name}", "data=offline")
+    assert (paper.hydra.runtime.choices.data, offline.hydra.runtime.choices.data) == ("hub", "offline")
+    assert paper.hydra.runtime.choices.protocol == "paper"
     assert _protocol(offline) == _protocol(paper)
-    assert paper.model.name_or_path not in OFFLINE_MODELS  # the paper's models (hub ids)
-    assert offline.model.name_or_path in OFFLINE_MODELS
-    assert offline.task.get("source") != "hub" and offline.task.get("hub_rank_split") is None
-    if paper.intervention.random_controls:  # the paper's 10 random sets (offline: fewer, for time)
+    assert paper.model.name_or_path not in OFFLINE_MODELS and paper.device == "cuda"  # the paper's models
+    assert offline.model.name_or_path in OFFLINE_MODELS and offline.device == "auto"
+    for node in ("task", "rank_task"):
+        if offline.get(node) is not None:
+            assert offline[node].source != "hub" and offline[node].get("hub_rank_split") is None, node
+    assert offline.task.n_rank <= 10 and offline.task.n_eval <= 10  # CPU-sized
+    if paper.intervention.random_controls:  # the paper's 10 random sets, offline too
         assert list(paper.intervention.random_seeds) == list(range(10))
-    # override-only files: every key they set is a key of the composed config without them
-    base = _compose()
-    for file in (name, f"{name}_offline"):
-        raw = OmegaConf.load(EXPERIMENTS / f"{file}.yaml")
-        assert set(raw) - {"defaults", "hydra"} <= set(base) | {"rank_task"}, file
+    # override-only: every key the file sets is a key of the composed config without it
+    raw = OmegaConf.load(EXPERIMENTS / f"{name}.yaml")
+    assert set(raw) - {"defaults", "hydra"} <= set(_compose()) | {"rank_task"}
 
 
-OFFLINE_RUNS = [
-    "paper_tab7_toxicity_tet_offline",
-    "paper_tab9_classification_offline",
-    "paper_fig10_alpha_offline",
-]
+def test_the_paper_protocol_sweeps_the_papers_k_as_a_share_of_the_heads():
+    """k = 8 / 16 / 32 of the paper's 1024 heads; on SmolLM2's 270, round(k_frac * 270) = 2 / 4 / 8."""
+    from headpursuit.app.config import resolve_k
+
+    cfg = _compose("experiment=paper_fig2_qa")
+    fracs = [float(f) for f in cfg.hydra.sweeper.params["intervention.k_frac"].split(",")]
+    for n_heads, ks in ((1024, [8, 16, 32]), (270, [2, 4, 8])):
+        assert [resolve_k({"k_frac": f}, n_heads) for f in fracs] == ks
+        assert [max(1, round(k / 1024 * n_heads)) for k in (8, 16, 32)] == ks
+
+
+@pytest.mark.parametrize("name", ALL_EXPERIMENTS)
+def test_every_job_of_every_experiment_is_a_valid_config(name):
+    """Every job of the file's sweep, as the app would compose it, passes `validate_config`. The
+    paper experiments' offline runs too, in jobs that hold every value of every sweep axis, and
+    each distinct task of those passes the checks a run makes before its model loads (the data
+    files, the concept, the task built on the tokenizer: source, schema, splits)."""
+    from headpursuit.app.preflight import check_concept, check_data_file, check_task_builds
+    from headpursuit.models.tiny import embedded_tokenizer
+
+    run = f"experiment={name}"
+    for job in _every_job(_sweep_axes(_compose(run))):
+        validate_config(_resolved(run, *job))
+    if name not in PAPER_EXPERIMENTS:
+        return
+    tokenizer = embedded_tokenizer("smollm2")  # both stand-ins' (tiny_vlm's decoder is SmolLM2's)
+    built: set[str] = set()
+    for job in _covering_jobs(_sweep_axes(_compose(run, "data=offline"))):
+        cfg = _resolved(run, "data=offline", *job)
+        validate_config(cfg)
+        for node in ("task", "rank_task"):
+            task_cfg = cfg.get(node)
+            if task_cfg is None or json.dumps(task_cfg, sort_keys=True) in built:
+                continue
+            built.add(json.dumps(task_cfg, sort_keys=True))
+            for file_key in ("data_path", "rank_data_path"):
+                check_data_file(task_cfg, key=file_key, node=node)
+            check_concept(task_cfg, tokenizer, node=node)
+            check_task_builds(task_cfg, tokenizer, node=node)
+    datasets = {json.loads(t)["dataset"] for t in built if json.loads(t)["name"] == "classification"}
+    assert built and datasets in (set(), {"mnist", "svhn", "gtsrb", "eurosat", "resisc45", "dtd"})
+
+
+OFFLINE_RUNS = ["paper_tab7_toxicity_tet", "paper_tab9_classification", "paper_fig10_alpha"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", OFFLINE_RUNS)
-def test_offline_counterpart_runs_end_to_end(tmp_path, name):
+def test_offline_run_completes(tmp_path, name):
     from test_pipeline import run_job
 
-    cfg = _compose(f"experiment={name}")
+    cfg = _compose(f"experiment={name}", "data=offline")
     res = run_job(
-        tmp_path / "run", tmp_path / "cache", experiment=name
+        tmp_path / "run", tmp_path / "cache", "data=offline", *SHORT, experiment=name
     )  # its own cache: test_pipeline counts the shared one's files
     assert res["status"] == "complete"
     assert res["config"]["task"]["positions"] == cfg.task.positions
     assert res["provenance"]["task"].get("prompt_preset") == "paper"
-    assert len(res["heads"]) == res["k"] >= 1
+    assert len(res["heads"]) == res["k"] == round(cfg.intervention.k_frac * 270)  # both stand-ins: 270 heads
     assert res["normalized"]["edited"]  # every metric also normalised to the unedited model
     if cfg.intervention.random_controls:
         assert res["random"]["pool"] == cfg.intervention.random_pool
-        assert len(res["random"]["per_seed"]) == len(cfg.intervention.random_seeds)
+        assert len(res["random"]["per_seed"]) == 2
     if cfg.model.name_or_path == "tiny_vlm":  # random vision weights: every output says so
         assert any("random" in note.lower() for note in res["provenance"]["model"]["notes"])
 
@@ -133,21 +208,22 @@ def assert_relaxation_recorded(res: dict, n_heads: int) -> None:
 
 @pytest.mark.slow
 def test_fig2_qa_offline_sweep_completes_with_relaxed_controls(tmp_path):
-    """`python -m headpursuit -m experiment=paper_fig2_qa_offline`, every job of its sweep (2
-    rankings x k = 3, 6), with 4 evaluation questions per group and 2 random sets: the ranking
-    questions are the file's, so the rankings are the full sweep's, and ranking=paper at k=6 puts 5
-    heads in layer 0 of SmolLM2 (9 heads a layer): its controls borrow, and every job completes."""
+    """`python -m headpursuit -m experiment=paper_fig2_qa data=offline`, every job of its sweep (2
+    rankings x k = 2, 4, 8 of SmolLM2's 270 heads), with 4 evaluation questions per group and 2
+    random sets: the ranking questions are the file's, so the rankings are the full sweep's, and
+    ranking=paper at k=8 puts 5 heads in layer 0 of SmolLM2 (9 heads a layer): its controls
+    borrow, and every job completes."""
     from test_pipeline import run_cli
 
-    name, sweep = "paper_fig2_qa_offline", tmp_path / "sweep"
-    cfg = _compose(f"experiment={name}")
+    name, sweep = "paper_fig2_qa", tmp_path / "sweep"
+    cfg = _compose(f"experiment={name}", "data=offline")
     proc = run_cli(
         "headpursuit",
         "-m",
         f"experiment={name}",
+        "data=offline",
         "task.n_eval=4",
-        "intervention.random_seeds=[0,1]",
-        "plots=false",
+        *SHORT,
         "logger=none",
         f"hydra.sweep.dir={sweep}",
         f"cache_dir={tmp_path / 'cache'}",
@@ -155,16 +231,18 @@ def test_fig2_qa_offline_sweep_completes_with_relaxed_controls(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     jobs = {(r["run"]["choices"]["ranking"], r["k"]) for r in results}
-    ks = [int(k) for k in str(cfg.hydra.sweeper.params["intervention.k"]).split(",")]
-    assert jobs == {(ranking, k) for ranking in ("paper", "logit_lens_mean") for k in ks}
+    fracs = [float(f) for f in str(cfg.hydra.sweeper.params["intervention.k_frac"]).split(",")]
+    ks = [round(f * 270) for f in fracs]
+    assert ks == [2, 4, 8] and jobs == {(ranking, k) for ranking in ("paper", "logit_lens_mean") for k in ks}
     relaxed = []
     for r in results:
-        assert r["status"] == "complete"
+        assert r["status"] == "complete" and r["model"] == "smollm2"
         assert r["config"]["task"]["positions"] == cfg.task.positions
+        assert r["config"]["task"]["source"] == "trivia_qa_file"
         assert r["provenance"]["task"].get("prompt_preset") == "paper"
         assert len(r["heads"]) == r["k"] and r["normalized"]["edited"]
         assert r["random"]["pool"] == "layer_counts" and len(r["random"]["per_seed"]) == 2
         assert_relaxation_recorded(r, n_heads=r["provenance"]["model"]["layout"]["n_heads"])
         if r["random"]["relaxed_layers"]:
             relaxed.append((r["run"]["choices"]["ranking"], r["k"]))
-    assert ("paper", 6) in relaxed  # the job that failed before issue 19
+    assert ("paper", 8) in relaxed  # a layer short of heads: the job that failed before issue 19

@@ -2,7 +2,7 @@
 and prompts, the hub schemas, and the experiment files (issue 13).
 
 Everything here runs offline on the SmolLM2 tokenizer (no model) or the tiny random model; the one
-end-to-end run of `experiment=paper_tab2_toxicity_offline` loads SmolLM2 and is marked slow.
+end-to-end run of `experiment=paper_tab2_toxicity data=offline` loads SmolLM2 and is marked slow.
 """
 
 from __future__ import annotations
@@ -273,37 +273,22 @@ def _compose(*overrides: str):
         return compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
+PAPER_SWEEP = {"ranking": "paper,logit_lens_mean", "intervention.k_frac": "0.0078125,0.015625,0.03125"}
+
+
 @pytest.mark.parametrize(
-    "experiment, model, source, scorer, k_sweep",
+    "experiment, data, model, source, scorer",
     [
-        ("paper_tab2_toxicity", "mistralai/Mistral-7B-Instruct-v0.2", "rtp", "roberta", ("intervention.k", "8,16,32")),
-        (
-            "paper_tab7_toxicity_tet",
-            "mistralai/Mistral-7B-Instruct-v0.2",
-            "tet",
-            "roberta",
-            ("intervention.k", "8,16,32"),
-        ),
-        (
-            "paper_tab2_toxicity_offline",
-            "smollm2",
-            "rtp_file",
-            "profanity_check",
-            ("intervention.k_frac", "0.01,0.02,0.04"),
-        ),
-        (
-            "paper_tab7_toxicity_tet_offline",
-            "smollm2",
-            "tet_file",
-            "profanity_check",
-            ("intervention.k_frac", "0.01,0.02,0.04"),
-        ),
+        ("paper_tab2_toxicity", "hub", "mistralai/Mistral-7B-Instruct-v0.2", "rtp", "roberta"),
+        ("paper_tab7_toxicity_tet", "hub", "mistralai/Mistral-7B-Instruct-v0.2", "tet", "roberta"),
+        ("paper_tab2_toxicity", "offline", "smollm2", "rtp_file", "profanity_check"),
+        ("paper_tab7_toxicity_tet", "offline", "smollm2", "tet_file", "profanity_check"),
     ],
 )
-def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_sweep, tokenizer):
+def test_toxicity_experiment_files_compose(experiment, data, model, source, scorer, tokenizer):
     from omegaconf import OmegaConf
 
-    cfg = _compose(f"experiment={experiment}")
+    cfg = _compose(f"experiment={experiment}", f"data={data}")
     assert cfg.model.name_or_path == model
     assert cfg.hydra.runtime.choices.ranking == "paper" and cfg.ranking.method == "concept_restricted"
     task = cfg.task
@@ -312,12 +297,11 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
     assert task.held_out_seed is None and task.seed == cfg.seed  # null: the held-out split follows the task's seed
     iv = cfg.intervention
     assert iv.alpha == -1.0 and iv.random_pool == "layer_counts" and iv.heads == "ranked" and iv.random_controls
-    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == {
-        "ranking": "paper,logit_lens_mean",
-        k_sweep[0]: k_sweep[1],
-    }
-    if experiment.endswith("_offline"):
+    assert list(iv.random_seeds) == list(range(10)) and iv.k_frac == 8 / 1024
+    assert OmegaConf.to_container(cfg.hydra.sweeper.params) == PAPER_SWEEP
+    if data == "offline":
         assert task.n_rank <= 6 and task.n_eval <= 6 and task.n_continuations <= 2 and task.max_new_tokens <= 8
+        assert dict(task.scorer_kwargs) == {}  # the offline classifier takes none of the GPU RoBERTa's
         # data_path is the shipped sample (the hp.fixture resolver: from any working directory)
         from hydra.core.hydra_config import HydraConfig
 
@@ -335,9 +319,9 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
         built = build_task({**args, "data_path": str(sample)}, tokenizer=tokenizer)
         assert built.held_out_words and built.prompt_template in (RTP_PAPER, TET_PAPER)
     else:
-        assert list(iv.random_seeds) == list(range(10)) and iv.k == 8 and iv.k_frac is None
         assert task.n_continuations == 25 and cfg.device == "cuda"
-    ll = _compose(f"experiment={experiment}", "ranking=logit_lens_mean")
+        assert dict(task.scorer_kwargs) == {"device": "cuda", "batch_size": 128}
+    ll = _compose(f"experiment={experiment}", f"data={data}", "ranking=logit_lens_mean")
     assert ll.ranking.method == "logit_lens_mean" and ll.task.scorer == scorer
 
 
@@ -348,7 +332,10 @@ def test_toxicity_experiment_files_compose(experiment, model, source, scorer, k_
 def test_paper_tab2_toxicity_offline_runs_end_to_end(tmp_path):
     from test_pipeline import run_job
 
-    r = run_job(tmp_path / "run", tmp_path / "cache", experiment="paper_tab2_toxicity_offline")
+    r = run_job(
+        tmp_path / "run", tmp_path / "cache", "data=offline", "intervention.random_seeds=[0,1]", "plots=false",
+        experiment="paper_tab2_toxicity",
+    )  # fmt: skip
     assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
     for section in ("baseline", "edited"):
         assert r[section]["scorer"] == "profanity_check" and "alt-profanity-check" in r[section]["scorer_version"]

@@ -321,39 +321,45 @@ def _compose(*overrides: str):
 PAPER_SEEDS = list(range(10))
 
 
+PAPER_K_FRACS = "0.0078125,0.015625,0.03125"  # 8, 16, 32 of 1024 heads
+
+
 @pytest.mark.parametrize(
-    "experiment, model, ranking, positions, sweep",
+    "command, model, ranking, positions, sweep",
     [
         (
-            "paper_qa_embedded",
+            ("protocol=paper",),
             "smollm2",
             "concept_restricted",
             "prompt_mean",
-            {"ranking": "paper,logit_lens_mean", "intervention.k_frac": "0.01,0.02,0.04"},
+            {"ranking": "paper,logit_lens_mean", "intervention.k_frac": PAPER_K_FRACS},
         ),
-        ("ours_qa_embedded", "smollm2", "concept_share", "answer_concept", {"intervention.k_frac": "0.01,0.02,0.04"}),
+        (("protocol=paper_controls",), "smollm2", "concept_share", "answer_concept", {"intervention.k_frac": PAPER_K_FRACS}),
         (
-            "paper_qa_mistral",
+            ("experiment=paper_fig2_qa",),
             "mistralai/Mistral-7B-Instruct-v0.2",
             "concept_restricted",
             "prompt_mean",
-            {"ranking": "paper,logit_lens_mean", "intervention.k": "8,16,32"},
+            {"ranking": "paper,logit_lens_mean", "intervention.k_frac": PAPER_K_FRACS},
         ),
     ],
-)
-def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
+)  # fmt: skip
+def test_protocols_compose(command, model, ranking, positions, sweep):
+    """protocol=paper (the paper's ranking, prompts, positions, k and controls), protocol=paper_controls
+    (the paper's k and controls around our ranking) on the default task and data, and a paper
+    experiment that chooses protocol=paper."""
     from omegaconf import OmegaConf
 
-    cfg = _compose(f"experiment={experiment}")
+    cfg = _compose(*command)
     assert cfg.model.name_or_path == model
     assert cfg.ranking.method == ranking and cfg.task.name == "qa_countries"
     assert cfg.task.positions == positions
     iv = cfg.intervention
     assert iv.random_pool == "layer_counts" and list(iv.random_seeds) == PAPER_SEEDS and iv.alpha == -1.0
-    assert iv.heads == "ranked" and iv.random_controls
+    assert iv.heads == "ranked" and iv.random_controls and iv.k_frac == 0.0078125
     assert OmegaConf.to_container(cfg.hydra.sweeper.params) == sweep
-    if experiment.startswith("paper_"):
-        assert cfg.hydra.runtime.choices.ranking == "paper"
+    if ranking == "concept_restricted":
+        assert cfg.hydra.runtime.choices.ranking == "paper" and cfg.task.prompt_preset == "paper"
         assert (
             cfg.ranking.somp_steps,
             cfg.ranking.center,
@@ -366,14 +372,38 @@ def test_experiment_files_compose(experiment, model, ranking, positions, sweep):
             False,
         )
         assert list(cfg.task.rank_groups) == ["concept", "control"]
-    if experiment == "paper_qa_mistral":
-        assert cfg.task.source == "hub" and iv.k == 8 and iv.k_frac is None
     else:
-        assert iv.k_frac == 0.01
-    # Each job of the sweep composes: the command line's ranking choice replaces the file's.
+        assert cfg.task.prompt_preset == "ours" and cfg.task.rank_groups is None
+    if model == "smollm2":  # the default task and data: the shipped questions, as `make run`
+        assert (cfg.task.source, cfg.task.n_rank, cfg.task.n_eval) == ("fixture", 40, 40)
+    # Each job of the sweep composes: the command line's ranking choice replaces the protocol's.
     if "ranking" in sweep:
-        ll = _compose(f"experiment={experiment}", "ranking=logit_lens_mean")
+        ll = _compose(*command, "ranking=logit_lens_mean")
         assert ll.ranking.method == "logit_lens_mean" and ll.task.positions == positions
+
+
+def test_the_default_protocol_is_ours_and_adds_nothing():
+    """protocol=ours (the default) and data=task (the default) leave every group's own values:
+    `make run` composes exactly what it composed before the protocol and data groups existed."""
+    from omegaconf import OmegaConf
+
+    default, ours = _compose(), _compose("protocol=ours", "data=task")
+    assert default.hydra.runtime.choices.protocol == "ours" and default.hydra.runtime.choices.data == "task"
+
+    def plain(cfg):
+        return {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+
+    assert plain(default) == plain(ours)
+    groups = {"model", "task", "ranking", "intervention", "logger"}
+    assert set(plain(default)) - groups - {"rank_task"} == {
+        k for k in OmegaConf.load(REPO / "conf" / "config.yaml") if k not in ("defaults", "hydra")
+    } - {"rank_task"}  # no node from the choice-only groups (protocol, data, offline_model, hub_model)
+    assert (default.task.source, default.task.positions, default.task.prompt_preset) == (
+        "fixture",
+        "answer_concept",
+        "ours",
+    )
+    assert (default.intervention.k, default.intervention.k_frac, default.intervention.random_pool) == (6, None, "all")
 
 
 # ------------------------------------------------------------------------------------------
@@ -424,28 +454,28 @@ def test_pipeline_records_layer_counts_quartiles_and_normalized(tmp_path, tmp_pa
 
 
 @pytest.mark.slow
-def test_paper_experiment_runs_end_to_end(tmp_path, tmp_path_factory):
-    """`python -m headpursuit experiment=paper_qa_embedded` (one run, ranking=paper) with small
-    sample counts: prompt_mean activations, both groups' ranking questions, the paper's SOMP scoring,
-    layer_counts controls, normalised metrics."""
+def test_paper_protocol_runs_end_to_end(tmp_path, tmp_path_factory):
+    """`python -m headpursuit experiment=smoke protocol=paper` (one run: ranking=paper, k = 8/1024
+    of the heads) on the default task and data with small sample counts: prompt_mean activations,
+    both groups' ranking questions, the paper's SOMP scoring, layer_counts controls, normalised
+    metrics."""
     from test_pipeline import run_job, shared_cache
 
     r = run_job(
         tmp_path / "run",
         shared_cache(tmp_path_factory),
+        "protocol=paper",
         "task.n_rank=4",
         "task.n_eval=3",
         "task.max_new_tokens=8",
-        "intervention.random_seeds=[0,1]",
-        "plots=false",
-        experiment="paper_qa_embedded",
+        experiment="smoke",  # 2 random sets, no plots
     )
     assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
     assert r["config"]["task"]["positions"] == "prompt_mean"
     assert r["config"]["task"]["rank_groups"] == ["concept", "control"]
     assert r["config"]["ranking"]["k"] == 50 and r["config"]["ranking"]["center"] is True
-    assert r["k"] == 3 and r["k_frac"] == 0.01  # 1% of 270 heads
-    assert r["run"]["choices"]["ranking"] == "paper"
+    assert r["k"] == 2 and r["k_frac"] == 8 / 1024  # round(270 * 8 / 1024)
+    assert r["run"]["choices"]["ranking"] == "paper" and r["run"]["choices"]["protocol"] == "paper"
     assert r["random"]["pool"] == "layer_counts" and r["random"]["n_seeds"] == 2
     edited = Counter(h["layer"] for h in r["heads"])
     assert all(Counter(a for a, _ in d["heads"]) == edited for d in r["random"]["per_seed"])
