@@ -70,7 +70,7 @@ def _task_cfg(data_path: Path, **over) -> dict:
 def _stages(cache: RunCache, lm, task_cfg: dict) -> dict:
     """The cached stages of a run, as app/run.py keys them: {samples, acts, scores, evaluation, hits}."""
     task = build_task(task_cfg, lm)
-    model_id = model_identity({"name_or_path": "tiny_llama"}, lm)
+    model_id = model_identity({"name_or_path": "tiny_llama", "revision": None, "kwargs": None}, lm)
     samples = ranking_samples_cached(
         cache, task, lm, {"model": model_id, "task": task_identity(task_cfg, "ranking", task.data_identity())}
     )

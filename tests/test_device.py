@@ -160,6 +160,6 @@ def test_deterministic_config_key_is_validated():
         "intervention": {"alpha": -1.0, "k": 2, "random_seeds": [0, 1]},
         "deterministic": "sometimes",
     }
-    with pytest.raises(ConfigError, match="deterministic: .*could not be converted to Boolean"):
+    with pytest.raises(ConfigError, match="deterministic: .*'sometimes' is not a valid bool"):
         validate_config(cfg)
     assert validate_config({**cfg, "deterministic": True}).deterministic is True

@@ -124,11 +124,12 @@ def test_data_offline_keeps_the_protocol_and_swaps_model_and_data(name):
 def test_the_paper_protocol_sweeps_the_papers_k_as_a_share_of_the_heads():
     """k = 8 / 16 / 32 of the paper's 1024 heads; on SmolLM2's 270, round(k_frac * 270) = 2 / 4 / 8."""
     from headpursuit.app.config import resolve_k
+    from headpursuit.app.schema import InterventionConfig
 
     cfg = _compose("experiment=paper_fig2_qa")
     fracs = [float(f) for f in cfg.hydra.sweeper.params["intervention.k_frac"].split(",")]
     for n_heads, ks in ((1024, [8, 16, 32]), (270, [2, 4, 8])):
-        assert [resolve_k({"k_frac": f}, n_heads) for f in fracs] == ks
+        assert [resolve_k(InterventionConfig(k_frac=f), n_heads) for f in fracs] == ks
         assert [max(1, round(k / 1024 * n_heads)) for k in (8, 16, 32)] == ks
 
 
@@ -150,12 +151,12 @@ def test_every_job_of_every_experiment_is_a_valid_config(name):
     built: set[str] = set()
     for job in _covering_jobs(_sweep_axes(_compose(run, "data=offline"))):
         cfg = _resolved(run, "data=offline", *job)
-        validate_config(cfg)
+        conf = validate_config(cfg)  # the typed config: what the checks read
         for node in ("task", "rank_task"):
-            task_cfg = cfg.get(node)
-            if task_cfg is None or json.dumps(task_cfg, sort_keys=True) in built:
+            task_cfg = getattr(conf, node)
+            if task_cfg is None or json.dumps(cfg[node], sort_keys=True) in built:
                 continue
-            built.add(json.dumps(task_cfg, sort_keys=True))
+            built.add(json.dumps(cfg[node], sort_keys=True))
             for file_key in ("data_path", "rank_data_path"):
                 check_data_file(task_cfg, key=file_key, node=node)
             check_concept(task_cfg, tokenizer, node=node)

@@ -33,9 +33,9 @@ __all__ = ["CACHE_VERSION", "RunCache", "stable_hash", "code_fingerprint", "mode
 def model_identity(model_cfg: Mapping[str, Any], lm: LoadedModel) -> dict:
     """What determines a loaded model's outputs (for cache keys)."""
     return {
-        "name_or_path": model_cfg.get("name_or_path"),
-        "revision": model_cfg.get("revision"),
-        "kwargs": model_cfg.get("kwargs") or {},
+        "name_or_path": model_cfg["name_or_path"],
+        "revision": model_cfg["revision"],
+        "kwargs": model_cfg["kwargs"] or {},
         "source": lm.provenance.get("source"),
         "seed": lm.provenance.get("seed"),
         "dtype": str(lm.dtype),

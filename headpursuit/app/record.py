@@ -301,12 +301,12 @@ def batch_size_provenance(lm: LoadedModel, task: Task, config: Mapping[str, Any]
         edit_rows = "auto" if task_size == "auto" else n_batched_edits * int(task_size)
     out: dict[str, Any] = {
         "task": task_size,
-        "capture": config.get("capture_batch_size"),
+        "capture": config["capture_batch_size"],
         "batched_edits": n_batched_edits,
         "edit_rows": edit_rows,
         "auto_chosen": [dataclasses.asdict(c) for c in chosen_batch_sizes(lm)],
     }
-    if "auto" in (task_size, config.get("capture_batch_size")) and lm.device.type != "cuda":
+    if "auto" in (task_size, config["capture_batch_size"]) and lm.device.type != "cuda":
         out["auto_cpu_defaults"] = dict(CPU_BATCH_SIZES)
     return out
 

@@ -33,6 +33,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from headpursuit.app.result_neutral import LAUNCHER_GROUP, RESULT_NEUTRAL_KEYS
+from headpursuit.app.tracker import LoggerConfig
 from headpursuit.ranking import RankingConfig
 from headpursuit.tasks import CaptioningConfig, ClassificationConfig, QAConfig, TaskConfig, ToxicityConfig
 from headpursuit.tasks.loaders import fixture_path
@@ -122,28 +123,6 @@ class InterventionConfig:
     #: ``-m intervention.alpha=-1,5 intervention.batch_alphas=[-1,5]``. [] : only this job's alpha.
     #: Needs batched_edits and a greedy task
     batch_alphas: list[float] = field(default_factory=list)
-
-
-@dataclass(kw_only=True)
-class LoggerConfig:
-    """The experiment tracker (``logger/``): none, or Weights & Biases."""
-
-    #: none (results.json / head_scores.csv only) | wandb
-    backend: str = "none"
-    #: online | offline (sync later: ``wandb sync <run dir>/wandb/offline-run-*``) | disabled
-    mode: str = "disabled"
-    project: str = "headpursuit"
-    entity: str | None = None
-    #: null: the sweep (experiment name + sweep dir name); single runs: none
-    group: str | None = None
-    job_type: str = "steer"
-    tags: list[str] = field(default_factory=list)
-    #: log the head-score table
-    log_table: bool = True
-    #: log the heat map
-    log_plots: bool = True
-    #: seconds W&B may take to start
-    init_timeout: float = 90
 
 
 @dataclass(kw_only=True)

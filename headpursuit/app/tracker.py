@@ -19,12 +19,13 @@ import math
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RESULT_SECTIONS", "Tracker", "flatten_metrics"]
+__all__ = ["RESULT_SECTIONS", "LoggerConfig", "Tracker", "flatten_metrics"]
 
 
 # `normalized` holds the same metrics over the unedited model's (edited/baseline, per-seed random).
@@ -50,13 +51,35 @@ def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: s
     return out
 
 
+@dataclass(kw_only=True)
+class LoggerConfig:
+    """The experiment tracker (``logger/``): none, or Weights & Biases."""
+
+    #: none (results.json / head_scores.csv only) | wandb
+    backend: str = "none"
+    #: online | offline (sync later: ``wandb sync <run dir>/wandb/offline-run-*``) | disabled
+    mode: str = "disabled"
+    project: str = "headpursuit"
+    entity: str | None = None
+    #: null: the sweep (experiment name + sweep dir name); single runs: none
+    group: str | None = None
+    job_type: str = "steer"
+    tags: list[str] = field(default_factory=list)
+    #: log the head-score table
+    log_table: bool = True
+    #: log the heat map
+    log_plots: bool = True
+    #: seconds W&B may take to start
+    init_timeout: float = 90
+
+
 class Tracker:
     """A W&B run per job, or nothing. Every method swallows its own errors (and says so)."""
 
-    def __init__(self, logger_cfg: Mapping[str, Any] | None, run_dir: str | os.PathLike):
-        cfg = dict(logger_cfg or {})
-        self.backend = cfg.get("backend", "none")
-        self.mode = cfg.get("mode", "offline")
+    def __init__(self, logger_cfg: LoggerConfig | Mapping[str, Any] | None, run_dir: str | os.PathLike):
+        # A mapping (results.json's resolved `logger`) reads into the schema: an unknown key fails here.
+        cfg = logger_cfg if isinstance(logger_cfg, LoggerConfig) else LoggerConfig(**dict(logger_cfg or {}))
+        self.backend, self.mode = cfg.backend, cfg.mode
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.run: Any = None
@@ -87,16 +110,16 @@ class Tracker:
         try:
             import wandb
 
-            settings = wandb.Settings(silent=True, console="off", init_timeout=float(self.cfg.get("init_timeout", 90)))
+            settings = wandb.Settings(silent=True, console="off", init_timeout=float(self.cfg.init_timeout))
             self.run = wandb.init(
-                project=self.cfg.get("project") or "headpursuit",
-                entity=self.cfg.get("entity"),
+                project=self.cfg.project or "headpursuit",
+                entity=self.cfg.entity,
                 config=dict(config),
                 group=group,
                 name=name,
-                job_type=job_type or self.cfg.get("job_type"),
-                tags=list(self.cfg.get("tags") or []) or None,
-                mode=self.mode,
+                job_type=job_type or self.cfg.job_type,
+                tags=list(self.cfg.tags) or None,
+                mode=self.mode,  # type: ignore[arg-type]  # the schema's str; wandb names its values
                 dir=str(self.run_dir),
                 settings=settings,
             )
@@ -137,7 +160,7 @@ class Tracker:
             self._fail("log_summary", exc)
 
     def log_table(self, name: str, df) -> None:
-        if not self.active or not self.cfg.get("log_table", True):
+        if not self.active or not self.cfg.log_table:
             return
         try:
             import wandb
@@ -151,7 +174,7 @@ class Tracker:
             self._fail("log_table", exc)
 
     def log_image(self, name: str, path: str | os.PathLike) -> None:
-        if not self.active or not self.cfg.get("log_plots", True) or not Path(path).exists():
+        if not self.active or not self.cfg.log_plots or not Path(path).exists():
             return
         try:
             import wandb

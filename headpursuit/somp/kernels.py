@@ -5,6 +5,7 @@ update + selection score) run tile by tile on worker threads."""
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -85,7 +86,7 @@ class Tiler:
         self.dtype, self.device = dtype, device
         self.ones = torch.ones(1, 1, n, dtype=dtype, device=device)
         self._bufs: dict[int, torch.Tensor] = {}
-        self._pool = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def close(self):
         if self._pool is not None:
@@ -133,8 +134,6 @@ class Tiler:
             self._run_tiles(0, tiles, C, a, b, score)
             return
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="somp-tiles")
         per = -(-len(tiles) // workers)
         prev = torch.get_num_threads()
