@@ -1,7 +1,7 @@
 """Load time of the embedded model (first = dequantise GGUF, second = cached) and extraction
 throughput for 50 short prompts, with and without capture hooks, measured side by side.
 
-    .venv/bin/python experiments/bench_capture.py [--model smollm2] [--fresh-cache]
+    .venv/bin/python experiments/bench_capture.py [--model smollm2] [--repeats 3] [--prompts 50]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batch-size", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prompts", type=int, default=len(QUESTIONS), help="how many of the 50 prompts to extract")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -53,7 +54,7 @@ def main() -> None:
     )
 
     lm = load_model(args.model)
-    prompts = [lm.format_prompt(q) for q in QUESTIONS]
+    prompts = [lm.format_prompt(q) for q in QUESTIONS[: args.prompts]]
 
     def plain():
         with torch.inference_mode():

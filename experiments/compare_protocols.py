@@ -49,6 +49,7 @@ DOC = ROOT / "docs" / "results.md"
 START, END = "<!-- protocols:start -->", "<!-- protocols:end -->"
 MODELS = {"smollm2": 270, "gemma3_270m": 72}
 N_EVAL = 100
+N_RANK: int | None = None  # ranking questions per group; None: the experiment files' own
 FRACS = "0.01,0.02,0.04"
 GROUPS = ("concept", "control")
 
@@ -57,14 +58,15 @@ GROUPS = ("concept", "control")
 FROM_COMMIT = ""
 
 
-def set_n_eval(n: int) -> None:
-    global N_EVAL
-    N_EVAL = n
+def set_n_eval(n: int, n_rank: int | None = None) -> None:
+    global N_EVAL, N_RANK
+    N_EVAL, N_RANK = n, n_rank
 
 
 def sweeps(model: str) -> dict[str, list[str]]:
     """name -> Hydra overrides of one multirun (k_frac replaces the protocols' own k axis)."""
     common = [f"model={model}", f"task.n_eval={N_EVAL}", f"intervention.k_frac={FRACS}", "task.batch_size=64"]
+    common += [f"task.n_rank={N_RANK}"] if N_RANK is not None else []
     paper = ["protocol=paper", "task.prompt_preset=ours"]  # our prompt, as docs/results.md's runs
     return {
         "paper": [*paper, "ranking=paper", *common],
@@ -274,7 +276,9 @@ def section(seconds: dict[str, float]) -> str:
         START,
         "## The paper's protocol vs ours (issue 12)",
         "",
-        f"Made by `python experiments/compare_protocols.py --n-eval {N_EVAL}`{FROM_COMMIT} on "
+        f"Made by `python experiments/compare_protocols.py --n-eval {N_EVAL}"
+        + (f" --n-rank {N_RANK}" if N_RANK is not None else "")
+        + f"`{FROM_COMMIT} on "
         f"{time.strftime('%Y-%m-%d')} "
         f"({platform.machine()}, CPU only). Sweeps: `protocol=paper task.prompt_preset=ours` (ranking=paper and "
         "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
@@ -325,16 +329,40 @@ def write_section(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global FROM_COMMIT, OUT, DOC
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=list(MODELS), help="run one model's sweeps")
     ap.add_argument("--sweep", choices=list(sweeps("smollm2")), action="append", help="run only these sweeps")
     ap.add_argument("--aggregate-only", action="store_true", help="rebuild the section from outputs/protocols")
     ap.add_argument("--n-eval", type=int, default=N_EVAL, help=f"evaluation questions per group (default {N_EVAL})")
+    ap.add_argument("--n-rank", type=int, default=None, help="ranking questions per group (default: the experiments')")
     ap.add_argument("--from-commit", default="", help="the commit the runs were made from (said in the page)")
+    ap.add_argument("--out", type=Path, default=DOC, help="the page whose protocols section is (re)written")
+    ap.add_argument("--sweeps", type=Path, default=OUT, help="where the sweep dirs go")
+    ap.add_argument("--cache-dir", default=None, help="the pipeline's cache_dir (default: its own, outputs/cache)")
+    ap.add_argument(
+        "--print-plan",
+        action="store_true",
+        help="print the sweeps as JSON (name, Hydra overrides of its multirun, its dir under --sweeps, the flags "
+        "that run it alone) and exit",
+    )
     args = ap.parse_args(argv)
-    set_n_eval(args.n_eval)
-    global FROM_COMMIT
+    set_n_eval(args.n_eval, args.n_rank)
     FROM_COMMIT = f" (run from commit {args.from_commit})" if args.from_commit else ""
+    OUT, DOC = args.sweeps.resolve(), args.out.resolve()
+    if args.print_plan:
+        plan = [
+            {
+                "name": f"{model}/{name}",
+                "overrides": overrides,
+                "dir": f"{model}/{name}",
+                "select": ["--only", model, "--sweep", name],
+            }
+            for model in MODELS
+            for name, overrides in sweeps(model).items()
+        ]
+        print(json.dumps(plan, indent=1))
+        return 0
     timing_file = OUT / "wall_seconds.json"
     seconds = json.loads(timing_file.read_text()) if timing_file.exists() else {}
     if not args.aggregate_only:
@@ -344,15 +372,17 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 out = OUT / model / name
                 out.mkdir(parents=True, exist_ok=True)
-                seconds[f"{model}/{name}"] = run_sweep(out, overrides, out / "sweep.log")
+                seconds[f"{model}/{name}"] = run_sweep(out, overrides, out / "sweep.log", args.cache_dir)
                 if name == "paper" and (fracs := undrawable_k_fracs(out)):
                     fb = OUT / model / "paper_uniform"
                     fb.mkdir(parents=True, exist_ok=True)
-                    seconds[f"{model}/paper_uniform"] = run_sweep(fb, uniform_fallback(model, fracs), fb / "sweep.log")
+                    seconds[f"{model}/paper_uniform"] = run_sweep(
+                        fb, uniform_fallback(model, fracs), fb / "sweep.log", args.cache_dir
+                    )
                 timing_file.write_text(json.dumps(seconds, indent=2))
                 write_section(section(seconds))
     write_section(section(seconds))
-    print(f"wrote {DOC.relative_to(ROOT)}")
+    print(f"wrote {DOC}")
     return 0
 
 

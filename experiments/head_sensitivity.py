@@ -101,17 +101,20 @@ def main() -> None:
     ap.add_argument("--control-weight", type=float, default=2.0, help=CONTROL_WEIGHT_HELP)
     ap.add_argument("--reuse", action="store_true", help="read head_effects.csv from --out instead of scanning")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--n-rank", type=int, default=TASK["n_rank"], help="ranking questions (concept_share, the scan)")
+    ap.add_argument("--n-eval", type=int, default=TASK["n_eval"], help="evaluation questions per group")
     args = ap.parse_args()
+    task_cfg = {**TASK, "n_rank": args.n_rank, "n_eval": args.n_eval}
     torch.set_num_threads(2)
     out = args.out or ROOT / "docs" / "sensitivity" / args.model
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
     lm = load_model(args.model)
-    task = build_task(TASK, lm)
+    task = build_task(task_cfg, lm)
     # Control items outside the evaluation split, in the task's seeded order.
     held_out = {it.question for it in task.items("eval", "control")}
-    spare = build_task({**TASK, "n_eval": None}, lm)
+    spare = build_task({**task_cfg, "n_eval": None}, lm)
     spare_ctrl = [it for it in spare.items("eval", "control") if it.question not in held_out]
     # The ranking answers serve twice: all of them for concept_share, the correct ones for the scan.
     rank_samples = task.ranking_samples(lm)

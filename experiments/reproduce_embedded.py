@@ -63,8 +63,20 @@ def ks_for(n_heads: int) -> list[int]:
     return sorted({max(1, math.ceil(f * n_heads - 1e-9)) for f in FRACS})
 
 
-def run_sweep(out: Path, overrides: list[str], log_path: Path) -> float:
-    cmd = [sys.executable, "-m", "headpursuit", "-m", *overrides, "logger=none", f"hydra.sweep.dir={out}", "plots=true"]
+def run_sweep(out: Path, overrides: list[str], log_path: Path, cache_dir: str | None = None) -> float:
+    """One multirun of the pipeline into `out` (cache_dir: the pipeline's cache, None = its default)."""
+    cache = [f"cache_dir={cache_dir}"] if cache_dir else []
+    cmd = [
+        sys.executable,
+        "-m",
+        "headpursuit",
+        "-m",
+        *overrides,
+        "logger=none",
+        f"hydra.sweep.dir={out}",
+        "plots=true",
+        *cache,
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
@@ -470,12 +482,17 @@ def main() -> int:
         default="",
         help="comma-separated sweep names to (re)run; the others are read from disk (e.g. --only smollm2_single_word)",
     )
+    ap.add_argument("--cache-dir", default=None, help="the pipeline's cache_dir (default: its own, outputs/cache)")
+    ap.add_argument(
+        "--print-plan",
+        action="store_true",
+        help="print the sweeps as JSON (name, Hydra overrides of its multirun, its dir under --sweeps, the flags "
+        "that run it alone) and exit",
+    )
     args = ap.parse_args()
 
     docs = Path(args.out).resolve().parent
-    docs.mkdir(parents=True, exist_ok=True)
     sweeps = Path(args.sweeps)
-    (ROOT / sweeps).mkdir(parents=True, exist_ok=True)
     seeds = "[" + ",".join(str(s) for s in range(args.seeds)) + "]"
     timings: dict[str, float] = {}
     plan = []
@@ -573,15 +590,25 @@ def main() -> int:
                     "intervention.alpha=-1,0",
                     f"intervention.random_seeds={seeds}",
                 ]
-                + (["task.n_eval=4", "task.n_rank=6"] if args.quick else ["task.n_eval=16", "task.n_continuations=2"]),
+                + (
+                    [f"task.n_eval={args.n_eval or 4}", f"task.n_rank={args.n_rank or 6}"]
+                    if args.quick
+                    else ["task.n_eval=16", "task.n_continuations=2"]
+                ),
             ),
         )
 
+    if args.print_plan:
+        plan_json = [{"name": name, "overrides": o, "dir": name, "select": ["--only", name]} for name, o in plan]
+        print(json.dumps(plan_json, indent=1))
+        return 0
+    docs.mkdir(parents=True, exist_ok=True)
+    (ROOT / sweeps).mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     for name, overrides in plan:
         sweep = sweeps / name
         if not args.aggregate_only and (not args.only or name in args.only.split(",")):
-            timings[name] = run_sweep(ROOT / sweep, overrides, ROOT / sweeps / f"{name}.log")
+            timings[name] = run_sweep(ROOT / sweep, overrides, ROOT / sweeps / f"{name}.log", args.cache_dir)
             # Kept next to the sweeps so --aggregate-only can still say how long the run took.
             wall_file = ROOT / sweeps / "wall_seconds.json"
             old = json.loads(wall_file.read_text()) if args.only and wall_file.exists() else {}
