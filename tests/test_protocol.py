@@ -476,7 +476,7 @@ def test_paper_protocol_runs_end_to_end(tmp_path, tmp_path_factory):
     assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
     assert r["config"]["task"]["positions"] == "prompt_mean"
     assert r["config"]["task"]["rank_groups"] == ["concept", "control"]
-    assert r["config"]["ranking"]["k"] == 50 and r["config"]["ranking"]["center"] is True
+    assert r["config"]["ranking"]["somp_steps"] == 50 and r["config"]["ranking"]["center"] is True
     assert r["k"] == 2 and r["k_frac"] == 8 / 1024  # round(270 * 8 / 1024)
     assert r["run"]["choices"]["ranking"] == "paper" and r["run"]["choices"]["protocol"] == "paper"
     assert r["random"]["pool"] == "layer_counts" and r["random"]["n_seeds"] == 2
