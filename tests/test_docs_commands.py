@@ -28,8 +28,10 @@ How each command is checked (rules, data-driven; nothing here lists the document
   for real, in this process (a model loads once, not once per command), shortened: SHRINK's
   overrides (few questions, one random set, few new tokens), `logger=none`, `plots=false`, outputs
   under tmp and one cache for the whole module (rankings and evaluations are reused across cases).
-  The command must exit 0 and every job's results.json must say `status: complete`. A command
-  whose jobs all ran already (same resolved configs) is not run again.
+  A sweep runs its covering jobs only (every value of every axis at least once: max(n) jobs for
+  axes of n values, not their product), each as a one-job `-m` run. The command must exit 0 and
+  every job's results.json must say `status: complete`. A job that ran already in an earlier case
+  (same resolved config) is not run again. `--cfg job` composes and validates only (Hydra prints).
 * `python -m headpursuit.app.aggregate | .app.overlap DIR`: run in this process on the sweep that
   the closest preceding offline multirun of the same fenced block wrote; where there is none
   (inline spans, a block of GPU sweeps), on the first documented offline multirun it can read
@@ -318,9 +320,10 @@ class Composer:
                 )
         return self.memo[key]
 
-    def jobs(self, overrides: Sequence[str], multirun: bool) -> list[list[str]]:
-        """Each job's overrides, as Hydra's basic sweeper makes them: the experiment's
-        `hydra.sweeper.params` first, the command line's values replacing an axis of the same key."""
+    def axes(self, overrides: Sequence[str], multirun: bool) -> OrderedDict[str, list[str]]:
+        """The sweep's axes as Hydra's basic sweeper makes them: the experiment's
+        `hydra.sweeper.params` first, the command line's values replacing an axis of the same key
+        (each axis: its `key=value` overrides; a single run: one value per override)."""
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         parser = OverridesParser.create()
@@ -328,7 +331,7 @@ class Composer:
         if not multirun:
             sweeps = [o.input_line for o in parsed if o.is_sweep_override()]
             assert not sweeps, f"{sweeps}: comma-separated values need -m"
-            return [list(overrides)]
+            return OrderedDict((str(i), [o]) for i, o in enumerate(overrides))
         master = self([o.input_line for o in parsed if not o.is_sweep_override()])
         params = OmegaConf.select(master, "hydra.sweeper.params") or {}
         axes: OrderedDict[str, list[str]] = OrderedDict()
@@ -336,7 +339,24 @@ class Composer:
             key = o.get_key_element()
             values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             axes[key] = [f"{key}={v}" for v in values]
-        return [list(job) for job in itertools.product(*axes.values())]
+        return axes
+
+    def jobs(self, overrides: Sequence[str], multirun: bool) -> list[list[str]]:
+        """Each job's overrides, in the basic sweeper's order (the product of the axes)."""
+        return [list(job) for job in itertools.product(*self.axes(overrides, multirun).values())]
+
+
+def covering_jobs(axes: OrderedDict[str, list[str]]) -> list[int]:
+    """Indices (in the product's order) of the fewest jobs that hold every value of every axis:
+    job j takes value j mod n of each axis of n values, so max(n) jobs, not prod(n)."""
+    sizes = [len(v) for v in axes.values()]
+    picked = []
+    for j in range(max(sizes, default=1)):
+        index = 0
+        for n in sizes:
+            index = index * n + j % n
+        picked.append(index)
+    return picked
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -517,7 +537,7 @@ class Docs:
         self.composer = Composer(self.cache)
         self.outcomes: dict[tuple[str, ...], Outcome] = {}
         self.scripts: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
-        self.ran_jobs: set[str] = set()
+        self.ran_jobs: dict[str, Path] = {}  # resolved job config -> the dir its complete run left
         self.counter = itertools.count()
 
     def tmp(self, name: str) -> Path:
@@ -533,6 +553,10 @@ class Docs:
         args = list(argv[3:])
         multirun = bool({"-m", "--multirun"} & set(args))
         args = [a for a in args if a not in ("-m", "--multirun")]
+        if "--cfg" in args:  # Hydra prints the composed config and runs nothing: compose it here
+            at = args.index("--cfg")
+            assert args[at + 1 : at + 2] in (["job"], ["hydra"], ["all"]), f"{cmd.id}: --cfg job|hydra|all"
+            del args[at : at + 2]
         assert not [a for a in args if a.startswith("-")], f"{cmd.id}: a flag this test has no rule for: {args}"
         out, templates = [], []
         for a in args:
@@ -570,6 +594,8 @@ class Docs:
                 validated_jobs(self.composer, filled, multirun)
             return self.remember(argv, Outcome(0, self.root, note=f"template over {templates}: composed only"))
         cfgs = validated_jobs(self.composer, overrides, multirun)
+        if "--cfg" in argv:
+            return self.remember(argv, Outcome(0, self.root, note="--cfg: composed and validated, nothing runs"))
         if quoted := QUOTED_JOBS.findall(cmd.comment):
             assert int(quoted[-1]) == len(cfgs), (
                 f"{cmd.id}: the comment says {quoted[-1]} jobs, it composes {len(cfgs)}"
@@ -582,18 +608,31 @@ class Docs:
     def run_offline(
         self, overrides: Sequence[str], multirun: bool, cfgs: Sequence[DictConfig], out: Path, *, reuse: bool = True
     ) -> Outcome:
-        """The command's jobs, shortened, into `out` (reuse: not at all when each of them ran already)."""
+        """The command's jobs, shortened, into `out`. A sweep runs its covering jobs (every value of
+        every axis at least once; `covering_jobs`), each as a one-job multirun (`-m` with one value
+        per axis) into `out/<its job number>`; a job that an earlier case ran with the same resolved
+        config is copied from there, not run again (reuse=False: run anyway)."""
         shrink = shrink_overrides(cfgs)
-        jobs = self.composer.jobs(overrides, multirun)
-        keys = [json.dumps(resolved(self.composer([*job, *shrink])), sort_keys=True) for job in jobs]
-        if reuse and all(k in self.ran_jobs for k in keys):
-            return Outcome(0, out, note="every job ran in an earlier case")
-        where = f"hydra.sweep.dir={out}" if multirun else f"hydra.run.dir={out}"
-        rc = run_app([*(["-m"] if multirun else []), *overrides, *shrink, *QUIET, f"cache_dir={self.cache}", where])
-        outcome = Outcome(rc, out, job_results(out, multirun, len(cfgs)), note=" ".join(shrink))
-        if rc == 0 and all(r.get("status") == "complete" for r in outcome.results):
-            self.ran_jobs.update(keys)
-        return outcome
+        axes = self.composer.axes(overrides, multirun)
+        jobs = [list(job) for job in itertools.product(*axes.values())]
+        picked = covering_jobs(axes) if multirun else [0]
+        rc, results, notes = 0, [], []
+        for i in picked:
+            key = json.dumps(resolved(self.composer([*jobs[i], *shrink])), sort_keys=True)
+            where = out / str(i) if multirun else out
+            job_dir = where / "0" if multirun else where  # where the job's results.json lands
+            if reuse and key in self.ran_jobs:
+                shutil.copytree(self.ran_jobs[key], job_dir, dirs_exist_ok=True)
+                notes.append(f"job {i} copied from an earlier case")
+            else:
+                target = ["-m", f"hydra.sweep.dir={where}"] if multirun else [f"hydra.run.dir={where}"]
+                rc = rc or run_app([*target, *jobs[i], *shrink, *QUIET, f"cache_dir={self.cache}"])
+            found = job_results(job_dir, False, 1)
+            results += found
+            if found[0].get("status") == "complete":
+                self.ran_jobs[key] = job_dir
+        ran = f"jobs {picked} of {len(jobs)}" if multirun else "the run"
+        return Outcome(rc, out, results, note=" ".join([ran, *shrink, *notes]))
 
     def remember(self, argv: Sequence[str], outcome: Outcome) -> Outcome:
         self.outcomes[tuple(argv)] = outcome
@@ -764,6 +803,18 @@ def test_sweep_expansion_follows_hydras_basic_sweeper(tmp_path):
     ]
     assert len(composer.jobs(["intervention.k=1,3", "intervention.alpha=-1,0,2"], multirun=True)) == 6
     assert composer.jobs(["intervention.k=3"], multirun=False) == [["intervention.k=3"]]
+
+
+def test_covering_jobs_hold_every_value_of_every_axis(tmp_path):
+    """A 4 x 3 x 1 sweep runs 4 of its 12 jobs, and those 4 hold every value of every axis."""
+    composer = Composer(tmp_path)
+    overrides = ["intervention.k=1,3,6,10", "intervention.alpha=-1,0,2", "task.n_eval=5"]
+    axes, jobs = composer.axes(overrides, True), composer.jobs(overrides, True)
+    picked = covering_jobs(axes)
+    assert len(jobs) == 12 and len(picked) == 4 == len(set(picked))
+    for values in axes.values():
+        assert {v for i in picked for v in jobs[i] if v in values} == set(values)
+    assert covering_jobs(composer.axes(["intervention.k=3"], False)) == [0]
 
 
 def test_hub_rule_and_shrink_rule(tmp_path):
