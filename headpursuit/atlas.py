@@ -15,10 +15,11 @@ instead of running SOMP again (:func:`token_set_scores`). An atlas of C concepts
 per concept costs one SOMP per head, whatever C and D.
 
 **Random token sets** (the control). Per concept, ``n_draws`` sets of the concept's size are drawn
-without replacement from a pool of the vocabulary (:func:`control_pool`: ``words``, tokens that
-read as a word, or ``vocab``, every id), never holding one of the concept's own tokens, each seeded
-by (seed, concept name, draw) alone (:func:`random_token_sets`). A head is *beyond the control* for
-a concept when its concept score is > 0 and larger than the score of every draw for that head.
+without replacement from the vocabulary (:func:`control_pool`): ``matched``, as many tokens of
+each form (a leading space then letters, capitalised, lower-case, other) as the concept has, or
+``vocab``, uniformly; never one of the concept's own tokens; each set seeded by (seed, concept
+name, draw) alone (:func:`random_token_sets`). A head is *beyond the control* for a concept when
+its concept score is > 0 and larger than the score of every draw for that head.
 
 **Specialisation index** of a head: its largest concept score over the score of the union of the
 concepts' tokens, ``max_c S_c / S_union``; for disjoint concepts that is the largest concept score
@@ -55,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTROL_POOLS",
+    "TOKEN_FORMS",
+    "ControlPool",
+    "token_form",
     "SharedPursuit",
     "shared_pursuit",
     "token_masks",
@@ -72,8 +76,10 @@ __all__ = [
 Head = tuple[int, int]
 
 #: where the random token sets are drawn from (`control_pool`)
-CONTROL_POOLS = ("words", "vocab")
-#: a `words` pool token: at least this many letters once one leading space is removed
+CONTROL_POOLS = ("matched", "vocab")
+#: the forms of a token the `matched` pool keeps a concept's counts of (`token_form`)
+TOKEN_FORMS = ("space", "capital", "lower", "other")
+#: a token of a letter form has at least this many letters (after one leading space)
 WORD_MIN_LETTERS = 3
 #: the logit lens computes heads in chunks of about this many logits (float32: 256 MB)
 LENS_CHUNK_ELEMENTS = 1 << 26
@@ -186,24 +192,48 @@ def token_set_scores(pursuit: SharedPursuit, masks: torch.Tensor) -> torch.Tenso
 # the random-token-set control
 
 
-def control_pool(tokenizer: Any, vocab: int, pool: str = "words") -> torch.Tensor:
-    """Sorted ids the random token sets are drawn from: ``vocab``, every id below ``vocab``;
-    ``words``, the ids whose token reads as a word, as concept tokens do: decoded on its own and
-    stripped of one leading space (or SentencePiece's ``▁``), at least `WORD_MIN_LETTERS` letters
-    and nothing else (``" red"``, ``"Italy"``; not ``"ing"`` pieces of two letters, digits,
-    punctuation or bytes). Without a tokenizer only ``vocab`` is possible."""
-    if pool not in CONTROL_POOLS:
-        raise ValueError(f"unknown control pool {pool!r}; choose one of {', '.join(CONTROL_POOLS)}")
-    if pool == "vocab":
-        return torch.arange(vocab)
+@dataclass(frozen=True)
+class ControlPool:
+    """What the random token sets are drawn from: ``forms`` (long (vocab,)) gives each id's form,
+    an index into ``names``; a draw takes, per form, as many ids as the concept has of it."""
+
+    kind: str
+    forms: torch.Tensor
+    names: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.forms.numel())
+
+
+def token_form(piece: str) -> int:
+    """The form of a decoded token, an index into `TOKEN_FORMS`: ``space`` (a leading space or
+    SentencePiece's ``▁``, then letters only), ``capital`` / ``lower`` (letters only, no leading
+    space, the first upper- / lower-case), each with at least `WORD_MIN_LETTERS` letters;
+    ``other`` for the rest (shorter pieces, digits, punctuation, bytes)."""
+    spaced = piece[:1] in (" ", "\u2581")
+    word = piece[1:] if spaced else piece
+    if len(word) < WORD_MIN_LETTERS or not word.isalpha():
+        return TOKEN_FORMS.index("other")
+    if spaced:
+        return TOKEN_FORMS.index("space")
+    return TOKEN_FORMS.index("capital" if word[0].isupper() else "lower")
+
+
+def control_pool(tokenizer: Any, vocab: int, kind: str = "matched") -> ControlPool:
+    """The pool of the random token sets. ``matched``: every id with its form (`token_form` of the
+    id decoded on its own), so that a random set has as many tokens of each form as the concept
+    (concept tokens are mostly words with a leading space or capitalised; a uniform draw would be
+    mostly sub-word pieces). ``vocab``: every id, one form (a uniform draw). Ids beyond the
+    tokenizer (padding rows of the unembedding) are ``other``."""
+    if kind not in CONTROL_POOLS:
+        raise ValueError(f"unknown control pool {kind!r}; choose one of {', '.join(CONTROL_POOLS)}")
+    if kind == "vocab":
+        return ControlPool(kind, torch.zeros(vocab, dtype=torch.long), ("any",))
     if tokenizer is None:
-        raise ValueError("control pool 'words' decodes tokens and needs a tokenizer; use pool='vocab'")
-    keep = []
-    for i, piece in enumerate(_decoded_vocabulary(tokenizer, vocab)):
-        word = piece[1:] if piece[:1] in (" ", "\u2581") else piece
-        if len(word) >= WORD_MIN_LETTERS and word.isalpha():
-            keep.append(i)
-    return torch.tensor(keep, dtype=torch.long)
+        raise ValueError("control pool 'matched' decodes tokens and needs a tokenizer; use kind='vocab'")
+    forms = torch.tensor([token_form(p) for p in _decoded_vocabulary(tokenizer, vocab)], dtype=torch.long)
+    return ControlPool(kind, forms, TOKEN_FORMS)
 
 
 def _decoded_vocabulary(tokenizer: Any, vocab: int) -> list[str]:
@@ -232,21 +262,28 @@ def _draw_seed(seed: int, concept: str, draw: int) -> int:
 
 
 def random_token_sets(
-    pool: torch.Tensor, exclude: torch.Tensor, size: int, n_draws: int, *, seed: int, concept: str
+    pool: ControlPool, concept_ids: torch.Tensor, n_draws: int, *, seed: int, concept: str
 ) -> list[torch.Tensor]:
-    """``n_draws`` sorted id sets of ``size`` tokens, each drawn without replacement from ``pool``
-    minus ``exclude`` (the concept's own tokens: a random set never holds one) with a generator
-    seeded by (seed, concept, draw)."""
-    candidates = pool[~torch.isin(pool, torch.as_tensor(exclude, dtype=torch.long))]
-    if size > candidates.numel():
-        raise ValueError(
-            f"concept {concept!r} has {size} tokens but the control pool holds only {candidates.numel()} other "
-            "tokens: use the 'vocab' pool or a smaller word list"
-        )
+    """``n_draws`` sorted id sets of the concept's size: per form of the pool, as many ids of that
+    form as the concept has, drawn without replacement from the ids of that form that are not the
+    concept's (a random set never holds a concept token), with a generator seeded by (seed,
+    concept, draw)."""
+    ids = torch.as_tensor(concept_ids, dtype=torch.long)
+    need = torch.bincount(pool.forms[ids], minlength=len(pool.names))
+    candidates = []
+    for f, name in enumerate(pool.names):
+        free = ((pool.forms == f) & ~torch.isin(torch.arange(pool.size), ids)).nonzero().flatten()
+        if int(need[f]) > free.numel():
+            raise ValueError(
+                f"concept {concept!r} has {int(need[f])} tokens of the form {name!r} but the control pool holds "
+                f"only {free.numel()} others: use the 'vocab' pool or a smaller word list"
+            )
+        candidates.append(free)
     out = []
     for d in range(int(n_draws)):
         g = torch.Generator().manual_seed(_draw_seed(seed, concept, d))
-        out.append(torch.sort(candidates[torch.randperm(candidates.numel(), generator=g)[:size]]).values)
+        parts = [c[torch.randperm(c.numel(), generator=g)[: int(n)]] for c, n in zip(candidates, need) if int(n)]
+        out.append(torch.sort(torch.cat(parts)).values)
     return out
 
 
@@ -368,7 +405,7 @@ def head_atlas(
     tokenizer: Any = None,
     n_draws: int = 20,
     seed: int = 0,
-    pool: str = "words",
+    pool: str = "matched",
     top_tokens: int = 5,
 ) -> HeadAtlas:
     """Every concept's score of every head from ``pursuit`` (no further SOMP), the random-token-set
@@ -391,14 +428,11 @@ def head_atlas(
     names = list(concepts)
     ids = {name: concept_token_ids(concepts[name], tokenizer, vocab)[0] for name in names}
     union_ids = torch.unique(torch.cat(list(ids.values())))
-    draws: dict[str, list[torch.Tensor]] = {}
-    pool_ids = control_pool(tokenizer, vocab, pool) if n_draws else torch.empty(0, dtype=torch.long)
-    for name in names:
-        draws[name] = (
-            random_token_sets(pool_ids, ids[name], int(ids[name].numel()), int(n_draws), seed=seed, concept=name)
-            if n_draws
-            else []
-        )
+    control = control_pool(tokenizer, vocab, pool) if n_draws else None
+    draws: dict[str, list[torch.Tensor]] = {
+        name: random_token_sets(control, ids[name], int(n_draws), seed=seed, concept=name) if control else []
+        for name in names
+    }
     sets = [ids[n] for n in names] + [union_ids] + [d for n in names for d in draws[n]]
     all_scores = token_set_scores(pursuit, token_masks(sets, vocab))
     C, H = len(names), all_scores.shape[1]
@@ -419,7 +453,7 @@ def head_atlas(
             "steps": pursuit.steps,
             "n_draws": int(n_draws),
             "pool": pool,
-            "pool_size": int(pool_ids.numel()),
+            "pool_size": control.size if control else 0,
             "seed": int(seed),
             "concept_sizes": {n: int(ids[n].numel()) for n in names},
             "somp_runs": len(pursuit.heads),

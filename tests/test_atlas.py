@@ -16,6 +16,7 @@ from devices import CPU_OVERRIDES
 
 from headpursuit import CaptureSample, capture_heads, load_concept, rank_heads
 from headpursuit.atlas import (
+    TOKEN_FORMS,
     SharedPursuit,
     control_pool,
     head_atlas,
@@ -24,6 +25,7 @@ from headpursuit.atlas import (
     random_token_sets,
     shared_pursuit,
     specialisation,
+    token_form,
     token_masks,
     token_set_scores,
     top_heads,
@@ -108,6 +110,28 @@ def test_scores_equal_rank_heads_concept_share_per_concept(tiny_llama, tiny_acts
     assert torch.allclose(torch.tensor(ref2.sort_values(["layer", "head"])["score"].to_numpy()), ours2, atol=1e-6)
 
 
+def test_one_somp_per_head_whatever_the_concepts(tiny_llama, tiny_acts, monkeypatch):
+    """An atlas of the 7 shipped concepts with 20 random sets each runs SOMP once, over every head
+    in one batched call: the concepts and the draws are masks over its atoms."""
+    import headpursuit.atlas as atlas_module
+    from headpursuit.concepts import available_concepts
+
+    calls = []
+
+    def counting(z, *args, **kwargs):
+        calls.append(z.shape[1] * z.shape[2])  # heads in this call
+        return real(z, *args, **kwargs)
+
+    real = atlas_module.somp_heads
+    monkeypatch.setattr(atlas_module, "somp_heads", counting)
+    pursuit = shared_pursuit(tiny_acts, tiny_llama, steps=3)
+    concepts = {n: load_concept(n, tiny_llama.tokenizer) for n in available_concepts()}
+    assert len(concepts) == 7
+    atlas = head_atlas(pursuit, concepts, tokenizer=tiny_llama.tokenizer, n_draws=20, seed=0, pool="vocab")
+    assert calls == [tiny_llama.layout.n_total_heads] and atlas.meta["somp_runs"] == tiny_llama.layout.n_total_heads
+    assert atlas.scores.shape == (7, tiny_llama.layout.n_total_heads)
+
+
 def test_token_set_scores_reference():
     """Scores against a loop over heads and steps written here (stopped steps, -1, count nothing)."""
     idx = torch.tensor([[5, 2, -1], [1, 5, 7], [3, 4, 0]])
@@ -153,39 +177,50 @@ def test_planted_colour_head_is_the_colour_specialist_beyond_every_random_set(pl
 # the random-token-set control
 
 
-def test_random_token_sets_are_seeded_and_avoid_the_concept(tiny_llama):
+def test_random_token_sets_are_seeded_matched_and_avoid_the_concept(tiny_llama):
     vocab = tiny_llama.unembedding().shape[0]
-    pool = control_pool(tiny_llama.tokenizer, vocab, "words")
+    pool = control_pool(tiny_llama.tokenizer, vocab, "matched")
     concept = load_concept("colors", tiny_llama.tokenizer).token_ids
-    a = random_token_sets(pool, concept, concept.numel(), 5, seed=0, concept="colors")
-    b = random_token_sets(pool, concept, concept.numel(), 5, seed=0, concept="colors")
-    c = random_token_sets(pool, concept, concept.numel(), 5, seed=1, concept="colors")
+    a = random_token_sets(pool, concept, 5, seed=0, concept="colors")
+    b = random_token_sets(pool, concept, 5, seed=0, concept="colors")
+    c = random_token_sets(pool, concept, 5, seed=1, concept="colors")
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, same draws
     assert not any(torch.equal(x, y) for x, y in zip(a, c))  # other seed, other draws
     assert len({tuple(x.tolist()) for x in a}) == 5  # the draws differ from each other
-    pool_set, concept_set = set(pool.tolist()), set(concept.tolist())
+    forms = lambda ids: torch.bincount(pool.forms[ids], minlength=len(TOKEN_FORMS)).tolist()
+    assert sum(forms(concept)[:3]) > 0.9 * concept.numel()  # colour tokens are mostly words
     for draw in a + c:
         assert draw.numel() == concept.numel() == len(set(draw.tolist()))
-        assert set(draw.tolist()) <= pool_set and not set(draw.tolist()) & concept_set
+        assert forms(draw) == forms(concept)  # as many tokens of each form as the concept
+        assert not set(draw.tolist()) & set(concept.tolist())
     # a concept's draws depend on (seed, its name, draw) only, not on the other concepts
-    d = random_token_sets(pool, concept, concept.numel(), 3, seed=0, concept="colors")
+    d = random_token_sets(pool, concept, 3, seed=0, concept="colors")
     assert all(torch.equal(x, y) for x, y in zip(a[:3], d))
+    uniform = control_pool(tiny_llama.tokenizer, vocab, "vocab")
+    assert uniform.size == vocab and set(uniform.forms.tolist()) == {0}
+    with pytest.raises(ValueError, match="control pool"):
+        control_pool(tiny_llama.tokenizer, vocab, "nonsense")
 
 
-def test_control_pool_words(tiny_llama):
+def test_token_forms(tiny_llama):
+    """Forms against the decoded pieces, written out here."""
+    assert [
+        TOKEN_FORMS[token_form(p)] for p in (" red", "Italy", "ational", " UK", "42", " the", "\u2581blue", "ré")
+    ] == [
+        "space",
+        "capital",
+        "lower",
+        "other",
+        "other",
+        "space",
+        "space",
+        "other",
+    ]
     tok = tiny_llama.tokenizer
-    vocab = tiny_llama.unembedding().shape[0]
-    words = control_pool(tok, vocab, "words")
-    assert torch.equal(control_pool(tok, vocab, "vocab"), torch.arange(vocab))
-    for i in words[:: max(1, words.numel() // 200)].tolist():
-        piece = tok.decode([i])
-        word = piece[1:] if piece.startswith(" ") else piece
-        assert word.isalpha() and len(word) >= 3, piece
-    red = tok.encode(" red", add_special_tokens=False)
-    assert len(red) == 1 and red[0] in set(words.tolist())
-    assert not set(words.tolist()) & set(tok.encode(" 1, 2.", add_special_tokens=False))
-    with pytest.raises(ValueError, match="pool"):
-        control_pool(tok, vocab, "nonsense")
+    pool = control_pool(tok, tiny_llama.unembedding().shape[0], "matched")
+    for text, form in ((" red", "space"), (" 1", "other")):
+        (i,) = tok.encode(text, add_special_tokens=False)
+        assert TOKEN_FORMS[int(pool.forms[i])] == form
 
 
 def test_head_atlas_control_is_seeded(tiny_llama, tiny_acts):
@@ -308,7 +343,7 @@ BASE = {
         "prompts": "auto",
         "n_per_group": 4,
         "random_draws": 20,
-        "control_pool": "words",
+        "control_pool": "matched",
         "text_prompts": {"qa": {"name": "qa_countries", "n_rank": 40, "n_eval": 40}},
     },
     "logger": {"mode": "disabled"},

@@ -174,7 +174,7 @@ def validate_atlas(config: Mapping[str, Any]) -> None:
     if atlas.get("control_pool") not in CONTROL_POOLS:
         raise ConfigError(
             f"atlas.control_pool={atlas.get('control_pool')!r} is not one of {', '.join(CONTROL_POOLS)}. "
-            "Fix: atlas.control_pool=words"
+            "Fix: atlas.control_pool=matched"
         )
     logger = config.get("logger") or {}
     if logger.get("mode", "disabled") not in LOGGER_MODES:
@@ -379,7 +379,8 @@ def atlas_markdown(
         f"{len(atlas.concepts)} concepts and {meta['n_draws']} random token sets per concept). A concept's score: the "
         "explained-variance gain of the steps whose token is one of the concept's (concept_share). Beyond random: "
         f"the score is > 0 and above all {meta['n_draws']} random token sets of the concept's size (pool "
-        f"`{meta['pool']}`, {meta['pool_size']} tokens, seed {meta['seed']}) for that head.",
+        f"`{meta['pool']}`: as many tokens of each form as the concept has; {meta['pool_size']} tokens; never the "
+        f"concept's own; seed {meta['seed']}) for that head.",
         "",
         "## Top heads per concept",
         "",
