@@ -1,14 +1,15 @@
 """A head atlas: what every head writes and which concepts it specialises in, from ONE
 full-vocabulary SOMP per head.
 
-    pursuit = shared_pursuit(acts, lm, steps=10)                  # one SOMP per head, all concepts
+    pursuit = shared_pursuit(acts, lm, somp_steps=10)             # one SOMP per head, all concepts
     atlas = head_atlas(pursuit, {"colors": colour_ids, ...}, tokenizer=lm.tokenizer, n_draws=20, seed=0)
     atlas.table            # layer, head, top tokens + gains, one score per concept, index, flags
     atlas.top_heads("colors", 5)
     atlas.overlap(10)      # concepts x concepts Jaccard of the top-10 head sets
 
 **Scores.** :func:`shared_pursuit` runs the SOMP of ``rank_heads(method="concept_share")`` (same
-dictionary, same options, same call) once per head over the whole vocabulary. A token set's score
+dictionary, same options with the same names and defaults, `RankingConfig`'s, same call) once per
+head over the whole vocabulary. A token set's score
 for a head is the sum of the explained-variance gains of the steps whose atom is one of the set's
 tokens: for a concept that is exactly its ``concept_share`` score, read off the selected atoms
 instead of running SOMP again (:func:`token_set_scores`). An atlas of C concepts and D random draws
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 
+from headpursuit.ranking.config import RankingConfig
 from headpursuit.ranking.inputs import (
     ConceptSpec,
     WeightsSource,
@@ -47,7 +49,7 @@ from headpursuit.ranking.inputs import (
     decode_tokens,
     format_tokens,
     head_weights,
-    validated_k,
+    validated_steps,
 )
 from headpursuit.somp import dictionary_rows, head_dictionary, somp_heads
 
@@ -94,7 +96,8 @@ class SharedPursuit:
     """One full-vocabulary SOMP per head (heads flattened layer-major, CPU tensors).
 
     indices: long (heads, steps), the selected vocabulary ids in selection order; -1 after a head
-        stopped. gains: float64 (heads, steps), the explained-variance gain of each step.
+        stopped. gains: float64 (heads, steps), the explained-variance gain of each step (steps:
+        the pursuit's `somp_steps`).
     explained_variance: float64 (heads,) after the last step. layers: the captured layer numbers;
     n_heads: heads per layer; vocab: the dictionary's size. meta: the SOMP options and route.
     """
@@ -108,7 +111,7 @@ class SharedPursuit:
     meta: dict = field(default_factory=dict)
 
     @property
-    def steps(self) -> int:
+    def somp_steps(self) -> int:
         return int(self.indices.shape[1])
 
     @property
@@ -120,21 +123,22 @@ class SharedPursuit:
 def shared_pursuit(
     activations: HeadActivations | torch.Tensor,
     lm_or_weights: WeightsSource,
-    steps: int = 10,
+    somp_steps: int = RankingConfig.somp_steps,
     *,
-    fold_norm_gain: bool = True,
-    center: bool = False,
-    normalize_atoms: bool = True,
-    aggregation: str = "l1",
+    fold_norm_gain: bool = RankingConfig.fold_norm_gain,
+    center: bool = RankingConfig.center,
+    normalize_atoms: bool = RankingConfig.normalize_atoms,
+    aggregation: str = RankingConfig.aggregation,
     **somp_kwargs: Any,
 ) -> SharedPursuit:
-    """SOMP over the full vocabulary for ``steps`` steps, every captured head at once: the pursuit
-    of ``rank_heads(acts, lm, concept, method="concept_share", k=steps, ...)`` with the same
-    options, before any concept is looked at. somp_kwargs go to :func:`somp_heads`."""
+    """SOMP over the full vocabulary for ``somp_steps`` steps, every captured head at once: the
+    pursuit of ``rank_heads(acts, lm, concept, method="concept_share", somp_steps=..., ...)`` with
+    the same options (`RankingConfig`'s names and defaults), before any concept is looked at.
+    somp_kwargs go to :func:`somp_heads`."""
     z, layers, ameta = captured_z(activations)
     w = head_weights(lm_or_weights, layers)
     vocab = int(w.unembedding.shape[0])
-    steps = validated_k(steps, vocab)
+    steps = validated_steps(somp_steps, vocab)
     gain = w.norm_gain if fold_norm_gain else None
     res = somp_heads(
         z,
@@ -151,7 +155,7 @@ def shared_pursuit(
         **somp_kwargs,
     )
     meta = {
-        "steps": steps,
+        "somp_steps": steps,
         "aggregation": aggregation,
         "fold_norm_gain": gain is not None,
         "center": bool(center),
@@ -270,9 +274,10 @@ def random_token_sets(
     concept, draw)."""
     ids = torch.as_tensor(concept_ids, dtype=torch.long)
     need = torch.bincount(pool.forms[ids], minlength=len(pool.names))
+    not_concept = ~torch.isin(torch.arange(pool.size), ids)
     candidates = []
     for f, name in enumerate(pool.names):
-        free = ((pool.forms == f) & ~torch.isin(torch.arange(pool.size), ids)).nonzero().flatten()
+        free = ((pool.forms == f) & not_concept).nonzero().flatten()
         if int(need[f]) > free.numel():
             raise ValueError(
                 f"concept {concept!r} has {int(need[f])} tokens of the form {name!r} but the control pool holds "
@@ -450,7 +455,7 @@ def head_atlas(
         specialist=specialist,
         table=pd.DataFrame(),
         meta={
-            "steps": pursuit.steps,
+            "somp_steps": pursuit.somp_steps,
             "n_draws": int(n_draws),
             "pool": pool,
             "pool_size": control.size if control else 0,
@@ -520,7 +525,7 @@ def logit_lens_tokens(
         rows, _ = dictionary_rows(w.unembedding, gain, None, fold_norm_gain=gain is not None)
         D = rows.to(torch.float32)
     dh, n_rows, V = z.shape[3], z.shape[0], D.shape[0]
-    per_row = validated_k(per_row, V)
+    per_row = validated_steps(per_row, V, name="per_row")
     # heads in chunks whose logits (chunk * rows, vocab) stay near LENS_CHUNK_ELEMENTS floats
     chunk = max(1, LENS_CHUNK_ELEMENTS // max(1, n_rows * V))
     out: dict[Head, list[int]] = {}
