@@ -5,16 +5,45 @@ token set; the control is seeded; the outputs are written and read back. Tiny mo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import wandb_offline
+import yaml
 from devices import CPU_OVERRIDES
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from headpursuit import CaptureSample, capture_heads, load_concept, rank_heads
+from headpursuit.app.atlas import (
+    load_atlas_concepts,
+    preflight_atlas,
+    prompt_set,
+    prompt_sources,
+    validate_atlas,
+)
+from headpursuit.app.atlas_report import (
+    ATLAS_CSV,
+    ATLAS_MD,
+    LAYERS_CSV,
+    OVERLAP_CSV,
+    AtlasOutcome,
+    AtlasRecord,
+    ConceptSummary,
+    concept_summary,
+    overlap_json,
+    track,
+    write_outputs,
+)
+from headpursuit.app.preflight import PreflightError
+from headpursuit.app.results import ResultsError, RunRecord, completed_results, write_error, write_record
+from headpursuit.app.schema import AtlasAppConfig, AtlasConfig, AtlasSompConfig
+from headpursuit.app.tracker import Tracker
 from headpursuit.atlas import (
     TOKEN_FORMS,
     SharedPursuit,
@@ -30,8 +59,13 @@ from headpursuit.atlas import (
     token_set_scores,
     top_heads,
 )
+from headpursuit.errors import ConfigError
 from headpursuit.models.tiny import tiny_text_model
+from headpursuit.ranking import RankingConfig
 from headpursuit.ranking.inputs import head_weights
+from headpursuit.tasks import CaptioningConfig, QAConfig, ToxicityConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROMPTS = [
     "The sky over the red barn was blue and the grass was green.",
@@ -80,7 +114,7 @@ def test_scores_equal_rank_heads_concept_share_per_concept(tiny_llama, tiny_acts
     same activations: same heads in the same order, same scores to 1e-6. Besides shipped word lists
     (few of whose tokens a random model selects), token sets that hold selected atoms make the
     scores non-zero."""
-    pursuit = shared_pursuit(tiny_acts, tiny_llama, steps=6)
+    pursuit = shared_pursuit(tiny_acts, tiny_llama, somp_steps=6)
     selected = pursuit.indices[pursuit.indices >= 0].unique()
     concepts = {
         "colors": load_concept("colors", tiny_llama.tokenizer),
@@ -92,7 +126,7 @@ def test_scores_equal_rank_heads_concept_share_per_concept(tiny_llama, tiny_acts
     assert atlas.meta["somp_runs"] == len(pursuit.heads) == tiny_llama.layout.n_total_heads
     nonzero = 0
     for name, concept in concepts.items():
-        ref = rank_heads(tiny_acts, tiny_llama, concept, method="concept_share", k=6).table
+        ref = rank_heads(tiny_acts, tiny_llama, concept, method="concept_share", somp_steps=6).table
         ours = atlas.table[["layer", "head", f"score_{name}"]].rename(columns={f"score_{name}": "score"})
         merged = ref.merge(ours, on=["layer", "head"], suffixes=("_ref", "_atlas"))
         assert len(merged) == len(ref) == len(pursuit.heads)
@@ -104,8 +138,8 @@ def test_scores_equal_rank_heads_concept_share_per_concept(tiny_llama, tiny_acts
     assert nonzero > 0  # the comparison is not all zeros
     # the same options reach the SOMP: centred pursuit with raw rows and l2 atom choice
     opts = {"center": True, "normalize_atoms": False, "aggregation": "l2"}
-    pursuit2 = shared_pursuit(tiny_acts, tiny_llama, steps=4, **opts)
-    ref2 = rank_heads(tiny_acts, tiny_llama, concepts["picked_a"], method="concept_share", k=4, **opts).table
+    pursuit2 = shared_pursuit(tiny_acts, tiny_llama, somp_steps=4, **opts)
+    ref2 = rank_heads(tiny_acts, tiny_llama, concepts["picked_a"], method="concept_share", somp_steps=4, **opts).table
     ours2 = token_set_scores(pursuit2, token_masks([concepts["picked_a"]], pursuit2.vocab))[0]
     assert torch.allclose(torch.tensor(ref2.sort_values(["layer", "head"])["score"].to_numpy()), ours2, atol=1e-6)
 
@@ -124,7 +158,7 @@ def test_one_somp_per_head_whatever_the_concepts(tiny_llama, tiny_acts, monkeypa
 
     real = atlas_module.somp_heads
     monkeypatch.setattr(atlas_module, "somp_heads", counting)
-    pursuit = shared_pursuit(tiny_acts, tiny_llama, steps=3)
+    pursuit = shared_pursuit(tiny_acts, tiny_llama, somp_steps=3)
     concepts = {n: load_concept(n, tiny_llama.tokenizer) for n in available_concepts()}
     assert len(concepts) == 7
     atlas = head_atlas(pursuit, concepts, tokenizer=tiny_llama.tokenizer, n_draws=20, seed=0, pool="vocab")
@@ -152,7 +186,7 @@ def test_token_set_scores_reference():
 def test_planted_colour_head_is_the_colour_specialist_beyond_every_random_set(planted_colour_model):
     lm, colours, picked = planted_colour_model
     acts = _acts(lm)
-    pursuit = shared_pursuit(acts, lm, steps=10)
+    pursuit = shared_pursuit(acts, lm, somp_steps=10)
     names = ["countries", "colors", "numbers", "sentiment", "toxic"]
     atlas = head_atlas(
         pursuit, {n: load_concept(n, lm.tokenizer) for n in names}, tokenizer=lm.tokenizer, n_draws=20, seed=3
@@ -187,7 +221,13 @@ def test_random_token_sets_are_seeded_matched_and_avoid_the_concept(tiny_llama):
     assert all(torch.equal(x, y) for x, y in zip(a, b))  # same seed, same draws
     assert not any(torch.equal(x, y) for x, y in zip(a, c))  # other seed, other draws
     assert len({tuple(x.tolist()) for x in a}) == 5  # the draws differ from each other
-    forms = lambda ids: torch.bincount(pool.forms[ids], minlength=len(TOKEN_FORMS)).tolist()
+
+    def forms(ids):  # tokens of each form, counted here
+        counts = [0] * len(TOKEN_FORMS)
+        for i in ids.tolist():
+            counts[int(pool.forms[i])] += 1
+        return counts
+
     assert sum(forms(concept)[:3]) > 0.9 * concept.numel()  # colour tokens are mostly words
     for draw in a + c:
         assert draw.numel() == concept.numel() == len(set(draw.tolist()))
@@ -217,14 +257,19 @@ def test_token_forms(tiny_llama):
         "other",
     ]
     tok = tiny_llama.tokenizer
-    pool = control_pool(tok, tiny_llama.unembedding().shape[0], "matched")
-    for text, form in ((" red", "space"), (" 1", "other")):
+    vocab = tiny_llama.unembedding().shape[0]
+    pool = control_pool(tok, vocab, "matched")
+    for text, form in ((" red", "space"), ("Italy", "capital"), ("ing", "lower"), (",", "other")):
         (i,) = tok.encode(text, add_special_tokens=False)
         assert TOKEN_FORMS[int(pool.forms[i])] == form
+    # the pool's forms (one batched decode) against each id decoded on its own
+    for i in range(0, min(vocab, len(tok)), 97):
+        assert int(pool.forms[i]) == token_form(tok.decode([i], clean_up_tokenization_spaces=False)), i
+    assert pool.size == vocab and set(pool.forms.unique().tolist()) == set(range(len(TOKEN_FORMS)))
 
 
 def test_head_atlas_control_is_seeded(tiny_llama, tiny_acts):
-    pursuit = shared_pursuit(tiny_acts, tiny_llama, steps=4)
+    pursuit = shared_pursuit(tiny_acts, tiny_llama, somp_steps=4)
     concepts = {"colors": load_concept("colors", tiny_llama.tokenizer)}
     a = head_atlas(pursuit, concepts, tokenizer=tiny_llama.tokenizer, n_draws=4, seed=0, pool="vocab")
     b = head_atlas(pursuit, concepts, tokenizer=tiny_llama.tokenizer, n_draws=4, seed=0, pool="vocab")
@@ -278,76 +323,166 @@ def test_logit_lens_tokens_reference(tiny_llama, tiny_acts):
 
 
 # ----------------------------------------------------------------------------------------------
-# the app: outputs on a tiny model, the checks before the model loads
+# the app: outputs on a tiny model, the record, the config and the checks before the model loads
 
 
-ATLAS_CFG = {
-    "concepts": ["colors", "numbers"],
-    "somp": {"steps": 6, "aggregation": "l1", "fold_norm_gain": True, "center": False, "normalize_atoms": True},
-    "positions": "all",
-    "top_k": 3,
-    "table_heads": 2,
-    "top_tokens": 4,
-    "lens_top": 3,
-}
+ATLAS_CFG = AtlasConfig(
+    concepts=["colors", "numbers"],
+    somp=AtlasSompConfig(somp_steps=6),
+    positions="all",
+    top_k=3,
+    table_heads=2,
+    top_tokens=4,
+    lens_top=3,
+)
 
 
 def test_outputs_exist_and_read_back(planted_colour_model, tmp_path):
-    from headpursuit.app.atlas import ATLAS_CSV, ATLAS_MD, LAYERS_CSV, OVERLAP_CSV, concept_summary, write_outputs
-
     lm, _, _ = planted_colour_model
     acts = _acts(lm)
-    pursuit = shared_pursuit(acts, lm, steps=6)
-    concepts = {n: load_concept(n, lm.tokenizer) for n in ATLAS_CFG["concepts"]}
+    pursuit = shared_pursuit(acts, lm, somp_steps=6)
+    concepts = {n: load_concept(n, lm.tokenizer) for n in ATLAS_CFG.concepts}
     atlas = head_atlas(pursuit, concepts, tokenizer=lm.tokenizer, n_draws=5, seed=0)
     files, overlap, profile, images = write_outputs(tmp_path, atlas, lm, acts, ATLAS_CFG, "Rows: test.", plots=True)
     table = pd.read_csv(tmp_path / ATLAS_CSV)
     assert len(table) == lm.layout.n_total_heads
     for col in ("layer", "head", "top_tokens", "top_gains", "specialisation", "specialist", "model_notes"):
         assert col in table
-    for name in ATLAS_CFG["concepts"]:
+    for name in ATLAS_CFG.concepts:
         assert {f"score_{name}", f"random_max_{name}", f"beyond_random_{name}"} <= set(table.columns)
     assert table["model_notes"].str.contains("RANDOM-INITIALISED").all()  # the model's notes on every row
     assert table.set_index(["layer", "head"]).loc[PLANTED, "specialist"] == "colors"
     ov = pd.read_csv(tmp_path / OVERLAP_CSV, index_col=0)
-    assert list(ov.index) == list(ov.columns) == ATLAS_CFG["concepts"] and ov.loc["colors", "colors"] == 1.0
+    assert list(ov.index) == list(ov.columns) == ATLAS_CFG.concepts and ov.loc["colors", "colors"] == 1.0
     prof = pd.read_csv(tmp_path / LAYERS_CSV, index_col=0)
     assert prof.shape == (2, lm.layout.n_layers)
     assert prof.loc["colors"].sum() == pytest.approx(float(atlas.scores[0].sum()))
     md = (tmp_path / ATLAS_MD).read_text()
     assert "RANDOM-INITIALISED" in md and f"L{PLANTED[0]}.H{PLANTED[1]}" in md and "## Overlap" in md
+    assert "(6 steps;" in md and "most frequent top-3" in md  # the config's steps and lens_top
     assert set(images) == {"atlas_colors", "atlas_numbers", "atlas_layers", "overlap"}
     for path in images.values():
         assert path.stat().st_size > 1000 and path.read_bytes()[:4] == b"\x89PNG"
     assert set(files) >= {"atlas_csv", "atlas_md", "overlap_csv", "layers_csv"}
     # the same tables and images to W&B (offline), read back from its transaction log
-    from headpursuit.app.atlas import track
-    from headpursuit.app.tracking import Tracker
-
     tracker = Tracker({"backend": "wandb", "mode": "offline", "project": "hp-test"}, tmp_path)
-    tracker.start({"atlas": ATLAS_CFG}, name="atlas", job_type="atlas")
+    tracker.start({"atlas": dataclasses.asdict(ATLAS_CFG)}, name="atlas", job_type="atlas")
     assert tracker.status["status"] == "ok", tracker.status
-    res = {"somp_runs": atlas.meta["somp_runs"], "concepts": concept_summary(atlas, 3)}
-    track(tracker, atlas, overlap, profile, images, res)
+    outcome = AtlasOutcome(
+        model=lm.name,
+        concepts=concept_summary(atlas, 3),
+        top_k=3,
+        overlap=overlap_json(overlap),
+        somp_runs=atlas.meta["somp_runs"],
+        control={},
+    )
+    track(tracker, atlas, overlap, profile, images, outcome)
     tracker.finish()
     logged = wandb_offline.wait_for_wandb_run(tmp_path, "somp_runs")["summary"]
     assert logged["somp_runs"] == lm.layout.n_total_heads
+    assert logged["beyond_random/colors"] == len(outcome.concepts["colors"].beyond_random) >= 1
     for name in ("atlas", "overlap", "atlas_layers", *images):
         assert any(k == name or k.startswith(f"{name}/") for k in logged), (name, sorted(logged))
+
+
+def test_atlas_record_round_trip_and_failure(tmp_path):
+    """results.json of an atlas: a run's record with `kind: atlas` and the outcome at the top
+    level; read back the same; a failure keeps the kind and never replaces a complete record."""
+    summary = ConceptSummary(
+        n_tokens=40,
+        top_heads=[[3, 1], [0, 2]],
+        n_heads_with_share=2,
+        random_heads_with_share={"mean": 1.5, "max": 3, "min": 0},
+        beyond_random=[[3, 1]],
+        n_specialist=1,
+    )
+    outcome = AtlasOutcome(
+        model="tiny",
+        concepts={"colors": summary},
+        top_k=10,
+        overlap={"colors": {"colors": 1.0}},
+        somp_runs=12,
+        control={"n_draws": 20, "pool": "matched", "pool_size": 100, "seed": 0},
+        files={"atlas_csv": "atlas.csv"},
+        provenance={"positions": "prompt_mean"},
+    )
+    rec = AtlasRecord(status="complete", config_hash="abc", config={"seed": 0}, atlas=outcome, tracking={"a": 1})
+    write_record(tmp_path, rec)
+    raw = json.loads((tmp_path / "results.json").read_text())
+    assert raw["kind"] == "atlas" and raw["status"] == "complete" and raw["somp_runs"] == 12
+    assert raw["concepts"]["colors"]["beyond_random"] == [[3, 1]] and raw["overlap"]["colors"]["colors"] == 1.0
+    assert list(raw)[-1] == "tracking"  # the outcome sits before the W&B status and the error
+    assert AtlasRecord.read(tmp_path / "results.json") == rec
+    assert completed_results(tmp_path, "abc") is not None  # the resume check reads it as a run's record
+    # a running record has no outcome; a failure of a later launch keeps the complete record
+    running = AtlasRecord(status="running", config_hash="other")
+    assert "somp_runs" not in running.to_json() and running.to_json()["kind"] == "atlas"
+    failed = write_error(tmp_path, RuntimeError("boom"), running, stage="somp")
+    assert isinstance(failed, AtlasRecord) and failed.error.stage == "somp"
+    assert AtlasRecord.read(tmp_path / "results.json") == rec
+    write_error(tmp_path / "fresh", RuntimeError("boom"), running, stage="somp")
+    assert AtlasRecord.read(tmp_path / "fresh" / "results.json").status == "failed"
+    # a steer run's record is not an atlas record
+    write_record(tmp_path / "steer", RunRecord(status="complete"))
+    with pytest.raises(ResultsError, match="not an atlas record"):
+        AtlasRecord.read(tmp_path / "steer" / "results.json")
+
+
+def _compose_atlas(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from headpursuit.app.run import find_config_dir
+
+    with initialize_config_dir(config_dir=find_config_dir(), version_base="1.3"):
+        return compose("atlas", overrides=["cache_dir=null", *overrides])
+
+
+def test_atlas_config_composes_against_its_schema():
+    """conf/atlas.yaml starts from AtlasAppConfig: the defaults are the schema's (one place), the
+    prompt sources are their task kinds' configs, and the SOMP options are concept_share's."""
+    cfg = _compose_atlas()
+    assert OmegaConf.get_type(cfg) is AtlasAppConfig
+    conf = validate_atlas(cfg)
+    assert conf.atlas == dataclasses.replace(
+        AtlasConfig(), text_prompts=conf.atlas.text_prompts, image_prompts=conf.atlas.image_prompts
+    )
+    assert isinstance(conf.atlas.text_prompts["qa"], QAConfig) and isinstance(
+        conf.atlas.text_prompts["toxicity"], ToxicityConfig
+    )
+    assert isinstance(conf.atlas.image_prompts["captioning"], CaptioningConfig)
+    assert {f.name: getattr(conf.atlas.somp, f.name) for f in dataclasses.fields(AtlasSompConfig)} == {
+        f.name: getattr(RankingConfig(), f.name) for f in dataclasses.fields(AtlasSompConfig)
+    }
+    raw = yaml.safe_load((REPO / "conf" / "atlas.yaml").read_text())
+    assert "atlas" not in raw  # every atlas default is the schema's
+    assert validate_atlas(_compose_atlas("model=gemma3_270m", "atlas.somp.somp_steps=20")).atlas.somp.somp_steps == 20
+
+
+ATLAS_TYPOS = [
+    ("atlas.top_kk=3", "atlas.top_kk"),
+    ("atlas.somp.steps=20", "atlas.somp.steps"),  # the old name: somp_steps, as ranking.somp_steps
+    ("atlas.random_draws=many", "atlas.random_draws"),
+    ("atlas.somp.center=sometimes", "atlas.somp.center"),
+    ("atlas.text_prompts.qa.max_new_token=8", "atlas.text_prompts.qa.max_new_token"),
+    ("seedd=1", "seedd"),
+]
+
+
+@pytest.mark.parametrize("override, key", ATLAS_TYPOS, ids=[t[0] for t in ATLAS_TYPOS])
+def test_a_typo_in_an_atlas_key_fails_at_composition_naming_it(override, key):
+    with pytest.raises(ConfigCompositionException) as info:
+        _compose_atlas(override)
+    assert key in f"{info.value} {info.value.__cause__}"
 
 
 BASE = {
     "model": {"name_or_path": "smollm2"},
     "atlas": {
-        **ATLAS_CFG,
-        "prompts": "auto",
+        "concepts": ["colors", "numbers"],
         "n_per_group": 4,
-        "random_draws": 20,
-        "control_pool": "matched",
         "text_prompts": {"qa": {"name": "qa_countries", "n_rank": 40, "n_eval": 40}},
     },
     "logger": {"mode": "disabled"},
-    "seed": 0,
 }
 
 
@@ -356,48 +491,76 @@ BASE = {
     [
         (("atlas", "positions"), "answer_concept", "atlas.positions='answer_concept'.*depend on the concept"),
         (("atlas", "concepts"), [], "atlas.concepts must be a non-empty list"),
-        (("atlas", "somp", "steps"), 0, "atlas.somp.steps must be an integer >= 1"),
+        (("atlas", "somp", "somp_steps"), 0, r"atlas.somp.somp_steps must be an integer >= 1.*somp_steps=10"),
         (("atlas", "somp", "aggregation"), "l3", "atlas.somp.aggregation='l3'"),
         (("atlas", "prompts"), "video", "atlas.prompts='video'"),
         (("atlas", "n_per_group"), 0, "atlas.n_per_group must be an integer >= 1, got 0. Fix: atlas.n_per_group=16"),
         (("atlas", "random_draws"), -1, "atlas.random_draws must be an integer >= 0"),
-        (("atlas", "control_pool"), "all", "atlas.control_pool='all'"),
-        (("atlas", "text_prompts", "qa", "name"), "nope", r"atlas.text_prompts.qa is not a task config.*\+task@"),
+        (("atlas", "control_pool"), "all", "atlas.control_pool='all'.*Fix: atlas.control_pool=matched"),
+        (("atlas", "text_prompts", "qa", "name"), "nope", r"atlas.text_prompts.qa.name='nope'.*\+task@"),
+        (("atlas", "top_k"), "ten", "atlas.top_k"),  # a wrong type, from a mapping too
+        (("logger", "mode"), "loud", "logger.mode='loud'"),
     ],
 )
 def test_validate_atlas_names_the_key(path, value, message):
     import copy
 
-    from headpursuit.app.atlas import validate_atlas
-    from headpursuit.errors import ConfigError
-
-    validate_atlas(BASE)
+    assert validate_atlas(BASE).atlas.text_prompts["qa"] == QAConfig(n_rank=40, n_eval=40)
     cfg = copy.deepcopy(BASE)
     node = cfg
     for key in path[:-1]:
-        node = node[key]
+        node = node.setdefault(key, {})
     node[path[-1]] = value
     with pytest.raises(ConfigError, match=message):
         validate_atlas(cfg)
 
 
 def test_prompt_sources_take_both_groups():
-    from headpursuit.app.atlas import prompt_set, prompt_sources
-
-    atlas = {**BASE["atlas"], "image_prompts": {}}
+    atlas = validate_atlas(BASE).atlas
     sources = prompt_sources(atlas, prompt_set(atlas, is_vlm=False))
-    assert sources["qa"]["n_rank"] == {"concept": 4, "control": 4}
-    assert sources["qa"]["rank_groups"] == ["concept", "control"] and sources["qa"]["n_eval"] == 1
-    from headpursuit.errors import ConfigError
-
+    assert sources["qa"] == dataclasses.replace(
+        QAConfig(n_rank=40, n_eval=40),
+        n_rank={"concept": 4, "control": 4},
+        rank_groups=["concept", "control"],
+        n_eval=1,
+        max_new_tokens=1,  # prompt_mean rows read no answer
+    )
+    answers = prompt_sources(dataclasses.replace(atlas, positions="answer"), "text")
+    assert answers["qa"].max_new_tokens == QAConfig().max_new_tokens
+    # the sizes are checked as the atlas uses them: 0 new tokens stops answer rows, not prompt rows
+    no_tokens = {**BASE["atlas"], "text_prompts": {"qa": {"name": "qa_countries", "max_new_tokens": 0}}}
+    validate_atlas({**BASE, "atlas": no_tokens})
+    with pytest.raises(ConfigError, match=r"atlas.text_prompts.qa.max_new_tokens=0.*Fix"):
+        validate_atlas({**BASE, "atlas": {**no_tokens, "positions": "answer"}})
     with pytest.raises(ConfigError, match=r"atlas.image_prompts holds no prompt source.*\+task@atlas.image_prompts"):
         prompt_sources(atlas, prompt_set(atlas, is_vlm=True))
 
 
-def test_unknown_concept_is_a_config_error(tiny_llama):
-    from headpursuit.app.atlas import load_atlas_concepts
-    from headpursuit.errors import ConfigError
+def test_preflight_checks_the_sources_and_concepts_before_the_model(tmp_path):
+    """A missing data file, too many prompts for the source's data, too many SOMP steps and an
+    unknown concept each stop the atlas before the model loads, naming the key."""
+    import copy
 
+    def with_(path, value):
+        cfg = copy.deepcopy(BASE)
+        node = cfg
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+        return validate_atlas(cfg)
+
+    preflight_atlas(validate_atlas(BASE))
+    with pytest.raises(PreflightError, match="atlas.text_prompts.qa.data_path=.*no such file"):
+        preflight_atlas(with_(("atlas", "text_prompts", "qa", "data_path"), str(tmp_path / "none.jsonl")))
+    with pytest.raises(PreflightError, match=r"atlas.text_prompts.qa.n_rank"):
+        preflight_atlas(with_(("atlas", "n_per_group"), 100_000))
+    with pytest.raises(ConfigError, match=r"atlas.somp.somp_steps=10000000 .*larger than the vocabulary"):
+        preflight_atlas(with_(("atlas", "somp", "somp_steps"), 10_000_000))
+    with pytest.raises(PreflightError, match="atlas.concepts: 'flavours'"):
+        preflight_atlas(with_(("atlas", "concepts"), ["colors", "flavours"]))
+
+
+def test_unknown_concept_is_a_config_error(tiny_llama):
     assert list(load_atlas_concepts(["colours", "numbers"], tiny_llama.tokenizer)) == ["colors", "numbers"]
     with pytest.raises(ConfigError, match="atlas.concepts: 'flavours' is not a usable concept"):
         load_atlas_concepts(["flavours"], tiny_llama.tokenizer)
@@ -428,6 +591,7 @@ def test_atlas_app_end_to_end_on_smollm2(tmp_path):
     assert res["somp_runs"] == 270 and res["provenance"]["positions"] == "prompt_mean"
     assert res["provenance"]["prompts"]["sources"] == {"qa": 4, "toxicity": 4}
     assert res["provenance"]["n_activation_rows"] == 8  # one mean row per prompt
+    assert res["provenance"]["somp"]["somp_steps"] == 10
     assert any("4-bit" in n for n in res["provenance"]["model"]["notes"])
     assert set(res["files"]) >= {"atlas_csv", "atlas_md", "overlap_csv", "overlap", "atlas_layers", "atlas_colors"}
     for name in res["files"].values():
@@ -437,5 +601,6 @@ def test_atlas_app_end_to_end_on_smollm2(tmp_path):
     assert "4-bit" in (run_dir / "atlas.md").read_text()
     assert res["tracking"]["status"] == "ok", res["tracking"]
     assert wandb_offline.read_wandb_run(run_dir)["summary"]["somp_runs"] == 270
+    assert AtlasRecord.read(run_dir / "results.json").atlas.somp_runs == 270
     again = run_cli(*args)
     assert again.returncode == 0 and "complete with the same config; skipping" in again.stderr + again.stdout
