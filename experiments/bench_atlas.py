@@ -12,6 +12,7 @@ other processes' load; the CPU seconds of the command are printed too).
     .venv/bin/python experiments/bench_atlas.py --model gemma3_270m
     .venv/bin/python experiments/bench_atlas.py --overrides atlas.positions=answer   # answer rows
     .venv/bin/python experiments/bench_atlas.py --profile               # cProfile of the cold run
+    .venv/bin/python experiments/bench_atlas.py --quick                 # 2 prompts per group, 2 random sets
 
 The issue's target (docs/results.md, "Head atlas"): one SmolLM2 atlas under 2 minutes on 2 CPU cores.
 """
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: --quick: the overrides of a short run (a check that the benchmark runs)
+QUICK = ["atlas.n_per_group=2", "atlas.random_draws=2"]
 
 
 def load() -> str:
@@ -89,7 +92,10 @@ def main() -> None:
     ap.add_argument("--overrides", nargs="*", default=[], help="extra atlas config overrides")
     ap.add_argument("--keep", action="store_true", help="keep the run and cache directories (printed)")
     ap.add_argument("--profile", action="store_true", help="cProfile the cold run (top 25 by cumulative time)")
+    ap.add_argument("--quick", action="store_true", help=f"a check that it runs, not a timing: {' '.join(QUICK)}")
     args = ap.parse_args()
+    if args.quick:
+        args.overrides = [*args.overrides, *QUICK]
     root = Path(tempfile.mkdtemp(prefix="bench_atlas_"))
     print(f"{args.model}: {os.cpu_count()} CPUs, {' '.join(args.overrides) or 'defaults'}; {root}")
     prof = root / "cold.prof" if args.profile else None
