@@ -769,11 +769,13 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         "reproduced on these models.",
         "",
     ]
-    # experiments/compare_protocols.py owns the block between its markers: keep it.
+    # Blocks other commands own, kept as they are: experiments/compare_protocols.py's (protocols)
+    # and the head atlas section (atlas), written from `python -m headpursuit.app.atlas` runs.
     old = Path(args.out).read_text() if Path(args.out).exists() else ""
-    start, end = "<!-- protocols:start -->", "<!-- protocols:end -->"
-    if start in old and end in old:
-        md += ["", old[old.index(start) : old.index(end) + len(end)], ""]
+    for block in ("protocols", "atlas"):
+        start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
+        if start in old and end in old:
+            md += ["", old[old.index(start) : old.index(end) + len(end)], ""]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 

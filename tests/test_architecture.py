@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
         "headpursuit.somp",
         "headpursuit.metrics",
     ),
-    ("headpursuit.ranking", "headpursuit.effects", "headpursuit.heads"),
+    ("headpursuit.ranking", "headpursuit.effects", "headpursuit.heads", "headpursuit.atlas"),
     ("headpursuit.tasks",),
     ("headpursuit", "headpursuit.__main__"),  # the public API re-exports the library
     ("headpursuit.app",),

@@ -32,6 +32,11 @@ How each command is checked (rules, data-driven; nothing here lists the document
   axes of n values, not their product), each as a one-job `-m` run. The command must exit 0 and
   every job's results.json must say `status: complete`. A job that ran already in an earlier case
   (same resolved config) is not run again. `--cfg job` composes and validates only (Hydra prints).
+* `python -m headpursuit.app.atlas [-m] OVERRIDES`: as the app, on the atlas config
+  (conf/atlas.yaml): every job composed and checked by `validate_atlas`; a job on a hub model is
+  composed only; the others run for real in this process, shortened (ATLAS_SHRINK: two prompts per
+  group and source, two random token sets), `logger=none`, `plots=false`; every job's results.json
+  must say `status: complete`.
 * `python -m headpursuit.app.aggregate | .app.overlap DIR`: run in this process on the sweep that
   the closest preceding offline multirun of the same fenced block wrote; where there is none
   (inline spans, a block of GPU sweeps), on the first documented offline multirun it can read
@@ -84,6 +89,7 @@ DOC_FILES = ["README.md", "experiments/README.md", *sorted(f"docs/{p.name}" for 
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 COMMAND_PREFIXES = ("python -m headpursuit", "python experiments/", "make ")
 READERS = {"headpursuit.app.aggregate", "headpursuit.app.overlap"}
+ATLAS = "headpursuit.app.atlas"
 
 # What needs the hub (or a GPU): a job with one of these does not run here.
 CLUSTER_LAUNCHERS = {"submitit_slurm"}
@@ -103,6 +109,8 @@ SHRINK: dict[str, int] = {
     "intervention.random_seeds": 1,
 }
 QUIET = ["logger=none", "plots=false"]
+# The shortened form of an atlas: few prompts, few random token sets.
+ATLAS_SHRINK = ["atlas.n_per_group=2", "atlas.random_draws=2"]
 
 # The shortening flags of each script ({out}: a tmp dir of the case, {cache}: the module's cache).
 # Appended after the documented flags, so they win (argparse keeps the last value).
@@ -127,6 +135,7 @@ SCRIPT_FLAGS: dict[str, list[str]] = {
     "bench_somp.py": ["--quick", "--heads=2", "--n-questions=4", "--no-spams"],
     "bench_capture.py": ["--repeats=1", "--prompts=4"],
     "bench_pipeline.py": ["--n-eval=1", "--n-rank=4", "--random=1", "--max-new-tokens=4", "--rounds=1"],
+    "bench_atlas.py": ["--quick"],
 }
 # What the recipes of the make targets that are not one Python command must invoke.
 MAKE_TOOLS: dict[str, tuple[str, ...]] = {
@@ -282,6 +291,8 @@ def kind(argv: Sequence[str]) -> str:
         return "make"
     if list(argv[:3]) == ["python", "-m", "headpursuit"]:
         return "app"
+    if list(argv[:3]) == ["python", "-m", ATLAS]:
+        return "atlas"
     if list(argv[:2]) == ["python", "-m"] and argv[2] in READERS:
         return "reader"
     if argv[0] == "python" and len(argv) > 1 and argv[1].startswith("experiments/"):
@@ -301,10 +312,12 @@ def config_dir() -> str:
 
 
 class Composer:
-    """Hydra's compose API over the repository's configs, one initialisation for many composes."""
+    """Hydra's compose API over the repository's configs, one initialisation for many composes;
+    `config_name`: the primary config (`config`, the app's; `atlas`, the atlas's)."""
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, config_name: str = "config"):
         self.cache_dir = cache_dir
+        self.config_name = config_name
         self.memo: dict[tuple[str, ...], DictConfig] = {}
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
@@ -316,7 +329,7 @@ class Composer:
             GlobalHydra.instance().clear()
             with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
                 self.memo[key] = compose(
-                    "config", overrides=[*overrides, f"cache_dir={self.cache_dir}"], return_hydra_config=True
+                    self.config_name, overrides=[*overrides, f"cache_dir={self.cache_dir}"], return_hydra_config=True
                 )
         return self.memo[key]
 
@@ -444,11 +457,12 @@ class Outcome:
     note: str = ""
 
 
-def run_app(argv: Sequence[str]) -> int:
-    """`python -m headpursuit ARGV` in this process: Hydra's main, its exit code."""
+def run_app(argv: Sequence[str], module: str = "headpursuit.app.run") -> int:
+    """`python -m headpursuit ARGV` (or another Hydra app's `module`) in this process: Hydra's main,
+    its exit code."""
     from hydra.core.global_hydra import GlobalHydra
 
-    import headpursuit.app.run as app
+    app = importlib.import_module(module)
 
     root = logging.getLogger()
     handlers, level, saved_argv = root.handlers[:], root.level, sys.argv
@@ -535,6 +549,7 @@ class Docs:
         self.root = root
         self.cache = root / "cache"
         self.composer = Composer(self.cache)
+        self.atlas_composer = Composer(self.cache, "atlas")
         self.outcomes: dict[tuple[str, ...], Outcome] = {}
         self.scripts: dict[tuple[str, ...], subprocess.CompletedProcess] = {}
         self.ran_jobs: dict[str, Path] = {}  # resolved job config -> the dir its complete run left
@@ -644,6 +659,32 @@ class Docs:
             return False
         return not any(needs_hub(c) for c in validated_jobs(self.composer, overrides, multirun))
 
+    # --- the atlas -------------------------------------------------------------------------
+
+    def atlas(self, argv: Sequence[str], cmd: DocCommand) -> Outcome:
+        """An atlas command: every job composed and validated; run shortened unless one needs the hub."""
+        from headpursuit.app.atlas import validate_atlas
+
+        if tuple(argv) in self.outcomes:
+            return self.outcomes[tuple(argv)]
+        multirun, overrides, templates = self.app_overrides(argv, cmd)
+        assert not templates, f"{cmd.id}: no rule for a template in an atlas command: {templates}"
+        cfgs = [self.atlas_composer(job) for job in self.atlas_composer.jobs(overrides, multirun)]
+        for cfg in cfgs:
+            validate_atlas(resolved(cfg))
+        if quoted := QUOTED_JOBS.findall(cmd.comment):
+            assert int(quoted[-1]) == len(cfgs), (
+                f"{cmd.id}: the comment says {quoted[-1]} jobs, it composes {len(cfgs)}"
+            )
+        hub = sorted({why for c in cfgs for why in needs_hub(c)})
+        if hub:
+            return self.remember(argv, Outcome(0, self.root, note="composed only: needs " + "; ".join(hub)))
+        out = self.tmp(cmd.id)
+        where = f"hydra.sweep.dir={out}" if multirun else f"hydra.run.dir={out}"
+        args = [*(["-m"] if multirun else []), *overrides, *ATLAS_SHRINK, *QUIET, f"cache_dir={self.cache}", where]
+        rc = run_app(args, module=ATLAS)
+        return self.remember(argv, Outcome(rc, out, job_results(out, multirun, len(cfgs)), note=" ".join(ATLAS_SHRINK)))
+
     # --- readers ---------------------------------------------------------------------------
 
     def producer(self, cmd: DocCommand, reader: str) -> DocCommand:
@@ -748,7 +789,7 @@ def test_the_docs_have_commands():
     by_kind: dict[str, int] = {}
     for c in COMMANDS:
         by_kind[kind(c.argv)] = by_kind.get(kind(c.argv), 0) + 1
-    assert set(by_kind) == {"app", "reader", "script", "make"}, by_kind
+    assert set(by_kind) == {"app", "atlas", "reader", "script", "make"}, by_kind
     assert any(c.file == "README.md" and c.argv == ("make", "run") for c in COMMANDS)
     continued = [
         c for c in COMMANDS if "hydra.launcher.partition=gpu" in c.argv and "intervention.k=1,5,10,20,50" in c.argv
@@ -853,6 +894,9 @@ def test_documented_command(cmd: DocCommand, docs: Docs):
         argv = python
     if kind(argv) == "app":
         outcome = docs.app(argv, cmd)
+        assert_complete(outcome, f"{cmd.id}: {' '.join(argv)} ({outcome.note})")
+    elif kind(argv) == "atlas":
+        outcome = docs.atlas(argv, cmd)
         assert_complete(outcome, f"{cmd.id}: {' '.join(argv)} ({outcome.note})")
     elif kind(argv) == "reader":
         outcome, out = docs.reader(argv, cmd)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from headpursuit.app.schema import RENAMED_KEYS, AppConfig, InterventionConfig
+from headpursuit.app.schema import RENAMED_KEYS, AppConfig, InterventionConfig, JobConfig
 from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, check_layer_counts_k, parse_heads
@@ -32,7 +32,9 @@ from headpursuit.tasks.image_task import ImageTask
 __all__ = [
     "ConfigError",
     "LOGGER_MODES",
+    "schema_config",
     "typed_config",
+    "check_job",
     "ranking_config",
     "validate_config",
     "resolve_k",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 LOGGER_MODES = ("online", "offline", "disabled")
+
+Schema = TypeVar("Schema")
 
 
 def _is_number(x: Any) -> bool:
@@ -60,23 +64,34 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def typed_config(cfg: Any) -> AppConfig:
+def schema_config(cfg: Any, schema: type[Schema]) -> Schema:
     """`cfg` (a composed DictConfig, or a mapping of some keys: the others take the schema's
-    defaults) as the typed `AppConfig`, its `task` and `rank_task` as their kinds' `TaskConfig`.
-    A key the schema does not have, or a value of the wrong type, is a ConfigError naming the key."""
-    if isinstance(cfg, AppConfig):
+    defaults) as an instance of the dataclass `schema` (`AppConfig`, `AtlasAppConfig`). A key the
+    schema does not have, a value of the wrong type or a group left unchosen is a ConfigError
+    naming the key."""
+    if isinstance(cfg, schema):
         return cfg
     try:
-        node = OmegaConf.merge(OmegaConf.structured(AppConfig), cfg)
-        for group in ("model", "task", "ranking", "intervention"):
-            if OmegaConf.is_missing(node, group):
-                raise ConfigError(f"config group {group!r} is missing; choose one with {group}=<option>")
+        node = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        for f in fields(schema):  # type: ignore[arg-type]  # a dataclass type
+            if OmegaConf.is_missing(node, f.name):
+                raise ConfigError(f"config group {f.name!r} is missing; choose one with {f.name}=<option>")
         conf = OmegaConf.to_object(node)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = str(exc).split("\n")[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
-    assert isinstance(conf, AppConfig)
+    assert isinstance(conf, schema)
+    return conf
+
+
+def typed_config(cfg: Any) -> AppConfig:
+    """`cfg` as the typed `AppConfig` (`schema_config`), its `task` and `rank_task` as their kinds'
+    `TaskConfig`. A key the schema does not have, or a value of the wrong type, is a ConfigError
+    naming the key."""
+    if isinstance(cfg, AppConfig):
+        return cfg
+    conf = schema_config(cfg, AppConfig)
     conf.task = task_config(conf.task)
     if conf.rank_task is not None:
         if not isinstance(conf.rank_task, (Mapping, TaskConfig)):
@@ -107,9 +122,8 @@ def validate_config(cfg: Any) -> AppConfig:
     mapping (see `typed_config`); returns the typed config."""
     conf = typed_config(cfg)
     check_renamed(conf)
+    check_job(conf)
     model = conf.model
-    if not model.name_or_path:
-        raise ConfigError("model.name_or_path must be a registry name, hub id or directory")
 
     task = conf.task
     if task.positions not in POSITIONS:
@@ -117,10 +131,7 @@ def validate_config(cfg: Any) -> AppConfig:
     parse_batch_size(task.batch_size, "task.batch_size")
     check_task_sizes(task)
     check_rank_task(conf.rank_task)
-    cbs = conf.capture_batch_size
-    if not (cbs == "auto" or (_is_int(cbs) and cbs >= 1)):
-        raise ConfigError(f"capture_batch_size must be an integer >= 1 or auto, got {cbs!r}")
-    if cbs == "auto" and issubclass(task_factory(task.name), ImageTask) and _on_gpu(conf.device):
+    if conf.capture_batch_size == "auto" and issubclass(task_factory(task.name), ImageTask) and _on_gpu(conf.device):
         raise ConfigError(
             f"capture_batch_size=auto does not model image tokens (task {task.name}) on a GPU; "
             "set capture_batch_size=8 (or device=cpu)"
@@ -154,8 +165,6 @@ def validate_config(cfg: Any) -> AppConfig:
     if iv.random_pool not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.random_pool!r} is not one of {', '.join(RANDOM_POOLS)}")
     check_random_controls(iv)
-    if conf.logger.mode not in LOGGER_MODES:
-        raise ConfigError(f"logger.mode={conf.logger.mode!r} is not one of {', '.join(LOGGER_MODES)}")
     # The layout declared in the model config lets k be checked before a (slow) model load.
     if model.n_layers is not None and model.n_heads is not None:
         k = resolve_k(iv, model.n_layers * model.n_heads, model_name=model.name_or_path)
@@ -163,11 +172,22 @@ def validate_config(cfg: Any) -> AppConfig:
             check_layer_counts_k(k, model.n_layers * model.n_heads)
         if iv.heads == "explicit":
             check_explicit_heads(iv.explicit, model.n_layers, model.n_heads)
+    return conf
+
+
+def check_job(conf: JobConfig) -> None:
+    """The checks on the keys every job has (`JobConfig`: a run, an atlas) that a type does not say."""
+    if not conf.model.name_or_path:
+        raise ConfigError("model.name_or_path must be a registry name, hub id or directory")
+    cbs = conf.capture_batch_size
+    if not (cbs == "auto" or (_is_int(cbs) and cbs >= 1)):
+        raise ConfigError(f"capture_batch_size must be an integer >= 1 or auto, got {cbs!r}")
+    if conf.logger.mode not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode={conf.logger.mode!r} is not one of {', '.join(LOGGER_MODES)}")
     if not (_is_number(conf.heartbeat_s) and conf.heartbeat_s >= 0):
         raise ConfigError(
             f"heartbeat_s must be a number of seconds >= 0 (0: no heartbeat thread), got {conf.heartbeat_s!r}"
         )
-    return conf
 
 
 RANK_TASK_FIX = (

@@ -6,6 +6,8 @@
   as a dashed line.
 * `matrix_heatmap`: a labelled matrix (rows x columns, e.g. the head-overlap Jaccard or transfer
   matrix of `headpursuit.app.overlap`), each cell annotated with its value.
+* `concept_layer_heatmap`: concepts x layers, each concept's score as its share per layer (the head
+  atlas, `headpursuit.app.atlas`).
 """
 
 from __future__ import annotations
@@ -204,6 +206,29 @@ def matrix_heatmap(
         ax.set_xlabel(str(matrix.columns.name))
     if matrix.index.name:
         ax.set_ylabel(str(matrix.index.name))
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def concept_layer_heatmap(profile: Any, path: str | os.PathLike, *, title: str | None = None) -> Path:
+    """Concepts (rows) x layers (columns) of a DataFrame of per-layer concept scores, each row
+    shown as the share of that concept's total in each layer (a concept's rows sum to 1; a concept
+    no head writes stays blank), so concepts of different sizes compare by where they are written."""
+    values = profile.to_numpy(dtype=float)
+    totals = values.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, values / np.where(totals > 0, totals, 1.0), np.nan)
+    n_rows, n_cols = shares.shape
+    fig, ax = plt.subplots(figsize=(min(16, 2.5 + 0.3 * n_cols), 1.2 + 0.4 * max(n_rows, 1)))
+    im = ax.imshow(np.ma.masked_invalid(shares), aspect="auto", cmap="viridis", interpolation="nearest", vmin=0)
+    fig.colorbar(im, ax=ax, label="share of the concept's score")
+    ax.set_yticks(range(n_rows))
+    ax.set_yticklabels([str(r) for r in profile.index])
+    step = max(1, math.ceil(n_cols / 16))
+    ax.set_xticks(range(0, n_cols, step))
+    ax.set_xticklabels([str(c) for c in list(profile.columns)[::step]])
+    ax.set_xlabel(str(profile.columns.name or "layer"))
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)

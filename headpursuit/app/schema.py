@@ -1,8 +1,9 @@
 """The run config's schema: one typed dataclass per config group, registered in Hydra's ConfigStore.
 
 Every key of a run config and its only default live here (the groups only the app reads: model,
-intervention, logger and the top level) or in the library's config dataclasses (what the library
-builds: `headpursuit.tasks.QAConfig` and the other task kinds, `headpursuit.ranking.RankingConfig`).
+intervention, logger and the top level, `JobConfig` the keys a run shares with the head atlas, and
+the atlas's own, `AtlasAppConfig`) or in the library's config dataclasses (what the library builds:
+`headpursuit.tasks.QAConfig` and the other task kinds, `headpursuit.ranking.RankingConfig`).
 The YAML files of ``conf/`` start from their group's schema and hold only what differs::
 
     # conf/task/toxicity.yaml                  # conf/ranking/paper.yaml
@@ -40,6 +41,10 @@ from headpursuit.tasks.loaders import fixture_path
 
 __all__ = [
     "AppConfig",
+    "AtlasAppConfig",
+    "AtlasConfig",
+    "AtlasSompConfig",
+    "JobConfig",
     "InterventionConfig",
     "LoggerConfig",
     "ModelConfig",
@@ -126,20 +131,13 @@ class InterventionConfig:
 
 
 @dataclass(kw_only=True)
-class AppConfig:
-    """A run: the groups, and the top-level keys (conf/config.yaml)."""
+class JobConfig:
+    """The keys every job of the shell has, a run (`AppConfig`) and an atlas (`AtlasAppConfig`):
+    the model, the tracker, and where and how the job runs."""
 
     model: ModelConfig = MISSING
-    #: a task kind's config (`TASK_SCHEMAS`: each task YAML names its schema)
-    task: Any = MISSING
-    ranking: RankingSchema = MISSING
-    intervention: InterventionConfig = MISSING
     #: the logger group (conf/config.yaml: wandb); without one (a config built in code): no tracker
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    #: transfer (the paper's Figure 4): rank the heads on another task's ranking data and concept,
-    #: evaluate them on `task`; null: rank on `task` itself. Composed from conf/task/:
-    #: ``task=cls_mnist +task@rank_task=cls_svhn`` (heads from SVHN, scored on MNIST)
-    rank_task: Any = None
     #: auto: cuda when available, else cpu
     device: str = "auto"
     #: auto: bfloat16 on GPU, float32 on CPU; or float32 / bfloat16 / float16
@@ -164,11 +162,100 @@ class AppConfig:
     #: seconds between heartbeats (run_dir/.heartbeat) while a job runs; `aggregate` reports a
     #: "running" job whose heartbeat stopped as stale (killed: SIGKILL, node failure). 0: none
     heartbeat_s: float = 30
-    #: write the layers x heads score heat map next to results.json
+    #: write the heat maps next to results.json
     plots: bool = True
     #: capture batch size (ranking forward passes), or auto: the largest that fits the device (text
     #: tasks on GPU; headpursuit.models.batching.auto_batch_size, kind "forward"; CPU: 32)
     capture_batch_size: Any = 8
+
+
+@dataclass(kw_only=True)
+class AppConfig(JobConfig):
+    """A run: the groups, and the top-level keys (conf/config.yaml; those shared with the atlas:
+    `JobConfig`)."""
+
+    #: a task kind's config (`TASK_SCHEMAS`: each task YAML names its schema)
+    task: Any = MISSING
+    ranking: RankingSchema = MISSING
+    intervention: InterventionConfig = MISSING
+    #: transfer (the paper's Figure 4): rank the heads on another task's ranking data and concept,
+    #: evaluate them on `task`; null: rank on `task` itself. Composed from conf/task/:
+    #: ``task=cls_mnist +task@rank_task=cls_svhn`` (heads from SVHN, scored on MNIST)
+    rank_task: Any = None
+
+
+@dataclass(kw_only=True)
+class AtlasSompConfig:
+    """The one full-vocabulary SOMP per head an atlas reads every concept from: the SOMP options of
+    `RankingConfig` under the same names, with its defaults (the ``concept_share`` ranking's), so
+    that an atlas score equals that ranking's score on the same activations."""
+
+    #: full-vocabulary SOMP steps per head (ranking.somp_steps)
+    somp_steps: int = RankingConfig.somp_steps
+    #: atom choice: l1 (sum_i |<R_i, D_j>|) | l2
+    aggregation: str = RankingConfig.aggregation
+    #: fold the final norm's gain into the unembedding
+    fold_norm_gain: bool = RankingConfig.fold_norm_gain
+    #: remove each head's mean over rows before pursuit
+    center: bool = RankingConfig.center
+    #: unit-norm dictionary rows
+    normalize_atoms: bool = RankingConfig.normalize_atoms
+
+
+@dataclass(kw_only=True)
+class AtlasConfig:
+    """A head atlas (``atlas:`` in conf/atlas.yaml, `python -m headpursuit.app.atlas`): which
+    prompts, which rows, which concepts, the control, and what the outputs show."""
+
+    #: concepts scored from the one pursuit: shipped names (headpursuit/data/concepts) or word-list
+    #: files (one word per line). countries_single_word is a subset of countries: add it by hand
+    concepts: list[str] = field(
+        default_factory=lambda: ["countries", "colors", "numbers", "quantity", "sentiment", "toxic"]
+    )
+    somp: AtlasSompConfig = field(default_factory=AtlasSompConfig)
+    #: which activation rows describe a head; concept-independent only (answer_concept depends on
+    #: the concept). prompt_mean: one row per prompt, the mean of what the head writes over the
+    #: prompt's tokens, the rows the paper describes heads with (its Table 1); the model's answers
+    #: are not read, so each source generates one token. image_mean: the same over a VLM's image
+    #: tokens. answer: every position predicting a token of the model's own greedy answer
+    #: (teacher-forced); all: every prompt and answer position; last_prompt. The SOMP's time grows
+    #: with the rows: answer rows are ~10x the prompt rows on the shipped prompts
+    positions: str = "prompt_mean"
+    #: the prompt source set: auto (image_prompts for a VLM, text_prompts otherwise) | text | images
+    prompts: str = "auto"
+    #: the prompt sources of text models: {name: a task config}, composed from conf/task/
+    #: (conf/atlas.yaml: qa_countries and toxicity); add one with +task@atlas.text_prompts.NAME=<task>, drop one with
+    #: ~task@atlas.text_prompts.NAME
+    text_prompts: dict[str, Any] = field(default_factory=dict)
+    #: the prompt sources of vision-language models (conf/atlas.yaml: captioning), as text_prompts
+    image_prompts: dict[str, Any] = field(default_factory=dict)
+    #: prompts per group (concept, control) of every prompt source: each source's ranking split with
+    #: n_rank = {concept: n, control: n}, rank_groups = [concept, control] (the sources' own n_rank,
+    #: rank_groups and n_eval are not used). Every other key is the task's own, e.g.
+    #: atlas.text_prompts.qa.max_new_tokens=8
+    n_per_group: int = 16
+    #: random token sets per concept (the control), seeded by (seed, concept, draw)
+    random_draws: int = 20
+    #: matched: each random set has as many tokens of each form as the concept (a leading space
+    #: then >= 3 letters, capitalised, lower-case, other) | vocab: uniform over the vocabulary.
+    #: Never one of the concept's own tokens
+    control_pool: str = "matched"
+    #: the top-k head sets whose Jaccard overlap is reported
+    top_k: int = 10
+    #: heads per concept in atlas.md
+    table_heads: int = 5
+    #: SOMP tokens shown per head
+    top_tokens: int = 5
+    #: logit-lens tokens per row, then the lens_top most frequent (the paper's Table 6)
+    lens_top: int = 5
+
+
+@dataclass(kw_only=True)
+class AtlasAppConfig(JobConfig):
+    """A head atlas job (conf/atlas.yaml): the model, the tracker and the top-level keys a run has
+    (`JobConfig`), and `atlas`."""
+
+    atlas: AtlasConfig = field(default_factory=AtlasConfig)
 
 
 #: schema name -> task config dataclass: conf/task/<file>.yaml starts with ``defaults: [<name>, _self_]``
@@ -207,6 +294,7 @@ def register_configs() -> None:
     module is imported (the app's entry point imports it; so must a caller of Hydra's compose API)."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=AppConfig)
+    cs.store(name="atlas_schema", node=AtlasAppConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="ranking", name="ranking_schema", node=RankingSchema)
     cs.store(group="intervention", name="intervention_schema", node=InterventionConfig)
