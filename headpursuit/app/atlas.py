@@ -39,7 +39,6 @@ from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import check_job, check_task_sizes, schema_config
 from headpursuit.app.environment import environment
 from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full
-from headpursuit.app.interrupts import JobInterrupted, signals_raise
 from headpursuit.app.liveness import FailFastFlag, Heartbeat
 from headpursuit.app.preflight import (
     PreflightError,
@@ -60,12 +59,11 @@ from headpursuit.app.run import (
     EXIT_BUSY,
     EXIT_DISK_FULL,
     find_config_dir,
-    record_failure,
-    record_interrupt,
     recorded_config,
     report_disk_full,
     route_library_logs,
     run_info,
+    run_recorded,
     warn_model_notes,
 )
 from headpursuit.app.schema import AtlasAppConfig, AtlasConfig, AtlasSompConfig
@@ -445,32 +443,7 @@ def main(cfg: DictConfig) -> dict | None:
 
 def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:
     """One atlas in its (locked) run directory; failures and signals recorded as a steer run's."""
-    multirun = hc.mode == RunMode.MULTIRUN
-    fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.fail_fast else None
-    rec = AtlasRecord(status="running")  # what a failure records: filled in as the job goes
-    timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
-    raise_log_errors, logging.raiseExceptions = logging.raiseExceptions, False  # a full disk: reported once
-    try:
-        with signals_raise(lambda: timer.stage):
-            return execute(cfg, run_dir, rec, timer, fail_fast).to_json()
-    except JobInterrupted as exc:
-        record_interrupt(run_dir, exc, rec)
-        raise SystemExit(exc.exit_code) from None
-    except Exception as exc:
-        stage = timer.stage_of_failure()
-        full = record_failure(run_dir, exc, rec, stage=stage)
-        if (full := disk_full(exc) or full) is not None:
-            report_disk_full(run_dir, cfg, full, stage)
-            raise SystemExit(EXIT_DISK_FULL) from None
-        log.error("%s failed: %s: %s (see %s/error.txt)", run_dir, type(exc).__name__, exc, run_dir)
-        if fail_fast is not None:
-            fail_fast.trip()
-        config_error = isinstance(exc, ConfigError) and not isinstance(exc, PreflightError)
-        if not multirun or fail_fast is not None or config_error:
-            raise
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    finally:
-        logging.raiseExceptions = raise_log_errors
+    return run_recorded(cfg, hc, run_dir, AtlasRecord(status="running"), execute)
 
 
 if __name__ == "__main__":

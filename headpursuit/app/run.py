@@ -23,7 +23,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -425,17 +425,26 @@ def main(cfg: DictConfig) -> dict | None:
 
 def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:
     """One job in its (locked) run directory: `execute`, and what a failure or a signal records."""
+    return run_recorded(cfg, hc, run_dir, RunRecord(status="running"), execute)
+
+
+#: a job body: (cfg, run_dir, its record, timer, the sweep's fail-fast flag) -> the complete record
+JobBody = Callable[[DictConfig, Path, Any, Timer, FailFastFlag | None], Any]
+
+
+def run_recorded(cfg: DictConfig, hc: Any, run_dir: Path, rec: Any, body: JobBody) -> dict | None:
+    """Run `body` (a steer run's `execute`, the atlas's) with `rec` (a `RunRecord`, filled in as the
+    job goes) as what a failure or a signal records: the one failure policy of every job."""
     multirun = hc.mode == RunMode.MULTIRUN
     # Keyed by this launch: a rerun into the same sweep dir is not skipped by an old failure.
     fail_fast = FailFastFlag(hc.sweep.dir) if multirun and cfg.fail_fast else None
-    rec = RunRecord(status="running")  # what a failure records: filled in as the job goes
     timer = Timer(announce=lambda name: log.info("%s: stage %s", run_dir.name, name))
     # A log line the job log cannot take (a full disk) prints no traceback of its own: a full disk
     # is reported once, below.
     raise_log_errors, logging.raiseExceptions = logging.raiseExceptions, False
     try:
         with signals_raise(lambda: timer.stage):
-            return execute(cfg, run_dir, rec, timer, fail_fast).to_json()
+            return body(cfg, run_dir, rec, timer, fail_fast).to_json()
     except JobInterrupted as exc:
         record_interrupt(run_dir, exc, rec)
         # SystemExit passes Hydra's error report: the process exits 130 (SIGINT) / 143 (SIGTERM).
