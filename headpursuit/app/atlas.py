@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,6 @@ from headpursuit.app.atlas_report import (
 from headpursuit.app.cache import RunCache, model_identity, task_identity
 from headpursuit.app.config import check_job, check_task_sizes, schema_config
 from headpursuit.app.environment import environment
-from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full
 from headpursuit.app.liveness import FailFastFlag, Heartbeat
 from headpursuit.app.preflight import (
     PreflightError,
@@ -56,13 +54,11 @@ from headpursuit.app.results import (
     write_record,
 )
 from headpursuit.app.run import (
-    EXIT_BUSY,
-    EXIT_DISK_FULL,
     find_config_dir,
     recorded_config,
-    report_disk_full,
     route_library_logs,
     run_info,
+    run_locked,
     run_recorded,
     warn_model_notes,
 )
@@ -427,18 +423,7 @@ def run_stages(
 def main(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     route_library_logs()
-    run_dir = Path(hc.runtime.output_dir)
-    try:
-        with RunDirLock(run_dir):  # one process per run directory, for the job's whole duration
-            return run_job(cfg, hc, run_dir)
-    except RunDirBusy as busy:  # raised before anything was written: results.json untouched
-        print(f"headpursuit-atlas: {busy}", file=sys.stderr)
-        raise SystemExit(EXIT_BUSY) from None
-    except OSError as exc:  # the lock file could not be made (run_job reports its own errors)
-        if disk_full(exc) is None:
-            raise
-        report_disk_full(run_dir, cfg, exc, "start")
-        raise SystemExit(EXIT_DISK_FULL) from None
+    return run_locked(cfg, hc, run_job, program="headpursuit-atlas")
 
 
 def run_job(cfg: DictConfig, hc: Any, run_dir: Path) -> dict | None:

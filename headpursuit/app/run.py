@@ -409,14 +409,21 @@ def report_disk_full(run_dir: Path, cfg: DictConfig, full: BaseException, stage:
 def main(cfg: DictConfig) -> dict | None:
     hc = HydraConfig.get()
     route_library_logs()
+    return run_locked(cfg, hc, run_job, program="headpursuit")
+
+
+def run_locked(cfg: DictConfig, hc: Any, job: Callable[[DictConfig, Any, Path], Any], *, program: str) -> Any:
+    """`job(cfg, hc, run_dir)` holding the run directory's lock (one process per run directory, for
+    the job's whole duration): a busy directory or a full disk at the lock is one line and an exit
+    code, with nothing written there. Every Hydra entry of the app runs its job through this."""
     run_dir = Path(hc.runtime.output_dir)
     try:
-        with RunDirLock(run_dir):  # one process per run directory, for the job's whole duration
-            return run_job(cfg, hc, run_dir)
+        with RunDirLock(run_dir):
+            return job(cfg, hc, run_dir)
     except RunDirBusy as busy:  # raised before anything was written: results.json untouched
-        print(f"headpursuit: {busy}", file=sys.stderr)
+        print(f"{program}: {busy}", file=sys.stderr)
         raise SystemExit(EXIT_BUSY) from None
-    except OSError as exc:  # the lock file could not be made (run_job reports its own errors)
+    except OSError as exc:  # the lock file could not be made (the job reports its own errors)
         if disk_full(exc) is None:
             raise
         report_disk_full(run_dir, cfg, exc, "start")
