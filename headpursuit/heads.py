@@ -6,6 +6,7 @@ name the config keys a user sets, because these are the checks a run's configura
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,9 @@ __all__ = [
     "check_layer_counts_k",
     "layer_count_draw",
     "random_control_draw",
+    "possible_control_sets",
+    "distinct_control_draws",
+    "MAX_REDRAWS",
     "select_heads",
     "head_records",
 ]
@@ -66,12 +70,26 @@ def check_heads(heads: Sequence[Head], n_layers: int, n_heads: int, key: str = "
         raise ConfigError(f"{key}: heads {bad} do not exist (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})")
 
 
+def _stream(kind: str, seed: int, redraw: int) -> str:
+    """The string a draw's generator is seeded with: stable on every platform and Python version; a
+    redraw (`distinct_control_draws`) gets a stream of its own, the first draw today's."""
+    return f"{kind}:{seed}" if redraw == 0 else f"{kind}:{seed}:redraw{redraw}"
+
+
 def random_heads(
-    n_layers: int, n_heads: int, k: int, seed: int, exclude: Iterable[Head] = (), layers: Iterable[int] | None = None
+    n_layers: int,
+    n_heads: int,
+    k: int,
+    seed: int,
+    exclude: Iterable[Head] = (),
+    layers: Iterable[int] | None = None,
+    *,
+    redraw: int = 0,
 ) -> list[Head]:
     """k distinct heads drawn uniformly (seeded, platform-stable), sorted by (layer, head).
 
-    `layers` restricts the draw to those layers (a layer-matched control), `exclude` removes heads.
+    `layers` restricts the draw to those layers (a layer-matched control), `exclude` removes heads;
+    `redraw` > 0 draws from another stream of the same seed.
     """
     excluded = {(int(a), int(b)) for a, b in exclude}
     allowed = range(n_layers) if layers is None else sorted({int(x) for x in layers})
@@ -82,8 +100,7 @@ def random_heads(
             f"intervention.k={k} exceeds the {len(pool)} heads available for random "
             f"draws{where}; lower k or use intervention.random_pool=all"
         )
-    # A string seed hashes the same on every platform and Python version.
-    return sorted(random.Random(f"heads:{seed}").sample(pool, k))
+    return sorted(random.Random(_stream("heads", seed, redraw)).sample(pool, k))
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,8 @@ class ControlDraw:
     seed: int
     heads: list[Head]
     borrowed: dict[int, dict[int, int]] = field(default_factory=dict)
+    #: 0: the seed's first draw; n: its n-th redraw, because the earlier ones repeated another set
+    redraw: int = 0
 
     @property
     def shortfall(self) -> dict[int, int]:
@@ -143,7 +162,7 @@ def _nearest_heads(
 
 
 def layer_count_draw(
-    selected: Sequence[Head], n_layers: int, n_heads: int, seed: int, *, strict: bool = False
+    selected: Sequence[Head], n_layers: int, n_heads: int, seed: int, *, strict: bool = False, redraw: int = 0
 ) -> ControlDraw:
     """A random head set with the per-layer counts of `selected`, disjoint from it (the paper's
     random control), sorted by (layer, head).
@@ -172,8 +191,7 @@ def layer_count_draw(
         layer = short[0]
         raise _layer_count_error(layer, counts[layer], len(free[layer]), n_heads)
     check_layer_counts_k(len(chosen), n_layers * n_heads)
-    # A string seed hashes the same on every platform and Python version.
-    rng = random.Random(f"layer_counts:{seed}")
+    rng = random.Random(_stream("layer_counts", seed, redraw))
     out: list[Head] = []
     for layer in sorted(counts):
         if layer not in short:
@@ -184,23 +202,85 @@ def layer_count_draw(
         got = _nearest_heads(layer, counts[layer] - len(free[layer]), n_layers, n_heads, chosen | taken, rng)
         taken.update(got)
         borrowed[layer] = dict(sorted(Counter(src for src, _ in got).items()))
-    return ControlDraw(int(seed), sorted(taken), borrowed)
+    return ControlDraw(int(seed), sorted(taken), borrowed, redraw)
 
 
 def random_control_draw(
-    edited: Sequence[Head], n_layers: int, n_heads: int, k: int, seed: int, pool: str = "all", *, strict: bool = False
+    edited: Sequence[Head],
+    n_layers: int,
+    n_heads: int,
+    k: int,
+    seed: int,
+    pool: str = "all",
+    *,
+    strict: bool = False,
+    redraw: int = 0,
 ) -> ControlDraw:
     """The random-head control for one seed: k heads from `all` heads; or (`same_layers`) k heads
     from the edited heads' layers without the edited heads themselves; or (`layer_counts`, the
     paper's) the edited set's per-layer counts, disjoint from it (k is then len(edited); short
-    layers borrow from the nearest ones unless `strict`, see `layer_count_draw`)."""
+    layers borrow from the nearest ones unless `strict`, see `layer_count_draw`). `redraw` > 0:
+    another draw of the same seed (`distinct_control_draws`)."""
     if pool == "layer_counts":
-        return layer_count_draw(edited, n_layers, n_heads, seed, strict=strict)
+        return layer_count_draw(edited, n_layers, n_heads, seed, strict=strict, redraw=redraw)
     if pool == "same_layers":
-        return ControlDraw(
-            int(seed), random_heads(n_layers, n_heads, k, seed, exclude=edited, layers={a for a, _ in edited})
-        )
-    return ControlDraw(int(seed), random_heads(n_layers, n_heads, k, seed))
+        layers = {a for a, _ in edited}
+        heads = random_heads(n_layers, n_heads, k, seed, exclude=edited, layers=layers, redraw=redraw)
+        return ControlDraw(int(seed), heads, redraw=redraw)
+    return ControlDraw(int(seed), random_heads(n_layers, n_heads, k, seed, redraw=redraw), redraw=redraw)
+
+
+def possible_control_sets(edited: Sequence[Head], n_layers: int, n_heads: int, k: int, pool: str) -> int | None:
+    """How many distinct sets `pool` holds: C(all heads, k); C(the edited layers' other heads, k)
+    (same_layers); the product over the edited layers of C(its other heads, its edited count)
+    (layer_counts). None for a layer_counts set whose short layers borrow (not counted)."""
+    chosen = {(int(a), int(b)) for a, b in edited}
+    counts = Counter(layer for layer, _ in chosen)
+    if pool == "layer_counts":
+        free = {layer: n_heads - n for layer, n in counts.items()}
+        if any(n > free[layer] for layer, n in counts.items()):
+            return None
+        return math.prod(math.comb(free[layer], n) for layer, n in counts.items())
+    if pool == "same_layers":
+        return math.comb(len(counts) * n_heads - len(chosen), k)
+    return math.comb(n_layers * n_heads, k)
+
+
+#: redraws a seed may take to find a set unlike the earlier ones before the pool counts as exhausted
+MAX_REDRAWS = 200
+
+
+def distinct_control_draws(
+    edited: Sequence[Head],
+    n_layers: int,
+    n_heads: int,
+    k: int,
+    seeds: Sequence[int],
+    pool: str = "all",
+    *,
+    strict: bool = False,
+) -> tuple[list[ControlDraw], int | None]:
+    """One random set per seed (`random_control_draw`), no two alike: a seed whose draw repeats an
+    earlier set draws again from its next stream (`ControlDraw.redraw`). Where the pool holds fewer
+    distinct sets than seeds (`possible_control_sets`), every one of them is used and the later
+    seeds get none; a borrowing layer_counts pool (not counted) counts as exhausted when a seed finds
+    nothing new in `MAX_REDRAWS` redraws. Returns the sets and the number the pool holds (None:
+    not counted)."""
+    possible = possible_control_sets(edited, n_layers, n_heads, k, pool)
+    draws: list[ControlDraw] = []
+    seen: set[tuple[Head, ...]] = set()
+    for seed in seeds:
+        if possible is not None and len(seen) >= possible:
+            break
+        for redraw in range(MAX_REDRAWS + 1):
+            draw = random_control_draw(edited, n_layers, n_heads, k, int(seed), pool, strict=strict, redraw=redraw)
+            if tuple(draw.heads) not in seen:
+                seen.add(tuple(draw.heads))
+                draws.append(draw)
+                break
+        else:
+            break  # nothing new in MAX_REDRAWS redraws: the pool is spent
+    return draws, possible
 
 
 def select_heads(

@@ -25,6 +25,7 @@ from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, check_layer_counts_k, parse_heads
 from headpursuit.ranking import METHODS, RankingConfig
+from headpursuit.stats import check_interval_config
 from headpursuit.tasks import task_config, task_factory
 from headpursuit.tasks.base import DEFAULT_RANK_GROUPS, GROUPS, TaskConfig, parse_batch_size, parse_rank_groups
 from headpursuit.tasks.image_task import ImageTask
@@ -143,6 +144,11 @@ def validate_config(cfg: Any) -> AppConfig:
         raise ConfigError(f"ranking.method={ranking.method!r} is unknown; known: {', '.join(methods)}")
     if ranking.somp_steps < 1:
         raise ConfigError(f"ranking.somp_steps (SOMP steps) must be an integer >= 1, got {ranking.somp_steps!r}")
+
+    try:
+        check_interval_config(conf.intervals)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     iv = conf.intervention
     if not _is_number(iv.alpha):

@@ -28,7 +28,9 @@ from headpursuit.app.results import (
     CacheProvenance,
     Edit,
     EditedHead,
+    EffectIntervals,
     Evaluation,
+    Intervals,
     ModelProvenance,
     Normalized,
     Outcome,
@@ -36,12 +38,17 @@ from headpursuit.app.results import (
     RandomControl,
     RandomControls,
     SeedStats,
+    Significance,
+    Specificity,
     Transfer,
     is_metric_group,
 )
 from headpursuit.app.stages import transfer_info
-from headpursuit.heads import ControlDraw, Head, head_records
+from headpursuit.heads import ControlDraw, Head, head_records, possible_control_sets
 from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
+from headpursuit.stats import EffectIntervals as BootstrapEffect
+from headpursuit.stats import IntervalConfig, edit_direction, empirical_p, paired_bootstrap, specificity
+from headpursuit.tasks.base import ITEMS_KEY
 
 if TYPE_CHECKING:
     from headpursuit.capture import CaptureSample, HeadActivations
@@ -67,6 +74,12 @@ __all__ = [
     "normalized_metrics",
     "metric_groups",
     "run_warnings",
+    "interval_config",
+    "headline_lines",
+    "evaluation_items",
+    "intervals",
+    "specificity_of",
+    "significance_of",
     "CACHE_FLAGS",
     "SEED_STATS",
     "STD_NOTE",
@@ -275,6 +288,141 @@ def relaxed_layers(draws: Sequence[ControlDraw]) -> dict[str, dict[str, Any]]:
     return {str(layer): b.to_json() for layer, b in relaxed_layers_of(draws).items()}
 
 
+def interval_config(config: Mapping[str, Any]) -> IntervalConfig:
+    """The run config's `intervals` node (its defaults where a config has none: built in code)."""
+    return IntervalConfig(**dict(config.get("intervals") or {}))
+
+
+def evaluation_items(result: Mapping[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """An evaluation result's per-item metric values ({} when its task gives none)."""
+    items = result.get(ITEMS_KEY) or {}
+    return {str(g): {str(m): [float(x) for x in v] for m, v in ms.items()} for g, ms in items.items()}
+
+
+def _effect_intervals(effect: BootstrapEffect, seed: int | None = None) -> EffectIntervals:
+    return EffectIntervals(
+        value=effect.value, delta=effect.delta, ratio=effect.ratio, specificity=effect.specificity, seed=seed
+    )
+
+
+def intervals(
+    baseline: Mapping[str, Any],
+    edited: Mapping[str, Any],
+    per_seed: Sequence[Mapping[str, Any]],
+    config: IntervalConfig,
+) -> Intervals | None:
+    """`intervals` (`headpursuit.stats.paired_bootstrap` over the evaluations' items): the baseline's,
+    the edited heads' and each random set's; None without items or with ``n_resamples=0``."""
+    base_items = evaluation_items(baseline)
+    if not base_items or config.n_resamples == 0:
+        return None
+    boot = paired_bootstrap(base_items, [evaluation_items(edited), *(evaluation_items(r) for r in per_seed)], config)
+    return Intervals(
+        level=float(config.level),
+        n_resamples=int(config.n_resamples),
+        seed=int(config.seed),
+        n_items=boot.n_items,
+        baseline=boot.baseline,
+        edited=_effect_intervals(boot.effects[0]),
+        random=[_effect_intervals(e, int(r["seed"])) for e, r in zip(boot.effects[1:], per_seed)],
+    )
+
+
+def _shared_metrics(result: Mapping[str, Any]) -> list[str]:
+    """The metrics both the concept and the control group have (specificity needs both)."""
+    groups = metric_groups(result)
+    return sorted(set(groups.get("concept", {})) & set(groups.get("control", {})))
+
+
+def specificity_of(
+    baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence[Mapping[str, Any]], headline: str | None
+) -> Specificity | None:
+    """`specificity` per metric (`headpursuit.stats.specificity`): the edited heads', and the random
+    sets' median and quartiles; None when the groups share no metric (e.g. no control group)."""
+    metrics = _shared_metrics(edited)
+    if not metrics:
+        return None
+    base = metric_groups(baseline)
+    random = {m: [specificity(base, metric_groups(r), m) for r in per_seed] for m in metrics}
+    finite = {m: [v for v in vs if math.isfinite(v)] for m, vs in random.items()}
+    return Specificity(
+        metric=headline if headline in metrics else None,
+        edited={m: specificity(base, metric_groups(edited), m) for m in metrics},
+        random_median={m: statistics.median(v) if v else math.nan for m, v in finite.items()},
+        random_q25={m: percentile(v, 0.25) for m, v in finite.items()},
+        random_q75={m: percentile(v, 0.75) for m, v in finite.items()},
+        random_n={m: len(v) for m, v in finite.items()},
+    )
+
+
+def significance_of(
+    baseline: Mapping[str, Any], edited: Mapping[str, Any], per_seed: Sequence[Mapping[str, Any]], alpha: float
+) -> Significance | None:
+    """`significance`: every metric's rank and empirical p-value among the random sets
+    (`headpursuit.stats.empirical_p`, in the edit's direction), and the specificity's (higher = more
+    specific); None without random sets."""
+    if not per_seed:
+        return None
+    direction = edit_direction(alpha)
+    randoms = [metric_groups(r) for r in per_seed]
+    rank: dict[str, dict[str, int | None]] = {}
+    p: dict[str, dict[str, float]] = {}
+    n_sets: dict[str, dict[str, int]] = {}
+    for g, metrics in metric_groups(edited).items():
+        rank[g], p[g], n_sets[g] = {}, {}, {}
+        for m, value in metrics.items():
+            values = [float(r.get(g, {}).get(m, math.nan)) for r in randoms]
+            rank[g][m], p[g][m], n_sets[g][m] = empirical_p(float(value), values, direction)
+    base, spec_rank, spec_p = metric_groups(baseline), {}, {}
+    for m in _shared_metrics(edited):
+        values = [specificity(base, r, m) for r in randoms]
+        spec_rank[m], spec_p[m], _ = empirical_p(specificity(base, metric_groups(edited), m), values, "higher")
+    return Significance(
+        direction=direction, rank=rank, p=p, n_sets=n_sets, specificity_rank=spec_rank, specificity_p=spec_p
+    )
+
+
+def _num(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+
+
+def _bounds(iv: Any) -> str:
+    return "" if iv is None or not iv.defined else f" [{iv.lo:.3f}, {iv.hi:.3f}]"
+
+
+def headline_lines(outcome: Outcome) -> list[str]:
+    """What the console says of a run's effect: the headline metric per group (unedited -> edited,
+    the change's interval, the rank and p-value against the random sets), then the specificity with
+    its interval beside the random sets' median [IQR] and its p-value."""
+    spec, sig, ivs = outcome.specificity, outcome.significance, outcome.intervals
+    metric = spec.metric if spec is not None else None
+    if metric is None:
+        return []
+    level = f"{ivs.level:.0%} " if ivs is not None else ""
+    lines = []
+    for g in ("concept", "control"):
+        base, edited = outcome.baseline.metric(g, metric), outcome.edited.metric(g, metric)
+        delta = ivs.edited.delta.get(g, {}).get(metric) if ivs is not None else None
+        n = outcome.baseline.n.get(g)
+        text = f"{g} {metric}: {_num(base)} -> {_num(edited)} (n={n}; change {_num(edited - base)}{_bounds(delta)})"
+        if sig is not None:
+            p, n_sets = sig.p.get(g, {}).get(metric, math.nan), sig.n_sets.get(g, {}).get(metric, 0)
+            text += f"; p={_num(p)} vs {n_sets} random sets ({sig.direction} is the edit's aim)"
+        lines.append(text)
+    text = f"specificity ({metric}: control retained - concept retained): {_num(spec.edited.get(metric, math.nan))}"
+    if ivs is not None:
+        text += f" {level}CI{_bounds(ivs.edited.specificity.get(metric)) or ' n/a'}"
+    if spec.random_n.get(metric):
+        text += (
+            f"; random sets median {_num(spec.random_median[metric])} [IQR {_num(spec.random_q25[metric])}, "
+            f"{_num(spec.random_q75[metric])}]"
+        )
+    if sig is not None:
+        text += f"; p={_num(sig.specificity_p.get(metric, math.nan))}"
+    lines.append(text)
+    return lines
+
+
 def cache_provenance(cache: RunCache) -> CacheProvenance:
     """Where the cache lives and, per stage, whether it was read from it (from `cache.hits`)."""
     return CacheProvenance(
@@ -357,10 +505,14 @@ def record(
                     heads=[(int(a), int(b)) for a, b in r["heads"]],
                     result=evaluation({key: v for key, v in r.items() if key not in RandomControl.KEYS}),
                     relaxed=relaxation_of(draws[r["seed"]]),
+                    redraw=draws[r["seed"]].redraw,
                 )
                 for r in per_seed
             ],
+            n_possible=possible_control_sets(heads, layout.n_layers, layout.n_heads, k, iv["random_pool"]),
         )
+    alpha = float(iv["alpha"])
+    spec = specificity_of(baseline, edited, per_seed, getattr(task, "headline_metric", None))
     transfer = transfer_info(config) if rank_task is not None else None
     return Outcome(
         model=lm.name,
@@ -380,7 +532,10 @@ def record(
         edited=evaluation(edited),
         random=random,
         normalized=normalized(baseline, edited, per_seed),
-        warnings=run_warnings(heads, float(iv["alpha"]), baseline, edited, per_seed),
+        intervals=intervals(baseline, edited, per_seed, interval_config(config)),
+        specificity=spec,
+        significance=significance_of(baseline, edited, per_seed, alpha),
+        warnings=run_warnings(heads, alpha, baseline, edited, per_seed),
         provenance=Provenance(
             model=ModelProvenance(
                 details=to_jsonable(lm.provenance),

@@ -18,7 +18,8 @@ The file's layout is that of version 1 with `results_version` added (a file with
     results_version, status, config_hash, config, run, heartbeat,
     model, task, dataset, transfer, ranking,                          (outcome)
     k, k_frac, alpha, heads_mode, n_heads_total, heads,               (outcome.edit)
-    baseline, edited, random, normalized, warnings, provenance,       (outcome)
+    baseline, edited, random, normalized, intervals, specificity,     (outcome)
+    significance, warnings, provenance,
     tracking, error
 
 A metric that is undefined (e.g. a ratio over an unedited value of 0) is NaN here and null in the
@@ -45,6 +46,7 @@ from typing import Any
 
 from headpursuit.app.files import read_json, to_jsonable, write_json_atomic, write_text_atomic
 from headpursuit.app.result_neutral import RESULT_NEUTRAL_KEYS
+from headpursuit.stats import Interval
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,12 @@ __all__ = [
     "Borrowed",
     "SeedStats",
     "Normalized",
+    "Intervals",
+    "EffectIntervals",
+    "Specificity",
+    "Significance",
+    "ItemGroups",
+    "IntervalGroups",
     "Provenance",
     "ModelProvenance",
     "CacheProvenance",
@@ -98,6 +106,10 @@ VOLATILE_KEYS = RESULT_NEUTRAL_KEYS  # the one list (headpursuit.app.result_neut
 #: {group: {metric: value}}: one evaluation's metrics per item group (concept, control); NaN where
 #: undefined (null in the file)
 Groups = dict[str, dict[str, float]]
+#: {group: {metric: [value per evaluation item]}}
+ItemGroups = dict[str, dict[str, list[float]]]
+#: {group: {metric: Interval}} ({"lo": .., "hi": ..} in the file)
+IntervalGroups = dict[str, dict[str, Interval]]
 
 
 class ResultsError(ValueError):
@@ -308,9 +320,12 @@ class Evaluation:
     n_outputs: int | None = None
     empty_fraction: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: {group: {metric: one value per evaluation item}} for the metrics that are the mean of their
+    #: items (what the intervals resample); {} in files of before they were recorded
+    items: ItemGroups = field(default_factory=dict)
 
     #: an evaluation's keys that are not metric groups
-    KEYS = ("n", "examples", "n_empty", "n_outputs", "empty_fraction")
+    KEYS = ("n", "examples", "n_empty", "n_outputs", "empty_fraction", "items")
 
     def metric(self, group: str, name: str) -> float:
         """One metric; NaN when this evaluation does not have it."""
@@ -320,6 +335,8 @@ class Evaluation:
         out: dict[str, Any] = {"n": dict(self.n), **_groups_json(self.groups), "examples": list(self.examples)}
         if self.n_outputs is not None:  # counted (files of before the count have none of the three)
             out.update(n_empty=self.n_empty, n_outputs=self.n_outputs, empty_fraction=self.empty_fraction)
+        if self.items:
+            out["items"] = {g: {m: list(v) for m, v in ms.items()} for g, ms in self.items.items()}
         return {**out, **self.extra}
 
     @classmethod
@@ -335,6 +352,10 @@ class Evaluation:
             n_outputs=_optional(int, obj.get("n_outputs")),
             empty_fraction=_optional(float, obj.get("empty_fraction")),
             extra={k: v for k, v in obj.items() if k not in own and not is_metric_group(k, v, own)},
+            items={
+                str(g): {str(m): [_metric_value(x) for x in v] for m, v in _dict(ms).items()}
+                for g, ms in _dict(obj.get("items")).items()
+            },
         )
 
 
@@ -382,11 +403,17 @@ class RandomControl:
     heads: list[tuple[int, int]]
     result: Evaluation
     relaxed: dict[int, Borrowed] | None = None
+    #: 0: the seed's first draw; n: its n-th redraw (the earlier ones repeated another set); None in
+    #: files of before sets were kept distinct
+    redraw: int | None = None
 
-    KEYS = ("seed", "heads", "relaxed")
+    KEYS = ("seed", "heads", "relaxed", "redraw")
 
     def to_json(self) -> dict[str, Any]:
-        out = {"seed": self.seed, "heads": [list(h) for h in self.heads], **self.result.to_json()}
+        out: dict[str, Any] = {"seed": self.seed, "heads": [list(h) for h in self.heads]}
+        if self.redraw is not None:
+            out["redraw"] = self.redraw
+        out.update(self.result.to_json())
         if self.relaxed is not None:
             out["relaxed"] = _borrowed_json(self.relaxed)
         return out
@@ -398,6 +425,7 @@ class RandomControl:
             heads=[(int(a), int(b)) for a, b in obj.get("heads") or []],
             result=Evaluation.from_json(obj, reserved=cls.KEYS),
             relaxed=None if obj.get("relaxed") is None else _borrowed(obj["relaxed"]),
+            redraw=_optional(int, obj.get("redraw")),
         )
 
 
@@ -464,11 +492,16 @@ class RandomControls:
     pool: str | None = None
     relaxed_layers: dict[int, Borrowed] | None = None
     per_seed: list[RandomControl] = field(default_factory=list)
+    #: how many distinct sets the pool holds (`heads.possible_control_sets`; None: not counted, a
+    #: borrowing layer_counts pool, or a file of before it was recorded). Fewer than `seeds`: every
+    #: one of them was evaluated (`n_seeds` says how many)
+    n_possible: int | None = None
 
-    KEYS = ("seeds", "pool", "relaxed_layers", "per_seed")
+    KEYS = ("seeds", "pool", "relaxed_layers", "per_seed", "n_possible")
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.stats.to_json(means_at_top=True), "seeds": list(self.seeds), "pool": self.pool}
+        out["n_possible"] = self.n_possible
         if self.relaxed_layers is not None:
             out["relaxed_layers"] = _borrowed_json(self.relaxed_layers)
         out["per_seed"] = [r.to_json() for r in self.per_seed]
@@ -483,6 +516,7 @@ class RandomControls:
             pool=obj.get("pool"),
             relaxed_layers=None if relaxed is None else _borrowed(relaxed),
             per_seed=[RandomControl.from_json(r) for r in obj.get("per_seed") or []],
+            n_possible=_optional(int, obj.get("n_possible")),
         )
 
 
@@ -507,6 +541,173 @@ class Normalized:
         return cls(
             edited=_groups(obj.get("edited")),
             random=None if random is None else SeedStats.from_json(random, means_at_top=False),
+        )
+
+
+def _intervals(obj: Any) -> IntervalGroups:
+    return {str(g): {str(m): Interval.from_json(iv) for m, iv in _dict(ms).items()} for g, ms in _dict(obj).items()}
+
+
+def _intervals_json(groups: IntervalGroups) -> dict[str, dict[str, dict[str, float]]]:
+    return {g: {m: iv.to_json() for m, iv in ms.items()} for g, ms in groups.items()}
+
+
+@dataclass(frozen=True)
+class EffectIntervals:
+    """The intervals of one edited evaluation (the edited heads, or a random set: its `seed`) against
+    the unedited model: its `value`, `delta` (edited - unedited), `ratio` (edited / unedited) per
+    group and metric, and its `specificity` per metric."""
+
+    value: IntervalGroups = field(default_factory=dict)
+    delta: IntervalGroups = field(default_factory=dict)
+    ratio: IntervalGroups = field(default_factory=dict)
+    specificity: dict[str, Interval] = field(default_factory=dict)
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {} if self.seed is None else {"seed": self.seed}
+        out.update(
+            value=_intervals_json(self.value),
+            delta=_intervals_json(self.delta),
+            ratio=_intervals_json(self.ratio),
+            specificity={m: iv.to_json() for m, iv in self.specificity.items()},
+        )
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> EffectIntervals:
+        return cls(
+            value=_intervals(obj.get("value")),
+            delta=_intervals(obj.get("delta")),
+            ratio=_intervals(obj.get("ratio")),
+            specificity={str(m): Interval.from_json(iv) for m, iv in _dict(obj.get("specificity")).items()},
+            seed=_optional(int, obj.get("seed")),
+        )
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """`intervals`: paired percentile-bootstrap intervals over the evaluation items
+    (`headpursuit.stats`): their `level`, `n_resamples`, `seed`, the items per group (`n_items`), the
+    unedited model's value intervals (`baseline`), the edited heads' (`edited`) and each random
+    set's (`random`, in `random.per_seed` order)."""
+
+    level: float
+    n_resamples: int
+    seed: int
+    n_items: dict[str, int] = field(default_factory=dict)
+    baseline: IntervalGroups = field(default_factory=dict)
+    edited: EffectIntervals = field(default_factory=EffectIntervals)
+    random: list[EffectIntervals] = field(default_factory=list)
+
+    METHOD = "paired percentile bootstrap over evaluation items (headpursuit.stats)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.METHOD,
+            "level": self.level,
+            "n_resamples": self.n_resamples,
+            "seed": self.seed,
+            "n_items": dict(self.n_items),
+            "baseline": _intervals_json(self.baseline),
+            "edited": self.edited.to_json(),
+            "random": [r.to_json() for r in self.random],
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Intervals:
+        return cls(
+            level=float(obj["level"]),
+            n_resamples=int(obj["n_resamples"]),
+            seed=int(obj.get("seed") or 0),
+            n_items={str(g): int(n) for g, n in _dict(obj.get("n_items")).items()},
+            baseline=_intervals(obj.get("baseline")),
+            edited=EffectIntervals.from_json(_dict(obj.get("edited"))),
+            random=[EffectIntervals.from_json(r) for r in obj.get("random") or []],
+        )
+
+
+@dataclass(frozen=True)
+class Specificity:
+    """`specificity`: retained(control) - retained(concept) per metric, retained = edited / unedited
+    (`headpursuit.stats.specificity`): the edited heads' (`edited`), the random sets' median and
+    quartiles and how many sets had a value (`random_median`, `random_q25`, `random_q75`,
+    `random_n`); `metric`: the task's headline metric (the console's one number)."""
+
+    metric: str | None = None
+    edited: dict[str, float] = field(default_factory=dict)
+    random_median: dict[str, float] = field(default_factory=dict)
+    random_q25: dict[str, float] = field(default_factory=dict)
+    random_q75: dict[str, float] = field(default_factory=dict)
+    random_n: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "edited": dict(self.edited),
+            "random": {
+                "median": dict(self.random_median),
+                "q25": dict(self.random_q25),
+                "q75": dict(self.random_q75),
+                "n_sets": dict(self.random_n),
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Specificity:
+        random = _dict(obj.get("random"))
+
+        def metrics(node: Any) -> dict[str, float]:
+            return {str(m): _metric_value(v) for m, v in _dict(node).items()}
+
+        return cls(
+            metric=obj.get("metric"),
+            edited=metrics(obj.get("edited")),
+            random_median=metrics(random.get("median")),
+            random_q25=metrics(random.get("q25")),
+            random_q75=metrics(random.get("q75")),
+            random_n={str(m): int(n) for m, n in _dict(random.get("n_sets")).items()},
+        )
+
+
+@dataclass(frozen=True)
+class Significance:
+    """`significance`: the edited heads against the random sets (`headpursuit.stats.empirical_p`):
+    per group and metric the edited set's `rank` (1 + the sets doing at least as much in
+    `direction`) and the empirical `p` = rank / (1 + N), over the `n_sets` sets with a value; the
+    same for the specificity (`specificity_rank`, `specificity_p`; more specific = more)."""
+
+    direction: str
+    rank: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    p: Groups = field(default_factory=dict)
+    n_sets: dict[str, dict[str, int]] = field(default_factory=dict)
+    specificity_rank: dict[str, int | None] = field(default_factory=dict)
+    specificity_p: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "rank": {g: dict(ms) for g, ms in self.rank.items()},
+            "p": _groups_json(self.p),
+            "n_sets": {g: dict(ms) for g, ms in self.n_sets.items()},
+            "specificity": {"rank": dict(self.specificity_rank), "p": dict(self.specificity_p)},
+        }
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Significance:
+        spec = _dict(obj.get("specificity"))
+        return cls(
+            direction=str(obj.get("direction")),
+            rank={
+                str(g): {str(m): _optional(int, r) for m, r in _dict(ms).items()}
+                for g, ms in _dict(obj.get("rank")).items()
+            },
+            p=_groups(obj.get("p")),
+            n_sets={
+                str(g): {str(m): int(n) for m, n in _dict(ms).items()} for g, ms in _dict(obj.get("n_sets")).items()
+            },
+            specificity_rank={str(m): _optional(int, r) for m, r in _dict(spec.get("rank")).items()},
+            specificity_p={str(m): _metric_value(v) for m, v in _dict(spec.get("p")).items()},
         )
 
 
@@ -628,6 +829,10 @@ class Outcome:
     edited: Evaluation = field(default_factory=Evaluation)
     random: RandomControls | None = None
     normalized: Normalized | None = None  # None in files of before it was recorded
+    # None in files of before they were recorded, or without items / random sets
+    intervals: Intervals | None = None
+    specificity: Specificity | None = None
+    significance: Significance | None = None
     warnings: list[str] | None = None
     provenance: Provenance = field(default_factory=Provenance)
 
@@ -646,6 +851,9 @@ class Outcome:
             "edited": self.edited.to_json(),
             "random": None if self.random is None else self.random.to_json(),
             "normalized": None if self.normalized is None else self.normalized.to_json(),
+            **({} if self.intervals is None else {"intervals": self.intervals.to_json()}),
+            **({} if self.specificity is None else {"specificity": self.specificity.to_json()}),
+            **({} if self.significance is None else {"significance": self.significance.to_json()}),
             **({} if self.warnings is None else {"warnings": list(self.warnings)}),
             "provenance": self.provenance.to_json(),
         }
@@ -664,6 +872,9 @@ class Outcome:
             edited=Evaluation.from_json(_dict(obj.get("edited"))),
             random=None if random is None else RandomControls.from_json(random),
             normalized=None if normalized is None else Normalized.from_json(normalized),
+            intervals=None if obj.get("intervals") is None else Intervals.from_json(obj["intervals"]),
+            specificity=None if obj.get("specificity") is None else Specificity.from_json(obj["specificity"]),
+            significance=None if obj.get("significance") is None else Significance.from_json(obj["significance"]),
             warnings=None if obj.get("warnings") is None else [str(w) for w in obj["warnings"]],
             provenance=Provenance.from_json(_dict(obj.get("provenance"))),
         )

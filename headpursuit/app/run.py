@@ -38,7 +38,7 @@ from headpursuit.app.files import RunDirBusy, RunDirLock, disk_full, write_csv_a
 from headpursuit.app.interrupts import JobInterrupted, signals_ignored, signals_raise
 from headpursuit.app.liveness import FailFastFlag, Heartbeat
 from headpursuit.app.preflight import PreflightError, preflight
-from headpursuit.app.record import batch_size_provenance, record
+from headpursuit.app.record import batch_size_provenance, headline_lines, record
 from headpursuit.app.results import (
     HEAD_SCORES_FILE,
     RESULTS_FILE,
@@ -336,6 +336,8 @@ def run_stages(
         rec.outcome, rec.status = outcome, "complete"
         for warning in outcome.warnings or ():  # on the console too, not only in results.json
             log.warning("%s: %s", run_dir.name, warning)
+        for line in headline_lines(outcome):
+            log.info("%s", line)
         track(tracker, rec, scores, heatmap)
         tracker.finish(0)
     except BaseException:

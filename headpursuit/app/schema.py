@@ -36,6 +36,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from headpursuit.app.result_neutral import LAUNCHER_GROUP, RESULT_NEUTRAL_KEYS
 from headpursuit.app.tracker import LoggerConfig
 from headpursuit.ranking import RankingConfig
+from headpursuit.stats import IntervalConfig
 from headpursuit.tasks import CaptioningConfig, ClassificationConfig, QAConfig, TaskConfig, ToxicityConfig
 from headpursuit.tasks.loaders import fixture_path
 
@@ -178,6 +179,9 @@ class AppConfig(JobConfig):
     task: Any = MISSING
     ranking: RankingSchema = MISSING
     intervention: InterventionConfig = MISSING
+    #: the bootstrap intervals over the evaluation items (`headpursuit.stats.IntervalConfig`:
+    #: n_resamples, level, seed; its defaults are the only ones)
+    intervals: IntervalConfig = field(default_factory=IntervalConfig)
     #: transfer (the paper's Figure 4): rank the heads on another task's ranking data and concept,
     #: evaluate them on `task`; null: rank on `task` itself. Composed from conf/task/:
     #: ``task=cls_mnist +task@rank_task=cls_svhn`` (heads from SVHN, scored on MNIST)

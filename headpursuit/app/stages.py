@@ -30,7 +30,7 @@ import torch
 
 from headpursuit.app.cache import RunCache, stable_hash
 from headpursuit.capture import CaptureSample, activation_key, capture_heads
-from headpursuit.heads import ControlDraw, Head, random_control_draw
+from headpursuit.heads import ControlDraw, Head, distinct_control_draws
 from headpursuit.intervention import scale_heads
 from headpursuit.models import load_model
 from headpursuit.ranking import RankingConfig, rank_heads
@@ -272,12 +272,12 @@ def evaluate_cached(
 def random_control_sets(
     edited: Sequence[Head], layout: AttentionLayout, *, k: int, seeds: Sequence[int], pool: str, strict: bool = False
 ) -> list[ControlDraw]:
-    """The random-head set of each seed (drawn from `pool`, see `random_control_draw`; `strict`:
-    `intervention.random_strict`). Cheap: drawn before any evaluation so a pool that cannot supply
-    the heads fails the run at once."""
-    return [
-        random_control_draw(edited, layout.n_layers, layout.n_heads, k, int(s), pool=pool, strict=strict) for s in seeds
-    ]
+    """The random-head set of each seed, no two alike (drawn from `pool`, see
+    `distinct_control_draws`: a repeat is redrawn; a pool with fewer distinct sets than seeds gives
+    all of them; `strict`: `intervention.random_strict`). Cheap: drawn before any evaluation so a
+    pool that cannot supply the heads fails the run at once."""
+    draws, _ = distinct_control_draws(edited, layout.n_layers, layout.n_heads, k, seeds, pool, strict=strict)
+    return draws
 
 
 def random_control_edits(sets: Sequence[ControlDraw], alpha: float) -> list[dict[Head, float]]:

@@ -29,7 +29,8 @@ __all__ = ["RESULT_SECTIONS", "LoggerConfig", "Tracker", "flatten_metrics"]
 
 
 # `normalized` holds the same metrics over the unedited model's (edited/baseline, per-seed random).
-RESULT_SECTIONS = ("baseline", "edited", "random", "normalized")
+# `intervals`, `specificity` and `significance`: the interval bounds, specificities and p-values.
+RESULT_SECTIONS = ("baseline", "edited", "random", "normalized", "intervals", "specificity", "significance")
 
 
 def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: str = "/") -> dict[str, float]:
@@ -39,7 +40,7 @@ def flatten_metrics(results: Mapping[str, Any], sections=RESULT_SECTIONS, sep: s
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, Mapping):
             for k, v in node.items():
-                if k in ("examples", "per_seed", "heads", "n", "from_cache", "seeds", "relaxed_layers"):
+                if k in ("examples", "per_seed", "heads", "n", "from_cache", "seeds", "relaxed_layers", "items"):
                     continue
                 walk(f"{prefix}{sep}{k}", v)
         elif isinstance(node, (int, float)) and not isinstance(node, bool):

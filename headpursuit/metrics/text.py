@@ -26,7 +26,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -37,6 +37,8 @@ __all__ = [
     "count_concept_words",
     "concept_rate",
     "answer_metrics",
+    "answer_items",
+    "mean_of_items",
     "ConceptRate",
     "official_normalize",
     "token_f1",
@@ -160,21 +162,38 @@ def concept_rate(texts: Sequence[str], concept: Any) -> ConceptRate:
     )
 
 
+def answer_items(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], concept: Any
+) -> dict[str, list[float]]:
+    """`answer_metrics` per item: {metric: one value per prediction}; each metric of
+    `answer_metrics` is the mean of its items (`mean_of_items`), which is what bootstrap intervals
+    resample (`headpursuit.stats`)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"answer_items: {len(predictions)} predictions but {len(references)} reference lists")
+    counts = [count_concept_words(p, concept) for p in predictions]
+    return {
+        "accuracy": [float(alias_match(p, r)) for p, r in zip(predictions, references)],
+        "f1": [float(token_f1(p, r)) for p, r in zip(predictions, references)],
+        "concept_rate": [float(c > 0) for c in counts],
+        "concept_count": [float(c) for c in counts],
+        "empty_rate": [float(not (p or "").strip()) for p in predictions],
+    }
+
+
+def mean_of_items(items: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """{metric: the mean of its item values} (NaN without items)."""
+    return {m: (sum(v) / len(v) if len(v) else math.nan) for m, v in items.items()}
+
+
 def answer_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]], concept: Any) -> dict[str, float]:
-    """The per-group metrics of a task whose answers are words (QA, image classification).
+    """The per-group metrics of a task whose answers are words (QA, image classification): the means
+    of `answer_items`.
 
     `accuracy` is our alias match (any accepted answer contained in the prediction, after
     `normalize_answer`); `f1` is the official TriviaQA token F1 (`token_f1`, max over aliases), the
     paper's QA metric.
     """
-    cr = concept_rate(predictions, concept)
-    return {
-        "accuracy": float(accuracy(predictions, references)),
-        "f1": float(mean_token_f1(predictions, references)),
-        "concept_rate": float(cr.rate),
-        "concept_count": float(cr.mean_count),
-        "empty_rate": float(empty_rate(predictions)),
-    }
+    return mean_of_items(answer_items(predictions, references, concept))
 
 
 # ------------------------------------------------------------------------------------------

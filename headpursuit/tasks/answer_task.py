@@ -35,6 +35,7 @@ class AnswerTask(Task):
     """
 
     shares_edit_batches = True
+    headline_metric = "accuracy"
 
     # set by each subclass's __init__ from its config
     instruction: str

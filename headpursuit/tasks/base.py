@@ -55,6 +55,7 @@ BatchSize = int | Literal["auto"]
 
 __all__ = [
     "GROUPS",
+    "ITEMS_KEY",
     "DEFAULT_RANK_GROUPS",
     "BatchSize",
     "TaskConfig",
@@ -74,6 +75,10 @@ __all__ = [
 ]
 
 GROUPS = ("concept", "control")
+#: the key of a scored result that holds its metrics per evaluation item, {group: {metric: [value per
+#: item]}}: each such metric of the group is exactly the mean of its items (what `headpursuit.stats`
+#: resamples); metrics that are no item mean (corpus BLEU, CIDEr, perplexity) have none
+ITEMS_KEY = "items"
 #: the groups whose ranking split feeds the ranking when `task.rank_groups` is null
 DEFAULT_RANK_GROUPS = ("concept",)
 _RANK_GROUP_CHOICES = (("concept",), ("concept", "control"))
@@ -385,6 +390,9 @@ class Task(abc.ABC):
     name: str = "task"
     #: whether `generate_many` runs several edits in the same batches (True) or one at a time
     shares_edit_batches: bool = False
+    #: the metric whose specificity a run reports as its one headline number (results.json keeps
+    #: every metric's); None: none
+    headline_metric: str | None = None
 
     #: the config dataclass of this task kind (`build_task` builds it from a dict)
     config_class: type[TaskConfig] = TaskConfig
@@ -554,14 +562,16 @@ class Task(abc.ABC):
         return " ".join(x for x in (self.name, desc, group) if x)
 
     def _answer_scores(self, outputs: TaskOutputs) -> dict:
-        """Per-group answer metrics (accuracy, concept rate, ...) and counts, for word-answer tasks."""
-        from headpursuit.metrics.text import answer_metrics
+        """Per-group answer metrics (accuracy, concept rate, ...), their per-item values (`items`)
+        and counts, for word-answer tasks."""
+        from headpursuit.metrics.text import answer_items, mean_of_items
 
-        result: dict[str, Any] = {"n": {}}
+        result: dict[str, Any] = {"n": {}, ITEMS_KEY: {}}
         for g in GROUPS:
             go = outputs.groups[g]
             preds = [o[0] for o in go.outputs]
-            result[g] = answer_metrics(preds, go.reference_lists(), self.concept)
+            result[ITEMS_KEY][g] = answer_items(preds, go.reference_lists(), self.concept)
+            result[g] = mean_of_items(result[ITEMS_KEY][g])
             result["n"][g] = len(preds)
         return result
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.metrics.captions import caption_quality, metric_signatures
-from headpursuit.metrics.text import concept_rate, empty_rate
-from headpursuit.tasks.base import GROUPS, TaskConfig, TaskOutputs, group_counts
+from headpursuit.metrics.text import count_concept_words, mean_of_items
+from headpursuit.tasks.base import GROUPS, ITEMS_KEY, TaskConfig, TaskOutputs, group_counts
 from headpursuit.tasks.image_data import (
     IMAGE_SOURCES,
     ImageItem,
@@ -111,6 +111,7 @@ class CaptioningConfig(TaskConfig):
 class CaptioningTask(ImageTask):
     name = "captioning"
     config_class = CaptioningConfig
+    headline_metric = "concept_rate"
     ranking_filters = ("none", "concept")
 
     def __init__(self, config: CaptioningConfig, tokenizer: Any = None):
@@ -197,18 +198,27 @@ class CaptioningTask(ImageTask):
         return self.kept_samples(*self.ranking_answers(lm), sample_of, why_none=" (no caption contains a concept word)")
 
     def score(self, outputs: TaskOutputs, **_: Any) -> dict:
-        result: dict[str, Any] = {"n": {}}
+        result: dict[str, Any] = {"n": {}, ITEMS_KEY: {}}
         for g in GROUPS:
             go = outputs.groups[g]
             caps = [o[0] for o in go.outputs]
-            cr = concept_rate(caps, self.concept)
             quality = caption_quality(caps, go.reference_lists()) if caps else caption_quality([], [])
+            # Per caption; the corpus metrics (BLEU, chrF, CIDEr-D's document frequencies) are no item mean.
+            counts = [count_concept_words(c, self.concept) for c in caps]
+            items = {
+                "concept_rate": [float(c > 0) for c in counts],
+                "concept_count": [float(c) for c in counts],
+                "mean_words": [float(len(c.split())) for c in caps],
+                "empty_rate": [float(not c.strip()) for c in caps],
+            }
+            result[ITEMS_KEY][g] = items
+            means = mean_of_items(items)
             result[g] = {
-                "concept_rate": float(cr.rate),
-                "concept_count": float(cr.mean_count),
+                "concept_rate": means["concept_rate"],
+                "concept_count": means["concept_count"],
                 **{k: float(v) for k, v in quality.items()},
-                "mean_words": float(sum(len(c.split()) for c in caps) / len(caps)) if caps else float("nan"),
-                "empty_rate": float(empty_rate(caps)),
+                "mean_words": means["mean_words"],
+                "empty_rate": means["empty_rate"],
             }
             result["n"][g] = len(caps)
         return self._finish(result, outputs)

@@ -30,13 +30,22 @@ paper's: the whole normalised answer is the class name or an alias, `exact_class
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headpursuit.errors import ConfigError
 from headpursuit.metrics.text import alias_match, exact_class_match, exact_match_rate
-from headpursuit.tasks.base import GROUPS, TaskConfig, TaskOutputs, group_counts, parse_rank_groups, split_items
+from headpursuit.tasks.base import (
+    GROUPS,
+    ITEMS_KEY,
+    TaskConfig,
+    TaskOutputs,
+    group_counts,
+    parse_rank_groups,
+    split_items,
+)
 from headpursuit.tasks.image_data import (
     IMAGE_SOURCES,
     ImageItem,
@@ -417,9 +426,12 @@ class ImageClassificationTask(ImageTask):
         result = self._answer_scores(outputs)
         for g in GROUPS:
             go = outputs.groups[g]
-            result[g]["exact_match"] = float(exact_match_rate([o[0] for o in go.outputs], go.reference_lists()))
+            matches = [float(exact_class_match(o[0], r)) for o, r in zip(go.outputs, go.reference_lists())]
+            result[ITEMS_KEY][g]["exact_match"] = matches
+            result[g]["exact_match"] = sum(matches) / len(matches) if matches else math.nan
         if self.every_class_is_concept:
             result.pop("control")  # no control images: no metrics (n.control says 0)
+            result[ITEMS_KEY].pop("control")
         return self._finish(result, outputs)
 
     def provenance(self) -> dict:

@@ -57,12 +57,18 @@ from headpursuit.concepts import build_concept
 from headpursuit.intervention import edits_active
 from headpursuit.metrics.fluency import perplexity
 from headpursuit.metrics.lexical import split_words, word_frequency
-from headpursuit.metrics.text import concept_rate, empty_rate
-from headpursuit.metrics.toxicity import DEFAULT_THRESHOLD, get_scorer, toxicity_metrics
+from headpursuit.metrics.text import concept_rate, count_concept_words, empty_rate
+from headpursuit.metrics.toxicity import (
+    DEFAULT_THRESHOLD,
+    get_scorer,
+    per_prompt_items,
+    toxicity_items,
+    toxicity_metrics,
+)
 from headpursuit.models.generation import generate_batch
 from headpursuit.models.handle import LoadedModel
 from headpursuit.tasks import loaders
-from headpursuit.tasks.base import GROUPS, GroupOutputs, Task, TaskConfig, TaskOutputs, group_counts
+from headpursuit.tasks.base import GROUPS, ITEMS_KEY, GroupOutputs, Task, TaskConfig, TaskOutputs, group_counts
 from headpursuit.tasks.loaders import PromptItem
 from headpursuit.tasks.prompts import RTP_PAPER, TET_PAPER, check_preset
 from headpursuit.tasks.sources import DataSpec
@@ -153,6 +159,7 @@ class ToxicityConfig(TaskConfig):
 class ToxicityTask(Task):
     name = "toxicity"
     config_class = ToxicityConfig
+    headline_metric = "mean_toxicity"
 
     def __init__(self, config: ToxicityConfig, tokenizer: Any = None):
         super().__init__(config, tokenizer)
@@ -363,6 +370,18 @@ class ToxicityTask(Task):
         res = fluency_model(prompts, conts)  # a scorer function (prompts, conts)
         return res if isinstance(res, dict) else {"perplexity": float(res)}
 
+    def _continuation_values(self) -> dict[str, Callable[[str], float]]:
+        """The text metrics of one continuation whose mean over continuations is a group metric."""
+        held_out = list(self.held_out_words)
+        values: dict[str, Callable[[str], float]] = {
+            "empty_rate": lambda c: float(not c.strip()),
+            "concept_rate": lambda c: float(count_concept_words(c, self.concept) > 0),
+        }
+        if held_out:
+            values["held_out_word_frequency"] = lambda c: float(count_concept_words(c, held_out))
+            values["held_out_word_rate"] = lambda c: float(count_concept_words(c, held_out) > 0)
+        return values
+
     def score(self, outputs: TaskOutputs, *, fluency_model: FluencyModel = None, **_: Any) -> dict:
         """Metrics from `generate`'s outputs; see the module docstring for `fluency_model`."""
         use_fluency = self.fluency and fluency_model is not False and fluency_model is not None
@@ -378,7 +397,7 @@ class ToxicityTask(Task):
                     "model; call task.score(outputs, fluency_model=lm) outside the edit context",
                     stacklevel=2,
                 )
-        result: dict[str, Any] = {"n": {}, **self.scorer_info()}
+        result: dict[str, Any] = {"n": {}, ITEMS_KEY: {}, **self.scorer_info()}
         for g in GROUPS:
             go = outputs.groups[g]
             flat = [c for outs in go.outputs for c in outs]
@@ -390,9 +409,20 @@ class ToxicityTask(Task):
             metrics = dict(toxicity_metrics(per_prompt, self.threshold))
             metrics["empty_rate"] = float(empty_rate(flat))
             metrics["concept_rate"] = float(concept_rate(flat, self.concept).rate)
+            # Per prompt (its continuations pooled): the items a bootstrap resamples.
+            items = toxicity_items(per_prompt, self.threshold)
             if self.held_out_words:
                 metrics["held_out_word_frequency"] = float(word_frequency(flat, self.held_out_words))
                 metrics["held_out_word_rate"] = float(concept_rate(flat, self.held_out_words).rate)
+            for name, value in self._continuation_values().items():
+                texts = per_prompt_items(
+                    [[value(c) for c in outs] for outs in go.outputs],
+                    lambda v: sum(v) / len(v),
+                    every_prompt_alike=True,
+                )
+                if texts is not None:
+                    items[name] = texts
+            result[ITEMS_KEY][g] = items
             if use_fluency and flat:
                 prompts = [p for p, outs in zip(go.prompts, go.outputs) for _ in outs]
                 fl = self._fluency(fluency_model, prompts, flat, desc=f"{self.name} perplexity {g}")
