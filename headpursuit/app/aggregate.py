@@ -13,12 +13,17 @@ Writes into DIR (or --out):
   and `normalized.random.<stat>.<group>.<metric>` (stat = mean, std, median, q25, q75);
 * `k_alpha.csv` / `k_alpha.md` -- paper-style tables: each edited metric by k (rows) and alpha
   (columns), per model / task / ranking method / heads mode, with the unedited value alongside;
-  `k_alpha_normalized.csv` / `.md` the same for the normalised metrics (edited / unedited);
+  `k_alpha_normalized.csv` / `.md` the same for the normalised metrics (edited / unedited); the
+  Markdown cells read `value [lo, hi]` (the run's bootstrap interval; `°`: the change's interval
+  includes 0), the CSVs hold the values (runs.csv: every bound, `ci.<part>.lo|hi.<group>.<metric>`);
 * `vs_random.csv` / `vs_random.md` -- the ranking method against random heads at the same k and
   alpha: baseline, edited, random mean +- std, median and quartiles, raw and normalised, per group
   and metric, and `random_relaxed` (see below);
 * `methods.csv` / `methods.md` -- when the runs hold several ranking methods: each method's edited
   value (raw and normalised) side by side with random heads and the unedited model;
+* `effects.csv` / `effects.md` -- one row per run, its headline metric: the change per group with
+  its bootstrap interval and p-value against the random sets, the specificity with its interval,
+  the random sets' specificity median [q25, q75] and its p-value (the console prints it too);
 * `paper_table.csv` / `paper_table.md` -- the paper's table shape, normalised to the unedited
   model: rows SOMP (per ranking method) / LL / "Rand. median [q25, q75]" (the random controls of
   the SOMP runs), columns k; one table per model / task / alpha / group / metric; a `*` after a
@@ -54,6 +59,7 @@ from headpursuit.app.results import (
     RESULTS_FILE,
     Edit,
     Groups,
+    IntervalGroups,
     Outcome,
     RandomControls,
     ResultsError,
@@ -103,6 +109,51 @@ def _stat_columns(prefix: str, stats: SeedStats, out: dict, *, mean: str) -> Non
     for stat in STAT_KEYS:
         name = mean if stat == "mean" else stat
         _metric_columns(f"{prefix}.{name}" if name else prefix, stats.stat(stat), out)
+
+
+def _interval_columns(prefix: str, groups: IntervalGroups, out: dict) -> None:
+    """`ci.<prefix>.lo.<group>.<metric>` and `.hi.` columns of `out`."""
+    for group, metrics in groups.items():
+        for name, iv in metrics.items():
+            out[f"ci.{prefix}.lo.{group}.{name}"] = iv.lo
+            out[f"ci.{prefix}.hi.{group}.{name}"] = iv.hi
+
+
+def effect_columns(outcome: Outcome) -> dict[str, Any]:
+    """The uncertainty of a run's effect as runs.csv columns: `ci.<part>.lo|hi.<group>.<metric>`
+    (part: baseline, edited, delta = edited - unedited, ratio = edited / unedited), the edited set's
+    `p.<group>.<metric>` and `rank.<group>.<metric>` among the `n_random_sets`,
+    `specificity.<metric>` with `ci.specificity.lo|hi.<metric>`, the random sets'
+    `specificity.random_median|random_q25|random_q75.<metric>` and `specificity.p.<metric>`;
+    `specificity_metric` (the task's headline metric) and `n_items.<group>`."""
+    out: dict[str, Any] = {}
+    ivs, spec, sig = outcome.intervals, outcome.specificity, outcome.significance
+    if ivs is not None:
+        _interval_columns("baseline", ivs.baseline, out)
+        _interval_columns("edited", ivs.edited.value, out)
+        _interval_columns("delta", ivs.edited.delta, out)
+        _interval_columns("ratio", ivs.edited.ratio, out)
+        for name, iv in ivs.edited.specificity.items():
+            out[f"ci.specificity.lo.{name}"], out[f"ci.specificity.hi.{name}"] = iv.lo, iv.hi
+        out["ci.level"] = ivs.level
+        out.update({f"n_items.{g}": n for g, n in ivs.n_items.items()})
+    if spec is not None:
+        out["specificity_metric"] = spec.metric
+        for name, value in spec.edited.items():
+            out[f"specificity.{name}"] = value
+            out[f"specificity.random_median.{name}"] = spec.random_median.get(name, math.nan)
+            out[f"specificity.random_q25.{name}"] = spec.random_q25.get(name, math.nan)
+            out[f"specificity.random_q75.{name}"] = spec.random_q75.get(name, math.nan)
+    if sig is not None:
+        for group, metrics in sig.p.items():
+            for name, p in metrics.items():
+                out[f"p.{group}.{name}"] = p
+                rank = sig.rank.get(group, {}).get(name)
+                out[f"rank.{group}.{name}"] = math.nan if rank is None else rank
+        out.update({f"specificity.p.{name}": p for name, p in sig.specificity_p.items()})
+    if outcome.random is not None:
+        out["n_random_sets"] = len(outcome.random.per_seed)
+    return out
 
 
 def metric_columns(outcome: Outcome) -> dict[str, float]:
@@ -204,6 +255,7 @@ def result_row(rec: RunRecord, path: Path | None = None, root: Path | None = Non
     }
     if out is not None:
         row.update(metric_columns(out))
+        row.update(effect_columns(out))
     return row
 
 
@@ -298,9 +350,39 @@ def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def k_alpha_tables(df: pd.DataFrame, section: str = "edited") -> list[tuple[dict, str, str, pd.DataFrame]]:
+#: the mark after a value whose change's interval includes "no change" (0 for edited - unedited)
+NO_CHANGE_MARK = "°"
+NO_CHANGE_NOTE = (
+    f"{NO_CHANGE_MARK}: the interval of edited - unedited includes 0 (no change) at this level. "
+    "[lo, hi]: the paired bootstrap interval over the evaluation items (results.json `intervals`)."
+)
+# the interval part (runs.csv `ci.<part>`) of a k_alpha section's values
+INTERVAL_PART = {"edited": "edited", "normalized.edited": "ratio"}
+
+
+def interval_cell(value: Any, lo: Any, hi: Any, no_change: bool = False, digits: int = 3) -> str:
+    """ "0.250 [0.100, 0.400]" (the interval only where defined), NO_CHANGE_MARK when `no_change`."""
+    if pd.isna(value):
+        return ""
+    text = f"{value:.{digits}f}"
+    if pd.notna(lo) and pd.notna(hi):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return text + (NO_CHANGE_MARK if no_change else "")
+
+
+def includes_no_change(row: Mapping[str, Any], group: str, metric: str) -> bool:
+    """Whether a run's interval of edited - unedited for `group` / `metric` includes 0."""
+    lo, hi = row.get(f"ci.delta.lo.{group}.{metric}"), row.get(f"ci.delta.hi.{group}.{metric}")
+    return pd.notna(lo) and pd.notna(hi) and float(lo) <= 0.0 <= float(hi)
+
+
+def k_alpha_tables(
+    df: pd.DataFrame, section: str = "edited", *, intervals: bool = False
+) -> list[tuple[dict, str, str, pd.DataFrame]]:
     """[(setting, group, metric, table)]: edited metric with k as rows and alpha as columns
-    (`section="normalized.edited"`: the same over the unedited model, whose column then reads 1)."""
+    (`section="normalized.edited"`: the same over the unedited model, whose column then reads 1).
+    `intervals`: the cells are text, `interval_cell` (value [lo, hi], marked where the change's
+    interval includes none), for one run per cell; several runs in a cell show their mean alone."""
     out: list[tuple[dict, str, str, pd.DataFrame]] = []
     done = df[df["status"] == "complete"] if "status" in df else df
     if done.empty:
@@ -311,6 +393,16 @@ def k_alpha_tables(df: pd.DataFrame, section: str = "edited") -> list[tuple[dict
             if g[col].isna().all():
                 continue
             t = g.pivot_table(index="k", columns="alpha", values=col, aggfunc="mean")
+            if intervals:
+                t = t.astype(object)
+                for (k, alpha), cell in g.groupby(["k", "alpha"]):
+                    r = cell.iloc[0]
+                    part = INTERVAL_PART.get(section, section)
+                    lo, hi = (r.get(f"ci.{part}.{b}.{group}.{metric}") for b in ("lo", "hi"))
+                    if len(cell) > 1:
+                        lo = hi = float("nan")
+                    no_change = len(cell) == 1 and includes_no_change(r, group, metric)
+                    t.loc[k, alpha] = interval_cell(cell[col].mean(), lo, hi, no_change)
             t.columns = [f"alpha={a:g}" for a in t.columns]
             if section == "edited" and bcol in g:
                 t.insert(0, "unedited", g.groupby("k")[bcol].mean())
@@ -360,10 +452,73 @@ def vs_random_table(df: pd.DataFrame) -> pd.DataFrame:
                     "edited_minus_baseline": e - b,
                     "random_minus_baseline": rm - b,
                     **extra,
+                    **{
+                        f"{name}_{b}": r.get(f"ci.{part}.{b}.{group}.{metric}", float("nan"))
+                        for name, part in (("edited", "edited"), ("delta", "delta"), ("ratio", "ratio"))
+                        for b in ("lo", "hi")
+                    },
+                    "no_change": includes_no_change(r, group, metric) if f"ci.delta.lo.{group}.{metric}" in r else None,
+                    "rank": r.get(f"rank.{group}.{metric}", float("nan")),
+                    "p": r.get(f"p.{group}.{metric}", float("nan")),
+                    "n_random_sets": r.get("n_random_sets", float("nan")),
                     "random_relaxed": r.get("random_relaxed", ""),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def effects_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per complete run with its headline metric (`specificity_metric`): per group the
+    unedited and edited value with the change's interval (`interval_cell`) and the p-value against
+    the random sets, then the specificity with its interval, the random sets' median [q25, q75] and
+    its p-value. Empty when no run has a headline metric (results.json of before it was recorded)."""
+    done = df[df["status"] == "complete"] if "status" in df else df
+    if "specificity_metric" not in done:
+        return pd.DataFrame()
+    rows = []
+    for _, r in done.iterrows():
+        m = r.get("specificity_metric")
+        if _missing(m):
+            continue
+        row: dict[str, Any] = {c: r.get(c) for c in ["run", "model", "task", "ranking", "k", "alpha"]}
+        row["metric"] = m
+        for g in ("concept", "control"):
+            b, e = r.get(f"baseline.{g}.{m}"), r.get(f"edited.{g}.{m}")
+            row[f"{g} n"] = r.get(f"n_items.{g}")
+            row[f"{g} unedited"] = b
+            row[f"{g} edited - unedited"] = interval_cell(
+                e - b if pd.notna(e) and pd.notna(b) else float("nan"),
+                r.get(f"ci.delta.lo.{g}.{m}"),
+                r.get(f"ci.delta.hi.{g}.{m}"),
+                includes_no_change(r, g, m),
+            )
+            row[f"{g} p"] = r.get(f"p.{g}.{m}")
+        row["specificity"] = interval_cell(
+            r.get(f"specificity.{m}"), r.get(f"ci.specificity.lo.{m}"), r.get(f"ci.specificity.hi.{m}")
+        )
+        median = r.get(f"specificity.random_median.{m}")
+        row["random specificity"] = (
+            f"{median:.3f} [{r.get(f'specificity.random_q25.{m}'):.3f}, {r.get(f'specificity.random_q75.{m}'):.3f}]"
+            if pd.notna(median)
+            else ""
+        )
+        row["specificity p"] = r.get(f"specificity.p.{m}")
+        row["random sets"] = r.get("n_random_sets")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+EFFECTS_INTRO = """# Effects with their uncertainty (the headline metric of each run)
+
+`edited - unedited`: the change with its paired bootstrap interval over the evaluation items
+(`n` items per group; results.json `intervals`). `p`: the empirical p-value of the edited heads
+against the run's random sets, rank / (1 + N) with rank = 1 + the sets that moved the metric as far
+or further in the edit's direction (lower for alpha < 1): with N = 10 sets the smallest p is 1/11 =
+0.09, so 10 sets can rank an edit first but cannot show p < 0.05. `specificity`: control retained
+minus concept retained (retained = edited / unedited; 1 = concept gone and control untouched), with
+its interval; `random specificity`: the random sets' median [q25, q75]; `specificity p`: its
+empirical p-value (higher = more specific).
+"""
 
 
 def methods_table(vr: pd.DataFrame) -> pd.DataFrame:
@@ -451,6 +606,10 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                         "value": r.get(f"normalized.edited.{gm}", float("nan")),
                         "q25": float("nan"),
                         "q75": float("nan"),
+                        "lo": r.get(f"ci.ratio.lo.{gm}", float("nan")),
+                        "hi": r.get(f"ci.ratio.hi.{gm}", float("nan")),
+                        "p": r.get(f"p.{gm}", float("nan")),
+                        "no_change": includes_no_change(r, group, metric),
                         "relaxed": False,
                     }
                 )
@@ -466,6 +625,10 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
                             "value": median,
                             "q25": r.get(f"normalized.random.q25.{gm}", float("nan")),
                             "q75": r.get(f"normalized.random.q75.{gm}", float("nan")),
+                            "lo": float("nan"),
+                            "hi": float("nan"),
+                            "p": float("nan"),
+                            "no_change": False,
                             "relaxed": _is_relaxed(r.get("random_relaxed")),
                         }
                     )
@@ -477,6 +640,11 @@ def paper_table_long(df: pd.DataFrame) -> pd.DataFrame:
         value=("value", "mean"),
         q25=("q25", "mean"),
         q75=("q75", "mean"),
+        # an interval and p-value belong to one run: a cell of several runs shows none
+        lo=("lo", lambda v: v.iloc[0] if len(v) == 1 else float("nan")),
+        hi=("hi", lambda v: v.iloc[0] if len(v) == 1 else float("nan")),
+        p=("p", lambda v: v.iloc[0] if len(v) == 1 else float("nan")),
+        no_change=("no_change", lambda v: bool(v.iloc[0]) if len(v) == 1 else False),
         relaxed=("relaxed", "any"),
         n_runs=("value", "size"),
         n_heads_total=("n_heads_total", "first"),
@@ -501,12 +669,16 @@ RELAXED_NOTE = (
 )
 
 
-def _cell(value: Any, q25: Any, q75: Any, digits: int = 2, relaxed: bool = False) -> str:
+def _cell(value: Any, q25: Any, q75: Any, digits: int = 2, relaxed: bool = False, **effect: Any) -> str:
+    """A random row's "median [q25, q75]", or a method row's "value [lo, hi] p=.." (`effect`: lo, hi,
+    p, no_change)."""
     if pd.isna(value):
         return ""
     mark = RELAXED_MARK if relaxed else ""
     if pd.isna(q25) and pd.isna(q75):
-        return f"{value:.{digits}f}{mark}"
+        text = interval_cell(value, effect.get("lo"), effect.get("hi"), bool(effect.get("no_change")), digits)
+        p = effect.get("p")
+        return text + (f" p={p:.2f}" if p is not None and pd.notna(p) else "") + mark
     return f"{value:.{digits}f} [{q25:.{digits}f}, {q75:.{digits}f}]{mark}"
 
 
@@ -525,7 +697,9 @@ def paper_tables(long: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         table_rows = []
         for row, rg in g.groupby(["order", "row"], sort=True):
             cells = {
-                labels[r.k]: _cell(r.value, r.q25, r.q75, relaxed=bool(r.relaxed))
+                labels[r.k]: _cell(
+                    r.value, r.q25, r.q75, relaxed=bool(r.relaxed), lo=r.lo, hi=r.hi, p=r.p, no_change=r.no_change
+                )
                 for r in rg.itertuples(index=False)
                 if r.k in labels
             }
@@ -620,25 +794,29 @@ def aggregate(
     md = [
         f"# Head Pursuit results: {root}\n",
         status_counts(df) + "\n",
+        "\n" + NO_CHANGE_NOTE + "\n",
     ]
     long = []
-    for setting, group, metric, t in tables:
+    for (setting, group, metric, t), (*_, shown) in zip(tables, k_alpha_tables(df, intervals=True)):
         head = ", ".join(f"{k}={v}" for k, v in present(setting).items())
         md.append(
             f"\n## {group} {metric} ({head})\n\nedited {group} {metric} by k (rows) and alpha "
-            "(columns); `unedited` is the model without edits.\n\n" + to_markdown(t)
+            "(columns); `unedited` is the model without edits.\n\n" + to_markdown(shown)
         )
         long.append(t.assign(**setting, group=group, metric=metric))
     write_text_atomic(out / "k_alpha.md", "".join(md))
     if long:
         write_text_atomic(out / "k_alpha.csv", pd.concat(long, ignore_index=True).to_csv(index=False))
 
-    norm_md, norm_long = ["# Normalised results (edited / unedited)\n"], []
-    for setting, group, metric, t in k_alpha_tables(df, "normalized.edited"):
+    norm_md, norm_long = ["# Normalised results (edited / unedited)\n", "\n" + NO_CHANGE_NOTE + "\n"], []
+    norm_tables = k_alpha_tables(df, "normalized.edited")
+    for (setting, group, metric, t), (*_, shown) in zip(
+        norm_tables, k_alpha_tables(df, "normalized.edited", intervals=True)
+    ):
         head = ", ".join(f"{k}={v}" for k, v in present(setting).items())
         norm_md.append(
             f"\n## {group} {metric}, normalised ({head})\n\nedited / unedited {group} {metric} by k (rows) and "
-            "alpha (columns); 1 = no change.\n\n" + to_markdown(t)
+            "alpha (columns); 1 = no change.\n\n" + to_markdown(shown)
         )
         norm_long.append(t.assign(**setting, group=group, metric=metric))
     if norm_long:
@@ -654,8 +832,16 @@ def aggregate(
         "random_mean / random_std: mean and sample std over the random-head seeds "
         "(same k and alpha); random_median / random_q25 / random_q75: their median and quartiles "
         "(linear interpolation); *_normalized: the same over the unedited model "
-        "(each seed normalised first).\n\n" + to_markdown(vr),
+        "(each seed normalised first). edited_lo / _hi, delta_lo / _hi (edited - unedited), ratio_lo / _hi "
+        "(edited / unedited): paired bootstrap intervals over the evaluation items; no_change: the delta "
+        "interval includes 0. rank, p: the edited heads among the n_random_sets random sets (rank 1 + the "
+        "sets that lowered the metric as much or more, raised for alpha > 1; p = rank / (1 + n), at least "
+        "1 / (1 + n)).\n\n" + to_markdown(vr),
     )
+    et = effects_table(df)
+    if not et.empty:
+        write_text_atomic(out / "effects.csv", et.to_csv(index=False))
+        write_text_atomic(out / "effects.md", EFFECTS_INTRO + "\n" + NO_CHANGE_NOTE + "\n\n" + to_markdown(et))
     mt = methods_table(vr)
     if not mt.empty:
         write_text_atomic(out / "methods.csv", mt.to_csv(index=False))
@@ -683,6 +869,11 @@ paper's control is pool=layer_counts). `paper's scoring: concept_restricted` is 
 `ranking=concept_restricted` run. Columns: k heads edited (share of all heads). 1 = no change;
 below 1 the edit lowered the metric. An empty cell: no run, or an unedited value of 0. A `*` after a
 random cell: its sets borrowed heads from neighbouring layers (see the note under that table).
+
+A method's cell: `value [lo, hi] p=..`: the paired bootstrap interval of edited / unedited over the
+evaluation items (results.json `intervals`), and the empirical p-value against that run's random
+sets (rank / (1 + N); with 10 sets the smallest is 0.09). `°`: the interval of edited - unedited
+includes 0 (no change). A cell averaging several runs shows no interval or p-value.
 """
 
 
@@ -746,11 +937,19 @@ def main(argv: Iterable[str] | None = None) -> int:
     )
     cols += [c for c in df.columns if re.fullmatch(headline, c)]
     print(to_markdown(df[cols]))
+    effects = effects_table(df)
+    if not effects.empty:
+        print("Effects (headline metric; [lo, hi]: bootstrap interval; p: vs the random sets):")
+        print(to_markdown(effects.drop(columns=["model", "task"])))
     not_complete = df[df["status"] != "complete"]
     if not not_complete.empty:
         print(f"{status_counts(df)} Not complete:\n" + to_markdown(not_complete[["run", "status", "stage", "error"]]))
     paper = ", paper_table.md/.csv" if (out / "paper_table.md").exists() else ""
-    print(f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv{paper}" + ("" if args.no_plots else ", plots/"))
+    effects_files = ", effects.md/.csv" if (out / "effects.md").exists() else ""
+    print(
+        f"wrote {out}/runs.csv, k_alpha.md/.csv, vs_random.md/.csv{effects_files}{paper}"
+        + ("" if args.no_plots else ", plots/")
+    )
     return 0
 
 

@@ -112,7 +112,8 @@ def metric_vs_k(
     `random.{median,q25,q75}.{group}.{metric}` (drawn as median with the interquartile range, the
     paper's statistic) or `random.{group}.{metric}` / `random.std.{group}.{metric}` (mean +- std,
     when the quartiles are missing; no bar where the std is undefined, one seed), and
-    `baseline.{group}.{metric}` (the aggregate DataFrame).
+    `baseline.{group}.{metric}` (the aggregate DataFrame); `ci.edited.{lo,hi}.{group}.{metric}`, the
+    bootstrap interval of the edited value, is drawn as a band (a k with several runs: their means).
     """
     col = f"edited.{group}.{metric}"
     bcol = f"baseline.{group}.{metric}"
@@ -123,6 +124,9 @@ def metric_vs_k(
         g = g.groupby("k", as_index=False).mean(numeric_only=True)
         c = colors[i % len(colors)]
         ax.plot(g["k"], g[col], marker="o", color=c, label=f"top-k heads, alpha={alpha:g}")
+        lo, hi = f"ci.edited.lo.{group}.{metric}", f"ci.edited.hi.{group}.{metric}"
+        if lo in g and hi in g and g[lo].notna().any():  # the items' bootstrap interval, as a band
+            ax.fill_between(g["k"], g[lo], g[hi], color=c, alpha=0.15, lw=0, label=f"interval, alpha={alpha:g}")
         band = random_band(g, group, metric)
         if band is not None:
             centre, lo, hi, what = band

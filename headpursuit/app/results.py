@@ -501,7 +501,8 @@ class RandomControls:
 
     def to_json(self) -> dict[str, Any]:
         out = {**self.stats.to_json(means_at_top=True), "seeds": list(self.seeds), "pool": self.pool}
-        out["n_possible"] = self.n_possible
+        if self.n_possible is not None:
+            out["n_possible"] = self.n_possible
         if self.relaxed_layers is not None:
             out["relaxed_layers"] = _borrowed_json(self.relaxed_layers)
         out["per_seed"] = [r.to_json() for r in self.per_seed]
