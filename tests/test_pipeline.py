@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -155,6 +156,17 @@ def test_sweep_extracts_and_ranks_once(basic_sweep):
         assert (Path(res[key].run.dir) / "head_scores.csv").exists()
         assert o.provenance.model.details["quantisation"] and o.provenance.environment["versions"]["torch"]
         assert o.provenance.environment["versions"]["transformers"]
+        # The effect's uncertainty: intervals around every value, the headline specificity, p-values.
+        iv = o.intervals
+        assert iv is not None and iv.n_items == o.baseline.n and iv.n_resamples == 1000
+        for part, values in ((iv.baseline, o.baseline.groups), (iv.edited.value, o.edited.groups)):
+            bounds, value = part["concept"]["accuracy"], values["concept"]["accuracy"]
+            assert bounds.lo <= value <= bounds.hi
+        assert len(iv.random) == 2 and [r.seed for r in iv.random] == [r.seed for r in o.random.per_seed]
+        assert o.specificity is not None and o.specificity.metric == "accuracy"
+        assert o.significance is not None and o.significance.direction == ("lower" if key[1] < 1 else "higher")
+        p = o.significance.p["concept"]["accuracy"]
+        assert p in {1 / 3, 2 / 3, 1.0}  # rank / (1 + 2 random sets)
 
 
 @pytest.mark.slow
@@ -187,6 +199,11 @@ def test_sweep_aggregates(basic_sweep, tmp_path):
     md = (tmp_path / "k_alpha.md").read_text()
     assert "alpha=-1" in md and "alpha=0" in md and "| 2 |" in md and "| 4 |" in md
     assert (tmp_path / "vs_random.csv").exists()
+    # Intervals and p-values in the tables: k_alpha.md cells read "value [lo, hi]", effects.md per run.
+    assert re.search(r"\| \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", md)
+    assert {"ci.delta.lo.concept.accuracy", "p.concept.accuracy", "specificity.accuracy"} <= set(df.columns)
+    effects = (tmp_path / "effects.md").read_text()
+    assert effects.count("| accuracy |") == 4 and "specificity p" in effects
     assert list((tmp_path / "plots").glob("heatmap__*.png"))
     assert list((tmp_path / "plots").glob("metric_vs_k__*concept.accuracy.png"))
 

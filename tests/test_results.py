@@ -285,6 +285,99 @@ def test_record_builds_the_outcome_from_the_stages_and_it_round_trips(tiny_llama
     assert back is not None and same(back, rec)
 
 
+def test_record_adds_intervals_specificity_and_significance(tiny_llama):
+    task = build_task({"name": "qa_countries", "concept": "countries", "n_rank": 4, "n_eval": 4}, tiny_llama)
+
+    def result(concept: list[float], control: list[float]) -> dict:
+        items = {"concept": {"accuracy": concept}, "control": {"accuracy": control}}
+        return {
+            "n": {"concept": len(concept), "control": len(control)},
+            **{g: {"accuracy": sum(v["accuracy"]) / len(v["accuracy"])} for g, v in items.items()},
+            "items": items,
+        }
+
+    baseline = result([1, 1, 1, 0], [1, 1, 0, 1])
+    edited = result([0, 0, 0, 0], [1, 1, 0, 1])  # every concept answer lost, control untouched
+    randoms = [result([1, 0, 1, 0], [1, 0, 0, 1]), result([1, 1, 1, 0], [0, 1, 0, 1])]
+    draws = [ControlDraw(0, [(0, 2)]), ControlDraw(1, [(1, 3)], redraw=2)]
+    per_seed = [{"seed": d.seed, "heads": [list(h) for h in d.heads], **r} for d, r in zip(draws, randoms)]
+    config = {
+        "seed": 0,
+        "ranking": {"method": "concept_share"},
+        "intervention": {
+            "k": 1,
+            "k_frac": None,
+            "alpha": -1,
+            "heads": "ranked",
+            "random_seeds": [0, 1],
+            "random_pool": "all",
+        },
+        "intervals": {"n_resamples": 200, "level": 0.9, "seed": 3},
+    }
+    table = pd.DataFrame({"layer": [0], "head": [1], "score": [0.5], "rank": [1]})
+    outcome = record(
+        lm=tiny_llama,
+        task=task,
+        config=config,
+        k=1,
+        heads=[(0, 1)],
+        scores=HeadScores(table, "concept_share"),
+        baseline=baseline,
+        edited=edited,
+        per_seed=per_seed,
+        samples=[],
+        random_sets=draws,
+        acts=SimpleNamespace(n_rows=0),
+        cache=RunCache(None),
+        timings={},
+        model_loaded_in_process=True,
+    )
+    # Specificity by hand: control kept 3/3, concept 0/3; the random sets 2/3 - 2/3 and 2/3 - 3/3.
+    spec = outcome.specificity
+    assert spec is not None and spec.metric == "accuracy" and spec.edited["accuracy"] == 1.0
+    assert spec.random_median["accuracy"] == pytest.approx(statistics.median([2 / 3 - 2 / 3, 2 / 3 - 1.0]))
+    # The edit lowers the concept more than both sets: rank 1 of 3, p = 1/3; the control less than both.
+    sig = outcome.significance
+    assert sig is not None and sig.direction == "lower"
+    assert (sig.rank["concept"]["accuracy"], sig.p["concept"]["accuracy"]) == (1, pytest.approx(1 / 3))
+    assert sig.rank["control"]["accuracy"] == 3 and sig.specificity_rank["accuracy"] == 1
+    iv = outcome.intervals
+    assert iv is not None and (iv.level, iv.n_resamples, iv.seed) == (0.9, 200, 3)
+    assert iv.n_items == {"concept": 4, "control": 4}
+    # The control group is untouched item for item: a paired delta of exactly 0, a ratio of 1.
+    assert (iv.edited.delta["control"]["accuracy"].lo, iv.edited.delta["control"]["accuracy"].hi) == (0.0, 0.0)
+    assert iv.edited.value["concept"]["accuracy"].hi == 0.0
+    assert [r.seed for r in iv.random] == [0, 1]
+    assert [r.redraw for r in outcome.random.per_seed] == [0, 2]
+    assert outcome.random.n_possible == tiny_llama.layout.n_layers * tiny_llama.layout.n_heads
+    # The items are kept with each evaluation, and everything round-trips through results.json.
+    assert outcome.edited.items["concept"]["accuracy"] == [0.0] * 4
+    assert Outcome.from_json(tracking.to_jsonable(outcome.to_json())).to_json() == outcome.to_json()
+
+    # Without items (a task that gives none, or an old cache) there are no intervals, and the rest stays.
+    def without_items(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "items"}
+
+    bare = record(
+        lm=tiny_llama,
+        task=task,
+        config=config,
+        k=1,
+        heads=[(0, 1)],
+        scores=HeadScores(table, "concept_share"),
+        baseline=without_items(baseline),
+        edited=without_items(edited),
+        per_seed=[without_items(r) for r in per_seed],
+        samples=[],
+        random_sets=draws,
+        acts=SimpleNamespace(n_rows=0),
+        cache=RunCache(None),
+        timings={},
+        model_loaded_in_process=True,
+    )
+    assert bare.intervals is None and bare.specificity is not None and bare.significance is not None
+
+
 # ------------------------------------------------------------------------------------------
 # Version 1 files (no results_version): read into the type, aggregated, overlapped
 # ------------------------------------------------------------------------------------------

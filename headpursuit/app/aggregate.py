@@ -372,8 +372,9 @@ def interval_cell(value: Any, lo: Any, hi: Any, no_change: bool = False, digits:
 
 def includes_no_change(row: Mapping[str, Any], group: str, metric: str) -> bool:
     """Whether a run's interval of edited - unedited for `group` / `metric` includes 0."""
-    lo, hi = row.get(f"ci.delta.lo.{group}.{metric}"), row.get(f"ci.delta.hi.{group}.{metric}")
-    return pd.notna(lo) and pd.notna(hi) and float(lo) <= 0.0 <= float(hi)
+    lo = float(row.get(f"ci.delta.lo.{group}.{metric}", math.nan))
+    hi = float(row.get(f"ci.delta.hi.{group}.{metric}", math.nan))
+    return lo <= 0.0 <= hi  # False when either bound is NaN (no interval)
 
 
 def k_alpha_tables(

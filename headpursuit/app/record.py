@@ -395,9 +395,9 @@ def headline_lines(outcome: Outcome) -> list[str]:
     the change's interval, the rank and p-value against the random sets), then the specificity with
     its interval beside the random sets' median [IQR] and its p-value."""
     spec, sig, ivs = outcome.specificity, outcome.significance, outcome.intervals
-    metric = spec.metric if spec is not None else None
-    if metric is None:
+    if spec is None or spec.metric is None:
         return []
+    metric = spec.metric
     level = f"{ivs.level:.0%} " if ivs is not None else ""
     lines = []
     for g in ("concept", "control"):
