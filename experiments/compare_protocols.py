@@ -19,8 +19,9 @@ pipeline (`python -m headpursuit -m protocol=...`, one multirun each):
 
 k = 1%, 2%, 4% of the heads, alpha = -1, at least 100 evaluation questions per group. Every metric
 is normalised to the unedited model (edited / unedited; random: median [25th, 75th percentile]
-over the 10 sets). Specificity = control retained minus concept retained (normalised); "vs random"
-subtracts the same quantity for the random sets' medians. The section it writes goes between the
+over the 10 sets). Specificity = control retained minus concept retained (normalised), with its 95%
+paired bootstrap interval over the questions (results.json `intervals`); "vs random" subtracts the
+random sets' median specificity, and p is the empirical p-value against the 10 sets (at least 1/11). The section it writes goes between the
 `protocols` markers of docs/results.md (reproduce_embedded.py keeps that block when it rewrites
 the page).
 """
@@ -148,22 +149,46 @@ def summary(outcome: Outcome, metric: str) -> dict:
     base = outcome.baseline
     seeds = outcome.random.per_seed if outcome.random is not None else []
     out: dict = {"k": outcome.edit.k, "heads": " ".join(f"{a}.{b}" for a, b in outcome.edit.pairs)}
+    ivs, sig = outcome.intervals, outcome.significance
+    nan_iv = (float("nan"), float("nan"))
     for g in GROUPS:
         out[f"edited.{g}"] = ratio(outcome.edited.metric(g, metric), base.metric(g, metric))
         out[f"base.{g}"] = base.metric(g, metric)
+        iv = ivs.edited.ratio.get(g, {}).get(metric) if ivs is not None else None
+        out[f"ci.{g}"] = (iv.lo, iv.hi) if iv is not None else nan_iv
+        out[f"p.{g}"] = sig.p.get(g, {}).get(metric, float("nan")) if sig is not None else float("nan")
         out[f"random.{g}"] = quartiles([ratio(s.result.metric(g, metric), base.metric(g, metric)) for s in seeds])
     # the random sets that differ: with few heads per layer the layer-count draws repeat
     out["n_sets"] = len(seeds)
     out["n_distinct"] = len({tuple(s.heads) for s in seeds})
     out["spec"] = out["edited.control"] - out["edited.concept"]
+    iv = ivs.edited.specificity.get(metric) if ivs is not None else None
+    out["ci.spec"] = (iv.lo, iv.hi) if iv is not None else nan_iv
+    out["p.spec"] = sig.specificity_p.get(metric, float("nan")) if sig is not None else float("nan")
+    # The random sets' specificity: the median of each set's own (results.json `specificity`).
+    spec = outcome.specificity
+    median = spec.random_median.get(metric) if spec is not None and seeds else None
     rc, rk = out["random.concept"][0], out["random.control"][0]
-    out["spec_random"] = rk - rc
+    out["spec_random"] = median if median is not None else rk - rc
     out["n_eval"] = base.n
     return out
 
 
 def fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def ci(value: float, bounds: tuple[float, float], digits: int = 2) -> str:
+    """ "0.53 [0.41, 0.66]" (the value alone where the interval is undefined)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    lo, hi = bounds
+    return fmt(value, digits) + ("" if math.isnan(lo) or math.isnan(hi) else f" [{lo:.{digits}f}, {hi:.{digits}f}]")
+
+
+def excludes_zero(bounds: tuple[float, float]) -> bool:
+    lo, hi = bounds
+    return not (math.isnan(lo) or math.isnan(hi)) and (lo > 0 or hi < 0)
 
 
 def iqr(t: tuple[float, float, float], pool: str | None = None) -> str:
@@ -197,7 +222,9 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
     lines = [f"### {model} ({n_total} heads), metric: {metric}", ""]
     lines.append(
         f"Unedited: concept {fmt(any_row['base.concept'])}, control {fmt(any_row['base.control'])}. "
-        "Cells: edited / unedited, concept questions | control questions."
+        "Cells: edited / unedited [95% paired bootstrap interval over the questions], concept questions | "
+        "control questions; p: the empirical p-value against the run's random sets (rank / (1 + N), at least "
+        "1/11 with 10 sets)."
     )
     lines.append("")
     lines.append("| selection | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |")
@@ -205,7 +232,18 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
     for name in ("paper", "paper_ll", "paper_concept_only", "ours"):
         rows = by_sweep.get(name, {})
         cells = [
-            f"{fmt(rows[k]['edited.concept'])} \\| {fmt(rows[k]['edited.control'])}" if k in rows else "n/a" for k in ks
+            (
+                f"{ci(rows[k]['edited.concept'], rows[k]['ci.concept'])} \\| "
+                f"{ci(rows[k]['edited.control'], rows[k]['ci.control'])}"
+                + (
+                    f" (p {fmt(rows[k]['p.concept'])} \\| {fmt(rows[k]['p.control'])})"
+                    if name in ("paper", "ours")
+                    else ""
+                )
+            )
+            if k in rows
+            else "n/a"
+            for k in ks
         ]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
         if name in ("paper", "ours"):
@@ -223,8 +261,9 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
             lines.append(f"| Rand. median [IQR], layer counts of {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Specificity (control retained − concept retained; higher = more concept-specific), "
-        "edited and minus the random sets' median:",
+        "Specificity (control retained − concept retained; higher = more concept-specific) with its 95% "
+        "interval, minus the random sets' median specificity, and its p-value against them "
+        "(**bold**: the interval excludes 0):",
         "",
     ]
     lines.append("| selection | " + " | ".join(f"k={k}" for k in ks) + " |")
@@ -239,7 +278,13 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
                 continue
             r = rows[k]
             rel = r["spec"] - r["spec_random"] if not math.isnan(r["spec_random"]) else float("nan")
-            cells.append(f"{fmt(r['spec'])} (vs random {fmt(rel)})" if not math.isnan(rel) else fmt(r["spec"]))
+            text = ci(r["spec"], r["ci.spec"])
+            text = f"**{text}**" if excludes_zero(r["ci.spec"]) else text
+            if not math.isnan(rel):
+                text += f" (vs random {fmt(rel)}; p {fmt(r['p.spec'])})"
+            cells.append(text)
+            if excludes_zero(r["ci.spec"]):
+                verdict.setdefault(f"{name}_excludes_zero", []).append(k)
             verdict.setdefault(name, []).append(r["spec"])
             if not math.isnan(rel):
                 verdict.setdefault(f"{name}_vs_random", []).append(rel)
@@ -250,7 +295,9 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
         if by_sweep.get(n)
     ]
     lines += ["", "Edited heads (layer.head): " + " — ".join(heads), ""]
-    return "\n".join(lines) + "\n", {n: sum(v) / len(v) for n, v in verdict.items() if v}
+    means = {n: sum(v) / len(v) for n, v in verdict.items() if v and not n.endswith("_excludes_zero")}
+    means.update({n: v for n, v in verdict.items() if n.endswith("_excludes_zero")})
+    return "\n".join(lines) + "\n", means
 
 
 def paper_shaped(model: str) -> str:
@@ -311,7 +358,11 @@ def section(seconds: dict[str, float]) -> str:
                         f"; relative to their random sets: paper {pr:.2f}, ours {our:.2f} -> "
                         f"**{'the paper' if pr > our else 'ours'}** by {abs(pr - our):.2f}"
                     )
-                parts.append(line + ".")
+                zero = "; ".join(
+                    f"{who}: k = {', '.join(map(str, v.get(f'{who}_excludes_zero', []))) or 'none'}"
+                    for who in ("paper", "ours")
+                )
+                parts.append(line + f"; specificity interval excludes 0 at {zero}.")
         parts.append("")
     for model in MODELS:
         parts.append(paper_shaped(model))

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
         "headpursuit.synthetic",
         "headpursuit.determinism",
         "headpursuit.fingerprint",
+        "headpursuit.stats",
     ),
     ("headpursuit.models", "headpursuit.store"),
     (
