@@ -99,6 +99,19 @@ def pm(mean, std=None, digits=2) -> str:
     return s
 
 
+def with_ci(r, group: str, metric: str, digits: int = 2) -> str:
+    """The edited value with its 95% bootstrap interval (runs.csv `ci.edited.lo|hi.`) and the empirical
+    p-value against the run's random sets (`p.`), where the run recorded them."""
+    text = pm(r.get(f"edited.{group}.{metric}"), digits=digits)
+    lo, hi = r.get(f"ci.edited.lo.{group}.{metric}"), r.get(f"ci.edited.hi.{group}.{metric}")
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
+        text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    p = r.get(f"p.{group}.{metric}")
+    if p is not None and not math.isnan(p):
+        text += f" p={p:.2f}"
+    return text
+
+
 def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
     """Markdown: per alpha, rows = method / random, cols = k; cells concept acc / control acc."""
     d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries")]
@@ -119,7 +132,9 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
         if da.empty:
             continue
         lines.append(
-            f"**alpha = {alpha}** — cells: concept accuracy / control accuracy (random: mean ± std over seeds)\n"
+            f"**alpha = {alpha}** — cells: concept accuracy / control accuracy, each with its 95% bootstrap "
+            "interval over the questions and its p-value against the run's random sets (random: mean ± std "
+            "over seeds)\n"
         )
         header = "| heads | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |"
         lines += [header, "|" + "---|" * (len(ks) + 1)]
@@ -134,7 +149,7 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
                 if r.status != "complete":
                     cells.append(f"failed: {r.error}")
                     continue
-                cells.append(f"{pm(r['edited.concept.accuracy'])} / {pm(r['edited.control.accuracy'])}")
+                cells.append(f"{with_ci(r, 'concept', 'accuracy')} / {with_ci(r, 'control', 'accuracy')}")
                 headline[(method, k, alpha)] = r
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         cells = []
@@ -214,7 +229,7 @@ def toxicity_table(df: pd.DataFrame) -> str:
     for _, r in d.sort_values(["k", "alpha"]).iterrows():
         lines.append(
             f"| {r.ranking} top-{int(r.k)}, alpha={r.alpha:g} | "
-            + " | ".join(pm(r[f"edited.concept.{m}"], digits=3) for m in want)
+            + " | ".join(with_ci(r, "concept", m, digits=3) for m in want)
             + " |"
         )
         lines.append(
