@@ -359,6 +359,9 @@ def run_stages(
 EXIT_BUSY = 75
 #: exit status of a job stopped by a full disk
 EXIT_DISK_FULL = 1
+#: exit status of a job whose configuration or input is invalid (a ConfigError: the message names the
+#: key and the fix); the job's results.json says failed
+EXIT_CONFIG = 2
 
 
 def record_failure(
@@ -473,6 +476,11 @@ def run_recorded(cfg: DictConfig, hc: Any, run_dir: Path, rec: Any, body: JobBod
         # so it does for a job whose input (data, concept) fails preflight: jobs may differ there.
         config_error = isinstance(exc, ConfigError) and not isinstance(exc, PreflightError)
         if not multirun or fail_fast is not None or config_error:
+            if isinstance(exc, ConfigError) and not multirun:
+                # Bad input, named with its fix: the message is the whole story, no traceback. (A
+                # sweep raises: its other jobs still run, or skip themselves under fail_fast.)
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(EXIT_CONFIG) from None
             raise
         return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     finally:
