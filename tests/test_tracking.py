@@ -162,3 +162,31 @@ def test_flatten_metrics_includes_normalized():
     assert flat["normalized/random/q25/concept/accuracy"] == 0.8
     assert "normalized/edited/concept/zero" not in flat  # null (baseline 0) is not logged
     assert "normalized" in T.RESULT_SECTIONS
+
+
+def test_flatten_metrics_logs_interval_bounds_and_p_values():
+    """W&B gets every interval bound, specificity and p-value; per-item values and lists stay out."""
+    from headpursuit.app.results import EffectIntervals, Intervals, Significance
+    from headpursuit.stats import Interval
+
+    iv = Intervals(
+        level=0.95,
+        n_resamples=10,
+        seed=0,
+        n_items={"concept": 3},
+        edited=EffectIntervals(
+            delta={"concept": {"accuracy": Interval(-0.5, -0.1)}}, specificity={"accuracy": Interval(0.2, 0.9)}
+        ),
+        random=[EffectIntervals(seed=0)],
+    )
+    sig = Significance(direction="lower", rank={"concept": {"accuracy": 1}}, p={"concept": {"accuracy": 1 / 11}})
+    res = {
+        "edited": {"concept": {"accuracy": 0.1}, "items": {"concept": {"accuracy": [0.0, 1.0, 0.0]}}},
+        "intervals": iv.to_json(),
+        "significance": sig.to_json(),
+    }
+    flat = T.flatten_metrics(res)
+    assert flat["intervals/edited/delta/concept/accuracy/lo"] == -0.5
+    assert flat["intervals/edited/specificity/accuracy/hi"] == 0.9
+    assert flat["significance/p/concept/accuracy"] == pytest.approx(1 / 11)
+    assert not any(key.startswith("edited/items") for key in flat) and flat["intervals/n_items/concept"] == 3
