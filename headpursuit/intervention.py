@@ -199,9 +199,10 @@ class _EditPositions:
     def reset_rows(self) -> None:
         self.rows = None
 
-    def _row_codes(self, rows: int) -> torch.Tensor:
+    def _row_codes(self, rows: int) -> torch.Tensor | None:
+        """The codes of the rows in the batch now (None: one code for every row)."""
         if isinstance(self.codes, int):
-            return torch.full((rows,), self.codes, dtype=torch.long)
+            return None
         codes = self.codes if self.rows is None else self.codes[self.rows]
         if codes.numel() != rows:
             raise ValueError(f"scale_heads was given a where for {codes.numel()} rows but the model got {rows} rows")
@@ -237,11 +238,12 @@ class _EditPositions:
             raise ValueError("scale_heads(where=...) needs a forward with input_ids or inputs_embeds")
         rows, seq = int(tokens.shape[0]), int(tokens.shape[1])
         codes = self._row_codes(rows)
-        used = set(codes.unique().tolist())
-        masks = self._masks(used, kwargs, ids, rows, seq, tokens.device)
-        if len(used) == 1:
-            self.mask = masks[used.pop()]
+        if codes is None:  # one code for every row
+            code = int(self.codes)
+            self.mask = self._masks({code}, kwargs, ids, rows, seq, tokens.device)[code]
             return
+        used = {int(c) for c in codes.unique().tolist()}
+        masks = self._masks(used, kwargs, ids, rows, seq, tokens.device)
         mask = torch.zeros((rows, seq), dtype=torch.bool, device=tokens.device)
         for code in used:
             chosen = (codes == code).to(tokens.device)

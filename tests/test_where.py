@@ -198,6 +198,37 @@ def test_teacher_forced_prompt_width_per_row(tiny_llama):
         check_o_proj(lm, LAYER, calls, [expected], {HEAD: ALPHA})
 
 
+@pytest.mark.parametrize("where", ["prompt", "generated"])
+def test_teacher_forced_answer_logprob_reads_the_answer_as_generated(tiny_llama, where, w_o_columns_scaled):
+    """`answer_logprob(..., where=...)` against a reference with the KV cache: the prompt run, then
+    the answer tokens on top of it, W_O scaled in the weights for the part `where` names."""
+    from transformers import DynamicCache
+
+    from headpursuit.capture import CaptureSample
+    from headpursuit.effects import answer_logprob
+    from headpursuit.models.inputs import teacher_forced_ids
+
+    lm, sample = tiny_llama, CaptureSample("Q: The capital of France? A:", " Paris, a large city")
+    tf = teacher_forced_ids(lm, sample.prompt, sample.answer)
+    ids, n = torch.tensor(tf.ids)[None], tf.prompt_len
+    cache = DynamicCache(config=lm.model.config)
+
+    def weights(edited: bool):
+        return w_o_columns_scaled(lm, EDIT) if edited else contextlib.nullcontext()
+
+    with torch.no_grad():
+        with weights(where == "prompt"):
+            prompt_logits = lm.model(input_ids=ids[:, :n], cache=cache).logits
+        with weights(where == "generated"):
+            answer_logits = lm.model(input_ids=ids[:, n:], cache=cache).logits
+    # position t predicts token t+1: the last prompt position and every answer position but the last
+    logits = torch.cat([prompt_logits[:, -1:], answer_logits[:, :-1]], dim=1).float()
+    expected = torch.log_softmax(logits, -1).gather(-1, ids[:, n:, None]).mean()
+    got = answer_logprob(lm, [sample], scales=EDIT, where=where)
+    torch.testing.assert_close(got[0], expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, answer_logprob(lm, [sample], scales=EDIT))  # differs from the edit everywhere
+
+
 def test_prompt_or_generated_on_a_bare_forward_without_a_prompt_width_is_an_error(tiny_llama):
     enc = encode(tiny_llama, PROMPTS)
     with scale_heads(tiny_llama, EDIT, where="generated"), pytest.raises(ValueError, match="prompt_width"):
