@@ -378,6 +378,39 @@ def test_config_where_checked_before_the_model_loads():
     assert validate_config(image_task).intervention.where == "text"
 
 
+def _texts(outputs):
+    return {g: list(o.outputs) for g, o in outputs.groups.items()}
+
+
+def test_stages_edit_the_edited_heads_and_random_controls_at_where(tiny_llama, tmp_path):
+    """The batched pass (`generate_uncached`) and the one-edit-at-a-time path (`evaluate_cached`
+    without outputs) both edit at `where`: the texts of a generated-only edit, computed either way,
+    are those of `task.generate` inside `scale_heads(..., where="generated")`."""
+    from headpursuit.app.cache import RunCache
+    from headpursuit.app.stages import evaluate_cached, generate_uncached, random_control_edits, random_control_sets
+    from headpursuit.tasks import QAConfig, QATask
+
+    lm = tiny_llama
+    task = QATask(QAConfig(concept=["France", "Japan"], n_rank=1, n_eval=3, max_new_tokens=4), lm.tokenizer)
+    ident = {"model": "tiny_llama", "task": "qa"}
+    draws = random_control_sets([(LAYER, HEAD)], lm.layout, k=2, seeds=[0], pool="all")
+    edits = [{}, EDIT, *random_control_edits(draws, ALPHA)]
+    generated = generate_uncached(RunCache(tmp_path / "a"), lm, task, ident, edits, seed=0, where="generated")
+    assert set(generated) == {eval_key(ident, e, 0, "generated") for e in edits}
+    for edit in edits:
+        with scale_heads(lm, edit, where="generated"):
+            expected = _texts(task.generate(lm))
+        assert _texts(generated[eval_key(ident, edit, 0, "generated")]) == expected
+    with scale_heads(lm, EDIT):
+        assert _texts(task.generate(lm)) != _texts(generated[eval_key(ident, EDIT, 0, "generated")])
+    # one at a time: scored from the same generations (the cache entry of the batched pass is not used here)
+    batched = evaluate_cached(
+        RunCache(tmp_path / "b"), lm, task, ident, EDIT, label="edited", seed=0, generated=generated, where="generated"
+    )
+    alone = evaluate_cached(RunCache(tmp_path / "c"), lm, task, ident, EDIT, label="edited", seed=0, where="generated")
+    assert batched["examples"] == alone["examples"]
+
+
 def test_eval_key_holds_where_only_when_it_matters():
     ident = {"model": "m", "task": "t"}
     assert eval_key(ident, EDIT, 0, "all") == eval_key(ident, EDIT, 0)  # keys of before `where`
