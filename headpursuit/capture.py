@@ -257,13 +257,14 @@ def _mean_span(ids: list[int], prompt_len: int, mode: str, image_id: int | None,
     return []
 
 
-def image_token_id(lm: LoadedModel) -> int:
-    """The id of the token that stands for one image patch in a VLM's processed input ids."""
+def image_token_id(lm: LoadedModel, needed_by: str = "positions='image_mean'", fix: str = "") -> int:
+    """The id of the token that stands for one image patch in a VLM's processed input ids.
+    `needed_by` and `fix` word the error of a model without one."""
     token_id = getattr(lm.model.config, "image_token_id", None)
     if token_id is None:
         raise ValueError(
-            f"positions='image_mean' needs a vision-language model: {lm.name}'s config has no "
-            "image_token_id (a text-only model, or a VLM family that names it otherwise)."
+            f"{needed_by} needs a vision-language model: {lm.name}'s config has no "
+            f"image_token_id (a text-only model, or a VLM family that names it otherwise).{fix}"
         )
     return int(token_id)
 

@@ -12,6 +12,10 @@ few minutes on 2 CPU cores.
 
 The independent reference in the tests is the same quantity with the head's W_O columns scaled
 in the weights, instead of the hook.
+
+`where` (`scale_heads`) reads teacher forcing as a generation: ``"prompt"`` edits the positions
+before the answer (the last prompt token, which predicts the answer's first token, included),
+``"generated"`` the answer's own positions.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from headpursuit.capture import CaptureSample
-from headpursuit.intervention import Head, scale_heads
+from headpursuit.intervention import Head, Where, scale_heads
+from headpursuit.models.edit_positions import prompt_width
 from headpursuit.models.handle import LoadedModel
 from headpursuit.models.inputs import pad_batch, teacher_forced_ids
 
@@ -52,8 +57,9 @@ class HeadEffects:
 
 
 def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int):
-    """Per batch: padded teacher-forced inputs, how many final positions need logits, and the mask
-    (over those positions, last one dropped) of the positions that predict an answer token."""
+    """Per batch: padded teacher-forced inputs, how many final positions need logits, the mask
+    (over those positions, last one dropped) of the positions that predict an answer token, and
+    each row's first answer column (its prompt's columns come before)."""
     out = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -74,7 +80,8 @@ def _batches(lm: LoadedModel, samples: Sequence[CaptureSample], batch_size: int)
         mask = torch.zeros(len(seqs), keep - 1, dtype=torch.bool)
         for i, n in enumerate(alens):
             mask[i, keep - 1 - n :] = True
-        out.append((inputs, keep, mask))
+        answer_start = inputs["input_ids"].shape[1] - torch.tensor(alens)
+        out.append((inputs, keep, mask, answer_start))
     return out
 
 
@@ -84,9 +91,10 @@ def _mean_logprob(lm: LoadedModel, batches) -> torch.Tensor:
     # Asked once, not by catching a TypeError per batch (which could also hide a real one).
     tail_only = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
     vals = []
-    for inputs, keep, mask in batches:
+    for inputs, keep, mask, answer_start in batches:
         extra = {"logits_to_keep": keep} if tail_only else {}  # else compute all, keep the tail
-        logits = lm.model(**inputs, use_cache=False, **extra).logits
+        with prompt_width(answer_start):  # an edit with `where`: the answer counts as generated
+            logits = lm.model(**inputs, use_cache=False, **extra).logits
         logits = logits[:, -keep:-1].float()
         targets = inputs["input_ids"][:, -keep + 1 :]
         lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].cpu()
@@ -100,12 +108,14 @@ def answer_logprob(
     *,
     batch_size: int = 16,
     scales: Mapping[Head, float] | None = None,
+    where: Where = "all",
 ) -> torch.Tensor:
-    """(n_samples,) mean per-token log-probability of each sample's answer, optionally edited."""
+    """(n_samples,) mean per-token log-probability of each sample's answer, optionally edited (at
+    `where`: ``"prompt"`` = the positions before the answer, ``"generated"`` = the answer's)."""
     if not samples:
         raise ValueError("answer_logprob got no samples")
     batches = _batches(lm, list(samples), batch_size)
-    with scale_heads(lm, dict(scales or {})):
+    with scale_heads(lm, dict(scales or {}), where=where):
         return _mean_logprob(lm, batches)
 
 
@@ -117,8 +127,10 @@ def head_effects(
     heads: Sequence[Head] | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    where: Where = "all",
 ) -> HeadEffects:
-    """Rescale each head alone by `alpha` and record the change in answer log-probability per group.
+    """Rescale each head alone by `alpha` (at `where`, see `answer_logprob`) and record the change
+    in answer log-probability per group.
 
     samples: ``{group: [CaptureSample with answer, ...]}``, e.g. concept and control questions
         with the model's own correct answers. heads: default every head of the model.
@@ -136,7 +148,7 @@ def head_effects(
     rows = []
     for head in tqdm(heads, desc=f"head effects {lm.name} (alpha={alpha:g})", disable=not progress, unit="head"):
         row: dict[str, Any] = {"layer": head[0], "head": head[1]}
-        with scale_heads(lm, {head: float(alpha)}):
+        with scale_heads(lm, {head: float(alpha)}, where=where):
             for g, b in batches.items():
                 row[f"delta_{g}"] = float((_mean_logprob(lm, b) - base[g]).mean())
         rows.append(row)

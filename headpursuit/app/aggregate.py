@@ -69,7 +69,7 @@ from headpursuit.app.results import (
 
 # dataset: the classification dataset (task.dataset); rank_dataset: where a transfer run's heads
 # were ranked (rank_task). Both empty for the other tasks, so their tables are unchanged.
-SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode"]
+SETTING = ["model", "task", "dataset", "rank_dataset", "ranking", "heads_mode", "where"]
 # The statistics over the random seeds, as column prefixes: random.<stat>.<group>.<metric> (the
 # mean is random.<group>.<metric>) and normalized.random.<stat>.<group>.<metric>.
 STAT_KEYS = SeedStats.STATS
@@ -77,7 +77,7 @@ STAT_KEYS = SeedStats.STATS
 SOMP_METHODS = ("concept_restricted", "concept_share")
 LL_METHODS = ("logit_lens_mean", "logit_lens")
 # Run settings a paper-table row is labelled with when they differ between runs of one table.
-VARIANT_COLS = ["positions", "rank_groups"]
+VARIANT_COLS = ["positions", "rank_groups", "where"]
 # What a ranking config file (the Hydra choice `ranking=...`) that is not named after its method
 # stands for in labels; another such file is labelled `ranking=<file>`.
 PRESET_LABELS = {"paper": "paper's scoring"}
@@ -187,8 +187,9 @@ def _missing(value: Any) -> bool:
 
 
 def present(setting: Mapping[str, Any]) -> dict[str, Any]:
-    """The setting's keys that have a value: what titles and file names show (no `dataset=nan`)."""
-    return {k: v for k, v in setting.items() if not _missing(v)}
+    """The setting's keys that have a value: what titles and file names show (no `dataset=nan`;
+    no `where=all`, the edit at every position, as before `intervention.where` existed)."""
+    return {k: v for k, v in setting.items() if not _missing(v) and not (k == "where" and v == LEGACY_WHERE)}
 
 
 def relaxed_label(random: RandomControls | None) -> str:
@@ -207,6 +208,8 @@ def _run_label(path: Path | None, root: Path | None) -> str | None:
 
 # Runs of before `intervention.random_pool` existed drew their random heads from all heads.
 LEGACY_RANDOM_POOL = "all"
+# Runs of before `intervention.where` existed edited every position.
+LEGACY_WHERE = "all"
 
 
 def result_row(rec: RunRecord, path: Path | None = None, root: Path | None = None) -> dict:
@@ -236,6 +239,7 @@ def result_row(rec: RunRecord, path: Path | None = None, root: Path | None = Non
         "k": edit.k if out is not None else config_k,
         "k_frac": edit.k_frac if out is not None else rec.config_at("intervention", "k_frac"),
         "alpha": edit.alpha if out is not None else rec.config_at("intervention", "alpha"),
+        "where": rec.config_at("intervention", "where") or LEGACY_WHERE,
         "seed": rec.config_at("seed"),
         "random_pool": (out.random.pool if out is not None and out.random is not None else None)
         or config_pool

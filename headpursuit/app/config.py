@@ -24,6 +24,7 @@ from headpursuit.app.schema import RENAMED_KEYS, AppConfig, InterventionConfig, 
 from headpursuit.capture import POSITIONS
 from headpursuit.errors import ConfigError
 from headpursuit.heads import HEAD_MODES, RANDOM_POOLS, check_heads, check_layer_counts_k, parse_heads
+from headpursuit.intervention import WHERE
 from headpursuit.ranking import METHODS, RankingConfig
 from headpursuit.stats import check_interval_config
 from headpursuit.tasks import task_config, task_factory
@@ -170,6 +171,7 @@ def validate_config(cfg: Any) -> AppConfig:
         )
     if iv.random_pool not in RANDOM_POOLS:
         raise ConfigError(f"intervention.random_pool={iv.random_pool!r} is not one of {', '.join(RANDOM_POOLS)}")
+    check_where(iv.where, task.name)
     check_random_controls(iv)
     # The layout declared in the model config lets k be checked before a (slow) model load.
     if model.n_layers is not None and model.n_heads is not None:
@@ -179,6 +181,20 @@ def validate_config(cfg: Any) -> AppConfig:
         if iv.heads == "explicit":
             check_explicit_heads(iv.explicit, model.n_layers, model.n_heads)
     return conf
+
+
+def check_where(where: str, task_name: str) -> None:
+    """`intervention.where` is one of `WHERE`; image / text (a VLM's image-patch tokens) need an
+    image task (a text task's prompts have no image tokens)."""
+    if where not in WHERE:
+        raise ConfigError(
+            f"intervention.where={where!r} is not one of {', '.join(WHERE)} (all: every position, the paper's edit)"
+        )
+    if where in ("image", "text") and not issubclass(task_factory(task_name), ImageTask):
+        raise ConfigError(
+            f"intervention.where={where} splits a VLM's image-patch tokens from the rest, but task {task_name} "
+            "has no images; use intervention.where=all, prompt or generated"
+        )
 
 
 def check_job(conf: JobConfig) -> None:

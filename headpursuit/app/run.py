@@ -118,9 +118,18 @@ def start_tracker(config: Mapping[str, Any], conf: AppConfig, run_dir: Path, hc:
     tracker.start(
         config,
         group=conf.logger.group or (sweep if hc.mode == RunMode.MULTIRUN else None),
-        name=hc.job.override_dirname or "default",
+        name=run_name(hc.job.override_dirname, conf.intervention.where),
     )
     return tracker
+
+
+def run_name(override_dirname: str | None, where: str) -> str:
+    """The W&B run name: the job's overrides ("default" without any), and the edit's positions
+    when they are not every position and no override says so (an experiment file set them)."""
+    name = override_dirname or "default"
+    if where != "all" and "intervention.where=" not in name:
+        name += f",where={where}"
+    return name
 
 
 def write_head_scores(
@@ -301,18 +310,22 @@ def run_stages(
                 edits = [{}, edit, *random_control_edits(random_sets, alpha)]
                 for a in other_alphas:  # the sweep's other alphas: scored and cached below
                     edits += [{h: a for h in heads}, *random_control_edits(random_sets, a)]
-                generated = generate_uncached(cache, lm, task, eval_id, edits, seed=seed)
+                generated = generate_uncached(cache, lm, task, eval_id, edits, seed=seed, where=iv.where)
         with timer("baseline"):
             baseline = evaluate_cached(cache, lm, task, eval_id, {}, label="baseline", seed=seed, generated=generated)
         with timer("edited"):
-            edited = evaluate_cached(cache, lm, task, eval_id, edit, label="edited", seed=seed, generated=generated)
+            edited = evaluate_cached(
+                cache, lm, task, eval_id, edit, label="edited", seed=seed, generated=generated, where=iv.where
+            )
         with timer("random"):
             per_seed = random_controls(
-                cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed, generated=generated
+                cache, lm, task, eval_id, random_sets, alpha=alpha, seed=seed, generated=generated, where=iv.where
             )
         if other_alphas and generated:
             with timer("other_alphas"):
-                cache_other_alphas(cache, lm, task, eval_id, heads, random_sets, other_alphas, seed, generated)
+                cache_other_alphas(
+                    cache, lm, task, eval_id, heads, random_sets, other_alphas, seed, generated, where=iv.where
+                )
         outcome = record(
             lm=lm,
             task=task,

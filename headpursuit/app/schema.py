@@ -129,6 +129,11 @@ class InterventionConfig:
     #: ``-m intervention.alpha=-1,5 intervention.batch_alphas=[-1,5]``. [] : only this job's alpha.
     #: Needs batched_edits and a greedy task
     batch_alphas: list[float] = field(default_factory=list)
+    #: the positions the edit (and every random control) acts on (headpursuit.intervention.WHERE):
+    #: all (every position: the paper's edit) | prompt (the prompt's positions, read in the prompt
+    #: pass) | generated (the new tokens only) | image | text (a VLM's image-patch tokens / every
+    #: other token, generated ones included; image tasks only)
+    where: str = "all"
 
 
 @dataclass(kw_only=True)

@@ -192,12 +192,12 @@ def rank_cached(
 
 
 def evaluate_with_edits(
-    lm: LoadedModel, task: Task, scales: Mapping[Head, float], *, desc: str = "", seed: int = 0
+    lm: LoadedModel, task: Task, scales: Mapping[Head, float], *, desc: str = "", seed: int = 0, where: str = "all"
 ) -> dict:
-    """Generate with the heads rescaled (hooks active), then score with the hooks removed: fluency
-    scorers must see the unedited model."""
+    """Generate with the heads rescaled at `where` (hooks active), then score with the hooks
+    removed: fluency scorers must see the unedited model."""
     torch.manual_seed(seed)
-    with scale_heads(lm, dict(scales)):
+    with scale_heads(lm, dict(scales), where=where):
         outputs = task.generate(lm, desc=desc)
     return score_outputs(task, outputs, lm)
 
@@ -208,9 +208,13 @@ def score_outputs(task: Task, outputs: TaskOutputs, lm: LoadedModel) -> dict:
     return {**task.score(outputs, fluency_model=lm), **empty_outputs(outputs)}
 
 
-def eval_key(ident: dict, scales: Mapping[Head, float], seed: int) -> str:
-    """The cache key of one evaluation: (model, task config, the exact edit, seed, code)."""
+def eval_key(ident: dict, scales: Mapping[Head, float], seed: int, where: str = "all") -> str:
+    """The cache key of one evaluation: (model, task config, the exact edit and where it acts,
+    seed, code). `where` joins the key only when it matters (an edit, not at every position), so
+    the baseline and every `where=all` evaluation keep the keys they had before `where` existed."""
     edit = sorted([int(a), int(b), float(s)] for (a, b), s in scales.items())
+    if edit and where != "all":
+        return entry_key("evals", ident, edit, seed, {"where": where})
     return entry_key("evals", ident, edit, seed)
 
 
@@ -223,21 +227,22 @@ def generate_uncached(
     *,
     seed: int,
     desc: str = "edits",
+    where: str = "all",
 ) -> dict[str, TaskOutputs]:
     """{eval_key: outputs} for the `edits` whose evaluation is not cached, generated in one
     `task.generate_many` pass (the edits share batches; ``{}`` is the unedited model). Only for
     tasks with `shares_edit_batches` (greedy: the outputs do not depend on the batch); hand the
-    result to `evaluate_cached(..., generated=...)`, which scores it."""
+    result to `evaluate_cached(..., generated=...)`, which scores it. Every edit acts on `where`."""
     todo: dict[str, dict[Head, float]] = {}
     for edit in edits:
-        key = eval_key(ident, edit, seed)
+        key = eval_key(ident, edit, seed, where)
         # an unreadable entry counts as cached here: `evaluate_cached` recomputes it on its own
         if key not in todo and not cache.has("evals", key):
             todo[key] = dict(edit)
     if not todo:
         return {}
     torch.manual_seed(seed)
-    outputs = task.generate_many(lm, list(todo.values()), desc=f"{desc} x{len(todo)}")
+    outputs = task.generate_many(lm, list(todo.values()), desc=f"{desc} x{len(todo)}", where=where)
     return dict(zip(todo, outputs))
 
 
@@ -252,16 +257,17 @@ def evaluate_cached(
     seed: int,
     desc: str | None = None,
     generated: Mapping[str, TaskOutputs] | None = None,
+    where: str = "all",
 ) -> dict:
-    """evaluate_with_edits, cached on (model, task config, the exact edit, seed, code) (`eval_key`);
-    the hit is recorded under `label` (baseline, edited, random). With this edit's outputs in
-    `generated` (`generate_uncached`) they are scored instead of generated anew."""
-    key = eval_key(ident, scales, seed)
+    """evaluate_with_edits, cached on (model, task config, the exact edit and its `where`, seed,
+    code) (`eval_key`); the hit is recorded under `label` (baseline, edited, random). With this
+    edit's outputs in `generated` (`generate_uncached`) they are scored instead of generated anew."""
+    key = eval_key(ident, scales, seed, where)
     outputs = (generated or {}).get(key)
 
     def compute() -> dict:
         if outputs is None:
-            return evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed)
+            return evaluate_with_edits(lm, task, scales, desc=desc or label, seed=seed, where=where)
         torch.manual_seed(seed)  # the RNG state the one-at-a-time path scores under
         return score_outputs(task, outputs, lm)
 
@@ -295,14 +301,24 @@ def random_controls(
     alpha: float,
     seed: int,
     generated: Mapping[str, TaskOutputs] | None = None,
+    where: str = "all",
 ) -> list[dict]:
-    """The random-head controls: per set of `sets`, its heads rescaled by alpha and evaluated like
-    the edited heads (scored from `generated` where it has them). [{seed, heads, <evaluation>}, ...]
-    (`record` adds each set's borrowed heads)."""
+    """The random-head controls: per set of `sets`, its heads rescaled by alpha at the edit's
+    positions (`where`) and evaluated like the edited heads (scored from `generated` where it has
+    them). [{seed, heads, <evaluation>}, ...] (`record` adds each set's borrowed heads)."""
     per_seed = []
     for draw, edit in zip(sets, random_control_edits(sets, alpha)):
         result = evaluate_cached(
-            cache, lm, task, ident, edit, label="random", desc=f"random{draw.seed}", seed=seed, generated=generated
+            cache,
+            lm,
+            task,
+            ident,
+            edit,
+            label="random",
+            desc=f"random{draw.seed}",
+            seed=seed,
+            generated=generated,
+            where=where,
         )
         per_seed.append({"seed": draw.seed, "heads": [list(h) for h in draw.heads], **result})
     return per_seed
@@ -318,15 +334,33 @@ def cache_other_alphas(
     alphas: Sequence[float],
     seed: int,
     generated: Mapping[str, TaskOutputs],
+    where: str = "all",
 ) -> None:
-    """Score and cache, for each of `alphas`, the edited heads and every random set rescaled by it,
-    from outputs `generate_uncached` made in this job's batched pass (`intervention.batch_alphas`):
-    the sweep's job for that alpha then finds every evaluation in the cache."""
+    """Score and cache, for each of `alphas`, the edited heads and every random set rescaled by it
+    (at `where`), from outputs `generate_uncached` made in this job's batched pass
+    (`intervention.batch_alphas`): the sweep's job for that alpha then finds every evaluation in the cache."""
     for a in alphas:
         evaluate_cached(
-            cache, lm, task, ident, {h: a for h in heads}, label="other_alphas", seed=seed, generated=generated
+            cache,
+            lm,
+            task,
+            ident,
+            {h: a for h in heads},
+            label="other_alphas",
+            seed=seed,
+            generated=generated,
+            where=where,
         )
         for s, edit in zip([draw.seed for draw in sets], random_control_edits(sets, a)):
             evaluate_cached(
-                cache, lm, task, ident, edit, label="other_alphas", desc=f"random{s}", seed=seed, generated=generated
+                cache,
+                lm,
+                task,
+                ident,
+                edit,
+                label="other_alphas",
+                desc=f"random{s}",
+                seed=seed,
+                generated=generated,
+                where=where,
             )

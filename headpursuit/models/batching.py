@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from headpursuit.models.edit_positions import prompt_width
+
 if TYPE_CHECKING:
     from transformers import GenerationConfig
 
@@ -166,7 +168,8 @@ def _generate_probe(lm: LoadedModel, gc: GenerationConfig, prompt_len: int) -> C
 
     @torch.no_grad()
     def probe(n: int) -> object:
-        return lm.model.generate(**_dummy_ids(lm, max(1, n // n_ret), prompt_len), generation_config=probe_gc)
+        with prompt_width(prompt_len):  # under an edit with `where`: the dummy prompt, then new tokens
+            return lm.model.generate(**_dummy_ids(lm, max(1, n // n_ret), prompt_len), generation_config=probe_gc)
 
     return probe
 
@@ -174,7 +177,8 @@ def _generate_probe(lm: LoadedModel, gc: GenerationConfig, prompt_len: int) -> C
 def _forward_probe(lm: LoadedModel, seq_len: int) -> Callable[[int], object]:
     @torch.no_grad()
     def probe(n: int) -> object:
-        return lm.model(**_dummy_ids(lm, n, seq_len), use_cache=False)
+        with prompt_width(seq_len):  # a forward over a prompt (an edit with `where` needs to know)
+            return lm.model(**_dummy_ids(lm, n, seq_len), use_cache=False)
 
     return probe
 

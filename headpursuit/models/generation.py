@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from headpursuit.models.batching import auto_batch_size, length_batches
+from headpursuit.models.edit_positions import prompt_width
 from headpursuit.models.greedy import greedy_decode, plain_greedy
 from headpursuit.models.inputs import encode, processor_inputs, to_model
 
@@ -163,8 +164,10 @@ def generate_step(lm: LoadedModel, prompts: Sequence[str], gc: GenerationConfig,
     if DROP_FINISHED_ROWS and plain_greedy(gc):  # generate()'s tokens, finished rows dropped
         new = greedy_decode(lm.model, enc["input_ids"], enc["attention_mask"], gc, streamer=streamer)
         return _new_text(lm, new, 0)
-    out = lm.model.generate(**enc, generation_config=gc, streamer=streamer)
-    return _new_text(lm, out, enc["input_ids"].shape[1])
+    width = enc["input_ids"].shape[1]
+    with prompt_width(width):  # edits with `where` tell the left-padded prompt from the new tokens
+        out = lm.model.generate(**enc, generation_config=gc, streamer=streamer)
+    return _new_text(lm, out, width)
 
 
 def resolve_batch_size(
@@ -331,8 +334,10 @@ def generate_with_images(
                         lm, prompts[start : start + batch_size], images[start : start + batch_size], padding_side="left"
                     ),
                 )
-                out = lm.model.generate(**enc, generation_config=gc, streamer=bar.streamer())
-                outputs += _new_text(lm, out, enc["input_ids"].shape[1])
+                width = enc["input_ids"].shape[1]
+                with prompt_width(width):  # edits with `where`: the prompt's columns
+                    out = lm.model.generate(**enc, generation_config=gc, streamer=bar.streamer())
+                outputs += _new_text(lm, out, width)
         finally:
             bar.close()
     return outputs

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
+from headpursuit.models.edit_positions import generation_phase
 from headpursuit.models.hooks import live_hooks
 from headpursuit.models.inputs import position_ids_from_mask
 
@@ -74,6 +75,7 @@ _NEUTRAL: dict[str, Any] = {
     "assistant_model": (None,),
     "prompt_lookup_num_tokens": (None,),
     "cache_implementation": (None, "dynamic"),
+    "use_cache": (None, True),  # the loop always caches; a config without the cache goes to generate
 }
 
 
@@ -249,11 +251,14 @@ def greedy_decode(
     if streamer is not None:
         streamer.put(input_ids.cpu())
     try:
-        logits, mask, step_positions = _prefill(model, input_ids, mask, cache, cache_arg, followers, steps)
+        # The phases tell head edits with `where` (prompt / generated) what each forward holds.
+        with generation_phase("prompt"):
+            logits, mask, step_positions = _prefill(model, input_ids, mask, cache, cache_arg, followers, steps)
         tokens = input_ids[:, -1:]  # the next step's inputs (set after each step)
         for step in range(steps):
             if step > 0:
-                logits = _forward(model, cache, cache_arg, tokens, mask, step_positions)
+                with generation_phase("generated"):
+                    logits = _forward(model, cache, cache_arg, tokens, mask, step_positions)
             nxt = torch.argmax(logits.to(torch.float32), dim=-1)
             out[alive, step] = nxt
             if streamer is not None:

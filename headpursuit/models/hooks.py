@@ -44,10 +44,11 @@ class HookHandle:
                 _LIVE.pop(module, None)
 
 
-def add_pre_hook(module: torch.nn.Module, hook: Callable[..., Any]) -> HookHandle:
-    """`module.register_forward_pre_hook(hook)`, recorded until the returned handle's `remove()`."""
+def add_pre_hook(module: torch.nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False) -> HookHandle:
+    """`module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)`, recorded until the
+    returned handle's `remove()` (`with_kwargs`: the hook also sees the forward's keyword arguments)."""
     number = next(_NUMBERS)
-    handle = module.register_forward_pre_hook(hook)
+    handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
     _LIVE.setdefault(module, {})[number] = hook
     return HookHandle(module, number, handle)
 

@@ -56,10 +56,10 @@ class AnswerTask(Task):
 
     @abc.abstractmethod
     def answer_edits(
-        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str
+        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str, where: str = "all"
     ) -> list[GroupOutputs]:
         """`answer` under each of `edits` (``{}``: unedited), every edit in the same batches:
-        element e equals ``answer`` inside ``scale_heads(lm, edits[e])``."""
+        element e equals ``answer`` inside ``scale_heads(lm, edits[e], where=where)``."""
 
     def edit_batch_rows(self, n_edits: int) -> BatchSize:
         """Rows per batch when `n_edits` edits share the batches: `n_edits` x `batch_size` (each
@@ -97,14 +97,22 @@ class AnswerTask(Task):
         return self.task_outputs(lm, split, desc, groups)
 
     def generate_many(
-        self, lm: LoadedModel, edits: Sequence[Mapping[Head, float]], *, split: str = "eval", desc: str = ""
+        self,
+        lm: LoadedModel,
+        edits: Sequence[Mapping[Head, float]],
+        *,
+        split: str = "eval",
+        desc: str = "",
+        where: str = "all",
     ) -> list[TaskOutputs]:
-        """`generate` under each of `edits`, all edits in the same batches (one pass per group)."""
+        """`generate` under each of `edits` (acting on `where`), all edits in the same batches (one
+        pass per group)."""
         edits = [dict(e) for e in edits]
         if not edits:
             return []
         per_group = {
-            g: self.answer_edits(lm, self.items(split, g), edits, desc=self._group_desc(desc, g)) for g in GROUPS
+            g: self.answer_edits(lm, self.items(split, g), edits, desc=self._group_desc(desc, g), where=where)
+            for g in GROUPS
         }
         return [self.task_outputs(lm, split, desc, {g: per_group[g][e] for g in GROUPS}) for e in range(len(edits))]
 

@@ -515,14 +515,21 @@ class Task(abc.ABC):
         """Metrics dict from generations (see module docstring for the layout)."""
 
     def generate_many(
-        self, lm: LoadedModel, edits: Sequence[Mapping[Head, float]], *, split: str = "eval", desc: str = ""
+        self,
+        lm: LoadedModel,
+        edits: Sequence[Mapping[Head, float]],
+        *,
+        split: str = "eval",
+        desc: str = "",
+        where: str = "all",
     ) -> list[TaskOutputs]:
         """`generate` under each of `edits` (``{}``: the unedited model): ``[generate under
-        scale_heads(lm, edit) for edit in edits]``. Here one edit at a time (what sampling tasks
-        need: their draws depend on the batch); `AnswerTask` runs all edits in the same batches."""
+        scale_heads(lm, edit, where) for edit in edits]`` (`where`: the positions every edit acts
+        on). Here one edit at a time (what sampling tasks need: their draws depend on the batch);
+        `AnswerTask` runs all edits in the same batches."""
         outputs = []
         for edit in edits:
-            with scale_heads(lm, dict(edit)):
+            with scale_heads(lm, dict(edit), where=where):
                 outputs.append(self.generate(lm, split=split, desc=desc))
         return outputs
 

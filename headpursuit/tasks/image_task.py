@@ -126,7 +126,7 @@ class ImageTask(AnswerTask):
         return self._group_outputs(items, prompts, outs)
 
     def answer_edits(
-        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str
+        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str, where: str = "all"
     ) -> list[GroupOutputs]:
         """`answer` under every edit: rows are (item, edit) pairs, item-major; each batch holds the
         items of one batch of the one-edit-at-a-time path (its padding), every edit of each, under
@@ -139,7 +139,7 @@ class ImageTask(AnswerTask):
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             rows = [(it, e) for it in chunk for e in range(len(edits))]
-            with scale_heads(lm, per_row_scales([edits[e] for _, e in rows])):
+            with scale_heads(lm, per_row_scales([edits[e] for _, e in rows]), where=where):
                 outs = generate_with_images(
                     lm,
                     [prompt] * len(rows),

@@ -220,7 +220,7 @@ class QATask(AnswerTask):
         return self._group_outputs(items, prompts, [o if isinstance(o, str) else o[0] for o in outs])
 
     def answer_edits(
-        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str
+        self, lm: LoadedModel, items: list, edits: Sequence[Mapping[Head, float]], desc: str, where: str = "all"
     ) -> list[GroupOutputs]:
         prompts = [self.format(lm, it.question) for it in items]
         if not prompts:
@@ -232,6 +232,7 @@ class QATask(AnswerTask):
             max_new_tokens=self.max_new_tokens,
             batch_size=self.edit_batch_rows(len(edits)),
             desc=desc,
+            where=where,
         )
         return [self._group_outputs(items, prompts, outs) for outs in per_edit]
 
