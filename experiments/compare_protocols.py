@@ -318,10 +318,31 @@ def paper_shaped(model: str) -> str:
     return "\n".join(parts) + "\n"
 
 
+def sweeps_on_disk() -> dict[str, list[str]]:
+    """Per model, the sweeps of `sweeps` whose directory exists under OUT (what the page reports)."""
+    return {model: [name for name in sweeps(model) if (OUT / model / name).is_dir()] for model in MODELS}
+
+
+def not_run_note() -> str:
+    """One sentence per model naming the sweeps that were not run (their rows read n/a)."""
+    missing = {model: [n for n in sweeps(model) if n not in ran] for model, ran in sweeps_on_disk().items()}
+    notes = [
+        f"{model}: {', '.join(f'`{n}`' for n in names)} not run"
+        + (
+            f" (`python experiments/compare_protocols.py --only {model}"
+            + "".join(f" --sweep {n}" for n in names)
+            + "`)"
+        )
+        for model, names in missing.items()
+        if names
+    ]
+    return ("Not in this run (rows n/a): " + "; ".join(notes) + ".") if notes else ""
+
+
 def section(seconds: dict[str, float]) -> str:
     parts = [
         START,
-        "## The paper's protocol vs ours (issue 12)",
+        "## The paper's protocol vs ours (issues 12 and 21)",
         "",
         f"Made by `python experiments/compare_protocols.py --n-eval {N_EVAL}"
         + (f" --n-rank {N_RANK}" if N_RANK is not None else "")
@@ -334,6 +355,8 @@ def section(seconds: dict[str, float]) -> str:
         "layer holds more than half of its heads in the edited set no such set exists, and the run is "
         "repeated with 10 uniform random sets, marked (uniform). "
         "Wall-clock minutes per sweep: " + ", ".join(f"`{k}` {v / 60:.1f}" for k, v in sorted(seconds.items())) + ".",
+        "",
+        not_run_note(),
         "",
     ]
     for metric in ("accuracy", "f1"):
