@@ -83,7 +83,7 @@ from typing import Any
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
-from paper_records import check_paper_record, is_offline_paper_job
+from record_checks import check_job_record
 
 REPO = Path(__file__).resolve().parents[1]
 DOC_FILES = ["README.md", "experiments/README.md", *sorted(f"docs/{p.name}" for p in (REPO / "docs").glob("*.md"))]
@@ -849,8 +849,7 @@ def check_documented_command(cmd: DocCommand, docs: Docs) -> None:
         outcome = docs.app(argv, cmd)
         assert_complete(outcome, f"{cmd.id}: {' '.join(argv)} ({outcome.note})")
         for record, config in zip(outcome.results, outcome.configs, strict=True):
-            if is_offline_paper_job(record):  # what a paper experiment's run records (tests/paper_records.py)
-                check_paper_record(record, config)
+            check_job_record(record, config)  # what the job records (tests/record_checks.py)
     elif kind(argv) == "atlas":
         outcome = docs.atlas(argv, cmd)
         assert_complete(outcome, f"{cmd.id}: {' '.join(argv)} ({outcome.note})")

@@ -65,10 +65,11 @@ def test_selection_free_drops_the_flags_that_pick_sweeps():
     assert selection_free(argv) == ["python", "experiments/r.py", "--n-eval", "3"]
 
 
-def test_every_paper_experiment_has_a_documented_offline_run():
-    """tests/paper_records.py's checks run on the documented offline commands that the harness runs:
-    each paper experiment needs one (`-m experiment=paper_X data=offline`, no cluster launcher)."""
-    from paper_records import PAPER_CHECKS
+def test_every_checked_record_comes_from_a_documented_command():
+    """tests/record_checks.py's checks run on the documented commands that the harness runs: each
+    paper experiment needs an offline one (`-m experiment=paper_X data=offline`, no cluster launcher),
+    and tiny_vlm's two tasks one each."""
+    from record_checks import PAPER_CHECKS
 
     experiments = sorted(p.stem for p in (TESTS.parent / "conf" / "experiment").glob("paper_*.yaml"))
     for name in experiments:
@@ -79,6 +80,11 @@ def test_every_paper_experiment_has_a_documented_offline_run():
             for c in COMMANDS
         ), f"{name}: no documented offline command runs it"
     assert set(PAPER_CHECKS) <= set(experiments)
+    # the end-to-end runs on tiny_vlm that check_tiny_vlm_job checks: both vision tasks
+    tiny = [set(c.argv) for c in COMMANDS if kind(c.argv) == "app" and "experiment=tiny_vlm_captioning" in c.argv]
+    assert any("task=classification" in argv for argv in tiny) and any(
+        not any(a.startswith("task=") for a in argv) for argv in tiny
+    ), "document experiment=tiny_vlm_captioning, with and without task=classification"
 
 
 # ------------------------------------------------------------------------------------------

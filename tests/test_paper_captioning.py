@@ -2,7 +2,7 @@
 list, single-token dictionaries, the paper's caption prompts, and the paper_* experiment files.
 
 The end-to-end run of `experiment=paper_tab13_captioning data=offline` is a documented command: the
-docs harness runs it, and tests/paper_records.py's `check_tab13_captioning` checks what it records."""
+docs harness runs it, and tests/record_checks.py's `check_tab13_captioning` checks what it records."""
 
 from pathlib import Path
 

@@ -9,7 +9,7 @@ offline, composes to a config that `validate_config` accepts; the offline jobs a
 a run makes before its model loads (data files, concept, the task built on the tokenizer).
 
 Every offline run is a documented command (docs/paper.md, experiments/README.md): the docs harness
-runs each (shortened, tests/docs_harness.py) and checks what each job records (tests/paper_records.py:
+runs each (shortened, tests/docs_harness.py) and checks what each job records (tests/record_checks.py:
 the paper's protocol on a stand-in, k of its heads, normalised metrics, the random controls).
 paper_fig2_qa's offline run goes through its whole sweep here (both rankings, every k, the file's
 ranking questions: its relaxed controls).

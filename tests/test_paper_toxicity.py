@@ -3,7 +3,7 @@ and prompts, the hub schemas, and the experiment files (issue 13).
 
 Everything here runs offline on the SmolLM2 tokenizer (no model) or the tiny random model. The
 end-to-end run of `experiment=paper_tab2_toxicity data=offline` is a documented command: the docs
-harness runs it, and tests/paper_records.py's `check_tab2_toxicity` checks what it records.
+harness runs it, and tests/record_checks.py's `check_tab2_toxicity` checks what it records.
 """
 
 from __future__ import annotations

@@ -1,12 +1,21 @@
-"""What each paper experiment's offline run records, beyond `status: complete` (issue 13).
+"""What the jobs of documented commands record, beyond `status: complete` (issues 13, 19).
 
-Not a test module: the docs harness (tests/docs_harness.py) runs every documented command, and
-`python -m headpursuit -m experiment=paper_X data=offline` is documented for each paper experiment
-(docs/paper.md, experiments/README.md). On every complete job of such a command it calls
-`check_paper_record(record, config)`: the job's results.json and the config the harness composed
-for it (independently of the run; the harness's shortened form: few questions, one random set).
-These checks were end-to-end subprocess tests of their own (tests/test_paper_experiments.py,
-test_paper_toxicity.py, test_paper_captioning.py) that ran the same commands again.
+Not a test module: the docs harness (tests/docs_harness.py) runs every documented command, and on
+every complete job of a pipeline command it calls `check_job_record(record, config)`: the job's
+results.json and the config the harness composed for it (independently of the run; the harness's
+shortened form: few questions, one random set). Checked here:
+
+* each paper experiment's offline run (`python -m headpursuit -m experiment=paper_X data=offline`,
+  documented for each in docs/paper.md and experiments/README.md): the paper's protocol on a
+  stand-in, k of its heads, normalised metrics, the random controls, and per experiment its own
+  (Table 2's scorer and held-out words, Table 13's CIDEr and caption prompts);
+* every job on `tiny_vlm` (`experiment=tiny_vlm_captioning`, its `task=classification`, the paper's
+  vision experiments): the task's metrics per group, and every output saying that the vision tower
+  is random.
+
+These checks were end-to-end tests of their own (tests/test_paper_experiments.py,
+test_paper_toxicity.py, test_paper_captioning.py: subprocess runs; tests/test_tasks_vision.py: the
+same stages in-process) that ran what the harness runs again.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from headpursuit.models.tiny_vlm import VISION_NOTE
 from headpursuit.tasks.prompts import CAPTION_PAPER, RTP_PAPER
 
 #: heads of both offline stand-ins (smollm2, and tiny_vlm, whose language model is SmolLM2)
@@ -77,14 +87,51 @@ PAPER_CHECKS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], None]] 
 }
 
 
+#: the metrics each vision task reports per group (every one a float)
+VISION_METRICS = {
+    "classification": {"accuracy", "concept_rate", "concept_count", "empty_rate"},
+    "captioning": {"concept_rate", "concept_count", "bleu", "chrf", "sentence_bleu", "mean_words", "empty_rate"},
+}
+#: tiny_vlm's language model: SmolLM2's layout (layers, heads, head dim)
+TINY_VLM_LAYOUT = (30, 9, 64)
+
+
+def check_tiny_vlm_job(r: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """A job on tiny_vlm: its task's metrics for both groups, before and after the edit, and every
+    output (results, examples, provenance) saying that the vision side is random."""
+    layout = r["provenance"]["model"]["layout"]
+    assert (layout["n_layers"], layout["n_heads"], layout["head_dim"]) == TINY_VLM_LAYOUT
+    task = cfg["task"]["name"]
+    for section in ("baseline", "edited"):
+        res = r[section]
+        groups = [g for g in ("concept", "control") if g in res]  # a transfer run (rank_task): concept only
+        assert "concept" in groups and all(res["n"][g] == 0 for g in res["n"] if g not in groups)
+        for g in groups:
+            assert VISION_METRICS[task] <= set(res[g]), (section, g, sorted(res[g]))
+            assert all(isinstance(v, float) for v in res[g].values()), (section, g, res[g])
+            assert res["n"][g] >= 1
+        assert res["vision_random_init"] is True and VISION_NOTE in res["notes"]
+        assert res["examples"] and all(VISION_NOTE in ex["notes"] for ex in res["examples"])
+        assert all(ex["references"] and ex["group"] in ("concept", "control") for ex in res["examples"])
+        if task == "classification":
+            assert all(0.0 <= res[g]["accuracy"] <= 1.0 for g in groups)
+    prov = r["provenance"]["task"]
+    assert prov["vision_random_init"] is True and VISION_NOTE in prov["model_notes"]
+    if task == "captioning":
+        assert prov["caption_metrics"]["package"] == "sacrebleu"
+
+
 def is_offline_paper_job(r: Mapping[str, Any]) -> bool:
     choices = r.get("run", {}).get("choices", {})
     return str(choices.get("experiment")).startswith("paper_") and choices.get("data") == "offline"
 
 
-def check_paper_record(r: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
-    """A job of a paper experiment's offline run: the common checks and its experiment's own."""
-    check_offline_paper_job(r, cfg)
-    experiment = r["run"]["choices"]["experiment"]
-    if experiment in PAPER_CHECKS:
-        PAPER_CHECKS[experiment](r, cfg)
+def check_job_record(r: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """A complete job of a documented pipeline command: the checks that apply to it (module docstring)."""
+    if is_offline_paper_job(r):
+        check_offline_paper_job(r, cfg)
+        experiment = r["run"]["choices"]["experiment"]
+        if experiment in PAPER_CHECKS:
+            PAPER_CHECKS[experiment](r, cfg)
+    if cfg["model"]["name_or_path"] == "tiny_vlm":
+        check_tiny_vlm_job(r, cfg)
