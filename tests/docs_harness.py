@@ -1,8 +1,9 @@
 """The docs-commands harness: every command the docs show, found and checked (issue 19).
 
 Not a test module (pytest does not collect it): the test modules import it. tests/test_docs_commands.py
-tests the harness itself and the docs' Python blocks; the documented commands are cases of one module
-per doc file (`DOC_MODULES`), so `pytest -n 2 --dist loadfile` spreads them over both workers. All
+tests the harness itself and the docs' Python blocks; the documented commands are cases of a few
+modules, by doc file and section (`DOC_MODULES`), so `pytest -n 2 --dist loadfile` spreads them over
+both workers. All
 those modules share one `Docs` per process (the session fixture `docs`, tests/conftest.py) and one
 run cache per test session (both workers: its entries are locked, so a job ranks and evaluates once).
 
@@ -809,27 +810,57 @@ class Docs:
 
 
 # ------------------------------------------------------------------------------------------
-# The cases: one test module per doc file (or a few small ones)
+# The cases: a few test modules, by doc file and section
 # ------------------------------------------------------------------------------------------
 
-#: the test module that runs each doc file's commands (`pytest -n 2 --dist loadfile` gives each
-#: module to one worker: these split the documented commands into pieces of similar cost)
-DOC_MODULES: dict[str, str] = {
-    "README.md": "test_docs_readme",
-    "experiments/README.md": "test_docs_experiments",
-    "docs/paper.md": "test_docs_paper",
-    "docs/ARCHITECTURE.md": "test_docs_guides",
-    "docs/cluster.md": "test_docs_guides",
-    "docs/protocol.md": "test_docs_guides",
-    "docs/results.md": "test_docs_results",
+#: Which test module runs which commands: per doc file, from each heading on (a prefix of the
+#: heading's text; "": the file's start) until the next listed one. `pytest -n 2 --dist loadfile`
+#: gives each module to one worker; the pieces keep the commands that several places show (the
+#: paper's offline runs in experiments/README.md and docs/paper.md, the scripts of the README, of
+#: experiments/README.md and of docs/results.md, the pipeline runs of the README and
+#: docs/cluster.md) in one module, so they run once, and the sweeps a reader reads with them.
+DOC_MODULES: dict[str, dict[str, str]] = {
+    "README.md": {
+        "": "test_docs_readme",
+        "## What it found on the embedded model": "test_docs_experiments",
+        "## The pipeline (Hydra)": "test_docs_readme",
+    },
+    "experiments/README.md": {"": "test_docs_experiments", "## The paper's tables and figures": "test_docs_paper"},
+    "docs/ARCHITECTURE.md": {"": "test_docs_experiments"},
+    "docs/cluster.md": {"": "test_docs_readme"},
+    "docs/paper.md": {"": "test_docs_paper"},
+    "docs/protocol.md": {"": "test_docs_paper"},
+    "docs/results.md": {"": "test_docs_experiments"},
 }
+
+
+def heading_lines(rel: str) -> dict[str, int]:
+    """The line of each listed heading of `rel` (DOC_MODULES), "" at line 0."""
+    lines = doc_text(rel).splitlines()
+    out = {}
+    for prefix in DOC_MODULES[rel]:
+        at = [i for i, line in enumerate(lines, 1) if prefix and line.startswith(prefix)]
+        assert prefix == "" or len(at) == 1, f"{rel}: DOC_MODULES names the heading {prefix!r}: found {len(at)} times"
+        out[prefix] = at[0] if at else 0
+    return out
+
+
+def module_of(cmd: DocCommand) -> str:
+    """The test module that runs `cmd` (DOC_MODULES)."""
+    assert cmd.file in DOC_MODULES, f"{cmd.file}: give it a module in DOC_MODULES (tests/docs_harness.py)"
+    starts = heading_lines(cmd.file)
+    return max(DOC_MODULES[cmd.file].items(), key=lambda item: (starts[item[0]] <= cmd.line, starts[item[0]]))[1]
+
+
+def module_names() -> set[str]:
+    return {m for pieces in DOC_MODULES.values() for m in pieces.values()}
 
 
 def module_cases(module: str) -> list[DocCommand]:
     """The documented commands that test module `module` (its `__name__`) runs."""
     name = module.rpartition(".")[2]
-    assert name in DOC_MODULES.values(), f"{name}: not a module of DOC_MODULES"
-    return [c for c in COMMANDS if DOC_MODULES.get(c.file) == name]
+    assert name in module_names(), f"{name}: not a module of DOC_MODULES"
+    return [c for c in COMMANDS if module_of(c) == name]
 
 
 def case_id(c: DocCommand) -> str:

@@ -1,9 +1,9 @@
 """The docs-commands harness (tests/docs_harness.py) tested, and the docs' Python sketches checked
 (issue 19).
 
-The documented commands themselves are cases of one test module per doc file (`DOC_MODULES`:
-tests/test_docs_readme.py, test_docs_experiments.py, test_docs_paper.py, test_docs_guides.py,
-test_docs_results.py); README.md's library example runs in tests/test_docs_readme.py.
+The documented commands themselves are cases of a few test modules, by doc file and section
+(`DOC_MODULES`: tests/test_docs_readme.py, test_docs_experiments.py, test_docs_paper.py); README.md's
+library example runs in tests/test_docs_readme.py.
 
 Python blocks other than README.md's (docs/ARCHITECTURE.md, docs/protocol.md) are API sketches, not
 programs (`-> Tensor` annotations, `...` arguments): every name they call must exist in the package,
@@ -37,6 +37,8 @@ from docs_harness import (
     kind,
     make_as_python,
     module_cases,
+    module_names,
+    module_of,
     needs_hub,
     python_blocks,
     selection_free,
@@ -48,15 +50,17 @@ TESTS = Path(__file__).resolve().parent
 
 
 def test_every_doc_file_has_a_module_that_runs_its_commands():
-    """A new doc file needs an entry in DOC_MODULES, and each entry's module exists and runs its cases
-    (through `module_cases`): no documented command goes unrun."""
+    """A new doc file needs an entry in DOC_MODULES, and each module there exists and runs its cases
+    (through `module_cases`): every documented command is the case of exactly one module."""
     assert set(DOC_MODULES) == set(DOC_FILES), (
         f"give each doc file a module in DOC_MODULES: {set(DOC_FILES) ^ set(DOC_MODULES)}"
     )
-    for module in set(DOC_MODULES.values()):
+    for module in module_names():
         source = (TESTS / f"{module}.py").read_text()
         assert "module_cases(__name__)" in source and "check_documented_command(" in source, module
-    assert sorted(c.id for m in set(DOC_MODULES.values()) for c in module_cases(m)) == sorted(c.id for c in COMMANDS)
+    assert sorted(c.id for m in module_names() for c in module_cases(m)) == sorted(c.id for c in COMMANDS)
+    # by section: README.md's findings (its scripts) go with experiments/README.md's, the rest not
+    assert {module_of(c) for c in COMMANDS if c.file == "README.md"} == {"test_docs_readme", "test_docs_experiments"}
 
 
 def test_selection_free_drops_the_flags_that_pick_sweeps():

@@ -1,5 +1,6 @@
-"""The commands experiments/README.md shows, each run and checked by its program's rule (tests/docs_harness.py;
-which module runs which doc file's commands: `DOC_MODULES` there)."""
+"""The documented commands of experiments/README.md's offline section, README.md's findings, docs/results.md,
+docs/ARCHITECTURE.md: each run and checked by its program's rule
+(tests/docs_harness.py; `DOC_MODULES` there says which module runs which commands)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The commands README.md shows, each run and checked by its program's rule (tests/docs_harness.py;
-which module runs which doc file's commands: `DOC_MODULES` there)."""
+"""The documented commands of README.md's pipeline and development sections, docs/cluster.md: each run and checked by its program's rule
+(tests/docs_harness.py; `DOC_MODULES` there says which module runs which commands)."""
 
 from __future__ import annotations
 
