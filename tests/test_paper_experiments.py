@@ -191,22 +191,23 @@ def test_fig2_qa_offline_sweep_completes_with_relaxed_controls(tmp_path):
     random sets: the ranking questions are the file's, so the rankings are the full sweep's, and
     ranking=paper at k=8 puts 5 heads in layer 0 of SmolLM2 (9 heads a layer): its controls
     borrow, and every job completes."""
-    from test_pipeline import run_cli
+    from docs_harness import run_app  # in this process: the model loads once per worker
 
     name, sweep = "paper_fig2_qa", tmp_path / "sweep"
     cfg = _compose(f"experiment={name}", "data=offline")
-    proc = run_cli(
-        "headpursuit",
-        "-m",
-        f"experiment={name}",
-        "data=offline",
-        "task.n_eval=4",
-        *SHORT,
-        "logger=none",
-        f"hydra.sweep.dir={sweep}",
-        f"cache_dir={tmp_path / 'cache'}",
+    rc = run_app(
+        [
+            "-m",
+            f"experiment={name}",
+            "data=offline",
+            "task.n_eval=4",
+            *SHORT,
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+            f"cache_dir={tmp_path / 'cache'}",
+        ]
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert rc == 0
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     jobs = {(r["run"]["choices"]["ranking"], r["k"]) for r in results}
     fracs = [float(f) for f in str(cfg.hydra.sweeper.params["intervention.k_frac"]).split(",")]
