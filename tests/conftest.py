@@ -83,3 +83,16 @@ def _w_o_columns_scaled(lm, scales):
 def w_o_columns_scaled():
     """The weight-edit reference as a fixture: ``with w_o_columns_scaled(lm, {(l, h): a}): ...``."""
     return _w_o_columns_scaled
+
+
+@pytest.fixture(scope="session")
+def docs(tmp_path_factory):
+    """The docs-commands harness's state (tests/docs_harness.py), one per process: the doc modules a
+    worker runs share what their commands left. Its run cache is one for the whole test session,
+    both xdist workers included (basetemp's parent is the session's; the cache locks each entry),
+    so a command documented in two files ranks and evaluates once."""
+    from docs_harness import Docs
+
+    root = tmp_path_factory.getbasetemp()
+    shared = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    return Docs(tmp_path_factory.mktemp("docs_commands"), cache=shared / "docs_commands_cache")

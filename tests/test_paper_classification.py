@@ -427,27 +427,28 @@ def test_overlap_k_choice_and_zero_baseline(tmp_path, capsys):
 def test_offline_transfer_sweep_feeds_the_overlap_command(tmp_path):
     import pandas as pd
     from devices import CPU_OVERRIDES
-    from test_pipeline import run_cli
+    from docs_harness import run_app  # in this process: the model loads once per worker
 
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    proc = run_cli(
-        "headpursuit",
-        "-m",
-        "experiment=paper_fig4_overlap",
-        "data=offline",
-        *CPU_OVERRIDES,
-        "logger=none",
-        "plots=false",
-        "task=cls_mnist,cls_svhn",
-        "task@rank_task=cls_mnist,cls_svhn",
-        "task.n_rank=3",
-        "rank_task.n_rank=3",
-        "task.n_eval=3",
-        "task.max_new_tokens=3",
-        f"hydra.sweep.dir={sweep}",
-        f"cache_dir={cache}",
+    rc = run_app(
+        [
+            "-m",
+            "experiment=paper_fig4_overlap",
+            "data=offline",
+            *CPU_OVERRIDES,
+            "logger=none",
+            "plots=false",
+            "task=cls_mnist,cls_svhn",
+            "task@rank_task=cls_mnist,cls_svhn",
+            "task.n_rank=3",
+            "rank_task.n_rank=3",
+            "task.n_eval=3",
+            "task.max_new_tokens=3",
+            f"hydra.sweep.dir={sweep}",
+            f"cache_dir={cache}",
+        ]
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert rc == 0
     results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     assert len(results) == 4 and all(r["status"] == "complete" for r in results)
     pairs = {(r["transfer"]["target"], r["transfer"]["source"]) for r in results}

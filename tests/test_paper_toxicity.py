@@ -1,8 +1,9 @@
 """The paper's toxicity experiments (Tables 2 and 7): held-out toxic words, the paper's classifier
 and prompts, the hub schemas, and the experiment files (issue 13).
 
-Everything here runs offline on the SmolLM2 tokenizer (no model) or the tiny random model; the one
-end-to-end run of `experiment=paper_tab2_toxicity data=offline` loads SmolLM2 and is marked slow.
+Everything here runs offline on the SmolLM2 tokenizer (no model) or the tiny random model. The
+end-to-end run of `experiment=paper_tab2_toxicity data=offline` is a documented command: the docs
+harness runs it, and tests/record_checks.py's `check_tab2_toxicity` checks what it records.
 """
 
 from __future__ import annotations
@@ -323,28 +324,3 @@ def test_toxicity_experiment_files_compose(experiment, data, model, source, scor
         assert dict(task.scorer_kwargs) == {"device": "cuda", "batch_size": 128}
     ll = _compose(f"experiment={experiment}", f"data={data}", "ranking=logit_lens_mean")
     assert ll.ranking.method == "logit_lens_mean" and ll.task.scorer == scorer
-
-
-# --- end to end (SmolLM2, offline) --------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_paper_tab2_toxicity_offline_runs_end_to_end(tmp_path):
-    from test_pipeline import run_job
-
-    r = run_job(
-        tmp_path / "run", tmp_path / "cache", "data=offline", "intervention.random_seeds=[0,1]", "plots=false",
-        experiment="paper_tab2_toxicity",
-    )  # fmt: skip
-    assert r["status"] == "complete" and r["ranking"] == "concept_restricted"
-    for section in ("baseline", "edited"):
-        assert r[section]["scorer"] == "profanity_check" and "alt-profanity-check" in r[section]["scorer_version"]
-        for g in ("concept", "control"):
-            m = r[section][g]
-            assert 0.0 <= m["toxic_fraction"] <= 1.0 and m["held_out_word_frequency"] >= 0.0
-    assert "toxic_fraction" in r["normalized"]["edited"]["concept"]
-    assert "held_out_word_frequency" in r["random"]["median"]["concept"]
-    prov = r["provenance"]["task"]
-    assert prov["prompt_preset"] == "paper" and prov["prompt_template"] == RTP_PAPER
-    assert prov["held_out"]["n_held_out"] > 0 and prov["held_out"]["seed"] == 0
-    assert prov["concept_n_words"] == prov["held_out"]["n_selection"]
