@@ -326,17 +326,10 @@ def sweeps_on_disk() -> dict[str, list[str]]:
 def not_run_note() -> str:
     """One sentence per model naming the sweeps that were not run (their rows read n/a)."""
     missing = {model: [n for n in sweeps(model) if n not in ran] for model, ran in sweeps_on_disk().items()}
-    notes = [
-        f"{model}: {', '.join(f'`{n}`' for n in names)} not run"
-        + (
-            f" (`python experiments/compare_protocols.py --only {model}"
-            + "".join(f" --sweep {n}" for n in names)
-            + "`)"
-        )
-        for model, names in missing.items()
-        if names
-    ]
-    return ("Not in this run (rows n/a): " + "; ".join(notes) + ".") if notes else ""
+    notes = [f"{model}: {', '.join(f'`{n}`' for n in names)}" for model, names in missing.items() if names]
+    if not notes:
+        return ""
+    return "Not in this run (rows n/a; the script's `--only MODEL --sweep NAME` runs one): " + "; ".join(notes) + "."
 
 
 def section(seconds: dict[str, float]) -> str:
