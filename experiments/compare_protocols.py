@@ -216,7 +216,7 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
         by_sweep["paper"].setdefault(k, {**row, "pool": "uniform"})
     ks = sorted({k for rows in by_sweep.values() for k in rows})
     if not ks:
-        return f"_{model}: not measured in this run (`python experiments/compare_protocols.py --only {model}`)._\n", {}
+        return f"_{model}: not measured in this run (the script's `--only {model}` runs its sweeps)._\n", {}
     any_row = next(iter(next(r for r in by_sweep.values() if r).values()))
     n_total = MODELS[model]
     lines = [f"### {model} ({n_total} heads), metric: {metric}", ""]
