@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from devices import CPU_OVERRIDES
-from test_docs_commands import run_app
+from docs_harness import run_app
 from vlm_samples import shape_samples
 
 from headpursuit.app.aggregate import result_row
