@@ -56,7 +56,6 @@ __all__ = [
     "check_interval_config",
     "edit_direction",
     "empirical_p",
-    "item_means",
     "paired_bootstrap",
     "resample_indices",
     "retained",
@@ -163,14 +162,6 @@ def _interval(samples: np.ndarray, level: float) -> Interval:
     tail = (1.0 - level) / 2.0
     lo, hi = np.percentile(samples, [100.0 * tail, 100.0 * (1.0 - tail)])
     return Interval(float(lo), float(hi))
-
-
-def item_means(items: ItemValues) -> dict[str, dict[str, float]]:
-    """{group: {metric: mean of its items}} (NaN for a metric without items)."""
-    return {
-        g: {m: (math.fsum(v) / len(v) if len(v) else math.nan) for m, v in metrics.items()}
-        for g, metrics in items.items()
-    }
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
