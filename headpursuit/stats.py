@@ -52,10 +52,13 @@ __all__ = [
     "IntervalConfig",
     "ItemValues",
     "EffectIntervals",
+    "GroupIntervals",
     "PairedBootstrap",
     "check_interval_config",
     "edit_direction",
     "empirical_p",
+    "group_intervals_from_json",
+    "group_intervals_json",
     "paired_bootstrap",
     "resample_indices",
     "retained",
@@ -123,16 +126,54 @@ class Interval:
 GroupIntervals = dict[str, dict[str, Interval]]
 
 
+def group_intervals_json(groups: GroupIntervals) -> dict[str, dict[str, dict[str, float]]]:
+    return {g: {m: iv.to_json() for m, iv in ms.items()} for g, ms in groups.items()}
+
+
+def group_intervals_from_json(obj: object) -> GroupIntervals:
+    groups = obj if isinstance(obj, Mapping) else {}
+    return {
+        str(g): {str(m): Interval.from_json(iv) for m, iv in (ms if isinstance(ms, Mapping) else {}).items()}
+        for g, ms in groups.items()
+    }
+
+
 @dataclass(frozen=True)
 class EffectIntervals:
-    """The intervals of one edited evaluation against the baseline: its `value`, `delta` (edited -
-    baseline), `ratio` (edited / baseline), each {group: {metric: Interval}}, and `specificity`
-    {metric: Interval} (metrics the concept and control groups both have)."""
+    """The intervals of one edited evaluation (the edited heads, or a random set: its `seed`) against
+    the baseline: its `value`, `delta` (edited - baseline), `ratio` (edited / baseline), each
+    {group: {metric: Interval}}, and `specificity` {metric: Interval} (metrics the concept and
+    control groups both have). results.json's `intervals.edited` / `intervals.random[i]`."""
 
     value: GroupIntervals = field(default_factory=dict)
     delta: GroupIntervals = field(default_factory=dict)
     ratio: GroupIntervals = field(default_factory=dict)
     specificity: dict[str, Interval] = field(default_factory=dict)
+    seed: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {} if self.seed is None else {"seed": self.seed}
+        out.update(
+            value=group_intervals_json(self.value),
+            delta=group_intervals_json(self.delta),
+            ratio=group_intervals_json(self.ratio),
+            specificity={m: iv.to_json() for m, iv in self.specificity.items()},
+        )
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, object]) -> EffectIntervals:
+        spec = obj.get("specificity")
+        seed = obj.get("seed")
+        return cls(
+            value=group_intervals_from_json(obj.get("value")),
+            delta=group_intervals_from_json(obj.get("delta")),
+            ratio=group_intervals_from_json(obj.get("ratio")),
+            specificity={
+                str(m): Interval.from_json(iv) for m, iv in (spec if isinstance(spec, Mapping) else {}).items()
+            },
+            seed=None if seed is None or isinstance(seed, bool) else int(seed),  # type: ignore[call-overload]
+        )
 
 
 @dataclass(frozen=True)

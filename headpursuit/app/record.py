@@ -28,7 +28,6 @@ from headpursuit.app.results import (
     CacheProvenance,
     Edit,
     EditedHead,
-    EffectIntervals,
     Evaluation,
     Intervals,
     ModelProvenance,
@@ -46,7 +45,6 @@ from headpursuit.app.results import (
 from headpursuit.app.stages import transfer_info
 from headpursuit.heads import ControlDraw, Head, head_records, possible_control_sets
 from headpursuit.models.batching import CPU_BATCH_SIZES, chosen_batch_sizes
-from headpursuit.stats import EffectIntervals as BootstrapEffect
 from headpursuit.stats import IntervalConfig, edit_direction, empirical_p, paired_bootstrap, specificity
 from headpursuit.tasks.base import ITEMS_KEY
 
@@ -299,12 +297,6 @@ def evaluation_items(result: Mapping[str, Any]) -> dict[str, dict[str, list[floa
     return {str(g): {str(m): [float(x) for x in v] for m, v in ms.items()} for g, ms in items.items()}
 
 
-def _effect_intervals(effect: BootstrapEffect, seed: int | None = None) -> EffectIntervals:
-    return EffectIntervals(
-        value=effect.value, delta=effect.delta, ratio=effect.ratio, specificity=effect.specificity, seed=seed
-    )
-
-
 def intervals(
     baseline: Mapping[str, Any],
     edited: Mapping[str, Any],
@@ -323,8 +315,8 @@ def intervals(
         seed=int(config.seed),
         n_items=boot.n_items,
         baseline=boot.baseline,
-        edited=_effect_intervals(boot.effects[0]),
-        random=[_effect_intervals(e, int(r["seed"])) for e, r in zip(boot.effects[1:], per_seed)],
+        edited=boot.effects[0],
+        random=[dataclasses.replace(e, seed=int(r["seed"])) for e, r in zip(boot.effects[1:], per_seed)],
     )
 
 

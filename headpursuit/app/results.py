@@ -46,7 +46,12 @@ from typing import Any
 
 from headpursuit.app.files import read_json, to_jsonable, write_json_atomic, write_text_atomic
 from headpursuit.app.result_neutral import RESULT_NEUTRAL_KEYS
-from headpursuit.stats import Interval
+from headpursuit.stats import (
+    EffectIntervals,
+    GroupIntervals,
+    group_intervals_from_json,
+    group_intervals_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +114,7 @@ Groups = dict[str, dict[str, float]]
 #: {group: {metric: [value per evaluation item]}}
 ItemGroups = dict[str, dict[str, list[float]]]
 #: {group: {metric: Interval}} ({"lo": .., "hi": ..} in the file)
-IntervalGroups = dict[str, dict[str, Interval]]
+IntervalGroups = GroupIntervals  # {group: {metric: Interval}}, as headpursuit.stats computes them
 
 
 class ResultsError(ValueError):
@@ -545,47 +550,6 @@ class Normalized:
         )
 
 
-def _intervals(obj: Any) -> IntervalGroups:
-    return {str(g): {str(m): Interval.from_json(iv) for m, iv in _dict(ms).items()} for g, ms in _dict(obj).items()}
-
-
-def _intervals_json(groups: IntervalGroups) -> dict[str, dict[str, dict[str, float]]]:
-    return {g: {m: iv.to_json() for m, iv in ms.items()} for g, ms in groups.items()}
-
-
-@dataclass(frozen=True)
-class EffectIntervals:
-    """The intervals of one edited evaluation (the edited heads, or a random set: its `seed`) against
-    the unedited model: its `value`, `delta` (edited - unedited), `ratio` (edited / unedited) per
-    group and metric, and its `specificity` per metric."""
-
-    value: IntervalGroups = field(default_factory=dict)
-    delta: IntervalGroups = field(default_factory=dict)
-    ratio: IntervalGroups = field(default_factory=dict)
-    specificity: dict[str, Interval] = field(default_factory=dict)
-    seed: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {} if self.seed is None else {"seed": self.seed}
-        out.update(
-            value=_intervals_json(self.value),
-            delta=_intervals_json(self.delta),
-            ratio=_intervals_json(self.ratio),
-            specificity={m: iv.to_json() for m, iv in self.specificity.items()},
-        )
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> EffectIntervals:
-        return cls(
-            value=_intervals(obj.get("value")),
-            delta=_intervals(obj.get("delta")),
-            ratio=_intervals(obj.get("ratio")),
-            specificity={str(m): Interval.from_json(iv) for m, iv in _dict(obj.get("specificity")).items()},
-            seed=_optional(int, obj.get("seed")),
-        )
-
-
 @dataclass(frozen=True)
 class Intervals:
     """`intervals`: paired percentile-bootstrap intervals over the evaluation items
@@ -610,7 +574,7 @@ class Intervals:
             "n_resamples": self.n_resamples,
             "seed": self.seed,
             "n_items": dict(self.n_items),
-            "baseline": _intervals_json(self.baseline),
+            "baseline": group_intervals_json(self.baseline),
             "edited": self.edited.to_json(),
             "random": [r.to_json() for r in self.random],
         }
@@ -622,7 +586,7 @@ class Intervals:
             n_resamples=int(obj["n_resamples"]),
             seed=int(obj.get("seed") or 0),
             n_items={str(g): int(n) for g, n in _dict(obj.get("n_items")).items()},
-            baseline=_intervals(obj.get("baseline")),
+            baseline=group_intervals_from_json(obj.get("baseline")),
             edited=EffectIntervals.from_json(_dict(obj.get("edited"))),
             random=[EffectIntervals.from_json(r) for r in obj.get("random") or []],
         )
