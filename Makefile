@@ -40,8 +40,9 @@ format: venv
 # and its shared cache stay in one process. Serially: `$(PY) -m pytest -q`.
 PYTEST_WORKERS ?= -n 2 --dist loadfile
 
+# The 25 slowest tests are listed at the end of every run: the suite's time budget is 15 minutes.
 test: venv lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS) --durations=25
 
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_WORKERS) -m "not slow"
