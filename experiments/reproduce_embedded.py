@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ MODELS = {  # conf/model option -> total heads
     "smollm2": 270,
     "gemma3_270m": 72,
 }
+# A section another command writes (`<!-- NAME:start -->` ... `<!-- NAME:end -->`): kept by write_page.
+OWNED_BLOCK = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->", re.S)
 LM_NAMES = {"smollm2": "smollm2", "gemma3_270m": "gemma3-270m"}  # option -> name in results.json
 
 
@@ -646,6 +649,11 @@ def main() -> int:
     return 0
 
 
+def kept_blocks(page: str) -> list[str]:
+    """The sections of `page` that other commands own (OWNED_BLOCK), markers included, in order."""
+    return [m.group(0) for m in OWNED_BLOCK.finditer(page)]
+
+
 def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float) -> None:
     frames = [load_runs(ROOT / sweeps / name) for name, _ in plan]
     frames = [f.assign(sweep=name) for f, (name, _) in zip(frames, plan) if not f.empty]
@@ -784,13 +792,11 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         "reproduced on these models.",
         "",
     ]
-    # Blocks other commands own, kept as they are: experiments/compare_protocols.py's (protocols)
-    # and the head atlas section (atlas), written from `python -m headpursuit.app.atlas` runs.
+    # Blocks other commands own, kept as they are and in their order: every `<!-- NAME:start -->` ...
+    # `<!-- NAME:end -->` of the old page (experiments/compare_protocols.py's `protocols`, the head
+    # atlas, the recorded runs of later issues).
     old = Path(args.out).read_text() if Path(args.out).exists() else ""
-    for block in ("protocols", "atlas"):
-        start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-        if start in old and end in old:
-            md += ["", old[old.index(start) : old.index(end) + len(end)], ""]
+    md += [line for block in kept_blocks(old) for line in ("", block, "")]
     Path(args.out).write_text("\n".join(md))
     print(f"wrote {args.out} ({total / 60:.1f} min)", flush=True)
 
