@@ -56,6 +56,11 @@ MODELS = {  # conf/model option -> total heads
     "smollm2": 270,
     "gemma3_270m": 72,
 }
+# Evaluation questions per group (issue 21: at least 100, so that a bootstrap interval over the
+# questions is narrower than the effects it is read against; 20 questions gave intervals half the
+# scale wide). Generation dominates the time: 3 methods x 3 k x 3 alpha edited evaluations and
+# 3 k x 3 alpha x 5 seeds random controls per model.
+N_EVAL = 100
 # A section another command writes (`<!-- NAME:start -->` ... `<!-- NAME:end -->`): kept by write_page.
 OWNED_BLOCK = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->", re.S)
 LM_NAMES = {"smollm2": "smollm2", "gemma3_270m": "gemma3-270m"}  # option -> name in results.json
@@ -488,7 +493,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sample sizes (smoke test)")
     ap.add_argument("--models", default="smollm2,gemma3_270m")
-    ap.add_argument("--n-eval", type=int, default=None, help="eval questions per group")
+    ap.add_argument(
+        "--n-eval", type=int, default=None, help=f"eval questions per group (default {N_EVAL}; --quick: 4)"
+    )
     ap.add_argument("--n-rank", type=int, default=None, help="ranking questions (concept group)")
     ap.add_argument("--seeds", type=int, default=5, help="random-head seeds")
     ap.add_argument("--skip-toxicity", action="store_true")
@@ -516,9 +523,7 @@ def main() -> int:
     plan = []
     for model in args.models.split(","):
         n_heads = MODELS[model]
-        # Sample sizes are what fits the 45-minute budget on 2 CPU cores (generation dominates:
-        # 3 methods x 3 k x 3 alpha edited evaluations + 3 k x 3 alpha x 5 seeds random controls).
-        n_eval = args.n_eval or (4 if args.quick else (20 if model == "smollm2" else 12))
+        n_eval = args.n_eval or (4 if args.quick else N_EVAL)
         n_rank = args.n_rank or (6 if args.quick else 40)
         extra: list[str] = []
         plan.append(
@@ -541,7 +546,7 @@ def main() -> int:
         # The headline setting again, with 10 random draws from every head (the issue's control) and
         # 10 from the edited heads' own layers (a layer-matched control). Seeds 0-4 of the uniform
         # pool are the main sweep's, read from the cache.
-        n_eval = args.n_eval or (4 if args.quick else 20)
+        n_eval = args.n_eval or (4 if args.quick else N_EVAL)
         n_rank = args.n_rank or (6 if args.quick else 40)
         # The same ranking with a cleaner concept: single-word country names only (no ' United',
         # ' South', ...). Random heads do not depend on the concept: compare with the main grid's.
