@@ -493,9 +493,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sample sizes (smoke test)")
     ap.add_argument("--models", default="smollm2,gemma3_270m")
-    ap.add_argument(
-        "--n-eval", type=int, default=None, help=f"eval questions per group (default {N_EVAL}; --quick: 4)"
-    )
+    ap.add_argument("--n-eval", type=int, default=None, help=f"eval questions per group (default {N_EVAL}; --quick: 4)")
     ap.add_argument("--n-rank", type=int, default=None, help="ranking questions (concept group)")
     ap.add_argument("--seeds", type=int, default=5, help="random-head seeds")
     ap.add_argument("--skip-toxicity", action="store_true")
