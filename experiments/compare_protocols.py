@@ -161,6 +161,9 @@ def summary(outcome: Outcome, metric: str) -> dict:
     # the random sets that differ: with few heads per layer the layer-count draws repeat
     out["n_sets"] = len(seeds)
     out["n_distinct"] = len({tuple(s.heads) for s in seeds})
+    out["n_asked"] = len(outcome.random.seeds) if outcome.random is not None else 0
+    # layers whose edited heads outnumber the others: their sets borrow heads from nearby layers
+    out["borrowed"] = sorted((outcome.random.relaxed_layers or {}) if outcome.random is not None else {})
     out["spec"] = out["edited.control"] - out["edited.concept"]
     iv = ivs.edited.specificity.get(metric) if ivs is not None else None
     out["ci.spec"] = (iv.lo, iv.hi) if iv is not None else nan_iv
@@ -189,6 +192,19 @@ def ci(value: float, bounds: tuple[float, float], digits: int = 2) -> str:
 def excludes_zero(bounds: tuple[float, float]) -> bool:
     lo, hi = bounds
     return not (math.isnan(lo) or math.isnan(hi)) and (lo > 0 or hi < 0)
+
+
+def random_sets_note(row: dict) -> str:
+    """ " (3 sets: all there are)" where the pool held fewer distinct sets than asked (issue 21: all
+    of them are used, and the smallest p is then 1/(1 + N)); " (8 distinct of 10)" in older runs,
+    whose sets could repeat."""
+    if row.get("n_distinct", 0) < row.get("n_sets", 0):
+        return f" ({row['n_distinct']} distinct of {row['n_sets']})"
+    if 0 < row.get("n_sets", 0) < row.get("n_asked", 0):
+        return f" ({row['n_sets']} sets: all there are)"
+    if row.get("borrowed"):
+        return f" (layer {', '.join(map(str, row['borrowed']))}: heads borrowed from nearby layers)"
+    return ""
 
 
 def iqr(t: tuple[float, float, float], pool: str | None = None) -> str:
@@ -249,11 +265,7 @@ def model_section(model: str, metric: str) -> tuple[str, dict]:
         if name in ("paper", "ours"):
             cells = [
                 f"{iqr(rows[k]['random.concept'])} \\| {iqr(rows[k]['random.control'], rows[k].get('pool'))}"
-                + (
-                    f" ({rows[k]['n_distinct']} distinct of {rows[k]['n_sets']})"
-                    if rows[k].get("n_distinct", 0) < rows[k].get("n_sets", 0)
-                    else ""
-                )
+                + random_sets_note(rows[k])
                 if k in rows
                 else "n/a"
                 for k in ks
