@@ -403,29 +403,20 @@ def test_toxicity_fluency_uses_unedited_model(tiny_llama):
 
 
 @pytest.mark.slow
-def test_qa_smollm2_baseline_and_scaled(smollm2):
-    from headpursuit.intervention import scale_heads
-
-    task = QATask(QAConfig(concept="countries", n_rank=0, n_eval=10, batch_size=10), smollm2.tokenizer)
-    base = task.evaluate(smollm2, desc="baseline")
-    edits = {(0, h): 0.0 for h in range(smollm2.layout.n_heads)}
-    with scale_heads(smollm2, edits):
-        edited = task.evaluate(smollm2, desc="edited")
-    for res in (base, edited):
-        for g in ("concept", "control"):
-            assert 0.0 <= res[g]["accuracy"] <= 1.0 and res["n"][g] == 10
-    assert base["concept"]["accuracy"] >= 0.5
-    assert base["concept"]["concept_rate"] >= 0.5
-
-
-@pytest.mark.slow
-def test_qa_smollm2_concept_accuracy_above_0_6(smollm2):
+def test_qa_smollm2_baseline_answers_countries(smollm2):
+    """The embedded model answers the shipped country questions: one evaluation (30 concept, 10
+    control questions) gives the concept group's accuracy above 0.6, and the counts and rates the
+    task reports are in range. (An edited evaluation is the pipeline's: tests/test_pipeline.py.)"""
     task = QATask(
-        QAConfig(concept="countries", n_rank=0, n_eval={"concept": 30, "control": 1}, batch_size=15, seed=0),
+        QAConfig(concept="countries", n_rank=0, n_eval={"concept": 30, "control": 10}, batch_size=20, seed=0),
         smollm2.tokenizer,
     )
     res = task.evaluate(smollm2, desc="baseline")
+    assert res["n"] == {"concept": 30, "control": 10}
+    for g in ("concept", "control"):
+        assert 0.0 <= res[g]["accuracy"] <= 1.0 and 0.0 <= res[g]["concept_rate"] <= 1.0
     assert res["concept"]["accuracy"] > 0.6, res
+    assert res["concept"]["concept_rate"] >= 0.5, res
 
 
 def test_hub_sources_go_through_load_dataset(monkeypatch):
