@@ -61,6 +61,10 @@ MODELS = {  # conf/model option -> total heads
 # scale wide). Generation dominates the time: 3 methods x 3 k x 3 alpha edited evaluations and
 # 3 k x 3 alpha x 5 seeds random controls per model.
 N_EVAL = 100
+# Prompts per generation batch: 64, as compare_protocols.py runs. With the pipeline's CPU default (16)
+# a row took several times as long on 2 loaded cores (2026-12-05, not a side-by-side benchmark:
+# 16-row batches, 7 edits x 100 questions in 7 min; 64-row batches in another job, 11 x 100 in 45 s).
+BATCH_SIZE = 64
 # A section another command writes (`<!-- NAME:start -->` ... `<!-- NAME:end -->`): kept by write_page.
 OWNED_BLOCK = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->", re.S)
 LM_NAMES = {"smollm2": "smollm2", "gemma3_270m": "gemma3-270m"}  # option -> name in results.json
@@ -125,7 +129,7 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
     d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries")]
     if d.empty:
         return f"_no QA runs for {model}_\n", {}
-    n_total = int(d.n_heads_total.dropna().iloc[0])
+    n_total = MODELS[model]
     ks = sorted(d.k.dropna().unique().astype(int))
     base = d.iloc[0]
     lines = [
@@ -175,6 +179,51 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
         lines.append("| random heads | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n", headline
+
+
+def spec_cell(r, metric: str = "accuracy") -> str:
+    """A run's specificity (control retained - concept retained) [its 95% interval], the random sets'
+    median and its p-value against them; **bold** where the interval excludes 0."""
+    value = r.get(f"specificity.{metric}")
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.2f}"
+    lo, hi = r.get(f"ci.specificity.lo.{metric}"), r.get(f"ci.specificity.hi.{metric}")
+    defined = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
+    if defined:
+        text += f" [{lo:.2f}, {hi:.2f}]"
+        text = f"**{text}**" if lo > 0 or hi < 0 else text
+    extra = []
+    rm, p = r.get(f"specificity.random_median.{metric}"), r.get(f"specificity.p.{metric}")
+    if rm is not None and not math.isnan(rm):
+        extra.append(f"random {rm:.2f}")
+    if p is not None and not math.isnan(p):
+        extra.append(f"p={p:.2f}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def specificity_table(df: pd.DataFrame, model: str) -> str:
+    """Per alpha < 1 (suppression), rows = method, cols = k: the specificity of accuracy with its
+    interval, the random sets' median specificity and the p-value against them."""
+    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete")]
+    if d.empty or "specificity.accuracy" not in d:
+        return ""
+    n_total = MODELS[model]
+    ks = sorted(d.k.dropna().unique().astype(int))
+    lines = [
+        "**Specificity** of accuracy (control retained - concept retained, retained = edited / unedited; "
+        "higher = more concept-specific) [95% paired bootstrap interval; **bold**: excludes 0] (the random "
+        "sets' median specificity; p against them):",
+        "",
+        "| alpha | heads | " + " | ".join(f"k={k} ({100 * k / n_total:.1f}%)" for k in ks) + " |",
+        "|" + "---|" * (len(ks) + 2),
+    ]
+    for alpha in [a for a in ALPHAS if a < 1]:
+        for method in METHODS:
+            rows = [d[(d.alpha == alpha) & (d.ranking == method) & (d.k == k)] for k in ks]
+            cells = [spec_cell(r.iloc[0]) if not r.empty else "n/a" for r in rows]
+            lines.append(f"| {alpha:g} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def enhancement_table(df: pd.DataFrame, model: str) -> str:
@@ -494,6 +543,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sample sizes (smoke test)")
     ap.add_argument("--models", default="smollm2,gemma3_270m")
     ap.add_argument("--n-eval", type=int, default=None, help=f"eval questions per group (default {N_EVAL}; --quick: 4)")
+    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"task.batch_size (default {BATCH_SIZE})")
     ap.add_argument("--n-rank", type=int, default=None, help="ranking questions (concept group)")
     ap.add_argument("--seeds", type=int, default=5, help="random-head seeds")
     ap.add_argument("--skip-toxicity", action="store_true")
@@ -537,6 +587,7 @@ def main() -> int:
                     f"intervention.random_seeds={seeds}",
                     f"task.n_eval={n_eval}",
                     f"task.n_rank={n_rank}",
+                    f"task.batch_size={args.batch_size}",
                 ],
             )
         )
@@ -562,6 +613,7 @@ def main() -> int:
                     "intervention.random_controls=false",
                     f"task.n_eval={n_eval}",
                     f"task.n_rank={n_rank}",
+                    f"task.batch_size={args.batch_size}",
                 ],
             ),
         )
@@ -578,6 +630,7 @@ def main() -> int:
                     "intervention.random_seeds=[0,1,2]",
                     f"task.n_eval={n_eval}",
                     f"task.n_rank={n_rank}",
+                    f"task.batch_size={args.batch_size}",
                 ],
             ),
         )
@@ -595,6 +648,7 @@ def main() -> int:
                     "intervention.random_seeds=[" + ",".join(str(s) for s in range(2 * args.seeds)) + "]",
                     f"task.n_eval={n_eval}",
                     f"task.n_rank={n_rank}",
+                    f"task.batch_size={args.batch_size}",
                 ],
             ),
         )
@@ -720,7 +774,8 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
                 f"concept accuracy {r['baseline.concept.accuracy']:.2f} -> {r['edited.concept.accuracy']:.2f} "
                 f"({-100 * drop_c:+.0f} points), control {r['baseline.control.accuracy']:.2f} -> "
                 f"{r['edited.control.accuracy']:.2f} ({-100 * drop_k:+.0f} points); random {k2} heads "
-                f"move concept accuracy by {-100 * rnd:+.0f} points (mean over seeds)."
+                f"move concept accuracy by {-100 * rnd:+.0f} points (mean over seeds); specificity "
+                f"{spec_cell(r)}."
             )
             if best is None or drop_c - drop_k > best[0]:
                 best = (drop_c - drop_k, line)
@@ -730,6 +785,7 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
             f"## QA countries: {model}",
             "",
             tables,
+            specificity_table(df, model),
             "### Enhancement (alpha > 1)",
             "",
             enhancement_table(df_all, model),
@@ -759,13 +815,14 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         md += ["## A cleaner concept: single-word country names (SmolLM2)", "", single_word_table(df_all)]
     md += ["## Targets (issue 7) and whether they hold", ""] + verdicts(df) + [""]
     md += sensitivity_section(docs)
+    n_eval = args.n_eval or (4 if args.quick else N_EVAL)
     md += [
         "## Observations",
         "",
         "- Sample sizes: "
         + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_")) for name, ov in plan)
-        + ". With 20 questions a group, one "
-        "question is 5 points: read differences under ~15 points as noise.",
+        + f". With {n_eval} questions a group one question moves an accuracy by {100 / n_eval:.0f} point(s); "
+        "the 95% intervals in the tables say which differences the questions can tell apart.",
         "- **Random heads are not neutral on SmolLM2.** Flipping any 6 of its 270 heads costs accuracy: "
         "some uniform draws include a layer-0/1 head whose flip breaks every answer, and even the other "
         "draws lose 10-30 points (see the per-draw list above). The median and the layer-matched control "
