@@ -57,6 +57,8 @@ GROUPS = ("concept", "control")
 
 # " (run from commit X)": set by --from-commit when the runs were made in a frozen worktree
 FROM_COMMIT = ""
+# how the runs were made, where the page should say it (--run-note): one sentence after the timings
+RUN_NOTE = ""
 
 
 def set_n_eval(n: int, n_rank: int | None = None) -> None:
@@ -321,7 +323,7 @@ def paper_shaped(model: str) -> str:
     if df.empty:
         return ""
     parts = [
-        f"#### {model}: the paper's table layout (edited / unedited; Rand.: median [q25, q75] of the 10 sets)",
+        f"#### {model}: the paper's table layout (edited / unedited; Rand.: median [q25, q75] of the random sets)",
         "",
     ]
     for setting, table in paper_tables(paper_table_long(df)):
@@ -356,10 +358,15 @@ def section(seconds: dict[str, float]) -> str:
         f"({platform.machine()}, CPU only). Sweeps: `protocol=paper task.prompt_preset=ours` (ranking=paper and "
         "ranking=logit_lens_mean; task.rank_groups=[concept] as the variant) and "
         f"`protocol=paper_controls`, k_frac = {FRACS}, {N_EVAL} evaluation questions per group, alpha = -1, "
-        "10 random head sets per run with the edited set's per-layer counts (disjoint from it); where a "
-        "layer holds more than half of its heads in the edited set no such set exists, and the run is "
+        "10 random head sets per run with the edited set's per-layer counts, disjoint from it and from each "
+        "other; where a layer has too few other heads a set borrows from the nearest layers, and where "
+        "fewer than 10 such sets exist all of them are used (both said in the random row; with N sets the "
+        "smallest p is 1/(1 + N)). Runs whose sets could not be drawn at all (code of before issue 19, which lets a set borrow) are "
         "repeated with 10 uniform random sets, marked (uniform). "
-        "Wall-clock minutes per sweep: " + ", ".join(f"`{k}` {v / 60:.1f}" for k, v in sorted(seconds.items())) + ".",
+        "Wall-clock minutes per sweep: "
+        + ", ".join(f"`{k}` {v / 60:.1f}" for k, v in sorted(seconds.items()))
+        + "."
+        + (f" {RUN_NOTE}" if RUN_NOTE else ""),
         "",
         not_run_note(),
         "",
@@ -408,7 +415,7 @@ def write_section(text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global FROM_COMMIT, OUT, DOC
+    global FROM_COMMIT, RUN_NOTE, OUT, DOC
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=list(MODELS), help="run one model's sweeps")
     ap.add_argument("--sweep", choices=list(sweeps("smollm2")), action="append", help="run only these sweeps")
@@ -416,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-eval", type=int, default=N_EVAL, help=f"evaluation questions per group (default {N_EVAL})")
     ap.add_argument("--n-rank", type=int, default=None, help="ranking questions per group (default: the experiments')")
     ap.add_argument("--from-commit", default="", help="the commit the runs were made from (said in the page)")
+    ap.add_argument("--run-note", default="", help="how the runs were made (said after the timings)")
     ap.add_argument("--out", type=Path, default=DOC, help="the page whose protocols section is (re)written")
     ap.add_argument("--sweeps", type=Path, default=OUT, help="where the sweep dirs go")
     ap.add_argument("--cache-dir", default=None, help="the pipeline's cache_dir (default: its own, outputs/cache)")
@@ -428,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_n_eval(args.n_eval, args.n_rank)
     FROM_COMMIT = f" (run from commit {args.from_commit})" if args.from_commit else ""
+    RUN_NOTE = args.run_note
     OUT, DOC = args.sweeps.resolve(), args.out.resolve()
     if args.print_plan:
         plan = [
