@@ -126,16 +126,21 @@ class Interval:
 GroupIntervals = dict[str, dict[str, Interval]]
 
 
+def metric_intervals_json(metrics: Mapping[str, Interval]) -> dict[str, dict[str, float]]:
+    return {m: iv.to_json() for m, iv in metrics.items()}
+
+
+def metric_intervals_from_json(obj: object) -> dict[str, Interval]:
+    """{metric: Interval} from its JSON ({} for anything but a mapping)."""
+    return {str(m): Interval.from_json(iv) for m, iv in (obj if isinstance(obj, Mapping) else {}).items()}
+
+
 def group_intervals_json(groups: GroupIntervals) -> dict[str, dict[str, dict[str, float]]]:
-    return {g: {m: iv.to_json() for m, iv in ms.items()} for g, ms in groups.items()}
+    return {g: metric_intervals_json(ms) for g, ms in groups.items()}
 
 
 def group_intervals_from_json(obj: object) -> GroupIntervals:
-    groups = obj if isinstance(obj, Mapping) else {}
-    return {
-        str(g): {str(m): Interval.from_json(iv) for m, iv in (ms if isinstance(ms, Mapping) else {}).items()}
-        for g, ms in groups.items()
-    }
+    return {str(g): metric_intervals_from_json(ms) for g, ms in (obj if isinstance(obj, Mapping) else {}).items()}
 
 
 @dataclass(frozen=True)
@@ -157,21 +162,18 @@ class EffectIntervals:
             value=group_intervals_json(self.value),
             delta=group_intervals_json(self.delta),
             ratio=group_intervals_json(self.ratio),
-            specificity={m: iv.to_json() for m, iv in self.specificity.items()},
+            specificity=metric_intervals_json(self.specificity),
         )
         return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, object]) -> EffectIntervals:
-        spec = obj.get("specificity")
         seed = obj.get("seed")
         return cls(
             value=group_intervals_from_json(obj.get("value")),
             delta=group_intervals_from_json(obj.get("delta")),
             ratio=group_intervals_from_json(obj.get("ratio")),
-            specificity={
-                str(m): Interval.from_json(iv) for m, iv in (spec if isinstance(spec, Mapping) else {}).items()
-            },
+            specificity=metric_intervals_from_json(obj.get("specificity")),
             seed=None if seed is None or isinstance(seed, bool) else int(seed),  # type: ignore[call-overload]
         )
 

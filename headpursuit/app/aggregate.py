@@ -59,13 +59,13 @@ from headpursuit.app.results import (
     RESULTS_FILE,
     Edit,
     Groups,
-    IntervalGroups,
     Outcome,
     RandomControls,
     ResultsError,
     RunRecord,
     SeedStats,
 )
+from headpursuit.stats import GroupIntervals
 
 # dataset: the classification dataset (task.dataset); rank_dataset: where a transfer run's heads
 # were ranked (rank_task). Both empty for the other tasks, so their tables are unchanged.
@@ -111,7 +111,7 @@ def _stat_columns(prefix: str, stats: SeedStats, out: dict, *, mean: str) -> Non
         _metric_columns(f"{prefix}.{name}" if name else prefix, stats.stat(stat), out)
 
 
-def _interval_columns(prefix: str, groups: IntervalGroups, out: dict) -> None:
+def _interval_columns(prefix: str, groups: GroupIntervals, out: dict) -> None:
     """`ci.<prefix>.lo.<group>.<metric>` and `.hi.` columns of `out`."""
     for group, metrics in groups.items():
         for name, iv in metrics.items():

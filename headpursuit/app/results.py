@@ -82,7 +82,6 @@ __all__ = [
     "Specificity",
     "Significance",
     "ItemGroups",
-    "IntervalGroups",
     "Provenance",
     "ModelProvenance",
     "CacheProvenance",
@@ -114,7 +113,6 @@ Groups = dict[str, dict[str, float]]
 #: {group: {metric: [value per evaluation item]}}
 ItemGroups = dict[str, dict[str, list[float]]]
 #: {group: {metric: Interval}} ({"lo": .., "hi": ..} in the file)
-IntervalGroups = GroupIntervals  # {group: {metric: Interval}}, as headpursuit.stats computes them
 
 
 class ResultsError(ValueError):
@@ -561,7 +559,7 @@ class Intervals:
     n_resamples: int
     seed: int
     n_items: dict[str, int] = field(default_factory=dict)
-    baseline: IntervalGroups = field(default_factory=dict)
+    baseline: GroupIntervals = field(default_factory=dict)
     edited: EffectIntervals = field(default_factory=EffectIntervals)
     random: list[EffectIntervals] = field(default_factory=list)
 
