@@ -13,7 +13,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One share of the cores per pytest-xdist worker (`make test`: 2 workers on 2 cores, so 1 thread
+# each). Two workers of 2 threads each on 2 cores oversubscribe them: two documented commands, one
+# per worker, took 86-95 s (143-159 s CPU) that way and 50-54 s (66-72 s CPU) with 1 thread each.
+# Child processes (the documented scripts) get the same share through OMP_NUM_THREADS.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
 
 
 def pytest_collection_modifyitems(config, items):

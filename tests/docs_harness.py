@@ -323,6 +323,7 @@ class Composer:
         self.cache_dir = cache_dir
         self.config_name = config_name
         self.memo: dict[tuple[str, ...], DictConfig] = {}
+        self.validated: dict[tuple[bool, tuple[str, ...]], list[DictConfig]] = {}  # validated_jobs'
 
     def __call__(self, overrides: Sequence[str]) -> DictConfig:
         key = tuple(overrides)
@@ -407,15 +408,19 @@ def needs_hub(cfg: DictConfig) -> list[str]:
 
 
 def validated_jobs(composer: Composer, overrides: Sequence[str], multirun: bool) -> list[DictConfig]:
-    """Every job composed and checked by validate_config (the app's checks that need no model)."""
+    """Every job composed and checked by validate_config (the app's checks that need no model);
+    once per command and process (a reader's search for its sweep asks again for many commands)."""
     from headpursuit.app.config import validate_config
 
-    cfgs = []
-    for job in composer.jobs(overrides, multirun):
-        cfg = composer(job)
-        validate_config(resolved(cfg))
-        cfgs.append(cfg)
-    return cfgs
+    key = (multirun, tuple(overrides))
+    if key not in composer.validated:
+        cfgs = []
+        for job in composer.jobs(overrides, multirun):
+            cfg = composer(job)
+            validate_config(resolved(cfg))
+            cfgs.append(cfg)
+        composer.validated[key] = cfgs
+    return composer.validated[key]
 
 
 def generation_cost(cfg: DictConfig) -> int:
