@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -56,17 +57,15 @@ MODELS = {  # conf/model option -> total heads
     "smollm2": 270,
     "gemma3_270m": 72,
 }
-# Evaluation questions per group by default: what docs/results.md's main tables were run with
-# (2026-11-22, 31 min on 2 CPU cores). Their intervals are wide (at 20 questions up to half the
-# scale); issue 21 asks for at least 100: `--n-eval 100 --batch-size 64`, about 1 min of 2 loaded CPU
-# cores per evaluation of 200 questions (2026-12-05), and a model's QA grid is 72 evaluations
-# (3 methods x 3 k x 3 alpha edited, 3 k x 3 alpha x 5 seeds random).
-N_EVAL = {"smollm2": 20, "gemma3_270m": 12}
-# Prompts per generation batch; None: the pipeline's own (16 on the CPU). compare_protocols.py runs
-# 64, which took a fraction of the time per question on 2 loaded cores (2026-12-05, not a
-# side-by-side benchmark: 16-row batches, 7 edits x 100 questions in 7 min; 64-row batches in
-# another job, 11 x 100 in 45 s).
-BATCH_SIZE: int | None = None
+# Evaluation questions per group: 100, issue 21's minimum, at which one question is 1 point and a
+# 95% interval spans about +-0.1 (at the 20 questions of the first page it spanned up to half the
+# scale). A model's QA grid is 72 evaluations of 200 questions (3 methods x 3 k x 3 alpha edited;
+# 3 k x 3 alpha x 5 seeds random), each about 1 min of 2 CPU cores at 64 prompts a batch.
+N_EVAL = {"smollm2": 100, "gemma3_270m": 100}
+# Prompts per generation batch (task.batch_size), as compare_protocols.py: on 2 loaded cores 64-row
+# batches took a fraction of the time per question of the pipeline's 16 (2026-12-05, not a
+# side-by-side benchmark: 16-row batches, 7 edits x 100 questions in 7 min; 64-row, 11 x 100 in 45 s).
+BATCH_SIZE: int | None = 64
 # A section another command writes (`<!-- NAME:start -->` ... `<!-- NAME:end -->`): kept by write_page.
 OWNED_BLOCK = re.compile(r"<!-- (?P<name>[\w-]+):start -->.*?<!-- (?P=name):end -->", re.S)
 LM_NAMES = {"smollm2": "smollm2", "gemma3_270m": "gemma3-270m"}  # option -> name in results.json
@@ -368,11 +367,13 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
         f"SmolLM2, `concept_share` top {int(r0.k)} heads flipped (alpha = -1): concept "
         f"{r0['baseline.concept.accuracy']:.2f} -> {r0['edited.concept.accuracy']:.2f}, control "
         f"{r0['baseline.control.accuracy']:.2f} -> {r0['edited.control.accuracy']:.2f} "
-        f"(heads {r0.heads}). Random draws of the same number of heads, same alpha:",
+        f"(heads {r0.heads}); specificity {spec_cell(r0).split(' (')[0]}. Random draws of the same number "
+        "of heads, same alpha; p: the edited heads against each pool's draws (smallest 1 / (1 + draws)), "
+        "for the concept's and the control's fall and for the specificity:",
         "",
         "| random pool | seeds | concept acc. mean ± std | median | min - max | control acc. mean ± std "
-        "| median | draws that break every answer |",
-        "|---|---|---|---|---|---|---|---|",
+        "| median | draws that break every answer | p: concept / control / specificity |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     per_seed_lines = []
     for _, r in d.sort_values("random_pool").iterrows():
@@ -392,7 +393,7 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
             f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
             f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
             + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p.heads) for p in broken)})" if broken else "")
-            + " |"
+            + f" | {r['p.concept.accuracy']:.2f} / {r['p.control.accuracy']:.2f} / {r['specificity.p.accuracy']:.2f} |"
         )
         per_seed_lines.append(
             f"- `{r.random_pool}`: "
@@ -547,7 +548,12 @@ def main() -> int:
     ap.add_argument(
         "--n-eval", type=int, default=None, help=f"eval questions per group (default per model {N_EVAL}; --quick: 4)"
     )
-    ap.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="task.batch_size (default: the pipeline's)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH_SIZE,
+        help=f"task.batch_size (default {BATCH_SIZE}; 0: the pipeline's own)",
+    )
     ap.add_argument("--n-rank", type=int, default=None, help="ranking questions (concept group)")
     ap.add_argument("--seeds", type=int, default=5, help="random-head seeds")
     ap.add_argument("--skip-toxicity", action="store_true")
@@ -689,10 +695,6 @@ def main() -> int:
         sweep = sweeps / name
         if not args.aggregate_only and (not args.only or name in args.only.split(",")):
             timings[name] = run_sweep(ROOT / sweep, overrides, ROOT / sweeps / f"{name}.log", args.cache_dir)
-            # Kept next to the sweeps so --aggregate-only can still say how long the run took.
-            wall_file = ROOT / sweeps / "wall_seconds.json"
-            old = json.loads(wall_file.read_text()) if args.only and wall_file.exists() else {}
-            wall_file.write_text(json.dumps({**old, **timings}, indent=1))
         subprocess.run(
             [
                 sys.executable,
@@ -709,6 +711,116 @@ def main() -> int:
         # The page is rewritten after every sweep, so a cut-off run still publishes what it has.
         write_page(args, plan, sweeps, docs, timings, t_all)
     return 0
+
+
+def cell(r, metric: str = "accuracy") -> str:
+    """`concept x -> y, control x -> y` of one run."""
+    return (
+        f"country {r[f'baseline.concept.{metric}']:.2f} -> {r[f'edited.concept.{metric}']:.2f}, "
+        f"control {r[f'baseline.control.{metric}']:.2f} -> {r[f'edited.control.{metric}']:.2f}"
+    )
+
+
+def specific_settings(df: pd.DataFrame, model: str) -> list[pd.Series]:
+    """The suppression runs (alpha < 1) of `model`'s grid whose specificity interval excludes 0."""
+    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete") & (df.alpha < 1)]
+    if d.empty or "ci.specificity.lo.accuracy" not in d:
+        return []
+    hit = d[(d["ci.specificity.lo.accuracy"] > 0) | (d["ci.specificity.hi.accuracy"] < 0)]
+    return [r for _, r in hit.sort_values(["alpha", "ranking", "k"]).iterrows()]
+
+
+def observations(df: pd.DataFrame, df_all: pd.DataFrame, sweeps: Path, models: list[str]) -> list[str]:
+    """The page's findings, each computed from the runs (nothing here is a number typed by hand)."""
+    out = []
+    for model in models:
+        hits = specific_settings(df, model)
+        listed = "; ".join(
+            f"`{r.ranking}` k={int(r.k)} alpha={r.alpha:g}: {spec_cell(r).split(' (')[0]} ({cell(r)})" for r in hits
+        )
+        out.append(
+            f"- **{model}: where the specificity interval excludes 0** (alpha -1 and 0, every method and k "
+            f"of the grid): {listed or 'nowhere'}."
+        )
+    out.append(
+        "- A specificity above 0 says the control group kept more of its accuracy than the country group, "
+        "not that countries were removed: where control accuracy *rises* (alpha = 0 can help a model that "
+        "restates the question) it is positive with the country answers intact. Read it with the two "
+        "accuracies beside it."
+    )
+    suppress = [r for m in models for r in specific_settings(df, m) if r.alpha == -1 and r["specificity.accuracy"] > 0]
+    if suppress:
+        kept = max(r["edited.control.accuracy"] / r["baseline.control.accuracy"] for r in suppress)
+        out.append(
+            f"- **Specific is not clean.** The flips (alpha = -1) whose specificity interval lies above 0 keep "
+            f"at most {kept:.2f} of control accuracy. The causal check shows why: the damage a single-head "
+            "flip does to country answers and to other factual answers is correlated across heads, and even "
+            "heads chosen *by their measured effect* (a supervised choice) break control answers along with "
+            "country ones. SOMP's `concept_share` top heads write named entities in general (see their top "
+            "tokens), which the control answers need too."
+        )
+    controls = df_all[(df_all.sweep == "smollm2_controls") & (df_all.status == "complete")]
+    if not controls.empty:
+        parts = []
+        for _, r in controls.sort_values("random_pool").iterrows():
+            rec = RunRecord.read(ROOT / sweeps / "smollm2_controls" / r.run / RESULTS_FILE)
+            if rec is None or rec.outcome is None or rec.outcome.random is None:
+                continue
+            base = r["baseline.concept.accuracy"]
+            drops = sorted(base - p.result.metric("concept", "accuracy") for p in rec.outcome.random.per_seed)
+            pool = "every head" if r.random_pool == "all" else "the edited heads' layers"
+            parts.append(
+                f"drawn from {pool} they cost {100 * sum(drops) / len(drops):.0f} points of country accuracy on average (median "
+                f"{100 * statistics.median(drops):.0f}; {100 * drops[0]:.0f} to {100 * drops[-1]:.0f} over "
+                f"{len(drops)} draws)"
+            )
+        if parts:
+            out.append(
+                f"- **Random heads are not neutral on SmolLM2.** Flipping {int(controls.iloc[0].k)} random heads "
+                f"of its 270: {'; '.join(parts)}. Draws with a layer-0/1 head can break every answer (the table "
+                "above). The paper's 7B models have 1024 heads; each of a 135M model's heads carries more."
+            )
+    d = df[(df.model == "smollm2") & (df.task == "qa_countries") & (df.alpha == -1) & (df.status == "complete")]
+    if not d.empty:
+        ks = sorted(d.k.unique())
+        restricted = d[d.ranking == "concept_restricted"].sort_values("k")
+        if not restricted.empty:
+            out.append(
+                "- `concept_restricted` (SOMP over the concept tokens only) on SmolLM2 at alpha = -1, country / "
+                "control accuracy: "
+                + ", ".join(
+                    f"k={int(r.k)} {r['edited.concept.accuracy']:.2f} / {r['edited.control.accuracy']:.2f}"
+                    for _, r in restricted.iterrows()
+                )
+                + f" (unedited {restricted.iloc[0]['baseline.concept.accuracy']:.2f} / "
+                f"{restricted.iloc[0]['baseline.control.accuracy']:.2f}); its top heads: {restricted.iloc[-1].heads}."
+            )
+        k2 = ks[len(ks) // 2]
+        named = d[d.k == k2].sort_values("ranking")
+        if "edited.concept.concept_rate" in named:
+            out.append(
+                f"- Wrong is not the same as country-free: at k={int(k2)}, alpha = -1 on SmolLM2 the share of "
+                "country-question answers that still name a country (unedited "
+                f"{named.iloc[0]['baseline.concept.concept_rate']:.2f}) and their accuracy: "
+                + ", ".join(
+                    f"`{r.ranking}` {r['edited.concept.concept_rate']:.2f} (accuracy {r['edited.concept.accuracy']:.2f})"
+                    for _, r in named.iterrows()
+                )
+                + " (`edited.concept.concept_rate` in `docs/results_runs.csv`, every k)."
+            )
+    enh = df_all[(df_all.task == "qa_countries") & (df_all.alpha > 1) & (df_all.status == "complete")]
+    if not enh.empty and "edited.control.concept_rate" in enh:
+        base = enh.groupby("model")["baseline.control.concept_rate"].first()
+        top = enh.loc[enh["edited.control.concept_rate"].idxmax()]
+        out.append(
+            "- Enhancement (alpha > 1): the share of control answers that name a country, unedited "
+            + ", ".join(f"{m} {v:.2f}" for m, v in base.items())
+            + f"; the highest any edit reached is {top['edited.control.concept_rate']:.2f} (`{top.ranking}` "
+            f"k={int(top.k)} alpha={top.alpha:g} on {top.model}, control accuracy "
+            f"{top['baseline.control.accuracy']:.2f} -> {top['edited.control.accuracy']:.2f}). The tables above "
+            "give every setting, the count of names per answer included."
+        )
+    return out
 
 
 def kept_blocks(page: str) -> list[str]:
@@ -734,8 +846,6 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
 
     prov = "4-bit-quantised GGUF checkpoints (SmolLM2 Q4_1, Gemma-3 Q4_K_M) dequantised to float32"
     total = time.perf_counter() - t_all
-    wall_file = ROOT / sweeps / "wall_seconds.json"
-    wall = json.loads(wall_file.read_text()) if (args.aggregate_only or args.only) and wall_file.exists() else {}
     md = [
         "# Head Pursuit on the embedded models",
         "",
@@ -749,8 +859,9 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         + (
             f"sweeps took {sum(timings.values()) / 60:.1f} min in all. "
             if timings and not args.only
-            else (f"the sweeps took {sum(wall.values()) / 60:.1f} min of wall-clock time in all; " if wall else "")
-            + "job compute time per sweep (sum of the jobs' stage timings, from results.json): "
+            # A sweep run in parts (--only, a resumed run) has no one wall-clock time: its jobs' own
+            # timings are what it cost (an evaluation cached by an interrupted attempt counts ~0).
+            else "job compute time per sweep (sum of the jobs' stage timings, from results.json): "
             + ", ".join(f"`{k}` {v / 60:.1f} min" for k, v in df_all.groupby("sweep")["seconds"].sum().items())
             + ". "
         )
@@ -828,33 +939,13 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_")) for name, ov in plan)
         + f". With {n_eval} questions a group one question moves an accuracy by {100 / n_eval:.0f} point(s); "
         "the 95% intervals in the tables say which differences the questions can tell apart.",
-        "- **Random heads are not neutral on SmolLM2.** Flipping any 6 of its 270 heads costs accuracy: "
-        "some uniform draws include a layer-0/1 head whose flip breaks every answer, and even the other "
-        "draws lose 10-30 points (see the per-draw list above). The median and the layer-matched control "
-        "are reported next to the issue's uniform mean; none of them is within 10 points. The paper's 7B "
-        "models have 1024 heads; each of a 135M model's heads carries more.",
-        "- **Specificity.** The causal check shows why the flip is not specific on this model: the damage "
-        "a single-head flip does to country answers and to other factual answers is correlated across "
-        "heads, and even heads chosen *by their measured effect* (a supervised choice) "
-        "break control answers along with country ones. SOMP's `concept_share` top heads write named "
-        "entities in general (see their top tokens), which the control answers need too.",
-        "- `concept_restricted` (SOMP over the concept tokens only) favours heads with much energy in "
-        "any country direction, which on SmolLM2 are early-layer heads: flipping them breaks "
-        "control questions as much as country ones. `concept_share` (full-vocabulary SOMP) is the "
-        "more concept-specific score (compare the alpha = 0 rows).",
-        "- Flipping the `concept_share` heads makes answers *wrong* more than it removes country names "
-        "(concept-question answers still name some country in about half the cases); `logit_lens` "
-        "heads remove the names more (see `edited.concept.concept_rate` in `docs/results_runs.csv`).",
+        *observations(df, df_all, sweeps, args.models.split(",")),
         "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
         "` Saint`, ` Republic`, ...), which many heads write for other reasons. The single-word section "
         "above measures the ranking without them (`task.concept=countries_single_word`).",
         "- Gemma-3-270M is a base model without a chat template: it is prompted `Q: ... A:` and "
         "often restates the question, so its unedited control accuracy is low and its control column "
         "says little. Its 72 heads make 1% = 1 head.",
-        "- Enhancement: alpha = 2 does not raise the share of control answers that name a country on "
-        "either model. Larger alphas (4, 8) raise the *count* of country names for some head sets only "
-        "by degenerate repetition, with control accuracy collapsing: the enhancement claim is not "
-        "reproduced on these models.",
         "",
     ]
     # Blocks other commands own, kept as they are and in their order: every `<!-- NAME:start -->` ...
