@@ -393,7 +393,7 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
             f"{pm(r['random.control.accuracy'], r['random.std.control.accuracy'])} | "
             f"{pm(med.get('control', {}).get('accuracy'))} | {len(broken)} of {len(ps)}"
             + (f" ({'; '.join(' '.join(f'{a}.{b}' for a, b in p.heads) for p in broken)})" if broken else "")
-            + f" | {r['p.concept.accuracy']:.2f} / {r['p.control.accuracy']:.2f} / {r['specificity.p.accuracy']:.2f} |"
+            + f" | {' / '.join(pm(r.get(c)) for c in ('p.concept.accuracy', 'p.control.accuracy', 'specificity.p.accuracy'))} |"
         )
         per_seed_lines.append(
             f"- `{r.random_pool}`: "
@@ -812,13 +812,22 @@ def observations(df: pd.DataFrame, df_all: pd.DataFrame, sweeps: Path, models: l
     if not enh.empty and "edited.control.concept_rate" in enh:
         base = enh.groupby("model")["baseline.control.concept_rate"].first()
         top = enh.loc[enh["edited.control.concept_rate"].idxmax()]
+        most = enh.loc[enh["edited.control.concept_count"].idxmax()]
         out.append(
             "- Enhancement (alpha > 1): the share of control answers that name a country, unedited "
             + ", ".join(f"{m} {v:.2f}" for m, v in base.items())
             + f"; the highest any edit reached is {top['edited.control.concept_rate']:.2f} (`{top.ranking}` "
             f"k={int(top.k)} alpha={top.alpha:g} on {top.model}, control accuracy "
-            f"{top['baseline.control.accuracy']:.2f} -> {top['edited.control.accuracy']:.2f}). The tables above "
-            "give every setting, the count of names per answer included."
+            f"{top['baseline.control.accuracy']:.2f} -> {top['edited.control.accuracy']:.2f}). The most country "
+            f"names per control answer: {most['edited.control.concept_count']:.2f} (unedited "
+            f"{most['baseline.control.concept_count']:.2f}; `{most.ranking}` k={int(most.k)} alpha={most.alpha:g} on "
+            f"{most.model}), with control accuracy {most['baseline.control.accuracy']:.2f} -> "
+            f"{most['edited.control.accuracy']:.2f}"
+            + (
+                ": more names where the answers fall apart."
+                if most["edited.control.accuracy"] < 0.5 * most["baseline.control.accuracy"]
+                else "."
+            )
         )
     return out
 
@@ -937,7 +946,7 @@ def write_page(args, plan, sweeps: Path, docs: Path, timings: dict, t_all: float
         "",
         "- Sample sizes: "
         + "; ".join(f"`{name}`: " + " ".join(o for o in ov if o.startswith("task.n_")) for name, ov in plan)
-        + f". With {n_eval} questions a group one question moves an accuracy by {100 / n_eval:.0f} point(s); "
+        + f". With {n_eval} questions a group one question moves an accuracy by {100 / n_eval:.0f} point{'s' * (n_eval < 100)}; "
         "the 95% intervals in the tables say which differences the questions can tell apart.",
         *observations(df, df_all, sweeps, args.models.split(",")),
         "- The countries concept includes first tokens of multi-word names (` United`, ` South`, "
