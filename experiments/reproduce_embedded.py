@@ -182,18 +182,25 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", headline
 
 
-def spec_cell(r, metric: str = "accuracy") -> str:
-    """A run's specificity (control retained - concept retained) [its 95% interval], the random sets'
-    median and its p-value against them; **bold** where the interval excludes 0."""
+def spec_interval(r, metric: str = "accuracy") -> str:
+    """A run's specificity (control retained - concept retained) [its 95% interval]; **bold** where
+    the interval excludes 0."""
     value = r.get(f"specificity.{metric}")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     text = f"{value:.2f}"
     lo, hi = r.get(f"ci.specificity.lo.{metric}"), r.get(f"ci.specificity.hi.{metric}")
-    defined = lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi))
-    if defined:
+    if lo is not None and hi is not None and not (math.isnan(lo) or math.isnan(hi)):
         text += f" [{lo:.2f}, {hi:.2f}]"
         text = f"**{text}**" if lo > 0 or hi < 0 else text
+    return text
+
+
+def spec_cell(r, metric: str = "accuracy") -> str:
+    """spec_interval, then the random sets' median specificity and the p-value against them."""
+    text = spec_interval(r, metric)
+    if text == "n/a":
+        return text
     extra = []
     rm, p = r.get(f"specificity.random_median.{metric}"), r.get(f"specificity.p.{metric}")
     if rm is not None and not math.isnan(rm):
@@ -367,7 +374,7 @@ def random_controls(sweep: Path, df: pd.DataFrame) -> str:
         f"SmolLM2, `concept_share` top {int(r0.k)} heads flipped (alpha = -1): concept "
         f"{r0['baseline.concept.accuracy']:.2f} -> {r0['edited.concept.accuracy']:.2f}, control "
         f"{r0['baseline.control.accuracy']:.2f} -> {r0['edited.control.accuracy']:.2f} "
-        f"(heads {r0.heads}); specificity {spec_cell(r0).split(' (')[0]}. Random draws of the same number "
+        f"(heads {r0.heads}); specificity {spec_interval(r0)}. Random draws of the same number "
         "of heads, same alpha; p: the edited heads against each pool's draws (smallest 1 / (1 + draws)), "
         "for the concept's and the control's fall and for the specificity:",
         "",
@@ -736,7 +743,7 @@ def observations(df: pd.DataFrame, df_all: pd.DataFrame, sweeps: Path, models: l
     for model in models:
         hits = specific_settings(df, model)
         listed = "; ".join(
-            f"`{r.ranking}` k={int(r.k)} alpha={r.alpha:g}: {spec_cell(r).split(' (')[0]} ({cell(r)})" for r in hits
+            f"`{r.ranking}` k={int(r.k)} alpha={r.alpha:g}: {spec_interval(r)} ({cell(r)})" for r in hits
         )
         out.append(
             f"- **{model}: where the specificity interval excludes 0** (alpha -1 and 0, every method and k "
