@@ -182,6 +182,11 @@ def qa_tables(df: pd.DataFrame, model: str) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", headline
 
 
+def complete_qa(df: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The complete QA-countries runs of `model` (an option of MODELS)."""
+    return df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete")]
+
+
 def spec_interval(r, metric: str = "accuracy") -> str:
     """A run's specificity (control retained - concept retained) [its 95% interval]; **bold** where
     the interval excludes 0."""
@@ -213,7 +218,7 @@ def spec_cell(r, metric: str = "accuracy") -> str:
 def specificity_table(df: pd.DataFrame, model: str) -> str:
     """Per alpha < 1 (suppression), rows = method, cols = k: the specificity of accuracy with its
     interval, the random sets' median specificity and the p-value against them."""
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete")]
+    d = complete_qa(df, model)
     if d.empty or "specificity.accuracy" not in d:
         return ""
     n_total = MODELS[model]
@@ -236,7 +241,7 @@ def specificity_table(df: pd.DataFrame, model: str) -> str:
 
 def enhancement_table(df: pd.DataFrame, model: str) -> str:
     """alpha > 1 rows of every sweep of `model` (main grid: alpha = 2; enhancement sweep: 4, 8)."""
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.alpha > 1) & (df.status == "complete")]
+    d = complete_qa(df, model).query("alpha > 1")
     if d.empty or "edited.control.concept_rate" not in d:
         return "_no enhancement runs_\n"
     b = d.iloc[0]
@@ -312,7 +317,7 @@ def where_heads(sweep: Path, df: pd.DataFrame, model: str, docs: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete")]
+    d = complete_qa(df, model)
     if d.empty:
         return ""
     kmax = int(d.k.max())
@@ -730,7 +735,7 @@ def cell(r, metric: str = "accuracy") -> str:
 
 def specific_settings(df: pd.DataFrame, model: str) -> list[pd.Series]:
     """The suppression runs (alpha < 1) of `model`'s grid whose specificity interval excludes 0."""
-    d = df[(df.model == LM_NAMES[model]) & (df.task == "qa_countries") & (df.status == "complete") & (df.alpha < 1)]
+    d = complete_qa(df, model).query("alpha < 1")
     if d.empty or "ci.specificity.lo.accuracy" not in d:
         return []
     hit = d[(d["ci.specificity.lo.accuracy"] > 0) | (d["ci.specificity.hi.accuracy"] < 0)]

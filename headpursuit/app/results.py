@@ -112,7 +112,6 @@ VOLATILE_KEYS = RESULT_NEUTRAL_KEYS  # the one list (headpursuit.app.result_neut
 Groups = dict[str, dict[str, float]]
 #: {group: {metric: [value per evaluation item]}}
 ItemGroups = dict[str, dict[str, list[float]]]
-#: {group: {metric: Interval}} ({"lo": .., "hi": ..} in the file)
 
 
 class ResultsError(ValueError):
